@@ -1,0 +1,3 @@
+"""fcnseg: Fully Convolutional Networks for semantic segmentation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,84 @@
+"""Class names, palettes and ignore indices: the one place that defines them for every dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset's labels mean: names, colours (one RGB triple per class) and the void label."""
+
+    name: str
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_index: int = IGNORE_INDEX
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) != len(self.palette):
+            raise ValueError(f"{self.name}: {len(self.class_names)} class names but {len(self.palette)} colours")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def palette_array(self) -> np.ndarray:
+        """A 256x3 uint8 lookup table: class colours first, the ignore index white, the rest black."""
+        lut = np.zeros((256, 3), dtype=np.uint8)
+        lut[: self.num_classes] = np.asarray(self.palette, dtype=np.uint8)
+        if 0 <= self.ignore_index < 256 and self.ignore_index >= self.num_classes:
+            lut[self.ignore_index] = (255, 255, 255)
+        return lut
+
+
+def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC colour map (bits of the label index spread over R, G and B)."""
+    colors = []
+    for index in range(n):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colors.append((r, g, b))
+    return colors
+
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+VOC = DatasetInfo("voc", VOC_CLASSES, tuple(voc_colormap(21)))
+
+CAMVID = DatasetInfo(
+    "camvid",
+    ("sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car", "pedestrian",
+     "bicyclist"),
+    ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+     (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)),
+    ignore_index=11,
+)
+
+KITTI_ROAD = DatasetInfo("kitti_road", ("not_road", "road"), ((0, 0, 0), (255, 0, 255)))
+
+CITYSCAPES = DatasetInfo(
+    "cityscapes",
+    ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"),
+    ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+     (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+     (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)),
+)
+
+SYNTHETIC_ROADS = DatasetInfo(
+    "synthetic_roads",
+    ("sky", "building", "road", "lane_marking", "pole", "car", "tree", "sidewalk"),
+    ((70, 130, 180), (70, 70, 70), (128, 64, 128), (255, 220, 0), (250, 120, 30), (0, 0, 142),
+     (107, 142, 35), (244, 35, 232)),
+)
