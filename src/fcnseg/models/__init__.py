@@ -1,0 +1,46 @@
+"""Model zoo: ``build_model(name, backbone=..., num_classes=...)`` over plain dicts."""
+
+from __future__ import annotations
+
+from fcnseg.models.backbones import BACKBONES
+from fcnseg.models.fcn import FCN, GEOMETRIES, HEADS
+
+# Model name -> head. The at-once FCN-8s is the same graph with scaled skip inputs.
+MODELS = {
+    "fcn32s": "32s",
+    "fcn16s": "16s",
+    "fcn8s": "8s",
+    "fcn8s_atonce": "8s_atonce",
+}
+
+
+def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int = 21, width: float = 1.0,
+                geometry: str = "reference", learnable_upsampling: bool = False) -> FCN:
+    """Build an FCN, e.g. ``build_model("fcn8s", backbone="vgg16", num_classes=21)``.
+
+    Args:
+        name: one of ``MODELS`` (fcn32s, fcn16s, fcn8s, fcn8s_atonce).
+        backbone: one of ``BACKBONES`` (vgg16, vgg16_bn, alexnet, googlenet, resnet50, resnet101).
+        num_classes: output channels (2 for road / not road, 21 for PASCAL VOC, 11 for CamVid).
+        width: channel multiplier of the backbone (0.25 trains on a CPU).
+        geometry: ``"reference"`` (the authors' pad-100-and-crop nets) or ``"fast"`` (minimal padding).
+        learnable_upsampling: train the upsampling kernels (full class x class) instead of keeping them
+            frozen at bilinear interpolation (stored depthwise, cheaper).
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"unknown geometry {geometry!r}; choose one of {GEOMETRIES}")
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    net = BACKBONES[backbone](width, reference=geometry == "reference")
+    model = FCN(net, num_classes, head=MODELS[name], geometry=geometry,
+                learnable_upsampling=learnable_upsampling)
+    model.config = {"name": name, "backbone": backbone, "num_classes": num_classes, "width": width,
+                    "geometry": geometry, "learnable_upsampling": learnable_upsampling}
+    return model
+
+
+__all__ = ["BACKBONES", "FCN", "HEADS", "MODELS", "build_model"]

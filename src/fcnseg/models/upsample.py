@@ -1,0 +1,80 @@
+"""Learnable upsampling: transposed convolutions initialised to bilinear interpolation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def bilinear_kernel(size: int) -> torch.Tensor:
+    """The 2-D bilinear interpolation kernel of side ``size`` (the reference's ``upsample_filt``).
+
+    factor f = (k + 1) // 2, centre c = f - 1 for odd k else f - 0.5,
+    w[i, j] = (1 - |i - c| / f) * (1 - |j - c| / f). For k = 4 each axis is [0.25, 0.75, 0.75, 0.25].
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    axis = 1 - (torch.arange(size, dtype=torch.float64) - center).abs() / factor
+    return (axis[:, None] * axis[None, :]).float()
+
+
+class Upsample(nn.ConvTranspose2d):
+    """x``stride`` upsampling of ``channels`` score maps: a transposed convolution, kernel 2*stride, no bias.
+
+    ``learnable=True`` gives the paper's full ``channels x channels`` kernel (bilinear on the diagonal, zero
+    elsewhere), trained with the net. ``learnable=False`` (the reference nets' frozen deconvolutions)
+    stores only the diagonal as a depthwise kernel (``groups=channels``): the same function at
+    1/channels of the cost, with no gradient. ``padding=stride // 2`` centres the output on the input
+    grid ("same" upsampling, used by the fast geometry); the reference nets use ``padding=0`` and crop.
+    """
+
+    def __init__(self, channels: int, stride: int, learnable: bool = False, padding: int = 0) -> None:
+        groups = 1 if learnable else channels
+        super().__init__(channels, channels, kernel_size=2 * stride, stride=stride, padding=padding,
+                         groups=groups, bias=False)
+        self.learnable = learnable
+        self.reset_parameters_bilinear()
+        self.weight.requires_grad_(learnable)
+
+    def reset_parameters_bilinear(self) -> None:
+        """Write the bilinear kernel on the channel diagonal (channel c to channel c only)."""
+        kernel = bilinear_kernel(self.kernel_size[0])
+        with torch.no_grad():
+            self.weight.zero_()
+            if self.groups == 1:
+                for c in range(self.in_channels):
+                    self.weight[c, c] = kernel
+            else:
+                self.weight[:, 0] = kernel
+
+    def reset_parameters(self) -> None:  # called by nn.ConvTranspose2d.__init__ before our attributes exist
+        if hasattr(self, "learnable"):
+            self.reset_parameters_bilinear()
+
+    def full_weight(self) -> torch.Tensor:
+        """The kernel in the reference layout (channels x channels x k x k), whichever way it is stored."""
+        if self.groups == 1:
+            return self.weight.detach()
+        full = self.weight.new_zeros(self.in_channels, self.out_channels, *self.kernel_size)
+        idx = torch.arange(self.in_channels)
+        full[idx, idx] = self.weight.detach()[:, 0]
+        return full
+
+    def load_full_weight(self, weight: torch.Tensor, name: str = "upsampling") -> None:
+        """Load a reference-layout (C x C x k x k) kernel. A frozen (depthwise) layer accepts only kernels
+        that are zero off the diagonal, as the authors' frozen bilinear ones are."""
+        expected = (self.in_channels, self.out_channels, *self.kernel_size)
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"{name}: kernel of shape {tuple(weight.shape)} does not fit {expected}")
+        with torch.no_grad():
+            if self.groups == 1:
+                self.weight.copy_(weight)
+                return
+            idx = torch.arange(self.in_channels)
+            diagonal = weight[idx, idx]
+            off_diagonal = weight.clone()
+            off_diagonal[idx, idx] = 0
+            if off_diagonal.abs().max() > 0:
+                raise ValueError(f"{name}: the kernel mixes classes (non-zero off the diagonal); build the "
+                                 "model with learnable_upsampling=True to load it")
+            self.weight[:, 0] = diagonal

@@ -1,0 +1,273 @@
+"""Weight import: ImageNet classifiers (torchvision layout), the authors' FCNs (pytorch-fcn layout), and
+staged initialisation of a finer FCN from a coarser one.
+
+Every file is read with ``torch.load(..., weights_only=True)``: a file that needs pickled code to load is
+refused, never executed.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fcnseg.models.backbones import VGG, AlexNet, Backbone, GoogLeNet, ResNet
+from fcnseg.models.fcn import FCN
+from fcnseg.models.upsample import Upsample
+
+# torchvision's ImageNet weights; the 8 hex digits in each file name are the start of its SHA-256.
+TORCHVISION_URLS = {
+    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
+    "vgg16_bn": "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth",
+    "alexnet": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    "googlenet": "https://download.pytorch.org/models/googlenet-1378be20.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+}
+
+# The authors' Caffe models as converted by pytorch-fcn (Google Drive links and MD5s from its sources).
+# Drive may ask for a confirmation on large files: download in a browser and pass the local path then.
+PYTORCH_FCN_URLS = {
+    "fcn32s": ("https://drive.google.com/uc?id=11k2Q0bvRQgQbT6-jYWeh6nmAsWlSCY3f",
+               "d3eb467a80e7da0468a20dfcbc13e6c8"),
+    "fcn16s": ("https://drive.google.com/uc?id=0B9P1L--7Wd2vVGE3TkRMbWlNRms", "991ea45d30d632a01e5ec48002cac617"),
+    "fcn8s": ("https://drive.google.com/uc?id=1ieXWyoG68xqoHJPWdyrDyaIaaWlfmUxI",
+              "de93e540ec79512f8770033849c8ae89"),
+    "fcn8s_atonce": ("https://drive.google.com/uc?id=0B9P1L--7Wd2vblE1VUIxV1o2d2M",
+                     "bfed4437e941fef58932891217fe6464"),
+}
+
+# Caffe layer names of VGG16's convolutions, in order (pytorch-fcn keeps them).
+VGG16_CONV_NAMES = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+                    "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used, with the reason and the fix."""
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict safely (``weights_only=True``), unwrapping training checkpoints
+    (``{"model_state_dict": ...}``, ``{"state_dict": ...}``, ``{"model": ...}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):  # not a refused class: the bytes are not a torch file
+            raise WeightsError(f"{path} is not a readable PyTorch file; is it truncated or of another format?") from None
+        raise WeightsError(
+            f"{path} needs pickled Python code to load, which fcnseg refuses to run (weights_only=True). "
+            f"If you trust the file, re-save just its tensors: torch.save(obj.state_dict(), 'clean.pth'). "
+            f"Detail: {str(error).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise WeightsError(f"{path} is not a readable PyTorch file ({error}); is it truncated or of "
+                           "another format?") from None
+    for key in ("model_state_dict", "state_dict", "model"):
+        if isinstance(data, Mapping) and key in data and isinstance(data[key], Mapping):
+            data = data[key]
+            break
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return dict(data)
+
+
+def resolve_weights(source: str | Path, sha256: str | None = None, md5: str | None = None) -> Path:
+    """A local file path as is; an http(s) URL downloaded once into torch hub's cache."""
+    text = str(source)
+    if text.startswith(("http://", "https://")):
+        from fcnseg.download import cached_download
+
+        return cached_download(text, sha256=sha256, md5=md5)
+    return Path(source)
+
+
+def _sha_prefix_from_url(url: str) -> str | None:
+    stem = url.rsplit("/", 1)[-1].split(".")[0]
+    tail = stem.rsplit("-", 1)[-1]
+    return tail if len(tail) >= 8 and all(c in "0123456789abcdef" for c in tail) else None
+
+
+# --------------------------------------------------------------------------------- torchvision / ImageNet
+def convolutionalize(state_dict: Mapping[str, torch.Tensor], backbone: Backbone) -> dict[str, torch.Tensor]:
+    """Map a torchvision classifier state dict onto ``backbone``'s names.
+
+    Fully connected layers become convolutions by reshaping (same memory order): VGG16's classifier.0
+    (4096 x 25088) -> fc6 (4096 x 512 x 7 x 7), classifier.3 -> fc7 (4096 x 4096 x 1 x 1); AlexNet's
+    classifier.1/4 likewise (6 x 6 fc6). The 1000-way ImageNet layer, ResNet's ``fc`` and GoogLeNet's
+    auxiliary classifiers are not part of a backbone and are left out.
+    """
+    own = backbone.state_dict()
+    fc_sources = {VGG: ("classifier.0", "classifier.3"), AlexNet: ("classifier.1", "classifier.4")}
+    converted = {}
+    for key, value in state_dict.items():
+        if key.startswith(("aux1.", "aux2.", "fc.")) or key.startswith("classifier."):
+            continue
+        converted[key] = value
+    for kind, (fc6, fc7) in fc_sources.items():
+        if isinstance(backbone, kind):
+            for source, target in ((fc6, "fc6"), (fc7, "fc7")):
+                for suffix in ("weight", "bias"):
+                    name = f"{source}.{suffix}"
+                    if name not in state_dict:
+                        raise WeightsError(f"ImageNet weights lack {name}: not a torchvision "
+                                           f"{type(backbone).__name__} state dict?")
+                    expected = own[f"{target}.{suffix}"].shape
+                    value = state_dict[name]
+                    if value.numel() != expected.numel():
+                        raise WeightsError(f"{name} has shape {tuple(value.shape)}, which cannot become "
+                                           f"{target} {tuple(expected)}: wrong backbone or width?")
+                    converted[f"{target}.{suffix}"] = value.reshape(expected)
+    return converted
+
+
+def _check_fit(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise a readable report of missing, unexpected and mis-shaped entries."""
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    parts = [f"{label} ({len(items)}): " + ", ".join(items[:5]) + (" ..." if len(items) > 5 else "")
+             for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
+             if items]
+    if parts:
+        raise WeightsError(f"{what} do not fit this model: " + "; ".join(parts) + ". Check the backbone and width.")
+
+
+def load_imagenet_weights(model: FCN | Backbone, source: str | Path | None = None) -> None:
+    """Load torchvision ImageNet classifier weights into a backbone (or an FCN's backbone).
+
+    ``source``: a local file, a URL, or None for torchvision's official file of the backbone (downloaded
+    once into torch hub's cache; offline machines get a message saying where to put the file).
+    """
+    backbone = model.backbone if isinstance(model, FCN) else model
+    if source is None:
+        name = getattr(model, "config", {}).get("backbone")
+        if name not in TORCHVISION_URLS:
+            raise WeightsError("pass the ImageNet weights file or URL: the backbone's name is unknown")
+        source = TORCHVISION_URLS[name]
+    sha = _sha_prefix_from_url(str(source)) if str(source).startswith("http") else None
+    state_dict = load_state_dict_file(resolve_weights(source, sha256=sha))
+    converted = convolutionalize(state_dict, backbone)
+    _check_fit(backbone.state_dict(), converted, f"ImageNet weights from {source}")
+    backbone.load_state_dict(converted, strict=False)
+    if isinstance(backbone, GoogLeNet):
+        backbone.transform_input = True  # torchvision's GoogLeNet weights expect its own re-normalisation
+    backbone.input_normalization = "imagenet"
+
+
+def imagenet_classifier_layer(state_dict: Mapping[str, torch.Tensor], backbone: Backbone) -> nn.Conv2d:
+    """The 1000-way ImageNet layer as a 1x1 convolution over the backbone's stride-32 output (VGG16:
+    classifier.6, AlexNet: classifier.6, GoogLeNet/ResNet: fc; the latter two need global pooling
+    before it, as in the classifier)."""
+    key = "fc" if isinstance(backbone, (GoogLeNet, ResNet)) else "classifier.6"
+    weight, bias = state_dict[f"{key}.weight"], state_dict[f"{key}.bias"]
+    layer = nn.Conv2d(weight.shape[1], weight.shape[0], 1)
+    with torch.no_grad():
+        layer.weight.copy_(weight.reshape(layer.weight.shape))
+        layer.bias.copy_(bias)
+    return layer
+
+
+# -------------------------------------------------------------------------------- pytorch-fcn (authors')
+def pytorch_fcn_to_fcnseg(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a pytorch-fcn (torchfcn) FCN state dict to fcnseg's VGG16 FCN names."""
+    conv_index = [i for i, item in enumerate(_vgg_layer_kinds()) if item == "conv"]
+    renamed = {}
+    for key, value in state_dict.items():
+        layer, _, suffix = key.partition(".")
+        if layer in VGG16_CONV_NAMES:
+            renamed[f"backbone.features.{conv_index[VGG16_CONV_NAMES.index(layer)]}.{suffix}"] = value
+        elif layer in ("fc6", "fc7"):
+            renamed[f"backbone.{key}"] = value
+        else:
+            renamed[key] = value
+    return renamed
+
+
+def _vgg_layer_kinds() -> list[str]:
+    kinds = []
+    for item in VGG.CONFIG:
+        kinds += ["pool"] if item == "M" else ["conv", "relu"]
+    return kinds
+
+
+def infer_pytorch_fcn_head(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """fcn32s / fcn16s / fcn8s from the upsampling layers a pytorch-fcn state dict holds.
+    (FCN-8s at-once has the same keys as FCN-8s: say so explicitly with ``name="fcn8s_atonce"``.)"""
+    if "upscore8.weight" in state_dict:
+        return "fcn8s"
+    if "upscore16.weight" in state_dict:
+        return "fcn16s"
+    if "upscore.weight" in state_dict:
+        return "fcn32s"
+    raise WeightsError("not a pytorch-fcn FCN state dict: none of upscore, upscore16, upscore8 is present")
+
+
+def load_pytorch_fcn(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load a pytorch-fcn FCN32s/16s/8s/8sAtOnce state dict into a matching fcnseg FCN (VGG16,
+    reference geometry) so that it computes the same outputs; the input normalisation becomes Caffe's."""
+    if not isinstance(model.backbone, VGG) or any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules()):
+        raise WeightsError("pytorch-fcn weights are for the VGG16 backbone (without batch norm)")
+    if model.geometry != "reference":
+        raise WeightsError("the authors' weights need geometry='reference' to give the authors' outputs")
+    renamed = pytorch_fcn_to_fcnseg(state_dict)
+    upsamplers = {name: m for name, m in model.named_modules() if isinstance(m, Upsample)}
+    kernels = {k: renamed.pop(k) for k in list(renamed) if k.rsplit(".", 1)[0] in upsamplers}
+    own = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] not in upsamplers}
+    _check_fit(own, renamed, "pytorch-fcn weights")
+    missing = set(upsamplers) - {k.rsplit(".", 1)[0] for k in kernels}
+    if missing:
+        raise WeightsError(f"pytorch-fcn weights lack the upsampling kernels {sorted(missing)}: another head?")
+    model.load_state_dict(renamed, strict=False)
+    for key, kernel in kernels.items():
+        upsamplers[key.rsplit(".", 1)[0]].load_full_weight(kernel, key)
+    model.backbone.input_normalization = "caffe"
+
+
+def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: str | None = None) -> FCN:
+    """Build the matching reference VGG16 FCN and load pytorch-fcn weights into it.
+
+    ``source``: a state dict, a file, a URL, or one of ``PYTORCH_FCN_URLS``' names (fcn32s, ...).
+    """
+    from fcnseg.models import build_model
+
+    if isinstance(source, Mapping):
+        state_dict = dict(source)
+    else:
+        md5 = None
+        if str(source) in PYTORCH_FCN_URLS:
+            name = name or str(source)
+            source, md5 = PYTORCH_FCN_URLS[str(source)]
+        state_dict = load_state_dict_file(resolve_weights(source, md5=md5))
+    inferred = infer_pytorch_fcn_head(state_dict)
+    name = name or inferred
+    if name.replace("_atonce", "") != inferred:
+        raise WeightsError(f"the weights are an {inferred} but {name} was asked for")
+    num_classes = state_dict["score_fr.weight"].shape[0]
+    width = state_dict["conv1_1.weight"].shape[0] / 64  # 1.0 for the authors' nets
+    model = build_model(name, backbone="vgg16", num_classes=num_classes, width=width, geometry="reference")
+    load_pytorch_fcn(model, state_dict)
+    return model
+
+
+# ------------------------------------------------------------------------------------ staged training
+def init_from_coarser(fine: FCN, coarse: FCN | Mapping[str, torch.Tensor]) -> list[str]:
+    """Staged initialisation (the paper): FCN-16s from a trained FCN-32s, FCN-8s from a trained FCN-16s.
+
+    Copies every parameter the two nets share by name and shape (backbone, ``score_fr``, ``score_pool4``
+    and, for a learnable coarse net, ``upscore2``); the new score layers stay at zero, so the finer net
+    starts from the coarser net's scores. Returns the names copied.
+    """
+    source = coarse.state_dict() if isinstance(coarse, nn.Module) else coarse
+    target = fine.state_dict()
+    shared = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    backbone_keys = [k for k in target if k.startswith("backbone.")]
+    if not all(k in shared for k in backbone_keys) or "score_fr.weight" not in shared:
+        raise WeightsError("the coarser net does not match this one (backbone, width or class count differ)")
+    fine.load_state_dict(shared, strict=False)
+    return sorted(shared)

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from fcnseg.models.upsample import Upsample, bilinear_kernel
+
+
+def test_kernel_4_matches_the_reference_formula():
+    axis = torch.tensor([0.25, 0.75, 0.75, 0.25])
+    assert torch.equal(bilinear_kernel(4), axis[:, None] * axis[None, :])
+
+
+def test_odd_kernel_peaks_at_one():
+    assert torch.equal(bilinear_kernel(3)[1], torch.tensor([0.5, 1.0, 0.5]))
+    assert bilinear_kernel(5)[2, 2] == 1.0
+
+
+@pytest.mark.parametrize("stride", [2, 8, 16, 32])
+def test_kernel_2s_sums_to_stride_squared(stride):
+    # Each output pixel gets unit total weight: a x`stride` kernel covers stride^2 outputs per input.
+    kernel = bilinear_kernel(2 * stride)
+    assert kernel.sum().item() == pytest.approx(stride * stride)
+    assert torch.equal(kernel, kernel.flip(0)) and torch.equal(kernel, kernel.T)
+
+
+@pytest.mark.parametrize("learnable", [True, False])
+def test_weights_only_on_the_diagonal(learnable):
+    up = Upsample(3, 2, learnable=learnable)
+    full = up.full_weight()
+    assert full.shape == (3, 3, 4, 4)
+    for i in range(3):
+        for j in range(3):
+            expected = bilinear_kernel(4) if i == j else torch.zeros(4, 4)
+            assert torch.equal(full[i, j], expected)
+    assert up.weight.requires_grad is learnable
+
+
+def test_frozen_and_learnable_compute_the_same():
+    x = torch.randn(2, 5, 6, 7)
+    a, b = Upsample(5, 8, learnable=True), Upsample(5, 8, learnable=False)
+    torch.testing.assert_close(a(x), b(x), atol=1e-5, rtol=0)
+
+
+def test_linear_ramp_is_interpolated_exactly():
+    # Bilinear interpolation reproduces a linear function away from the borders.
+    ramp = torch.arange(6, dtype=torch.float32).view(1, 1, 1, 6).expand(1, 1, 6, 6).contiguous()
+    out = Upsample(1, 2)(ramp)  # output index m sits at input position (m - 1.5) / 2
+    positions = (torch.arange(out.shape[-1], dtype=torch.float32) - 1.5) / 2
+    interior = slice(2, out.shape[-1] - 2)
+    torch.testing.assert_close(out[0, 0, 5, interior], positions[interior])
+
+
+def test_same_padding_keeps_exact_multiple():
+    assert Upsample(2, 2, padding=1)(torch.zeros(1, 2, 5, 7)).shape[-2:] == (10, 14)
+    assert Upsample(2, 32, padding=16)(torch.zeros(1, 2, 3, 1)).shape[-2:] == (96, 32)
+
+
+def test_frozen_layer_refuses_class_mixing_kernels():
+    up = Upsample(2, 2)
+    mixing = torch.rand(2, 2, 4, 4)
+    with pytest.raises(ValueError, match="learnable_upsampling=True"):
+        up.load_full_weight(mixing)
+    diagonal = torch.zeros(2, 2, 4, 4)
+    diagonal[0, 0], diagonal[1, 1] = 1.0, 2.0
+    up.load_full_weight(diagonal)
+    assert torch.equal(up.full_weight(), diagonal)

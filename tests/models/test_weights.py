@@ -1,0 +1,163 @@
+import dataclasses
+
+import pytest
+import torch
+
+from fcnseg import build_model
+from fcnseg.models.weights import (
+    WeightsError,
+    fcn_from_pytorch_fcn,
+    imagenet_classifier_layer,
+    init_from_coarser,
+    load_imagenet_weights,
+    load_state_dict_file,
+)
+
+from .classifier_oracles import AlexNetClassifier, VGGClassifier
+from .torchfcn_oracle import TorchFCN
+
+
+@pytest.mark.parametrize(("backbone", "oracle"), [("vgg16", VGGClassifier), ("alexnet", AlexNetClassifier)])
+def test_convolutionalized_classifier_reproduces_imagenet_logits(tmp_path, backbone, oracle):
+    torch.manual_seed(0)
+    classifier = oracle().eval()
+    path = tmp_path / f"{backbone}.pth"
+    torch.save(classifier.state_dict(), path)
+    # Fast geometry keeps the classifier's own conv1 padding: on 224x224 the fc6 window at the centre
+    # of the 7x7 map (index 3) covers exactly the image the classifier sees.
+    fcn = build_model("fcn32s", backbone=backbone, geometry="fast").eval()
+    load_imagenet_weights(fcn, path)
+    scores = imagenet_classifier_layer(torch.load(path, weights_only=True), fcn.backbone)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = classifier(x)[0]
+        feature = fcn.backbone(x)[2]
+        assert feature.shape[-2:] == (7, 7)
+        logits = scores(feature)[0, :, 3, 3]
+    assert logits.abs().max() > 1e-3  # the comparison below is not between zeros
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_vgg16_bn_and_resnet_load_torchvision_names(tmp_path):
+    oracle = VGGClassifier(width=1 / 16, batch_norm=True)
+    torch.save(oracle.state_dict(), tmp_path / "vgg_bn.pth")
+    model = build_model("fcn8s", backbone="vgg16_bn", width=1 / 16)
+    load_imagenet_weights(model, tmp_path / "vgg_bn.pth")
+    assert torch.equal(model.backbone.features[1].running_var, oracle.features[1].running_var)
+    assert torch.equal(model.backbone.fc7.weight[:, :, 0, 0], oracle.classifier[3].weight)
+
+    resnet = build_model("fcn8s", backbone="resnet50", width=1 / 16)
+    state = {k: torch.randn_like(v.float()).to(v.dtype) for k, v in resnet.backbone.state_dict().items()}
+    state["fc.weight"], state["fc.bias"] = torch.randn(1000, 128), torch.randn(1000)
+    torch.save(state, tmp_path / "resnet.pth")
+    load_imagenet_weights(resnet, tmp_path / "resnet.pth")
+    assert torch.equal(resnet.backbone.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
+
+
+def test_wrong_backbone_weights_are_named(tmp_path):
+    torch.save(VGGClassifier(width=1 / 16).state_dict(), tmp_path / "vgg.pth")
+    model = build_model("fcn32s", backbone="vgg16", width=1 / 8)
+    with pytest.raises(WeightsError, match="wrong shape|cannot become"):
+        load_imagenet_weights(model, tmp_path / "vgg.pth")
+
+
+@dataclasses.dataclass
+class _Pickled:
+    weights: torch.Tensor
+
+
+def test_files_needing_pickled_code_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": _Pickled(torch.zeros(1))}, path)
+    with pytest.raises(WeightsError, match="pickled Python code"):
+        load_state_dict_file(path)
+    with pytest.raises(WeightsError, match="not found"):
+        load_state_dict_file(tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="not a readable PyTorch file"):
+        load_state_dict_file(tmp_path / "junk.pth")
+
+
+def _random_torchfcn(kind, width, n_class=21):
+    torch.manual_seed(1)
+    net = TorchFCN(kind, n_class=n_class, width=width).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith("upscore"):  # the authors' kernels: bilinear, here perturbed on the diagonal
+                idx = torch.arange(p.shape[0])
+                p.zero_()
+                p[idx, idx] = torch.rand(p.shape[0], *p.shape[2:])
+            else:
+                p.copy_(torch.randn_like(p) * (2.0 / p[0].numel()) ** 0.5)
+    return net
+
+
+@pytest.mark.parametrize("kind", ["32s", "16s", "8s", "8s_atonce"])
+def test_pytorch_fcn_weights_reproduce_its_outputs(tmp_path, kind):
+    reference = _random_torchfcn(kind, width=1 / 8)
+    path = tmp_path / "torchfcn.pth"
+    torch.save({"model_state_dict": reference.state_dict(), "epoch": 3}, path)  # a pytorch-fcn checkpoint
+    name = "fcn" + kind
+    model = fcn_from_pytorch_fcn(path, name=name if kind == "8s_atonce" else None).eval()
+    assert model.backbone.input_normalization == "caffe"
+    assert model.config["name"] == name
+    for size in [(1, 1), (64, 64), (97, 75)]:
+        x = torch.randn(1, 3, *size) * 50
+        with torch.no_grad():
+            expected, actual = reference(x), model(x)
+        scale = max(1.0, expected.abs().max().item())
+        torch.testing.assert_close(actual, expected, atol=1e-4 * scale, rtol=1e-4)
+
+
+def test_full_width_pytorch_fcn8s_loads_exactly():
+    reference = _random_torchfcn("8s", width=1.0)
+    model = fcn_from_pytorch_fcn(reference.state_dict()).eval()
+    x = torch.randn(1, 3, 40, 48) * 50
+    with torch.no_grad():
+        expected = reference(x)
+        # Random full-width weights give scores in the thousands: compare at 1e-4 of the peak.
+        torch.testing.assert_close(model(x), expected, atol=1e-4 * expected.abs().max().item(), rtol=1e-4)
+
+
+def test_pytorch_fcn_head_mismatch_is_refused():
+    state = _random_torchfcn("16s", width=1 / 16).state_dict()
+    with pytest.raises(WeightsError, match="fcn16s but fcn8s"):
+        fcn_from_pytorch_fcn(state, name="fcn8s")
+
+
+def _trained(name, width=1 / 16):
+    torch.manual_seed(2)
+    model = build_model(name, backbone="vgg16", num_classes=5, width=width, geometry="fast")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn_like(p) * (2.0 / p[0].numel()) ** 0.5)
+    return model.eval()
+
+
+def test_staged_init_keeps_the_coarser_scores():
+    coarse = _trained("fcn32s")
+    fine = build_model("fcn16s", backbone="vgg16", num_classes=5, width=1 / 16, geometry="fast").eval()
+    copied = init_from_coarser(fine, coarse)
+    assert "score_fr.weight" in copied and "score_pool4.weight" not in copied
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        # Exactly: the new skip adds zero, so FCN-16s = x16(x2(the 32s's scores)).
+        scores = coarse.score_fr(coarse.backbone(x)[2])
+        torch.testing.assert_close(fine(x), fine.upscore16(fine.upscore2(scores)), atol=1e-6, rtol=0)
+        # And the same maps as the coarse net, up to interpolating x2 then x16 instead of x32 at once
+        # (linear interpolation twice cuts the corners of the piecewise-linear x32 result).
+        coarse_out, fine_out = coarse(x), fine(x)
+    # Random weights make rough score maps, the worst case for that difference.
+    assert (coarse_out.argmax(1) == fine_out.argmax(1)).float().mean() > 0.95
+    assert (coarse_out - fine_out).abs().mean() < 0.15 * coarse_out.abs().mean()
+
+
+def test_staged_init_16s_to_8s_and_mismatch():
+    coarse = _trained("fcn16s")
+    fine = build_model("fcn8s", backbone="vgg16", num_classes=5, width=1 / 16, geometry="fast").eval()
+    assert "score_pool4.weight" in init_from_coarser(fine, coarse)
+    assert not fine.score_pool3.weight.any()
+    other = build_model("fcn8s", backbone="vgg16", num_classes=6, width=1 / 16, geometry="fast")
+    with pytest.raises(WeightsError, match="does not match"):
+        init_from_coarser(other, coarse)
