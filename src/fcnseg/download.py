@@ -1,0 +1,224 @@
+"""The one download mechanism of fcnseg: model weights and dataset archives both come through here.
+
+``download_file`` writes to ``<dest>.part``, resumes an interrupted transfer with an HTTP ``Range``
+request, verifies the checksum and only then renames the file into place, so ``dest`` either does not
+exist or is complete and verified. Every failure is a ``DownloadError`` whose message names the URL,
+the destination and what to do about it (machines are often offline: the fix is to fetch the file
+elsewhere and put it where fcnseg looks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+_CHUNK = 1 << 20
+_MIN_PREFIX = 8
+_USER_AGENT = "fcnseg-download/1"
+
+
+class DownloadError(RuntimeError):
+    """A file could not be downloaded, verified or unpacked; the message says which and how to fix it."""
+
+
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """The hex digest of a file's contents with a ``hashlib`` algorithm ("sha256", "md5", ...)."""
+    # usedforsecurity=False: md5 is an integrity check here, and FIPS builds refuse it otherwise.
+    h = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _expected_digests(sha256: str | None, md5: str | None) -> dict[str, str]:
+    """Validate the expected digests (full hex or a prefix of at least 8 hex chars), keyed by algorithm."""
+    expected = {}
+    for algorithm, value, full_length in (("sha256", sha256, 64), ("md5", md5, 32)):
+        if value is None:
+            continue
+        value = value.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]+", value) or not _MIN_PREFIX <= len(value) <= full_length:
+            raise ValueError(
+                f"{algorithm} checksum {value!r} must be {_MIN_PREFIX} to {full_length} hex digits "
+                "(the full digest or its prefix)"
+            )
+        expected[algorithm] = value
+    return expected
+
+
+def _mismatches(path: Path, expected: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(algorithm, expected, actual) for every expected digest the file does not match."""
+    bad = []
+    for algorithm, value in expected.items():
+        actual = file_digest(path, algorithm)
+        if not actual.startswith(value):
+            bad.append((algorithm, value, actual))
+    return bad
+
+
+class _Progress:
+    """A one-line ``received / total`` counter on stderr, shown only on a terminal."""
+
+    def __init__(self, name: str, total: int | None, start: int, enabled: bool) -> None:
+        self.name = name
+        self.total = total
+        self.done = start
+        self.enabled = enabled and sys.stderr.isatty()
+        self._last = 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self._last > 0.2:  # redraw a few times a second, not per chunk
+            self._last = now
+            self._draw()
+
+    def _draw(self) -> None:
+        mb = self.done / 1e6
+        if self.total:
+            line = f"{self.name}: {mb:.1f} / {self.total / 1e6:.1f} MB ({100 * self.done / self.total:.0f}%)"
+        else:
+            line = f"{self.name}: {mb:.1f} MB"
+        sys.stderr.write("\r" + line)
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw()
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _network_error(url: str, dest: Path, reason: object, part: Path | None = None) -> DownloadError:
+    if isinstance(reason, urllib.error.HTTPError):
+        why = f"the server answered HTTP {reason.code} {reason.reason}"
+        hint = "Check the URL; if the file moved, download it elsewhere and place it at"
+    else:
+        if isinstance(reason, urllib.error.URLError):
+            reason = reason.reason
+        why = str(reason) or type(reason).__name__
+        hint = "This machine may be offline: download the file elsewhere and place it at"
+    resume = f"; the partial download {part} is kept and a new run resumes it" if part else ""
+    return DownloadError(f"could not download {url}: {why}. {hint} {dest} (or pass its local path){resume}")
+
+
+def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def _content_range_start(response: http.client.HTTPResponse) -> int | None:
+    """The first byte of a 206 answer ("Content-Range: bytes 100-199/200" -> 100)."""
+    match = re.match(r"\s*bytes\s+(\d+)-", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+def _transfer(url: str, dest: Path, part: Path, progress: bool, timeout: float) -> None:
+    """Fetch ``url`` into ``part``, appending to what is already there when the server allows it."""
+    offset = part.stat().st_size if part.exists() else 0
+    try:
+        response = _open(url, offset, timeout)
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code == 416 and offset:
+            # The server has no bytes past our offset: the .part is complete (or longer than the
+            # file). Keep it and let the checksum decide.
+            return
+        raise _network_error(url, dest, e) from None
+    except (OSError, http.client.HTTPException) as e:  # URLError, refused, DNS, timeout, TLS
+        raise _network_error(url, dest, e) from None
+    with response:
+        if offset and response.status == 206 and _content_range_start(response) == offset:
+            mode = "ab"
+        else:
+            # 200 (the server ignored Range) or an unexpected range: start again from byte 0.
+            mode, offset = "wb", 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        received = offset
+        bar = _Progress(dest.name, total, offset, progress)
+        with open(part, mode) as f:
+            while True:
+                # Only reading is a network failure; an OSError from f.write (disk full) stays as is.
+                try:
+                    chunk = response.read(_CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    bar.close()
+                    raise _network_error(url, dest, e, part) from None
+                if not chunk:
+                    break
+                f.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        bar.close()
+    if total is not None and received < total:
+        raise DownloadError(
+            f"could not download {url}: the connection closed after {received} of {total} bytes. "
+            f"Run the same command again to resume from {part}"
+        )
+
+
+def download_file(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    md5: str | None = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+) -> Path:
+    """Download ``url`` to ``dest`` and return ``dest``.
+
+    The data goes to ``dest + ".part"`` first; an existing ``.part`` is resumed with a ``Range``
+    request (and restarted if the server ignores it). ``sha256`` / ``md5`` are full hex digests or
+    prefixes of at least 8 characters; the file is renamed to ``dest`` only after they match. If
+    ``dest`` already exists and matches (or no checksum is given), it is returned without network
+    access. ``progress`` shows a byte counter on stderr when it is a terminal.
+
+    Raises ``DownloadError`` on network/HTTP failures and checksum mismatches (the bad ``.part`` is
+    deleted), ``ValueError`` on a malformed checksum.
+    """
+    dest = Path(dest)
+    expected = _expected_digests(sha256, md5)
+    if dest.is_file() and not _mismatches(dest, expected):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    _transfer(url, dest, part, progress, timeout)
+    bad = _mismatches(part, expected)
+    if bad:
+        part.unlink()
+        details = "; ".join(f"expected {algo} {want}, got {got}" for algo, want, got in bad)
+        raise DownloadError(
+            f"checksum mismatch for {url}: {details}. The partial file was deleted; run again to "
+            "retry, and if it keeps failing the file on the server has changed"
+        )
+    os.replace(part, dest)  # atomic on one file system: dest is never half-written
+    return dest
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: torch hub's ``checkpoints`` folder (honours ``$TORCH_HOME``)."""
+    import torch.hub  # lazy: importing torch is slow and only this helper needs it
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def cached_download(
+    url: str, sha256: str | None = None, md5: str | None = None, file_name: str | None = None
+) -> Path:
+    """Download ``url`` into ``cache_dir()`` (named after the URL, or ``file_name``) unless already there."""
+    name = file_name or Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    if not name:
+        raise ValueError(f"cannot derive a file name from {url!r}: pass file_name")
+    return download_file(url, cache_dir() / name, sha256=sha256, md5=md5)
