@@ -1,0 +1,100 @@
+"""Cityscapes (Cordts et al. 2016), fine annotations, evaluated on the 19 standard training classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fcnseg.data.base import JointTransform
+from fcnseg.data.info import CITYSCAPES, IGNORE_INDEX, DatasetInfo
+from fcnseg.data.io import (
+    DataError,
+    FilePairDataset,
+    PathLike,
+    read_label_indices,
+    require_dir,
+    unmatched_error,
+    validate_label,
+)
+
+CITYSCAPES_LAYOUT = (
+    "<root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png with "
+    "<root>/gtFine/<split>/<city>/*_gtFine_labelIds.png"
+)
+
+# The official label id -> train id table (cityscapesScripts labels.py); every id not listed -> 255.
+LABEL_ID_TO_TRAIN_ID: dict[int, int] = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
+    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}
+NUM_LABEL_IDS = 34  # ids 0..33; license plate (-1) is stored as 255 in the uint8 PNGs
+
+
+def train_id_lut() -> np.ndarray:
+    """A 256-entry uint8 lookup table from label ids to train ids (255 = ignore)."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for label_id, train_id in LABEL_ID_TO_TRAIN_ID.items():
+        lut[label_id] = train_id
+    return lut
+
+
+_LUT = train_id_lut()
+
+
+def read_cityscapes_label(path: PathLike, info: DatasetInfo = CITYSCAPES) -> np.ndarray:
+    """Read a ``*_gtFine_labelIds.png`` and map its label ids to the 19 train ids (others -> 255)."""
+    ids = read_label_indices(path)
+    values = np.unique(ids)
+    bad = values[((values < 0) | (values >= NUM_LABEL_IDS)) & (values != 255)]
+    if bad.size:
+        raise DataError(
+            f"label {path} has values {bad.tolist()[:12]} that are not Cityscapes label ids (0..33): use the "
+            "*_gtFine_labelIds.png files (not *_trainIds, *_color or *_instanceIds)"
+        )
+    return validate_label(_LUT[ids], info, path, check_binary_mask=False)
+
+
+class Cityscapes(FilePairDataset):
+    """Cityscapes fine annotations: ``leftImg8bit/<split>/<city>/`` images with ``gtFine`` label ids,
+    mapped to the 19 train ids. ``sample_name`` is the file stem without ``_leftImg8bit``."""
+
+    info: DatasetInfo = CITYSCAPES
+
+    def __init__(
+        self,
+        root: PathLike,
+        split: str = "train",
+        transform: JointTransform | None = None,
+        normalization: str = "imagenet",
+    ) -> None:
+        root = require_dir(Path(root), CITYSCAPES_LAYOUT)
+        self.root = root
+        self.split = split
+        images_dir = require_dir(root / "leftImg8bit" / split, CITYSCAPES_LAYOUT)
+        labels_dir = require_dir(root / "gtFine" / split, CITYSCAPES_LAYOUT)
+        images = sorted(images_dir.glob("*/*_leftImg8bit.png"))
+        if not images:
+            raise DataError(
+                f"no *_leftImg8bit.png images in {images_dir}/<city>/. Expected layout: {CITYSCAPES_LAYOUT}"
+            )
+        pairs = []
+        for image in images:
+            stem = image.name[: -len("_leftImg8bit.png")]
+            pairs.append((image, labels_dir / image.parent.name / f"{stem}_gtFine_labelIds.png"))
+        unmatched = [str(image.relative_to(images_dir)) for image, label in pairs if not label.is_file()]
+        if unmatched:
+            raise unmatched_error(images_dir, f"images without a *_gtFine_labelIds.png in {labels_dir}",
+                                  unmatched)
+        label_files = labels_dir.glob("*/*_gtFine_labelIds.png")
+        label_stems = {p.name[: -len("_gtFine_labelIds.png")] for p in label_files}
+        orphans = sorted(label_stems - {image.name[: -len("_leftImg8bit.png")] for image in images})
+        if orphans:
+            raise unmatched_error(labels_dir, f"label files without an image in {images_dir}", orphans)
+        super().__init__(pairs, transform=transform, normalization=normalization)
+
+    def read_label_file(self, path: Path) -> np.ndarray:
+        return read_cityscapes_label(path, self.info)
+
+    def sample_name(self, index: int) -> str:
+        return self.pairs[index][0].name[: -len("_leftImg8bit.png")]

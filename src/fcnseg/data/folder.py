@@ -1,0 +1,171 @@
+"""Your own data: a folder of images and PNG masks with matching file names.
+
+Layout::
+
+    root/
+      images/   a.jpg  b.png  ...      (.png .jpg .jpeg .bmp .tif .tiff)
+      masks/    a.png  b.png  ...      (PNG only: class-index (mode L) or palette (mode P) masks)
+      classes.txt                      one class name per line, in label order
+      splits/train.txt, splits/val.txt optional: one image stem per line
+
+``classes.txt``: blank lines and lines starting with ``#`` are skipped; one optional line
+``ignore_index: N`` sets the label value that marks pixels to ignore (default 255; it must not be a
+class index). Hidden files (``.DS_Store``...) and ``Thumbs.db``/``desktop.ini`` are ignored; any other
+file that is not an image (or not a PNG in ``masks/``) is an error, as are images without a mask and
+masks without an image: nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from fcnseg.data.base import JointTransform
+from fcnseg.data.info import IGNORE_INDEX, DatasetInfo, voc_colormap
+from fcnseg.data.io import (
+    DataError,
+    FilePairDataset,
+    PathLike,
+    read_list_file,
+    require_dir,
+    unmatched_error,
+)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MASK_EXTENSIONS = (".png",)
+FOLDER_LAYOUT = (
+    "<root>/images/<name>.{png,jpg,jpeg,bmp,tif} with <root>/masks/<name>.png and <root>/classes.txt"
+)
+_JUNK_FILES = {"thumbs.db", "desktop.ini"}
+_IGNORE_PREFIX = "ignore_index:"
+
+
+def read_classes_file(path: Path) -> tuple[list[str], int | None]:
+    """Class names and the optional ``ignore_index: N`` value of a ``classes.txt`` file."""
+    names: list[str] = []
+    ignore_index = None
+    for line in read_list_file(path):
+        if line.lower().startswith(_IGNORE_PREFIX):
+            value = line[len(_IGNORE_PREFIX) :].strip()
+            if not value.isdigit() or int(value) > 255:
+                raise DataError(f"{path}: {line!r} should be 'ignore_index: N' with N in 0..255")
+            ignore_index = int(value)
+        else:
+            names.append(line)
+    return names, ignore_index
+
+
+def _files_by_stem(folder: Path, extensions: tuple[str, ...], what: str) -> dict[str, Path]:
+    files = [p for p in sorted(folder.iterdir()) if p.is_file()]
+    files = [p for p in files if not p.name.startswith(".") and p.name.lower() not in _JUNK_FILES]
+    wrong = [p.name for p in files if p.suffix.lower() not in extensions]
+    if wrong:
+        raise unmatched_error(folder, f"files that are not {what} ({', '.join(extensions)})", wrong)
+    by_stem: dict[str, Path] = {}
+    for path in files:
+        if path.stem in by_stem:
+            raise DataError(
+                f"{folder} has two files named {path.stem!r} ({by_stem[path.stem].name}, {path.name}); "
+                "keep one per name"
+            )
+        by_stem[path.stem] = path
+    return by_stem
+
+
+def _mask_palette(mask: Path, num_classes: int) -> tuple[tuple[int, int, int], ...] | None:
+    """The first ``num_classes`` colours of a palette PNG's palette, or None for non-palette masks."""
+    try:
+        with Image.open(mask) as img:  # header only: the palette is there, no pixel decode needed
+            palette = img.getpalette() if img.mode == "P" else None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read mask {mask}: {exc}") from None
+    if palette is None or len(palette) < 3 * num_classes:
+        return None
+    return tuple(tuple(palette[3 * i : 3 * i + 3]) for i in range(num_classes))
+
+
+class FolderDataset(FilePairDataset):
+    """Images and masks from ``root/images`` and ``root/masks`` paired by file stem (see module doc).
+
+    ``class_names`` (or ``root/classes.txt``) gives the classes; ``ignore_index`` overrides the one in
+    ``classes.txt``. ``split=None`` (or ``"all"``) uses every pair; another name reads the stems in
+    ``root/splits/<split>.txt``. ``info.palette`` is the masks' own palette when they are palette PNGs,
+    else a generated (VOC-style) palette.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        split: str | None = None,
+        class_names: list[str] | tuple[str, ...] | None = None,
+        ignore_index: int | None = None,
+        transform: JointTransform | None = None,
+        normalization: str = "imagenet",
+    ) -> None:
+        root = require_dir(Path(root), FOLDER_LAYOUT)
+        self.root = root
+        self.split = split
+        images_dir = require_dir(root / "images", FOLDER_LAYOUT)
+        masks_dir = require_dir(root / "masks", FOLDER_LAYOUT)
+
+        file_ignore = None
+        if class_names is None:
+            classes_file = root / "classes.txt"
+            if not classes_file.is_file():
+                raise DataError(
+                    f"no {classes_file}: write the class names there, one per line in label order "
+                    "(mask value 0 = first line), or pass class_names=[...]"
+                )
+            class_names, file_ignore = read_classes_file(classes_file)
+            if not class_names:
+                raise DataError(f"{classes_file} lists no class names")
+        if ignore_index is None:
+            ignore_index = file_ignore if file_ignore is not None else IGNORE_INDEX
+        if ignore_index < len(class_names):
+            raise DataError(
+                f"ignore_index {ignore_index} of {root} is also a class index (there are {len(class_names)} "
+                "classes); use a value >= the number of classes, e.g. 255"
+            )
+
+        images = _files_by_stem(images_dir, IMAGE_EXTENSIONS, "images")
+        masks = _files_by_stem(masks_dir, MASK_EXTENSIONS, "PNG masks")
+        if not images:
+            raise DataError(f"no images in {images_dir}. Expected layout: {FOLDER_LAYOUT}")
+        if images.keys() - masks.keys():
+            missing = sorted(images[s].name for s in images.keys() - masks.keys())
+            raise unmatched_error(images_dir, f"images without a mask (<name>.png) in {masks_dir}", missing)
+        if masks.keys() - images.keys():
+            orphans = sorted(masks[s].name for s in masks.keys() - images.keys())
+            raise unmatched_error(masks_dir, f"masks without an image in {images_dir}", orphans)
+
+        stems = sorted(images)
+        if split is not None and split != "all":
+            stems = self._split_stems(root / "splits", split, images)
+        pairs = [(images[s], masks[s]) for s in stems]
+
+        palette = _mask_palette(pairs[0][1], len(class_names)) or tuple(voc_colormap(len(class_names)))
+        self.info = DatasetInfo(root.name or "folder", tuple(class_names), palette, ignore_index=ignore_index)
+        super().__init__(pairs, transform=transform, normalization=normalization)
+
+    @staticmethod
+    def _split_stems(splits_dir: Path, split: str, images: dict[str, Path]) -> list[str]:
+        list_file = splits_dir / f"{split}.txt"
+        if not list_file.is_file():
+            available = sorted(p.stem for p in splits_dir.glob("*.txt")) if splits_dir.is_dir() else []
+            raise DataError(
+                f"no split list {list_file} (available: {', '.join(available) or 'none'}); "
+                "use split=None for all images, or write one image name (stem) per line there"
+            )
+        stems = []
+        unknown = []
+        for line in read_list_file(list_file):
+            # Accept "a" as well as "a.jpg": strip a known extension only when the bare name is unknown.
+            if line not in images and Path(line).suffix.lower() in IMAGE_EXTENSIONS:
+                line = Path(line).stem
+            (stems if line in images else unknown).append(line)
+        if unknown:
+            raise unmatched_error(list_file, "names with no image/mask pair", unknown)
+        if not stems:
+            raise DataError(f"split list {list_file} is empty; it should hold one image name per line")
+        return stems

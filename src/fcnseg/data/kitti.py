@@ -1,0 +1,84 @@
+"""The KITTI road benchmark (Fritsch et al. 2013): road / not-road, from colour ground-truth masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fcnseg.data.base import JointTransform
+from fcnseg.data.info import IGNORE_INDEX, KITTI_ROAD, DatasetInfo
+from fcnseg.data.io import DataError, FilePairDataset, PathLike, read_label, require_dir, unmatched_error
+
+KITTI_LAYOUT = "<root>/training/image_2/um_000000.png with <root>/training/gt_image_2/um_road_000000.png"
+
+# The ground truth is an RGB image: magenta = road, red = not road, black = outside the region of
+# interest (not evaluated, so ignored in training too).
+KITTI_COLORS: dict[tuple[int, int, int], int] = {
+    (255, 0, 255): 1,
+    (255, 0, 0): 0,
+    (0, 0, 0): IGNORE_INDEX,
+}
+
+VAL_EVERY = 5
+KITTI_SPLITS = ("train", "val", "trainval")
+
+
+def _category(stem: str) -> str:
+    return stem.split("_", 1)[0]
+
+
+class KittiRoad(FilePairDataset):
+    """KITTI road: ``training/image_2`` images with ``training/gt_image_2/*_road_*.png`` masks.
+
+    Only the training set has public ground truth, so the splits are a deterministic holdout of it:
+    within each category (um, umm, uu), in sorted order, every 5th image (positions 4, 9, ...) is
+    ``val``, the rest ``train``; ``trainval`` is all of them. Lane masks (``*_lane_*``) are not used.
+    """
+
+    info: DatasetInfo = KITTI_ROAD
+
+    def __init__(
+        self,
+        root: PathLike,
+        split: str = "train",
+        transform: JointTransform | None = None,
+        normalization: str = "imagenet",
+    ) -> None:
+        if split not in KITTI_SPLITS:
+            raise DataError(f"unknown KITTI road split {split!r}; choose one of {KITTI_SPLITS}")
+        root = require_dir(Path(root), KITTI_LAYOUT)
+        if not (root / "training").is_dir() and (root / "data_road" / "training").is_dir():
+            root = root / "data_road"
+        self.root = root
+        self.split = split
+        images_dir = require_dir(root / "training" / "image_2", KITTI_LAYOUT)
+        labels_dir = require_dir(root / "training" / "gt_image_2", KITTI_LAYOUT)
+        images = sorted(p.name for p in images_dir.glob("*.png"))
+        if not images:
+            raise DataError(f"no PNG images in {images_dir}. Expected layout: {KITTI_LAYOUT}")
+        road_masks = {p.name for p in labels_dir.glob("*_road_*.png")}
+        expected = {name: "{}_road_{}".format(*name.split("_", 1)) for name in images if "_" in name}
+        unmatched = sorted(name for name in images if expected.get(name) not in road_masks)
+        if unmatched:
+            raise unmatched_error(images_dir, f"images without a road mask in {labels_dir}", unmatched)
+        orphans = sorted(road_masks - set(expected.values()))
+        if orphans:
+            raise unmatched_error(labels_dir, f"road masks without an image in {images_dir}", orphans)
+
+        position: dict[str, int] = {}
+        pairs = []
+        for name in images:
+            category = _category(name)
+            is_val = position.get(category, 0) % VAL_EVERY == VAL_EVERY - 1
+            position[category] = position.get(category, 0) + 1
+            if split == "trainval" or (split == "val") == is_val:
+                pairs.append((images_dir / name, labels_dir / expected[name]))
+        if not pairs:
+            raise DataError(
+                f"KITTI road split {split!r} of {images_dir} is empty (too few images for a holdout)"
+            )
+        super().__init__(pairs, transform=transform, normalization=normalization)
+
+    def read_label_file(self, path: Path) -> np.ndarray:
+        return read_label(path, self.info, color_map=KITTI_COLORS)

@@ -1,0 +1,228 @@
+"""read_image / read_label / check_pair: conversions and the error messages for bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fcnseg.data.info import CAMVID, KITTI_ROAD, VOC, DatasetInfo, voc_colormap
+from fcnseg.data.io import (
+    DataError,
+    check_pair,
+    palette_color_map,
+    read_image,
+    read_label,
+    read_label_indices,
+)
+
+H, W = 6, 8
+
+
+def rgb_array(seed: int = 0) -> np.ndarray:
+    return np.random.RandomState(seed).randint(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def palette_png(path: Path, indices: np.ndarray, palette: list[tuple[int, int, int]] | None = None) -> Path:
+    img = Image.fromarray(indices.astype(np.uint8), mode="P")
+    colors = palette or voc_colormap(256)
+    img.putpalette([c for rgb in colors for c in rgb])
+    img.save(path)
+    return path
+
+
+# --- read_image ---------------------------------------------------------------------------------------
+
+
+def test_rgb_png_round_trip(tmp_path: Path) -> None:
+    rgb = rgb_array()
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png")
+    assert out.dtype == np.uint8 and out.shape == (H, W, 3)
+    np.testing.assert_array_equal(out, rgb)
+    assert out.flags.writeable  # torch.from_numpy needs a writable array
+
+
+def test_rgba_alpha_is_dropped_not_composited(tmp_path: Path) -> None:
+    rgba = np.zeros((H, W, 4), dtype=np.uint8)
+    rgba[..., :3] = rgb_array(1)
+    rgba[..., 3] = 0  # fully transparent: compositing on black would give all zeros
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgba[..., :3])
+
+
+def test_greyscale_and_grey_alpha_are_replicated(tmp_path: Path) -> None:
+    grey = np.arange(H * W, dtype=np.uint8).reshape(H, W) * 5
+    Image.fromarray(grey, mode="L").save(tmp_path / "l.png")
+    Image.fromarray(np.stack([grey, np.full_like(grey, 7)], axis=2), mode="LA").save(tmp_path / "la.png")
+    for name in ("l.png", "la.png"):
+        out = read_image(tmp_path / name)
+        assert out.shape == (H, W, 3)
+        for channel in range(3):
+            np.testing.assert_array_equal(out[..., channel], grey)
+
+
+def test_palette_image_goes_through_its_palette(tmp_path: Path) -> None:
+    indices = np.arange(H * W).reshape(H, W) % 3
+    palette = [(10, 20, 30), (200, 100, 50), (0, 255, 7)]
+    palette_png(tmp_path / "p.png", indices, palette)
+    out = read_image(tmp_path / "p.png")
+    np.testing.assert_array_equal(out, np.asarray(palette, dtype=np.uint8)[indices])
+
+
+def test_cmyk_is_converted(tmp_path: Path) -> None:
+    cmyk = np.zeros((H, W, 4), dtype=np.uint8)
+    cmyk[0, 0] = (255, 0, 0, 0)  # full cyan -> (0, 255, 255)
+    Image.fromarray(cmyk, mode="CMYK").save(tmp_path / "c.tif")
+    out = read_image(tmp_path / "c.tif")
+    assert tuple(out[0, 0]) == (0, 255, 255)
+    assert tuple(out[1, 1]) == (255, 255, 255)  # no ink = white
+
+
+def test_16_bit_is_scaled_by_1_over_257_not_clipped(tmp_path: Path) -> None:
+    values = np.zeros((H, W), dtype=np.uint16)
+    values[0, :4] = (65535, 257 * 100, 1000, 128)  # 1000/257 = 3.89 -> 4; 128/257 = 0.498 -> 0
+    Image.fromarray(values).save(tmp_path / "a.png")
+    assert Image.open(tmp_path / "a.png").mode == "I;16"
+    out = read_image(tmp_path / "a.png")
+    assert out.dtype == np.uint8 and out.shape == (H, W, 3)
+    assert out[0, :4, 0].tolist() == [255, 100, 4, 0]
+    assert (out[..., 0] == out[..., 2]).all()
+
+
+def test_32_bit_integer_mode_i(tmp_path: Path) -> None:
+    values = np.zeros((H, W), dtype=np.int32)
+    values[0, 0], values[0, 1] = 65535, 257 * 3
+    Image.fromarray(values).save(tmp_path / "a.tif")
+    assert Image.open(tmp_path / "a.tif").mode == "I"
+    out = read_image(tmp_path / "a.tif")
+    assert out[0, :2, 1].tolist() == [255, 3]
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    stored = rgb_array(2)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "a.png", exif=exif.tobytes())
+    Image.fromarray(stored).save(tmp_path / "a.jpg", exif=exif.tobytes())
+    out = read_image(tmp_path / "a.png")
+    assert out.shape == (W, H, 3)
+    np.testing.assert_array_equal(out, np.rot90(stored, k=-1))
+    assert read_image(tmp_path / "a.jpg").shape == (W, H, 3)
+
+
+def test_missing_image_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"not found: .*nope\.png"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_random_bytes_are_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "noise.png"
+    path.write_bytes(np.random.RandomState(0).bytes(300))
+    with pytest.raises(DataError, match=r"noise\.png.*not an image format"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_files_raise_data_error(tmp_path: Path, suffix: str) -> None:
+    full = tmp_path / f"full{suffix}"
+    noise = np.random.RandomState(3).randint(0, 256, (64, 64, 3), dtype=np.uint8)  # incompressible
+    Image.fromarray(noise).save(full)
+    cut = tmp_path / f"cut{suffix}"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=rf"truncated or corrupt image .*cut\{suffix}"):
+        read_image(cut)
+    with pytest.raises(DataError, match=r"truncated or corrupt"):
+        read_label(cut, VOC)
+
+
+# --- read_label ---------------------------------------------------------------------------------------
+
+
+def test_palette_label_is_read_as_indices(tmp_path: Path) -> None:
+    indices = np.arange(H * W).reshape(H, W) % 21
+    indices[0, 0] = 255
+    palette_png(tmp_path / "l.png", indices)
+    label = read_label(tmp_path / "l.png", VOC)
+    assert label.dtype == np.uint8 and label.shape == (H, W)
+    np.testing.assert_array_equal(label, indices)
+
+
+def test_greyscale_label_is_read_as_values(tmp_path: Path) -> None:
+    values = (np.arange(H * W).reshape(H, W) % 12).astype(np.uint8)  # 11 = CamVid void
+    Image.fromarray(values, mode="L").save(tmp_path / "l.png")
+    np.testing.assert_array_equal(read_label(tmp_path / "l.png", CAMVID), values)
+
+
+def test_values_outside_classes_name_file_and_values(tmp_path: Path) -> None:
+    values = np.zeros((H, W), dtype=np.uint8)
+    values[0, :2] = (12, 40)
+    Image.fromarray(values, mode="L").save(tmp_path / "bad.png")
+    with pytest.raises(DataError, match=r"bad\.png has values 12, 40 .*camvid \(0\.\.10\).*ignore index 11"):
+        read_label(tmp_path / "bad.png", CAMVID)
+
+
+def test_binary_0_255_mask_gets_a_specific_message(tmp_path: Path) -> None:
+    mask = np.zeros((H, W), dtype=np.uint8)
+    mask[2:, 3:] = 255
+    Image.fromarray(mask, mode="L").save(tmp_path / "m.png")
+    with pytest.raises(DataError, match=r"m\.png .*0/255 binary mask.*foreground"):
+        read_label(tmp_path / "m.png", KITTI_ROAD)
+    other_ignore = DatasetInfo("fg", ("bg", "fg"), ((0, 0, 0), (1, 1, 1)), ignore_index=2)
+    with pytest.raises(DataError, match=r"0/255 binary mask"):
+        read_label(tmp_path / "m.png", other_ignore)
+    # For VOC (21 classes) 0 + 255 is a normal label: background and void.
+    assert set(np.unique(read_label(tmp_path / "m.png", VOC))) == {0, 255}
+
+
+def test_rgb_label_is_refused_with_an_explanation(tmp_path: Path) -> None:
+    Image.fromarray(rgb_array()).save(tmp_path / "c.png")
+    with pytest.raises(DataError, match=r"c\.png is an RGB colour image.*class-index PNGs.*palette PNGs"):
+        read_label(tmp_path / "c.png", VOC)
+
+
+def test_rgb_label_with_equal_channels_hint(tmp_path: Path) -> None:
+    grey = (np.arange(H * W).reshape(H, W) % 3).astype(np.uint8)
+    Image.fromarray(np.stack([grey] * 3, axis=2)).save(tmp_path / "g.png")
+    with pytest.raises(DataError, match=r"three channels are equal.*mode L"):
+        read_label(tmp_path / "g.png", VOC)
+
+
+def test_rgb_label_with_color_map(tmp_path: Path) -> None:
+    indices = np.arange(H * W).reshape(H, W) % 21
+    colors = np.asarray(VOC.palette, dtype=np.uint8)[indices]
+    Image.fromarray(colors).save(tmp_path / "c.png")
+    with pytest.raises(DataError, match=r"voc palette colours: pass color_map"):
+        read_label(tmp_path / "c.png", VOC)
+    np.testing.assert_array_equal(read_label(tmp_path / "c.png", VOC, color_map=palette_color_map(VOC)), indices)
+    colors[0, 0] = (1, 2, 3)
+    Image.fromarray(colors).save(tmp_path / "c.png")
+    with pytest.raises(DataError, match=r"c\.png has colours \(1, 2, 3\)"):
+        read_label(tmp_path / "c.png", VOC, color_map=palette_color_map(VOC))
+
+
+def test_16_bit_label_values(tmp_path: Path) -> None:
+    values = np.zeros((H, W), dtype=np.uint16)
+    values[0, 0] = 300
+    Image.fromarray(values).save(tmp_path / "l.png")
+    with pytest.raises(DataError, match=r"values 300"):
+        read_label(tmp_path / "l.png", VOC)
+    assert read_label_indices(tmp_path / "l.png")[0, 0] == 300
+
+
+def test_missing_and_unreadable_label(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"label file not found: .*x\.png"):
+        read_label(tmp_path / "x.png", VOC)
+    (tmp_path / "y.png").write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match=r"y\.png"):
+        read_label(tmp_path / "y.png", VOC)
+
+
+def test_check_pair_names_both_files() -> None:
+    image = np.zeros((H, W, 3), dtype=np.uint8)
+    check_pair(image, np.zeros((H, W), dtype=np.uint8), "a.jpg", "a.png")
+    with pytest.raises(DataError, match=r"image a\.jpg is 8x6 .*label a\.png is 6x8"):
+        check_pair(image, np.zeros((W, H), dtype=np.uint8), "a.jpg", "a.png")
