@@ -59,7 +59,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Unsupported global" not in str(error):  # not a refused class: the bytes are not a torch file
-            raise WeightsError(f"{path} is not a readable PyTorch file; is it truncated or of another format?") from None
+            raise WeightsError(f"{path} is not a readable PyTorch file; truncated or another format?") from None
         raise WeightsError(
             f"{path} needs pickled Python code to load, which fcnseg refuses to run (weights_only=True). "
             f"If you trust the file, re-save just its tensors: torch.save(obj.state_dict(), 'clean.pth'). "

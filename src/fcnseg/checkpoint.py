@@ -1,0 +1,111 @@
+"""Checkpoints that carry everything inference needs: architecture, classes, palette, normalisation.
+
+A checkpoint is a plain dict of tensors and basic Python values (loadable with ``weights_only=True``):
+
+    format: "fcnseg-checkpoint", version: 1,
+    model: {"name", "backbone", "num_classes", "width", "geometry", "learnable_upsampling"},
+    normalization: "imagenet" | "caffe",
+    dataset: {"name", "class_names", "palette", "ignore_index"},
+    model_state_dict: {...},
+    and for training runs: optimizer, scheduler, scaler, rng, epoch, iteration, best_mean_iu, config.
+
+Writes are atomic (a temporary file in the same folder, then a rename), so a crash never leaves a
+half-written checkpoint in place of a good one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fcnseg.data.info import DatasetInfo
+from fcnseg.models import build_model
+from fcnseg.models.fcn import FCN
+from fcnseg.models.weights import WeightsError, load_state_dict_file
+
+FORMAT = "fcnseg-checkpoint"
+VERSION = 1
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file next to ``path``, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def unwrap(model: nn.Module) -> FCN:
+    """The FCN inside DistributedDataParallel / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def dataset_meta(info: DatasetInfo) -> dict:
+    return {"name": info.name, "class_names": list(info.class_names), "palette": [list(c) for c in info.palette],
+            "ignore_index": info.ignore_index}
+
+
+def info_from_meta(meta: dict) -> DatasetInfo:
+    return DatasetInfo(meta["name"], tuple(meta["class_names"]), tuple(tuple(c) for c in meta["palette"]),
+                       meta.get("ignore_index", 255))
+
+
+def model_checkpoint(model: nn.Module, info: DatasetInfo, **extra: Any) -> dict:
+    """The inference part of a checkpoint (plus any training state passed in ``extra``)."""
+    fcn = unwrap(model)
+    if info.num_classes != fcn.num_classes:
+        raise ValueError(f"dataset {info.name} has {info.num_classes} classes, the model {fcn.num_classes}")
+    return {"format": FORMAT, "version": VERSION, "model": dict(fcn.config),
+            "normalization": fcn.backbone.input_normalization, "dataset": dataset_meta(info),
+            "model_state_dict": fcn.state_dict(), **extra}
+
+
+def save_model(model: nn.Module, info: DatasetInfo, path: str | Path, **extra: Any) -> Path:
+    """Write a self-describing checkpoint atomically."""
+    return atomic_save(model_checkpoint(model, info, **extra), path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Read an fcnseg checkpoint safely; other kinds of file get a message saying what they are."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - load_state_dict_file turns every failure into a clear message
+        load_state_dict_file(path)
+        raise
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        hint = ""
+        if isinstance(data, dict) and ("score_fr.weight" in data or "model_state_dict" in data):
+            hint = (" It looks like a pytorch-fcn file: load it with "
+                    "fcnseg.models.weights.fcn_from_pytorch_fcn or `fcnseg convert`.")
+        raise WeightsError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' header).{hint}")
+    if data.get("version", 0) > VERSION:
+        raise WeightsError(f"{path} was written by a newer fcnseg (checkpoint version {data['version']})")
+    return data
+
+
+def model_from_checkpoint(source: str | Path | dict) -> tuple[FCN, DatasetInfo]:
+    """Rebuild the model a checkpoint describes and load its weights; returns (model in eval mode, info)."""
+    data = source if isinstance(source, dict) else read_checkpoint(source)
+    model = build_model(**data["model"])
+    model.load_state_dict(data["model_state_dict"])
+    model.backbone.input_normalization = data.get("normalization", "imagenet")
+    return model.eval(), info_from_meta(data["dataset"])
