@@ -1,0 +1,55 @@
+"""Batching samples of different sizes by padding them on the bottom/right.
+
+Images are padded with 0, which after normalisation is the dataset mean (true for both the
+``"imagenet"`` and ``"caffe"`` conventions), and labels with the ignore index, so padded pixels never
+count in the loss or the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fcnseg.data.info import IGNORE_INDEX
+
+
+def pad_collate(
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor]], ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``(3xHxW float image, HxW label)`` pairs into ``(Bx3xHmaxxWmax, BxHmaxxWmax int64)``.
+
+    Smaller samples are padded on the bottom/right (images with 0, labels with ``ignore_index``).
+    A batch of one is returned unpadded, as in the paper's whole-image training.
+    """
+    if len(batch) == 0:
+        raise ValueError("cannot collate an empty batch")
+    for image, label in batch:
+        if image.dim() != 3 or label.dim() != 2 or image.shape[1:] != label.shape:
+            raise ValueError(f"expected 3xHxW image and HxW label, got {tuple(image.shape)}, {tuple(label.shape)}")
+    if len(batch) == 1:
+        image, label = batch[0]
+        return image.unsqueeze(0), label.long().unsqueeze(0)
+    height = max(image.shape[1] for image, _ in batch)
+    width = max(image.shape[2] for image, _ in batch)
+    first = batch[0][0]
+    images = first.new_zeros((len(batch), first.shape[0], height, width))
+    labels = torch.full((len(batch), height, width), ignore_index, dtype=torch.int64)
+    for i, (image, label) in enumerate(batch):
+        h, w = label.shape
+        images[i, :, :h, :w] = image
+        labels[i, :h, :w] = label
+    return images, labels
+
+
+class PadCollate:
+    """Picklable :func:`pad_collate` with a fixed ignore index (DataLoader workers pickle collate_fn)."""
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+        self.ignore_index = ignore_index
+
+    def __call__(self, batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_collate(batch, self.ignore_index)
+
+    def __repr__(self) -> str:
+        return f"PadCollate(ignore_index={self.ignore_index})"

@@ -1,0 +1,299 @@
+"""Joint image/label transforms for training and evaluation, on numpy arrays.
+
+Every transform is a callable ``(image, label) -> (image, label)`` on an HxWx3 uint8 RGB image and an
+HxW uint8 label array (see :mod:`fcnseg.data.base`). Images are resized bilinearly; labels are always
+resized with nearest neighbour, because interpolating class ids would invent classes at boundaries.
+
+Randomness
+----------
+Random transforms (subclasses of :class:`RandomTransform`) accept an optional ``rng`` argument, any
+object with the ``numpy.random.Generator`` methods they use (``uniform``, ``integers``, ``random``).
+When it is omitted, each call builds ``np.random.default_rng(seed)`` from a seed drawn from *torch's*
+global RNG (:func:`torch_seeded_rng`). Why torch and not numpy's global state: ``torch.manual_seed``
+is the one seed a training run sets, and it does not seed numpy; the DataLoader also derives each
+worker's torch seed (``base_seed + worker_id``) from the main process's torch RNG, so workers get
+distinct streams. So ``torch.manual_seed`` makes a run reproducible for a given ``num_workers``.
+Results still depend on ``num_workers``: the samples a worker sees are augmented from that worker's
+stream, so ``num_workers=0`` and ``num_workers=2`` draw different (equally valid) augmentations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fcnseg.data.info import IGNORE_INDEX
+
+JointTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+# The ImageNet mean in 0-255 RGB: padding with it becomes ~0 after normalisation.
+IMAGENET_MEAN_UINT8 = (124, 116, 104)
+
+
+def torch_seeded_rng() -> np.random.Generator:
+    """A fresh numpy Generator seeded from torch's global RNG (so DataLoader worker seeding applies)."""
+    seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64).item())
+    return np.random.default_rng(seed)
+
+
+def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
+    if label.shape != image.shape[:2]:
+        raise ValueError(f"label shape {label.shape} does not match image shape {image.shape[:2]}")
+
+
+def resize_pair(image: np.ndarray, label: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize the image bilinearly and the label with nearest neighbour to ``height`` x ``width``."""
+    _check_pair(image, label)
+    if image.shape[:2] == (height, width):
+        return image, label
+    size = (width, height)  # PIL sizes are (width, height)
+    new_image = np.asarray(Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize(
+        size, Image.Resampling.BILINEAR))
+    new_label = np.asarray(Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8)).resize(
+        size, Image.Resampling.NEAREST))
+    return new_image, new_label
+
+
+def pad_to_size(
+    image: np.ndarray,
+    label: np.ndarray,
+    height: int,
+    width: int,
+    fill: Sequence[int] = IMAGENET_MEAN_UINT8,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pad on the bottom/right to at least ``height`` x ``width``: image with ``fill``, label with ignore.
+
+    Arrays already large enough in a dimension are not padded in it (and never cropped).
+    """
+    _check_pair(image, label)
+    h, w = label.shape
+    out_h, out_w = max(h, height), max(w, width)
+    if (out_h, out_w) == (h, w):
+        return image, label
+    new_image = np.empty((out_h, out_w, 3), dtype=image.dtype)
+    new_image[:] = np.asarray(fill, dtype=image.dtype)
+    new_image[:h, :w] = image
+    new_label = np.full((out_h, out_w), ignore_index, dtype=label.dtype)
+    new_label[:h, :w] = label
+    return new_image, new_label
+
+
+def crop_offsets(
+    size: tuple[int, int], crop: tuple[int, int], rng: np.random.Generator | None = None
+) -> tuple[int, int]:
+    """The (top, left) corner of a ``crop`` window inside an array of ``size`` (both as (H, W)).
+
+    With ``rng`` the corner is uniform over all valid positions; without it the window is centred
+    (rounding towards the top-left).
+    """
+    (h, w), (ch, cw) = size, crop
+    if ch > h or cw > w:
+        raise ValueError(f"crop {crop} is larger than the array {size}; pad first")
+    if rng is None:
+        return (h - ch) // 2, (w - cw) // 2
+    return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+
+
+class RandomTransform:
+    """Base of the random transforms: resolves the source of randomness, then calls :meth:`apply`."""
+
+    def __call__(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        _check_pair(image, label)
+        return self.apply(image, label, torch_seeded_rng() if rng is None else rng)
+
+    def apply(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class Compose:
+    """Apply joint transforms in order. An explicit ``rng`` is passed on to the random ones."""
+
+    def __init__(self, transforms: Sequence[JointTransform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        for transform in self.transforms:
+            if rng is not None and isinstance(transform, RandomTransform | Compose):
+                image, label = transform(image, label, rng=rng)
+            else:
+                image, label = transform(image, label)
+        return image, label
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"
+
+
+class RandomScale(RandomTransform):
+    """Rescale by one factor drawn uniformly from [min_scale, max_scale] (same factor for both axes)."""
+
+    def __init__(self, min_scale: float, max_scale: float) -> None:
+        if not 0 < min_scale <= max_scale:
+            raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
+        self.min_scale = min_scale
+        self.max_scale = max_scale
+
+    def apply(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        factor = float(rng.uniform(self.min_scale, self.max_scale))
+        h, w = label.shape
+        return resize_pair(image, label, max(1, round(h * factor)), max(1, round(w * factor)))
+
+    def __repr__(self) -> str:
+        return f"RandomScale({self.min_scale}, {self.max_scale})"
+
+
+class RandomCrop(RandomTransform):
+    """Crop ``height`` x ``width`` at a uniform random position, padding small inputs on the bottom/right
+    first (image with ``fill``, label with ``ignore_index``) so padded pixels never count in the loss."""
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        ignore_index: int = IGNORE_INDEX,
+        fill: tuple[int, int, int] = IMAGENET_MEAN_UINT8,
+    ) -> None:
+        if height < 1 or width < 1:
+            raise ValueError(f"crop size must be positive, got {height}x{width}")
+        self.height = height
+        self.width = width
+        self.ignore_index = ignore_index
+        self.fill = fill
+
+    def apply(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        image, label = pad_to_size(image, label, self.height, self.width, self.fill, self.ignore_index)
+        top, left = crop_offsets(label.shape, (self.height, self.width), rng)
+        window = (slice(top, top + self.height), slice(left, left + self.width))
+        return image[window].copy(), label[window].copy()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.height}, {self.width}, ignore_index={self.ignore_index})"
+
+
+class CenterCrop(RandomCrop):
+    """Deterministic :class:`RandomCrop`: pads the same way, then takes the centred window."""
+
+    def __call__(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        _check_pair(image, label)
+        return self.apply(image, label, None)  # never random: ignore any rng
+
+
+class RandomHorizontalFlip(RandomTransform):
+    """Mirror image and label left-right together with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = p
+
+    def apply(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if rng.random() < self.p:
+            # copy: negative strides would break torch.from_numpy later
+            return image[:, ::-1].copy(), label[:, ::-1].copy()
+        return image, label
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class ColorJitter(RandomTransform):
+    """Random brightness, contrast and saturation on the image only; the label passes through untouched.
+
+    Each factor is drawn uniformly from ``[max(0, 1 - x), 1 + x]`` and applied in that fixed order
+    (brightness, contrast, saturation), clipping to [0, 255] after each step; a parameter of 0 skips
+    its step. Contrast blends with the mean grey level of the image, saturation with each pixel's grey
+    value (ITU-R 601 luma), as torchvision does. uint8 in, uint8 out.
+    """
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0) -> None:
+        for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        self.brightness = brightness
+        self.contrast = contrast
+        self.saturation = saturation
+
+    @staticmethod
+    def _factor(rng: np.random.Generator, amount: float) -> float:
+        return float(rng.uniform(max(0.0, 1.0 - amount), 1.0 + amount))
+
+    def apply(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.brightness == 0 and self.contrast == 0 and self.saturation == 0:
+            return image, label
+        x = image.astype(np.float32)
+        luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        if self.brightness > 0:
+            x = np.clip(x * self._factor(rng, self.brightness), 0.0, 255.0)
+        if self.contrast > 0:
+            mean = float((x @ luma).mean())
+            x = np.clip((x - mean) * self._factor(rng, self.contrast) + mean, 0.0, 255.0)
+        if self.saturation > 0:
+            grey = (x @ luma)[..., None]
+            x = np.clip((x - grey) * self._factor(rng, self.saturation) + grey, 0.0, 255.0)
+        return np.rint(x).astype(np.uint8), label
+
+    def __repr__(self) -> str:
+        return f"ColorJitter({self.brightness}, {self.contrast}, {self.saturation})"
+
+
+class Resize:
+    """Deterministic resize to ``height`` x ``width`` (image bilinear, label nearest), e.g. for evaluation."""
+
+    def __init__(self, height: int, width: int) -> None:
+        if height < 1 or width < 1:
+            raise ValueError(f"size must be positive, got {height}x{width}")
+        self.height = height
+        self.width = width
+
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return resize_pair(image, label, self.height, self.width)
+
+    def __repr__(self) -> str:
+        return f"Resize({self.height}, {self.width})"
+
+
+def train_transforms(
+    crop_size: tuple[int, int] | None,
+    scale_range: tuple[float, float] | None = (0.5, 2.0),
+    flip: bool = True,
+    color_jitter: float = 0.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> Compose:
+    """The default training pipeline: random scale, random crop (padded), horizontal flip, colour jitter.
+
+    ``crop_size=None`` keeps whole images (the paper's batch-size-1 training; batch them with
+    :class:`fcnseg.data.collate.PadCollate`). ``scale_range=None`` or ``(1, 1)`` disables scaling;
+    ``color_jitter`` is used for brightness, contrast and saturation alike (0 disables it).
+    """
+    transforms: list[JointTransform] = []
+    if scale_range is not None and tuple(scale_range) != (1.0, 1.0):
+        transforms.append(RandomScale(*scale_range))
+    if crop_size is not None:
+        transforms.append(RandomCrop(crop_size[0], crop_size[1], ignore_index=ignore_index))
+    if flip:
+        transforms.append(RandomHorizontalFlip())
+    if color_jitter > 0:
+        # last: jittering the crop is cheaper than jittering the full image
+        transforms.append(ColorJitter(color_jitter, color_jitter, color_jitter))
+    return Compose(transforms)
