@@ -1,0 +1,235 @@
+"""Segmentation scores from a confusion matrix accumulated over a whole dataset.
+
+The four scores of the FCN paper (section 5), with rows = ground truth i, columns = prediction j,
+``n_ij`` pixels of class i predicted as j and ``t_i = sum_j n_ij``:
+
+* pixel accuracy: ``sum_i n_ii / sum_i t_i``
+* mean accuracy: ``mean_i n_ii / t_i``
+* mean IU: ``mean_i n_ii / (t_i + sum_j n_ji - n_ii)``
+* frequency weighted IU: ``(sum_k t_k)^-1 sum_i t_i n_ii / (t_i + sum_j n_ji - n_ii)``
+
+Counts are summed over every pixel of the dataset before dividing (not averaged per image), and
+classes whose denominator is empty are left out of the means, as in the authors' reference scorer.
+The matrix is a torch tensor so it can live on the GPU and be summed across processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from fcnseg.data.info import IGNORE_INDEX
+
+SCORE_KEYS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
+TABLE_COLUMNS = ("pixel acc.", "mean acc.", "mean IU", "f.w. IU")
+
+_MAX_LISTED_VALUES = 10
+
+
+def _describe_values(values: Tensor) -> str:
+    """``{3, 7}`` for a set of label values, cut short when there are many (e.g. an RGB mask)."""
+    unique = torch.unique(values).tolist()
+    shown = ", ".join(str(v) for v in unique[:_MAX_LISTED_VALUES])
+    if len(unique) > _MAX_LISTED_VALUES:
+        shown += f", ... ({len(unique)} distinct values)"
+    return "{" + shown + "}"
+
+
+def confusion_matrix(
+    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
+    """Count pixels per (ground truth, prediction) pair.
+
+    Args:
+        pred: integer label map of predicted classes, same shape as ``target``.
+        target: integer label map of ground-truth classes; pixels equal to ``ignore_index`` are skipped.
+        num_classes: number of classes C.
+        ignore_index: the void label.
+
+    Returns:
+        An int64 ``[C, C]`` tensor on the inputs' device; entry ``[i, j]`` counts pixels of
+        ground-truth class i predicted as class j.
+
+    Raises:
+        ValueError: if the shapes differ, if ``pred`` is not an integer tensor or holds values outside
+            ``[0, C)``, or if ``target`` holds values that are neither a class nor ``ignore_index``.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred has shape {tuple(pred.shape)} but target has shape {tuple(target.shape)}; "
+            "they must match (pass class indices, or logits N x C x H x W to ConfusionMatrix.update)"
+        )
+    if pred.is_floating_point() or pred.is_complex():
+        raise ValueError(
+            f"pred must hold integer class indices, got dtype {pred.dtype}; take logits.argmax(dim=1) first"
+        )
+    pred = pred.long()
+    target = target.long()  # uint8 masks would overflow in target * C
+
+    bad_pred = (pred < 0) | (pred >= num_classes)
+    if bad_pred.any():
+        raise ValueError(
+            f"predicted values {_describe_values(pred[bad_pred])} are not classes 0..{num_classes - 1}; "
+            "pred must be class indices (the argmax of the logits over the class dimension)"
+        )
+    is_class = (target >= 0) & (target < num_classes)
+    is_ignored = target == ignore_index
+    bad_target = ~is_class & ~is_ignored
+    if bad_target.any():
+        raise ValueError(
+            f"label values {_describe_values(target[bad_target])} are not classes 0..{num_classes - 1} "
+            f"nor the ignore index {ignore_index}; check num_classes, the ignore index and the label "
+            "encoding (e.g. colour masks that were not converted to class indices)"
+        )
+
+    valid = is_class & ~is_ignored  # the ignore index may itself lie in [0, C)
+    counts = torch.bincount(target[valid] * num_classes + pred[valid], minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def scores_from_confusion(matrix: Tensor) -> dict:
+    """The paper's four scores and the per-class values from a confusion matrix (rows = ground truth).
+
+    Returns a dict with ``pixel_acc``, ``mean_acc``, ``mean_iu`` and ``fw_iu`` (Python floats, fractions
+    in [0, 1]) and ``per_class_iou`` and ``per_class_acc`` (lists of floats). A class absent from the
+    ground truth has nan accuracy; a class absent from both ground truth and prediction has nan IU;
+    nan entries are left out of the means. A matrix with no pixels at all gives nan everywhere.
+    """
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"confusion matrix must be square [C, C], got shape {tuple(matrix.shape)}")
+    hist = matrix.double()  # float64: exact for counts up to 2**53 pixels
+    correct = hist.diagonal()
+    gt_total = hist.sum(dim=1)
+    pred_total = hist.sum(dim=0)
+    total = gt_total.sum()
+
+    # 0/0 gives nan, which is how an empty denominator is marked.
+    per_class_acc = correct / gt_total
+    per_class_iou = correct / (gt_total + pred_total - correct)
+    # Classes absent from the ground truth weigh 0; masking them avoids 0 * nan.
+    present = gt_total > 0
+    fw_iu = (gt_total[present] * per_class_iou[present]).sum() / total
+
+    return {
+        "pixel_acc": (correct.sum() / total).item(),
+        "mean_acc": torch.nanmean(per_class_acc).item(),
+        "mean_iu": torch.nanmean(per_class_iou).item(),
+        "fw_iu": fw_iu.item(),
+        "per_class_iou": per_class_iou.tolist(),
+        "per_class_acc": per_class_acc.tolist(),
+    }
+
+
+class ConfusionMatrix:
+    """A confusion matrix accumulated over many batches, scored once at the end.
+
+    With ``device=None`` the counts follow the inputs: they move to the device of the first batch
+    after construction or ``reset()``, so GPU evaluation never copies each batch back to the CPU.
+    """
+
+    def __init__(
+        self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str | None = None
+    ) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self._device = None if device is None else torch.device(device)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every count."""
+        device = self._device or torch.device("cpu")
+        self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
+        # Pixels equal to the ignore index; kept to detect binary masks saved as 0/255.
+        self.ignored = torch.zeros((), dtype=torch.int64, device=device)
+        self._seen_batch = False
+
+    def update(self, pred_or_logits: Tensor, target: Tensor) -> None:
+        """Add one batch: class indices shaped like ``target``, or logits with a class dimension at dim 1."""
+        if pred_or_logits.dim() == target.dim() + 1:
+            if pred_or_logits.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"logits have {pred_or_logits.shape[1]} channels at dim 1 but num_classes is "
+                    f"{self.num_classes}"
+                )
+            pred = pred_or_logits.argmax(dim=1)
+        else:
+            pred = pred_or_logits
+        counts = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+        ignored = (target == self.ignore_index).sum()
+        if self._device is None and not self._seen_batch:
+            self.matrix = self.matrix.to(counts.device)
+            self.ignored = self.ignored.to(counts.device)
+        self._seen_batch = True
+        self.matrix += counts.to(self.matrix.device)
+        self.ignored += ignored.to(self.ignored.device)
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all processes when torch.distributed is initialised; no-op otherwise."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        # One collective for matrix and counter together.
+        flat = torch.cat([self.matrix.flatten(), self.ignored.reshape(1)])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        self.matrix = flat[:-1].reshape(self.num_classes, self.num_classes)
+        self.ignored = flat[-1].clone()
+
+    def compute(self) -> dict:
+        """Scores of everything accumulated so far (see ``scores_from_confusion``).
+
+        Raises:
+            ValueError: for two classes when class 1 never appeared in the ground truth but ignored
+                pixels did: the signature of binary masks stored as 0/255 with ignore index 255.
+        """
+        if self.num_classes == 2 and int(self.matrix[1].sum()) == 0 and int(self.ignored) > 0:
+            raise ValueError(
+                f"no ground-truth pixel of class 1 was seen, but {int(self.ignored)} pixels equal to the "
+                f"ignore index {self.ignore_index} were. Binary masks saved as 0/255 make every foreground "
+                "pixel 'ignored' and the scores meaningless. Map 255 to 1 when loading the masks "
+                "(e.g. mask // 255), or set a different ignore_index."
+            )
+        return scores_from_confusion(self.matrix)
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """A Markdown table in the layout of the paper's Table 2: one row per net, scores in percent.
+
+    ``results`` maps a net's name to a scores dict as returned by ``scores_from_confusion``.
+    """
+    lines = [
+        "| net | " + " | ".join(TABLE_COLUMNS) + " |",
+        "|---|" + "---:|" * len(TABLE_COLUMNS),
+    ]
+    for name, scores in results.items():
+        missing = [key for key in SCORE_KEYS if key not in scores]
+        if missing:
+            raise ValueError(
+                f"results for {name!r} lack {missing}; pass the dict returned by scores_from_confusion"
+            )
+        lines.append(f"| {name} | " + " | ".join(_percent(scores[key]) for key in SCORE_KEYS) + " |")
+    return "\n".join(lines)
+
+
+def format_per_class(scores: dict, class_names: Sequence[str]) -> str:
+    """A Markdown table of per-class IoU and accuracy in percent, ``-`` where undefined."""
+    iou, acc = scores["per_class_iou"], scores["per_class_acc"]
+    if not len(class_names) == len(iou) == len(acc):
+        raise ValueError(
+            f"{len(class_names)} class names for {len(iou)} classes in the scores; "
+            "pass the class names of the dataset that was scored"
+        )
+    lines = ["| class | IoU | acc. |", "|---|---:|---:|"]
+    for name, class_iou, class_acc in zip(class_names, iou, acc, strict=True):
+        lines.append(f"| {name} | {_percent(class_iou)} | {_percent(class_acc)} |")
+    return "\n".join(lines)
