@@ -57,16 +57,21 @@ def _open_decoded(path: PathLike, what: str) -> Image.Image:
 
 
 def read_image(path: PathLike) -> np.ndarray:
-    """Read an image file as an HxWx3 uint8 RGB array.
+    """Read an image file as an HxWx3 uint8 RGB array (EXIF orientation applied; see :func:`image_to_rgb`)."""
+    return image_to_rgb(_open_decoded(path, "image"), str(path))
 
-    Conversions: EXIF orientation is applied; greyscale (``1``, ``L``) is replicated to three channels;
+
+def image_to_rgb(img: Image.Image, source: str = "the image") -> np.ndarray:
+    """A decoded PIL image as an HxWx3 uint8 RGB array; ``source`` names it in error messages.
+
+    Conversions: greyscale (``1``, ``L``) is replicated to three channels;
     palette images go through their palette; CMYK and YCbCr use PIL's conversion; 16-bit images
     (``I;16``, ``I``) are scaled by 1/257 with rounding, so 65535 -> 255 and the full range is kept
     rather than clipped. The alpha channel of RGBA/LA/PA images is *dropped*, not composited: the stored
     colour values are kept exactly (photos saved with a meaningless alpha would otherwise be darkened
     wherever alpha < 255).
     """
-    img = _open_decoded(path, "image")
+    path = source
     mode = img.mode
     if mode == "RGB":
         rgb = np.asarray(img)

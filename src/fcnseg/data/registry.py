@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fcnseg.data.ade20k import ADE20K
@@ -11,11 +12,19 @@ from fcnseg.data.cityscapes import Cityscapes
 from fcnseg.data.folder import FolderDataset
 from fcnseg.data.io import DataError, PathLike
 from fcnseg.data.kitti import KittiRoad
+from fcnseg.data.synthetic import SyntheticRoads
 from fcnseg.data.voc import SBDSegmentation, VOCSegmentation
 
-# name -> reader class; every class takes (root, split=..., transform=..., normalization=..., **options).
-# The lead adds the built-in "synthetic" dataset here.
-DATASETS: dict[str, type[SegmentationDataset]] = {
+
+def synthetic(root: PathLike | None = None, split: str = "train", transform: JointTransform | None = None,
+              normalization: str = "imagenet", **options: Any) -> SyntheticRoads:
+    """The built-in road scenes (generated, so ``root`` is not used); options: num_images, height, width."""
+    return SyntheticRoads(split=split, transform=transform, normalization=normalization, **options)
+
+
+# name -> reader; every reader takes (root, split=..., transform=..., normalization=..., **options).
+DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
+    "synthetic": synthetic,
     "voc": VOCSegmentation,
     "sbd": SBDSegmentation,
     "camvid": CamVid,
