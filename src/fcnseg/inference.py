@@ -1,0 +1,278 @@
+"""Dense prediction with an FCN: whole-image or sliding-window, with flip and multi-scale averaging.
+
+``forward`` is any callable mapping a normalised float ``N x 3 x h x w`` tensor to ``N x C x h x w``
+logits (an :class:`fcnseg.models.FCN`, a TorchScript module, an ONNX Runtime wrapper). Images are
+normalised ``N x 3 x H x W`` tensors (see :mod:`fcnseg.normalization`).
+
+Modes:
+
+``"whole"``
+    The net runs once on the full image (FCNs take any size), ``batch_size`` images at a time.
+``"slide"``
+    Windows of ``window`` pixels (clipped to the image; an image no larger than the window runs whole)
+    at a stride of ``window * (1 - overlap)``, the last window of each row and column aligned to the
+    border. ``batch_size`` windows run per forward call and the softmax probabilities are averaged
+    where windows overlap.
+
+Test-time augmentation: ``flip=True`` averages with the prediction of the horizontally flipped input
+flipped back (per window in slide mode); ``scales`` resizes the input bilinearly to each scale, predicts,
+resizes the probabilities back to H x W and averages.
+
+Memory (float32, C classes):
+
+* whole mode: the net's activations for ``batch_size`` full images (without autograd only a few feature
+  maps live at once, the largest being conv1's 64 x H x W floats: 67 MB at 512 x 512 for VGG16, more
+  with the reference geometry's 100-pixel padding), plus the C x H x W probabilities it outputs.
+* slide mode: the net's activations for one batch of ``batch_size`` windows, plus a strip buffer of
+  C x window_h x W probability sums and a window_h x W count map, plus the finished strip handed out
+  (C x at most stride_h x W): at most C x (window_h + stride_h) x W floats for the probabilities, however
+  tall the image. :func:`predict_labels` keeps only that (and the int64 H x W labels), while
+  :func:`predict_probs` returns the full N x C x H x W result by definition. With several scales each
+  scale keeps its own strip buffer (at its own width) and about a window of resampled rows, and the
+  resized inputs (3 x sH x sW floats per scale s) are held during the run.
+
+Both functions share one row-streaming engine, so ``predict_labels(...)`` is exactly
+``predict_probs(...).argmax(1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Forward = Callable[[Tensor], Tensor]
+MODES = ("whole", "slide")
+
+
+def predict_probs(forward: Forward, images: Tensor, mode: str = "whole", window: Sequence[int] = (512, 512),
+                  overlap: float = 1 / 3, flip: bool = False, scales: Sequence[float] = (1.0,),
+                  batch_size: int = 4) -> Tensor:
+    """Softmax probabilities ``N x C x H x W`` (float32) averaged over windows, flips and scales.
+
+    Args:
+        forward: callable mapping normalised ``n x 3 x h x w`` input to ``n x C x h x w`` logits.
+        images: normalised ``N x 3 x H x W`` float tensor; the result lives on its device.
+        mode: ``"whole"`` or ``"slide"`` (see the module docstring).
+        window: sliding-window size (height, width) in pixels.
+        overlap: fraction of the window shared by neighbouring windows, in [0, 1).
+        flip: also predict the horizontally flipped input and average.
+        scales: input scales to predict at and average; ``(1.0,)`` is plain prediction.
+        batch_size: images (whole mode) or windows (slide mode) per forward call.
+    """
+    options = _check_options(images, mode, window, overlap, scales, batch_size)
+    out = None
+    for index, start, strip in _iter_groups(forward, images, flip=flip, **options):
+        if out is None:
+            out = images.new_empty((images.shape[0], strip.shape[1], *images.shape[2:]), dtype=torch.float32)
+        out[index, :, start:start + strip.shape[2]] = strip
+    return out
+
+
+def predict_labels(forward: Forward, images: Tensor, mode: str = "whole", window: Sequence[int] = (512, 512),
+                   overlap: float = 1 / 3, flip: bool = False, scales: Sequence[float] = (1.0,),
+                   batch_size: int = 4) -> Tensor:
+    """Label maps ``N x H x W`` (int64): the argmax of :func:`predict_probs` with the same arguments.
+
+    In slide mode the probabilities are never held for the whole image: rows are finalised (argmax taken)
+    as soon as no later window touches them, so memory stays bounded for arbitrarily tall images.
+    """
+    options = _check_options(images, mode, window, overlap, scales, batch_size)
+    labels = torch.empty((images.shape[0], *images.shape[2:]), dtype=torch.int64, device=images.device)
+    for index, start, strip in _iter_groups(forward, images, flip=flip, **options):
+        labels[index, start:start + strip.shape[2]] = strip.argmax(1)
+    return labels
+
+
+def _check_options(images: Tensor, mode: str, window: Sequence[int], overlap: float, scales: Sequence[float],
+                   batch_size: int) -> dict:
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a normalised N x 3 x H x W tensor, got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be normalised floats (fcnseg.normalization.normalize), got {images.dtype}")
+    if images.shape[2] < 1 or images.shape[3] < 1:
+        raise ValueError(f"images must have at least one pixel, got {tuple(images.shape)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    window = tuple(int(v) for v in window)
+    if len(window) != 2 or min(window) < 1:
+        raise ValueError(f"window must be two positive sizes (height, width), got {window}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    scales = tuple(float(s) for s in scales)
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be one or more positive numbers, got {scales}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return {"mode": mode, "window": window, "overlap": float(overlap), "scales": scales, "batch_size": batch_size}
+
+
+def _iter_groups(forward: Forward, images: Tensor, mode: str, window: tuple[int, int], overlap: float, flip: bool,
+                 scales: tuple[float, ...], batch_size: int) -> Iterator[tuple[slice, int, Tensor]]:
+    """(images slice, first row, n x C x rows x W strip) in row order per group of images."""
+    # Whole mode batches images; slide mode batches windows of one image at a time.
+    group = batch_size if mode == "whole" else 1
+    with torch.no_grad():
+        for first in range(0, images.shape[0], group):
+            index = slice(first, first + group)
+            for start, strip in _iter_strips(forward, images[index], mode, window, overlap, flip, scales,
+                                             batch_size):
+                yield index, start, strip
+
+
+def _iter_strips(forward: Forward, x: Tensor, mode: str, window: tuple[int, int], overlap: float, flip: bool,
+                 scales: tuple[float, ...], batch_size: int) -> Iterator[tuple[int, Tensor]]:
+    """Finished probability rows of ``x`` (n x 3 x H x W), top to bottom, averaged over scales."""
+    height, width = x.shape[2:]
+
+    def strips_at(scaled: Tensor) -> Iterator[tuple[int, Tensor]]:
+        if mode == "whole":
+            return iter([(0, _probs(forward, scaled, flip))])
+        return _slide_strips(forward, scaled, window, overlap, flip, batch_size)
+
+    if scales == (1.0,):
+        yield from strips_at(x)
+        return
+    streams = []
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        scaled = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        streams.append(_RowResampler(strips_at(scaled), size[0], height, width))
+    # Output rows per step: a window stride keeps every scale's buffers small in slide mode.
+    step = height if mode == "whole" else _stride(min(window[0], height), overlap)
+    for start in range(0, height, step):
+        stop = min(start + step, height)
+        total = streams[0].rows(start, stop)
+        for stream in streams[1:]:
+            total += stream.rows(start, stop)
+        yield start, total / len(streams)
+
+
+def _probs(forward: Forward, x: Tensor, flip: bool) -> Tensor:
+    """Softmax of the logits, averaged with the flipped input's prediction flipped back."""
+    probs = _softmax(forward, x)
+    if flip:
+        probs = (probs + _softmax(forward, x.flip(-1)).flip(-1)) / 2
+    return probs
+
+
+def _softmax(forward: Forward, x: Tensor) -> Tensor:
+    logits = forward(x)
+    if not isinstance(logits, Tensor) or logits.dim() != 4 or logits.shape[0] != x.shape[0] \
+            or logits.shape[2:] != x.shape[2:]:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"forward returned {shape} for input {tuple(x.shape)}; it must return "
+                         "N x C x H x W logits at the input's size")
+    return torch.softmax(logits.float(), dim=1)
+
+
+def _stride(size: int, overlap: float) -> int:
+    # The small epsilon keeps e.g. 3 * (1 - 1/3) = 1.9999... from rounding down to 1.
+    return max(1, int(size * (1 - overlap) + 1e-9))
+
+
+def window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Window offsets along one axis: every ``stride`` pixels, the last one flush with the border."""
+    if size >= length:
+        return [0]
+    return list(range(0, length - size, stride)) + [length - size]
+
+
+class _StripBuffer:
+    """Probability sums and window counts for the rows [top, top + rows) of one image.
+
+    Rows move out at the top once finished, so the buffer never holds more than one window height.
+    """
+
+    def __init__(self, classes: int, rows: int, width: int, device: torch.device) -> None:
+        self.sums = torch.zeros((1, classes, rows, width), dtype=torch.float32, device=device)
+        self.counts = torch.zeros((rows, width), dtype=torch.float32, device=device)
+
+    def add(self, row: int, col: int, probs: Tensor) -> None:
+        """Add one window's ``1 x C x h x w`` probabilities at buffer offset (row, col)."""
+        h, w = probs.shape[2:]
+        self.sums[:, :, row:row + h, col:col + w] += probs
+        self.counts[row:row + h, col:col + w] += 1
+
+    def averages(self, start: int, stop: int) -> Tensor:
+        """The averaged probabilities of buffer rows [start, stop) (a new tensor)."""
+        return self.sums[:, :, start:stop] / self.counts[start:stop]
+
+    def drop(self, rows: int) -> None:
+        """Move rows [rows, end) to the top and clear the rest (chunked: never copy overlapping memory)."""
+        total = self.sums.shape[2]
+        for dst in range(0, total - rows, rows):
+            src_stop = min(dst + 2 * rows, total)
+            self.sums[:, :, dst:src_stop - rows] = self.sums[:, :, dst + rows:src_stop]
+            self.counts[dst:src_stop - rows] = self.counts[dst + rows:src_stop]
+        self.sums[:, :, max(total - rows, 0):] = 0
+        self.counts[max(total - rows, 0):] = 0
+
+
+def _slide_strips(forward: Forward, x: Tensor, window: tuple[int, int], overlap: float, flip: bool,
+                  batch_size: int) -> Iterator[tuple[int, Tensor]]:
+    """Sliding-window probabilities of one image (1 x 3 x H x W) as finished strips of <= stride rows."""
+    height, width = x.shape[2:]
+    win_h, win_w = min(window[0], height), min(window[1], width)
+    stride_h, stride_w = _stride(win_h, overlap), _stride(win_w, overlap)
+    tops = window_starts(height, win_h, stride_h)
+    lefts = window_starts(width, win_w, stride_w)
+    buffer = None
+    for i, top in enumerate(tops):
+        # The buffer's row 0 is image row ``top``: rows above are finished and handed out.
+        for first in range(0, len(lefts), batch_size):
+            chunk = lefts[first:first + batch_size]
+            crops = torch.cat([x[:, :, top:top + win_h, left:left + win_w] for left in chunk])
+            probs = _probs(forward, crops, flip)
+            if buffer is None:
+                buffer = _StripBuffer(probs.shape[1], win_h, width, probs.device)
+            for j, left in enumerate(chunk):
+                buffer.add(0, left, probs[j:j + 1])
+        done = (tops[i + 1] if i + 1 < len(tops) else height) - top  # rows no later window touches
+        for start in range(0, done, stride_h):
+            yield top + start, buffer.averages(start, min(start + stride_h, done))
+        if i + 1 < len(tops):
+            buffer.drop(done)
+
+
+class _RowResampler:
+    """Bilinear resizing (as ``F.interpolate(..., align_corners=False)``) of a map that arrives in row strips.
+
+    Columns are resized as strips arrive; rows by explicit interpolation weights, keeping only the
+    source rows that later output rows still need.
+    """
+
+    def __init__(self, strips: Iterator[tuple[int, Tensor]], source_height: int, height: int, width: int) -> None:
+        self.strips = strips
+        self.width = width
+        # Source coordinate of each output row (half-pixel centres, clamped at the top as PyTorch does).
+        scale = source_height / height
+        coord = ((torch.arange(height, dtype=torch.float64) + 0.5) * scale - 0.5).clamp(min=0)
+        self.low = coord.floor().long().clamp(max=source_height - 1)
+        self.high = (self.low + 1).clamp(max=source_height - 1)
+        self.weight = (coord - self.low).float()
+        self.held: Tensor | None = None  # resized source rows [self.first, self.first + len)
+        self.first = 0
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Output rows [start, stop); calls must move down the image."""
+        need = int(self.high[stop - 1]) + 1
+        while self.held is None or self.first + self.held.shape[2] < need:
+            row, strip = next(self.strips)
+            if strip.shape[3] != self.width:
+                strip = F.interpolate(strip, size=(strip.shape[2], self.width), mode="bilinear", align_corners=False)
+            if self.held is None:
+                self.held, self.first = strip, row
+            else:
+                self.held = torch.cat([self.held, strip], dim=2)
+        keep = int(self.low[start]) - self.first  # rows above are never needed again
+        if keep > 0:
+            self.held, self.first = self.held[:, :, keep:], self.first + keep
+        device = self.held.device
+        low = (self.low[start:stop] - self.first).to(device)
+        high = (self.high[start:stop] - self.first).to(device)
+        weight = self.weight[start:stop].to(device).view(1, 1, -1, 1)
+        return self.held.index_select(2, low) * (1 - weight) + self.held.index_select(2, high) * weight

@@ -1,0 +1,262 @@
+import argparse
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+
+from fcnseg.checkpoint import save_model
+from fcnseg.data.info import SYNTHETIC_ROADS, VOC
+from fcnseg.evaluate import ShardSampler, add_parser, confusion_figure, evaluate, run, write_report
+from fcnseg.metrics import ConfusionMatrix, scores_from_confusion
+from fcnseg.models import build_model
+
+C = 3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny convolutions on a shared CPU run far faster on one thread than on contended threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+IGNORE = 255
+
+# Two images of different sizes. The image's channel 0 holds the class the forward below predicts, so
+# predictions are known exactly; the labels are the ground truth.
+PREDS = [torch.tensor([[0, 0, 1],
+                       [1, 1, 2]]),
+         torch.tensor([[2, 2],
+                       [0, 1],
+                       [1, 1]])]
+LABELS = [torch.tensor([[0, 1, 1],
+                        [1, IGNORE, 2]]),
+          torch.tensor([[2, 0],
+                        [0, 1],
+                        [IGNORE, 1]])]
+# gt 0: predicted 0 twice ((0,0) of A, (1,0) of B), 2 once ((0,1) of B)           -> t_0 = 3
+# gt 1: predicted 0 once ((0,1) of A), 1 four times                             -> t_1 = 5
+# gt 2: predicted 2 twice                                                       -> t_2 = 2
+# The two ignored pixels (predicted 1 and 1) do not count.
+MATRIX = [[2, 0, 1],
+          [1, 4, 0],
+          [0, 0, 2]]
+# Column sums (predicted totals): 3, 4, 3.
+EXPECTED = {
+    "pixel_acc": (2 + 4 + 2) / 10,
+    "mean_acc": (2 / 3 + 4 / 5 + 2 / 2) / 3,
+    "mean_iu": (2 / (3 + 3 - 2) + 4 / (5 + 4 - 4) + 2 / (2 + 3 - 2)) / 3,
+    "fw_iu": (3 * 2 / 4 + 5 * 4 / 5 + 2 * 2 / 3) / 10,
+}
+
+
+class KnownDataset(Dataset):
+    """Images whose channel 0 is the label the ``oracle`` forward will predict."""
+
+    def __init__(self, preds, labels) -> None:
+        self.preds, self.labels = preds, labels
+
+    def __len__(self) -> int:
+        return len(self.preds)
+
+    def __getitem__(self, index):
+        pred = self.preds[index].float()
+        return torch.stack([pred, torch.zeros_like(pred), torch.ones_like(pred)]), self.labels[index]
+
+
+def oracle(x: torch.Tensor) -> torch.Tensor:
+    """Logits that are 10 for the class written in channel 0 (padding, 0, predicts class 0)."""
+    return F.one_hot(x[:, 0].round().long(), C).permute(0, 3, 1, 2).float() * 10
+
+
+def test_scores_by_hand_over_the_whole_dataset():
+    scores = evaluate(oracle, KnownDataset(PREDS, LABELS), C, IGNORE, progress=False)
+    assert scores["confusion"] == MATRIX  # ignored pixels are not counted
+    assert scores["num_images"] == 2
+    for key, value in EXPECTED.items():
+        assert scores[key] == pytest.approx(value, abs=1e-12), key
+    # Counts are pooled over the dataset, not scores averaged over images.
+    per_image = [evaluate(oracle, KnownDataset([p], [t]), C, IGNORE, progress=False)["mean_iu"]
+                 for p, t in zip(PREDS, LABELS, strict=True)]
+    assert scores["mean_iu"] != pytest.approx(sum(per_image) / 2)
+
+
+def test_batches_of_different_sizes_score_like_single_images():
+    dataset = KnownDataset(PREDS * 3, LABELS * 3)
+    one = evaluate(oracle, dataset, C, IGNORE, progress=False)
+    padded = evaluate(oracle, dataset, C, IGNORE, batch_size=2, progress=False)
+    assert padded["confusion"] == one["confusion"] == [[3 * v for v in row] for row in MATRIX]
+    slide = evaluate(oracle, dataset, C, IGNORE, batch_size=4, mode="slide", window=(2, 2), flip=True,
+                     progress=False)
+    assert slide["confusion"] == one["confusion"]
+
+
+def test_a_model_is_evaluated_in_eval_mode_and_given_back_in_its_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, C, 1), nn.Dropout(0.9))  # dropout would change predictions in train mode
+    dataset = KnownDataset(PREDS, LABELS)
+    expected = ConfusionMatrix(C, IGNORE)
+    with torch.no_grad():
+        for image, label in dataset:
+            expected.update(model.eval()(image[None]), label[None])
+    model.train()
+    scores = evaluate(model, dataset, C, IGNORE, progress=False)
+    assert scores["confusion"] == expected.matrix.tolist()
+    assert model.training
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_shard_sampler_covers_every_index_exactly_once(world_size):
+    for length in range(0, 11):
+        shards = [list(ShardSampler(length, rank, world_size)) for rank in range(world_size)]
+        assert sorted(i for shard in shards for i in shard) == list(range(length))
+        assert [len(ShardSampler(length, rank, world_size)) for rank in range(world_size)] == \
+            [len(shard) for shard in shards]
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_shard_sampler_refuses_bad_ranks():
+    with pytest.raises(ValueError, match="rank"):
+        ShardSampler(5, 2, 2)
+
+
+def test_distributed_without_process_group_is_refused():
+    with pytest.raises(ValueError, match="torch.distributed"):
+        evaluate(oracle, KnownDataset(PREDS, LABELS), C, IGNORE, progress=False, distributed=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Rank 1 runs in a separate process; it loads this file for the dataset and the oracle forward.
+RANK_1 = """
+import datetime, importlib.util, json, sys
+import torch.distributed as dist
+from fcnseg.evaluate import evaluate
+
+test_file, port, out = sys.argv[1], sys.argv[2], sys.argv[3]
+spec = importlib.util.spec_from_file_location("evaluate_tests", test_file)
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=1, world_size=2,
+                        timeout=datetime.timedelta(seconds=60))
+scores = evaluate(tests.oracle, tests.five_images(), tests.C, tests.IGNORE, progress=False, distributed=True)
+json.dump(scores, open(out, "w"))
+dist.destroy_process_group()
+"""
+
+
+def five_images() -> KnownDataset:
+    return KnownDataset(PREDS * 2 + PREDS[:1], LABELS * 2 + LABELS[:1])
+
+
+def test_distributed_counts_every_image_once(tmp_path):
+    # Five images over two ranks: a sampler that pads shards would score one image twice.
+    script = tmp_path / "rank1.py"
+    script.write_text(RANK_1)
+    port = str(_free_port())
+    other = subprocess.Popen([sys.executable, str(script), __file__, port, str(tmp_path / "rank1.json")],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=2,
+                                timeout=datetime.timedelta(seconds=60))
+        try:
+            scores = evaluate(oracle, five_images(), C, IGNORE, progress=False, distributed=True)
+        finally:
+            dist.destroy_process_group()
+        assert other.wait(timeout=60) == 0
+    finally:
+        other.kill()
+    single = evaluate(oracle, five_images(), C, IGNORE, progress=False)
+    for result in (scores, json.loads((tmp_path / "rank1.json").read_text())):
+        assert result["num_images"] == 5
+        assert result["confusion"] == single["confusion"]
+
+
+def test_write_report_writes_metrics_and_figure(tmp_path):
+    scores = evaluate(oracle, KnownDataset(PREDS, LABELS), C, IGNORE, progress=False)
+    names = ["sky", "road", "car"]
+    text = write_report(scores, names, tmp_path / "out", "FCN-8s")
+    assert "| FCN-8s | 80.0 |" in text and "| road |" in text
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["confusion"] == MATRIX
+    assert metrics["mean_iu"] == pytest.approx(EXPECTED["mean_iu"])
+    assert metrics["per_class"]["road"] == {"iou": pytest.approx(0.8), "acc": pytest.approx(0.8)}
+    with Image.open(tmp_path / "out" / "confusion.png") as picture:
+        assert picture.format == "PNG" and picture.width > 3 * 20
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_undefined_scores_become_null_in_json(tmp_path):
+    # Class c never appears: its accuracy and IoU are undefined (nan), which JSON cannot hold.
+    matrix = [[2, 1, 0], [0, 3, 0], [0, 0, 0]]
+    scores = {**scores_from_confusion(torch.tensor(matrix)), "confusion": matrix}
+    write_report(scores, ["a", "b", "c"], tmp_path, "net")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["per_class"]["c"] == {"iou": None, "acc": None}
+    assert metrics["per_class"]["b"] == {"iou": pytest.approx(3 / 4), "acc": 1.0}
+
+
+def _shade_count(path, colour) -> int:
+    array = np.asarray(Image.open(path).convert("RGB"))
+    return int((array == np.asarray(colour, dtype=np.uint8)).all(axis=2).sum())
+
+
+def test_confusion_figure_shades_by_row_fraction(tmp_path):
+    full = (8, 48, 107)  # the shade of a cell holding all of its row's pixels
+    confusion_figure([[7, 0], [0, 0]], ["a", "b"], tmp_path / "full.png")
+    confusion_figure([[1, 1], [3, 3]], ["a", "b"], tmp_path / "half.png")
+    assert _shade_count(tmp_path / "full.png", full) > 100
+    assert _shade_count(tmp_path / "full.png", (220, 220, 220)) > 100  # class b absent from the ground truth
+    assert _shade_count(tmp_path / "half.png", full) == 0
+    big = confusion_figure(np.eye(21, dtype=np.int64), VOC.class_names, tmp_path / "voc.png")
+    with Image.open(big) as picture:
+        assert picture.width > 21 * 20 and picture.height > 21 * 20
+    with pytest.raises(ValueError, match="class names"):
+        confusion_figure([[1, 0], [0, 1]], ["a"], tmp_path / "bad.png")
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    return run(parser.parse_args(argv))
+
+
+def test_cli_scores_a_checkpoint_on_synthetic_roads(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = build_model("fcn8s", backbone="vgg16", num_classes=8, width=1 / 16, geometry="fast")
+    checkpoint = save_model(model, SYNTHETIC_ROADS, tmp_path / "model.pt")
+    out = tmp_path / "eval"
+    code = _cli(["eval", str(checkpoint), "--dataset", "synthetic", "--split", "val", "--limit", "3",
+                 "--workers", "0", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "synthetic val: 3 images" in printed
+    assert "| fcn8s (vgg16) |" in printed and "| lane_marking |" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_images"] == 3
+    assert sum(map(sum, metrics["confusion"])) == 3 * 128 * 160  # synthetic labels have no ignored pixels
+    assert (out / "confusion.png").is_file()
+
+
+def test_cli_refuses_a_dataset_with_other_classes(tmp_path):
+    model = build_model("fcn32s", backbone="vgg16", num_classes=21, width=1 / 16, geometry="fast")
+    checkpoint = save_model(model, VOC, tmp_path / "voc.pt")
+    with pytest.raises(ValueError, match="predicts 21 classes"):
+        _cli(["eval", str(checkpoint), "--dataset", "synthetic", "--limit", "1", "--workers", "0"])
+    with pytest.raises(ValueError, match="--root is required"):
+        _cli(["eval", str(checkpoint), "--dataset", "voc"])
