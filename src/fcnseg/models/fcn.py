@@ -156,7 +156,7 @@ class FCN(nn.Module):
         height, width = x.shape[-2], x.shape[-1]
         top = self.pad_top_left
         bottom, right = self._pad_bottom_right(height), self._pad_bottom_right(width)
-        if top or bottom or right:
+        if self.geometry == "fast" or top or self.pad_extra:  # constants only: exports keep the pad op
             x = F.pad(x, (top, right, top, bottom))
         features = self.backbone(x)
         score = self.score_fr(features[2])
