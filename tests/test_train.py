@@ -1,0 +1,179 @@
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import fcnseg.train as train_module
+from fcnseg import build_model
+from fcnseg.checkpoint import read_checkpoint, save_model
+from fcnseg.data.info import SYNTHETIC_ROADS
+from fcnseg.train import EpochSampler, TrainConfig, TrainingError, build_optimizer, lr_factor, train
+
+TINY = {"backbone": "vgg16", "width": 1 / 16, "geometry": "fast", "dataset": "synthetic",
+        "dataset_options": {"num_images": 12, "height": 48, "width": 64}, "batch_size": 4, "workers": 0,
+        "optimizer": "sgd", "lr": 0.05, "iterations": 4, "val_interval": 4, "checkpoint_interval": 2,
+        "log_interval": 1, "progress": False, "crop_size": [40, 48], "scale_range": [0.75, 1.25]}
+
+
+def _config(tmp_path, name="run", **changes):
+    return TrainConfig.from_dict({**TINY, "out": str(tmp_path / name), **changes})
+
+
+def _weights(path):
+    return read_checkpoint(path)["model_state_dict"]
+
+
+def test_training_writes_config_checkpoints_and_log(tmp_path):
+    result = train(_config(tmp_path, model="fcn8s"))
+    run = tmp_path / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"] == "fcn8s"
+    assert read_checkpoint(run / "last.pth")["iteration"] == 4
+    assert (run / "best.pth").is_file()
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("iteration,epoch,loss") and len(rows) == 1 + 4 + 1  # 4 steps + 1 validation
+    assert 0 <= result["scores"]["pixel_acc"] <= 1
+
+
+def test_resume_after_kill_continues_exactly(tmp_path, monkeypatch):
+    straight = train(_config(tmp_path, "straight"))
+    assert straight["iterations"] == 4
+
+    # Kill the second run during iteration 3 (after the iteration-2 checkpoint), then resume it.
+    calls = {"n": 0}
+    original = train_module.TrainSamples.__getitem__
+
+    def dying(self, index):
+        calls["n"] += 1
+        if calls["n"] > 2 * 4 + 2:  # two full batches of 4, then 2 samples into the third
+            raise KeyboardInterrupt("killed")
+        return original(self, index)
+
+    monkeypatch.setattr(train_module.TrainSamples, "__getitem__", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, "killed"))
+    assert read_checkpoint(tmp_path / "killed" / "last.pth")["iteration"] == 2
+    monkeypatch.setattr(train_module.TrainSamples, "__getitem__", original)
+    resumed = train(_config(tmp_path, "killed", resume=True))
+    assert resumed["iterations"] == 4
+
+    expected, actual = _weights(tmp_path / "straight" / "last.pth"), _weights(tmp_path / "killed" / "last.pth")
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    assert resumed["scores"]["mean_iu"] == straight["scores"]["mean_iu"]
+    # The log has each iteration once, as if never interrupted.
+    iterations = [row.split(",")[0] for row in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()[1:]]
+    assert iterations == ["1", "2", "3", "4", "4"]
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(tmp_path):
+    train(_config(tmp_path, iterations=2))
+    with pytest.raises(TrainingError, match="--resume"):
+        train(_config(tmp_path, iterations=2))
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypatch):
+    original = train_module.segmentation_loss
+    steps = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        steps["n"] += 1
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if steps["n"] == 3 else loss
+
+    monkeypatch.setattr(train_module, "segmentation_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"became nan at iteration 3.*last good checkpoint is .*last\.pth"):
+        train(_config(tmp_path))
+    state = read_checkpoint(tmp_path / "run" / "last.pth")
+    assert state["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model_state_dict"].values() if v.is_floating_point())
+
+
+def test_paper_recipe_groups_and_lr():
+    config = TrainConfig.from_dict({"recipe": "paper", "model": "fcn16s"})
+    assert config.resolved_lr() == 1e-12
+    model = build_model("fcn16s", backbone="vgg16", num_classes=3, width=1 / 16)
+    optimizer = build_optimizer(model, config)
+    weights, biases = optimizer.param_groups
+    assert optimizer.defaults["momentum"] == 0.99
+    assert (weights["lr"], weights["weight_decay"]) == (1e-12, 5e-4)
+    assert (biases["lr"], biases["weight_decay"]) == (2e-12, 0.0)
+    assert all(p.ndim == 1 for p in biases["params"])
+    # Frozen bilinear upsampling is not trained.
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert all(id(u.weight) not in trained for u in model.upsamplers())
+
+
+def test_schedule_values():
+    config = TrainConfig(iterations=100, warmup_iterations=10, poly_power=0.9)
+    assert lr_factor(config, 0) == pytest.approx(0.1)
+    assert lr_factor(config, 9) == pytest.approx(1.0)
+    assert lr_factor(config, 50) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(TrainConfig(schedule="constant"), 500) == 1.0
+
+
+def test_config_file_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: fcn16s\nbackbone: alexnet\nwidth: 0.5\n")
+    config = TrainConfig.from_yaml(path, width=0.25)
+    assert (config.model, config.backbone, config.width) == ("fcn16s", "alexnet", 0.25)
+    path.write_text("modle: fcn16s\n")
+    with pytest.raises(ValueError, match="unknown option.*modle"):
+        TrainConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="amp must be one of"):
+        TrainConfig.from_dict({"amp": "fp8"})
+
+
+def test_epoch_sampler_shards_and_resumes():
+    full = list(EpochSampler(10, seed=3))
+    assert sorted(full) == list(range(10))
+    ranks = [list(EpochSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(r) == 4 for r in ranks) and set(sum(ranks, [])) == set(range(10))
+    sampler = EpochSampler(10, seed=3)
+    sampler.set_position(0, start=4)
+    assert list(sampler) == full[4:]
+    sampler.set_position(1)
+    assert list(sampler) != full
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(tmp_path):
+    # A fixed random starting model, so that predictions (and metrics) are not trivial.
+    torch.manual_seed(5)
+    start = build_model("fcn8s", backbone="vgg16", num_classes=8, width=1 / 16, geometry="fast")
+    with torch.no_grad():
+        for p in start.parameters():
+            p.copy_(torch.randn_like(p) * (2.0 / p[0].numel()) ** 0.5)
+    save_model(start, SYNTHETIC_ROADS, tmp_path / "start.pth")
+    common = ["train", "--model", "fcn8s", "--backbone", "vgg16", "--width", "0.0625", "--geometry", "fast",
+              "--iterations", "2", "--val-interval", "2", "--checkpoint-interval", "2", "--workers", "0",
+              "--init-from", str(tmp_path / "start.pth"), "--lr", "0.01", "--set", "progress=false",
+              "--set", "flip=false", "--set", "dataset_options={num_images: 16, height: 40, width: 56}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "fcnseg.cli", *common, "--batch-size", "8",
+                             "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                             "-m", "fcnseg.cli", *common, "--batch-size", "4", "--out", str(tmp_path / "two")],
+                            env=env, capture_output=True, text=True)
+    assert double.returncode == 0, double.stderr
+    one, two = read_checkpoint(tmp_path / "one" / "last.pth"), read_checkpoint(tmp_path / "two" / "last.pth")
+    # 2 ranks x 4 images see the same 8 images per step as 1 x 8: the same updates up to float rounding.
+    for key, value in one["model_state_dict"].items():
+        torch.testing.assert_close(two["model_state_dict"][key], value, atol=1e-5, rtol=1e-4)
+    # Validation is sharded over the ranks without repeats and the confusion matrices summed: the
+    # same numbers as one process (to the rounding of weights that agree to 1e-5).
+    metrics = [[float(v) for v in Path(tmp_path / name / "metrics.csv").read_text().splitlines()[-1].split(",")[5:]]
+               for name in ("one", "two")]
+    assert metrics[0] == pytest.approx(metrics[1], abs=1e-4), metrics
