@@ -1,0 +1,383 @@
+"""``fcnseg serve``: a small local web page to try a model on your own images.
+
+Standard library HTTP server (``http.server.ThreadingHTTPServer``), a static page (``fcnseg/web``) and a
+JSON API; no web framework, no JavaScript build step.
+
+Endpoints:
+
+* ``GET /`` the page, ``GET /app.js`` its script.
+* ``GET /api/info`` -> ``{dataset, num_classes, ignore_index, classes: [{id, name, color}], model,
+  normalization, device, max_upload_bytes, max_pixels}`` (``color`` is ``"#rrggbb"``; ``model`` is the
+  checkpoint's architecture dict, or null).
+* ``POST /api/segment`` with the raw image file as the request body (no multipart form; any
+  Content-Type, e.g. ``curl --data-binary @photo.jpg http://127.0.0.1:8000/api/segment``) ->
+  ``{width, height, mask_png, color_png, image_png, classes: [{id, name, color, share}], elapsed_ms}``.
+  ``mask_png`` is a base64 palette PNG whose pixel values are the class indices, ``color_png`` the
+  base64 RGB colour mask and ``image_png`` the base64 RGB image exactly as the model saw it (EXIF
+  orientation applied; browsers cannot show every format the server reads, e.g. TIFF). ``classes``
+  lists the predicted classes, largest share first; the shares (fractions of all pixels) sum to 1.
+  ``elapsed_ms`` is the model's inference time.
+
+Errors are JSON ``{"error": message}``: 400 not an image / unsupported format / corrupt file, 411 no
+Content-Length, 413 upload or image too large, 404 unknown path, 500 model failure.
+
+The page blends image and colour mask in the browser with the same formula as
+:func:`fcnseg.viz.overlay`, so the opacity slider needs no server round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import ipaddress
+import json
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fcnseg.data.info import DatasetInfo
+from fcnseg.data.io import DataError
+from fcnseg.predict import load, read_image_limited
+from fcnseg.viz import colorize
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_UPLOAD_MB = 20.0
+# Lower than ``fcnseg predict``'s limit: the page runs whole-image inference and should answer in seconds.
+DEFAULT_MAX_PIXELS = 16_000_000
+
+# PIL format name -> the name users know. MPO is how PIL reports multi-picture JPEGs from many cameras.
+ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "BMP": "BMP", "TIFF": "TIFF", "WEBP": "WebP"}
+_ACCEPTED_TEXT = "PNG, JPEG, BMP, TIFF or WebP"
+
+# How long (seconds) to keep reading a refused body before closing: see ``_discard_body``.
+_DISCARD_SECONDS = 2.0
+
+
+class SegmenterLike(Protocol):
+    """What the server needs: ``predict(HxWx3 uint8 array) -> HxW class ids`` and a ``DatasetInfo``."""
+
+    info: DatasetInfo
+
+    def predict(self, image: np.ndarray) -> np.ndarray: ...
+
+
+class RequestError(Exception):
+    """A request the server refuses: an HTTP status and a message for the person at the page."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _hex(color: Any) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in color))
+
+
+def _png_base64(picture: Image.Image, compress_level: int = 6) -> str:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=compress_level)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_upload(body: bytes, max_pixels: int) -> np.ndarray:
+    """Decode uploaded image bytes to an HxWx3 uint8 RGB array, or raise :class:`RequestError`.
+
+    The header is checked first (format, pixel count), so a small file claiming a huge picture (a
+    decompression bomb) is refused with 413 before any pixel is decoded. Decoding goes through
+    :func:`fcnseg.predict.read_image_limited`, so uploads get the same mode conversions and bomb guard as
+    files given to ``fcnseg predict``.
+    """
+    if not body:
+        raise RequestError(400, "the upload is empty: choose an image file (" + _ACCEPTED_TEXT + ")")
+    try:
+        with Image.open(io.BytesIO(body)) as probe:
+            pil_format, (width, height) = probe.format, probe.size
+    except UnidentifiedImageError:
+        raise RequestError(400, f"the uploaded file is not an image; upload a {_ACCEPTED_TEXT} file") from None
+    except Image.DecompressionBombError as exc:
+        raise RequestError(413, f"the uploaded image has far too many pixels ({exc}); this server accepts at most "
+                                f"{max_pixels:,} pixels") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise RequestError(400, f"the uploaded image is corrupt ({exc}); re-export it as PNG or JPEG") from None
+    if pil_format not in ACCEPTED_FORMATS:
+        raise RequestError(400, f"{pil_format} images are not supported; upload a {_ACCEPTED_TEXT} file")
+    if width * height > max_pixels:
+        raise RequestError(
+            413, f"the image is {width} x {height} = {width * height:,} pixels; this server accepts at most "
+                 f"{max_pixels:,} pixels (shrink the image or restart the server with a larger --max-pixels)")
+    # The decoder (with its own bomb guard for frames larger than the header says) reads files, so the
+    # bytes go through a private temporary file.
+    with tempfile.TemporaryDirectory(prefix="fcnseg-serve-") as tmp:
+        path = Path(tmp) / f"upload.{ACCEPTED_FORMATS[pil_format].lower()}"
+        path.write_bytes(body)
+        try:
+            return read_image_limited(path, max_pixels)
+        except DataError as exc:
+            raise RequestError(400, str(exc).replace(str(path), "the uploaded file")) from None
+
+
+class SegmentServer(ThreadingHTTPServer):
+    """The HTTP server of ``fcnseg serve``; build it with :func:`make_server`."""
+
+    daemon_threads = True  # a hung browser connection must not keep the process alive on Ctrl+C
+
+    def __init__(self, address: tuple[str, int], segmenter: SegmenterLike, max_upload_bytes: int,
+                 max_pixels: int, quiet: bool = False) -> None:
+        self.segmenter = segmenter
+        self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
+        self.quiet = quiet
+        # One prediction at a time: concurrent uploads would multiply peak memory for no speed-up.
+        self.predict_lock = threading.Lock()
+        web = resources.files("fcnseg") / "web"
+        self.static = {
+            "/": (web.joinpath("index.html").read_bytes(), "text/html; charset=utf-8"),
+            "/app.js": (web.joinpath("app.js").read_bytes(), "text/javascript; charset=utf-8"),
+        }
+        self.static["/index.html"] = self.static["/"]
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+    def info(self) -> dict:
+        """The ``GET /api/info`` answer."""
+        seg = self.segmenter
+        info: DatasetInfo = seg.info
+        model = getattr(seg, "model", None)
+        config = getattr(model, "config", None)
+        return {
+            "dataset": info.name,
+            "num_classes": info.num_classes,
+            "ignore_index": info.ignore_index,
+            "classes": [{"id": i, "name": name, "color": _hex(info.palette[i])}
+                        for i, name in enumerate(info.class_names)],
+            "model": dict(config) if isinstance(config, dict) else None,
+            "normalization": getattr(seg, "normalization", None),
+            "device": str(getattr(seg, "device", "cpu")),
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_pixels": self.max_pixels,
+        }
+
+    def segment(self, body: bytes) -> dict:
+        """The ``POST /api/segment`` answer for the uploaded image bytes ``body``."""
+        image = decode_upload(body, self.max_pixels)
+        info: DatasetInfo = self.segmenter.info
+        with self.predict_lock:
+            start = time.perf_counter()
+            labels = np.asarray(self.segmenter.predict(image))
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+        height, width = image.shape[:2]
+        if labels.shape != (height, width) or not np.issubdtype(labels.dtype, np.integer):
+            raise RuntimeError(f"the segmenter returned shape {labels.shape} dtype {labels.dtype}, "
+                               f"expected an integer {height} x {width} label map")
+        if labels.min() < 0 or labels.max() >= info.num_classes:
+            raise RuntimeError(f"the segmenter returned class ids {labels.min()}..{labels.max()}, but "
+                               f"{info.name} has classes 0..{info.num_classes - 1}")
+        labels = labels.astype(np.uint8)
+        counts = np.bincount(labels.ravel(), minlength=info.num_classes)
+        present = sorted(np.flatnonzero(counts), key=lambda i: (-counts[i], i))
+        classes = [{"id": int(i), "name": info.class_names[i], "color": _hex(info.palette[i]),
+                    "share": float(counts[i] / labels.size)} for i in present]
+        mask = Image.fromarray(labels)
+        mask.putpalette(info.palette_array().tobytes())  # "L" -> "P": viewers show colours, values are ids
+        return {
+            "width": width,
+            "height": height,
+            "mask_png": _png_base64(mask),
+            "color_png": _png_base64(Image.fromarray(colorize(labels, info))),
+            # Low compression: photos barely compress anyway and this keeps large uploads quick.
+            "image_png": _png_base64(Image.fromarray(image), compress_level=1),
+            "classes": classes,
+            "elapsed_ms": round(elapsed_ms, 1),
+        }
+
+
+class _SegmentServer6(SegmentServer):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: SegmentServer
+    server_version = "fcnseg"
+    protocol_version = "HTTP/1.1"  # keep-alive; every response carries a Content-Length
+    timeout = 60  # seconds; an idle or stalled connection must not hold a thread forever
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+    def _send(self, status: int, body: bytes, content_type: str, close: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy",
+                         "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'")
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_json(self, status: int, payload: dict, close: bool = False) -> None:
+        self._send(status, json.dumps(payload).encode("utf-8"), "application/json", close=close)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = urlsplit(self.path).path
+        if path in self.server.static:
+            self._send(200, *self.server.static[path])
+        elif path == "/api/info":
+            self._send_json(200, self.server.info())
+        else:
+            self._send_json(404, {"error": f"no such page: {path}"})
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        path = urlsplit(self.path).path
+        if path != "/api/segment":
+            self._send_json(404, {"error": f"no such endpoint: POST {path}"}, close=True)
+            return
+        try:
+            body = self._read_body()
+            self._send_json(200, self.server.segment(body))
+        except RequestError as exc:
+            self._send_json(exc.status, {"error": exc.message}, close=exc.status in (411, 413))
+        except Exception as exc:  # noqa: BLE001 - the page gets one line, the terminal the traceback
+            self.log_error("segmentation failed:\n%s", traceback.format_exc())
+            self._send_json(500, {"error": f"the model failed on this image: {type(exc).__name__}: {exc}"})
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise RequestError(411, "chunked uploads are not supported: send the file with a Content-Length header")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            raise RequestError(411, "missing Content-Length header: send the image file as the request body")
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            raise RequestError(400, f"invalid Content-Length header {raw!r}") from None
+        limit = self.server.max_upload_bytes
+        if length > limit:
+            self._discard_body(length)
+            raise RequestError(413, f"the upload is {length / 2**20:.1f} MB; this server accepts at most "
+                                    f"{limit / 2**20:g} MB (restart it with a larger --max-upload-mb)")
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise RequestError(400, f"the upload was cut off after {len(body)} of {length} bytes; try again")
+        return body
+
+    def _discard_body(self, length: int) -> None:
+        """Read and drop a refused body for a short while.
+
+        Closing a socket with unread data makes the kernel reset the connection, and the browser then
+        reports a network error instead of showing our 413 message.
+        """
+        deadline = time.monotonic() + _DISCARD_SECONDS
+        self.connection.settimeout(0.5)
+        try:
+            while length > 0 and time.monotonic() < deadline:
+                chunk = self.rfile.read1(min(length, 1 << 16))
+                if not chunk:
+                    break
+                length -= len(chunk)
+        except OSError:
+            pass  # timeout or reset: the error response is still worth trying
+
+
+def make_server(segmenter: SegmenterLike, host: str = DEFAULT_HOST, port: int = 0,
+                max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
+                max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False) -> SegmentServer:
+    """A ready-to-run server (call ``serve_forever()``) around ``segmenter``.
+
+    ``segmenter`` is anything with ``predict(HxWx3 uint8 array) -> HxW class ids`` and ``info`` (a
+    :class:`~fcnseg.data.info.DatasetInfo`), e.g. :func:`fcnseg.predict.load`'s result. ``port=0`` picks a
+    free port (see ``server.server_address`` / ``server.url``). Uploads over ``max_upload_bytes`` or
+    pictures over ``max_pixels`` are refused with 413. ``quiet`` turns off the per-request log lines.
+    """
+    if max_upload_bytes <= 0:
+        raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
+    if max_pixels <= 0:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    server_class = _SegmentServer6 if ":" in host else SegmentServer
+    return server_class((host, port), segmenter, max_upload_bytes, max_pixels, quiet=quiet)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``fcnseg serve``."""
+    parser = subparsers.add_parser(
+        "serve", help="local web page: upload an image, see the segmentation",
+        description="Start a local web page to try a checkpoint on your own images: upload or drop an "
+                    "image, see the overlay, class shares and download the mask. Binds to 127.0.0.1 "
+                    "(this machine only) unless --host says otherwise.")
+    parser.add_argument("checkpoint", help="fcnseg checkpoint (.pt)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to your network)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                        help="largest accepted upload in MB (default 20)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels than this, before decoding "
+                             f"(default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fcnseg serve``: load the checkpoint and serve until Ctrl+C."""
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be positive, got {args.max_pixels}")
+    segmenter = load(args.checkpoint, device=args.device, max_pixels=args.max_pixels)
+    try:
+        server = make_server(segmenter, args.host, args.port, int(args.max_upload_mb * 2**20), args.max_pixels)
+    except OSError as exc:
+        print(f"fcnseg: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. "
+              "Is another server using that port? Try --port 0 for a free one.", file=sys.stderr)
+        return 2
+    print(f"fcnseg serve: {segmenter.info.name} model from {args.checkpoint} at {server.url} (Ctrl+C to stop)",
+          flush=True)
+    if not _is_loopback(args.host):
+        print(f"fcnseg serve: warning: listening on {args.host}, so other machines can reach this page; "
+              "it has no authentication.", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\nfcnseg serve: stopped", flush=True)
+    finally:
+        server.server_close()
+    return 0
