@@ -90,9 +90,16 @@ def test_onnx_export_of_a_module_needs_info_and_overrides(tmp_path):
 
 
 def test_export_refuses_a_graph_that_bakes_in_the_traced_size(tmp_path, monkeypatch):
-    # Without the traceable padding, the fast geometry's pad is recorded for 64 x 64 only (none at all).
-    monkeypatch.setattr(export._Exportable, "forward", lambda self, image: self.fcn(image))
+    # A Python branch on the input size is recorded for the traced 64 x 64 only (here: never taken).
     model = tiny_model(geometry="fast")
+    plain_forward = type(model).forward
+
+    def size_dependent(self, image):
+        if image.shape[-1] % 32:
+            image = image * 2
+        return plain_forward(self, image)
+
+    monkeypatch.setattr(type(model), "forward", size_dependent)
     path = tmp_path / "model.onnx"
     path.write_bytes(b"previous export")
     with pytest.raises(export.ExportError, match="untraced input size 2x3x37x53.*was not written"):

@@ -15,14 +15,13 @@ half-written checkpoint in place of a good one.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from fcnseg.atomic import atomic_open
 from fcnseg.data.info import DatasetInfo
 from fcnseg.models import build_model
 from fcnseg.models.fcn import FCN
@@ -34,19 +33,9 @@ VERSION = 1
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file next to ``path``, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path) as handle:
+        torch.save(obj, handle)
+    return Path(path)
 
 
 def unwrap(model: nn.Module) -> FCN:

@@ -96,12 +96,22 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unavailable(error: ImportError) -> int:
+    print(f"fcnseg: error: this command cannot run here: {error}", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for segmentation")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
     for name in MODULE_COMMANDS:
-        importlib.import_module(name).add_parser(subparsers)
+        try:
+            importlib.import_module(name).add_parser(subparsers)
+        except ImportError as error:  # e.g. an optional dependency is missing: the other commands still work
+            command = name.rsplit(".", 1)[1].replace("evaluate", "eval")
+            broken = subparsers.add_parser(command, help=f"(unavailable: {error})")
+            broken.set_defaults(func=lambda args, error=error: _unavailable(error))
     _add_demo(subparsers)
     _add_download(subparsers)
     _add_convert(subparsers)

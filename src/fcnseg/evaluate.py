@@ -15,7 +15,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from fcnseg import viz
+from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import model_from_checkpoint, unwrap
 from fcnseg.data.collate import PadCollate
 from fcnseg.data.registry import DATASETS, build_dataset
@@ -198,16 +198,9 @@ def _json_number(value: float) -> float | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, allow_nan=False)
+        handle.write("\n")
 
 
 def report_text(scores: dict, class_names: Sequence[str], title: str) -> str:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fcnseg.atomic import atomic_path
 from fcnseg.checkpoint import dataset_meta, info_from_meta, model_from_checkpoint, unwrap
 from fcnseg.data.info import DatasetInfo
 from fcnseg.models.fcn import FCN
@@ -153,21 +152,11 @@ def _verify(forward: Callable, model: FCN, what: str, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- files
 def _write_atomically(path: Path, write: Callable[[Path], None], check: Callable[[Path], None] | None = None) -> Path:
-    """``write(tmp)`` next to ``path``, fsync, optionally ``check(tmp)``, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    """``write(tmp)`` next to ``path``, optionally ``check(tmp)``, then rename over ``path``."""
+    with atomic_path(path) as tmp:
         write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
         if check is not None:
             check(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

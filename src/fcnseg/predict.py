@@ -24,7 +24,6 @@ import argparse
 import glob
 import os
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -38,6 +37,7 @@ import torch
 from PIL import Image, ImageOps
 
 from fcnseg import viz
+from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import DataError, image_to_rgb, read_image
@@ -365,14 +365,8 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
 
 
 def _save_npy_atomically(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        np.save(handle, array)
 
 
 def write_outputs(out: Path, stem: str, image: np.ndarray, labels: np.ndarray, info: DatasetInfo,

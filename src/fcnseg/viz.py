@@ -8,13 +8,12 @@ of one dataset uses the same colours.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fcnseg.atomic import atomic_open
 from fcnseg.data.info import DatasetInfo
 
 WHITE = 255
@@ -127,17 +126,9 @@ def present_classes(label: np.ndarray, info: DatasetInfo) -> list[int]:
 
 
 def _save_atomically(path: str | os.PathLike, picture: Image.Image) -> None:
-    """Write a PNG to a temporary file next to ``path`` and rename it: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            picture.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write a PNG so that readers never see half a file."""
+    with atomic_open(path) as handle:
+        picture.save(handle, format="PNG")
 
 
 def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
