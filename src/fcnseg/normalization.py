@@ -31,27 +31,27 @@ def normalize(image: torch.Tensor | np.ndarray, kind: str = "imagenet") -> torch
             raise ValueError(f"expected an HxWx3 RGB array, got shape {image.shape}")
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     x = image.float()
-    channel_axis = x.dim() - 3
-    shape = [1] * x.dim()
-    shape[channel_axis] = 3
+    mean, std = _constants(kind, x)
     if kind == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(shape)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(shape)
         return (x / 255.0 - mean) / std
-    mean = torch.tensor(CAFFE_BGR_MEAN, device=x.device).view(shape)
-    return x.flip(channel_axis) - mean
+    return x.flip(x.dim() - 3) - mean
+
+
+def _constants(kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mean (and std) shaped to broadcast over the channel axis of ``x`` (CHW or BCHW)."""
+    shape = [1] * x.dim()
+    shape[x.dim() - 3] = 3
+    if kind == "imagenet":
+        return (torch.tensor(IMAGENET_MEAN, device=x.device).view(shape),
+                torch.tensor(IMAGENET_STD, device=x.device).view(shape))
+    if kind == "caffe":
+        return torch.tensor(CAFFE_BGR_MEAN, device=x.device).view(shape), None
+    raise ValueError(f"unknown normalization {kind!r}; choose one of {NORMALIZATIONS}")
 
 
 def denormalize(x: torch.Tensor, kind: str = "imagenet") -> torch.Tensor:
     """Inverse of :func:`normalize`: float network input back to 0-255 RGB values (float)."""
-    channel_axis = x.dim() - 3
-    shape = [1] * x.dim()
-    shape[channel_axis] = 3
+    mean, std = _constants(kind, x)
     if kind == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(shape)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(shape)
         return (x * std + mean) * 255.0
-    if kind == "caffe":
-        mean = torch.tensor(CAFFE_BGR_MEAN, device=x.device).view(shape)
-        return (x + mean).flip(channel_axis)
-    raise ValueError(f"unknown normalization {kind!r}; choose one of {NORMALIZATIONS}")
+    return (x + mean).flip(x.dim() - 3)
