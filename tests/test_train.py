@@ -177,3 +177,22 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     metrics = [[float(v) for v in Path(tmp_path / name / "metrics.csv").read_text().splitlines()[-1].split(",")[5:]]
                for name in ("one", "two")]
     assert metrics[0] == pytest.approx(metrics[1], abs=1e-4), metrics
+
+
+def test_bf16_channels_last_accumulation_and_tensorboard(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    result = train(_config(tmp_path, amp="bf16", channels_last=True, grad_accum=2, iterations=2, val_interval=2))
+    assert result["iterations"] == 2
+    weights = _weights(tmp_path / "run" / "last.pth")
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    # Two micro-batches per step: 2 steps read 4 batches of 4 from 12 images, so the second epoch begins.
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert rows[2].split(",")[:2] == ["2", "1"]
+
+
+def test_fp16_needs_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(TrainingError, match="fp16 needs a CUDA GPU"):
+        train(_config(tmp_path, amp="fp16"))
