@@ -135,3 +135,12 @@ def test_failed_save_leaves_no_temp_file(tmp_path):
     with pytest.raises(OSError):
         save_png(target, np.zeros((2, 2), dtype=np.uint8))
     assert sorted(os.listdir(tmp_path)) == ["target.png"]
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    import stat
+
+    save_png(tmp_path / "a.png", np.zeros((2, 2, 3), np.uint8))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.png").stat().st_mode) == 0o666 & ~mask

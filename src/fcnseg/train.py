@@ -59,6 +59,7 @@ class TrainConfig:
     width: float = 1.0
     geometry: str = "fast"
     learnable_upsampling: bool = False
+    dropout: float = 0.5  # fc6/fc7 dropout (VGG16, AlexNet)
     init_from: str | None = None  # a coarser run's folder or checkpoint (staged training)
     imagenet_weights: str | None = None  # file or URL of torchvision ImageNet weights; "default" = official
     # data
@@ -272,7 +273,8 @@ def resolve_init_checkpoint(path: str) -> Path:
 
 def build_training_model(config: TrainConfig, num_classes: int) -> FCN:
     model = build_model(config.model, backbone=config.backbone, num_classes=num_classes, width=config.width,
-                        geometry=config.geometry, learnable_upsampling=config.learnable_upsampling)
+                        geometry=config.geometry, learnable_upsampling=config.learnable_upsampling,
+                        dropout=config.dropout)
     if config.imagenet_weights:
         load_imagenet_weights(model, None if config.imagenet_weights == "default" else config.imagenet_weights)
     if config.init_from:

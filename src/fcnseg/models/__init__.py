@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from fcnseg.models.backbones import BACKBONES
 from fcnseg.models.fcn import FCN, GEOMETRIES, HEADS
 
@@ -15,7 +17,7 @@ MODELS = {
 
 
 def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int = 21, width: float = 1.0,
-                geometry: str = "reference", learnable_upsampling: bool = False) -> FCN:
+                geometry: str = "reference", learnable_upsampling: bool = False, dropout: float = 0.5) -> FCN:
     """Build an FCN, e.g. ``build_model("fcn8s", backbone="vgg16", num_classes=21)``.
 
     Args:
@@ -26,6 +28,7 @@ def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int =
         geometry: ``"reference"`` (the authors' pad-100-and-crop nets) or ``"fast"`` (minimal padding).
         learnable_upsampling: train the upsampling kernels (full class x class) instead of keeping them
             frozen at bilinear interpolation (stored depthwise, cheaper).
+        dropout: probability of the fc6/fc7 dropout layers (VGG16, AlexNet); the paper keeps 0.5.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
@@ -35,11 +38,16 @@ def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int =
         raise ValueError(f"unknown geometry {geometry!r}; choose one of {GEOMETRIES}")
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     net = BACKBONES[backbone](width, reference=geometry == "reference")
     model = FCN(net, num_classes, head=MODELS[name], geometry=geometry,
                 learnable_upsampling=learnable_upsampling)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = dropout
     model.config = {"name": name, "backbone": backbone, "num_classes": num_classes, "width": width,
-                    "geometry": geometry, "learnable_upsampling": learnable_upsampling}
+                    "geometry": geometry, "learnable_upsampling": learnable_upsampling, "dropout": dropout}
     return model
 
 
