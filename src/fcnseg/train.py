@@ -402,7 +402,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     model.to(runtime.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    if runtime.distributed and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+    # SyncBatchNorm runs on GPUs only; CPU processes on gloo keep per-process batch statistics.
+    if runtime.distributed and runtime.device.type == "cuda" and any(isinstance(m, nn.BatchNorm2d)
+                                                                     for m in model.modules()):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(config, it))
