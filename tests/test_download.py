@@ -227,3 +227,11 @@ def test_progress_only_on_a_terminal(server: Server, tmp_path: Path, monkeypatch
     monkeypatch.setattr(sys, "stderr", tty)
     download_file(f"{server.url}/weights.pth", tmp_path / "b.pth", progress=True)
     assert f"/ {len(PAYLOAD) / 1e6:.1f} MB" in tty.getvalue()
+
+
+def test_cli_download_names_the_known_datasets(tmp_path, capsys):
+    from fcnseg.cli import main
+
+    assert main(["download", "imagenet", "--root", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("fcnseg: error:") and "voc2012" in error and "camvid" in error
