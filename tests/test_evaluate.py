@@ -25,12 +25,8 @@ C = 3
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions on a shared CPU run far faster on one thread than on contended threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_thread):
+    pass
 IGNORE = 255
 
 # Two images of different sizes. The image's channel 0 holds the class the forward below predicts, so

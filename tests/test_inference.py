@@ -11,12 +11,8 @@ C = 5
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions on a shared CPU run far faster on one thread than on contended threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_thread):
+    pass
 
 
 def pointwise_forward(classes: int = C) -> nn.Module:

@@ -6,14 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fcnseg import viz
-from fcnseg.checkpoint import save_model
 from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.data.synthetic import render_scene
-from fcnseg.models import build_model
 from fcnseg.predict import load
 from fcnseg.serve import make_server
 
@@ -36,17 +33,8 @@ READ_CANVAS = """() => {
 
 
 @pytest.fixture(scope="module")
-def segmenter(tmp_path_factory):
-    torch.manual_seed(2)
-    model = build_model("fcn8s", backbone="vgg16", num_classes=8, width=1 / 16, geometry="fast")
-    # Score layers start at zero (every pixel would tie at class 0); random trainable convolutions
-    # (the upsampling stays bilinear) give labels that vary across the image.
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() == 4 and weight.requires_grad:
-                torch.nn.init.kaiming_normal_(weight)
-    return load(save_model(model, SYNTHETIC_ROADS, tmp_path_factory.mktemp("ckpt") / "tiny.pt"))
-
+def segmenter(tiny_checkpoint):
+    return load(tiny_checkpoint)
 
 @pytest.fixture(scope="module")
 def server(segmenter):
