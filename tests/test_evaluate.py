@@ -256,3 +256,28 @@ def test_cli_refuses_a_dataset_with_other_classes(tmp_path):
         _cli(["eval", str(checkpoint), "--dataset", "synthetic", "--limit", "1", "--workers", "0"])
     with pytest.raises(ValueError, match="--root is required"):
         _cli(["eval", str(checkpoint), "--dataset", "voc"])
+
+
+def test_cli_eval_under_torchrun_equals_one_process(tiny_checkpoint, tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["-m", "fcnseg.cli", "eval", str(tiny_checkpoint), "--dataset", "synthetic", "--limit", "5",
+            "--workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(port), *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    results = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two")]
+    assert results[0]["confusion"] == results[1]["confusion"]
+    assert sum(map(sum, results[0]["confusion"])) == 5 * 128 * 160  # every pixel of 5 images, once

@@ -295,9 +295,17 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, range(args.limit))
 
+    # Under torchrun each process scores its own shard and the confusion matrices are summed.
+    from fcnseg.train import setup_runtime
+
+    runtime = setup_runtime(device.type)
+    if runtime.distributed:
+        device = runtime.device
     scores = evaluate(model, dataset, info.num_classes, ignore_index, mode=args.mode, window=args.window,
                       overlap=args.overlap, flip=args.flip, scales=args.scales, device=device,
-                      batch_size=args.batch_size, num_workers=args.workers)
+                      batch_size=args.batch_size, num_workers=args.workers, distributed=runtime.distributed)
+    if not runtime.is_main:
+        return 0
     title = f"{model.config['name']} ({model.config['backbone']})"
     if args.out is not None:
         text = write_report(scores, info.class_names, args.out, title)
