@@ -341,6 +341,8 @@ def _tensorboard(out: Path, enabled: bool):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # optional: CSV logs always exist
+        print("fcnseg train: tensorboard is not installed, logging to metrics.csv only "
+              "(pip install tensorboard for TensorBoard logs)", file=sys.stderr)
         return None
     return SummaryWriter(str(out / "tensorboard"))
 
