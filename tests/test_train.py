@@ -197,3 +197,17 @@ def test_fp16_needs_a_gpu(tmp_path):
         pytest.skip("this machine has a GPU")
     with pytest.raises(TrainingError, match="fp16 needs a CUDA GPU"):
         train(_config(tmp_path, amp="fp16"))
+
+
+def test_cli_resume_uses_the_runs_own_config(tmp_path):
+    from fcnseg.cli import main
+
+    out = str(tmp_path / "cli")
+    tiny = ["--set", "dataset_options={num_images: 8, height: 40, width: 48}", "--set", "progress=false",
+            "--workers", "0", "--batch-size", "4"]
+    assert main(["train", "--model", "fcn16s", "--width", "0.0625", "--geometry", "fast", "--iterations", "2",
+                 "--val-interval", "2", "--out", out, *tiny]) == 0
+    # No model options this time: they come from the run's config.yaml.
+    assert main(["train", "--out", out, "--resume", "--iterations", "3"]) == 0
+    state = read_checkpoint(tmp_path / "cli" / "last.pth")
+    assert state["iteration"] == 3 and state["model"]["name"] == "fcn16s" and state["model"]["width"] == 0.0625

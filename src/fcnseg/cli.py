@@ -44,7 +44,10 @@ def _run_train(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
         overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    if args.config:
+    saved = Path(args.out or TrainConfig.out) / "config.yaml"
+    if args.resume and not args.config and saved.is_file():
+        config = TrainConfig.from_yaml(saved, **overrides)  # the run's own settings, then the flags given
+    elif args.config:
         config = TrainConfig.from_yaml(args.config, **overrides)
     else:
         config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None}, source="options")
