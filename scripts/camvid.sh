@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce docs/camvid.md: FCN-32s -> FCN-16s -> FCN-8s (staged) and FCN-8s at once on CamVid, then
-# evaluate each on the val split. Usage: scripts/camvid.sh [32s-16s-8s|atonce|eval]   (from the repo root)
+# evaluate each on the val split. Usage: scripts/camvid.sh [32s-16s-8s|atonce|control|eval]  (from the repo root)
 set -euo pipefail
 FCNSEG=${FCNSEG:-.venv/bin/fcnseg}
 ROOT=${CAMVID_ROOT:-../shared/data/camvid}
@@ -13,8 +13,11 @@ fi
 if [[ $part == all || $part == atonce ]]; then
   $FCNSEG train --config configs/camvid/fcn8s_atonce.yaml --root "$ROOT"
 fi
+if [[ $part == all || $part == control ]]; then
+  $FCNSEG train --config configs/camvid/fcn32s_continued.yaml --root "$ROOT"
+fi
 if [[ $part == all || $part == eval ]]; then
-  for stage in fcn32s fcn16s fcn8s fcn8s_atonce; do
+  for stage in fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued; do
     $FCNSEG eval runs/camvid/$stage/best.pth --dataset camvid --root "$ROOT" --split val --out docs/camvid/$stage
   done
 fi
