@@ -99,6 +99,15 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _leave_process_group() -> None:
+    """Under torchrun: wait for every rank, then tear the group down (gloo aborts at exit otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _unavailable(error: ImportError) -> int:
     print(f"fcnseg: error: this command cannot run here: {error}", file=sys.stderr)
     return 2
@@ -128,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        _leave_process_group()
+        return code
     except (DataError, WeightsError, FileNotFoundError, ValueError) as error:
         print(f"fcnseg: error: {error}", file=sys.stderr)
         return 2
