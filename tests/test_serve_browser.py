@@ -75,7 +75,9 @@ def test_upload_overlay_slider_download_and_errors(page, server, segmenter, tmp_
     assert len(present) >= 2, "the test model should predict several classes"
 
     page.goto(server.url)
-    page.wait_for_function("document.getElementById('title').textContent.includes('synthetic_roads')")
+    # Locator waits, not wait_for_function: that one evals its predicate in the page, which the page's
+    # Content-Security-Policy (rightly) forbids whenever the condition is not already true.
+    page.locator("#title", has_text="synthetic_roads").wait_for()
     assert "fcn8s" in page.text_content("#title")
 
     page.set_input_files("#file", str(tmp_path / "street.png"))
@@ -92,7 +94,7 @@ def test_upload_overlay_slider_download_and_errors(page, server, segmenter, tmp_
     half = canvas_rgb(page)
     np.testing.assert_array_equal(half, viz.overlay(image, expected, SYNTHETIC_ROADS, 50 / 100))
     page.fill("#opacity", "85")
-    page.wait_for_function("document.getElementById('opacity-value').textContent === '85%'")
+    page.locator("#opacity-value", has_text="85%").wait_for()
     # The page redraws on the next animation frame; after two frames the new blend is on the canvas.
     page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
     strong = canvas_rgb(page)
