@@ -12,10 +12,9 @@ from fcnseg.data.io import (
     DataError,
     FilePairDataset,
     PathLike,
-    read_label_indices,
+    read_remapped_label,
     require_dir,
     unmatched_error,
-    validate_label,
 )
 
 ADE20K_LAYOUT = (
@@ -62,15 +61,9 @@ _LUT = reduce_zero_label_lut()
 
 def read_ade20k_label(path: PathLike, info: DatasetInfo = ADE20K_INFO) -> np.ndarray:
     """Read an ADE20K annotation PNG: 0 -> 255 (ignore), 1..150 -> 0..149."""
-    raw = read_label_indices(path)
-    values = np.unique(raw)
-    bad = values[(values < 0) | (values > len(ADE20K_CLASSES))]
-    if bad.size:
-        raise DataError(
-            f"label {path} has values {bad.tolist()[:12]} outside ADE20K's 0..150 (0 = other, 1..150 = "
-            "classes): is it a SceneParsing annotations/*.png file (not the full ADE20K *_seg.png)?"
-        )
-    return validate_label(_LUT[raw], info, path, check_binary_mask=False)
+    return read_remapped_label(path, _LUT, range(len(ADE20K_CLASSES) + 1), info,
+                               "in ADE20K's 0..150 (0 = other, 1..150 = classes): is it a SceneParsing "
+                               "annotations/*.png file (not the full ADE20K *_seg.png)?")
 
 
 class ADE20K(FilePairDataset):

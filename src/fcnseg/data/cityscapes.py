@@ -12,10 +12,9 @@ from fcnseg.data.io import (
     DataError,
     FilePairDataset,
     PathLike,
-    read_label_indices,
+    read_remapped_label,
     require_dir,
     unmatched_error,
-    validate_label,
 )
 
 CITYSCAPES_LAYOUT = (
@@ -44,15 +43,9 @@ _LUT = train_id_lut()
 
 def read_cityscapes_label(path: PathLike, info: DatasetInfo = CITYSCAPES) -> np.ndarray:
     """Read a ``*_gtFine_labelIds.png`` and map its label ids to the 19 train ids (others -> 255)."""
-    ids = read_label_indices(path)
-    values = np.unique(ids)
-    bad = values[((values < 0) | (values >= NUM_LABEL_IDS)) & (values != 255)]
-    if bad.size:
-        raise DataError(
-            f"label {path} has values {bad.tolist()[:12]} that are not Cityscapes label ids (0..33): use the "
-            "*_gtFine_labelIds.png files (not *_trainIds, *_color or *_instanceIds)"
-        )
-    return validate_label(_LUT[ids], info, path, check_binary_mask=False)
+    return read_remapped_label(path, _LUT, [*range(NUM_LABEL_IDS), 255], info,
+                               "Cityscapes label ids (0..33): use the *_gtFine_labelIds.png files (not "
+                               "*_trainIds, *_color or *_instanceIds)")
 
 
 class Cityscapes(FilePairDataset):

@@ -160,6 +160,18 @@ def map_colors(rgb: np.ndarray, color_map: Mapping[tuple[int, int, int], int], p
     return classes[inverse.reshape(keys.shape)]
 
 
+def read_remapped_label(path: PathLike, lut: np.ndarray, raw_ids: Iterable[int], info: DatasetInfo,
+                        what: str) -> np.ndarray:
+    """Read raw label ids, refuse any outside ``raw_ids`` (``what`` explains them in the message), and map
+    the rest through the 256-entry lookup table ``lut`` to class indices or the ignore index."""
+    ids = read_label_indices(path)
+    values = np.unique(ids)
+    bad = np.setdiff1d(values, np.fromiter(raw_ids, dtype=np.int64))
+    if bad.size:
+        raise DataError(f"label {path} has values {bad.tolist()[:12]} that are not {what}")
+    return validate_label(lut[ids], info, path, check_binary_mask=False)
+
+
 def read_label_indices(path: PathLike) -> np.ndarray:
     """Read a class-index label image as an HxW integer array, without checking the values.
 
