@@ -11,13 +11,9 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.synthetic import SyntheticRoads
 from fcnseg.metrics import format_per_class, format_table
-from fcnseg.normalization import normalize
+from fcnseg.predict import load
 from fcnseg.train import TrainConfig, train
 from fcnseg.viz import colorize, overlay, save_png, side_by_side
 
@@ -56,17 +52,13 @@ def run_demo(out: Path, iterations: int | None = None) -> dict[str, dict]:
 
 def write_overlays(out: Path, count: int = OVERLAY_IMAGES) -> list[Path]:
     """image | ground truth | FCN-32s | FCN-16s | FCN-8s, one PNG per validation image."""
-    models = {stage: model_from_checkpoint(out / stage / "last.pth")[0] for stage in STAGES}
+    segmenters = [load(out / stage / "last.pth") for stage in STAGES]
     dataset = SyntheticRoads(num_images=count, split="val")
     paths = []
     for index in range(count):
         image, label = dataset.load(index)
         panels = [image, colorize(label, dataset.info)]
-        for model in models.values():
-            with torch.no_grad():
-                logits = model(normalize(image, model.backbone.input_normalization)[None])
-            prediction = logits.argmax(1)[0].numpy().astype(np.uint8)
-            panels.append(overlay(image, prediction, dataset.info, opacity=0.7))
+        panels += [overlay(image, segmenter.predict(image), dataset.info, opacity=0.7) for segmenter in segmenters]
         path = out / "overlays" / f"{dataset.sample_name(index)}.png"
         save_png(path, side_by_side(panels))
         paths.append(path)
@@ -75,7 +67,6 @@ def write_overlays(out: Path, count: int = OVERLAY_IMAGES) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     results = run_demo(out, args.iterations)
     names = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s"}
     print("\nSynthetic road scenes, validation (100 images, 128x160):\n")

@@ -174,9 +174,9 @@ def imagenet_classifier_layer(state_dict: Mapping[str, torch.Tensor], backbone: 
 
 
 # -------------------------------------------------------------------------------- pytorch-fcn (authors')
-def pytorch_fcn_to_fcnseg(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a pytorch-fcn (torchfcn) FCN state dict to fcnseg's VGG16 FCN names."""
-    conv_index = [i for i, item in enumerate(_vgg_layer_kinds()) if item == "conv"]
+def pytorch_fcn_to_fcnseg(state_dict: Mapping[str, torch.Tensor], backbone: VGG) -> dict[str, torch.Tensor]:
+    """Rename a pytorch-fcn (torchfcn) FCN state dict to the names of an fcnseg VGG16 FCN."""
+    conv_index = [i for i, layer in enumerate(backbone.features) if isinstance(layer, nn.Conv2d)]
     renamed = {}
     for key, value in state_dict.items():
         layer, _, suffix = key.partition(".")
@@ -187,13 +187,6 @@ def pytorch_fcn_to_fcnseg(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
         else:
             renamed[key] = value
     return renamed
-
-
-def _vgg_layer_kinds() -> list[str]:
-    kinds = []
-    for item in VGG.CONFIG:
-        kinds += ["pool"] if item == "M" else ["conv", "relu"]
-    return kinds
 
 
 def infer_pytorch_fcn_head(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -215,7 +208,7 @@ def load_pytorch_fcn(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> None
         raise WeightsError("pytorch-fcn weights are for the VGG16 backbone (without batch norm)")
     if model.geometry != "reference":
         raise WeightsError("the authors' weights need geometry='reference' to give the authors' outputs")
-    renamed = pytorch_fcn_to_fcnseg(state_dict)
+    renamed = pytorch_fcn_to_fcnseg(state_dict, model.backbone)
     upsamplers = {name: m for name, m in model.named_modules() if isinstance(m, Upsample)}
     kernels = {k: renamed.pop(k) for k in list(renamed) if k.rsplit(".", 1)[0] in upsamplers}
     own = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] not in upsamplers}
