@@ -30,7 +30,7 @@ from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import model_from_checkpoint, unwrap
 from fcnseg.data.collate import PadCollate
 from fcnseg.data.registry import DATASETS, build_dataset
-from fcnseg.inference import Forward, predict_labels
+from fcnseg.inference import Forward, predict_labels, resolve_device
 from fcnseg.metrics import SCORE_KEYS, ConfusionMatrix, format_per_class, format_table
 
 
@@ -277,12 +277,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {args.device!r}; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {args.device!r} requested but CUDA is not available here; use --device cpu")
+    device = resolve_device(args.device)
 
     model, info = model_from_checkpoint(args.checkpoint)
     dataset = _build_eval_dataset(args.dataset, args.root, args.split, model.backbone.input_normalization,

@@ -276,3 +276,14 @@ class _RowResampler:
         high = (self.high[start:stop] - self.first).to(device)
         weight = self.weight[start:stop].to(device).view(1, 1, -1, 1)
         return self.held.index_select(2, low) * (1 - weight) + self.held.index_select(2, high) * weight
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device from a name, with a clear error for unknown names or a missing GPU."""
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return resolved

@@ -41,7 +41,7 @@ from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import DataError, image_to_rgb, read_image
-from fcnseg.inference import predict_labels, predict_probs
+from fcnseg.inference import predict_labels, predict_probs, resolve_device
 from fcnseg.normalization import NORMALIZATIONS, normalize
 
 DEFAULT_MAX_PIXELS = 200_000_000
@@ -150,16 +150,6 @@ def to_rgb_array(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
 # --- the segmenter -------------------------------------------------------------------------------------
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
-    return resolved
-
-
 class Segmenter:
     """A model ready for inference, with everything needed to read its inputs and show its outputs.
 
@@ -178,7 +168,7 @@ class Segmenter:
             raise ValueError("Segmenter needs a model or a forward callable")
         if max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {max_pixels}")
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.model = model
         if model is not None:
             model.to(self.device).eval()
