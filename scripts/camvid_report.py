@@ -23,10 +23,10 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-from fcnseg import predict, viz
-from fcnseg.checkpoint import WeightsError
-from fcnseg.data.io import DataError
+from fcnseg import viz
+from fcnseg.api import load
 from fcnseg.data.registry import build_dataset
+from fcnseg.errors import DataError, WeightsError
 from fcnseg.metrics import SCORE_KEYS, format_table
 
 STAGES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
@@ -145,7 +145,7 @@ def write_overlays(runs: Path, root: Path, out: Path, count: int) -> None:
         if weights is None:
             note(f"{name}: no best.pth or last.pth in {runs / name}; not in the overlays")
         else:
-            segmenters[f"{name} ({weights.name})"] = predict.load(weights)
+            segmenters[f"{name} ({weights.name})"] = load(weights)
     dataset = build_dataset("camvid", root, "val")
     for k, index in enumerate(np.linspace(0, len(dataset) - 1, count).round().astype(int)):
         image, label = dataset.load(int(index))

@@ -2,7 +2,6 @@ import argparse
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,10 +15,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fcnseg.checkpoint import save_model
-from fcnseg.data.info import SYNTHETIC_ROADS, VOC
-from fcnseg.evaluate import ShardSampler, add_parser, confusion_figure, evaluate, run, write_report
+from fcnseg.commands.evaluate import add_parser, run
+from fcnseg.data.info import VOC
+from fcnseg.errors import ConfigError, DataError
+from fcnseg.evaluate import ShardSampler, evaluate, write_report
+from fcnseg.inference import InferenceOptions
 from fcnseg.metrics import ConfusionMatrix, scores_from_confusion
 from fcnseg.models import build_model
+from fcnseg.viz import confusion_figure
 
 C = 3
 
@@ -91,10 +94,10 @@ def test_scores_by_hand_over_the_whole_dataset():
 def test_batches_of_different_sizes_score_like_single_images():
     dataset = KnownDataset(PREDS * 3, LABELS * 3)
     one = evaluate(oracle, dataset, C, IGNORE, progress=False)
-    padded = evaluate(oracle, dataset, C, IGNORE, batch_size=2, progress=False)
+    padded = evaluate(oracle, dataset, C, IGNORE, InferenceOptions(batch_size=2), progress=False)
     assert padded["confusion"] == one["confusion"] == [[3 * v for v in row] for row in MATRIX]
-    slide = evaluate(oracle, dataset, C, IGNORE, batch_size=4, mode="slide", window=(2, 2), flip=True,
-                     progress=False)
+    slide = evaluate(oracle, dataset, C, IGNORE, InferenceOptions(batch_size=4, mode="slide", window=(2, 2),
+                                                                  flip=True), progress=False)
     assert slide["confusion"] == one["confusion"]
 
 
@@ -128,14 +131,8 @@ def test_shard_sampler_refuses_bad_ranks():
 
 
 def test_distributed_without_process_group_is_refused():
-    with pytest.raises(ValueError, match="torch.distributed"):
+    with pytest.raises(ConfigError, match="torch.distributed"):
         evaluate(oracle, KnownDataset(PREDS, LABELS), C, IGNORE, progress=False, distributed=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # Rank 1 runs in a separate process; it loads this file for the dataset and the oracle forward.
@@ -160,11 +157,11 @@ def five_images() -> KnownDataset:
     return KnownDataset(PREDS * 2 + PREDS[:1], LABELS * 2 + LABELS[:1])
 
 
-def test_distributed_counts_every_image_once(tmp_path):
+def test_distributed_counts_every_image_once(tmp_path, free_port):
     # Five images over two ranks: a sampler that pads shards would score one image twice.
     script = tmp_path / "rank1.py"
     script.write_text(RANK_1)
-    port = str(_free_port())
+    port = str(free_port)
     other = subprocess.Popen([sys.executable, str(script), __file__, port, str(tmp_path / "rank1.json")],
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -232,10 +229,8 @@ def _cli(argv: list[str]) -> int:
     return run(parser.parse_args(argv))
 
 
-def test_cli_scores_a_checkpoint_on_synthetic_roads(tmp_path, capsys):
-    torch.manual_seed(0)
-    model = build_model("fcn8s", backbone="vgg16", num_classes=8, width=1 / 16, geometry="fast")
-    checkpoint = save_model(model, SYNTHETIC_ROADS, tmp_path / "model.pt")
+def test_cli_scores_a_checkpoint_on_synthetic_roads(tiny_checkpoint, tmp_path, capsys):
+    checkpoint = tiny_checkpoint
     out = tmp_path / "eval"
     code = _cli(["eval", str(checkpoint), "--dataset", "synthetic", "--split", "val", "--limit", "3",
                  "--workers", "0", "--out", str(out)])
@@ -251,23 +246,15 @@ def test_cli_scores_a_checkpoint_on_synthetic_roads(tmp_path, capsys):
 
 def test_cli_refuses_a_dataset_with_other_classes(tmp_path):
     model = build_model("fcn32s", backbone="vgg16", num_classes=21, width=1 / 16, geometry="fast")
-    checkpoint = save_model(model, VOC, tmp_path / "voc.pt")
-    with pytest.raises(ValueError, match="predicts 21 classes"):
+    checkpoint = save_model(model, VOC, tmp_path / "voc.pth")
+    with pytest.raises(DataError, match="predicts 21 classes"):
         _cli(["eval", str(checkpoint), "--dataset", "synthetic", "--limit", "1", "--workers", "0"])
-    with pytest.raises(ValueError, match="--root is required"):
+    with pytest.raises(ConfigError, match="needs a root.*--root"):
         _cli(["eval", str(checkpoint), "--dataset", "voc"])
 
 
-def test_cli_eval_under_torchrun_equals_one_process(tiny_checkpoint, tmp_path):
-    import json
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def test_cli_eval_under_torchrun_equals_one_process(tiny_checkpoint, tmp_path, free_port):
+    port = free_port
     args = ["-m", "fcnseg.cli", "eval", str(tiny_checkpoint), "--dataset", "synthetic", "--limit", "5",
             "--workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -5,8 +5,9 @@ from fcnseg import export
 from fcnseg.checkpoint import save_model
 from fcnseg.cli import main
 from fcnseg.data.info import DatasetInfo
-from fcnseg.models import build_model
-from fcnseg.models.weights import WeightsError
+from fcnseg.errors import WeightsError
+
+from .helpers import random_fcn
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -17,23 +18,13 @@ ROADS = DatasetInfo("my_roads", ("void", "road", "lane"), ((0, 0, 0), (128, 64, 
                     ignore_index=7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny nets on a shared 2-core machine: extra intra-op threads only wait on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny nets on a shared 2-core machine: extra intra-op threads only wait on each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(name="fcn8s", geometry="fast", backbone="vgg16", seed=0):
-    torch.manual_seed(seed)
-    model = build_model(name, backbone=backbone, num_classes=ROADS.num_classes, width=1 / 16, geometry=geometry)
-    # Score layers start at zero, which would make every output 0 and any comparison pass: randomise them.
-    for layer in model.score_layers():
-        torch.nn.init.normal_(layer.weight)
-        torch.nn.init.normal_(layer.bias)
-    return model.eval()
+    # Random score layers too: at zero (as built) every output would be 0 and any comparison would pass.
+    return random_fcn(name, backbone=backbone, num_classes=ROADS.num_classes, geometry=geometry, seed=seed)
 
 
 def assert_matches(forward, model, shapes=UNTRACED_SHAPES):
@@ -55,7 +46,7 @@ def assert_matches(forward, model, shapes=UNTRACED_SHAPES):
 ])
 def test_onnx_matches_torch_at_untraced_sizes(tmp_path, name, geometry, backbone):
     model = tiny_model(name, geometry, backbone)
-    path = export.export_onnx(save_model(model, ROADS, tmp_path / "model.pt"), tmp_path / "model.onnx")
+    path = export.export_onnx(save_model(model, ROADS, tmp_path / "model.pth"), tmp_path / "model.onnx")
     forward, _, _ = export.load_onnx(path, threads=1)
     assert_matches(forward, model)
 
@@ -63,7 +54,7 @@ def test_onnx_matches_torch_at_untraced_sizes(tmp_path, name, geometry, backbone
 def test_onnx_metadata_round_trip(tmp_path):
     model = tiny_model()
     model.backbone.input_normalization = "caffe"  # as for the authors' converted weights
-    path = export.export_onnx(save_model(model, ROADS, tmp_path / "model.pt"), tmp_path / "out" / "model.onnx")
+    path = export.export_onnx(save_model(model, ROADS, tmp_path / "model.pth"), tmp_path / "out" / "model.onnx")
     forward, info, normalization = export.load_onnx(path)
     assert info == ROADS
     assert normalization == "caffe"
@@ -114,7 +105,7 @@ def test_export_refuses_a_graph_that_bakes_in_the_traced_size(tmp_path, monkeypa
 @pytest.mark.parametrize("geometry", ["fast", "reference"])
 def test_torchscript_matches_torch_at_untraced_sizes(tmp_path, geometry):
     model = tiny_model("fcn8s", geometry)
-    path = export.export_torchscript(save_model(model, ROADS, tmp_path / "model.pt"), tmp_path / "model.ts")
+    path = export.export_torchscript(save_model(model, ROADS, tmp_path / "model.pth"), tmp_path / "model.ts")
     module, info, normalization = export.load_torchscript(path)
     assert (info, normalization) == (ROADS, "imagenet")
     assert isinstance(module, torch.jit.ScriptModule) and not module.training
@@ -123,9 +114,9 @@ def test_torchscript_matches_torch_at_untraced_sizes(tmp_path, geometry):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # scripting the foreign archive
 def test_load_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+    with pytest.raises(WeightsError, match="not found.*missing.onnx"):
         export.load_onnx(tmp_path / "missing.onnx")
-    with pytest.raises(FileNotFoundError, match="missing.ts"):
+    with pytest.raises(WeightsError, match="not found.*missing.ts"):
         export.load_torchscript(tmp_path / "missing.ts")
     text = tmp_path / "notes.onnx"
     text.write_text("not a model")
@@ -161,7 +152,7 @@ def cli(argv):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_cli_exports_and_reports_parity(tmp_path, capsys, fmt):
-    checkpoint = save_model(tiny_model(geometry="fast"), ROADS, tmp_path / "model.pt")
+    checkpoint = save_model(tiny_model(geometry="fast"), ROADS, tmp_path / "model.pth")
     out = tmp_path / f"model.{fmt}"
     assert cli([checkpoint, "--format", fmt, "--out", out, "--check-sizes", "37x53", "20X30"]) == 0
     printed = capsys.readouterr().out
@@ -174,8 +165,8 @@ def test_cli_exports_and_reports_parity(tmp_path, capsys, fmt):
 
 def test_cli_rejects_bad_sizes(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
-        cli([tmp_path / "model.pt", "--out", tmp_path / "m.onnx", "--check-sizes", "224by224"])
+        cli([tmp_path / "model.pth", "--out", tmp_path / "m.onnx", "--check-sizes", "224by224"])
     assert exited.value.code == 2
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
-    assert cli([tmp_path / "model.pt", "--out", tmp_path / "m.onnx"]) == 2
-    assert "fcnseg: error: checkpoint not found" in capsys.readouterr().err
+    assert cli([tmp_path / "model.pth", "--out", tmp_path / "m.onnx"]) == 2
+    assert "fcnseg export: error: checkpoint not found" in capsys.readouterr().err

@@ -1,3 +1,5 @@
+"""The Python API (fcnseg.load / Segmenter) and ``fcnseg predict``."""
+
 import argparse
 import sys
 import types
@@ -8,30 +10,24 @@ import torch
 from PIL import Image
 
 from fcnseg import viz
-from fcnseg.checkpoint import save_model
+from fcnseg.api import Segmenter, load
+from fcnseg.commands.predict import add_parser
 from fcnseg.data.info import SYNTHETIC_ROADS
-from fcnseg.data.io import DataError
+from fcnseg.data.io import decode_image
 from fcnseg.data.synthetic import render_scene
-from fcnseg.models import build_model
-from fcnseg.models.weights import WeightsError
-from fcnseg.predict import Segmenter, add_parser, load, read_image_limited
+from fcnseg.errors import ConfigError, DataError, LimitError, WeightsError
 
 H, W = 64, 80
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("fcn8s", backbone="vgg16", num_classes=8, width=1 / 16, geometry="fast")
-    # Score layers start at zero (every pixel would tie at class 0); random ones give varied labels.
-    for layer in model.score_layers():
-        torch.nn.init.normal_(layer.weight)
-    return save_model(model, SYNTHETIC_ROADS, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def segmenter(checkpoint):
-    return load(checkpoint)
+    return load(checkpoint, device="cpu")
 
 
 def scene(seed, height=H, width=W):
@@ -65,18 +61,21 @@ def test_path_pil_and_array_give_the_same_labels(segmenter, tmp_path):
     expected = segmenter.predict(image)
     assert expected.shape == (H, W) and expected.dtype == np.uint8
     assert len(np.unique(expected)) > 1  # a model predicting one class everywhere would prove nothing
-    for source in (path, str(path), Image.fromarray(image), Image.fromarray(rgba, "RGBA"), Image.open(path)):
+    for source in (path, str(path), path.read_bytes(), Image.fromarray(image), Image.fromarray(rgba, "RGBA"),
+                   Image.open(path)):
         np.testing.assert_array_equal(segmenter.predict(source), expected)
 
 
 def test_wrong_inputs_are_refused_with_what_is_accepted(segmenter):
-    with pytest.raises(TypeError, match="file path.*PIL image.*uint8"):
+    with pytest.raises(TypeError, match="file path.*bytes.*PIL image.*uint8"):
         segmenter.predict(42)
-    with pytest.raises(TypeError, match="list"):
+    with pytest.raises(TypeError, match="list.*predict_batch"):
         segmenter.predict([scene(1)])
-    with pytest.raises(ValueError, match="HxWx3 uint8"):
+    with pytest.raises(TypeError, match="a list of images"):
+        segmenter.predict_batch(scene(1))
+    with pytest.raises(DataError, match="HxWx3 uint8"):
         segmenter.predict(scene(1).astype(np.float32))
-    with pytest.raises(ValueError, match="HxWx3 uint8"):
+    with pytest.raises(DataError, match="HxWx3 uint8"):
         segmenter.predict(scene(1)[:, :, 0])
     with pytest.raises(DataError, match="not found"):
         segmenter.predict("/nonexistent/image.png")
@@ -84,15 +83,25 @@ def test_wrong_inputs_are_refused_with_what_is_accepted(segmenter):
 
 def test_probabilities_sum_to_one_and_argmax_matches_labels(segmenter):
     image = scene(2)
-    labels, probs = segmenter.predict(image, return_probs=True)
+    probs = segmenter.predict_probs(image)
     assert probs.shape == (8, H, W) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
-    np.testing.assert_array_equal(probs.argmax(0), labels)
-    # The label-only path (which never holds all probabilities at once) agrees too.
-    np.testing.assert_array_equal(segmenter.predict(image), labels)
-    slide_labels, slide_probs = segmenter.predict(image, return_probs=True, mode="slide", window=(48, 64), flip=True)
+    # The label-only path (which never holds all probabilities at once) agrees.
+    np.testing.assert_array_equal(segmenter.predict(image), probs.argmax(0))
+    slide_probs = segmenter.predict_probs(image, mode="slide", window=(48, 64), flip=True)
     np.testing.assert_allclose(slide_probs.sum(0), 1.0, atol=1e-5)
-    np.testing.assert_array_equal(segmenter.predict(image, mode="slide", window=(48, 64), flip=True), slide_labels)
+    assert np.abs(slide_probs - probs).max() > 1e-3  # the options took effect
+    np.testing.assert_array_equal(segmenter.predict(image, mode="slide", window=(48, 64), flip=True),
+                                  slide_probs.argmax(0))
+
+
+def test_default_options_come_from_load_and_calls_override_them(checkpoint, segmenter):
+    image = scene(2)
+    sliding = load(checkpoint, device="cpu", options=segmenter.options.replace(mode="slide", window=(48, 64)))
+    np.testing.assert_array_equal(sliding.predict(image), segmenter.predict(image, mode="slide", window=(48, 64)))
+    np.testing.assert_array_equal(sliding.predict(image, mode="whole"), segmenter.predict(image))
+    with pytest.raises(ConfigError, match="overlap must be in"):
+        segmenter.predict(image, overlap=1.5)
 
 
 def test_predict_batch_groups_equal_sizes_and_matches_single_predictions(checkpoint):
@@ -103,34 +112,31 @@ def test_predict_batch_groups_equal_sizes_and_matches_single_predictions(checkpo
         batch_sizes.append(x.shape[0])
         return seg.model(x)
 
-    counted = Segmenter.from_forward(counting_forward, seg.info, seg.normalization)
+    counted = Segmenter(None, seg.info, seg.normalization, device="cpu", forward=counting_forward)
     images = [scene(3), scene(4, 48, 64), scene(5), scene(6)]
-    results = counted.predict_batch(images, batch_size=2, return_probs=True)
+    results = counted.predict_batch(images, batch_size=2)
     assert sorted(batch_sizes) == [1, 1, 2]  # the three 64x80 images as 2 + 1, the 48x64 one alone
-    for image, (labels, probs) in zip(images, results, strict=True):
-        single_labels, single_probs = seg.predict(image, return_probs=True)
-        assert labels.shape == image.shape[:2]
-        np.testing.assert_allclose(probs, single_probs, atol=1e-5)
-        np.testing.assert_array_equal(labels, single_labels)
-    plain = seg.predict_batch(images, batch_size=3)
-    for image, labels in zip(images, plain, strict=True):
+    for image, labels in zip(images, results, strict=True):
+        assert labels.shape == image.shape[:2] and labels.dtype == np.uint8
         np.testing.assert_array_equal(labels, seg.predict(image))
 
 
 def test_class_count_mismatch_is_a_clear_error(segmenter):
-    five = Segmenter.from_forward(lambda x: segmenter.model(x)[:, :5], SYNTHETIC_ROADS, "imagenet")
-    with pytest.raises(ValueError, match="8 classes .*synthetic_roads.* do not match"):
+    five = Segmenter(None, SYNTHETIC_ROADS, "imagenet", device="cpu", forward=lambda x: segmenter.model(x)[:, :5])
+    with pytest.raises(WeightsError, match="8 classes .*synthetic_roads.* do not match"):
         five.predict(scene(1))
 
 
 def test_bf16_autocast(segmenter):
-    labels, probs = segmenter.predict(scene(1), return_probs=True, autocast="bf16")
-    assert labels.shape == (H, W) and probs.dtype == np.float32
+    probs = segmenter.predict_probs(scene(1), bf16=True)
+    assert probs.shape == (8, H, W) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-2)
-    # bfloat16 keeps ~3 significant digits: most pixels keep their class.
-    assert (labels == segmenter.predict(scene(1))).mean() > 0.9
-    with pytest.raises(ValueError, match="autocast"):
-        segmenter.predict(scene(1), autocast="fp8")
+    # bfloat16 keeps ~3 significant digits: most pixels keep their class, not all probabilities.
+    assert (segmenter.predict(scene(1), bf16=True) == segmenter.predict(scene(1))).mean() > 0.9
+    assert np.abs(probs - segmenter.predict_probs(scene(1))).max() > 1e-4
+    onnx_like = Segmenter(None, SYNTHETIC_ROADS, "imagenet", device="cpu", forward=segmenter.model)
+    with pytest.raises(ConfigError, match="bf16 applies to torch models only"):
+        onnx_like.predict(scene(1), bf16=True)
 
 
 def test_pixel_limit_refuses_before_decoding_and_restores_pil(segmenter, tmp_path):
@@ -138,17 +144,19 @@ def test_pixel_limit_refuses_before_decoding_and_restores_pil(segmenter, tmp_pat
     before = Image.MAX_IMAGE_PIXELS
     # Just over the limit (PIL only warns there) and far over it (PIL raises): the same clear message.
     for limit in (H * W - 1, 100):
-        with pytest.raises(DataError, match=f"refusing to decode .*big.png.*{H * W:,} pixels.*--max-pixels"):
-            read_image_limited(path, max_pixels=limit)
+        with pytest.raises(LimitError, match=f"refusing to decode .*big.png.*{H * W:,} pixels.*--max-pixels"):
+            decode_image(path, max_pixels=limit)
+        with pytest.raises(LimitError, match=f"refusing to decode the image bytes.*{H * W:,} pixels"):
+            decode_image(path.read_bytes(), max_pixels=limit)
         assert Image.MAX_IMAGE_PIXELS == before
-    np.testing.assert_array_equal(read_image_limited(path, max_pixels=H * W), scene(1))
-    small = Segmenter(segmenter.model, segmenter.info, segmenter.normalization, max_pixels=100)
-    with pytest.raises(ValueError, match="refusing to decode the 80x64 PIL image"):
+    np.testing.assert_array_equal(decode_image(path, max_pixels=H * W), scene(1))
+    small = Segmenter(segmenter.model, segmenter.info, segmenter.normalization, device="cpu", max_pixels=100)
+    with pytest.raises(LimitError, match="refusing to decode the 80x64 PIL image"):
         small.predict(Image.open(path))
 
 
 def test_non_fcnseg_file_gets_the_checkpoint_error(tmp_path):
-    path = tmp_path / "other.pt"
+    path = tmp_path / "other.pth"
     torch.save({"a": torch.zeros(1)}, path)
     with pytest.raises(WeightsError, match="not an fcnseg checkpoint"):
         load(path)
@@ -167,7 +175,8 @@ def test_cli_writes_every_output(checkpoint, segmenter, tmp_path, capsys):
     stderr = capsys.readouterr().err
     assert "[1/2] a.png 64x48" in stderr and "[2/2] b.png 80x64" in stderr  # sorted, .txt not taken
     for stem, (height, width) in (("a", (48, 64)), ("b", (H, W))):
-        expected, expected_probs = segmenter.predict(folder / f"{stem}.png", return_probs=True)
+        expected_probs = segmenter.predict_probs(folder / f"{stem}.png")
+        expected = segmenter.predict(folder / f"{stem}.png")
         mask = Image.open(out / f"{stem}_mask.png")
         assert mask.mode == "P"
         np.testing.assert_array_equal(np.asarray(mask), expected)
@@ -201,14 +210,14 @@ def test_cli_unreadable_file_is_named_and_others_still_processed(checkpoint, tmp
     assert cli([checkpoint, folder, "--out", out]) == 1
     stderr = capsys.readouterr().err
     assert "1 of 2 inputs could not be segmented" in stderr
-    assert "broken.png: cannot read image" in stderr
+    assert "broken.png: cannot read image" in stderr and "not an image format" in stderr
     assert (out / "good_mask.png").is_file() and not (out / "broken_mask.png").exists()
 
 
 def test_cli_pixel_limit(checkpoint, tmp_path, capsys):
     path = write_png(tmp_path / "huge.png", scene(1))
     assert cli([checkpoint, path, "--out", tmp_path / "out", "--max-pixels", "1000"]) == 1
-    assert f"huge.png: refusing to decode {path}: it has 5,120 pixels, more than the limit of 1,000" in (
+    assert f"huge.png: refusing to decode image {path}: it has 5,120 pixels, more than the limit of 1,000" in (
         capsys.readouterr().err)
     assert not (tmp_path / "out" / "huge_mask.png").exists()
 
@@ -224,7 +233,9 @@ def test_cli_command_line_mistakes_stop_before_writing(checkpoint, tmp_path):
         cli([checkpoint, str(tmp_path / "*.jpeg"), "--out", out])
     with pytest.raises(DataError, match="would both write a_"):
         cli([checkpoint, tmp_path / "a.png", tmp_path / "sub" / "a.jpg", "--out", out])
-    with pytest.raises(ValueError, match="--opacity"):
+    with pytest.raises(ConfigError, match="overlap must be in"):
+        cli([checkpoint, tmp_path / "a.png", "--out", out, "--overlap", "2"])
+    with pytest.raises(SystemExit):  # argparse: "--opacity: expected a number from 0 to 1"
         cli([checkpoint, tmp_path / "a.png", "--out", out, "--opacity", "2"])
     assert not out.exists()
 
@@ -232,29 +243,27 @@ def test_cli_command_line_mistakes_stop_before_writing(checkpoint, tmp_path):
 def test_cli_onnxruntime_backend_uses_load_onnx(checkpoint, segmenter, tmp_path, monkeypatch):
     calls = []
 
-    def load_onnx(path):
-        calls.append(path)
+    def load_onnx(path, threads=None):
+        calls.append((path, threads))
         return segmenter.model, SYNTHETIC_ROADS, "imagenet"
 
     monkeypatch.setitem(sys.modules, "fcnseg.export", types.SimpleNamespace(load_onnx=load_onnx))
     path = write_png(tmp_path / "a.png", scene(1))
     out = tmp_path / "out"
-    assert cli([tmp_path / "model.onnx", path, "--out", out, "--backend", "onnxruntime"]) == 0
-    assert calls == [str(tmp_path / "model.onnx")]
+    assert cli([tmp_path / "model.onnx", path, "--out", out, "--backend", "onnxruntime", "--threads", "1"]) == 0
+    assert calls == [(str(tmp_path / "model.onnx"), 1)]
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a_mask.png")), segmenter.predict(path))
-    with pytest.raises(ValueError, match="--bf16 applies to the torch backend"):
+    with pytest.raises(ConfigError, match="bf16 applies to torch models only"):
         cli([tmp_path / "model.onnx", path, "--out", out, "--backend", "onnxruntime", "--bf16"])
 
 
 def test_fcnseg_main_runs_predict_and_turns_user_errors_into_exit_code_2(checkpoint, tmp_path, capsys):
-    try:
-        from fcnseg.cli import build_parser, main
+    from fcnseg.cli import main
 
-        build_parser()
-    except ModuleNotFoundError as error:  # another subcommand's module has not landed yet
-        pytest.skip(f"fcnseg.cli cannot build its parser yet: {error}")
     path = write_png(tmp_path / "a.png", scene(1))
     assert main(["predict", str(checkpoint), str(path), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "a_mask.png").is_file()
+    capsys.readouterr()
     assert main(["predict", str(checkpoint), str(tmp_path / "missing.png"), "--out", str(tmp_path / "out")]) == 2
-    assert "fcnseg: error: input not found:" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines() == [f"fcnseg predict: error: input not found: "
+                                                            f"{tmp_path / 'missing.png'}"]

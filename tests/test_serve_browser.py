@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from fcnseg import viz
+from fcnseg.api import load
 from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.data.synthetic import render_scene
-from fcnseg.predict import load
 from fcnseg.serve import make_server
 
 CHROMIUM = Path(os.environ.get("FCNSEG_CHROMIUM", "/usr/bin/chromium"))
@@ -34,7 +34,7 @@ READ_CANVAS = """() => {
 
 @pytest.fixture(scope="module")
 def segmenter(tiny_checkpoint):
-    return load(tiny_checkpoint)
+    return load(tiny_checkpoint, device="cpu")
 
 @pytest.fixture(scope="module")
 def server(segmenter):

@@ -1,5 +1,4 @@
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -8,16 +7,20 @@ import pytest
 import torch
 import yaml
 
-import fcnseg.train as train_module
-from fcnseg import build_model
+import fcnseg.train.loop as loop
 from fcnseg.checkpoint import read_checkpoint, save_model
+from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.info import SYNTHETIC_ROADS
-from fcnseg.train import EpochSampler, TrainConfig, TrainingError, build_optimizer, lr_factor, train
+from fcnseg.errors import TrainingError
+from fcnseg.models import build_model
+from fcnseg.train import TrainConfig, train
+from fcnseg.train.data import EpochSampler
+from fcnseg.train.run import build_optimizer, lr_factor
 
 TINY = {"backbone": "vgg16", "width": 1 / 16, "geometry": "fast", "dataset": "synthetic",
         "dataset_options": {"num_images": 12, "height": 48, "width": 64}, "batch_size": 4, "workers": 0,
         "optimizer": "sgd", "lr": 0.05, "iterations": 4, "val_interval": 4, "checkpoint_interval": 2,
-        "log_interval": 1, "progress": False, "crop_size": [40, 48], "scale_range": [0.75, 1.25]}
+        "log_interval": 1, "crop_size": [40, 48], "scale_range": [0.75, 1.25], "threads": 1}
 
 
 def _config(tmp_path, name="run", **changes):
@@ -36,7 +39,11 @@ def test_training_writes_config_checkpoints_and_log(tmp_path):
     assert (run / "best.pth").is_file()
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("iteration,epoch,loss") and len(rows) == 1 + 4 + 1  # 4 steps + 1 validation
-    assert 0 <= result["scores"]["pixel_acc"] <= 1
+    # The validation scored every pixel of the 12 validation scenes, and the log holds its numbers.
+    scores = result["scores"]
+    assert sum(map(sum, scores["confusion"])) == 12 * 48 * 64 and scores["num_images"] == 12
+    assert [float(v) for v in rows[-1].split(",")[5:]] == pytest.approx(
+        [scores[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")], abs=1e-6)
 
 
 def test_resume_after_kill_continues_exactly(tmp_path, monkeypatch):
@@ -45,7 +52,7 @@ def test_resume_after_kill_continues_exactly(tmp_path, monkeypatch):
 
     # Kill the second run during iteration 3 (after the iteration-2 checkpoint), then resume it.
     calls = {"n": 0}
-    original = train_module.TrainSamples.__getitem__
+    original = SegmentationDataset.__getitem__
 
     def dying(self, index):
         calls["n"] += 1
@@ -53,11 +60,11 @@ def test_resume_after_kill_continues_exactly(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return original(self, index)
 
-    monkeypatch.setattr(train_module.TrainSamples, "__getitem__", dying)
+    monkeypatch.setattr(SegmentationDataset, "__getitem__", dying)
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, "killed"))
     assert read_checkpoint(tmp_path / "killed" / "last.pth")["iteration"] == 2
-    monkeypatch.setattr(train_module.TrainSamples, "__getitem__", original)
+    monkeypatch.setattr(SegmentationDataset, "__getitem__", original)
     resumed = train(_config(tmp_path, "killed", resume=True))
     assert resumed["iterations"] == 4
 
@@ -77,7 +84,7 @@ def test_an_existing_run_is_not_overwritten_without_resume(tmp_path):
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypatch):
-    original = train_module.segmentation_loss
+    original = loop.segmentation_loss
     steps = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -85,7 +92,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypat
         loss = original(*args, **kwargs)
         return loss * float("nan") if steps["n"] == 3 else loss
 
-    monkeypatch.setattr(train_module, "segmentation_loss", poisoned)
+    monkeypatch.setattr(loop, "segmentation_loss", poisoned)
     with pytest.raises(TrainingError, match=r"became nan at iteration 3.*last good checkpoint is .*last\.pth"):
         train(_config(tmp_path))
     state = read_checkpoint(tmp_path / "run" / "last.pth")
@@ -140,14 +147,8 @@ def test_epoch_sampler_shards_and_resumes():
     assert list(sampler) != full
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process(tmp_path):
+def test_two_gloo_processes_match_one_process(tmp_path, free_port):
     # A fixed random starting model, so that predictions (and metrics) are not trivial.
     torch.manual_seed(5)
     start = build_model("fcn8s", backbone="vgg16", num_classes=8, width=1 / 16, geometry="fast")
@@ -157,7 +158,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     save_model(start, SYNTHETIC_ROADS, tmp_path / "start.pth")
     common = ["train", "--model", "fcn8s", "--backbone", "vgg16", "--width", "0.0625", "--geometry", "fast",
               "--iterations", "2", "--val-interval", "2", "--checkpoint-interval", "2", "--workers", "0",
-              "--init-from", str(tmp_path / "start.pth"), "--lr", "0.01", "--set", "progress=false",
+              "--init-from", str(tmp_path / "start.pth"), "--lr", "0.01", "--quiet",
               "--set", "dropout=0",  # per-rank dropout masks would differ from one process's
               "--set", "flip=false", "--set", "dataset_options={num_images: 16, height: 40, width: 56}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -165,7 +166,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                              "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
     assert single.returncode == 0, single.stderr
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                             "--master_addr", "127.0.0.1", "--master_port", str(free_port),
                              "-m", "fcnseg.cli", *common, "--batch-size", "4", "--out", str(tmp_path / "two")],
                             env=env, capture_output=True, text=True)
     assert double.returncode == 0, double.stderr
@@ -203,7 +204,7 @@ def test_cli_resume_uses_the_runs_own_config(tmp_path):
     from fcnseg.cli import main
 
     out = str(tmp_path / "cli")
-    tiny = ["--set", "dataset_options={num_images: 8, height: 40, width: 48}", "--set", "progress=false",
+    tiny = ["--set", "dataset_options={num_images: 8, height: 40, width: 48}", "--quiet", "--threads", "1",
             "--workers", "0", "--batch-size", "4"]
     assert main(["train", "--model", "fcn16s", "--width", "0.0625", "--geometry", "fast", "--iterations", "2",
                  "--val-interval", "2", "--out", out, *tiny]) == 0

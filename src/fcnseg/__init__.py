@@ -2,18 +2,20 @@
 
 ``fcnseg.build_model("fcn8s", backbone="vgg16", num_classes=21)`` builds a net;
 ``fcnseg.load("model.pth").predict("photo.jpg")`` segments an image with a trained checkpoint.
+Every error a user can fix is a :class:`fcnseg.FcnsegError` (see :mod:`fcnseg.errors`).
 """
 
+from fcnseg.errors import FcnsegError
 from fcnseg.models import BACKBONES, MODELS, build_model
 
 __version__ = "0.1.0"
-__all__ = ["BACKBONES", "MODELS", "Segmenter", "build_model", "load", "__version__"]
+__all__ = ["BACKBONES", "MODELS", "FcnsegError", "Segmenter", "build_model", "load", "__version__"]
 
 
 def __getattr__(name: str):
     # The inference API imports PIL and the data readers: load it on first use, not at `import fcnseg`.
     if name in ("load", "Segmenter"):
-        from fcnseg import predict
+        from fcnseg import api
 
-        return getattr(predict, name)
+        return getattr(api, name)
     raise AttributeError(f"module 'fcnseg' has no attribute {name!r}")

@@ -23,18 +23,19 @@ from torch import nn
 
 from fcnseg.atomic import atomic_open
 from fcnseg.data.info import DatasetInfo
+from fcnseg.errors import WeightsError
 from fcnseg.models import build_model
 from fcnseg.models.fcn import FCN
-from fcnseg.models.weights import WeightsError, load_state_dict_file
+from fcnseg.models.weights import load_state_dict_file
 
 FORMAT = "fcnseg-checkpoint"
 VERSION = 1
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file next to ``path``, then rename over it."""
+def write_checkpoint(data: dict, path: str | Path) -> Path:
+    """``torch.save`` a checkpoint dict to a temporary file next to ``path``, then rename it over ``path``."""
     with atomic_open(path) as handle:
-        torch.save(obj, handle)
+        torch.save(data, handle)
     return Path(path)
 
 
@@ -59,7 +60,7 @@ def model_checkpoint(model: nn.Module, info: DatasetInfo, **extra: Any) -> dict:
     """The inference part of a checkpoint (plus any training state passed in ``extra``)."""
     fcn = unwrap(model)
     if info.num_classes != fcn.num_classes:
-        raise ValueError(f"dataset {info.name} has {info.num_classes} classes, the model {fcn.num_classes}")
+        raise WeightsError(f"dataset {info.name} has {info.num_classes} classes, the model {fcn.num_classes}")
     return {"format": FORMAT, "version": VERSION, "model": dict(fcn.config),
             "normalization": fcn.backbone.input_normalization, "dataset": dataset_meta(info),
             "model_state_dict": fcn.state_dict(), **extra}
@@ -67,7 +68,7 @@ def model_checkpoint(model: nn.Module, info: DatasetInfo, **extra: Any) -> dict:
 
 def save_model(model: nn.Module, info: DatasetInfo, path: str | Path, **extra: Any) -> Path:
     """Write a self-describing checkpoint atomically."""
-    return atomic_save(model_checkpoint(model, info, **extra), path)
+    return write_checkpoint(model_checkpoint(model, info, **extra), path)
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -5,7 +5,7 @@ any batch size and any ``H, W >= 1``, exactly as the PyTorch model does, and car
 (class names, palette, ignore index), the input normalisation and the model config: ONNX files as
 ``metadata_props`` (JSON strings under ``fcnseg.*`` keys), TorchScript archives as the extra file
 ``fcnseg.json``. ``load_onnx`` / ``load_torchscript`` rebuild the ``(forward, info, normalization)`` triple that
-``fcnseg.predict.Segmenter.from_forward`` takes.
+``fcnseg.api.Segmenter`` takes (``fcnseg.load(path, backend="onnxruntime")``).
 
 Which ONNX exporter, and why: the TorchScript-based one (``torch.onnx.export(..., dynamo=False)``).
 Both exporters give outputs equal to PyTorch's (< 1e-6) at untraced sizes for every backbone, head and
@@ -21,7 +21,6 @@ checked against the PyTorch model at an untraced size before it replaces the des
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import warnings
@@ -36,8 +35,8 @@ from torch import nn
 from fcnseg.atomic import atomic_path
 from fcnseg.checkpoint import dataset_meta, info_from_meta, model_from_checkpoint, unwrap
 from fcnseg.data.info import DatasetInfo
+from fcnseg.errors import ConfigError, ExportError, WeightsError
 from fcnseg.models.fcn import FCN
-from fcnseg.models.weights import WeightsError
 from fcnseg.normalization import NORMALIZATIONS
 
 FORMAT = "fcnseg-export"
@@ -48,10 +47,6 @@ TORCHSCRIPT_EXTRA_FILE = "fcnseg.json"
 # wrong or failing output instead of a silently broken file (37 x 53 shares no residue mod 32 with 64).
 TRACE_SHAPE = (1, 3, 64, 64)
 VERIFY_SHAPE = (2, 3, 37, 53)
-
-
-class ExportError(RuntimeError):
-    """An export that could not be made, or that does not reproduce the PyTorch model."""
 
 
 def _require(module: str, purpose: str):
@@ -79,22 +74,22 @@ def _resolve(source: str | Path | nn.Module, info: DatasetInfo | None,
     """(model, info, normalization) from a checkpoint path or an FCN module."""
     if isinstance(source, nn.Module):
         if info is None:
-            raise ValueError("exporting a module needs info=DatasetInfo(...) (class names and palette); "
+            raise ConfigError("exporting a module needs info=DatasetInfo(...) (class names and palette); "
                              "or export a checkpoint file, which carries them")
         model = unwrap(source)
         if not isinstance(model, FCN):
-            raise ValueError(f"expected an fcnseg FCN, got {type(model).__name__}")
+            raise ConfigError(f"expected an fcnseg FCN, got {type(model).__name__}")
     else:
         model, checkpoint_info = model_from_checkpoint(source)
         info = info or checkpoint_info
     if not hasattr(model, "config"):
-        raise ValueError("the model has no .config (build it with fcnseg.models.build_model) so the export "
+        raise ConfigError("the model has no .config (build it with fcnseg.models.build_model) so the export "
                          "could not record its architecture")
     if info.num_classes != model.num_classes:
-        raise ValueError(f"dataset {info.name} has {info.num_classes} classes, the model {model.num_classes}")
+        raise ConfigError(f"dataset {info.name} has {info.num_classes} classes, the model {model.num_classes}")
     normalization = normalization or model.backbone.input_normalization
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+        raise ConfigError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
     return model, info, normalization
 
 
@@ -151,15 +146,6 @@ def _verify(forward: Callable, model: FCN, what: str, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _write_atomically(path: Path, write: Callable[[Path], None], check: Callable[[Path], None] | None = None) -> Path:
-    """``write(tmp)`` next to ``path``, optionally ``check(tmp)``, then rename over ``path``."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-        if check is not None:
-            check(tmp)
-    return path
-
-
 @contextmanager
 def _quiet_jit():
     """The tracer's warnings are expected here (torch.jit's and the TorchScript-based ONNX exporter's
@@ -205,11 +191,11 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, opset: int = 1
                         f"geometry) for {info.name}: {INPUT_NAME} N x 3 x H x W ({normalization}-normalised) -> "
                         f"{OUTPUT_NAME} N x {info.num_classes} x H x W")
 
-    def check(tmp: Path) -> None:
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
         forward, _, _ = load_onnx(tmp)
         _verify(forward, model, "ONNX", path)
-
-    return _write_atomically(path, lambda tmp: onnx.save(proto, str(tmp)), check)
+    return path
 
 
 class OnnxForward:
@@ -239,7 +225,7 @@ def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxForward
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {path}")
+        raise WeightsError(f"ONNX model not found: {path}")
     ort = _require("onnxruntime", "running ONNX models")
     try:
         options = ort.SessionOptions()
@@ -282,11 +268,9 @@ def export_torchscript(source: str | Path | nn.Module, path: str | Path, info: D
             compiled = torch.jit.trace(model, _inputs(TRACE_SHAPE), check_trace=False)
         _verify(compiled, model, "TorchScript", path)
     extra = {TORCHSCRIPT_EXTRA_FILE: json.dumps(_metadata(model, info, normalization))}
-    def write(tmp: Path) -> None:
-        with _quiet_jit():
-            torch.jit.save(compiled, str(tmp), _extra_files=extra)
-
-    return _write_atomically(path, write)
+    with atomic_path(path) as tmp, _quiet_jit():
+        torch.jit.save(compiled, str(tmp), _extra_files=extra)
+    return path
 
 
 def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, DatasetInfo, str]:
@@ -296,7 +280,7 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, DatasetI
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"TorchScript model not found: {path}")
+        raise WeightsError(f"TorchScript model not found: {path}")
     extra = {TORCHSCRIPT_EXTRA_FILE: ""}
     try:
         with _quiet_jit():  # torch.jit's deprecation notice
@@ -312,50 +296,3 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, DatasetI
     info, normalization, _ = _from_metadata(meta, path)
     module.eval()
     return module, info, normalization
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-def parse_size(text: str) -> tuple[int, int]:
-    """'375x500' -> (375, 500): height x width."""
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 375x500, got {text!r}") from None
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return height, width
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("export", help="export a checkpoint to ONNX or TorchScript, then check parity")
-    parser.add_argument("checkpoint", type=Path, help="fcnseg checkpoint (.pt)")
-    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    parser.add_argument("--out", type=Path, required=True, help="output file (.onnx or .pt)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    parser.add_argument("--check-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",
-                        help="after exporting, compare the exported model with PyTorch at these input sizes")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """``fcnseg export``: 0 when the export matches PyTorch at every --check-sizes size, 1 otherwise."""
-    model, info = model_from_checkpoint(args.checkpoint)
-    if args.format == "onnx":
-        out = export_onnx(model, args.out, opset=args.opset, info=info)
-        forward, _, _ = load_onnx(out)
-    else:
-        out = export_torchscript(model, args.out, info=info)
-        forward, _, _ = load_torchscript(out)
-    config = model.config
-    print(f"wrote {out} ({args.format}; {config['name']} {config['backbone']} {config['geometry']}, "
-          f"{info.num_classes} classes of {info.name}; {model.backbone.input_normalization} normalisation)")
-    ok = True
-    if args.check_sizes:
-        print(f"{'size':>11}  max abs diff vs PyTorch")
-        for height, width in args.check_sizes:
-            shape = (1, 3, height, width)
-            diff, tolerance = parity(forward, model, shape)
-            ok = ok and diff <= tolerance
-            print(f"{height:>5}x{width:<5}  {diff:.3g}{'' if diff <= tolerance else f'  > {tolerance:.3g} MISMATCH'}")
-    return 0 if ok else 1

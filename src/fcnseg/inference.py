@@ -31,63 +31,109 @@ Memory (float32, C classes):
   scale keeps its own strip buffer (at its own width) and about a window of resampled rows, and the
   resized inputs (3 x sH x sW floats per scale s) are held during the run.
 
+bf16: ``bf16=True`` runs the forward passes under ``torch.autocast`` in bfloat16 (fast only where
+the CPU or GPU computes bf16 natively); probabilities are always accumulated in float32.
+
 Both functions share one row-streaming engine, so ``predict_labels(...)`` is exactly
 ``predict_probs(...).argmax(1)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fcnseg.errors import ConfigError
+
 Forward = Callable[[Tensor], Tensor]
 MODES = ("whole", "slide")
 
 
-def predict_probs(forward: Forward, images: Tensor, mode: str = "whole", window: Sequence[int] = (512, 512),
-                  overlap: float = 1 / 3, flip: bool = False, scales: Sequence[float] = (1.0,),
-                  batch_size: int = 4) -> Tensor:
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How to run a net over images; shared by the API, ``fcnseg predict``, ``eval`` and ``serve``.
+
+    Each field's ``help`` is the help text of its command-line flag.
+    """
+
+    mode: str = field(default="whole", metadata={
+        "help": "whole: the image at once; slide: overlapping windows (bounded memory for large images)",
+        "choices": MODES})
+    window: tuple[int, int] = field(default=(512, 512), metadata={
+        "help": "sliding-window size in pixels (height width)", "metavar": ("H", "W")})
+    overlap: float = field(default=1 / 3, metadata={"help": "fraction of a window its neighbours share, in [0, 1)"})
+    flip: bool = field(default=False, metadata={"help": "also predict the mirrored image and average"})
+    scales: tuple[float, ...] = field(default=(1.0,), metadata={"help": "average over these input scales"})
+    batch_size: int = field(default=1, metadata={
+        "help": "images per forward pass (whole mode), windows per forward pass (slide mode)"})
+    bf16: bool = field(default=False, metadata={
+        "help": "run under bfloat16 autocast (torch backend; slow where the CPU has no native bf16)"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {MODES}")
+        try:
+            window = tuple(int(v) for v in self.window)
+            scales = tuple(float(s) for s in self.scales)
+        except (TypeError, ValueError):
+            raise ConfigError(f"window must be two sizes and scales numbers; got {self.window!r}, "
+                              f"{self.scales!r}") from None
+        if len(window) != 2 or min(window) < 1:
+            raise ConfigError(f"window must be two positive sizes (height, width), got {window}")
+        if not 0 <= self.overlap < 1:
+            raise ConfigError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not scales or min(scales) <= 0:
+            raise ConfigError(f"scales must be one or more positive numbers, got {scales}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "scales", scales)
+        object.__setattr__(self, "overlap", float(self.overlap))
+
+    def replace(self, **changes) -> InferenceOptions:
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+def predict_probs(forward: Forward, images: Tensor, options: InferenceOptions | None = None,
+                  **changes) -> Tensor:
     """Softmax probabilities ``N x C x H x W`` (float32) averaged over windows, flips and scales.
 
     Args:
         forward: callable mapping normalised ``n x 3 x h x w`` input to ``n x C x h x w`` logits.
         images: normalised ``N x 3 x H x W`` float tensor; the result lives on its device.
-        mode: ``"whole"`` or ``"slide"`` (see the module docstring).
-        window: sliding-window size (height, width) in pixels.
-        overlap: fraction of the window shared by neighbouring windows, in [0, 1).
-        flip: also predict the horizontally flipped input and average.
-        scales: input scales to predict at and average; ``(1.0,)`` is plain prediction.
-        batch_size: images (whole mode) or windows (slide mode) per forward call.
+        options: how to run (see :class:`InferenceOptions`); keyword ``changes`` override single fields.
     """
-    options = _check_options(images, mode, window, overlap, scales, batch_size)
+    options = _checked(images, options, changes)
     out = None
-    for index, start, strip in _iter_groups(forward, images, flip=flip, **options):
+    for index, start, strip in _iter_groups(forward, images, options):
         if out is None:
             out = images.new_empty((images.shape[0], strip.shape[1], *images.shape[2:]), dtype=torch.float32)
         out[index, :, start:start + strip.shape[2]] = strip
     return out
 
 
-def predict_labels(forward: Forward, images: Tensor, mode: str = "whole", window: Sequence[int] = (512, 512),
-                   overlap: float = 1 / 3, flip: bool = False, scales: Sequence[float] = (1.0,),
-                   batch_size: int = 4) -> Tensor:
+def predict_labels(forward: Forward, images: Tensor, options: InferenceOptions | None = None,
+                   **changes) -> Tensor:
     """Label maps ``N x H x W`` (int64): the argmax of :func:`predict_probs` with the same arguments.
 
     In slide mode the probabilities are never held for the whole image: rows are finalised (argmax taken)
     as soon as no later window touches them, so memory stays bounded for arbitrarily tall images.
     """
-    options = _check_options(images, mode, window, overlap, scales, batch_size)
+    options = _checked(images, options, changes)
     labels = torch.empty((images.shape[0], *images.shape[2:]), dtype=torch.int64, device=images.device)
-    for index, start, strip in _iter_groups(forward, images, flip=flip, **options):
+    for index, start, strip in _iter_groups(forward, images, options):
         labels[index, start:start + strip.shape[2]] = strip.argmax(1)
     return labels
 
 
-def _check_options(images: Tensor, mode: str, window: Sequence[int], overlap: float, scales: Sequence[float],
-                   batch_size: int) -> dict:
+def _checked(images: Tensor, options: InferenceOptions | None, changes: dict) -> InferenceOptions:
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a normalised N x 3 x H x W tensor, got {shape}")
@@ -95,54 +141,40 @@ def _check_options(images: Tensor, mode: str, window: Sequence[int], overlap: fl
         raise ValueError(f"images must be normalised floats (fcnseg.normalization.normalize), got {images.dtype}")
     if images.shape[2] < 1 or images.shape[3] < 1:
         raise ValueError(f"images must have at least one pixel, got {tuple(images.shape)}")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-    window = tuple(int(v) for v in window)
-    if len(window) != 2 or min(window) < 1:
-        raise ValueError(f"window must be two positive sizes (height, width), got {window}")
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    scales = tuple(float(s) for s in scales)
-    if not scales or min(scales) <= 0:
-        raise ValueError(f"scales must be one or more positive numbers, got {scales}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    return {"mode": mode, "window": window, "overlap": float(overlap), "scales": scales, "batch_size": batch_size}
+    return (options or InferenceOptions()).replace(**changes)
 
 
-def _iter_groups(forward: Forward, images: Tensor, mode: str, window: tuple[int, int], overlap: float, flip: bool,
-                 scales: tuple[float, ...], batch_size: int) -> Iterator[tuple[slice, int, Tensor]]:
+def _iter_groups(forward: Forward, images: Tensor, options: InferenceOptions) -> Iterator[tuple[slice, int, Tensor]]:
     """(images slice, first row, n x C x rows x W strip) in row order per group of images."""
     # Whole mode batches images; slide mode batches windows of one image at a time.
-    group = batch_size if mode == "whole" else 1
-    with torch.no_grad():
+    group = options.batch_size if options.mode == "whole" else 1
+    autocast = torch.autocast(images.device.type, dtype=torch.bfloat16) if options.bf16 else nullcontext()
+    with torch.no_grad(), autocast:
         for first in range(0, images.shape[0], group):
             index = slice(first, first + group)
-            for start, strip in _iter_strips(forward, images[index], mode, window, overlap, flip, scales,
-                                             batch_size):
+            for start, strip in _iter_strips(forward, images[index], options):
                 yield index, start, strip
 
 
-def _iter_strips(forward: Forward, x: Tensor, mode: str, window: tuple[int, int], overlap: float, flip: bool,
-                 scales: tuple[float, ...], batch_size: int) -> Iterator[tuple[int, Tensor]]:
+def _iter_strips(forward: Forward, x: Tensor, options: InferenceOptions) -> Iterator[tuple[int, Tensor]]:
     """Finished probability rows of ``x`` (n x 3 x H x W), top to bottom, averaged over scales."""
     height, width = x.shape[2:]
 
     def strips_at(scaled: Tensor) -> Iterator[tuple[int, Tensor]]:
-        if mode == "whole":
-            return iter([(0, _probs(forward, scaled, flip))])
-        return _slide_strips(forward, scaled, window, overlap, flip, batch_size)
+        if options.mode == "whole":
+            return iter([(0, _probs(forward, scaled, options.flip))])
+        return _slide_strips(forward, scaled, options)
 
-    if scales == (1.0,):
+    if options.scales == (1.0,):
         yield from strips_at(x)
         return
     streams = []
-    for scale in scales:
+    for scale in options.scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         scaled = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         streams.append(_RowResampler(strips_at(scaled), size[0], height, width))
     # Output rows per step: a window stride keeps every scale's buffers small in slide mode.
-    step = height if mode == "whole" else _stride(min(window[0], height), overlap)
+    step = height if options.mode == "whole" else _stride(min(options.window[0], height), options.overlap)
     for start in range(0, height, step):
         stop = min(start + step, height)
         total = streams[0].rows(start, stop)
@@ -212,9 +244,9 @@ class _StripBuffer:
         self.counts[max(total - rows, 0):] = 0
 
 
-def _slide_strips(forward: Forward, x: Tensor, window: tuple[int, int], overlap: float, flip: bool,
-                  batch_size: int) -> Iterator[tuple[int, Tensor]]:
+def _slide_strips(forward: Forward, x: Tensor, options: InferenceOptions) -> Iterator[tuple[int, Tensor]]:
     """Sliding-window probabilities of one image (1 x 3 x H x W) as finished strips of <= stride rows."""
+    window, overlap, batch_size = options.window, options.overlap, options.batch_size
     height, width = x.shape[2:]
     win_h, win_w = min(window[0], height), min(window[1], width)
     stride_h, stride_w = _stride(win_h, overlap), _stride(win_w, overlap)
@@ -226,7 +258,7 @@ def _slide_strips(forward: Forward, x: Tensor, window: tuple[int, int], overlap:
         for first in range(0, len(lefts), batch_size):
             chunk = lefts[first:first + batch_size]
             crops = torch.cat([x[:, :, top:top + win_h, left:left + win_w] for left in chunk])
-            probs = _probs(forward, crops, flip)
+            probs = _probs(forward, crops, options.flip)
             if buffer is None:
                 buffer = _StripBuffer(probs.shape[1], win_h, width, probs.device)
             for j, left in enumerate(chunk):
@@ -276,14 +308,3 @@ class _RowResampler:
         high = (self.high[start:stop] - self.first).to(device)
         weight = self.weight[start:stop].to(device).view(1, 1, -1, 1)
         return self.held.index_select(2, low) * (1 - weight) + self.held.index_select(2, high) * weight
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device from a name, with a clear error for unknown names or a missing GPU."""
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
-    return resolved

@@ -19,10 +19,11 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from fcnseg.data.info import IGNORE_INDEX
+from fcnseg.errors import DataError
+from fcnseg.runtime import all_reduce_sum
 
 SCORE_KEYS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
 TABLE_COLUMNS = ("pixel acc.", "mean acc.", "mean IU", "f.w. IU")
@@ -82,7 +83,7 @@ def confusion_matrix(
     is_ignored = target == ignore_index
     bad_target = ~is_class & ~is_ignored
     if bad_target.any():
-        raise ValueError(
+        raise DataError(
             f"label values {_describe_values(target[bad_target])} are not classes 0..{num_classes - 1} "
             f"nor the ignore index {ignore_index}; check num_classes, the ignore index and the label "
             "encoding (e.g. colour masks that were not converted to class indices)"
@@ -173,11 +174,8 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the counts over all processes when torch.distributed is initialised; no-op otherwise."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return
         # One collective for matrix and counter together.
-        flat = torch.cat([self.matrix.flatten(), self.ignored.reshape(1)])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = all_reduce_sum(torch.cat([self.matrix.flatten(), self.ignored.reshape(1)]))
         self.matrix = flat[:-1].reshape(self.num_classes, self.num_classes)
         self.ignored = flat[-1].clone()
 
@@ -185,11 +183,11 @@ class ConfusionMatrix:
         """Scores of everything accumulated so far (see ``scores_from_confusion``).
 
         Raises:
-            ValueError: for two classes when class 1 never appeared in the ground truth but ignored
+            DataError: for two classes when class 1 never appeared in the ground truth but ignored
                 pixels did: the signature of binary masks stored as 0/255 with ignore index 255.
         """
         if self.num_classes == 2 and int(self.matrix[1].sum()) == 0 and int(self.ignored) > 0:
-            raise ValueError(
+            raise DataError(
                 f"no ground-truth pixel of class 1 was seen, but {int(self.ignored)} pixels equal to the "
                 f"ignore index {self.ignore_index} were. Binary masks saved as 0/255 make every foreground "
                 "pixel 'ignored' and the scores meaningless. Map 255 to 1 when loading the masks "

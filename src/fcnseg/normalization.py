@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fcnseg.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
@@ -25,7 +27,7 @@ def normalize(image: torch.Tensor | np.ndarray, kind: str = "imagenet") -> torch
     Returns a float32 tensor in CHW (or BCHW) layout.
     """
     if kind not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {kind!r}; choose one of {NORMALIZATIONS}")
+        raise ConfigError(f"unknown normalization {kind!r}; choose one of {NORMALIZATIONS}")
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB array, got shape {image.shape}")
@@ -46,7 +48,16 @@ def _constants(kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor |
                 torch.tensor(IMAGENET_STD, device=x.device).view(shape))
     if kind == "caffe":
         return torch.tensor(CAFFE_BGR_MEAN, device=x.device).view(shape), None
-    raise ValueError(f"unknown normalization {kind!r}; choose one of {NORMALIZATIONS}")
+    raise ConfigError(f"unknown normalization {kind!r}; choose one of {NORMALIZATIONS}")
+
+
+def mean_color(kind: str = "imagenet") -> tuple[int, int, int]:
+    """The 0-255 RGB colour that normalises to (about) zero: the fill for padded image pixels."""
+    if kind == "imagenet":
+        return tuple(round(255 * m) for m in IMAGENET_MEAN)
+    if kind == "caffe":
+        return tuple(round(m) for m in reversed(CAFFE_BGR_MEAN))
+    raise ConfigError(f"unknown normalization {kind!r}; choose one of {NORMALIZATIONS}")
 
 
 def denormalize(x: torch.Tensor, kind: str = "imagenet") -> torch.Tensor:

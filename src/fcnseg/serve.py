@@ -27,30 +27,25 @@ The page blends image and colour mask in the browser with the same formula as
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
-import ipaddress
 import json
 import socket
-import sys
-import tempfile
 import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from fcnseg.data.info import DatasetInfo
-from fcnseg.data.io import DataError
-from fcnseg.predict import load, read_image_limited
-from fcnseg.viz import colorize
+from fcnseg.data.io import decode_image
+from fcnseg.errors import ConfigError, DataError, LimitError, RequestError
+from fcnseg.viz import colorize, index_image
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -60,7 +55,6 @@ DEFAULT_MAX_PIXELS = 16_000_000
 
 # PIL format name -> the name users know. MPO is how PIL reports multi-picture JPEGs from many cameras.
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "BMP": "BMP", "TIFF": "TIFF", "WEBP": "WebP"}
-_ACCEPTED_TEXT = "PNG, JPEG, BMP, TIFF or WebP"
 
 # How long (seconds) to keep reading a refused body before closing: see ``_discard_body``.
 _DISCARD_SECONDS = 2.0
@@ -72,15 +66,6 @@ class SegmenterLike(Protocol):
     info: DatasetInfo
 
     def predict(self, image: np.ndarray) -> np.ndarray: ...
-
-
-class RequestError(Exception):
-    """A request the server refuses: an HTTP status and a message for the person at the page."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _hex(color: Any) -> str:
@@ -96,38 +81,16 @@ def _png_base64(picture: Image.Image, compress_level: int = 6) -> str:
 def decode_upload(body: bytes, max_pixels: int) -> np.ndarray:
     """Decode uploaded image bytes to an HxWx3 uint8 RGB array, or raise :class:`RequestError`.
 
-    The header is checked first (format, pixel count), so a small file claiming a huge picture (a
-    decompression bomb) is refused with 413 before any pixel is decoded. Decoding goes through
-    :func:`fcnseg.predict.read_image_limited`, so uploads get the same mode conversions and bomb guard as
-    files given to ``fcnseg predict``.
+    The bytes go through :func:`fcnseg.data.io.decode_image`, the input path of every command, from
+    memory: the header is checked first (format, pixel count), so a small file claiming a huge picture (a
+    decompression bomb) is refused with 413 before any pixel is decoded.
     """
-    if not body:
-        raise RequestError(400, "the upload is empty: choose an image file (" + _ACCEPTED_TEXT + ")")
     try:
-        with Image.open(io.BytesIO(body)) as probe:
-            pil_format, (width, height) = probe.format, probe.size
-    except UnidentifiedImageError:
-        raise RequestError(400, f"the uploaded file is not an image; upload a {_ACCEPTED_TEXT} file") from None
-    except Image.DecompressionBombError as exc:
-        raise RequestError(413, f"the uploaded image has far too many pixels ({exc}); this server accepts at most "
-                                f"{max_pixels:,} pixels") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise RequestError(400, f"the uploaded image is corrupt ({exc}); re-export it as PNG or JPEG") from None
-    if pil_format not in ACCEPTED_FORMATS:
-        raise RequestError(400, f"{pil_format} images are not supported; upload a {_ACCEPTED_TEXT} file")
-    if width * height > max_pixels:
-        raise RequestError(
-            413, f"the image is {width} x {height} = {width * height:,} pixels; this server accepts at most "
-                 f"{max_pixels:,} pixels (shrink the image or restart the server with a larger --max-pixels)")
-    # The decoder (with its own bomb guard for frames larger than the header says) reads files, so the
-    # bytes go through a private temporary file.
-    with tempfile.TemporaryDirectory(prefix="fcnseg-serve-") as tmp:
-        path = Path(tmp) / f"upload.{ACCEPTED_FORMATS[pil_format].lower()}"
-        path.write_bytes(body)
-        try:
-            return read_image_limited(path, max_pixels)
-        except DataError as exc:
-            raise RequestError(400, str(exc).replace(str(path), "the uploaded file")) from None
+        return decode_image(body, max_pixels, formats=ACCEPTED_FORMATS, name="the uploaded file")
+    except LimitError as error:
+        raise RequestError(413, str(error)) from None
+    except DataError as error:
+        raise RequestError(400, str(error)) from None
 
 
 class SegmentServer(ThreadingHTTPServer):
@@ -195,12 +158,10 @@ class SegmentServer(ThreadingHTTPServer):
         present = sorted(np.flatnonzero(counts), key=lambda i: (-counts[i], i))
         classes = [{"id": int(i), "name": info.class_names[i], "color": _hex(info.palette[i]),
                     "share": float(counts[i] / labels.size)} for i in present]
-        mask = Image.fromarray(labels)
-        mask.putpalette(info.palette_array().tobytes())  # "L" -> "P": viewers show colours, values are ids
         return {
             "width": width,
             "height": height,
-            "mask_png": _png_base64(mask),
+            "mask_png": _png_base64(index_image(labels, info)),
             "color_png": _png_base64(Image.fromarray(colorize(labels, info))),
             # Low compression: photos barely compress anyway and this keeps large uploads quick.
             "image_png": _png_base64(Image.fromarray(image), compress_level=1),
@@ -312,72 +273,13 @@ def make_server(segmenter: SegmenterLike, host: str = DEFAULT_HOST, port: int = 
     """A ready-to-run server (call ``serve_forever()``) around ``segmenter``.
 
     ``segmenter`` is anything with ``predict(HxWx3 uint8 array) -> HxW class ids`` and ``info`` (a
-    :class:`~fcnseg.data.info.DatasetInfo`), e.g. :func:`fcnseg.predict.load`'s result. ``port=0`` picks a
+    :class:`~fcnseg.data.info.DatasetInfo`), e.g. :func:`fcnseg.load`'s result. ``port=0`` picks a
     free port (see ``server.server_address`` / ``server.url``). Uploads over ``max_upload_bytes`` or
     pictures over ``max_pixels`` are refused with 413. ``quiet`` turns off the per-request log lines.
     """
     if max_upload_bytes <= 0:
-        raise ValueError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
+        raise ConfigError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
     if max_pixels <= 0:
-        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+        raise ConfigError(f"max_pixels must be positive, got {max_pixels}")
     server_class = _SegmentServer6 if ":" in host else SegmentServer
     return server_class((host, port), segmenter, max_upload_bytes, max_pixels, quiet=quiet)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``fcnseg serve``."""
-    parser = subparsers.add_parser(
-        "serve", help="local web page: upload an image, see the segmentation",
-        description="Start a local web page to try a checkpoint on your own images: upload or drop an "
-                    "image, see the overlay, class shares and download the mask. Binds to 127.0.0.1 "
-                    "(this machine only) unless --host says otherwise.")
-    parser.add_argument("checkpoint", help="fcnseg checkpoint (.pt)")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to your network)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 8000; 0 picks a free one)")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                        help="largest accepted upload in MB (default 20)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help="refuse images with more pixels than this, before decoding "
-                             f"(default {DEFAULT_MAX_PIXELS:,})")
-    parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """``fcnseg serve``: load the checkpoint and serve until Ctrl+C."""
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.max_upload_mb <= 0:
-        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    if args.max_pixels < 1:
-        raise ValueError(f"--max-pixels must be positive, got {args.max_pixels}")
-    segmenter = load(args.checkpoint, device=args.device, max_pixels=args.max_pixels)
-    try:
-        server = make_server(segmenter, args.host, args.port, int(args.max_upload_mb * 2**20), args.max_pixels)
-    except OSError as exc:
-        print(f"fcnseg: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. "
-              "Is another server using that port? Try --port 0 for a free one.", file=sys.stderr)
-        return 2
-    print(f"fcnseg serve: {segmenter.info.name} model from {args.checkpoint} at {server.url} (Ctrl+C to stop)",
-          flush=True)
-    if not _is_loopback(args.host):
-        print(f"fcnseg serve: warning: listening on {args.host}, so other machines can reach this page; "
-              "it has no authentication.", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("\nfcnseg serve: stopped", flush=True)
-    finally:
-        server.server_close()
-    return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -125,8 +126,8 @@ def present_classes(label: np.ndarray, info: DatasetInfo) -> list[int]:
     return [int(i) for i in np.unique(label) if i != info.ignore_index]
 
 
-def _save_atomically(path: str | os.PathLike, picture: Image.Image) -> None:
-    """Write a PNG so that readers never see half a file."""
+def _write_png(path: str | os.PathLike, picture: Image.Image) -> None:
+    """Write a PNG atomically: readers never see half a file."""
     with atomic_open(path) as handle:
         picture.save(handle, format="PNG")
 
@@ -137,15 +138,91 @@ def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
     if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
         raise ValueError(f"expected an HxW, HxWx3 or HxWx4 uint8 array, got shape {array.shape} "
                          f"dtype {array.dtype}")
-    _save_atomically(path, Image.fromarray(np.ascontiguousarray(array)))
+    _write_png(path, Image.fromarray(np.ascontiguousarray(array)))
 
 
-def save_index_png(path: str | os.PathLike, label: np.ndarray, info: DatasetInfo) -> None:
-    """Save a label map as a palette PNG: pixel values are class indices, the palette is the dataset's.
+def index_image(label: np.ndarray, info: DatasetInfo) -> Image.Image:
+    """A label map as a palette ("P") image: pixel values are class indices, the palette is the dataset's.
 
-    Image viewers show the colours; ``np.asarray(PIL.Image.open(path))`` gives back the indices.
+    Image viewers show the colours; ``np.asarray(image)`` gives back the indices.
     """
     label = _check_label(label)
     picture = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8))
     picture.putpalette(info.palette_array().tobytes())  # turns the "L" image into a "P" image
-    _save_atomically(path, picture)
+    return picture
+
+
+def save_index_png(path: str | os.PathLike, label: np.ndarray, info: DatasetInfo) -> None:
+    """Save a label map as a palette PNG (:func:`index_image`); ``PIL.Image.open(path)`` gives the indices."""
+    _write_png(path, index_image(label, info))
+
+
+# --- confusion matrix picture --------------------------------------------------------------------------
+
+CELL_MAX, CELL_MIN, CELL_TEXT = 36, 6, 26  # cell size in pixels; values are written in cells >= CELL_TEXT
+_INK, _GREY, _WHITE = (0, 0, 0), (150, 150, 150), (255, 255, 255)
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
+    box = draw.textbbox((0, 0), text, font=font)
+    return box[2], box[3]
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str],
+                     path: str | os.PathLike) -> Path:
+    """Draw the row-normalised confusion matrix (rows = ground truth) as a PNG; returns ``path``.
+
+    Each cell is shaded from white (0) to dark blue (all of the class's pixels); rows of classes absent
+    from the ground truth are grey. Percentages are written into the cells when they are large enough.
+    """
+    counts = np.asarray(matrix, dtype=np.float64)
+    n = len(class_names)
+    if counts.shape != (n, n):
+        raise ValueError(f"confusion matrix has shape {counts.shape} but there are {n} class names")
+    totals = counts.sum(axis=1, keepdims=True)
+    fractions = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    cell = int(min(CELL_MAX, max(CELL_MIN, 1200 // max(n, 1))))
+    name_w = max(_text_size(probe, name, font)[0] for name in class_names)
+    text_h = max(_text_size(probe, name, font)[1] for name in class_names)
+    pad = 6
+    left = pad + text_h + pad + name_w + pad  # "ground truth" (rotated) | row names | grid
+    top = pad + text_h + pad + name_w + pad  # "predicted" | column names (rotated) | grid
+    width, height = left + n * cell + pad, top + n * cell + pad
+    canvas = Image.new("RGB", (width, height), _WHITE)
+    draw = ImageDraw.Draw(canvas)
+
+    for i in range(n):
+        for j in range(n):
+            x0, y0 = left + j * cell, top + i * cell
+            if totals[i, 0] == 0:
+                fill = (220, 220, 220)
+            else:
+                v = fractions[i, j]  # white -> dark blue
+                fill = (round(255 - 247 * v), round(255 - 207 * v), round(255 - 148 * v))
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=fill, outline=(235, 235, 235))
+            if cell >= CELL_TEXT and totals[i, 0] > 0 and counts[i, j] > 0:
+                label = f"{100 * fractions[i, j]:.0f}"
+                tw, th = _text_size(draw, label, font)
+                ink = _WHITE if fractions[i, j] > 0.5 else _INK
+                draw.text((x0 + (cell - tw) // 2, y0 + (cell - th) // 2), label, fill=ink, font=font)
+        # Row names right-aligned next to the grid.
+        tw, th = _text_size(draw, class_names[i], font)
+        draw.text((left - pad - tw, top + i * cell + (cell - th) // 2), class_names[i], fill=_INK, font=font)
+    for j, name in enumerate(class_names):
+        # Column names: drawn horizontally, then turned to read bottom-up.
+        tw, th = _text_size(draw, name, font)
+        label = Image.new("RGB", (tw, th), _WHITE)
+        ImageDraw.Draw(label).text((0, 0), name, fill=_INK, font=font)
+        label = label.rotate(90, expand=True)
+        canvas.paste(label, (left + j * cell + (cell - th) // 2, top - pad - tw))
+    draw.rectangle([left - 1, top - 1, left + n * cell, top + n * cell], outline=_GREY)
+    draw.text((left, pad), "predicted", fill=_INK, font=font)
+    axis = Image.new("RGB", _text_size(draw, "ground truth", font), _WHITE)
+    ImageDraw.Draw(axis).text((0, 0), "ground truth", fill=_INK, font=font)
+    canvas.paste(axis.rotate(90, expand=True), (pad, top))
+    save_png(path, np.asarray(canvas))
+    return Path(path)
+

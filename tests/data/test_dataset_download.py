@@ -2,49 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import re
 import tarfile
-import threading
 import zipfile
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from fcnseg.data.download import ARCHIVES, download_dataset
-from fcnseg.download import DownloadError
+from fcnseg.data.archives import ARCHIVES, download_dataset
+from fcnseg.errors import DownloadError
 
 FILES = {"images/0001.png": b"image bytes", "labels/0001.png": b"label bytes", "train.txt": b"0001\n"}
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.server.paths.append(self.path)
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def served(tmp_path: Path):
+def served(http_server):
     """A folder served over HTTP; yields (folder, base url, list of requested paths, stop())."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(folder)))
-    httpd.daemon_threads = True
-    httpd.paths = []
-    threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
-
-    def stop() -> None:
-        httpd.shutdown()
-        httpd.server_close()
-
-    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}", httpd.paths, stop
-    stop()
+    server = http_server()
+    return server.folder, server.url, server.requests, server.stop
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -72,7 +49,7 @@ def test_tar_gz_extracts_writes_marker_and_is_idempotent(served, tmp_path: Path)
     for name, data in FILES.items():
         assert (result / name).read_bytes() == data
     assert (root / "toy.tgz.extracted").is_file()
-    assert paths == ["/toy.tgz"]
+    assert [path for path, _ in paths] == ["/toy.tgz"]
     # Second call: no network (server stopped, archive even deleted), nothing re-extracted.
     stop()
     (root / "toy.tgz").unlink()

@@ -19,6 +19,7 @@ from fcnseg.data.io import DataError
 from fcnseg.data.kitti import KittiRoad
 from fcnseg.data.registry import DATASETS, build_dataset
 from fcnseg.data.voc import SBDSegmentation, VOCSegmentation, seg11valid_ids
+from fcnseg.errors import ConfigError
 
 H, W = 6, 8
 
@@ -367,7 +368,7 @@ def test_build_dataset(tmp_path: Path) -> None:
     make_folder(tmp_path, ["a"])
     data = build_dataset("folder", tmp_path, "all", normalization="caffe")
     assert isinstance(data, FolderDataset) and data.normalization == "caffe"
-    with pytest.raises(DataError, match=r"unknown dataset 'pascal'; known datasets: ade20k, camvid, "):
+    with pytest.raises(ConfigError, match=r"unknown dataset 'pascal'; known datasets: ade20k, camvid, "):
         build_dataset("pascal", tmp_path, "train")
 
 

@@ -98,7 +98,7 @@ def test_too_small_size_is_refused():
 def test_train_and_val_are_disjoint():
     train = SyntheticRoads(num_images=5, split="train")
     val = SyntheticRoads(num_images=5, split="val")
-    assert not {train.seed(i) for i in range(5)} & {val.seed(i) for i in range(5)}
+    assert not {train.scene_seed(i) for i in range(5)} & {val.scene_seed(i) for i in range(5)}
     for i in range(3):
         assert not np.array_equal(train.load(i)[1], val.load(i)[1])
 

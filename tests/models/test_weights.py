@@ -163,40 +163,22 @@ def test_staged_init_16s_to_8s_and_mismatch():
         init_from_coarser(other, coarse)
 
 
-def _serve(folder):
-    import functools
-    import http.server
-    import threading
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    handler = functools.partial(Quiet, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def test_imagenet_weights_from_a_url_are_cached_in_torch_hub(tmp_path, monkeypatch):
+def test_imagenet_weights_from_a_url_are_cached_in_torch_hub(tmp_path, monkeypatch, http_server):
     import hashlib
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-    served = tmp_path / "served"
-    served.mkdir()
+    server = http_server()
+    served = server.folder
     torch.save(VGGClassifier(width=1 / 16).state_dict(), served / "weights.pth")
     digest = hashlib.sha256((served / "weights.pth").read_bytes()).hexdigest()
     name = f"vgg16-{digest[:8]}.pth"  # torchvision's naming: the file name carries its hash prefix
     (served / "weights.pth").rename(served / name)
-    server = _serve(served)
-    url = f"http://127.0.0.1:{server.server_address[1]}/{name}"
-    try:
-        model = build_model("fcn32s", backbone="vgg16", width=1 / 16)
-        load_imagenet_weights(model, url)
-    finally:
-        server.shutdown()
+    url = f"{server.url}/{name}"
+    model = build_model("fcn32s", backbone="vgg16", width=1 / 16)
+    load_imagenet_weights(model, url)
+    server.stop()
     cached = tmp_path / "hub" / "hub" / "checkpoints" / name  # torch.hub.get_dir() is $TORCH_HOME/hub
     assert cached.is_file()
     load_imagenet_weights(model, url)  # the server is gone: the cached copy is used
     with pytest.raises(Exception, match="offline"):
-        load_imagenet_weights(model, f"http://127.0.0.1:{server.server_address[1]}/vgg16-00000000.pth")
+        load_imagenet_weights(model, f"{server.url}/vgg16-00000000.pth")

@@ -6,16 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fcnseg.data.base import JointTransform
+from fcnseg.data.base import FilePairDataset, JointTransform, require_dir, unmatched_error
 from fcnseg.data.info import IGNORE_INDEX, DatasetInfo, voc_colormap
-from fcnseg.data.io import (
-    DataError,
-    FilePairDataset,
-    PathLike,
-    read_remapped_label,
-    require_dir,
-    unmatched_error,
-)
+from fcnseg.data.io import PathLike, read_remapped_label
+from fcnseg.errors import DataError
 
 ADE20K_LAYOUT = (
     "<root>/ADEChallengeData2016/images/{training,validation}/*.jpg with "
@@ -81,6 +75,7 @@ class ADE20K(FilePairDataset):
         split: str = "training",
         transform: JointTransform | None = None,
         normalization: str = "imagenet",
+        seed: int | None = None,
     ) -> None:
         if split not in ADE20K_SPLITS:
             raise DataError(f"unknown ADE20K split {split!r}; choose one of {sorted(ADE20K_SPLITS)}")
@@ -101,7 +96,7 @@ class ADE20K(FilePairDataset):
         if orphans := sorted(labels.keys() - images.keys()):
             raise unmatched_error(labels_dir, f"labels without an image in {images_dir}", orphans)
         pairs = [(images[stem], labels[stem]) for stem in sorted(images)]
-        super().__init__(pairs, transform=transform, normalization=normalization)
+        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
 
     def read_label_file(self, path: Path) -> np.ndarray:
         return read_ade20k_label(path, self.info)

@@ -1,22 +1,30 @@
-"""The dataset interface every reader implements.
+"""The dataset interface every reader implements, and the helpers the file-based readers share.
 
 A dataset returns ``(image, label)`` pairs. ``load`` gives the raw pair (HxWx3 uint8 RGB array, HxW
-uint8 label array holding class indices or the ignore index); optional joint transforms run on those
-arrays; ``__getitem__`` finally converts to tensors with the normalisation the model expects.
+uint8 label array holding class indices or the ignore index); the dataset's joint transform runs on
+those arrays; ``__getitem__`` finally converts to tensors with the normalisation the model expects.
+Transform and normalisation are fixed when the dataset is built.
+
+Random transforms draw from ``np.random.default_rng((seed, epoch, index))`` when the dataset has a
+``seed``: the same sample in the same epoch is augmented the same way in any DataLoader worker, before
+or after a resume (:meth:`SegmentationDataset.set_epoch` moves to the next epoch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from fcnseg.data.info import DatasetInfo
+from fcnseg.data.io import check_pair, read_image, read_label
+from fcnseg.errors import DataError
 from fcnseg.normalization import normalize
 
-JointTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+JointTransform = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray, normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,13 +33,25 @@ def to_tensors(image: np.ndarray, label: np.ndarray, normalization: str) -> tupl
 
 
 class SegmentationDataset(Dataset):
-    """Base class: subclasses set ``info`` and implement ``__len__``, ``load`` and ``sample_name``."""
+    """Base class: subclasses set ``info`` and implement ``__len__``, ``load`` and ``sample_name``.
+
+    ``transform``: a joint transform ``(image, label) -> (image, label)``; with ``seed`` it is called
+    with ``rng=`` a generator of ``(seed, epoch, index)`` (see the module docstring). ``normalization``:
+    ``"imagenet"`` or ``"caffe"``, whichever the model's weights expect.
+    """
 
     info: DatasetInfo
 
-    def __init__(self, transform: JointTransform | None = None, normalization: str = "imagenet") -> None:
+    def __init__(self, transform: JointTransform | None = None, normalization: str = "imagenet",
+                 seed: int | None = None) -> None:
         self.transform = transform
         self.normalization = normalization
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentations ``__getitem__`` draws (with a ``seed``)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -47,5 +67,71 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.load(index)
         if self.transform is not None:
-            image, label = self.transform(image, label)
+            if self.seed is None:
+                image, label = self.transform(image, label)
+            else:
+                rng = np.random.default_rng((self.seed, self.epoch, index))
+                image, label = self.transform(image, label, rng=rng)
         return to_tensors(image, label, self.normalization)
+
+
+
+
+def require_dir(path: Path, layout: str) -> Path:
+    """Return ``path`` if it is a folder, else raise DataError naming it and the expected ``layout``."""
+    if not path.is_dir():
+        raise DataError(f"dataset folder not found: {path}. Expected layout: {layout}")
+    return path
+
+
+def read_list_file(path: Path) -> list[str]:
+    """Non-empty, stripped lines of a list file (``#`` comments skipped)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read list file {path}: {exc}") from None
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def raise_if_missing(paths: Iterable[Path], what: str, source: str) -> None:
+    """Raise DataError listing the files of ``paths`` that do not exist (``source`` says who listed them)."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        shown = "\n  ".join(missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise DataError(f"{len(missing)} {what} listed by {source} do not exist:\n  {shown}{more}")
+
+
+def unmatched_error(where: Path, what: str, names: Sequence[str]) -> DataError:
+    """A DataError listing the file names in ``where`` that have no partner."""
+    shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+    return DataError(f"{len(names)} {what} in {where}: {shown}")
+
+
+class FilePairDataset(SegmentationDataset):
+    """A dataset given as a list of (image file, label file) pairs; subclasses set ``info``.
+
+    ``load`` reads both files, converts the label with ``read_label_file`` (override it for datasets
+    whose raw ids need remapping) and checks that the sizes match.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], transform: JointTransform | None = None,
+                 normalization: str = "imagenet", seed: int | None = None) -> None:
+        super().__init__(transform=transform, normalization=normalization, seed=seed)
+        self.pairs = list(pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read_label_file(self, path: Path) -> np.ndarray:
+        return read_label(path, self.info)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        label = self.read_label_file(label_path)
+        check_pair(image, label, image_path, label_path)
+        return image, label
+
+    def sample_name(self, index: int) -> str:
+        return self.pairs[index][0].stem

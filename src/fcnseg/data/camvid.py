@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fcnseg.data.base import JointTransform
-from fcnseg.data.info import CAMVID, DatasetInfo
-from fcnseg.data.io import (
-    DataError,
+from fcnseg.data.base import (
     FilePairDataset,
-    PathLike,
+    JointTransform,
     raise_if_missing,
     read_list_file,
     require_dir,
     unmatched_error,
 )
+from fcnseg.data.info import CAMVID, DatasetInfo
+from fcnseg.data.io import PathLike
+from fcnseg.errors import DataError
 
 CAMVID_LAYOUT = (
     "<root>/{train,val,test}/*.png with labels in <root>/{train,val,test}annot/*.png, optional <split>.txt"
@@ -39,6 +39,7 @@ class CamVid(FilePairDataset):
         split: str = "train",
         transform: JointTransform | None = None,
         normalization: str = "imagenet",
+        seed: int | None = None,
     ) -> None:
         root = require_dir(Path(root), CAMVID_LAYOUT)
         if not (root / split).is_dir() and (root / "CamVid" / split).is_dir():
@@ -50,7 +51,7 @@ class CamVid(FilePairDataset):
             pairs = self._pairs_from_list(root, list_file)
         else:
             pairs = self._pairs_from_folders(root, split)
-        super().__init__(pairs, transform=transform, normalization=normalization)
+        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
 
     @staticmethod
     def _pairs_from_list(root: Path, list_file: Path) -> list[tuple[Path, Path]]:

@@ -6,16 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fcnseg.data.base import JointTransform
+from fcnseg.data.base import FilePairDataset, JointTransform, require_dir, unmatched_error
 from fcnseg.data.info import CITYSCAPES, IGNORE_INDEX, DatasetInfo
-from fcnseg.data.io import (
-    DataError,
-    FilePairDataset,
-    PathLike,
-    read_remapped_label,
-    require_dir,
-    unmatched_error,
-)
+from fcnseg.data.io import PathLike, read_remapped_label
+from fcnseg.errors import DataError
 
 CITYSCAPES_LAYOUT = (
     "<root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png with "
@@ -60,6 +54,7 @@ class Cityscapes(FilePairDataset):
         split: str = "train",
         transform: JointTransform | None = None,
         normalization: str = "imagenet",
+        seed: int | None = None,
     ) -> None:
         root = require_dir(Path(root), CITYSCAPES_LAYOUT)
         self.root = root
@@ -84,7 +79,7 @@ class Cityscapes(FilePairDataset):
         orphans = sorted(label_stems - {image.name[: -len("_leftImg8bit.png")] for image in images})
         if orphans:
             raise unmatched_error(labels_dir, f"label files without an image in {images_dir}", orphans)
-        super().__init__(pairs, transform=transform, normalization=normalization)
+        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
 
     def read_label_file(self, path: Path) -> np.ndarray:
         return read_cityscapes_label(path, self.info)

@@ -3,7 +3,7 @@
 Layout::
 
     root/
-      images/   a.jpg  b.png  ...      (.png .jpg .jpeg .bmp .tif .tiff)
+      images/   a.jpg  b.png  ...      (any of fcnseg.data.io.IMAGE_SUFFIXES)
       masks/    a.png  b.png  ...      (PNG only: class-index (mode L) or palette (mode P) masks)
       classes.txt                      one class name per line, in label order
       splits/train.txt, splits/val.txt optional: one image stem per line
@@ -21,18 +21,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from fcnseg.data.base import JointTransform
+from fcnseg.data.base import FilePairDataset, JointTransform, read_list_file, require_dir, unmatched_error
 from fcnseg.data.info import IGNORE_INDEX, DatasetInfo, voc_colormap
-from fcnseg.data.io import (
-    DataError,
-    FilePairDataset,
-    PathLike,
-    read_list_file,
-    require_dir,
-    unmatched_error,
-)
+from fcnseg.data.io import IMAGE_SUFFIXES, PathLike
+from fcnseg.errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png",)
 FOLDER_LAYOUT = (
     "<root>/images/<name>.{png,jpg,jpeg,bmp,tif} with <root>/masks/<name>.png and <root>/classes.txt"
@@ -102,6 +95,7 @@ class FolderDataset(FilePairDataset):
         ignore_index: int | None = None,
         transform: JointTransform | None = None,
         normalization: str = "imagenet",
+        seed: int | None = None,
     ) -> None:
         root = require_dir(Path(root), FOLDER_LAYOUT)
         self.root = root
@@ -128,7 +122,7 @@ class FolderDataset(FilePairDataset):
                 "classes); use a value >= the number of classes, e.g. 255"
             )
 
-        images = _files_by_stem(images_dir, IMAGE_EXTENSIONS, "images")
+        images = _files_by_stem(images_dir, IMAGE_SUFFIXES, "images")
         masks = _files_by_stem(masks_dir, MASK_EXTENSIONS, "PNG masks")
         if not images:
             raise DataError(f"no images in {images_dir}. Expected layout: {FOLDER_LAYOUT}")
@@ -146,7 +140,7 @@ class FolderDataset(FilePairDataset):
 
         palette = _mask_palette(pairs[0][1], len(class_names)) or tuple(voc_colormap(len(class_names)))
         self.info = DatasetInfo(root.name or "folder", tuple(class_names), palette, ignore_index=ignore_index)
-        super().__init__(pairs, transform=transform, normalization=normalization)
+        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
 
     @staticmethod
     def _split_stems(splits_dir: Path, split: str, images: dict[str, Path]) -> list[str]:
@@ -161,7 +155,7 @@ class FolderDataset(FilePairDataset):
         unknown = []
         for line in read_list_file(list_file):
             # Accept "a" as well as "a.jpg": strip a known extension only when the bare name is unknown.
-            if line not in images and Path(line).suffix.lower() in IMAGE_EXTENSIONS:
+            if line not in images and Path(line).suffix.lower() in IMAGE_SUFFIXES:
                 line = Path(line).stem
             (stems if line in images else unknown).append(line)
         if unknown:

@@ -1,68 +1,166 @@
-"""Reading images and label maps from disk, with errors that name the file and say how to fix it.
+"""The one input path: images from a file, bytes, a PIL image or an array, and label maps from files.
 
-Every reader in ``fcnseg.data`` goes through these functions, so the rules live in one place:
+Every reader, ``fcnseg predict``, ``fcnseg eval`` and ``fcnseg serve`` go through these functions, so
+the rules live in one place:
 
-* ``read_image`` always returns an HxWx3 uint8 RGB array, whatever the file's mode, with the EXIF
-  orientation applied (so the array is the picture as a viewer shows it).
-* ``read_label`` returns an HxW uint8 array of class indices (or the dataset's ignore index). Palette
+* :func:`decode_image` returns an HxWx3 uint8 RGB array, whatever the source and its mode, with the
+  EXIF orientation applied (the array is the picture as a viewer shows it). Files and bytes over
+  ``max_pixels`` are refused from their header, before a pixel is decoded (decompression bombs: a few
+  kilobytes of PNG can claim gigabytes of pixels).
+* :func:`read_label` returns an HxW uint8 array of class indices (or the dataset's ignore index). Palette
   PNGs are read as their indices, never through their colours; RGB label images are refused unless a
   colour->class mapping is given, because guessing classes from colours silently corrupts labels.
-* Anything wrong raises ``DataError`` with one message naming the file; nothing is skipped silently.
+* Anything wrong raises :class:`~fcnseg.errors.DataError` (:class:`~fcnseg.errors.LimitError` for
+  sizes) with one message naming the file; nothing is skipped silently.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import io
+import os
+import threading
+import warnings
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fcnseg.data.base import JointTransform, SegmentationDataset
 from fcnseg.data.info import DatasetInfo
+from fcnseg.errors import DataError, LimitError
 
-PathLike = str | Path
+PathLike = str | os.PathLike
+ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+# Files the commands treat as images (folders given to ``fcnseg predict``, ``images/`` of a folder dataset).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+DEFAULT_MAX_PIXELS = 200_000_000
 
 # Modes holding an alpha channel next to colour/grey values.
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_INDEX_MODES = {"P", "L", "1"} | _SIXTEEN_BIT_MODES
+# PIL's limit is a module global; a lock keeps concurrent callers (the server's threads) from restoring
+# each other's value halfway through a decode.
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
-class DataError(ValueError):
-    """Bad input data: the message names the file (or folder) and says what was expected."""
+def _bomb_message(name: str, pixels: int, max_pixels: int) -> str:
+    return (f"refusing to decode {name}: it has {pixels:,} pixels, more than the limit of {max_pixels:,} "
+            "(a protection against decompression bombs). If the image is genuine, raise the limit "
+            "(--max-pixels / max_pixels=).")
 
 
-def _open_decoded(path: PathLike, what: str) -> Image.Image:
-    """Open ``path`` and decode every pixel, turning PIL's many failure modes into one DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} file not found: {path}")
+@contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """PIL's own decompression-bomb limit set to ``max_pixels`` (None: off), its warning made an error."""
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        # PIL only *warns* between 1x and 2x its limit; a warning would let the decode go ahead.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _header_pixels(source: Path | bytes) -> int:
+    """The pixel count an image header claims, read with PIL's limit off (the caller holds the lock)."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as img:
-            # load() forces the full decode: without it a truncated file opens fine and fails (or
-            # returns grey rows) only later, far from here.
-            img.load()
-            # exif_transpose returns a new, independent image, so closing the file is safe.
-            return ImageOps.exif_transpose(img)
-    except UnidentifiedImageError:
-        raise DataError(
-            f"cannot read {what} {path}: not an image format PIL recognises (is it really an image file?)"
-        ) from None
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"cannot read {what} {path}: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise DataError(
-            f"truncated or corrupt image {path}: {exc}. Re-download or re-export the file."
-        ) from None
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            return img.size[0] * img.size[1]
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def open_image(source: PathLike | bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               formats: Collection[str] | Mapping[str, str] | None = None, name: str | None = None) -> Image.Image:
+    """Decode a file or bytes fully into a PIL image with its EXIF orientation applied.
+
+    ``name`` words the error messages (default: ``what`` and the path, e.g. "label data/a.png");
+    ``max_pixels`` is checked against the header before decoding (None: no limit); ``formats`` restricts
+    the PIL format names accepted (a mapping gives the names to show, e.g. ``{"MPO": "JPEG"}``).
+    """
+    if max_pixels is not None and max_pixels < 1:
+        raise LimitError(f"max_pixels must be positive, got {max_pixels}")
+    if isinstance(source, bytes):
+        name = name or f"the {what} bytes"
+        if not source:
+            raise DataError(f"{name} is empty: expected an image file")
+        handle: Path | io.BytesIO = io.BytesIO(source)
+    else:
+        source = Path(source)
+        name = name or f"{what} {source}"
+        if not source.is_file():
+            raise DataError(f"{what} file not found: {source}")
+        handle = source
+    with _pixel_limit(max_pixels):
+        try:
+            with Image.open(handle) as img:
+                _check_format(img, formats, name)
+                # load() forces the full decode: without it a truncated file opens fine and fails (or
+                # returns grey rows) only later, far from here.
+                img.load()
+                # exif_transpose returns a new, independent image, so closing the file is safe.
+                return ImageOps.exif_transpose(img)
+        except DataError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise LimitError(_bomb_message(name, _header_pixels(source), max_pixels)) from None
+        except UnidentifiedImageError:
+            raise DataError(f"cannot read {name}: not an image format PIL recognises "
+                            "(is it really an image file?)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise DataError(f"{name} is truncated or corrupt ({exc}). Re-download or re-export the file.") from None
+
+
+def _check_format(img: Image.Image, formats: Collection[str] | Mapping[str, str] | None, name: str) -> None:
+    if formats is None or img.format in formats:
+        return
+    shown = sorted(set(formats.values()) if isinstance(formats, Mapping) else formats)
+    raise DataError(f"{name} is a {img.format} image, which is not accepted here; use {', '.join(shown)}")
+
+
+def decode_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 formats: Collection[str] | Mapping[str, str] | None = None, name: str | None = None) -> np.ndarray:
+    """Any accepted input as an HxWx3 uint8 RGB array (see :func:`image_to_rgb` for the conversions).
+
+    ``source``: a file path, the bytes of an image file, a PIL image or an HxWx3 uint8 array. Files,
+    bytes and unloaded PIL images over ``max_pixels`` are refused before decoding; arrays are already
+    decoded and are only checked. ``formats`` and ``name``: see :func:`open_image`.
+    """
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+            raise DataError(f"expected an HxWx3 uint8 RGB array, got shape {source.shape} dtype {source.dtype}; "
+                            "convert it with e.g. np.asarray(PIL.Image.open(path).convert('RGB'))")
+        if source.shape[0] == 0 or source.shape[1] == 0:
+            raise DataError(f"the image array is empty (shape {source.shape})")
+        return source
+    if isinstance(source, Image.Image):
+        name = name or f"the {source.size[0]}x{source.size[1]} PIL image"
+        pixels = source.size[0] * source.size[1]
+        if max_pixels is not None and pixels > max_pixels:  # an Image.open() result is still undecoded
+            raise LimitError(_bomb_message(name, pixels, max_pixels))
+        return image_to_rgb(ImageOps.exif_transpose(source), name)
+    if isinstance(source, str | os.PathLike | bytes):
+        name = name or (f"image {source}" if not isinstance(source, bytes) else "the image bytes")
+        return image_to_rgb(open_image(source, "image", max_pixels, formats, name), name)
+    raise TypeError(f"cannot read an image from a {type(source).__name__}: pass a file path (str or Path), "
+                    "the bytes of an image file, a PIL image or an HxWx3 uint8 RGB numpy array")
 
 
 def read_image(path: PathLike) -> np.ndarray:
-    """Read an image file as an HxWx3 uint8 RGB array (EXIF orientation applied; see :func:`image_to_rgb`)."""
-    return image_to_rgb(_open_decoded(path, "image"), str(path))
+    """Read an image file as an HxWx3 uint8 RGB array (:func:`decode_image` with the default pixel limit)."""
+    return decode_image(Path(path))
 
 
 def image_to_rgb(img: Image.Image, source: str = "the image") -> np.ndarray:
-    """A decoded PIL image as an HxWx3 uint8 RGB array; ``source`` names it in error messages.
+    """A decoded PIL image as an HxWx3 uint8 RGB array; ``source`` names it in error messages
+    (e.g. "image photos/a.png").
 
     Conversions: greyscale (``1``, ``L``) is replicated to three channels;
     palette images go through their palette; CMYK and YCbCr use PIL's conversion; 16-bit images
@@ -71,7 +169,6 @@ def image_to_rgb(img: Image.Image, source: str = "the image") -> np.ndarray:
     colour values are kept exactly (photos saved with a meaningless alpha would otherwise be darkened
     wherever alpha < 255).
     """
-    path = source
     mode = img.mode
     if mode == "RGB":
         rgb = np.asarray(img)
@@ -79,22 +176,20 @@ def image_to_rgb(img: Image.Image, source: str = "the image") -> np.ndarray:
         values = np.asarray(img).astype(np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
             raise DataError(
-                f"cannot read image {path}: mode {mode} holds values outside 0..65535 "
+                f"cannot read {source}: mode {mode} holds values outside 0..65535 "
                 f"({values.min()}..{values.max()}), so it is not a 16-bit picture; convert it to 8-bit RGB"
             )
         grey = ((values + 128) // 257).astype(np.uint8)  # rounded 65535/255 = 257 scaling
         rgb = np.repeat(grey[:, :, None], 3, axis=2)
-    elif mode in _ALPHA_MODES:
-        rgb = np.asarray(img.convert("RGBA"))[:, :, :3]
-    elif mode == "P":
-        # Through RGBA so palettes with transparency convert without PIL's warning; alpha is dropped.
+    elif mode in _ALPHA_MODES or mode == "P":
+        # Palettes go through RGBA so those with transparency convert without PIL's warning; alpha is dropped.
         rgb = np.asarray(img.convert("RGBA"))[:, :, :3]
     else:
         try:
             rgb = np.asarray(img.convert("RGB"))
         except (ValueError, OSError) as exc:
             raise DataError(
-                f"cannot read image {path}: PIL mode {mode!r} cannot be converted to RGB ({exc}); "
+                f"cannot read {source}: PIL mode {mode!r} cannot be converted to RGB ({exc}); "
                 "save it as an 8-bit RGB PNG or JPEG"
             ) from None
     # A fresh, writable, contiguous copy: PIL-backed arrays are read-only, which torch warns about.
@@ -178,8 +273,8 @@ def read_label_indices(path: PathLike) -> np.ndarray:
     For readers that remap raw ids themselves (Cityscapes label ids, ADE20K's 0 = other). Palette PNGs
     give their indices, ``L`` its values, 16-bit images their values; colour images raise DataError.
     """
-    img = _open_decoded(path, "label")
-    if img.mode in ("P", "L", "1") or img.mode in _SIXTEEN_BIT_MODES:
+    img = open_image(path, "label")
+    if img.mode in _INDEX_MODES:
         return np.asarray(img).astype(np.int64)
     raise DataError(
         f"label {path} is a {img.mode} colour image, but class-index PNGs (mode L, pixel value = class) "
@@ -199,9 +294,9 @@ def read_label(
     classes in ``[0, num_classes)`` or the ignore index; see ``validate_label``. An EXIF orientation
     tag is applied as in ``read_image``, so a label stays aligned with its image.
     """
-    img = _open_decoded(path, "label")
+    img = open_image(path, "label")
     mode = img.mode
-    if mode in ("P", "L", "1") or mode in _SIXTEEN_BIT_MODES:
+    if mode in _INDEX_MODES:
         return validate_label(np.asarray(img).astype(np.int64), info, path)
     if mode in ("RGB", "RGBA"):
         rgb = np.asarray(img)[:, :, :3]
@@ -240,68 +335,3 @@ def check_pair(image: np.ndarray, label: np.ndarray, image_path: PathLike, label
         )
 
 
-# --- helpers shared by the dataset readers ------------------------------------------------------------
-
-
-def require_dir(path: Path, layout: str) -> Path:
-    """Return ``path`` if it is a folder, else raise DataError naming it and the expected ``layout``."""
-    if not path.is_dir():
-        raise DataError(f"dataset folder not found: {path}. Expected layout: {layout}")
-    return path
-
-
-def read_list_file(path: Path) -> list[str]:
-    """Non-empty, stripped lines of a list file (``#`` comments skipped)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read list file {path}: {exc}") from None
-    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-
-
-def raise_if_missing(paths: Iterable[Path], what: str, source: str) -> None:
-    """Raise DataError listing the files of ``paths`` that do not exist (``source`` says who listed them)."""
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        shown = "\n  ".join(missing[:10])
-        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise DataError(f"{len(missing)} {what} listed by {source} do not exist:\n  {shown}{more}")
-
-
-def unmatched_error(where: Path, what: str, names: Sequence[str]) -> DataError:
-    """A DataError listing the file names in ``where`` that have no partner."""
-    shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-    return DataError(f"{len(names)} {what} in {where}: {shown}")
-
-
-class FilePairDataset(SegmentationDataset):
-    """A dataset given as a list of (image file, label file) pairs; subclasses set ``info``.
-
-    ``load`` reads both files, converts the label with ``read_label_file`` (override it for datasets
-    whose raw ids need remapping) and checks that the sizes match.
-    """
-
-    def __init__(
-        self,
-        pairs: Sequence[tuple[Path, Path]],
-        transform: JointTransform | None = None,
-        normalization: str = "imagenet",
-    ) -> None:
-        super().__init__(transform=transform, normalization=normalization)
-        self.pairs = list(pairs)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def read_label_file(self, path: Path) -> np.ndarray:
-        return read_label(path, self.info)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image_path, label_path = self.pairs[index]
-        image = read_image(image_path)
-        label = self.read_label_file(label_path)
-        check_pair(image, label, image_path, label_path)
-        return image, label
-
-    def sample_name(self, index: int) -> str:
-        return self.pairs[index][0].stem

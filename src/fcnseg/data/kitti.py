@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fcnseg.data.base import JointTransform
+from fcnseg.data.base import FilePairDataset, JointTransform, require_dir, unmatched_error
 from fcnseg.data.info import IGNORE_INDEX, KITTI_ROAD, DatasetInfo
-from fcnseg.data.io import DataError, FilePairDataset, PathLike, read_label, require_dir, unmatched_error
+from fcnseg.data.io import PathLike, read_label
+from fcnseg.errors import DataError
 
 KITTI_LAYOUT = "<root>/training/image_2/um_000000.png with <root>/training/gt_image_2/um_road_000000.png"
 
@@ -44,6 +45,7 @@ class KittiRoad(FilePairDataset):
         split: str = "train",
         transform: JointTransform | None = None,
         normalization: str = "imagenet",
+        seed: int | None = None,
     ) -> None:
         if split not in KITTI_SPLITS:
             raise DataError(f"unknown KITTI road split {split!r}; choose one of {KITTI_SPLITS}")
@@ -78,7 +80,7 @@ class KittiRoad(FilePairDataset):
             raise DataError(
                 f"KITTI road split {split!r} of {images_dir} is empty (too few images for a holdout)"
             )
-        super().__init__(pairs, transform=transform, normalization=normalization)
+        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
 
     def read_label_file(self, path: Path) -> np.ndarray:
         return read_label(path, self.info, color_map=KITTI_COLORS)

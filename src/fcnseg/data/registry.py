@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -10,19 +11,22 @@ from fcnseg.data.base import JointTransform, SegmentationDataset
 from fcnseg.data.camvid import CamVid
 from fcnseg.data.cityscapes import Cityscapes
 from fcnseg.data.folder import FolderDataset
-from fcnseg.data.io import DataError, PathLike
+from fcnseg.data.io import PathLike
 from fcnseg.data.kitti import KittiRoad
 from fcnseg.data.synthetic import SyntheticRoads
 from fcnseg.data.voc import SBDSegmentation, VOCSegmentation
+from fcnseg.errors import ConfigError
 
 
 def synthetic(root: PathLike | None = None, split: str = "train", transform: JointTransform | None = None,
-              normalization: str = "imagenet", **options: Any) -> SyntheticRoads:
+              normalization: str = "imagenet", seed: int | None = None, num_images: int = 200,
+              height: int = 128, width: int = 160) -> SyntheticRoads:
     """The built-in road scenes (generated, so ``root`` is not used); options: num_images, height, width."""
-    return SyntheticRoads(split=split, transform=transform, normalization=normalization, **options)
+    return SyntheticRoads(num_images=num_images, split=split, height=height, width=width, transform=transform,
+                          normalization=normalization, seed=seed)
 
 
-# name -> reader; every reader takes (root, split=..., transform=..., normalization=..., **options).
+# name -> reader; every reader takes (root, split=..., transform=..., normalization=..., seed=..., **options).
 DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "synthetic": synthetic,
     "voc": VOCSegmentation,
@@ -33,17 +37,27 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "ade20k": ADE20K,
     "folder": FolderDataset,
 }
+_COMMON = {"root", "split", "transform", "normalization", "seed"}
 
 
-def build_dataset(
-    name: str,
-    root: PathLike,
-    split: str,
-    transform: JointTransform | None = None,
-    normalization: str = "imagenet",
-    **kwargs: Any,
-) -> SegmentationDataset:
-    """Construct the dataset reader registered as ``name``; extra keyword arguments go to its constructor."""
+def dataset_options(name: str) -> list[str]:
+    """The reader-specific options of dataset ``name`` (``dataset_options`` in a training config)."""
+    return [p for p in inspect.signature(DATASETS[name]).parameters if p not in _COMMON and p != "self"]
+
+
+def build_dataset(name: str, root: PathLike | None, split: str, transform: JointTransform | None = None,
+                  normalization: str = "imagenet", seed: int | None = None, **options: Any) -> SegmentationDataset:
+    """Construct the dataset reader registered as ``name``; ``options`` go to its constructor.
+
+    ``transform`` and ``normalization`` are fixed from construction; ``seed`` makes the random transforms
+    a function of (seed, epoch, index) (see :mod:`fcnseg.data.base`).
+    """
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](root, split=split, transform=transform, normalization=normalization, **kwargs)
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    unknown = sorted(set(options) - set(dataset_options(name)))
+    if unknown:
+        known = ", ".join(dataset_options(name)) or "none"
+        raise ConfigError(f"dataset {name} has no option(s) {', '.join(unknown)}; its options: {known}")
+    if root is None and name != "synthetic":
+        raise ConfigError(f"dataset {name!r} needs a root: the folder holding its files (--root)")
+    return DATASETS[name](root, split=split, transform=transform, normalization=normalization, seed=seed, **options)

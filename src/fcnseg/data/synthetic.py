@@ -19,6 +19,7 @@ import numpy as np
 
 from fcnseg.data.base import JointTransform, SegmentationDataset
 from fcnseg.data.info import SYNTHETIC_ROADS
+from fcnseg.errors import ConfigError
 
 SKY, BUILDING, ROAD, LANE_MARKING, POLE, CAR, TREE, SIDEWALK = range(8)
 
@@ -74,7 +75,7 @@ def render_scene(seed: int, height: int = 128, width: int = 160) -> tuple[np.nda
     :data:`SYNTHETIC_ROADS` class indices 0-7. The same ``seed`` and size always give the same arrays.
     """
     if height < MIN_SIZE or width < MIN_SIZE:
-        raise ValueError(f"scenes need at least {MIN_SIZE}x{MIN_SIZE} pixels, got {height}x{width}")
+        raise ConfigError(f"scenes need at least {MIN_SIZE}x{MIN_SIZE} pixels, got {height}x{width}")
     rng = np.random.default_rng(seed)
     canvas = _Canvas(height, width)
     rows = np.arange(height, dtype=np.float32)
@@ -345,14 +346,15 @@ class SyntheticRoads(SegmentationDataset):
     info = SYNTHETIC_ROADS
 
     def __init__(self, num_images: int = 200, split: str = "train", height: int = 128, width: int = 160,
-                 transform: JointTransform | None = None, normalization: str = "imagenet") -> None:
-        super().__init__(transform=transform, normalization=normalization)
+                 transform: JointTransform | None = None, normalization: str = "imagenet",
+                 seed: int | None = None) -> None:
+        super().__init__(transform=transform, normalization=normalization, seed=seed)
         if split not in SPLIT_SEED_OFFSETS:
-            raise ValueError(f"unknown split {split!r}; choose one of {tuple(SPLIT_SEED_OFFSETS)}")
+            raise ConfigError(f"unknown split {split!r}; choose one of {tuple(SPLIT_SEED_OFFSETS)}")
         if not 0 < num_images <= MAX_IMAGES_PER_SPLIT:
-            raise ValueError(f"num_images must be between 1 and {MAX_IMAGES_PER_SPLIT}, got {num_images}")
+            raise ConfigError(f"num_images must be between 1 and {MAX_IMAGES_PER_SPLIT}, got {num_images}")
         if height < MIN_SIZE or width < MIN_SIZE:
-            raise ValueError(f"scenes need at least {MIN_SIZE}x{MIN_SIZE} pixels, got {height}x{width}")
+            raise ConfigError(f"scenes need at least {MIN_SIZE}x{MIN_SIZE} pixels, got {height}x{width}")
         self.num_images = num_images
         self.split = split
         self.height = height
@@ -361,14 +363,14 @@ class SyntheticRoads(SegmentationDataset):
     def __len__(self) -> int:
         return self.num_images
 
-    def seed(self, index: int) -> int:
+    def scene_seed(self, index: int) -> int:
         """The render seed of sample ``index``."""
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} {self.split} images")
         return SPLIT_SEED_OFFSETS[self.split] + index
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return render_scene(self.seed(index), self.height, self.width)
+        return render_scene(self.scene_seed(index), self.height, self.width)
 
     def sample_name(self, index: int) -> str:
         return f"{self.split}_{index:06d}"

@@ -19,18 +19,16 @@ stream, so ``num_workers=0`` and ``num_workers=2`` draw different (equally valid
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from fcnseg.data.base import JointTransform
 from fcnseg.data.info import IGNORE_INDEX
-
-JointTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-# The ImageNet mean in 0-255 RGB: padding with it becomes ~0 after normalisation.
-IMAGENET_MEAN_UINT8 = (124, 116, 104)
+from fcnseg.errors import ConfigError
+from fcnseg.normalization import mean_color
 
 
 def torch_seeded_rng() -> np.random.Generator:
@@ -64,13 +62,16 @@ def pad_to_size(
     label: np.ndarray,
     height: int,
     width: int,
-    fill: Sequence[int] = IMAGENET_MEAN_UINT8,
+    fill: Sequence[int] | None = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pad on the bottom/right to at least ``height`` x ``width``: image with ``fill``, label with ignore.
 
-    Arrays already large enough in a dimension are not padded in it (and never cropped).
+    ``fill`` defaults to the ImageNet mean colour (zero after normalisation). Arrays already large
+    enough in a dimension are not padded in it (and never cropped).
     """
+    if fill is None:
+        fill = mean_color("imagenet")
     _check_pair(image, label)
     h, w = label.shape
     out_h, out_w = max(h, height), max(w, width)
@@ -140,7 +141,7 @@ class RandomScale(RandomTransform):
 
     def __init__(self, min_scale: float, max_scale: float) -> None:
         if not 0 < min_scale <= max_scale:
-            raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
+            raise ConfigError(f"scale range needs 0 < min <= max, got {min_scale}, {max_scale}")
         self.min_scale = min_scale
         self.max_scale = max_scale
 
@@ -164,10 +165,10 @@ class RandomCrop(RandomTransform):
         height: int,
         width: int,
         ignore_index: int = IGNORE_INDEX,
-        fill: tuple[int, int, int] = IMAGENET_MEAN_UINT8,
+        fill: tuple[int, int, int] | None = None,
     ) -> None:
         if height < 1 or width < 1:
-            raise ValueError(f"crop size must be positive, got {height}x{width}")
+            raise ConfigError(f"crop size must be positive, got {height}x{width}")
         self.height = height
         self.width = width
         self.ignore_index = ignore_index
@@ -227,7 +228,7 @@ class ColorJitter(RandomTransform):
     def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0) -> None:
         for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
             if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+                raise ConfigError(f"{name} must be >= 0, got {value}")
         self.brightness = brightness
         self.contrast = contrast
         self.saturation = saturation
@@ -279,18 +280,21 @@ def train_transforms(
     flip: bool = True,
     color_jitter: float = 0.0,
     ignore_index: int = IGNORE_INDEX,
+    normalization: str = "imagenet",
 ) -> Compose:
     """The default training pipeline: random scale, random crop (padded), horizontal flip, colour jitter.
 
     ``crop_size=None`` keeps whole images (the paper's batch-size-1 training; batch them with
     :class:`fcnseg.data.collate.PadCollate`). ``scale_range=None`` or ``(1, 1)`` disables scaling;
-    ``color_jitter`` is used for brightness, contrast and saturation alike (0 disables it).
+    ``color_jitter`` is used for brightness, contrast and saturation alike (0 disables it). Crops are
+    padded with the mean colour of ``normalization``, which the network sees as zero.
     """
     transforms: list[JointTransform] = []
     if scale_range is not None and tuple(scale_range) != (1.0, 1.0):
         transforms.append(RandomScale(*scale_range))
     if crop_size is not None:
-        transforms.append(RandomCrop(crop_size[0], crop_size[1], ignore_index=ignore_index))
+        transforms.append(RandomCrop(crop_size[0], crop_size[1], ignore_index=ignore_index,
+                                     fill=mean_color(normalization)))
     if flip:
         transforms.append(RandomHorizontalFlip())
     if color_jitter > 0:

@@ -15,18 +15,17 @@ import numpy as np
 import scipy.io
 from scipy.io.matlab import MatReadError
 
-from fcnseg.data.base import JointTransform
-from fcnseg.data.info import VOC, DatasetInfo
-from fcnseg.data.io import (
-    DataError,
+from fcnseg.data.base import (
     FilePairDataset,
-    PathLike,
+    JointTransform,
     raise_if_missing,
     read_list_file,
     require_dir,
     unmatched_error,
-    validate_label,
 )
+from fcnseg.data.info import VOC, DatasetInfo
+from fcnseg.data.io import PathLike, validate_label
+from fcnseg.errors import DataError
 
 VOC_LAYOUT = (
     "<root>/VOCdevkit/VOC<year>/ (or a folder directly containing) JPEGImages/*.jpg, "
@@ -100,6 +99,7 @@ class VOCSegmentation(FilePairDataset):
         split_file: PathLike | None = None,
         transform: JointTransform | None = None,
         normalization: str = "imagenet",
+        seed: int | None = None,
     ) -> None:
         base = find_voc_dir(root, year)
         self.root = base
@@ -125,7 +125,7 @@ class VOCSegmentation(FilePairDataset):
         pairs = [(images / f"{i}.jpg", labels / f"{i}.png") for i in ids]
         raise_if_missing((p for p, _ in pairs), "images", source)
         raise_if_missing((p for _, p in pairs), "labels", source)
-        super().__init__(pairs, transform=transform, normalization=normalization)
+        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
 
     @staticmethod
     def _seg11valid(lists: Path, sbd_root: PathLike | None) -> list[str]:
@@ -193,6 +193,7 @@ class SBDSegmentation(FilePairDataset):
         split: str = "train",
         transform: JointTransform | None = None,
         normalization: str = "imagenet",
+        seed: int | None = None,
     ) -> None:
         base = find_sbd_dir(root)
         self.root = base
@@ -204,7 +205,7 @@ class SBDSegmentation(FilePairDataset):
         pairs = [(base / "img" / f"{i}.jpg", base / "cls" / f"{i}.mat") for i in ids]
         raise_if_missing((p for p, _ in pairs), "images", str(list_file))
         raise_if_missing((p for _, p in pairs), "labels", str(list_file))
-        super().__init__(pairs, transform=transform, normalization=normalization)
+        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
 
     def read_label_file(self, path: Path) -> np.ndarray:
         return read_sbd_label(path, self.info)

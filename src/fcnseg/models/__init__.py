@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from fcnseg.errors import ConfigError
 from fcnseg.models.backbones import BACKBONES
 from fcnseg.models.fcn import FCN, GEOMETRIES, HEADS
 
@@ -31,15 +32,15 @@ def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int =
         dropout: probability of the fc6/fc7 dropout layers (VGG16, AlexNet); the paper keeps 0.5.
     """
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     if geometry not in GEOMETRIES:
-        raise ValueError(f"unknown geometry {geometry!r}; choose one of {GEOMETRIES}")
+        raise ConfigError(f"unknown geometry {geometry!r}; choose one of {GEOMETRIES}")
     if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
+        raise ConfigError(f"width must be positive, got {width}")
     if not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     net = BACKBONES[backbone](width, reference=geometry == "reference")
     model = FCN(net, num_classes, head=MODELS[name], geometry=geometry,
                 learnable_upsampling=learnable_upsampling)

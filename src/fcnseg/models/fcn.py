@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.errors import ConfigError
 from fcnseg.models.backbones import Backbone
 from fcnseg.models.geometry import CoordMap, coord_map, crop_offset, output_size
 from fcnseg.models.upsample import Upsample
@@ -47,9 +48,9 @@ class FCN(nn.Module):
                  learnable_upsampling: bool = False) -> None:
         super().__init__()
         if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+            raise ConfigError(f"unknown head {head!r}; choose one of {HEADS}")
         if geometry not in GEOMETRIES:
-            raise ValueError(f"unknown geometry {geometry!r}; choose one of {GEOMETRIES}")
+            raise ConfigError(f"unknown geometry {geometry!r}; choose one of {GEOMETRIES}")
         self.backbone = backbone
         self.num_classes = num_classes
         self.head = head
@@ -185,8 +186,3 @@ class FCN(nn.Module):
         return (f"head={self.head}, geometry={self.geometry}, num_classes={self.num_classes}, "
                 f"pad_top_left={self.pad_top_left}, final_crop={self.final_crop}, skip_crops={self.skip_crops}, "
                 f"fusion_follow={self.fusion_follow}, pad_extra={self.pad_extra}")
-
-
-def num_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-

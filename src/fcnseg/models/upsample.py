@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fcnseg.errors import WeightsError
+
 
 def bilinear_kernel(size: int) -> torch.Tensor:
     """The 2-D bilinear interpolation kernel of side ``size`` (the reference's ``upsample_filt``).
@@ -65,7 +67,7 @@ class Upsample(nn.ConvTranspose2d):
         that are zero off the diagonal, as the authors' frozen bilinear ones are."""
         expected = (self.in_channels, self.out_channels, *self.kernel_size)
         if tuple(weight.shape) != expected:
-            raise ValueError(f"{name}: kernel of shape {tuple(weight.shape)} does not fit {expected}")
+            raise WeightsError(f"{name}: kernel of shape {tuple(weight.shape)} does not fit {expected}")
         with torch.no_grad():
             if self.groups == 1:
                 self.weight.copy_(weight)
@@ -75,6 +77,6 @@ class Upsample(nn.ConvTranspose2d):
             off_diagonal = weight.clone()
             off_diagonal[idx, idx] = 0
             if off_diagonal.abs().max() > 0:
-                raise ValueError(f"{name}: the kernel mixes classes (non-zero off the diagonal); build the "
+                raise WeightsError(f"{name}: the kernel mixes classes (non-zero off the diagonal); build the "
                                  "model with learnable_upsampling=True to load it")
             self.weight[:, 0] = diagonal

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fcnseg.errors import WeightsError
 from fcnseg.models.backbones import VGG, AlexNet, Backbone, GoogLeNet, ResNet
 from fcnseg.models.fcn import FCN
 from fcnseg.models.upsample import Upsample
@@ -43,10 +44,6 @@ PYTORCH_FCN_URLS = {
 # Caffe layer names of VGG16's convolutions, in order (pytorch-fcn keeps them).
 VGG16_CONV_NAMES = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
                     "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used, with the reason and the fix."""
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -80,7 +77,7 @@ def resolve_weights(source: str | Path, sha256: str | None = None, md5: str | No
     """A local file path as is; an http(s) URL downloaded once into torch hub's cache."""
     text = str(source)
     if text.startswith(("http://", "https://")):
-        from fcnseg.download import cached_download
+        from fcnseg.transfer import cached_download
 
         return cached_download(text, sha256=sha256, md5=md5)
     return Path(source)
@@ -174,7 +171,7 @@ def imagenet_classifier_layer(state_dict: Mapping[str, torch.Tensor], backbone: 
 
 
 # -------------------------------------------------------------------------------- pytorch-fcn (authors')
-def pytorch_fcn_to_fcnseg(state_dict: Mapping[str, torch.Tensor], backbone: VGG) -> dict[str, torch.Tensor]:
+def _rename_pytorch_fcn_keys(state_dict: Mapping[str, torch.Tensor], backbone: VGG) -> dict[str, torch.Tensor]:
     """Rename a pytorch-fcn (torchfcn) FCN state dict to the names of an fcnseg VGG16 FCN."""
     conv_index = [i for i, layer in enumerate(backbone.features) if isinstance(layer, nn.Conv2d)]
     renamed = {}
@@ -201,14 +198,14 @@ def infer_pytorch_fcn_head(state_dict: Mapping[str, torch.Tensor]) -> str:
     raise WeightsError("not a pytorch-fcn FCN state dict: none of upscore, upscore16, upscore8 is present")
 
 
-def load_pytorch_fcn(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> None:
+def _load_pytorch_fcn(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load a pytorch-fcn FCN32s/16s/8s/8sAtOnce state dict into a matching fcnseg FCN (VGG16,
     reference geometry) so that it computes the same outputs; the input normalisation becomes Caffe's."""
     if not isinstance(model.backbone, VGG) or any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules()):
         raise WeightsError("pytorch-fcn weights are for the VGG16 backbone (without batch norm)")
     if model.geometry != "reference":
         raise WeightsError("the authors' weights need geometry='reference' to give the authors' outputs")
-    renamed = pytorch_fcn_to_fcnseg(state_dict, model.backbone)
+    renamed = _rename_pytorch_fcn_keys(state_dict, model.backbone)
     upsamplers = {name: m for name, m in model.named_modules() if isinstance(m, Upsample)}
     kernels = {k: renamed.pop(k) for k in list(renamed) if k.rsplit(".", 1)[0] in upsamplers}
     own = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] not in upsamplers}
@@ -244,7 +241,7 @@ def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: 
     num_classes = state_dict["score_fr.weight"].shape[0]
     width = state_dict["conv1_1.weight"].shape[0] / 64  # 1.0 for the authors' nets
     model = build_model(name, backbone="vgg16", num_classes=num_classes, width=width, geometry="reference")
-    load_pytorch_fcn(model, state_dict)
+    _load_pytorch_fcn(model, state_dict)
     return model
 
 

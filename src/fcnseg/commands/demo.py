@@ -1,4 +1,4 @@
-"""``make demo``: FCN-32s -> FCN-16s -> FCN-8s trained in stages on the built-in synthetic road scenes.
+"""``fcnseg demo`` (``make demo``): FCN-32s -> FCN-16s -> FCN-8s trained in stages on synthetic road scenes.
 
 Prints the paper's four-metric table for each net and the per-class IoU (the thin classes, poles and lane
 markings, are where the skip layers matter), and writes overlay images comparing the three nets.
@@ -11,9 +11,10 @@ import shutil
 import time
 from pathlib import Path
 
+from fcnseg.api import load
+from fcnseg.commands.options import add_quiet, positive_int
 from fcnseg.data.synthetic import SyntheticRoads
 from fcnseg.metrics import format_per_class, format_table
-from fcnseg.predict import load
 from fcnseg.train import TrainConfig, train
 from fcnseg.viz import colorize, overlay, save_png, side_by_side
 
@@ -29,7 +30,18 @@ VAL_IMAGES = 100
 OVERLAY_IMAGES = 4
 
 
-def run_demo(out: Path, iterations: int | None = None) -> dict[str, dict]:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="train FCN-32s/16s/8s on built-in synthetic road scenes")
+    parser.add_argument("--out", default="demo_out", help="folder for the three runs and the overlays")
+    parser.add_argument("--iterations", type=positive_int, default=None,
+                        help="per stage (default: the demo's setting, 500)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads (default: the usable cores; data workers use one each)")
+    add_quiet(parser)
+    parser.set_defaults(func=run)
+
+
+def run_demo(out: Path, iterations: int | None = None, threads: int | None = None) -> dict[str, dict]:
     """Train the three stages into ``out/<stage>``; return each stage's validation scores."""
     results = {}
     previous = None
@@ -37,7 +49,7 @@ def run_demo(out: Path, iterations: int | None = None) -> dict[str, dict]:
         run_dir = out / stage
         if run_dir.exists():
             shutil.rmtree(run_dir)  # the demo's own output folder: always a fresh run
-        options = dict(DEMO_CONFIG, model=stage, out=str(run_dir), init_from=previous)
+        options = dict(DEMO_CONFIG, model=stage, out=str(run_dir), init_from=previous, threads=threads)
         options["val_limit"] = VAL_IMAGES
         if iterations:
             options.update(iterations=iterations, val_interval=iterations, checkpoint_interval=iterations)
@@ -67,7 +79,7 @@ def write_overlays(out: Path, count: int = OVERLAY_IMAGES) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    results = run_demo(out, args.iterations)
+    results = run_demo(out, args.iterations, args.threads)
     names = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s"}
     print("\nSynthetic road scenes, validation (100 images, 128x160):\n")
     print(format_table({names[k]: v for k, v in results.items()}))

@@ -1,4 +1,4 @@
-"""The one download mechanism of fcnseg: model weights and dataset archives both come through here.
+"""HTTP transfers: the one download mechanism of fcnseg: model weights and dataset archives both come through here.
 
 ``download_file`` writes to ``<dest>.part``, resumes an interrupted transfer with an HTTP ``Range``
 request, verifies the checksum and only then renames the file into place, so ``dest`` either does not
@@ -13,20 +13,17 @@ import hashlib
 import http.client
 import os
 import re
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from fcnseg.errors import ConfigError, DownloadError
+from fcnseg.progress import bar as progress_bar
+
 _CHUNK = 1 << 20
 _MIN_PREFIX = 8
 _USER_AGENT = "fcnseg-download/1"
-
-
-class DownloadError(RuntimeError):
-    """A file could not be downloaded, verified or unpacked; the message says which and how to fix it."""
 
 
 def file_digest(path: str | Path, algorithm: str) -> str:
@@ -47,7 +44,7 @@ def _expected_digests(sha256: str | None, md5: str | None) -> dict[str, str]:
             continue
         value = value.strip().lower()
         if not re.fullmatch(r"[0-9a-f]+", value) or not _MIN_PREFIX <= len(value) <= full_length:
-            raise ValueError(
+            raise ConfigError(
                 f"{algorithm} checksum {value!r} must be {_MIN_PREFIX} to {full_length} hex digits "
                 "(the full digest or its prefix)"
             )
@@ -63,39 +60,6 @@ def _mismatches(path: Path, expected: dict[str, str]) -> list[tuple[str, str, st
         if not actual.startswith(value):
             bad.append((algorithm, value, actual))
     return bad
-
-
-class _Progress:
-    """A one-line ``received / total`` counter on stderr, shown only on a terminal."""
-
-    def __init__(self, name: str, total: int | None, start: int, enabled: bool) -> None:
-        self.name = name
-        self.total = total
-        self.done = start
-        self.enabled = enabled and sys.stderr.isatty()
-        self._last = 0.0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and now - self._last > 0.2:  # redraw a few times a second, not per chunk
-            self._last = now
-            self._draw()
-
-    def _draw(self) -> None:
-        mb = self.done / 1e6
-        if self.total:
-            line = f"{self.name}: {mb:.1f} / {self.total / 1e6:.1f} MB ({100 * self.done / self.total:.0f}%)"
-        else:
-            line = f"{self.name}: {mb:.1f} MB"
-        sys.stderr.write("\r" + line)
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._draw()
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def _network_error(url: str, dest: Path, reason: object, part: Path | None = None) -> DownloadError:
@@ -147,21 +111,20 @@ def _transfer(url: str, dest: Path, part: Path, progress: bool, timeout: float) 
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
         received = offset
-        bar = _Progress(dest.name, total, offset, progress)
-        with open(part, mode) as f:
+        bar = progress_bar(total=total, desc=dest.name, unit="B", enabled=progress, initial=offset,
+                           unit_scale=True, unit_divisor=1024)
+        with bar, open(part, mode) as f:
             while True:
                 # Only reading is a network failure; an OSError from f.write (disk full) stays as is.
                 try:
                     chunk = response.read(_CHUNK)
                 except (OSError, http.client.HTTPException) as e:
-                    bar.close()
                     raise _network_error(url, dest, e, part) from None
                 if not chunk:
                     break
                 f.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
-        bar.close()
     if total is not None and received < total:
         raise DownloadError(
             f"could not download {url}: the connection closed after {received} of {total} bytes. "
@@ -183,10 +146,10 @@ def download_file(
     request (and restarted if the server ignores it). ``sha256`` / ``md5`` are full hex digests or
     prefixes of at least 8 characters; the file is renamed to ``dest`` only after they match. If
     ``dest`` already exists and matches (or no checksum is given), it is returned without network
-    access. ``progress`` shows a byte counter on stderr when it is a terminal.
+    access. ``progress`` shows a progress bar on stderr when it is a terminal (see :mod:`fcnseg.progress`).
 
     Raises ``DownloadError`` on network/HTTP failures and checksum mismatches (the bad ``.part`` is
-    deleted), ``ValueError`` on a malformed checksum.
+    deleted), ``ConfigError`` on a malformed checksum.
     """
     dest = Path(dest)
     expected = _expected_digests(sha256, md5)
@@ -220,5 +183,5 @@ def cached_download(
     """Download ``url`` into ``cache_dir()`` (named after the URL, or ``file_name``) unless already there."""
     name = file_name or Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     if not name:
-        raise ValueError(f"cannot derive a file name from {url!r}: pass file_name")
+        raise ConfigError(f"cannot derive a file name from {url!r}: pass file_name")
     return download_file(url, cache_dir() / name, sha256=sha256, md5=md5)

@@ -19,7 +19,8 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from fcnseg.download import DownloadError, download_file
+from fcnseg.errors import ConfigError, DownloadError
+from fcnseg.transfer import download_file
 
 ARCHIVES: dict[str, list[dict[str, str]]] = {
     # PASCAL VOC 2012 train+val (segmentation masks in SegmentationClass). URL and md5 as used by
@@ -164,7 +165,7 @@ def download_dataset(name: str, root: str | Path, archives: dict | None = None) 
     """
     table = ARCHIVES if archives is None else archives
     if name not in table:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(table))}")
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(table))}")
     entries = table[name]
     root = Path(root)
     for entry in entries:

@@ -1,0 +1,149 @@
+"""The Python API: ``fcnseg.load(path)`` gives a :class:`Segmenter` that segments images.
+
+    seg = fcnseg.load("runs/camvid/fcn8s/best.pth")           # or an .onnx file exported by fcnseg
+    labels = seg.predict("street.jpg")                        # HxW class indices at the image's size
+    probs = seg.predict_probs(pil_image, mode="slide")         # C x H x W float32 softmax probabilities
+    many = seg.predict_batch(["a.png", "b.png"])               # one label map per image, in order
+
+Checkpoints carry the architecture, class names, palette and input normalisation, so nothing has to be
+restated. Images come through :func:`fcnseg.data.io.decode_image` (a path, image bytes, a PIL image or
+an HxWx3 uint8 array; files over ``max_pixels`` are refused before decoding); inference itself (whole
+image or sliding window, flips, scales) is :mod:`fcnseg.inference`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fcnseg.checkpoint import model_from_checkpoint
+from fcnseg.data.info import DatasetInfo
+from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image
+from fcnseg.errors import ConfigError, WeightsError
+from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
+from fcnseg.normalization import NORMALIZATIONS, normalize
+from fcnseg.runtime import resolve_device
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+BACKENDS = ("torch", "onnxruntime")
+
+
+class Segmenter:
+    """A model ready for inference, with everything needed to read its inputs and show its outputs.
+
+    Attributes: ``model`` (the torch module, or None for another backend), ``forward`` (callable mapping
+    a normalised N x 3 x h x w tensor to N x C x h x w logits), ``info`` (class names, palette),
+    ``normalization`` ("imagenet" or "caffe"), ``device``, ``options`` (the default
+    :class:`~fcnseg.inference.InferenceOptions`; every call may override fields by keyword) and
+    ``max_pixels`` (image files larger than this are refused before decoding).
+    """
+
+    def __init__(self, model: torch.nn.Module | None, info: DatasetInfo, normalization: str,
+                 device: str | torch.device = "auto", forward: Forward | None = None,
+                 options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        if normalization not in NORMALIZATIONS:
+            raise ConfigError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+        if model is None and forward is None:
+            raise ConfigError("Segmenter needs a model or a forward callable")
+        if max_pixels < 1:
+            raise ConfigError(f"max_pixels must be positive, got {max_pixels}")
+        self.device = resolve_device(device)
+        self.model = model
+        if model is not None:
+            model.to(self.device).eval()
+        self.forward: Forward = forward if forward is not None else model
+        self.info = info
+        self.normalization = normalization
+        self.options = options or InferenceOptions()
+        self.max_pixels = max_pixels
+        self._options({})  # bf16 needs a torch model
+
+    @property
+    def label_dtype(self) -> type:
+        """uint8 while every class index fits in a byte, else int64."""
+        return np.uint8 if self.info.num_classes <= 256 else np.int64
+
+    def predict(self, image: ImageSource, **options: Any) -> np.ndarray:
+        """The HxW label map of one image (uint8 up to 256 classes, else int64).
+
+        ``image``: a file path, the bytes of an image file, a PIL image or an HxWx3 uint8 RGB array.
+        ``options``: fields of :class:`~fcnseg.inference.InferenceOptions` for this call (mode, window,
+        overlap, flip, scales, batch_size, bf16).
+        """
+        return self.predict_batch([image], **options)[0]
+
+    def predict_probs(self, image: ImageSource, **options: Any) -> np.ndarray:
+        """The C x H x W float32 softmax probabilities of one image; their argmax is :meth:`predict`."""
+        array = self._decode(image)
+        with torch.inference_mode():
+            probs = predict_probs(self._checked_forward, self._tensor([array]), self._options(options))
+        return probs[0].float().cpu().numpy()
+
+    def predict_batch(self, images: Sequence[ImageSource], **options: Any) -> list[np.ndarray]:
+        """The label maps of several images, in order.
+
+        Images of equal size go through the network together, ``batch_size`` at a time; images of
+        different sizes are never padded together (padding would change the predictions near borders).
+        """
+        if isinstance(images, str | bytes | os.PathLike | np.ndarray) or not isinstance(images, Sequence):
+            raise TypeError(f"predict_batch takes a list of images, got a {type(images).__name__}")
+        chosen = self._options(options)
+        arrays = [self._decode(image) for image in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, array in enumerate(arrays):
+            groups.setdefault(array.shape[:2], []).append(index)
+        results: list[Any] = [None] * len(arrays)
+        with torch.inference_mode():
+            for indices in groups.values():
+                for start in range(0, len(indices), chosen.batch_size):
+                    chunk = indices[start:start + chosen.batch_size]
+                    labels = predict_labels(self._checked_forward, self._tensor([arrays[i] for i in chunk]), chosen)
+                    for i, label in zip(chunk, labels.cpu().numpy().astype(self.label_dtype), strict=True):
+                        results[i] = label
+        return results
+
+    def _options(self, changes: dict[str, Any]) -> InferenceOptions:
+        options = self.options.replace(**changes)
+        if options.bf16 and self.model is None:
+            raise ConfigError("bf16 applies to torch models only; ONNX Runtime runs the exported precision")
+        return options
+
+    def _decode(self, image: ImageSource) -> np.ndarray:
+        if isinstance(image, list | tuple):
+            raise TypeError(f"predict takes one image, got a {type(image).__name__}: use predict_batch for several")
+        return decode_image(image, self.max_pixels)
+
+    def _tensor(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.stack([normalize(a, self.normalization) for a in arrays]).to(self.device)
+
+    def _checked_forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.forward(x)
+        if logits.dim() != 4 or logits.shape[1] != self.info.num_classes or logits.shape[2:] != x.shape[2:]:
+            raise WeightsError(
+                f"the model returned scores of shape {tuple(logits.shape)} for input {tuple(x.shape)}, but "
+                f"{self.info.num_classes} classes ({self.info.name}) at the input size were expected: the "
+                "model and its class metadata do not match")
+        return logits
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: str = "torch",
+         options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Segmenter:
+    """Load an fcnseg checkpoint (``backend="torch"``) or ONNX export (``"onnxruntime"``) as a Segmenter.
+
+    Files that are not fcnseg checkpoints raise :class:`~fcnseg.errors.WeightsError` saying what they are.
+    """
+    if backend == "torch":
+        model, info = model_from_checkpoint(path)
+        return Segmenter(model, info, model.backbone.input_normalization, device=device, options=options,
+                         max_pixels=max_pixels)
+    if backend == "onnxruntime":
+        from fcnseg.export import load_onnx  # onnxruntime is optional: imported only when asked for
+
+        forward, info, normalization = load_onnx(path, threads=torch.get_num_threads())
+        return Segmenter(None, info, normalization, device=device, forward=forward, options=options,
+                         max_pixels=max_pixels)
+    raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

@@ -1,0 +1,123 @@
+"""Command-line options defined once: runtime flags, inference flags and the flags of a config dataclass.
+
+Flags are generated from dataclass fields (their ``help`` metadata is the help text), so a new option of
+:class:`~fcnseg.inference.InferenceOptions` or :class:`~fcnseg.train.TrainConfig` appears on every command
+that takes it, with the same name, type and help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any
+
+import yaml
+
+from fcnseg.data.io import DEFAULT_MAX_PIXELS
+from fcnseg.inference import InferenceOptions
+from fcnseg.runtime import DEVICE_CHOICES
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value}")
+    return value
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+
+
+def add_runtime(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """``--threads``, ``--quiet`` and (with ``device``) ``--device``: the same on every command."""
+    if device:
+        parser.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default: auto, a GPU when there "
+                                                              "is one)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads (default: the usable cores; data workers use one each)")
+    add_quiet(parser)
+
+
+def add_max_pixels(parser: argparse.ArgumentParser, default: int = DEFAULT_MAX_PIXELS) -> None:
+    parser.add_argument("--max-pixels", type=positive_int, default=default,
+                        help=f"refuse images with more pixels than this, before decoding (default {default:,})")
+
+
+def add_inference(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """The :class:`~fcnseg.inference.InferenceOptions` flags; ``defaults`` change a field's default here."""
+    group = parser.add_argument_group("inference")
+    add_dataclass_flags(group, InferenceOptions, defaults=defaults, suppress=False)
+
+
+def inference_options(args: argparse.Namespace) -> InferenceOptions:
+    """The InferenceOptions the flags of :func:`add_inference` describe."""
+    return InferenceOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(InferenceOptions)})
+
+
+def add_dataclass_flags(parser: Any, cls: type, defaults: dict[str, Any] | None = None, suppress: bool = True,
+                        skip: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` flag per field of dataclass ``cls``, typed from its annotation.
+
+    ``suppress``: flags not given are absent from the namespace (so they do not override a config file);
+    otherwise they default to the field's default (or ``defaults[name]``).
+    """
+    hints = typing.get_type_hints(cls)
+    for item in dataclasses.fields(cls):
+        if item.name in skip:
+            continue
+        default = (defaults or {}).get(item.name, item.default)
+        if default is dataclasses.MISSING:
+            default = item.default_factory()
+        options = _flag_options(hints[item.name], item.metadata, default)
+        options["default"] = argparse.SUPPRESS if suppress else default
+        shown = "" if default in (None, False, {}, "") else f" (default: {_show(default)})"
+        options["help"] = item.metadata.get("help", "") + shown
+        parser.add_argument("--" + item.name.replace("_", "-"), dest=item.name, **options)
+
+
+def _flag_options(hint: Any, metadata: Any, default: Any) -> dict[str, Any]:
+    """argparse keywords for a field of type ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    options: dict[str, Any] = {}
+    if "choices" in metadata:
+        options["choices"] = metadata["choices"]
+    if "metavar" in metadata:
+        options["metavar"] = metadata["metavar"]
+    if hint is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    elif origin in (list, tuple):
+        options["type"] = args[0]
+        options["nargs"] = len(metadata["metavar"]) if "metavar" in metadata else "+"
+    elif origin is dict or hint is dict:
+        options["type"] = yaml.safe_load
+        options["metavar"] = "YAML"
+    else:
+        options["type"] = hint
+    return options
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

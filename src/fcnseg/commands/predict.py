@@ -1,0 +1,145 @@
+"""``fcnseg predict``: segment image files and write masks, overlays, legends (and probabilities).
+
+Failure policy: mistakes on the command line (a missing input path, a pattern matching nothing, two
+inputs that would write the same output names, bad options) stop the run with exit code 2 before
+anything is written. An input file that turns out to be unreadable does not stop the run: the other
+images are processed, every failure is reported with its file name at the end, and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fcnseg import viz
+from fcnseg.api import BACKENDS, load
+from fcnseg.atomic import atomic_open
+from fcnseg.commands.options import add_inference, add_max_pixels, add_runtime, fraction, inference_options
+from fcnseg.data.info import DatasetInfo
+from fcnseg.data.io import IMAGE_SUFFIXES, decode_image
+from fcnseg.errors import ConfigError, DataError
+from fcnseg.progress import bar as progress_bar
+from fcnseg.progress import is_quiet
+from fcnseg.runtime import start
+
+OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png", "_side_by_side.png", "_legend.png", "_probs.npy")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="segment images with a trained model",
+        description="Segment images and write, per input STEM: STEM_mask.png (palette PNG of class indices), "
+                    "STEM_overlay.png, STEM_side_by_side.png (image | overlay | mask), STEM_legend.png and "
+                    "with --probs STEM_probs.npy (C x H x W float16). Unreadable images are reported at "
+                    "the end (exit code 1) after the others are processed.")
+    parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), or an .onnx file with --backend onnxruntime")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (their images, sorted, not recursive) or glob patterns")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--opacity", type=fraction, default=0.5, help="overlay opacity of the class colours (0-1)")
+    parser.add_argument("--probs", action="store_true", help="also write STEM_probs.npy (C x H x W float16)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="torch checkpoint, or an ONNX file run by ONNX Runtime")
+    add_inference(parser, batch_size=4)
+    add_max_pixels(parser)
+    add_runtime(parser)
+    parser.set_defaults(func=run)
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Files, folders (images inside, sorted, non-recursive) and glob patterns -> a list of files.
+
+    Raises DataError for a path that does not exist, a folder without images or a pattern matching nothing.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif any(char in item for char in "*?["):
+            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            if not found:
+                raise DataError(f"no files match the pattern {item!r}")
+            files.extend(found)
+        else:
+            raise DataError(f"input not found: {path}")
+    # The same file named twice (say, by a folder and a pattern) is segmented once.
+    unique = list(dict.fromkeys(files))
+    stems: dict[str, Path] = {}
+    for file in unique:
+        if file.stem in stems:
+            raise DataError(f"inputs {stems[file.stem]} and {file} would both write {file.stem}_*.png: "
+                            "rename one or segment them in separate runs")
+        stems[file.stem] = file
+    return unique
+
+
+def write_outputs(out: Path, stem: str, image: np.ndarray, labels: np.ndarray, info: DatasetInfo,
+                  opacity: float = 0.5, probs: np.ndarray | None = None) -> list[Path]:
+    """Write the mask, overlay, side-by-side, legend (and probabilities) of one image; returns the paths."""
+    overlaid = viz.overlay(image, labels, info, opacity)
+    paths = [out / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+    viz.save_index_png(paths[0], labels, info)
+    viz.save_png(paths[1], overlaid)
+    viz.save_png(paths[2], viz.side_by_side([image, overlaid, viz.colorize(labels, info)]))
+    viz.save_png(paths[3], viz.legend(viz.present_classes(labels, info), info))
+    if probs is None:
+        return paths[:4]
+    with atomic_open(paths[4]) as handle:
+        np.save(handle, probs.astype(np.float16))
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 when every image was segmented, 1 when some could not be read."""
+    files = expand_inputs(args.inputs)
+    options = inference_options(args)
+    runtime = start(args.device, args.threads)
+    segmenter = load(args.checkpoint, device=runtime.device, backend=args.backend, options=options,
+                     max_pixels=args.max_pixels)
+    if segmenter.info.num_classes > 256:
+        raise ConfigError(f"{segmenter.info.name} has {segmenter.info.num_classes} classes; mask PNGs and "
+                          "overlays hold at most 256. Use the Python API (fcnseg.load) instead.")
+    failures: list[tuple[Path, str]] = []
+    with progress_bar(total=len(files), desc="predict", unit="img") as bar:
+        for done, path in enumerate(files, start=1):
+            began = time.perf_counter()
+            try:
+                image = decode_image(path, args.max_pixels)
+            except DataError as exc:
+                failures.append((path, str(exc)))
+                bar.write(f"[{done}/{len(files)}] {path.name} FAILED: {exc}", file=sys.stderr)
+                bar.update(1)
+                continue
+            if args.probs:
+                probs = segmenter.predict_probs(image)
+                labels = probs.argmax(0).astype(segmenter.label_dtype)
+            else:
+                probs, labels = None, segmenter.predict(image)
+            write_outputs(args.out, path.stem, image, labels, segmenter.info, args.opacity, probs)
+            if not is_quiet():
+                bar.write(f"[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "
+                          f"{time.perf_counter() - began:.2f} s", file=sys.stderr)
+            bar.update(1)
+    return _report(failures, len(files), args.out)
+
+
+def _report(failures: list[tuple[Path, str]], total: int, out: Path) -> int:
+    if failures:
+        print(f"fcnseg predict: {len(failures)} of {total} inputs could not be segmented:", file=sys.stderr)
+        for path, message in failures:
+            print(f"  {path}: {message}", file=sys.stderr)
+        return 1
+    print(f"fcnseg predict: wrote results for {total} images to {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,58 @@
+"""``fcnseg train``: every :class:`~fcnseg.train.TrainConfig` field is a flag, with the field's help."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fcnseg.commands.options import add_dataclass_flags, add_quiet
+from fcnseg.errors import ConfigError
+from fcnseg.metrics import format_table
+from fcnseg.train import TrainConfig, train
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train an FCN from a YAML config and/or options",
+        description="Train (or with --resume continue) an FCN. Options come from --config (a flat YAML file "
+                    "of these keys), then the flags, then --set KEY=VALUE; the resolved config is written to "
+                    "OUT/config.yaml, with last.pth, best.pth and metrics.csv.")
+    parser.add_argument("--config", type=Path, help="flat YAML file of training options")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any option, value parsed as YAML (repeatable), e.g. --set 'crop_size=[240, 320]'")
+    add_quiet(parser)
+    add_dataclass_flags(parser.add_argument_group("training options"), TrainConfig)
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config file (or, with --resume, the run's own config.yaml), then the flags, then --set."""
+    overrides: dict[str, Any] = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                                 if hasattr(args, f.name)}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({error})") from None
+    saved = Path(overrides.get("out", TrainConfig.out)) / "config.yaml"
+    if overrides.get("resume") and not args.config and saved.is_file():
+        return TrainConfig.from_yaml(saved, **overrides)  # the run's own settings, then the flags given
+    if args.config:
+        return TrainConfig.from_yaml(args.config, **overrides)
+    return TrainConfig.from_dict(overrides, source="options")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    result = train(config)
+    if result["scores"]:
+        print(format_table({f"{config.model} ({config.backbone})": result["scores"]}))
+    print(f"checkpoints: {result['last']} (last), {result['best']} (best)")
+    return 0

@@ -1,0 +1,71 @@
+"""The one error family: every problem a user can fix raises a subclass of :class:`FcnsegError`.
+
+The command line prints these as one line (``fcnseg: error: ...``) and exits with code 2; anything
+else is a bug and keeps its traceback. Each class also derives from the built-in exception Python
+users would expect (``ValueError`` for bad values and data, ``RuntimeError`` for a run that cannot go
+on), so ``except ValueError`` keeps working for library callers.
+"""
+
+from __future__ import annotations
+
+
+class FcnsegError(Exception):
+    """Base class: a problem with the user's input, files or environment; the message says how to fix it."""
+
+
+class ConfigError(FcnsegError, ValueError):
+    """An option, argument or config value of the wrong type or out of range."""
+
+
+class DataError(FcnsegError, ValueError):
+    """Bad input data: the message names the file (or folder) and says what was expected."""
+
+
+class LimitError(DataError):
+    """An input over a size limit (pixels of an image, bytes of an upload), refused before it is decoded."""
+
+
+class WeightsError(FcnsegError, ValueError):
+    """A weights or checkpoint file that cannot be used, with the reason and the fix."""
+
+
+class TrainingError(FcnsegError, RuntimeError):
+    """A training run that cannot start or go on (e.g. the loss became NaN)."""
+
+
+class DownloadError(FcnsegError, RuntimeError):
+    """A file that could not be downloaded, verified or unpacked."""
+
+
+class ExportError(FcnsegError, RuntimeError):
+    """An export that could not be made, or that does not reproduce the PyTorch model."""
+
+
+class RequestError(FcnsegError):
+    """A request ``fcnseg serve`` refuses: an HTTP status and a message for the person at the page."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+_WORKER_PREFIX = "Caught "
+_WORKER_MARK = "Original Traceback (most recent call last):"
+
+
+def user_message(error: FcnsegError) -> str:
+    """The message to show for ``error``, without DataLoader's worker wrapping.
+
+    An exception raised in a DataLoader worker process is re-raised in the main process as the same
+    class with a message that holds the worker's whole traceback; the user's message is its last part.
+    """
+    text = str(error)
+    if not (text.startswith(_WORKER_PREFIX) and _WORKER_MARK in text):
+        return text
+    kind = type(error)
+    for name in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+        index = text.rfind("\n" + name)
+        if index >= 0:
+            return text[index + 1 + len(name):].rstrip("\n")
+    return text

@@ -1,0 +1,130 @@
+"""Where and how computation runs: the device, CPU threads, and the process group under torchrun.
+
+One vocabulary for devices everywhere (``auto``, ``cpu``, ``cuda``, ``cuda:N``; ``auto`` takes a GPU when
+there is one) and one thread policy: the main process uses the cores it may run on (shared out between
+the processes torchrun starts on this machine), DataLoader workers one thread each, so that no command
+oversubscribes the CPU (two busy processes with two threads each on two cores run several times slower).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from fcnseg.errors import ConfigError
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device of this process and its place in the process group (one process: rank 0 of 1)."""
+
+    device: torch.device
+    threads: int
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """A torch device from ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, with a clear error when it is absent."""
+    if isinstance(name, torch.device):
+        device = name
+    elif name == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"unknown device {name!r}; use {DEVICE_CHOICES}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {str(device)!r}; use {DEVICE_CHOICES}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r} was asked for but no CUDA GPU is available here; "
+                              "use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r} does not exist: this machine has "
+                              f"{torch.cuda.device_count()} GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """The usable cores, shared out between the processes torchrun runs on this machine."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, usable_cores() // max(local_processes, 1))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads (``None``: :func:`default_threads`); returns the number set."""
+    if threads is None:
+        threads = default_threads()
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ConfigError(f"threads must be a whole number >= 1, got {threads!r}")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one thread per worker, so workers never compete with the main process."""
+    torch.set_num_threads(1)
+
+
+def start(device: str | torch.device = "auto", threads: int | None = None) -> Runtime:
+    """Set threads and pick the device; under torchrun, join the process group (NCCL on GPUs, gloo on CPUs)."""
+    threads = set_threads(threads)
+    resolved = resolve_device(device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Runtime(resolved, threads)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if resolved.type == "cuda":
+        resolved = torch.device("cuda", local_rank)  # one GPU per process, by local rank
+        torch.cuda.set_device(resolved)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+    return Runtime(resolved, threads, rank, world_size, local_rank)
+
+
+def gather_objects(obj: Any, runtime: Runtime) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process)."""
+    if not runtime.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * runtime.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` in place over all processes when a process group is running; returns it."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def finish() -> None:
+    """Under torchrun: wait for every rank, then tear the group down (gloo can abort at exit otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

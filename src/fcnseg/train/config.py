@@ -1,0 +1,183 @@
+"""The training configuration: one flat dataclass, read from YAML, flags and ``--set key=value``.
+
+Each field's ``help`` metadata is the help text of its ``fcnseg train`` flag (the flags are generated from
+the fields), and every value is type-checked with a one-line message naming the key, the expected type
+and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fcnseg.errors import ConfigError
+from fcnseg.models import BACKBONES, MODELS
+from fcnseg.models.fcn import GEOMETRIES
+
+# The authors' fixed learning rates for the summed loss at batch size 1 (reference VOC recipe).
+PAPER_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s_atonce": 1e-10}
+CHOICES = {
+    "model": tuple(MODELS), "backbone": tuple(BACKBONES), "geometry": GEOMETRIES,
+    "recipe": ("modern", "paper"), "optimizer": ("sgd", "adamw"), "schedule": ("poly", "constant"),
+    "amp": ("none", "bf16", "fp16"),
+}
+AT_LEAST_ONE = ("iterations", "batch_size", "grad_accum", "val_interval", "checkpoint_interval", "log_interval")
+
+
+def option(default: Any, help: str, **metadata: Any) -> Any:  # noqa: A002 - argparse's word
+    """A config field with its command-line help (mutable defaults are copied per instance)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class TrainConfig:
+    """Every training option. YAML config files hold these keys, flat; the command line overrides them."""
+
+    # model
+    model: str = option("fcn8s", "the net: " + ", ".join(MODELS))
+    backbone: str = option("vgg16", "the classification net turned into an FCN: " + ", ".join(BACKBONES))
+    width: float = option(1.0, "channel multiplier of the backbone (0.125 trains on a CPU)")
+    geometry: str = option("fast", "reference: the authors' pad-100-and-crop nets; fast: minimal padding")
+    learnable_upsampling: bool = option(False, "train the upsampling kernels instead of frozen bilinear ones")
+    dropout: float = option(0.5, "fc6/fc7 dropout probability (VGG16, AlexNet)")
+    init_from: str | None = option(None, "a coarser run's folder or .pth checkpoint to start from (staged)")
+    imagenet_weights: str | None = option(None, "torchvision ImageNet weights: a .pth file, a URL or 'default'")
+    # data
+    dataset: str = option("synthetic", "dataset name (synthetic, camvid, voc, sbd, kitti_road, cityscapes, "
+                                       "ade20k, folder)")
+    root: str | None = option(None, "the dataset's folder (not needed for synthetic)")
+    train_split: str = option("train", "split to train on")
+    val_split: str = option("val", "split to validate on")
+    dataset_options: dict[str, Any] = option({}, "reader options as a YAML mapping, e.g. '{num_images: 200}'")
+    crop_size: list[int] | None = option(None, "random crop height and width (unset: whole images)",
+                                         metavar=("H", "W"), length=2)
+    scale_range: list[float] | None = option(None, "random rescaling range, e.g. 0.5 2.0", metavar=("MIN", "MAX"),
+                                             length=2)
+    flip: bool = option(True, "random horizontal flips")
+    color_jitter: float = option(0.0, "brightness, contrast and saturation jitter (0: none)")
+    batch_size: int = option(8, "images per step (per process under torchrun)")
+    workers: int = option(2, "data loading processes (one thread each)")
+    # optimisation
+    recipe: str = option("modern", "modern: mean loss, momentum 0.9; paper: summed loss, momentum 0.99, "
+                                   "fixed tiny lr, biases at 2x lr")
+    optimizer: str = option("sgd", "sgd or adamw")
+    lr: float | None = option(None, "learning rate (default: the recipe's)")
+    momentum: float = option(0.9, "SGD momentum (the paper recipe uses 0.99)")
+    weight_decay: float = option(5e-4, "weight decay (not applied to biases)")
+    schedule: str = option("poly", "poly: (1 - t/T)^power decay; constant")
+    poly_power: float = option(0.9, "power of the poly schedule")
+    warmup_iterations: int = option(0, "linear learning-rate warm-up iterations")
+    class_weights: list[float] | None = option(None, "loss weight per class, in class order")
+    iterations: int = option(1000, "optimizer steps in all (a resumed run continues up to this)")
+    grad_accum: int = option(1, "micro-batches accumulated per step")
+    amp: str = option("none", "mixed precision: none, bf16 (CPU or GPU) or fp16 (GPU, with a grad scaler)")
+    channels_last: bool = option(False, "channels-last memory format")
+    # bookkeeping
+    val_interval: int = option(200, "validate every N steps (and at the end)")
+    checkpoint_interval: int = option(200, "write last.pth every N steps (and at the end)")
+    log_interval: int = option(10, "log the loss to metrics.csv every N steps")
+    val_limit: int | None = option(None, "validate on the first N images only")
+    device: str = option("auto", "auto (a GPU when there is one), cpu, cuda or cuda:N")
+    threads: int | None = option(None, "torch threads of each process (default: the usable cores)")
+    seed: int = option(0, "seed of the initialisation, sample order and augmentation")
+    out: str = option("runs/exp", "the run's folder: checkpoints, metrics.csv, config.yaml")
+    resume: bool = option(False, "continue the run in --out exactly where it stopped")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a flat YAML file, then apply ``overrides`` (None values are skipped)."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read config {path}: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a mapping of option: value, got {type(data).__name__}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Check names, types and ranges of ``data`` and build the config; errors name ``source`` and the key."""
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(data) - set(hints))
+        if unknown:
+            raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(hints))}")
+        values = {key: check_type(value, hints[key], f"{source}: {key}") for key, value in data.items()}
+        config = cls(**values)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        """Range and choice checks (types are checked by :meth:`from_dict`)."""
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{source}: {name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{source}: {name} must be at least 1, got {getattr(self, name)}")
+        for item in dataclasses.fields(self):
+            length, value = item.metadata.get("length"), getattr(self, item.name)
+            if length and value is not None and len(value) != length:
+                raise ConfigError(f"{source}: {item.name} takes {length} values, got {value!r}")
+        if self.workers < 0 or (self.threads is not None and self.threads < 1):
+            raise ConfigError(f"{source}: workers must be >= 0 and threads >= 1, got {self.workers}, {self.threads}")
+        if self.width <= 0 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"{source}: width must be > 0 and dropout in [0, 1); got {self.width}, {self.dropout}")
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        if self.recipe == "paper":
+            return PAPER_LR[self.model]
+        return 0.01 if self.optimizer == "sgd" else 1e-3
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+               dict: "a mapping", list: "a list"}
+
+
+def type_name(hint: Any) -> str:
+    """How a type hint reads in an error message ("a whole number or null", "a list of numbers")."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {type_name(args[0])[2:]}s"
+    return _TYPE_NAMES.get(origin or hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_type(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as type ``hint`` (ints are accepted as floats, tuples as lists), or a ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    ok = False
+    if origin is list and isinstance(value, list | tuple):
+        return [check_type(item, args[0], where) for item in value]
+    if origin is dict or hint is dict:
+        ok = isinstance(value, dict)
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint in (bool, str):
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ConfigError(f"{where} expects {type_name(hint)}, got {value!r} ({type(value).__name__})")
+    return value

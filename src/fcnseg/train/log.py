@@ -1,0 +1,98 @@
+"""What a run reports: a progress bar (loss, lr, img/s, ETA), ``metrics.csv``, TensorBoard when installed,
+and one line per validation."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fcnseg.progress import bar as progress_bar
+from fcnseg.progress import is_quiet
+from fcnseg.train.run import Run
+
+SCORES = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
+
+
+class CsvLog:
+    """Append-only CSV log (iteration, loss, lr, img/s, and validation metrics when present)."""
+
+    FIELDS = ["iteration", "epoch", "loss", "lr", "images_per_s", *SCORES]
+
+    def __init__(self, path: Path, enabled: bool, resume_from: int | None = None) -> None:
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        kept: list[list[str]] = []
+        if resume_from is not None and path.exists():  # drop rows logged after the checkpoint resumed from
+            with path.open(newline="") as handle:
+                kept = [row for row in list(csv.reader(handle))[1:] if row and int(row[0]) <= resume_from]
+        with path.open("w", newline="") as handle:
+            csv.writer(handle).writerows([self.FIELDS, *kept])
+
+    def write(self, **row: Any) -> None:
+        if self.enabled:
+            with self.path.open("a", newline="") as handle:
+                csv.writer(handle).writerow([row.get(name, "") for name in self.FIELDS])
+
+
+def _tensorboard(out: Path, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: CSV logs always exist
+        print("fcnseg train: tensorboard is not installed, logging to metrics.csv only "
+              "(pip install tensorboard for TensorBoard logs)", file=sys.stderr)
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+class RunLog:
+    """The reports of one run; only the main process writes."""
+
+    def __init__(self, run: Run) -> None:
+        main = run.runtime.is_main
+        self.run = run
+        self.csv = CsvLog(run.out / "metrics.csv", main, run.iteration if run.config.resume else None)
+        self.board = _tensorboard(run.out, main)
+        self.bar = progress_bar(total=run.config.iterations, initial=run.iteration, desc="train", unit="it",
+                                enabled=main)
+        self.window_start, self.window_images = time.perf_counter(), 0
+
+    def images(self, count: int) -> None:
+        """Count images seen (over all processes) for the throughput figure."""
+        self.window_images += count
+
+    def step(self, epoch: int, loss: float) -> None:
+        """After an optimizer step: progress bar, and every ``log_interval`` steps the CSV/TensorBoard row."""
+        run, lr = self.run, self.run.optimizer.param_groups[0]["lr"]
+        now = time.perf_counter()
+        throughput = self.window_images / max(now - self.window_start, 1e-9)
+        self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {throughput:.1f} img/s", refresh=False)
+        self.bar.update(1)
+        if run.iteration % run.config.log_interval == 0 or run.iteration == run.config.iterations:
+            self.csv.write(iteration=run.iteration, epoch=epoch, loss=f"{loss:.6f}", lr=f"{lr:.6g}",
+                           images_per_s=f"{throughput:.2f}")
+            if self.board:
+                self.board.add_scalar("train/loss", loss, run.iteration)
+                self.board.add_scalar("train/lr", lr, run.iteration)
+            self.window_start, self.window_images = now, 0
+
+    def validation(self, epoch: int, scores: dict[str, Any]) -> None:
+        """The validation scores: CSV row, TensorBoard, and one line on stderr (unless quiet)."""
+        run = self.run
+        self.csv.write(iteration=run.iteration, epoch=epoch, **{k: f"{scores[k]:.6f}" for k in SCORES})
+        if self.board:
+            for key in SCORES:
+                self.board.add_scalar(f"val/{key}", scores[key], run.iteration)
+        if run.runtime.is_main and not is_quiet():
+            self.bar.write(f"it {run.iteration}/{run.config.iterations}: val mean IU {100 * scores['mean_iu']:.1f}, "
+                           f"pixel acc. {100 * scores['pixel_acc']:.1f}", file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.board:
+            self.board.close()

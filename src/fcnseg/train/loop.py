@@ -1,0 +1,105 @@
+"""The training loop, in parts: one micro-batch forward/backward, one optimizer step, validation, and
+:func:`train`, which runs them with checkpoints and logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+
+from fcnseg.errors import TrainingError
+from fcnseg.evaluate import evaluate
+from fcnseg.train.config import TrainConfig
+from fcnseg.train.data import micro_batches
+from fcnseg.train.log import RunLog
+from fcnseg.train.run import Run, build_run, segmentation_loss
+from fcnseg.train.state import prepare_folder, save_best, save_last
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) training; returns the final validation scores and the paths written."""
+    run = build_run(config)
+    prepare_folder(run)
+    log = RunLog(run)
+    try:
+        scores = run_iterations(run, log) if run.iteration < config.iterations else {}
+    finally:
+        log.close()
+    return {"scores": scores, "best_mean_iu": run.best_mean_iu, "last": str(run.last_path),
+            "best": str(run.best_path), "iterations": run.iteration}
+
+
+def run_iterations(run: Run, log: RunLog) -> dict[str, Any]:
+    """Train from ``run.iteration`` to the configured number of iterations, validating and saving on
+    schedule; returns the last validation scores."""
+    config, scores = run.config, {}
+    first = run.iteration * config.grad_accum
+    run.train_model.train()
+    for count, (epoch, images, labels) in enumerate(micro_batches(run.train_set, run.sampler, config,
+                                                                  run.runtime, first), start=first + 1):
+        loss = forward_backward(run, images, labels)
+        log.images(images.shape[0] * run.runtime.world_size)
+        if count % config.grad_accum:
+            continue
+        optimizer_step(run)
+        log.step(epoch, loss)
+        if _due(run, config.val_interval):
+            scores = validate(run)
+            log.validation(epoch, scores)
+            save_best(run, scores["mean_iu"])
+        if _due(run, config.checkpoint_interval):
+            save_last(run)
+        if run.iteration >= config.iterations:
+            return scores
+    raise AssertionError("micro_batches is endless")
+
+
+def _due(run: Run, interval: int) -> bool:
+    return run.iteration % interval == 0 or run.iteration == run.config.iterations
+
+
+def forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Loss and gradients of one micro-batch (scaled for accumulation); a non-finite loss stops the run
+    before any weight changes."""
+    config, device = run.config, run.runtime.device
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    if config.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    dtype = AUTOCAST_DTYPES.get(config.amp)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        logits = run.train_model(images)
+    reduction = "sum" if config.recipe == "paper" else "mean"
+    loss = segmentation_loss(logits, labels, run.info.ignore_index, reduction, run.class_weights)
+    if not torch.isfinite(loss):
+        last = run.last_path if run.last_path.exists() else "(none yet)"
+        raise TrainingError(
+            f"the loss became {loss.item()} at iteration {run.iteration + 1}; stopped before updating the "
+            f"weights. The last good checkpoint is {last}. Try a lower learning rate (now "
+            f"{run.optimizer.param_groups[0]['lr']:.3g}), --amp none, or check the labels (values outside the "
+            "classes?).")
+    run.scaler.scale(loss / config.grad_accum).backward()
+    return loss.item()
+
+
+def optimizer_step(run: Run) -> None:
+    """Apply the accumulated gradients and advance the schedule by one iteration."""
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    run.iteration += 1
+
+
+def validate(run: Run) -> dict[str, Any]:
+    """Whole-image validation over the validation split (sharded across ranks without repeats)."""
+    dataset = run.val_set
+    if run.config.val_limit:
+        dataset = Subset(dataset, range(min(run.config.val_limit, len(dataset))))
+    scores = evaluate(run.model, dataset, run.info.num_classes, run.info.ignore_index, device=run.runtime.device,
+                      progress=False, distributed=run.runtime.distributed)
+    run.train_model.train()
+    return scores

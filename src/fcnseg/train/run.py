@@ -1,0 +1,158 @@
+"""Building a training run: runtime, seeds, data, model, optimizer, schedule and loss, in one :class:`Run`."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fcnseg.checkpoint import read_checkpoint
+from fcnseg.data.base import SegmentationDataset
+from fcnseg.data.info import DatasetInfo
+from fcnseg.errors import ConfigError, TrainingError
+from fcnseg.models import build_model
+from fcnseg.models.fcn import FCN
+from fcnseg.models.weights import init_from_coarser, load_imagenet_weights
+from fcnseg.runtime import Runtime, start
+from fcnseg.train.config import TrainConfig
+from fcnseg.train.data import EpochSampler, build_datasets
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; ``iteration`` and ``best_mean_iu`` move as it trains."""
+
+    config: TrainConfig
+    runtime: Runtime
+    out: Path
+    info: DatasetInfo
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset
+    sampler: EpochSampler
+    model: FCN  # the net itself; ``train_model`` may wrap it (DistributedDataParallel)
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    class_weights: torch.Tensor | None
+    iteration: int = 0
+    best_mean_iu: float = -1.0
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pth"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pth"
+
+
+def build_run(config: TrainConfig) -> Run:
+    """Start the runtime, seed every RNG, build data and model, and the optimisation around them."""
+    runtime = start(config.device, config.threads)
+    if config.amp == "fp16" and runtime.device.type != "cuda":
+        raise TrainingError("amp fp16 needs a CUDA GPU (use --amp bf16 on the CPU)")
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    init = read_checkpoint(resolve_init_checkpoint(config.init_from)) if config.init_from else None
+    # The data must be normalised as the starting weights expect (Caffe BGR for the authors' weights).
+    normalization = init.get("normalization", "imagenet") if init else "imagenet"
+    train_set, val_set = build_datasets(config, normalization)
+    info = train_set.info
+    model = build_training_model(config, info.num_classes, init)
+    model.to(runtime.device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_model = _distributed(model, runtime)
+    optimizer = build_optimizer(model, config)
+    class_weights = None
+    if config.class_weights:
+        if len(config.class_weights) != info.num_classes:
+            raise ConfigError(f"class_weights has {len(config.class_weights)} entries for {info.num_classes} classes")
+        class_weights = torch.tensor(config.class_weights, dtype=torch.float32, device=runtime.device)
+    return Run(config=config, runtime=runtime, out=Path(config.out), info=info, train_set=train_set,
+               val_set=val_set, sampler=EpochSampler(len(train_set), config.seed, runtime.rank, runtime.world_size),
+               model=model, train_model=train_model, optimizer=optimizer,
+               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(config, it)),
+               scaler=torch.amp.GradScaler(runtime.device.type, enabled=config.amp == "fp16"),
+               class_weights=class_weights)
+
+
+def _distributed(model: FCN, runtime: Runtime) -> nn.Module:
+    """The module to train: the model itself, or under torchrun a DistributedDataParallel around it."""
+    if not runtime.distributed:
+        return model
+    # SyncBatchNorm runs on GPUs only; CPU processes on gloo keep per-process batch statistics.
+    if runtime.device.type == "cuda" and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def resolve_init_checkpoint(path: str) -> Path:
+    """A run folder (its best.pth, else last.pth) or a checkpoint file."""
+    candidate = Path(path)
+    if candidate.is_dir():
+        for name in ("best.pth", "last.pth"):
+            if (candidate / name).is_file():
+                return candidate / name
+        raise TrainingError(f"{candidate} holds no best.pth or last.pth to initialise from")
+    return candidate
+
+
+def build_training_model(config: TrainConfig, num_classes: int, init: dict[str, Any] | None = None) -> FCN:
+    """The net of ``config``, with ImageNet weights and/or a coarser net's weights (``init``) loaded."""
+    model = build_model(config.model, backbone=config.backbone, num_classes=num_classes, width=config.width,
+                        geometry=config.geometry, learnable_upsampling=config.learnable_upsampling,
+                        dropout=config.dropout)
+    if config.imagenet_weights:
+        load_imagenet_weights(model, None if config.imagenet_weights == "default" else config.imagenet_weights)
+    if init is not None:
+        init_from_coarser(model, init["model_state_dict"])
+        model.backbone.input_normalization = init.get("normalization", model.backbone.input_normalization)
+    return model
+
+
+def parameter_groups(model: nn.Module, config: TrainConfig, lr: float) -> list[dict[str, Any]]:
+    """Biases (and other 1-d parameters) without weight decay; the paper recipe gives them twice the lr."""
+    weights, biases = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (biases if name.endswith(".bias") or parameter.ndim == 1 else weights).append(parameter)
+    if config.recipe == "paper":
+        return [{"params": weights, "lr": lr, "weight_decay": config.weight_decay},
+                {"params": biases, "lr": 2 * lr, "weight_decay": 0.0}]
+    return [{"params": weights, "weight_decay": config.weight_decay},
+            {"params": biases, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    lr = config.resolved_lr()
+    groups = parameter_groups(model, config, lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    momentum = 0.99 if config.recipe == "paper" else config.momentum
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def lr_factor(config: TrainConfig, iteration: int) -> float:
+    """Linear warm-up, then poly decay (1 - t/T)^power or constant."""
+    if iteration < config.warmup_iterations:
+        return (iteration + 1) / config.warmup_iterations
+    if config.schedule == "constant":
+        return 1.0
+    return max(0.0, 1 - iteration / config.iterations) ** config.poly_power
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str,
+                      class_weights: torch.Tensor | None) -> torch.Tensor:
+    """Pixel-wise softmax cross-entropy; ``sum`` is the authors' "unnormalized" loss."""
+    return F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index,
+                           reduction=reduction)

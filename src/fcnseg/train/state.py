@@ -1,0 +1,91 @@
+"""Saving and restoring a run: ``last.pth`` (everything to resume exactly) and ``best.pth`` (the best model).
+
+Checkpoints are written atomically. ``last.pth`` holds the model, optimizer, scheduler, grad scaler, every
+process's RNG states, the iteration and the best score so far; the position in the data follows from
+the iteration (see :mod:`fcnseg.train.data`).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from fcnseg.atomic import atomic_open
+from fcnseg.checkpoint import model_checkpoint, read_checkpoint, write_checkpoint
+from fcnseg.errors import TrainingError
+from fcnseg.runtime import gather_objects
+from fcnseg.train.run import Run
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from, as tensors and plain lists (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "python": [version, list(python_state), gauss_next]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, python_state, gauss_next = state["python"]
+    random.setstate((version, tuple(python_state), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_folder(run: Run) -> None:
+    """Refuse to start over an existing run unless resuming; restore the state when resuming; write the
+    resolved ``config.yaml`` (on the main process)."""
+    config = run.config
+    if not config.resume and run.last_path.is_file():
+        raise TrainingError(f"{run.out} already holds a run ({run.last_path}); pass --resume to continue it, "
+                            "or choose another --out")
+    if config.resume:
+        if not run.last_path.is_file():
+            raise TrainingError(f"--resume: no checkpoint at {run.last_path}; start without --resume")
+        restore(run)
+    if run.runtime.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        with atomic_open(run.out / "config.yaml", "w") as handle:
+            yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+
+
+def restore(run: Run) -> None:
+    """Load ``last.pth`` into the run: weights, optimizer, schedule, scaler, RNGs, iteration, best score."""
+    state = read_checkpoint(run.last_path)
+    run.model.load_state_dict(state["model_state_dict"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.iteration, run.best_mean_iu = state["iteration"], state["best_mean_iu"]
+    rngs = state["rng"]
+    restore_rng_state(rngs[run.runtime.rank] if run.runtime.rank < len(rngs) else rngs[0])
+
+
+def save_last(run: Run) -> None:
+    """Write ``last.pth``; every process contributes its RNG states, the main process writes."""
+    rngs = gather_objects(rng_state(), run.runtime)
+    if run.runtime.is_main:
+        state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "scaler": run.scaler.state_dict(), "iteration": run.iteration, "best_mean_iu": run.best_mean_iu,
+                 "rng": rngs, "config": run.config.to_dict()}
+        write_checkpoint(model_checkpoint(run.model, run.info, **state), run.last_path)
+
+
+def save_best(run: Run, mean_iu: float) -> None:
+    """Write ``best.pth`` (main process) when ``mean_iu`` beats the best so far."""
+    if mean_iu <= run.best_mean_iu:
+        return
+    run.best_mean_iu = mean_iu
+    if run.runtime.is_main:
+        write_checkpoint(model_checkpoint(run.model, run.info, iteration=run.iteration, mean_iu=mean_iu,
+                                          config=run.config.to_dict()), run.best_path)
