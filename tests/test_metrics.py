@@ -1,5 +1,4 @@
 import math
-import socket
 
 import pytest
 import torch
@@ -177,12 +176,6 @@ def test_0_255_check_stays_quiet_otherwise():
     assert three.compute()["pixel_acc"] == 1 / 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_all_reduce_is_noop_without_process_group():
     metric = ConfusionMatrix(4)
     metric.update(PRED, TARGET)
@@ -190,10 +183,10 @@ def test_all_reduce_is_noop_without_process_group():
     assert torch.equal(metric.matrix, MATRIX)
 
 
-def test_all_reduce_in_single_process_group_keeps_counts():
+def test_all_reduce_in_single_process_group_keeps_counts(free_port):
     metric = ConfusionMatrix(4)
     metric.update(PRED, TARGET)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port}", rank=0, world_size=1)
     try:
         metric.all_reduce()
     finally:

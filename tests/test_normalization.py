@@ -2,21 +2,35 @@ import numpy as np
 import pytest
 import torch
 
-from fcnseg.normalization import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
+from fcnseg.normalization import denormalize, mean_color, normalize
+
+# The published constants, written out here rather than read from the module under test: the authors'
+# Caffe mean (BGR, 0-255; pytorch-fcn's mean_bgr, the FCN data layers' "mean") and torchvision's ImageNet
+# mean and standard deviation (RGB, 0-1).
+CAFFE_BGR = (104.00698793, 116.66876762, 122.67891434)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def test_caffe_is_bgr_minus_mean_in_0_255():
     pixel = np.array([[[10, 20, 30]]], dtype=np.uint8)  # R, G, B
     x = normalize(pixel, "caffe")
-    expected = torch.tensor([30 - CAFFE_BGR_MEAN[0], 20 - CAFFE_BGR_MEAN[1], 10 - CAFFE_BGR_MEAN[2]])
-    torch.testing.assert_close(x[:, 0, 0], expected)
+    torch.testing.assert_close(x[:, 0, 0], torch.tensor([30 - 104.00698793, 20 - 116.66876762, 10 - 122.67891434]))
 
 
 def test_imagenet_is_rgb_in_0_1_standardised():
     pixel = np.array([[[255, 0, 128]]], dtype=np.uint8)
     x = normalize(pixel, "imagenet")
-    expected = [(v / 255 - m) / s for v, m, s in zip((255, 0, 128), IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    expected = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
     torch.testing.assert_close(x[:, 0, 0], torch.tensor(expected))
+
+
+@pytest.mark.parametrize("kind, rgb", [("imagenet", (124, 116, 104)), ("caffe", (123, 117, 104))])
+def test_mean_colour_normalises_to_about_zero(kind, rgb):
+    assert mean_color(kind) == rgb
+    x = normalize(np.array([[rgb]], dtype=np.uint8), kind)
+    half_a_grey_level = 0.5 / 255 / min(IMAGENET_STD) if kind == "imagenet" else 0.5  # rounding to 0-255
+    assert x.abs().max() <= half_a_grey_level
 
 
 @pytest.mark.parametrize("kind", ["imagenet", "caffe"])
