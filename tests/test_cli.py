@@ -1,0 +1,110 @@
+"""The command line as a whole: one line for user errors (also from DataLoader workers), tracebacks for
+bugs, --threads and --quiet on every computing command, type-checked training options."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fcnseg.commands.predict as predict_command
+from fcnseg.cli import build_parser, main
+from fcnseg.data.synthetic import render_scene
+from fcnseg.errors import DataError, user_message
+from fcnseg.runtime import worker_init
+
+COMPUTING = ("train", "eval", "predict", "export", "serve", "demo")
+
+
+def folder_dataset(root, broken=(), classes=8):
+    """A folder dataset of four 40x48 images; the images named in ``broken`` are not images."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "images" / f"{index}.png")
+        Image.fromarray(rng.integers(0, classes, (40, 48), dtype=np.uint8)).save(root / "masks" / f"{index}.png")
+    for name in broken:
+        (root / "images" / f"{name}.png").write_bytes(b"not a picture" * 20)
+    (root / "classes.txt").write_text("".join(f"class{i}\n" for i in range(classes)))
+    return root
+
+
+def test_every_computing_command_takes_threads_and_quiet():
+    parser = build_parser()
+    for command in COMPUTING:
+        extra = {"train": [], "eval": ["c.pth", "--dataset", "synthetic"], "predict": ["c.pth", "x.png", "--out", "o"],
+                 "export": ["c.pth", "--out", "o.onnx"], "serve": ["c.pth"], "demo": []}[command]
+        args = parser.parse_args([command, *extra, "--threads", "3", "--quiet"])
+        assert (args.threads, args.quiet) == (3, True), command
+
+
+def test_threads_are_set_before_the_work(tiny_checkpoint, tmp_path):
+    before = torch.get_num_threads()
+    Image.fromarray(render_scene(1, 48, 64)[0]).save(tmp_path / "a.png")
+    try:
+        assert main(["predict", str(tiny_checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "out"),
+                     "--threads", "1", "--quiet"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_quiet_drops_the_progress_lines_not_the_result(tiny_checkpoint, tmp_path, capsys):
+    Image.fromarray(render_scene(1, 48, 64)[0]).save(tmp_path / "a.png")
+    argv = ["predict", str(tiny_checkpoint), str(tmp_path / "a.png"), "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "loud")]) == 0
+    assert "[1/1] a.png 64x48" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [f"fcnseg predict: wrote results for 1 images to "
+                                                            f"{tmp_path / 'quiet'}"]
+
+
+def test_an_error_in_a_dataloader_worker_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    root = folder_dataset(tmp_path / "data", broken=["2"])
+    code = main(["eval", str(tiny_checkpoint), "--dataset", "folder", "--root", str(root), "--split", "all",
+                 "--workers", "2", "--threads", "1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines() == [f"fcnseg eval: error: cannot read image {root / 'images' / '2.png'}: not an image "
+                                "format PIL recognises (is it really an image file?)"]
+
+
+def test_user_message_unwraps_what_a_worker_raised():
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise DataError(f"label {index}.png has values 12 that are\nneither classes nor ignored")
+
+    loader = torch.utils.data.DataLoader(Broken(), num_workers=1, worker_init_fn=worker_init)
+    with pytest.raises(DataError) as caught:
+        next(iter(loader))
+    assert "Caught DataError in DataLoader worker" in str(caught.value)  # what PyTorch hands over
+    assert user_message(caught.value) == "label 0.png has values 12 that are\nneither classes nor ignored"
+    assert user_message(DataError("plain")) == "plain"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    def buggy(args):
+        raise ValueError("an internal mistake")
+
+    monkeypatch.setattr(predict_command, "run", buggy)
+    with pytest.raises(ValueError, match="an internal mistake"):
+        main(["predict", "c.pth", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "lr=abc"], "options: lr expects a number, got 'abc' (str)"),
+    (["--iterations", "0"], "options: iterations must be at least 1, got 0"),
+    (["--set", "crop_size=[1, 2, 3]"], "options: crop_size takes 2 values, got [1, 2, 3]"),
+    (["--set", "flip=maybe"], "options: flip expects true or false, got 'maybe' (str)"),
+    (["--set", "modle=fcn8s"], "options: unknown option(s) modle; known: amp, backbone,"),
+    (["--backbone", "vgg19"], "options: backbone must be one of vgg16, vgg16_bn, alexnet"),
+    (["--dataset-options", "{colour: red}"], "dataset synthetic has no option(s) colour; its options: num_images"),
+])
+def test_training_options_are_checked_with_one_line(tmp_path, capsys, argv, message):
+    assert main(["train", *argv, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"fcnseg train: error: {message}")
+    assert not (tmp_path / "run" / "last.pth").exists()
