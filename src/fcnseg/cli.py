@@ -12,7 +12,7 @@ import sys
 
 from fcnseg.commands import COMMANDS
 from fcnseg.errors import FcnsegError, user_message
-from fcnseg.progress import set_quiet
+from fcnseg.progress import is_quiet, set_quiet
 from fcnseg.runtime import finish
 
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run one subcommand; user errors become one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
+    was_quiet = is_quiet()
     set_quiet(getattr(args, "quiet", False))
     try:
         code = int(args.func(args) or 0)
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fcnseg: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_quiet(was_quiet)  # main() may be called again in the same process (tests, notebooks)
 
 
 if __name__ == "__main__":
