@@ -1,0 +1,1 @@
+"""Datasets: the input path (io), the readers, their registry, transforms and batching."""
