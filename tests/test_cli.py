@@ -99,7 +99,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     (["--iterations", "0"], "options: iterations must be at least 1, got 0"),
     (["--set", "crop_size=[1, 2, 3]"], "options: crop_size takes 2 values, got [1, 2, 3]"),
     (["--set", "flip=maybe"], "options: flip expects true or false, got 'maybe' (str)"),
-    (["--set", "modle=fcn8s"], "options: unknown option(s) modle; known: amp, backbone,"),
+    (["--set", "modle=fcn8s"], "options: unknown option(s) modle; known: accept_only_class_zero, amp,"),
     (["--backbone", "vgg19"], "options: backbone must be one of vgg16, vgg16_bn, alexnet"),
     (["--dataset-options", "{colour: red}"], "dataset synthetic has no option(s) colour; its options: num_images"),
 ])

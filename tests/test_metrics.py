@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from fcnseg.errors import DataError
 from fcnseg.metrics import (
     ConfusionMatrix,
     confusion_matrix,
@@ -157,8 +158,13 @@ def test_shape_mismatch_is_refused():
 def test_binary_masks_saved_as_0_255_are_caught():
     metric = ConfusionMatrix(2)
     metric.update(torch.tensor([[0, 1], [1, 0]]), torch.tensor([[0, 255], [255, 0]]))
-    with pytest.raises(ValueError, match=r"0/255.*mask // 255"):
+    with pytest.raises(DataError, match=r"masks saved as 0/255 .*\(np.array\(mask\) > 127\)"):
         metric.compute()
+    three = ConfusionMatrix(3)  # any class count: all labelled pixels class 0, the rest ignored
+    three.update(torch.tensor([0, 0]), torch.tensor([0, 255]))
+    with pytest.raises(DataError, match="0/255"):
+        three.compute()
+    assert three.compute(strict=False)["pixel_acc"] == 1 / 1
 
 
 def test_0_255_check_stays_quiet_otherwise():
@@ -170,10 +176,10 @@ def test_0_255_check_stays_quiet_otherwise():
     background_only = ConfusionMatrix(2)
     background_only.update(torch.tensor([0, 1]), torch.tensor([0, 0]))
     assert background_only.compute()["mean_iu"] == pytest.approx((1 / 2 + 0 / 1) / 2)
-    # Three classes: the check is only for binary tasks.
+    # Three classes, class 2 present beside ignored pixels: scored normally.
     three = ConfusionMatrix(3)
-    three.update(torch.tensor([0, 0]), torch.tensor([0, 255]))
-    assert three.compute()["pixel_acc"] == 1 / 1
+    three.update(torch.tensor([0, 2, 2]), torch.tensor([0, 2, 255]))
+    assert three.compute()["pixel_acc"] == 2 / 2
 
 
 def test_all_reduce_is_noop_without_process_group():

@@ -55,7 +55,7 @@ class ShardSampler(Sampler[int]):
 
 def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index: int,
              options: InferenceOptions | None = None, device: str | torch.device = "auto", num_workers: int = 0,
-             progress: bool = True, distributed: bool = False) -> dict:
+             progress: bool = True, distributed: bool = False, strict_labels: bool = True) -> dict:
     """Predict every image of ``dataset`` and score the predictions against its labels.
 
     Args:
@@ -68,6 +68,8 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
             images are padded with ignored pixels (the padding is the mean colour, which nets with large
             receptive fields can see near the border; batch_size 1 scores each image as it is).
         distributed: torch.distributed is initialised; each rank scores its shard and the counts are summed.
+        strict_labels: refuse labels whose only class is 0 besides ignored pixels (0/255 masks, see
+            :meth:`fcnseg.metrics.ConfusionMatrix.compute`).
 
     Returns:
         The scores of :func:`fcnseg.metrics.scores_from_confusion` plus ``confusion`` (the C x C count
@@ -101,7 +103,7 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
     if distributed:
         confusion.all_reduce()
         all_reduce_sum(count)
-    scores = confusion.compute()
+    scores = confusion.compute(strict_labels)
     scores["confusion"] = confusion.matrix.cpu().tolist()
     scores["num_images"] = int(count.item())
     return scores

@@ -179,20 +179,20 @@ class ConfusionMatrix:
         self.matrix = flat[:-1].reshape(self.num_classes, self.num_classes)
         self.ignored = flat[-1].clone()
 
-    def compute(self) -> dict:
+    def compute(self, strict: bool = True) -> dict:
         """Scores of everything accumulated so far (see ``scores_from_confusion``).
 
-        Raises:
-            DataError: for two classes when class 1 never appeared in the ground truth but ignored
-                pixels did: the signature of binary masks stored as 0/255 with ignore index 255.
+        Raises (with ``strict``):
+            DataError: when no ground-truth pixel of any class but 0 was seen while ignored pixels were:
+                the signature of masks saved as 0/255 (every foreground pixel equal to the ignore value),
+                whose scores would be meaningless (mean IU 100).
         """
-        if self.num_classes == 2 and int(self.matrix[1].sum()) == 0 and int(self.ignored) > 0:
+        if strict and self.num_classes >= 2 and int(self.matrix[1:].sum()) == 0 and int(self.ignored) > 0:
             raise DataError(
-                f"no ground-truth pixel of class 1 was seen, but {int(self.ignored)} pixels equal to the "
-                f"ignore index {self.ignore_index} were. Binary masks saved as 0/255 make every foreground "
-                "pixel 'ignored' and the scores meaningless. Map 255 to 1 when loading the masks "
-                "(e.g. mask // 255), or set a different ignore_index."
-            )
+                f"no ground-truth pixel of a class other than 0 was seen, but {int(self.ignored):,} pixels equal "
+                f"to the ignore index {self.ignore_index} were: masks saved as 0/255 make every foreground pixel "
+                "'ignored' and the scores meaningless. Save the masks as class indices (foreground 1, ...), e.g. "
+                "(np.array(mask) > 127).astype(np.uint8) for binary masks.")
         return scores_from_confusion(self.matrix)
 
 

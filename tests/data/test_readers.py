@@ -12,6 +12,7 @@ from PIL import Image
 
 from fcnseg.data.ade20k import ADE20K
 from fcnseg.data.camvid import CamVid
+from fcnseg.data.check import check_dataset
 from fcnseg.data.cityscapes import Cityscapes
 from fcnseg.data.folder import FolderDataset
 from fcnseg.data.info import voc_colormap
@@ -357,8 +358,9 @@ def test_folder_binary_mask_message(tmp_path: Path) -> None:
     mask = np.zeros((H, W))
     mask[3:] = 255
     save_label(tmp_path / "masks" / "a.png", mask)
-    with pytest.raises(DataError, match=r"a\.png holds only the values 0 and 255: it looks like a 0/255"):
-        FolderDataset(tmp_path).load(0)
+    with pytest.raises(DataError, match=r"every labelled pixel of the folder is class 0 \(background\).*masks saved as "
+                                         r"0/255"):
+        check_dataset(FolderDataset(tmp_path), "the folder")
 
 
 # --- registry and missing roots -----------------------------------------------------------------------

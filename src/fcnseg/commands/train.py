@@ -13,6 +13,7 @@ from fcnseg.commands.options import add_dataclass_flags, add_quiet
 from fcnseg.errors import ConfigError
 from fcnseg.metrics import format_table
 from fcnseg.train import TrainConfig, train
+from fcnseg.train.folder import saved_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,11 +42,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({error})") from None
-    saved = Path(overrides.get("out", TrainConfig.out)) / "config.yaml"
-    if overrides.get("resume") and not args.config and saved.is_file():
-        return TrainConfig.from_yaml(saved, **overrides)  # the run's own settings, then the flags given
     if args.config:
         return TrainConfig.from_yaml(args.config, **overrides)
+    out = Path(overrides.get("out", TrainConfig.out))
+    started = saved_config(out) if overrides.get("resume") else None
+    if started is not None:  # the run's own settings (config.yaml, else its last.pth), then the flags given
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig.from_dict({**{k: v for k, v in started.items() if k in known}, **overrides},
+                                     source=str(out / "config.yaml"))
     return TrainConfig.from_dict(overrides, source="options")
 
 

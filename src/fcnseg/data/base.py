@@ -41,6 +41,7 @@ class SegmentationDataset(Dataset):
     """
 
     info: DatasetInfo
+    generated = False  # True for datasets made by code, correct by construction (no files to check)
 
     def __init__(self, transform: JointTransform | None = None, normalization: str = "imagenet",
                  seed: int | None = None) -> None:

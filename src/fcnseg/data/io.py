@@ -41,6 +41,7 @@ DEFAULT_MAX_PIXELS = 200_000_000
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _INDEX_MODES = {"P", "L", "1"} | _SIXTEEN_BIT_MODES
+_ORIENTATION = 0x0112  # the EXIF tag
 # PIL's limit is a module global; a lock keeps concurrent callers (the server's threads) from restoring
 # each other's value halfway through a decode.
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -202,26 +203,15 @@ def _format_values(values: Iterable[int], limit: int = 12) -> str:
     return shown + (f", ... ({len(values)} values)" if len(values) > limit else "")
 
 
-def validate_label(
-    label: np.ndarray, info: DatasetInfo, path: PathLike, check_binary_mask: bool = True
-) -> np.ndarray:
+def validate_label(label: np.ndarray, info: DatasetInfo, path: PathLike) -> np.ndarray:
     """Check that every value of ``label`` is a class of ``info`` or its ignore index; return it as uint8.
 
-    With ``check_binary_mask``, a label of a 2-class dataset holding exactly the values {0, 255} is
-    refused even when 255 is the ignore index: that is almost always a binary mask saved as 0/255, and
-    accepting it would silently ignore all of its foreground.
+    Masks saved as 0/255 (every foreground pixel equal to the ignore value) are a property of a whole
+    split, not of one file: :mod:`fcnseg.data.check` and the confusion matrix look for them.
     """
     values = np.unique(label)
     valid = (values >= 0) & (values < info.num_classes)
     valid |= values == info.ignore_index
-    if check_binary_mask and info.num_classes == 2 and values.tolist() == [0, 255]:
-        raise DataError(
-            f"label {path} holds only the values 0 and 255: it looks like a 0/255 binary mask. "
-            f"{info.name} has 2 classes, so labels must hold 0 (background) and 1 (foreground)"
-            f"{'; 255 means ignore' if info.ignore_index == 255 else ''}. Fix: re-save the masks "
-            "with foreground = 1, e.g. Image.fromarray((np.array(Image.open(p)) > 127).astype(np.uint8))"
-            ".save(p)"
-        )
     if not valid.all():
         bad = values[~valid]
         raise DataError(
@@ -264,7 +254,7 @@ def read_remapped_label(path: PathLike, lut: np.ndarray, raw_ids: Iterable[int],
     bad = np.setdiff1d(values, np.fromiter(raw_ids, dtype=np.int64))
     if bad.size:
         raise DataError(f"label {path} has values {bad.tolist()[:12]} that are not {what}")
-    return validate_label(lut[ids], info, path, check_binary_mask=False)
+    return validate_label(lut[ids], info, path)
 
 
 def read_label_indices(path: PathLike) -> np.ndarray:
@@ -301,8 +291,7 @@ def read_label(
     if mode in ("RGB", "RGBA"):
         rgb = np.asarray(img)[:, :, :3]
         if color_map is not None:
-            # The mapping is explicit, so a {0, 255} result is meant (e.g. class 0 + ignore).
-            return validate_label(map_colors(rgb, color_map, path), info, path, check_binary_mask=False)
+            return validate_label(map_colors(rgb, color_map, path), info, path)
         hint = ""
         if np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(rgb[:, :, 0], rgb[:, :, 2]):
             hint = (
@@ -326,12 +315,31 @@ def read_label(
     )
 
 
+def exif_orientation(path: PathLike) -> int:
+    """The EXIF orientation tag of an image file (1, upright, when it has none or cannot be read)."""
+    try:
+        with Image.open(path) as img:
+            return int(img.getexif().get(_ORIENTATION, 1))
+    except (OSError, ValueError, SyntaxError):
+        return 1
+
+
 def check_pair(image: np.ndarray, label: np.ndarray, image_path: PathLike, label_path: PathLike) -> None:
-    """Raise DataError if the image and its label do not have the same height and width."""
-    if image.shape[:2] != label.shape[:2]:
-        raise DataError(
-            f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its label {label_path} is "
-            f"{label.shape[1]}x{label.shape[0]}: they must match pixel for pixel. Is it the right label file?"
-        )
+    """Raise DataError if the image and its label do not have the same height and width.
+
+    Images and labels both have their EXIF orientation applied (one rule for both); when only one of the
+    two files carries a rotation, the message says so, since that is the usual cause of a transposed pair.
+    """
+    if image.shape[:2] == label.shape[:2]:
+        return
+    message = (f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but its label {label_path} is "
+               f"{label.shape[1]}x{label.shape[0]}: they must match pixel for pixel.")
+    tags = exif_orientation(image_path), exif_orientation(label_path)
+    if tags[0] != tags[1]:
+        raise DataError(f"{message} The image carries EXIF orientation {tags[0]} and the label {tags[1]}: fcnseg "
+                        "turns both upright as a viewer shows them, so the label was drawn on differently turned "
+                        "pixels. Save the image upright without the orientation tag (or turn the label the same "
+                        "way).")
+    raise DataError(f"{message} Is it the right label file?")
 
 

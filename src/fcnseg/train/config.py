@@ -63,6 +63,8 @@ class TrainConfig:
                                              length=2)
     flip: bool = option(True, "random horizontal flips")
     color_jitter: float = option(0.0, "brightness, contrast and saturation jitter (0: none)")
+    accept_only_class_zero: bool = option(False, "train on labels whose only class is 0 besides ignored pixels "
+                                                 "(0/255 masks are refused unless 255 really means ignore)")
     batch_size: int = option(8, "images per step (per process under torchrun)")
     workers: int = option(2, "data loading processes (one thread each)")
     # optimisation
@@ -90,10 +92,11 @@ class TrainConfig:
     seed: int = option(0, "seed of the initialisation, sample order and augmentation")
     out: str = option("runs/exp", "the run's folder: checkpoints, metrics.csv, config.yaml")
     resume: bool = option(False, "continue the run in --out exactly where it stopped")
+    overwrite: bool = option(False, "replace a run, or files fcnseg train did not write, in --out")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a flat YAML file, then apply ``overrides`` (None values are skipped)."""
+        """Read a flat YAML file, then apply ``overrides`` (a null value sets the option to null)."""
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
@@ -101,7 +104,7 @@ class TrainConfig:
             raise ConfigError(f"cannot read config {path}: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a mapping of option: value, got {type(data).__name__}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        data.update(overrides)
         return cls.from_dict(data, source=str(path))
 
     @classmethod

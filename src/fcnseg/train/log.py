@@ -96,3 +96,6 @@ class RunLog:
         self.bar.close()
         if self.board:
             self.board.close()
+        if self.run.runtime.is_main:  # the log files are fcnseg train's, however long they grow
+            logs = [self.csv.path, *sorted((self.run.out / "tensorboard").glob("events.out.tfevents.*"))]
+            self.run.outputs.record([p for p in logs if p.is_file()], growing=True, flush=True)

@@ -3,33 +3,60 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Subset
 
+from fcnseg.data.check import check_dataset
 from fcnseg.errors import TrainingError
 from fcnseg.evaluate import evaluate
+from fcnseg.runtime import start
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import micro_batches
+from fcnseg.train.folder import finished, hold, open_run
 from fcnseg.train.log import RunLog
 from fcnseg.train.run import Run, build_run, segmentation_loss
-from fcnseg.train.state import prepare_folder, save_best, save_last
+from fcnseg.train.state import restore, save_best, save_last, write_config
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) training; returns the final validation scores and the paths written."""
-    run = build_run(config)
-    prepare_folder(run)
-    log = RunLog(run)
-    try:
-        scores = run_iterations(run, log) if run.iteration < config.iterations else {}
-    finally:
-        log.close()
+    """Run (or resume) training; returns the final validation scores and the paths written.
+
+    Before iteration 1: the run folder is locked and checked (:mod:`fcnseg.train.folder`), and both
+    splits are read once (:func:`fcnseg.data.check.check_dataset`), so bad data costs no training time.
+    """
+    runtime = start(config.device, config.threads)
+    with hold(config, runtime):
+        resumed = open_run(config, runtime)
+        if resumed is not None and finished(resumed, config):
+            return {"scores": {}, "best_mean_iu": resumed["best_mean_iu"], "last": str(Path(config.out) / "last.pth"),
+                    "best": str(Path(config.out) / "best.pth"), "iterations": resumed["iteration"]}
+        run = build_run(config, runtime)
+        check_data(run)
+        if resumed is not None:
+            restore(run, resumed)
+        write_config(run)
+        log = RunLog(run)
+        try:
+            scores = run_iterations(run, log)
+        finally:
+            log.close()
     return {"scores": scores, "best_mean_iu": run.best_mean_iu, "last": str(run.last_path),
             "best": str(run.best_path), "iterations": run.iteration}
+
+
+def check_data(run: Run) -> None:
+    """Read both splits once before training (in the loader's workers) and report every bad sample at once."""
+    config = run.config
+    if run.runtime.is_main:  # one process reads; a DataError stops the others at the process group's end
+        check_dataset(run.train_set, "the training split", config.workers,
+                      accept_only_class_zero=config.accept_only_class_zero)
+        check_dataset(run.val_set, "the validation split", config.workers, limit=config.val_limit,
+                      accept_only_class_zero=config.accept_only_class_zero)
 
 
 def run_iterations(run: Run, log: RunLog) -> dict[str, Any]:
@@ -100,6 +127,7 @@ def validate(run: Run) -> dict[str, Any]:
     if run.config.val_limit:
         dataset = Subset(dataset, range(min(run.config.val_limit, len(dataset))))
     scores = evaluate(run.model, dataset, run.info.num_classes, run.info.ignore_index, device=run.runtime.device,
-                      progress=False, distributed=run.runtime.distributed)
+                      progress=False, distributed=run.runtime.distributed,
+                      strict_labels=not run.config.accept_only_class_zero)
     run.train_model.train()
     return scores

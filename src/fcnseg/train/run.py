@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from fcnseg.errors import ConfigError, TrainingError
 from fcnseg.models import build_model
 from fcnseg.models.fcn import FCN
 from fcnseg.models.weights import init_from_coarser, load_imagenet_weights
-from fcnseg.runtime import Runtime, start
+from fcnseg.outputs import Outputs
+from fcnseg.progress import is_quiet
+from fcnseg.runtime import Runtime
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import EpochSampler, build_datasets
 
@@ -41,6 +44,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     class_weights: torch.Tensor | None
+    outputs: Outputs  # the run folder's record of the files fcnseg train wrote
     iteration: int = 0
     best_mean_iu: float = -1.0
 
@@ -53,9 +57,8 @@ class Run:
         return self.out / "best.pth"
 
 
-def build_run(config: TrainConfig) -> Run:
-    """Start the runtime, seed every RNG, build data and model, and the optimisation around them."""
-    runtime = start(config.device, config.threads)
+def build_run(config: TrainConfig, runtime: Runtime) -> Run:
+    """Seed every RNG, build and check the data, build the model and the optimisation around it."""
     if config.amp == "fp16" and runtime.device.type != "cuda":
         raise TrainingError("amp fp16 needs a CUDA GPU (use --amp bf16 on the CPU)")
     torch.manual_seed(config.seed)
@@ -66,6 +69,11 @@ def build_run(config: TrainConfig) -> Run:
     normalization = init.get("normalization", "imagenet") if init else "imagenet"
     train_set, val_set = build_datasets(config, normalization)
     info = train_set.info
+    per_process = -(-len(train_set) // runtime.world_size)
+    if config.batch_size > per_process and runtime.is_main and not is_quiet():
+        print(f"fcnseg train: note: batch_size {config.batch_size} is larger than the {per_process} training images "
+              "each process has: every step sees them all (a smaller batch would take more steps per epoch)",
+              file=sys.stderr)
     model = build_training_model(config, info.num_classes, init)
     model.to(runtime.device)
     if config.channels_last:
@@ -82,7 +90,7 @@ def build_run(config: TrainConfig) -> Run:
                model=model, train_model=train_model, optimizer=optimizer,
                scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(config, it)),
                scaler=torch.amp.GradScaler(runtime.device.type, enabled=config.amp == "fp16"),
-               class_weights=class_weights)
+               class_weights=class_weights, outputs=Outputs(config.out, "train", config.overwrite))
 
 
 def _distributed(model: FCN, runtime: Runtime) -> nn.Module:

@@ -15,8 +15,7 @@ import torch
 import yaml
 
 from fcnseg.atomic import atomic_open
-from fcnseg.checkpoint import model_checkpoint, read_checkpoint, write_checkpoint
-from fcnseg.errors import TrainingError
+from fcnseg.checkpoint import model_checkpoint, write_checkpoint
 from fcnseg.runtime import gather_objects
 from fcnseg.train.run import Run
 
@@ -42,26 +41,16 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def prepare_folder(run: Run) -> None:
-    """Refuse to start over an existing run unless resuming; restore the state when resuming; write the
-    resolved ``config.yaml`` (on the main process)."""
-    config = run.config
-    if not config.resume and run.last_path.is_file():
-        raise TrainingError(f"{run.out} already holds a run ({run.last_path}); pass --resume to continue it, "
-                            "or choose another --out")
-    if config.resume:
-        if not run.last_path.is_file():
-            raise TrainingError(f"--resume: no checkpoint at {run.last_path}; start without --resume")
-        restore(run)
+def write_config(run: Run) -> None:
+    """The resolved options, next to the run's outputs (main process)."""
     if run.runtime.is_main:
-        run.out.mkdir(parents=True, exist_ok=True)
         with atomic_open(run.out / "config.yaml", "w") as handle:
-            yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+            yaml.safe_dump(run.config.to_dict(), handle, sort_keys=False)
+        run.outputs.record([run.out / "config.yaml"], flush=True)
 
 
-def restore(run: Run) -> None:
-    """Load ``last.pth`` into the run: weights, optimizer, schedule, scaler, RNGs, iteration, best score."""
-    state = read_checkpoint(run.last_path)
+def restore(run: Run, state: dict[str, Any]) -> None:
+    """Load a ``last.pth`` into the run: weights, optimizer, schedule, scaler, RNGs, iteration, best score."""
     run.model.load_state_dict(state["model_state_dict"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -79,6 +68,7 @@ def save_last(run: Run) -> None:
                  "scaler": run.scaler.state_dict(), "iteration": run.iteration, "best_mean_iu": run.best_mean_iu,
                  "rng": rngs, "config": run.config.to_dict()}
         write_checkpoint(model_checkpoint(run.model, run.info, **state), run.last_path)
+        run.outputs.record([run.last_path], flush=True)
 
 
 def save_best(run: Run, mean_iu: float) -> None:
@@ -89,3 +79,4 @@ def save_best(run: Run, mean_iu: float) -> None:
     if run.runtime.is_main:
         write_checkpoint(model_checkpoint(run.model, run.info, iteration=run.iteration, mean_iu=mean_iu,
                                           config=run.config.to_dict()), run.best_path)
+        run.outputs.record([run.best_path], flush=True)

@@ -1,0 +1,84 @@
+"""Checking a dataset before training: every sample of a split read once, every problem reported at once.
+
+Unreadable or truncated images, label values that are not classes, image/label size mismatches (with
+their EXIF orientation) are found before iteration 1, in the loader's worker processes, and listed
+together. A split whose labelled pixels are all class 0 while others hold the ignore value is refused
+as well: that is what masks saved as 0/255 look like (255 = ignore swallows every foreground pixel), and
+training or scoring them gives meaningless numbers (mean IU 100).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from fcnseg.data.info import DatasetInfo
+from fcnseg.errors import DataError, user_message
+from fcnseg.progress import bar as progress_bar
+from fcnseg.runtime import worker_init
+
+_SHOWN = 20
+
+
+def only_class_zero_message(info: DatasetInfo, what: str, ignored_pixels: int | None = None) -> str:
+    """The explanation for a split whose labelled pixels are all class 0 and the rest ignored."""
+    count = f" ({ignored_pixels:,} pixels)" if ignored_pixels is not None else ""
+    mask_kind = "0/255" if info.ignore_index == 255 else f"0/{info.ignore_index}"
+    return (f"every labelled pixel of {what} is class 0 ({info.class_names[0]}) and the others{count} hold the "
+            f"ignore value {info.ignore_index}: this is how masks saved as {mask_kind} look, and with them every "
+            f"foreground pixel is ignored, so the scores would be meaningless. Save the masks as class indices "
+            f"(foreground 1, ... up to {info.num_classes - 1}), e.g. (np.array(mask) > 127).astype(np.uint8) for "
+            "a binary mask")
+
+
+class _Scan(Dataset):
+    """Sample ``index`` of ``dataset`` read without transforms: (index, problem or None, values present)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[int, str | None, np.ndarray | None]:
+        try:
+            _, label = self.dataset.load(index)
+        except DataError as error:
+            return index, user_message(error), None
+        present = np.zeros(256, dtype=bool)
+        present[np.unique(label)] = True
+        return index, None, present
+
+
+def check_dataset(dataset, what: str, workers: int = 0, limit: int | None = None,
+                  accept_only_class_zero: bool = False) -> None:
+    """Read every sample of ``dataset`` (the first ``limit``) and raise one DataError listing every problem.
+
+    Datasets that are correct by construction (``dataset.generated``) are not scanned. ``what`` names the
+    split in messages ("the training split"); ``accept_only_class_zero`` lets a split of only class 0 and
+    ignored pixels through (for masks where 255 really means ignore).
+    """
+    if getattr(dataset, "generated", False):
+        return
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    scan = _Scan(dataset)
+    loader = DataLoader(scan if count == len(dataset) else Subset(scan, range(count)), batch_size=None,
+                        num_workers=workers, worker_init_fn=worker_init)
+    problems, present = [], np.zeros(256, dtype=bool)
+    with progress_bar(total=count, desc=f"check {what}", unit="img") as bar:
+        for _, problem, values in loader:
+            if problem is not None:
+                problems.append(problem)
+            else:
+                present |= np.asarray(values, dtype=bool)
+            bar.update(1)
+    if problems:
+        listed = "\n  ".join(problems[:_SHOWN]) + (f"\n  ... and {len(problems) - _SHOWN} more"
+                                                   if len(problems) > _SHOWN else "")
+        raise DataError(f"{len(problems)} of {count} samples of {what} cannot be used:\n  {listed}")
+    info: DatasetInfo = dataset.info
+    classes = [v for v in np.flatnonzero(present) if v != info.ignore_index]
+    if not accept_only_class_zero and classes == [0] and present[info.ignore_index]:
+        raise DataError(only_class_zero_message(info, what) + "; if the ignore value really is meant, set "
+                        "accept_only_class_zero: true")
+

@@ -1,0 +1,156 @@
+"""Output folders: nothing a user wrote is overwritten, and one run at a time per folder.
+
+Every folder fcnseg writes into keeps a record, ``.fcnseg-outputs.json``, of the files a command wrote
+there (name, command, size and modification time). A command may replace a file only when that record
+says the same command wrote it and the file is unchanged since; any other existing file is the user's,
+and the command refuses before writing anything unless ``--overwrite`` is given. Input files are never
+outputs, ``--overwrite`` or not.
+
+:func:`folder_lock` holds a folder for one process at a time (``fcntl.flock``: the kernel lets go when
+the process ends, however it ends, so a killed run's folder is free again at once); the lock file names
+the holder's pid for the message the next process shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fcnseg.atomic import atomic_open, remove_temporaries
+from fcnseg.errors import ConfigError
+
+RECORD = ".fcnseg-outputs.json"
+LOCK = ".fcnseg.lock"
+_FLUSH_SECONDS = 1.0
+_SHOWN = 8
+
+
+class Outputs:
+    """The files one command writes into one folder, checked against and added to the folder's record."""
+
+    def __init__(self, folder: str | os.PathLike, command: str, overwrite: bool = False) -> None:
+        self.folder, self.command, self.overwrite = Path(folder), command, overwrite
+        self._pending: dict[str, dict] = {}
+        self._flushed = time.monotonic()
+
+    def _name(self, path: str | os.PathLike) -> str:
+        return str(Path(path).resolve().relative_to(self.folder.resolve()))
+
+    def _entries(self) -> dict[str, dict]:
+        try:
+            data = json.loads((self.folder / RECORD).read_text())
+            return data["files"] if isinstance(data.get("files"), dict) else {}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def owned(self, path: str | os.PathLike, entries: dict[str, dict] | None = None) -> bool:
+        """Whether ``path`` is as this command wrote it (recorded, same size and modification time)."""
+        entry = (self._entries() if entries is None else entries).get(self._name(path))
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            return False
+        if entry is None or entry.get("command") != self.command:
+            return False
+        # Logs that keep growing are recorded without a size: they are this command's whatever they hold now.
+        return entry.get("size") is None or (entry["size"], entry.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
+
+    def claim(self, paths: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = ()) -> None:
+        """Refuse, before anything is written, outputs that are inputs or existing files of the user's."""
+        paths = [Path(p) for p in paths]
+        sources = {Path(p).resolve() for p in inputs}
+        clash = [p for p in paths if p.resolve() in sources]
+        if clash:
+            raise ConfigError(f"fcnseg {self.command} would write over its own input {clash[0]}: choose another "
+                              "--out (inputs are never overwritten, even with --overwrite)")
+        if self.overwrite:
+            return
+        entries = self._entries()
+        foreign = [p for p in paths if p.exists() and not self.owned(p, entries)]
+        if foreign:
+            shown = ", ".join(str(p) for p in foreign[:_SHOWN]) + (f" and {len(foreign) - _SHOWN} more"
+                                                                    if len(foreign) > _SHOWN else "")
+            raise ConfigError(f"{shown} already exist{'s' if len(foreign) == 1 else ''} and "
+                              f"{'was' if len(foreign) == 1 else 'were'} not written by an earlier fcnseg "
+                              f"{self.command}: choose another --out, or pass --overwrite to replace "
+                              f"{'it' if len(foreign) == 1 else 'them'}")
+
+    def record(self, paths: Iterable[str | os.PathLike], growing: bool = False, flush: bool = False) -> None:
+        """Note files this command has just written (the record is saved at most once a second, and by
+        :meth:`flush`); ``growing`` files (logs appended to) are recorded by name only."""
+        for path in paths:
+            stat = Path(path).stat()
+            size, mtime = (None, None) if growing else (stat.st_size, stat.st_mtime_ns)
+            self._pending[self._name(path)] = {"command": self.command, "size": size, "mtime_ns": mtime}
+        if flush or time.monotonic() - self._flushed > _FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Merge what was recorded into the folder's record file (atomically)."""
+        if not self._pending:
+            return
+        entries = {**self._entries(), **self._pending}
+        with atomic_open(self.folder / RECORD, "w", encoding="utf-8") as handle:
+            json.dump({"files": entries}, handle, indent=1, sort_keys=True)
+        self._pending.clear()
+        self._flushed = time.monotonic()
+
+    def clear(self) -> None:
+        """Delete every file this command wrote here; refuse (deleting nothing) if anything else is here."""
+        entries = self._entries()
+        files = [p for p in sorted(self.folder.rglob("*")) if p.is_file() and p.name not in (RECORD, LOCK)]
+        foreign = [p for p in files if not self.owned(p, entries)]
+        if foreign:
+            shown = ", ".join(str(p) for p in foreign[:_SHOWN])
+            raise ConfigError(f"{self.folder} holds files fcnseg {self.command} did not write ({shown}"
+                              f"{' ...' if len(foreign) > _SHOWN else ''}): move them, or choose another --out")
+        for path in files:
+            path.unlink()
+        for folder in sorted((p for p in self.folder.rglob("*") if p.is_dir()), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        (self.folder / RECORD).unlink(missing_ok=True)
+
+
+def output_file(path: str | os.PathLike, command: str, overwrite: bool = False,
+                inputs: Iterable[str | os.PathLike] = ()) -> Outputs:
+    """The :class:`Outputs` of a single-file output (``--out FILE``), already claimed."""
+    path = Path(path)
+    outputs = Outputs(path.parent, command, overwrite)
+    outputs.claim([path], inputs)
+    return outputs
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = ()) -> Iterator[None]:
+    """Hold ``folder`` for this process; another process gets a one-line refusal naming the holder's pid.
+
+    On taking the lock, temporary files that atomic writes of the names in ``stale`` left behind (a run
+    killed mid-write) are removed: no live writer can own them any more.
+    """
+    import fcntl  # POSIX only, like the rest of the run-folder handling
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK, "a+")  # noqa: SIM115 - held open for the lifetime of the lock
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"{folder} is in use by {holder}: wait for it to finish, or choose another "
+                              "--out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{what} (pid {os.getpid()})\n")
+        handle.flush()
+        remove_temporaries(folder, stale)
+        yield
+    finally:
+        handle.close()  # closing releases the lock; the file stays (unlinking it could let two hold it)
+

@@ -1,0 +1,121 @@
+"""The run folder: one run at a time, a new run never over another or over a user's files, a resumed run
+exactly the run that was started.
+
+* :func:`hold` locks the folder for the main process (another ``fcnseg train --out`` there is refused,
+  naming the holder) and removes temporary files a killed run left behind.
+* :func:`open_run` decides between starting and resuming before any data or model is built: a new run
+  refuses a folder holding a run (``--resume`` or ``--overwrite``) or files fcnseg train did not write;
+  ``--resume`` reads ``last.pth`` and refuses options that would make the resumed run differ from the
+  run that was started (the net, the data, the recipe, or the length of a poly schedule), with the
+  command that does what was meant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fcnseg.checkpoint import read_checkpoint
+from fcnseg.errors import ConfigError, TrainingError
+from fcnseg.outputs import Outputs, folder_lock
+from fcnseg.progress import is_quiet
+from fcnseg.runtime import Runtime
+from fcnseg.train.config import TrainConfig
+
+RUN_FILES = ("config.yaml", "metrics.csv", "last.pth", "best.pth")
+NET_KEYS = ("model", "backbone", "width", "geometry", "learnable_upsampling")
+# Options a resumed run may change: they do not change what is computed.
+FREE_KEYS = {"iterations", "val_interval", "checkpoint_interval", "log_interval", "val_limit", "workers", "device",
+             "threads", "out", "resume", "root", "init_from", "imagenet_weights", "overwrite"}
+
+
+@contextlib.contextmanager
+def hold(config: TrainConfig, runtime: Runtime) -> Iterator[None]:
+    """Lock ``config.out`` for this run (main process only; other ranks follow the main one)."""
+    if not runtime.is_main:
+        yield
+        return
+    with folder_lock(config.out, "fcnseg train", stale=RUN_FILES):
+        yield
+
+
+def saved_config(out: str | Path) -> dict[str, Any] | None:
+    """The options a run in ``out`` was started with: its config.yaml, else the copy in its last.pth."""
+    out = Path(out)
+    if (out / "config.yaml").is_file():
+        try:
+            data = yaml.safe_load((out / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read {out / 'config.yaml'}: {error}") from None
+        return data if isinstance(data, dict) else None
+    if (out / "last.pth").is_file():
+        return dict(read_checkpoint(out / "last.pth").get("config", {}))
+    return None
+
+
+def open_run(config: TrainConfig, runtime: Runtime) -> dict[str, Any] | None:
+    """Check the folder for a new run (returns None) or read the checkpoint to resume (returns it)."""
+    out, last = Path(config.out), Path(config.out) / "last.pth"
+    if not config.resume:
+        if last.is_file() and not config.overwrite:
+            raise TrainingError(f"{out} already holds a run ({last}): pass --resume to continue it, --overwrite "
+                                "to replace it, or choose another --out")
+        files = [out / name for name in RUN_FILES] + sorted((out / "tensorboard").glob("events.out.tfevents.*"))
+        Outputs(out, "train", config.overwrite).claim(files)
+        if runtime.is_main:  # leftovers of an earlier start: fcnseg train's own, or replaced with --overwrite
+            for path in files:
+                path.unlink(missing_ok=True)
+        return None
+    if not last.is_file():
+        raise TrainingError(f"--resume: there is no checkpoint at {last}; start without --resume")
+    state = read_checkpoint(last)
+    check_resumable(state.get("config", {}), config)
+    _say(f"resuming {out} from {last} at iteration {state['iteration']} of {config.iterations}")
+    return state
+
+
+def check_resumable(started: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse options that would make the resumed run differ from the one ``started`` with."""
+    asked = config.to_dict()
+    changed = {k: (started[k], asked[k]) for k in started.keys() & asked.keys() if started[k] != asked[k]}
+    out = config.out
+    net = {k: v for k, v in changed.items() if k in NET_KEYS}
+    if net:
+        was = ", ".join(f"{k} {started[k]}" for k in NET_KEYS if k in started)
+        key, (old, new) = next(iter(sorted(net.items())))
+        raise TrainingError(f"{out} was trained with {was}; --resume keeps its net, but {key} {new} was asked "
+                            f"for (was {old}). Choose another --out for a different net (--init-from {out} starts "
+                            "it from this run's weights where they fit)")
+    recipe = {k: v for k, v in changed.items() if k not in FREE_KEYS}
+    if recipe:
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(recipe.items()))
+        raise TrainingError(f"--resume continues {out} exactly as it was started, and {listed} would change it. "
+                            f"To train with other options from its weights, start a new run: fcnseg train --config "
+                            f"{out}/config.yaml --init-from {out}/last.pth --out NEW_FOLDER (with your changes)")
+    if "iterations" in changed and started.get("schedule", config.schedule) == "poly":
+        old, new = changed["iterations"]
+        raise TrainingError(
+            f"{out} was started as a {old}-iteration poly schedule, whose learning rate falls to 0 at iteration "
+            f"{old}; --iterations {new} would change the rate of every remaining step. To train {abs(new - old)} "
+            f"more iteration(s) from its latest weights with a fresh schedule: fcnseg train --config "
+            f"{out}/config.yaml --init-from {out}/last.pth --out NEW_FOLDER --iterations {abs(new - old)}")
+
+
+def finished(state: dict[str, Any], config: TrainConfig) -> bool:
+    """Whether the resumed run has nothing left to do (and say so)."""
+    if state["iteration"] < config.iterations:
+        return False
+    _say(f"{config.out} has finished: {state['iteration']} of {config.iterations} iterations are done, nothing to "
+         f"train. To train on from its final weights: fcnseg train --config {config.out}/config.yaml --init-from "
+         f"{config.out}/last.pth --out NEW_FOLDER --iterations N")
+    return True
+
+
+def _say(message: str) -> None:
+    if not is_quiet():
+        print(f"fcnseg train: {message}", file=sys.stderr, flush=True)
