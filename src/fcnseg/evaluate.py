@@ -31,6 +31,8 @@ from fcnseg.progress import bar as progress_bar
 from fcnseg.runtime import all_reduce_sum, resolve_device, worker_init
 from fcnseg.viz import confusion_figure
 
+REPORT_FILES = ("metrics.json", "confusion.png")  # what write_report writes
+
 
 class ShardSampler(Sampler[int]):
     """Indices ``rank, rank + world_size, ...``: disjoint shards that together cover the dataset once.
@@ -148,8 +150,8 @@ def write_report(scores: dict, class_names: Sequence[str], out_dir: str | os.Pat
     }
     metrics["class_names"] = list(class_names)
     metrics["confusion"] = [[int(v) for v in row] for row in scores["confusion"]]
-    with atomic_open(out_dir / "metrics.json", "w", encoding="utf-8") as handle:
+    with atomic_open(out_dir / REPORT_FILES[0], "w", encoding="utf-8") as handle:
         json.dump(metrics, handle, indent=2, allow_nan=False)
         handle.write("\n")
-    confusion_figure(scores["confusion"], class_names, out_dir / "confusion.png")
+    confusion_figure(scores["confusion"], class_names, out_dir / REPORT_FILES[1])
     return text

@@ -99,16 +99,22 @@ class Outputs:
         self._pending.clear()
         self._flushed = time.monotonic()
 
+    def _files(self) -> list[Path]:
+        return [p for p in sorted(self.folder.rglob("*")) if p.is_file() and p.name not in (RECORD, LOCK)]
+
+    def foreign(self) -> list[Path]:
+        """Files in the folder (and below) that this command did not write, or that changed since."""
+        entries = self._entries()
+        return [p for p in self._files() if not self.owned(p, entries)]
+
     def clear(self) -> None:
         """Delete every file this command wrote here; refuse (deleting nothing) if anything else is here."""
-        entries = self._entries()
-        files = [p for p in sorted(self.folder.rglob("*")) if p.is_file() and p.name not in (RECORD, LOCK)]
-        foreign = [p for p in files if not self.owned(p, entries)]
+        foreign = self.foreign()
         if foreign:
             shown = ", ".join(str(p) for p in foreign[:_SHOWN])
             raise ConfigError(f"{self.folder} holds files fcnseg {self.command} did not write ({shown}"
                               f"{' ...' if len(foreign) > _SHOWN else ''}): move them, or choose another --out")
-        for path in files:
+        for path in self._files():
             path.unlink()
         for folder in sorted((p for p in self.folder.rglob("*") if p.is_dir()), reverse=True):
             if not any(folder.iterdir()):

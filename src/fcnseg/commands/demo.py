@@ -7,14 +7,15 @@ markings, are where the skip layers matter), and writes overlay images comparing
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
 from fcnseg.api import load
 from fcnseg.commands.options import add_quiet, positive_int
 from fcnseg.data.synthetic import SyntheticRoads
+from fcnseg.errors import ConfigError
 from fcnseg.metrics import format_per_class, format_table
+from fcnseg.outputs import LOCK, RECORD, Outputs, folder_lock
 from fcnseg.train import TrainConfig, train
 from fcnseg.viz import colorize, overlay, save_png, side_by_side
 
@@ -41,14 +42,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def clear_earlier_demo(out: Path) -> None:
+    """Remove what an earlier demo wrote into ``out``; refuse, deleting nothing, if ``out`` holds anything else.
+
+    The stage folders hold fcnseg train's runs and ``overlays`` the demo's pictures, each with its folder's
+    record of what fcnseg wrote (:mod:`fcnseg.outputs`).
+    """
+    owners = {stage: Outputs(out / stage, "train") for stage in STAGES}
+    owners["overlays"] = Outputs(out / "overlays", "demo")
+    others = [p.name for p in sorted(out.iterdir())
+              if p.name not in (RECORD, LOCK) and not (p.name in owners and p.is_dir())]
+    foreign = others + [str(p) for name, owner in owners.items() if (out / name).is_dir() for p in owner.foreign()]
+    if foreign:
+        raise ConfigError(f"{out} holds files the demo did not write ({', '.join(foreign[:8])}"
+                          f"{' ...' if len(foreign) > 8 else ''}): choose a new or empty --out (default demo_out)")
+    for name, owner in owners.items():
+        if (out / name).is_dir():
+            owner.clear()
+
+
 def run_demo(out: Path, iterations: int | None = None, threads: int | None = None) -> dict[str, dict]:
     """Train the three stages into ``out/<stage>``; return each stage's validation scores."""
     results = {}
     previous = None
     for stage in STAGES:
         run_dir = out / stage
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # the demo's own output folder: always a fresh run
         options = dict(DEMO_CONFIG, model=stage, out=str(run_dir), init_from=previous, threads=threads)
         options["val_limit"] = VAL_IMAGES
         if iterations:
@@ -64,7 +82,8 @@ def run_demo(out: Path, iterations: int | None = None, threads: int | None = Non
 
 def write_overlays(out: Path, count: int = OVERLAY_IMAGES) -> list[Path]:
     """image | ground truth | FCN-32s | FCN-16s | FCN-8s, one PNG per validation image."""
-    segmenters = [load(out / stage / "last.pth") for stage in STAGES]
+    outputs = Outputs(out / "overlays", "demo")
+    segmenters = [load(out / stage / "last.pth", device="cpu") for stage in STAGES]
     dataset = SyntheticRoads(num_images=count, split="val")
     paths = []
     for index in range(count):
@@ -74,12 +93,22 @@ def write_overlays(out: Path, count: int = OVERLAY_IMAGES) -> list[Path]:
         path = out / "overlays" / f"{dataset.sample_name(index)}.png"
         save_png(path, side_by_side(panels))
         paths.append(path)
+    outputs.record(paths, flush=True)
     return paths
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    results = run_demo(out, args.iterations, args.threads)
+    with folder_lock(out, "fcnseg demo"):
+        clear_earlier_demo(out)
+        results = run_demo(out, args.iterations, args.threads)
+        _report(results)
+        paths = write_overlays(out)
+    print(f"overlays (image | truth | FCN-32s | FCN-16s | FCN-8s): {paths[0].parent}")
+    return 0
+
+
+def _report(results: dict[str, dict]) -> None:
     names = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s"}
     print("\nSynthetic road scenes, validation (100 images, 128x160):\n")
     print(format_table({names[k]: v for k, v in results.items()}))
@@ -89,6 +118,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{names[stage]} per-class IoU:")
         print(format_per_class(scores, class_names))
         print()
-    paths = write_overlays(out)
-    print(f"overlays (image | truth | FCN-32s | FCN-16s | FCN-8s): {paths[0].parent}")
-    return 0

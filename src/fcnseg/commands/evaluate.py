@@ -11,7 +11,8 @@ from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.commands.options import add_inference, add_runtime, inference_options, positive_int
 from fcnseg.data.registry import DATASETS, build_dataset
 from fcnseg.errors import DataError
-from fcnseg.evaluate import evaluate, report_text, write_report
+from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
+from fcnseg.outputs import Outputs
 from fcnseg.runtime import start
 
 
@@ -26,6 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="val", help="split to score (default: val)")
     parser.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
     parser.add_argument("--out", type=Path, help="folder for metrics.json and confusion.png")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in --out that an earlier fcnseg eval did not write")
     parser.add_argument("--limit", type=positive_int, help="score only the first N images")
     add_inference(parser)
     add_runtime(parser)
@@ -37,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise DataError(f"--workers must be >= 0, got {args.workers}")
     options = inference_options(args)
+    outputs = None
+    if args.out is not None:  # refused now, not after the evaluation
+        outputs = Outputs(args.out, "eval", args.overwrite)
+        outputs.claim([args.out / REPORT_FILES[0], args.out / REPORT_FILES[1]], inputs=[args.checkpoint])
     runtime = start(args.device, args.threads)  # under torchrun: one shard per process, counts summed
     model, info = model_from_checkpoint(args.checkpoint)
     # Synthetic scenes are rendered from seeds: only as many as will be scored.
@@ -54,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     if not runtime.is_main:
         return 0
     title = f"{model.config['name']} ({model.config['backbone']})"
-    if args.out is not None:
+    if outputs is not None:
         text = write_report(scores, info.class_names, args.out, title)
+        outputs.record([args.out / name for name in REPORT_FILES], flush=True)
         text += f"\n\nwrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}"
     else:
         text = report_text(scores, info.class_names, title)

@@ -8,6 +8,7 @@ from pathlib import Path
 from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.commands.options import add_runtime
 from fcnseg.export import export_onnx, export_torchscript, load_onnx, load_torchscript, parity
+from fcnseg.outputs import output_file
 from fcnseg.runtime import set_threads
 
 
@@ -30,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     parser.add_argument("--check-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",
                         help="after exporting, compare the exported model with PyTorch at these input sizes")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out even if fcnseg export did not write it")
     add_runtime(parser, device=False)
     parser.set_defaults(func=run)
 
@@ -37,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """0 when the export matches PyTorch at every --check-sizes size, 1 otherwise."""
     threads = set_threads(args.threads)
+    outputs = output_file(args.out, "export", args.overwrite, inputs=[args.checkpoint])
     model, info = model_from_checkpoint(args.checkpoint)
     if args.format == "onnx":
         out = export_onnx(model, args.out, opset=args.opset, info=info)
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         out = export_torchscript(model, args.out, info=info)
         forward, _, _ = load_torchscript(out)
+    outputs.record([out], flush=True)
     config = model.config
     print(f"wrote {out} ({args.format}; {config['name']} {config['backbone']} {config['geometry']}, "
           f"{info.num_classes} classes of {info.name}; {model.backbone.input_normalization} normalisation)")

@@ -9,10 +9,11 @@ images are processed, every failure is reported with its file name at the end, a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from fcnseg.commands.options import add_inference, add_max_pixels, add_runtime, 
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import IMAGE_SUFFIXES, decode_image
 from fcnseg.errors import ConfigError, DataError
+from fcnseg.outputs import Outputs
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
 from fcnseg.runtime import start
@@ -44,6 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--opacity", type=fraction, default=0.5, help="overlay opacity of the class colours (0-1)")
     parser.add_argument("--probs", action="store_true", help="also write STEM_probs.npy (C x H x W float16)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files in --out that an earlier fcnseg predict did not write")
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="torch checkpoint, or an ONNX file run by ONNX Runtime")
     add_inference(parser, batch_size=4)
@@ -104,6 +108,10 @@ def write_outputs(out: Path, stem: str, image: np.ndarray, labels: np.ndarray, i
 def run(args: argparse.Namespace) -> int:
     """0 when every image was segmented, 1 when some could not be read."""
     files = expand_inputs(args.inputs)
+    suffixes = OUTPUT_SUFFIXES if args.probs else OUTPUT_SUFFIXES[:4]
+    outputs = Outputs(args.out, "predict", args.overwrite)
+    outputs.claim([args.out / f"{path.stem}{suffix}" for path in files for suffix in suffixes],
+                  inputs=[*files, args.checkpoint])
     options = inference_options(args)
     runtime = start(args.device, args.threads)
     segmenter = load(args.checkpoint, device=runtime.device, backend=args.backend, options=options,
@@ -112,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{segmenter.info.name} has {segmenter.info.num_classes} classes; mask PNGs and "
                           "overlays hold at most 256. Use the Python API (fcnseg.load) instead.")
     failures: list[tuple[Path, str]] = []
-    with progress_bar(total=len(files), desc="predict", unit="img") as bar:
+    with progress_bar(total=len(files), desc="predict", unit="img") as bar, _flushing(outputs):
         for done, path in enumerate(files, start=1):
             began = time.perf_counter()
             try:
@@ -127,12 +135,20 @@ def run(args: argparse.Namespace) -> int:
                 labels = probs.argmax(0).astype(segmenter.label_dtype)
             else:
                 probs, labels = None, segmenter.predict(image)
-            write_outputs(args.out, path.stem, image, labels, segmenter.info, args.opacity, probs)
+            outputs.record(write_outputs(args.out, path.stem, image, labels, segmenter.info, args.opacity, probs))
             if not is_quiet():
                 bar.write(f"[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "
                           f"{time.perf_counter() - began:.2f} s", file=sys.stderr)
             bar.update(1)
     return _report(failures, len(files), args.out)
+
+
+@contextlib.contextmanager
+def _flushing(outputs: Outputs) -> Iterator[None]:
+    try:
+        yield
+    finally:  # also when interrupted: what was written is recorded as fcnseg predict's
+        outputs.flush()
 
 
 def _report(failures: list[tuple[Path, str]], total: int, out: Path) -> int:
