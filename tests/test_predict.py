@@ -1,8 +1,6 @@
 """The Python API (fcnseg.load / Segmenter) and ``fcnseg predict``."""
 
 import argparse
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -135,7 +133,7 @@ def test_bf16_autocast(segmenter):
     assert (segmenter.predict(scene(1), bf16=True) == segmenter.predict(scene(1))).mean() > 0.9
     assert np.abs(probs - segmenter.predict_probs(scene(1))).max() > 1e-4
     onnx_like = Segmenter(None, SYNTHETIC_ROADS, "imagenet", device="cpu", forward=segmenter.model)
-    with pytest.raises(ConfigError, match="bf16 applies to torch models only"):
+    with pytest.raises(ConfigError, match="bf16 applies to checkpoints only"):
         onnx_like.predict(scene(1), bf16=True)
 
 
@@ -240,21 +238,25 @@ def test_cli_command_line_mistakes_stop_before_writing(checkpoint, tmp_path):
     assert not out.exists()
 
 
-def test_cli_onnxruntime_backend_uses_load_onnx(checkpoint, segmenter, tmp_path, monkeypatch):
-    calls = []
+@pytest.mark.parametrize("fmt, suffix", [("onnx", "onnx"), ("torchscript", "pt")])
+def test_cli_reads_exports_by_their_content(checkpoint, segmenter, tmp_path, fmt, suffix):
+    pytest.importorskip("onnxruntime")
+    from fcnseg.cli import main
 
-    def load_onnx(path, threads=None):
-        calls.append((path, threads))
-        return segmenter.model, SYNTHETIC_ROADS, "imagenet"
-
-    monkeypatch.setitem(sys.modules, "fcnseg.export", types.SimpleNamespace(load_onnx=load_onnx))
+    exported = tmp_path / f"model.{suffix}"
+    assert main(["export", str(checkpoint), "--format", fmt, "--out", str(exported), "--quiet"]) == 0
     path = write_png(tmp_path / "a.png", scene(1))
     out = tmp_path / "out"
-    assert cli([tmp_path / "model.onnx", path, "--out", out, "--backend", "onnxruntime", "--threads", "1"]) == 0
-    assert calls == [(str(tmp_path / "model.onnx"), 1)]
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "a_mask.png")), segmenter.predict(path))
-    with pytest.raises(ConfigError, match="bf16 applies to torch models only"):
-        cli([tmp_path / "model.onnx", path, "--out", out, "--backend", "onnxruntime", "--bf16"])
+    assert cli([exported, path, "--out", out, "--threads", "1"]) == 0
+    agreement = (np.asarray(Image.open(out / "a_mask.png")) == segmenter.predict(path)).mean()
+    assert agreement > 0.999  # the export matches PyTorch to 1e-4: only near-ties could differ
+    loaded = load(exported, device="cpu")
+    assert loaded.info == SYNTHETIC_ROADS and loaded.config == segmenter.config and loaded.model is None
+    with pytest.raises(ConfigError, match="bf16 applies to checkpoints only"):
+        cli([exported, path, "--out", out, "--bf16"])
+    wrong = "torch" if fmt == "onnx" else "onnxruntime"
+    with pytest.raises(ConfigError, match="cannot run it; leave --backend out"):
+        cli([exported, path, "--out", out, "--backend", wrong])
 
 
 def test_fcnseg_main_runs_predict_and_turns_user_errors_into_exit_code_2(checkpoint, tmp_path, capsys):

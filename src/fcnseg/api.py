@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,18 +26,20 @@ from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image
 from fcnseg.errors import ConfigError, WeightsError
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
+from fcnseg.models.weights import file_kind
 from fcnseg.normalization import NORMALIZATIONS, normalize
 from fcnseg.runtime import resolve_device
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 class Segmenter:
     """A model ready for inference, with everything needed to read its inputs and show its outputs.
 
-    Attributes: ``model`` (the torch module, or None for another backend), ``forward`` (callable mapping
-    a normalised N x 3 x h x w tensor to N x C x h x w logits), ``info`` (class names, palette),
+    Attributes: ``model`` (the torch module, or None for an export), ``forward`` (callable mapping
+    a normalised N x 3 x h x w tensor to N x C x h x w logits), ``config`` (the net's build_model
+    arguments, when known), ``info`` (class names, palette),
     ``normalization`` ("imagenet" or "caffe"), ``device``, ``options`` (the default
     :class:`~fcnseg.inference.InferenceOptions`; every call may override fields by keyword) and
     ``max_pixels`` (image files larger than this are refused before decoding).
@@ -44,7 +47,8 @@ class Segmenter:
 
     def __init__(self, model: torch.nn.Module | None, info: DatasetInfo, normalization: str,
                  device: str | torch.device = "auto", forward: Forward | None = None,
-                 options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 config: dict | None = None) -> None:
         if normalization not in NORMALIZATIONS:
             raise ConfigError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
         if model is None and forward is None:
@@ -53,9 +57,10 @@ class Segmenter:
             raise ConfigError(f"max_pixels must be positive, got {max_pixels}")
         self.device = resolve_device(device)
         self.model = model
-        if model is not None:
-            model.to(self.device).eval()
         self.forward: Forward = forward if forward is not None else model
+        if isinstance(self.forward, torch.nn.Module):  # a checkpoint's net or a TorchScript export
+            self.forward.to(self.device).eval()
+        self.config = config if config is not None else getattr(model, "config", None)
         self.info = info
         self.normalization = normalization
         self.options = options or InferenceOptions()
@@ -80,7 +85,7 @@ class Segmenter:
         """The C x H x W float32 softmax probabilities of one image; their argmax is :meth:`predict`."""
         array = self._decode(image)
         with torch.inference_mode():
-            probs = predict_probs(self._checked_forward, self._tensor([array]), self._options(options))
+            probs = predict_probs(self.scores, self._tensor([array]), self._options(options))
         return probs[0].float().cpu().numpy()
 
     def predict_batch(self, images: Sequence[ImageSource], **options: Any) -> list[np.ndarray]:
@@ -101,7 +106,7 @@ class Segmenter:
             for indices in groups.values():
                 for start in range(0, len(indices), chosen.batch_size):
                     chunk = indices[start:start + chosen.batch_size]
-                    labels = predict_labels(self._checked_forward, self._tensor([arrays[i] for i in chunk]), chosen)
+                    labels = predict_labels(self.scores, self._tensor([arrays[i] for i in chunk]), chosen)
                     for i, label in zip(chunk, labels.cpu().numpy().astype(self.label_dtype), strict=True):
                         results[i] = label
         return results
@@ -109,7 +114,7 @@ class Segmenter:
     def _options(self, changes: dict[str, Any]) -> InferenceOptions:
         options = self.options.replace(**changes)
         if options.bf16 and self.model is None:
-            raise ConfigError("bf16 applies to torch models only; ONNX Runtime runs the exported precision")
+            raise ConfigError("bf16 applies to checkpoints only; an export runs in the precision it was exported in")
         return options
 
     def _decode(self, image: ImageSource) -> np.ndarray:
@@ -120,7 +125,8 @@ class Segmenter:
     def _tensor(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         return torch.stack([normalize(a, self.normalization) for a in arrays]).to(self.device)
 
-    def _checked_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a normalised N x 3 x H x W batch, checked against the classes and the input size."""
         logits = self.forward(x)
         if logits.dim() != 4 or logits.shape[1] != self.info.num_classes or logits.shape[2:] != x.shape[2:]:
             raise WeightsError(
@@ -130,20 +136,28 @@ class Segmenter:
         return logits
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: str = "torch",
+def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: str = "auto",
          options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Segmenter:
-    """Load an fcnseg checkpoint (``backend="torch"``) or ONNX export (``"onnxruntime"``) as a Segmenter.
+    """Load an fcnseg checkpoint, or a TorchScript or ONNX export of one, as a :class:`Segmenter`.
 
-    Files that are not fcnseg checkpoints raise :class:`~fcnseg.errors.WeightsError` saying what they are.
+    ``backend="auto"`` tells the three apart by content; ``"torch"`` takes checkpoints and TorchScript,
+    ``"onnxruntime"`` ONNX files. Other files raise :class:`~fcnseg.errors.WeightsError` saying what they are.
     """
-    if backend == "torch":
-        model, info = model_from_checkpoint(path)
-        return Segmenter(model, info, model.backbone.input_normalization, device=device, options=options,
-                         max_pixels=max_pixels)
-    if backend == "onnxruntime":
-        from fcnseg.export import load_onnx  # onnxruntime is optional: imported only when asked for
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"model file not found: {path}")
+    kind = file_kind(path)
+    if backend != "auto" and (kind == "onnx") != (backend == "onnxruntime"):
+        raise ConfigError(f"{path} is {'an ONNX model' if kind == 'onnx' else 'not an ONNX model'}, so --backend "
+                          f"{backend} cannot run it; leave --backend out (auto) to choose by the file")
+    if kind in ("onnx", "torchscript"):
+        from fcnseg.export import load_export  # onnxruntime is optional: imported only when asked for
 
-        forward, info, normalization = load_onnx(path, threads=torch.get_num_threads())
+        forward, info, normalization, config = load_export(path, threads=torch.get_num_threads())
         return Segmenter(None, info, normalization, device=device, forward=forward, options=options,
-                         max_pixels=max_pixels)
-    raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+                         max_pixels=max_pixels, config=config)
+    model, info = model_from_checkpoint(path)
+    return Segmenter(model, info, model.backbone.input_normalization, device=device, options=options,
+                     max_pixels=max_pixels, config=model.config)

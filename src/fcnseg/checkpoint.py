@@ -26,7 +26,7 @@ from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import WeightsError
 from fcnseg.models import build_model
 from fcnseg.models.fcn import FCN
-from fcnseg.models.weights import load_state_dict_file
+from fcnseg.models.weights import load_torch_file
 
 FORMAT = "fcnseg-checkpoint"
 VERSION = 1
@@ -76,11 +76,7 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - load_state_dict_file turns every failure into a clear message
-        load_state_dict_file(path)
-        raise
+    data = load_torch_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         hint = ""
         if isinstance(data, dict) and ("score_fr.weight" in data or "model_state_dict" in data):

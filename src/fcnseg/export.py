@@ -32,11 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fcnseg.atomic import atomic_path
+from fcnseg.atomic import atomic_open, atomic_path
 from fcnseg.checkpoint import dataset_meta, info_from_meta, model_from_checkpoint, unwrap
 from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, ExportError, WeightsError
 from fcnseg.models.fcn import FCN
+from fcnseg.models.weights import file_kind
 from fcnseg.normalization import NORMALIZATIONS
 
 FORMAT = "fcnseg-export"
@@ -268,9 +269,19 @@ def export_torchscript(source: str | Path | nn.Module, path: str | Path, info: D
             compiled = torch.jit.trace(model, _inputs(TRACE_SHAPE), check_trace=False)
         _verify(compiled, model, "TorchScript", path)
     extra = {TORCHSCRIPT_EXTRA_FILE: json.dumps(_metadata(model, info, normalization))}
-    with atomic_path(path) as tmp, _quiet_jit():
-        torch.jit.save(compiled, str(tmp), _extra_files=extra)
+    # Written through a file handle: given a path, torch.jit.save names the archive's inner folder after it.
+    with atomic_open(path) as handle, _quiet_jit():
+        torch.jit.save(compiled, handle, _extra_files=extra)
     return path
+
+
+def load_export(path: str | Path, threads: int | None = None) -> tuple[Callable, DatasetInfo, str, dict]:
+    """An fcnseg ONNX or TorchScript export, told apart by its content: ``(forward, info, normalization,
+    model config)``. ``threads``: ONNX Runtime's intra-op threads."""
+    if file_kind(path) == "onnx":
+        forward, info, normalization = load_onnx(path, threads)
+        return forward, info, normalization, forward.config
+    return _load_torchscript(path)
 
 
 def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, DatasetInfo, str]:
@@ -278,6 +289,10 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, DatasetI
 
     A TorchScript archive holds code as well as weights: load only files from sources you trust.
     """
+    return _load_torchscript(path)[:3]
+
+
+def _load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, DatasetInfo, str, dict]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"TorchScript model not found: {path}")
@@ -293,6 +308,6 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, DatasetI
         meta = json.loads(extra[TORCHSCRIPT_EXTRA_FILE] or "{}")
     except json.JSONDecodeError:
         meta = {}
-    info, normalization, _ = _from_metadata(meta, path)
+    info, normalization, config = _from_metadata(meta, path)
     module.eval()
-    return module, info, normalization
+    return module, info, normalization, config

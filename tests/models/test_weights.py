@@ -74,7 +74,7 @@ def test_files_needing_pickled_code_are_refused(tmp_path):
     with pytest.raises(WeightsError, match="not found"):
         load_state_dict_file(tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="not a readable PyTorch file"):
+    with pytest.raises(WeightsError, match="not a readable PyTorch weights file; is it truncated"):
         load_state_dict_file(tmp_path / "junk.pth")
 
 
@@ -96,9 +96,11 @@ def _random_torchfcn(kind, width, n_class=21):
 def test_pytorch_fcn_weights_reproduce_its_outputs(tmp_path, kind):
     reference = _random_torchfcn(kind, width=1 / 8)
     path = tmp_path / "torchfcn.pth"
-    torch.save({"model_state_dict": reference.state_dict(), "epoch": 3}, path)  # a pytorch-fcn checkpoint
+    arch = {"32s": "FCN32s", "16s": "FCN16s", "8s": "FCN8s", "8s_atonce": "FCN8sAtOnce"}[kind]
+    # A pytorch-fcn training checkpoint: its trainer records the class name, which tells FCN8sAtOnce apart.
+    torch.save({"model_state_dict": reference.state_dict(), "epoch": 3, "arch": arch}, path)
     name = "fcn" + kind
-    model = fcn_from_pytorch_fcn(path, name=name if kind == "8s_atonce" else None).eval()
+    model = fcn_from_pytorch_fcn(path).eval()
     assert model.backbone.input_normalization == "caffe"
     assert model.config["name"] == name
     for size in [(1, 1), (64, 64), (97, 75)]:
@@ -111,7 +113,7 @@ def test_pytorch_fcn_weights_reproduce_its_outputs(tmp_path, kind):
 
 def test_full_width_pytorch_fcn8s_loads_exactly():
     reference = _random_torchfcn("8s", width=1.0)
-    model = fcn_from_pytorch_fcn(reference.state_dict()).eval()
+    model = fcn_from_pytorch_fcn(reference.state_dict(), name="fcn8s").eval()
     x = torch.randn(1, 3, 40, 48) * 50
     with torch.no_grad():
         expected = reference(x)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch.utils.data import Subset
 
-from fcnseg.checkpoint import model_from_checkpoint
+from fcnseg.api import load
 from fcnseg.commands.options import add_inference, add_runtime, inference_options, positive_int
 from fcnseg.data.registry import DATASETS, build_dataset
 from fcnseg.errors import DataError
@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="score a checkpoint on a labelled dataset (pixel acc., mean acc., mean IU, f.w. IU)",
         description="Score a checkpoint on a dataset split; prints the paper's Table 2 line and per-class "
                     "IoU. With --out also writes metrics.json and confusion.png.")
-    parser.add_argument("checkpoint", type=Path, help="fcnseg checkpoint (.pth)")
+    parser.add_argument("checkpoint", type=Path, help="fcnseg checkpoint (.pth), or its ONNX or TorchScript export")
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="dataset reader")
     parser.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
@@ -45,22 +45,23 @@ def run(args: argparse.Namespace) -> int:
         outputs = Outputs(args.out, "eval", args.overwrite)
         outputs.claim([args.out / REPORT_FILES[0], args.out / REPORT_FILES[1]], inputs=[args.checkpoint])
     runtime = start(args.device, args.threads)  # under torchrun: one shard per process, counts summed
-    model, info = model_from_checkpoint(args.checkpoint)
+    segmenter = load(args.checkpoint, device=runtime.device, options=options)
+    info = segmenter.info
     # Synthetic scenes are rendered from seeds: only as many as will be scored.
     extra = {"num_images": args.limit} if args.dataset == "synthetic" and args.limit else {}
-    dataset = build_dataset(args.dataset, args.root, args.split, normalization=model.backbone.input_normalization,
-                            **extra)
+    dataset = build_dataset(args.dataset, args.root, args.split, normalization=segmenter.normalization, **extra)
     if dataset.info.num_classes != info.num_classes:
         raise DataError(f"{args.checkpoint} predicts {info.num_classes} classes ({info.name}) but dataset "
                         f"{args.dataset} has {dataset.info.num_classes}; evaluate on the dataset it was trained for")
     ignore_index = dataset.info.ignore_index
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, range(args.limit))
-    scores = evaluate(model, dataset, info.num_classes, ignore_index, options, device=runtime.device,
+    scores = evaluate(segmenter.scores, dataset, info.num_classes, ignore_index, options, device=runtime.device,
                       num_workers=args.workers, distributed=runtime.distributed)
     if not runtime.is_main:
         return 0
-    title = f"{model.config['name']} ({model.config['backbone']})"
+    config = segmenter.config or {}
+    title = f"{config.get('name', args.checkpoint.stem)} ({config.get('backbone', 'export')})"
     if outputs is not None:
         text = write_report(scores, info.class_names, args.out, title)
         outputs.record([args.out / name for name in REPORT_FILES], flush=True)

@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "STEM_overlay.png, STEM_side_by_side.png (image | overlay | mask), STEM_legend.png and "
                     "with --probs STEM_probs.npy (C x H x W float16). Unreadable images are reported at "
                     "the end (exit code 1) after the others are processed.")
-    parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), or an .onnx file with --backend onnxruntime")
+    parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), or its ONNX or TorchScript export")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (their images, sorted, not recursive) or glob patterns")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
@@ -48,8 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--probs", action="store_true", help="also write STEM_probs.npy (C x H x W float16)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files in --out that an earlier fcnseg predict did not write")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="torch checkpoint, or an ONNX file run by ONNX Runtime")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="auto: by the file's content; torch: a checkpoint or TorchScript export; onnxruntime: "
+                             "an ONNX export")
     add_inference(parser, batch_size=4)
     add_max_pixels(parser)
     add_runtime(parser)

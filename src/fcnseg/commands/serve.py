@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Start a local web page to try a checkpoint on your own images: upload or drop an "
                     "image, see the overlay, class shares and download the mask. Binds to 127.0.0.1 "
                     "(this machine only) unless --host says otherwise.")
-    parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth)")
+    parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), or its ONNX or TorchScript export")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to your network)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 8000; 0 picks a free one)")

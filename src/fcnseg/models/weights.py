@@ -8,8 +8,12 @@ refused, never executed.
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,41 +33,84 @@ TORCHVISION_URLS = {
     "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
 }
 
-# The authors' Caffe models as converted by pytorch-fcn (Google Drive links and MD5s from its sources).
+# The authors' Caffe models as converted by pytorch-fcn: Google Drive links and MD5s from its sources, and the
+# file names pytorch-fcn caches them under (every link ends in "uc", so the URL cannot name the file).
 # Drive may ask for a confirmation on large files: download in a browser and pass the local path then.
-PYTORCH_FCN_URLS = {
+PYTORCH_FCN_FILES = {
     "fcn32s": ("https://drive.google.com/uc?id=11k2Q0bvRQgQbT6-jYWeh6nmAsWlSCY3f",
-               "d3eb467a80e7da0468a20dfcbc13e6c8"),
-    "fcn16s": ("https://drive.google.com/uc?id=0B9P1L--7Wd2vVGE3TkRMbWlNRms", "991ea45d30d632a01e5ec48002cac617"),
+               "d3eb467a80e7da0468a20dfcbc13e6c8", "fcn32s_from_caffe.pth"),
+    "fcn16s": ("https://drive.google.com/uc?id=0B9P1L--7Wd2vVGE3TkRMbWlNRms",
+               "991ea45d30d632a01e5ec48002cac617", "fcn16s_from_caffe.pth"),
     "fcn8s": ("https://drive.google.com/uc?id=1ieXWyoG68xqoHJPWdyrDyaIaaWlfmUxI",
-              "de93e540ec79512f8770033849c8ae89"),
+              "de93e540ec79512f8770033849c8ae89", "fcn8s_from_caffe.pth"),
     "fcn8s_atonce": ("https://drive.google.com/uc?id=0B9P1L--7Wd2vblE1VUIxV1o2d2M",
-                     "bfed4437e941fef58932891217fe6464"),
+                     "bfed4437e941fef58932891217fe6464", "fcn8s-atonce_from_caffe.pth"),
 }
+# pytorch-fcn's class names, as its training checkpoints record them ("arch").
+PYTORCH_FCN_ARCHS = {"FCN32s": "fcn32s", "FCN16s": "fcn16s", "FCN8s": "fcn8s", "FCN8sAtOnce": "fcn8s_atonce"}
 
 # Caffe layer names of VGG16's convolutions, in order (pytorch-fcn keeps them).
 VGG16_CONV_NAMES = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
                     "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict safely (``weights_only=True``), unwrapping training checkpoints
-    (``{"model_state_dict": ...}``, ``{"state_dict": ...}``, ``{"model": ...}``)."""
+def file_kind(path: str | Path) -> str:
+    """What a model file holds, from its bytes: "checkpoint" (a torch.save archive), "torchscript",
+    "onnx", "pickle" (a plain or legacy pickle) or "unknown"."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(n.endswith("/extra/fcnseg.json") or "/code/" in n for n in names):
+            return "torchscript"
+        return "checkpoint" if any(n.endswith("/data.pkl") for n in names) else "unknown"
+    with open(path, "rb") as handle:
+        first = handle.read(1)
+    # ONNX files are protobuf ModelProtos, which begin with field 1 (ir_version) as a varint: byte 0x08.
+    return {b"\x80": "pickle", b"\x08": "onnx"}.get(first, "unknown")
+
+
+def _plain(text: str) -> str:
+    """``text`` without terminal colour codes (torch puts some in its messages)."""
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; every failure a WeightsError saying what the file is.
+
+    Files that need pickled code are refused, never run.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error):  # not a refused class: the bytes are not a torch file
-            raise WeightsError(f"{path} is not a readable PyTorch file; truncated or another format?") from None
-        raise WeightsError(
-            f"{path} needs pickled Python code to load, which fcnseg refuses to run (weights_only=True). "
-            f"If you trust the file, re-save just its tensors: torch.save(obj.state_dict(), 'clean.pth'). "
-            f"Detail: {str(error).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise WeightsError(f"{path} is not a readable PyTorch file ({error}); is it truncated or of "
-                           "another format?") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4 in the checkpoint"
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, ValueError) as error:
+        kind = file_kind(path)
+        if kind in ("checkpoint", "pickle") and isinstance(error, pickle.UnpicklingError):
+            lines = [line.strip() for line in _plain(str(error)).splitlines()]
+            detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])
+            raise WeightsError(
+                f"{path} needs pickled Python code (or pickle features) that safe loading refuses, and fcnseg "
+                f"never runs code from a weights file ({detail}). If you trust the file, re-save just its "
+                "tensors: torch.save(obj.state_dict(), 'clean.pth')") from None
+        hint = {"onnx": ": it is an ONNX model (fcnseg predict, eval and serve read ONNX exports; elsewhere "
+                        "give the checkpoint it was exported from)",
+                "torchscript": ": it is a TorchScript export (fcnseg predict, eval and serve read it; elsewhere "
+                               "give the checkpoint it was exported from)"}.get(kind, "; is it truncated or of "
+                                                                                   "another format?")
+        raise WeightsError(f"{path} is not a readable PyTorch weights file{hint}") from None
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict safely (``weights_only=True``), unwrapping training checkpoints
+    (``{"model_state_dict": ...}``, ``{"state_dict": ...}``, ``{"model": ...}``)."""
+    return _state_dict_of(load_torch_file(path), path)
+
+
+def _state_dict_of(data: Any, path: str | Path) -> dict[str, torch.Tensor]:
     for key in ("model_state_dict", "state_dict", "model"):
         if isinstance(data, Mapping) and key in data and isinstance(data[key], Mapping):
             data = data[key]
@@ -73,13 +120,15 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(data)
 
 
-def resolve_weights(source: str | Path, sha256: str | None = None, md5: str | None = None) -> Path:
-    """A local file path as is; an http(s) URL downloaded once into torch hub's cache."""
+def resolve_weights(source: str | Path, sha256: str | None = None, md5: str | None = None,
+                    file_name: str | None = None) -> Path:
+    """A local file path as is; an http(s) URL downloaded once into torch hub's cache (as ``file_name``, or
+    the URL's last part). A cached file is checked against ``sha256``/``md5`` every time it is used."""
     text = str(source)
     if text.startswith(("http://", "https://")):
         from fcnseg.transfer import cached_download
 
-        return cached_download(text, sha256=sha256, md5=md5)
+        return cached_download(text, sha256=sha256, md5=md5, file_name=file_name)
     return Path(source)
 
 
@@ -188,7 +237,7 @@ def _rename_pytorch_fcn_keys(state_dict: Mapping[str, torch.Tensor], backbone: V
 
 def infer_pytorch_fcn_head(state_dict: Mapping[str, torch.Tensor]) -> str:
     """fcn32s / fcn16s / fcn8s from the upsampling layers a pytorch-fcn state dict holds.
-    (FCN-8s at-once has the same keys as FCN-8s: say so explicitly with ``name="fcn8s_atonce"``.)"""
+    (FCN-8s at-once has the same keys as FCN-8s: see :func:`fcn_from_pytorch_fcn`.)"""
     if "upscore8.weight" in state_dict:
         return "fcn8s"
     if "upscore16.weight" in state_dict:
@@ -222,20 +271,27 @@ def _load_pytorch_fcn(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> Non
 def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: str | None = None) -> FCN:
     """Build the matching reference VGG16 FCN and load pytorch-fcn weights into it.
 
-    ``source``: a state dict, a file, a URL, or one of ``PYTORCH_FCN_URLS``' names (fcn32s, ...).
+    ``source``: a state dict, a file (a bare state dict or a pytorch-fcn training checkpoint), a URL, or one
+    of ``PYTORCH_FCN_FILES``' names (fcn32s, ...). ``name`` says which net; without it the layers tell
+    FCN-32s and FCN-16s, and for the FCN-8s layers (shared by FCN8s and FCN8sAtOnce, which differ only in
+    their fixed skip scaling) a training checkpoint's ``arch`` or a file name saying "atonce" or "fcn8s"
+    decides; a file that cannot tell is refused.
     """
     from fcnseg.models import build_model
 
+    arch = None
     if isinstance(source, Mapping):
         state_dict = dict(source)
     else:
-        md5 = None
-        if str(source) in PYTORCH_FCN_URLS:
+        if str(source) in PYTORCH_FCN_FILES:
             name = name or str(source)
-            source, md5 = PYTORCH_FCN_URLS[str(source)]
-        state_dict = load_state_dict_file(resolve_weights(source, md5=md5))
+            url, md5, file_name = PYTORCH_FCN_FILES[str(source)]
+            source = resolve_weights(url, md5=md5, file_name=file_name)
+        data = load_torch_file(resolve_weights(source))
+        arch = PYTORCH_FCN_ARCHS.get(data.get("arch")) if isinstance(data, Mapping) else None
+        state_dict = _state_dict_of(data, source)
     inferred = infer_pytorch_fcn_head(state_dict)
-    name = name or inferred
+    name = name or arch or _name_from_file(source, inferred)
     if name.replace("_atonce", "") != inferred:
         raise WeightsError(f"the weights are an {inferred} but {name} was asked for")
     num_classes = state_dict["score_fr.weight"].shape[0]
@@ -243,6 +299,21 @@ def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: 
     model = build_model(name, backbone="vgg16", num_classes=num_classes, width=width, geometry="reference")
     _load_pytorch_fcn(model, state_dict)
     return model
+
+
+def _name_from_file(source: object, inferred: str) -> str:
+    """The net a pytorch-fcn file is, where its layers leave FCN8s and FCN8sAtOnce apart only by name."""
+    if inferred != "fcn8s":
+        return inferred
+    text = str(source).lower() if isinstance(source, str | Path) else ""
+    file = Path(text).name
+    if "atonce" in file.replace("-", "").replace("_", ""):
+        return "fcn8s_atonce"
+    if "fcn8s" in file:
+        return "fcn8s"
+    raise WeightsError(f"{'the state dict' if not file else source} has the layers of both FCN8s and FCN8sAtOnce "
+                       "(they differ only in the at-once net's fixed 0.01 / 0.0001 skip scaling), and nothing in it "
+                       "says which: pass --name fcn8s or --name fcn8s_atonce (name=... in Python)")
 
 
 # ------------------------------------------------------------------------------------ staged training
