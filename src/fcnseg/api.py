@@ -14,6 +14,7 @@ image or sliding window, flips, scales) is :mod:`fcnseg.inference`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image
 from fcnseg.errors import ConfigError, WeightsError
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
+from fcnseg.memory import default_budget, fit
 from fcnseg.models.weights import file_kind
 from fcnseg.normalization import NORMALIZATIONS, normalize
 from fcnseg.runtime import resolve_device
@@ -41,14 +43,17 @@ class Segmenter:
     a normalised N x 3 x h x w tensor to N x C x h x w logits), ``config`` (the net's build_model
     arguments, when known), ``info`` (class names, palette),
     ``normalization`` ("imagenet" or "caffe"), ``device``, ``options`` (the default
-    :class:`~fcnseg.inference.InferenceOptions`; every call may override fields by keyword) and
-    ``max_pixels`` (image files larger than this are refused before decoding).
+    :class:`~fcnseg.inference.InferenceOptions`; every call may override fields by keyword),
+    ``max_pixels`` (image files larger than this are refused before decoding) and ``max_memory`` (bytes a
+    prediction may use; None: 80% of the memory available when it runs). A prediction whose estimate
+    (:mod:`fcnseg.memory`) exceeds it runs in sliding windows instead, which ``report`` (a warning by
+    default) mentions, or is refused with a :class:`~fcnseg.errors.LimitError` when nothing fits.
     """
 
     def __init__(self, model: torch.nn.Module | None, info: DatasetInfo, normalization: str,
                  device: str | torch.device = "auto", forward: Forward | None = None,
                  options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 config: dict | None = None) -> None:
+                 config: dict | None = None, max_memory: int | None = None) -> None:
         if normalization not in NORMALIZATIONS:
             raise ConfigError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
         if model is None and forward is None:
@@ -65,6 +70,8 @@ class Segmenter:
         self.normalization = normalization
         self.options = options or InferenceOptions()
         self.max_pixels = max_pixels
+        self.max_memory = max_memory
+        self.report: Callable[[str], None] = lambda note: warnings.warn(note, stacklevel=3)
         self._options({})  # bf16 needs a torch model
 
     @property
@@ -72,23 +79,38 @@ class Segmenter:
         """uint8 while every class index fits in a byte, else int64."""
         return np.uint8 if self.info.num_classes <= 256 else np.int64
 
-    def predict(self, image: ImageSource, **options: Any) -> np.ndarray:
+    def predict(self, image: ImageSource, name: str | None = None, **options: Any) -> np.ndarray:
         """The HxW label map of one image (uint8 up to 256 classes, else int64).
 
         ``image``: a file path, the bytes of an image file, a PIL image or an HxWx3 uint8 RGB array.
         ``options``: fields of :class:`~fcnseg.inference.InferenceOptions` for this call (mode, window,
-        overlap, flip, scales, batch_size, bf16).
+        overlap, flip, scales, batch_size, bf16). ``name`` names the image in notes and errors.
         """
-        return self.predict_batch([image], **options)[0]
+        return self.predict_batch([image], names=[name] if name else None, **options)[0]
 
-    def predict_probs(self, image: ImageSource, **options: Any) -> np.ndarray:
+    def predict_probs(self, image: ImageSource, name: str | None = None, **options: Any) -> np.ndarray:
         """The C x H x W float32 softmax probabilities of one image; their argmax is :meth:`predict`."""
         array = self._decode(image)
+        chosen = self.plan(1, *array.shape[:2], self._options(options), probs=True, name=name or _name(image))
         with torch.inference_mode():
-            probs = predict_probs(self.scores, self._tensor([array]), self._options(options))
+            probs = predict_probs(self.scores, self._tensor([array]), chosen)
         return probs[0].float().cpu().numpy()
 
-    def predict_batch(self, images: Sequence[ImageSource], **options: Any) -> list[np.ndarray]:
+    def plan(self, batch: int, height: int, width: int, options: InferenceOptions | None = None,
+             probs: bool = False, name: str = "the image") -> InferenceOptions:
+        """``options`` made to fit the memory budget (see :func:`fcnseg.memory.fit`) for ``batch`` images of
+        ``height x width``; unchanged when the net is unknown (an export without its config)."""
+        options = options or self.options
+        if self.config is None:
+            return options
+        budget = self.max_memory if self.max_memory is not None else default_budget(self.device)
+        fitted, note = fit(self.config, self.info.num_classes, batch, height, width, options, budget, probs, name)
+        if note:
+            self.report(note)
+        return fitted
+
+    def predict_batch(self, images: Sequence[ImageSource], names: Sequence[str] | None = None,
+                      **options: Any) -> list[np.ndarray]:
         """The label maps of several images, in order.
 
         Images of equal size go through the network together, ``batch_size`` at a time; images of
@@ -98,6 +120,7 @@ class Segmenter:
             raise TypeError(f"predict_batch takes a list of images, got a {type(images).__name__}")
         chosen = self._options(options)
         arrays = [self._decode(image) for image in images]
+        names = list(names) if names else [_name(image) for image in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for index, array in enumerate(arrays):
             groups.setdefault(array.shape[:2], []).append(index)
@@ -106,7 +129,8 @@ class Segmenter:
             for indices in groups.values():
                 for start in range(0, len(indices), chosen.batch_size):
                     chunk = indices[start:start + chosen.batch_size]
-                    labels = predict_labels(self.scores, self._tensor([arrays[i] for i in chunk]), chosen)
+                    planned = self.plan(len(chunk), *arrays[chunk[0]].shape[:2], chosen, name=names[chunk[0]])
+                    labels = predict_labels(self.scores, self._tensor([arrays[i] for i in chunk]), planned)
                     for i, label in zip(chunk, labels.cpu().numpy().astype(self.label_dtype), strict=True):
                         results[i] = label
         return results
@@ -136,8 +160,13 @@ class Segmenter:
         return logits
 
 
+def _name(image: ImageSource) -> str:
+    return f"image {image}" if isinstance(image, str | os.PathLike) else "the image"
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: str = "auto",
-         options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Segmenter:
+         options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+         max_memory: int | None = None) -> Segmenter:
     """Load an fcnseg checkpoint, or a TorchScript or ONNX export of one, as a :class:`Segmenter`.
 
     ``backend="auto"`` tells the three apart by content; ``"torch"`` takes checkpoints and TorchScript,
@@ -157,7 +186,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: 
 
         forward, info, normalization, config = load_export(path, threads=torch.get_num_threads())
         return Segmenter(None, info, normalization, device=device, forward=forward, options=options,
-                         max_pixels=max_pixels, config=config)
+                         max_pixels=max_pixels, config=config, max_memory=max_memory)
     model, info = model_from_checkpoint(path)
     return Segmenter(model, info, model.backbone.input_normalization, device=device, options=options,
-                     max_pixels=max_pixels, config=model.config)
+                     max_pixels=max_pixels, config=model.config, max_memory=max_memory)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -57,7 +57,8 @@ class ShardSampler(Sampler[int]):
 
 def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index: int,
              options: InferenceOptions | None = None, device: str | torch.device = "auto", num_workers: int = 0,
-             progress: bool = True, distributed: bool = False, strict_labels: bool = True) -> dict:
+             progress: bool = True, distributed: bool = False, strict_labels: bool = True,
+             planner: Callable[[int, int, int, InferenceOptions], InferenceOptions] | None = None) -> dict:
     """Predict every image of ``dataset`` and score the predictions against its labels.
 
     Args:
@@ -72,6 +73,8 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
         distributed: torch.distributed is initialised; each rank scores its shard and the counts are summed.
         strict_labels: refuse labels whose only class is 0 besides ignored pixels (0/255 masks, see
             :meth:`fcnseg.metrics.ConfusionMatrix.compute`).
+        planner: ``(batch, height, width, options) -> options`` fitting each batch to a memory budget
+            (:meth:`fcnseg.api.Segmenter.plan`).
 
     Returns:
         The scores of :func:`fcnseg.metrics.scores_from_confusion` plus ``confusion`` (the C x C count
@@ -95,7 +98,8 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
         with progress_bar(total=len(sampler), desc="eval", unit="img", enabled=progress and rank == 0) as bar:
             for images, labels in loader:
                 images = images.to(device, non_blocking=True)
-                confusion.update(predict_labels(forward, images, options), labels.to(device, non_blocking=True))
+                planned = planner(images.shape[0], *images.shape[2:], options) if planner else options
+                confusion.update(predict_labels(forward, images, planned), labels.to(device, non_blocking=True))
                 done += images.shape[0]
                 bar.update(images.shape[0])
     finally:

@@ -174,7 +174,7 @@ def _iter_strips(forward: Forward, x: Tensor, options: InferenceOptions) -> Iter
         scaled = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         streams.append(_RowResampler(strips_at(scaled), size[0], height, width))
     # Output rows per step: a window stride keeps every scale's buffers small in slide mode.
-    step = height if options.mode == "whole" else _stride(min(options.window[0], height), options.overlap)
+    step = height if options.mode == "whole" else window_stride(min(options.window[0], height), options.overlap)
     for start in range(0, height, step):
         stop = min(start + step, height)
         total = streams[0].rows(start, stop)
@@ -201,7 +201,7 @@ def _softmax(forward: Forward, x: Tensor) -> Tensor:
     return torch.softmax(logits.float(), dim=1)
 
 
-def _stride(size: int, overlap: float) -> int:
+def window_stride(size: int, overlap: float) -> int:
     # The small epsilon keeps e.g. 3 * (1 - 1/3) = 1.9999... from rounding down to 1.
     return max(1, int(size * (1 - overlap) + 1e-9))
 
@@ -249,7 +249,7 @@ def _slide_strips(forward: Forward, x: Tensor, options: InferenceOptions) -> Ite
     window, overlap, batch_size = options.window, options.overlap, options.batch_size
     height, width = x.shape[2:]
     win_h, win_w = min(window[0], height), min(window[1], width)
-    stride_h, stride_w = _stride(win_h, overlap), _stride(win_w, overlap)
+    stride_h, stride_w = window_stride(win_h, overlap), window_stride(win_w, overlap)
     tops = window_starts(height, win_h, stride_h)
     lefts = window_starts(width, win_w, stride_w)
     buffer = None

@@ -9,8 +9,9 @@ Endpoints:
 * ``GET /api/info`` -> ``{dataset, num_classes, ignore_index, classes: [{id, name, color}], model,
   normalization, device, max_upload_bytes, max_pixels}`` (``color`` is ``"#rrggbb"``; ``model`` is the
   checkpoint's architecture dict, or null).
-* ``POST /api/segment`` with the raw image file as the request body (no multipart form; any
-  Content-Type, e.g. ``curl --data-binary @photo.jpg http://127.0.0.1:8000/api/segment``) ->
+* ``POST /api/segment`` with the image file as the request body (``curl --data-binary @photo.jpg
+  http://127.0.0.1:8000/api/segment``) or as the file of a ``multipart/form-data`` form, as browsers and
+  ``curl -F file=@photo.jpg`` send it ->
   ``{width, height, mask_png, color_png, image_png, classes: [{id, name, color, share}], elapsed_ms}``.
   ``mask_png`` is a base64 palette PNG whose pixel values are the class indices, ``color_png`` the
   base64 RGB colour mask and ``image_png`` the base64 RGB image exactly as the model saw it (EXIF
@@ -18,8 +19,9 @@ Endpoints:
   lists the predicted classes, largest share first; the shares (fractions of all pixels) sum to 1.
   ``elapsed_ms`` is the model's inference time.
 
-Errors are JSON ``{"error": message}``: 400 not an image / unsupported format / corrupt file, 411 no
-Content-Length, 413 upload or image too large, 404 unknown path, 500 model failure.
+Errors are JSON ``{"error": message}``: 400 not an image / unsupported format / corrupt file, 408 upload
+stalled, 411 no Content-Length, 413 upload or image too large, 404 unknown path, 500 model failure. A
+client that goes away mid-request costs one log line, not a traceback.
 
 The page blends image and colour mask in the browser with the same formula as
 :func:`fcnseg.viz.overlay`, so the opacity slider needs no server round trip.
@@ -28,12 +30,15 @@ The page blends image and colour mask in the browser with the same formula as
 from __future__ import annotations
 
 import base64
+import email.policy
 import io
 import json
 import socket
+import sys
 import threading
 import time
 import traceback
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Protocol
@@ -50,6 +55,7 @@ from fcnseg.viz import colorize, index_image
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_TIMEOUT = 60.0  # seconds a connection may stay silent
 # Lower than ``fcnseg predict``'s limit: the page runs whole-image inference and should answer in seconds.
 DEFAULT_MAX_PIXELS = 16_000_000
 
@@ -93,17 +99,29 @@ def decode_upload(body: bytes, max_pixels: int) -> np.ndarray:
         raise RequestError(400, str(error)) from None
 
 
+def form_file(body: bytes, content_type: str) -> bytes:
+    """The uploaded file of a ``multipart/form-data`` body (its first part with a file name, or the only part)."""
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    parts = list(message.iter_parts()) if message.is_multipart() else []
+    files = [part for part in parts if part.get_filename()] or (parts if len(parts) == 1 else [])
+    if not files:
+        raise RequestError(400, "the form holds no file: send the image as a file field (curl -F file=@photo.jpg)")
+    return files[0].get_payload(decode=True) or b""
+
+
 class SegmentServer(ThreadingHTTPServer):
     """The HTTP server of ``fcnseg serve``; build it with :func:`make_server`."""
 
     daemon_threads = True  # a hung browser connection must not keep the process alive on Ctrl+C
 
     def __init__(self, address: tuple[str, int], segmenter: SegmenterLike, max_upload_bytes: int,
-                 max_pixels: int, quiet: bool = False) -> None:
+                 max_pixels: int, quiet: bool = False, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.segmenter = segmenter
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.quiet = quiet
+        self.timeout_seconds = timeout
         # One prediction at a time: concurrent uploads would multiply peak memory for no speed-up.
         self.predict_lock = threading.Lock()
         web = resources.files("fcnseg") / "web"
@@ -113,6 +131,15 @@ class SegmentServer(ThreadingHTTPServer):
         }
         self.static["/index.html"] = self.static["/"]
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (or stalled) is one log line; anything else keeps its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            if not self.quiet:
+                print(f"fcnseg serve: {client_address[0]} went away ({type(error).__name__})", file=sys.stderr)
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
@@ -178,7 +205,13 @@ class _Handler(BaseHTTPRequestHandler):
     server: SegmentServer
     server_version = "fcnseg"
     protocol_version = "HTTP/1.1"  # keep-alive; every response carries a Content-Length
-    timeout = 60  # seconds; an idle or stalled connection must not hold a thread forever
+
+    def setup(self) -> None:
+        self.timeout = self.server.timeout_seconds  # an idle or stalled connection must not hold a thread forever
+        super().setup()
+
+    def version_string(self) -> str:
+        return self.server_version  # not the Python version: it tells visitors nothing they need
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         if not self.server.quiet:
@@ -190,8 +223,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy",
-                         "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:; "
+                                                    "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -222,7 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
             self._send_json(200, self.server.segment(body))
         except RequestError as exc:
-            self._send_json(exc.status, {"error": exc.message}, close=exc.status in (411, 413))
+            self._send_json(exc.status, {"error": exc.message}, close=exc.status in (408, 411, 413))
         except Exception as exc:  # noqa: BLE001 - the page gets one line, the terminal the traceback
             self.log_error("segmentation failed:\n%s", traceback.format_exc())
             self._send_json(500, {"error": f"the model failed on this image: {type(exc).__name__}: {exc}"})
@@ -244,10 +278,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._discard_body(length)
             raise RequestError(413, f"the upload is {length / 2**20:.1f} MB; this server accepts at most "
                                     f"{limit / 2**20:g} MB (restart it with a larger --max-upload-mb)")
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            raise RequestError(408, f"the upload stalled: nothing arrived for {self.timeout:g} s; try again") from None
         if len(body) < length:
             raise RequestError(400, f"the upload was cut off after {len(body)} of {length} bytes; try again")
-        return body
+        content_type = self.headers.get("Content-Type", "")
+        return form_file(body, content_type) if content_type.startswith("multipart/form-data") else body
 
     def _discard_body(self, length: int) -> None:
         """Read and drop a refused body for a short while.
@@ -269,17 +307,19 @@ class _Handler(BaseHTTPRequestHandler):
 
 def make_server(segmenter: SegmenterLike, host: str = DEFAULT_HOST, port: int = 0,
                 max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
-                max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False) -> SegmentServer:
+                max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False, timeout: float = DEFAULT_TIMEOUT
+                ) -> SegmentServer:
     """A ready-to-run server (call ``serve_forever()``) around ``segmenter``.
 
     ``segmenter`` is anything with ``predict(HxWx3 uint8 array) -> HxW class ids`` and ``info`` (a
     :class:`~fcnseg.data.info.DatasetInfo`), e.g. :func:`fcnseg.load`'s result. ``port=0`` picks a
     free port (see ``server.server_address`` / ``server.url``). Uploads over ``max_upload_bytes`` or
-    pictures over ``max_pixels`` are refused with 413. ``quiet`` turns off the per-request log lines.
+    pictures over ``max_pixels`` are refused with 413; a connection silent for ``timeout`` seconds is closed
+    (408 mid-upload). ``quiet`` turns off the per-request log lines.
     """
     if max_upload_bytes <= 0:
         raise ConfigError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
     if max_pixels <= 0:
         raise ConfigError(f"max_pixels must be positive, got {max_pixels}")
     server_class = _SegmentServer6 if ":" in host else SegmentServer
-    return server_class((host, port), segmenter, max_upload_bytes, max_pixels, quiet=quiet)
+    return server_class((host, port), segmenter, max_upload_bytes, max_pixels, quiet=quiet, timeout=timeout)

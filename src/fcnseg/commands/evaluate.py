@@ -8,7 +8,7 @@ from pathlib import Path
 from torch.utils.data import Subset
 
 from fcnseg.api import load
-from fcnseg.commands.options import add_inference, add_runtime, inference_options, positive_int
+from fcnseg.commands.options import add_inference, add_max_memory, add_runtime, inference_options, notes, positive_int
 from fcnseg.data.registry import DATASETS, build_dataset
 from fcnseg.errors import DataError
 from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
@@ -31,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="replace files in --out that an earlier fcnseg eval did not write")
     parser.add_argument("--limit", type=positive_int, help="score only the first N images")
     add_inference(parser)
+    add_max_memory(parser)
     add_runtime(parser)
     parser.set_defaults(func=run)
 
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         outputs = Outputs(args.out, "eval", args.overwrite)
         outputs.claim([args.out / REPORT_FILES[0], args.out / REPORT_FILES[1]], inputs=[args.checkpoint])
     runtime = start(args.device, args.threads)  # under torchrun: one shard per process, counts summed
-    segmenter = load(args.checkpoint, device=runtime.device, options=options)
+    segmenter = load(args.checkpoint, device=runtime.device, options=options, max_memory=args.max_memory)
+    segmenter.report = notes("eval")
     info = segmenter.info
     # Synthetic scenes are rendered from seeds: only as many as will be scored.
     extra = {"num_images": args.limit} if args.dataset == "synthetic" and args.limit else {}
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, range(args.limit))
     scores = evaluate(segmenter.scores, dataset, info.num_classes, ignore_index, options, device=runtime.device,
-                      num_workers=args.workers, distributed=runtime.distributed)
+                      num_workers=args.workers, distributed=runtime.distributed, planner=segmenter.plan)
     if not runtime.is_main:
         return 0
     config = segmenter.config or {}

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
 from fcnseg.data.io import DEFAULT_MAX_PIXELS
+from fcnseg.errors import ConfigError
 from fcnseg.inference import InferenceOptions
+from fcnseg.memory import parse_size
+from fcnseg.progress import is_quiet
 from fcnseg.runtime import DEVICE_CHOICES
 
 
@@ -59,6 +64,33 @@ def add_runtime(parser: argparse.ArgumentParser, device: bool = True) -> None:
 def add_max_pixels(parser: argparse.ArgumentParser, default: int = DEFAULT_MAX_PIXELS) -> None:
     parser.add_argument("--max-pixels", type=positive_int, default=default,
                         help=f"refuse images with more pixels than this, before decoding (default {default:,})")
+
+
+def add_max_memory(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
+                        help="memory one prediction may use, e.g. 6G (default: 80%% of what is available); "
+                             "whole images that would need more run in sliding windows, and what fits nowhere "
+                             "is refused")
+
+
+def memory_size(text: str) -> int:
+    """argparse type: '8G', '500M', or bytes."""
+    try:
+        return parse_size(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def notes(command: str) -> Callable[[str], None]:
+    """A reporter that prints each distinct note once (``fcnseg COMMAND: note: ...``), unless quiet."""
+    seen: set[str] = set()
+
+    def report(note: str) -> None:
+        if note not in seen and not is_quiet():
+            seen.add(note)
+            print(f"fcnseg {command}: note: {note}", file=sys.stderr, flush=True)
+
+    return report
 
 
 def add_inference(parser: argparse.ArgumentParser, **defaults: Any) -> None:

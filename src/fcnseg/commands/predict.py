@@ -21,7 +21,15 @@ import numpy as np
 from fcnseg import viz
 from fcnseg.api import BACKENDS, load
 from fcnseg.atomic import atomic_open
-from fcnseg.commands.options import add_inference, add_max_pixels, add_runtime, fraction, inference_options
+from fcnseg.commands.options import (
+    add_inference,
+    add_max_memory,
+    add_max_pixels,
+    add_runtime,
+    fraction,
+    inference_options,
+    notes,
+)
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import IMAGE_SUFFIXES, decode_image
 from fcnseg.errors import ConfigError, DataError
@@ -52,6 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="auto: by the file's content; torch: a checkpoint or TorchScript export; onnxruntime: "
                              "an ONNX export")
     add_inference(parser, batch_size=4)
+    add_max_memory(parser)
     add_max_pixels(parser)
     add_runtime(parser)
     parser.set_defaults(func=run)
@@ -116,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     options = inference_options(args)
     runtime = start(args.device, args.threads)
     segmenter = load(args.checkpoint, device=runtime.device, backend=args.backend, options=options,
-                     max_pixels=args.max_pixels)
+                     max_pixels=args.max_pixels, max_memory=args.max_memory)
+    segmenter.report = notes("predict")
     if segmenter.info.num_classes > 256:
         raise ConfigError(f"{segmenter.info.name} has {segmenter.info.num_classes} classes; mask PNGs and "
                           "overlays hold at most 256. Use the Python API (fcnseg.load) instead.")
@@ -132,10 +142,10 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(1)
                 continue
             if args.probs:
-                probs = segmenter.predict_probs(image)
+                probs = segmenter.predict_probs(image, name=str(path))
                 labels = probs.argmax(0).astype(segmenter.label_dtype)
             else:
-                probs, labels = None, segmenter.predict(image)
+                probs, labels = None, segmenter.predict(image, name=str(path))
             outputs.record(write_outputs(args.out, path.stem, image, labels, segmenter.info, args.opacity, probs))
             if not is_quiet():
                 bar.write(f"[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "

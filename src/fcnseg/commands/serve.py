@@ -7,7 +7,7 @@ import ipaddress
 import sys
 
 from fcnseg.api import load
-from fcnseg.commands.options import add_inference, add_max_pixels, add_runtime, inference_options
+from fcnseg.commands.options import add_inference, add_max_memory, add_max_pixels, add_runtime, inference_options, notes
 from fcnseg.errors import ConfigError
 from fcnseg.runtime import start
 from fcnseg.serve import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, make_server
@@ -25,6 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                         help="largest accepted upload in MB (default 20)")
+    add_max_memory(parser)
     add_max_pixels(parser, DEFAULT_MAX_PIXELS)
     add_inference(parser)
     add_runtime(parser)
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     runtime = start(args.device, args.threads)
     segmenter = load(args.checkpoint, device=runtime.device, options=inference_options(args),
-                     max_pixels=args.max_pixels)
+                     max_pixels=args.max_pixels, max_memory=args.max_memory)
+    segmenter.report = notes("serve")
     try:
         server = make_server(segmenter, args.host, args.port, int(args.max_upload_mb * 2**20), args.max_pixels,
                              quiet=args.quiet)

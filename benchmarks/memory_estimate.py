@@ -1,0 +1,55 @@
+"""Estimated vs measured peak memory of inference (fcnseg.memory), each case in a fresh process.
+
+    .venv/bin/python benchmarks/memory_estimate.py CHECKPOINT [--threads 2] [--cases 1000x1000 1x100000 ...]
+
+Measured: the process's peak resident memory (VmHWM) during one ``Segmenter.predict``, minus its
+resident memory just before (model loaded, image decoded). Estimated: fcnseg.memory.inference_bytes.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+
+CHILD = r"""
+import json, sys, numpy as np, torch
+from fcnseg.api import load
+from fcnseg.memory import inference_bytes
+from fcnseg.inference import InferenceOptions
+path, h, w, mode, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+torch.set_num_threads(threads)
+seg = load(path, device="cpu", max_memory=None)
+image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+options = InferenceOptions(mode=mode)
+before = status("VmRSS:")
+seg.predict(image, mode=mode)
+peak = status("VmHWM:")
+print(json.dumps({"measured": peak - before, "estimate": inference_bytes(seg.config, seg.info.num_classes, 1, h, w,
+                                                                          options)}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cases", nargs="+", default=["500x500:whole", "1000x1000:whole", "2000x1500:whole",
+                                                       "1x200000:whole", "2000x1500:slide"])
+    args = parser.parse_args()
+    print("| input | mode | measured | estimated | estimate / measured |\n|---|---|---:|---:|---:|")
+    for case in args.cases:
+        size, mode = case.split(":")
+        h, w = (int(v) for v in size.split("x"))
+        out = subprocess.run([sys.executable, "-c", CHILD, args.checkpoint, str(h), str(w), mode, str(args.threads)],
+                             capture_output=True, text=True, check=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        print(f"| {h}x{w} | {mode} | {result['measured'] / 2**20:.0f} MB | {result['estimate'] / 2**20:.0f} MB | "
+              f"{result['estimate'] / max(result['measured'], 1):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

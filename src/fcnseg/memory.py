@@ -1,0 +1,172 @@
+"""Memory: the peak a planned inference will need, estimated before it is spent, and a plan that fits.
+
+The estimate follows the net layer by layer on PyTorch's ``meta`` device (shapes only, no memory, no
+arithmetic): the input, every layer's input and output while it runs (plus a reordered copy of the
+input, as oneDNN's convolutions make), and the stage outputs the FCN keeps for its skip layers; then the
+inference engine's own buffers (logits and probabilities, flips, every scale's resized input and
+probability maps in whole-image mode, the strip buffer of sliding windows, the label map).
+
+:func:`fit` turns whole-image inference into sliding windows when the whole image would not fit the
+budget, shrinks windows that do not fit, and refuses with one line naming the estimate when nothing fits.
+The budget defaults to 80% of the memory available when it is computed (``--max-memory`` sets it).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fcnseg.errors import ConfigError, LimitError
+from fcnseg.inference import InferenceOptions, window_stride
+from fcnseg.models import build_model
+
+BUDGET_FRACTION = 0.8
+# Measured peaks (benchmarks/memory_estimate.py, docs/performance.md) run up to 1.25x the layer-by-layer sum on
+# very wide, short images, and carry about 60 MB of library and thread buffers at any size.
+SAFETY = 1.25
+OVERHEAD = 64 * 2**20
+_MIN_WINDOW = 64
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'8G', '500M', '1.5G' or a plain number of bytes -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"expected a size such as 8G, 500M or 1500000000, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def available_bytes(device: torch.device | str = "cpu") -> int:
+    """Memory free for this process now: MemAvailable (and the cgroup's room, if lower); a GPU's free memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    free = _meminfo_available()
+    room = _cgroup_room()
+    return min(free, room) if room is not None else free
+
+
+def _meminfo_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _cgroup_room() -> int | None:
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(0, int(limit) - used)
+
+
+def default_budget(device: torch.device | str = "cpu") -> int:
+    return int(BUDGET_FRACTION * available_bytes(device))
+
+
+def format_bytes(count: float) -> str:
+    return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_model(config: tuple) -> nn.Module:
+    with torch.device("meta"):
+        return build_model(**dict(config)).eval()
+
+
+def forward_bytes(config: dict, batch: int, height: int, width: int) -> int:
+    """Peak bytes of one forward pass of the net ``config`` (build_model's arguments) on an
+    ``batch x 3 x height x width`` float32 input, without autograd."""
+    model = _meta_model(tuple(sorted(config.items())))
+    stage_ends = {id(stage[-1]) for stage in model.backbone.stages()[:2]}
+    kept, peak = 0, 0
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal kept, peak
+        size_in = sum(t.numel() for t in inputs if isinstance(t, torch.Tensor)) * 4
+        size_out = output.numel() * 4 if isinstance(output, torch.Tensor) else 0
+        if isinstance(module, nn.ReLU | nn.Dropout):  # in place, or the input itself in eval mode
+            size_out = 0
+        # oneDNN convolutions work on a reordered copy of the weights and write a blocked-layout output that
+        # is then copied to PyTorch's layout: measured, a convolution's peak is its input + 2 x output + weights.
+        reorder = module.weight.numel() * 4 + size_out if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) else 0
+        peak = max(peak, kept + size_in + size_out + reorder)
+        if id(module) in stage_ends:
+            kept += size_out  # pool3 / pool4 maps wait for the skip layers
+
+    padded = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    handles.append(model.backbone.register_forward_pre_hook(lambda module, inputs: padded.append(inputs[0].numel())))
+    try:
+        with torch.no_grad():
+            output = model(torch.empty(batch, 3, height, width, device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return peak + padded[0] * 4 + output.numel() * 4
+
+
+def inference_bytes(config: dict, num_classes: int, batch: int, height: int, width: int,
+                    options: InferenceOptions, probs: bool = False) -> int:
+    """Peak bytes of inference on ``batch`` images of ``height x width`` with ``options``: the image (uint8 and
+    normalised), the net, the engine's buffers, and the label map (and probabilities with ``probs``)."""
+    pixels, classes = batch * height * width, num_classes
+    base = pixels * (3 + 3 * 4 + 8) + (pixels * classes * 4 if probs else 0)
+    sizes = [(max(1, round(height * s)), max(1, round(width * s))) for s in options.scales]
+    resized = sum(batch * 3 * h * w * 4 for h, w in sizes if (h, w) != (height, width))
+    flips = 2 if options.flip else 1
+    if options.mode == "whole":
+        held = sum(batch * classes * h * w * 4 for h, w in sizes) if len(sizes) > 1 else 0
+        work = max(forward_bytes(config, batch, h, w) + (1 + flips) * batch * classes * h * w * 4 for h, w in sizes)
+        return int(OVERHEAD + SAFETY * (base + resized + held + work))
+    window_work, buffers = 0, 0
+    for h, w in sizes:
+        win_h, win_w = min(options.window[0], h), min(options.window[1], w)
+        window_work = max(window_work, forward_bytes(config, options.batch_size, win_h, win_w)
+                          + (1 + flips) * options.batch_size * classes * win_h * win_w * 4)
+        buffers += classes * (win_h + 2 * window_stride(win_h, options.overlap)) * w * 4 + win_h * w * 4
+    return int(OVERHEAD + SAFETY * (base + resized + buffers + window_work))
+
+
+def fit(config: dict, num_classes: int, batch: int, height: int, width: int, options: InferenceOptions,
+        budget: int, probs: bool = False, name: str = "the image") -> tuple[InferenceOptions, str | None]:
+    """Options whose estimate fits ``budget``, and a note when they differ from ``options``.
+
+    Whole-image inference that does not fit becomes sliding windows (the options' window size, then halves
+    of it down to 64 pixels); a sliding window that does not fit is halved the same way. Raises LimitError
+    naming the estimate when not even 64-pixel windows fit.
+    """
+    needed = inference_bytes(config, num_classes, batch, height, width, options, probs)
+    if needed <= budget:
+        return options, None
+    window = options.window
+    while True:
+        candidate = options.replace(mode="slide", window=window)
+        estimate = inference_bytes(config, num_classes, batch, height, width, candidate, probs)
+        if estimate <= budget:
+            return candidate, (f"{options.mode}-image inference of {name} ({width}x{height}) would need about "
+                               f"{format_bytes(needed)}, more than the budget of {format_bytes(budget)}: using "
+                               f"{window[0]}x{window[1]} sliding windows instead (about {format_bytes(estimate)})"
+                               if options.mode == "whole" else
+                               f"{options.window[0]}x{options.window[1]} windows on {name} would need about "
+                               f"{format_bytes(needed)}, more than the budget of {format_bytes(budget)}: using "
+                               f"{window[0]}x{window[1]} windows (about {format_bytes(estimate)})")
+        if max(window) <= _MIN_WINDOW:
+            raise LimitError(f"{name} ({width}x{height}, scales {', '.join(f'{s:g}' for s in options.scales)}) "
+                             f"needs about {format_bytes(estimate)} even with {window[0]}x{window[1]} sliding "
+                             f"windows, more than the memory budget of {format_bytes(budget)}; use smaller scales "
+                             "or a smaller image, or raise --max-memory if this machine has the memory")
+        window = (max(_MIN_WINDOW, window[0] // 2), max(_MIN_WINDOW, window[1] // 2))
