@@ -1,7 +1,6 @@
 """The command line as a whole: one line for user errors (also from DataLoader workers), tracebacks for
 bugs, --threads and --quiet on every computing command, type-checked training options."""
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,21 +11,9 @@ from fcnseg.data.synthetic import render_scene
 from fcnseg.errors import DataError, user_message
 from fcnseg.runtime import worker_init
 
+from .helpers import folder_dataset
+
 COMPUTING = ("train", "eval", "predict", "export", "serve", "demo")
-
-
-def folder_dataset(root, broken=(), classes=8):
-    """A folder dataset of four 40x48 images; the images named in ``broken`` are not images."""
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for index in range(4):
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "images" / f"{index}.png")
-        Image.fromarray(rng.integers(0, classes, (40, 48), dtype=np.uint8)).save(root / "masks" / f"{index}.png")
-    for name in broken:
-        (root / "images" / f"{name}.png").write_bytes(b"not a picture" * 20)
-    (root / "classes.txt").write_text("".join(f"class{i}\n" for i in range(classes)))
-    return root
 
 
 def test_every_computing_command_takes_threads_and_quiet():

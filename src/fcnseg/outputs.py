@@ -48,8 +48,14 @@ class Outputs:
             return {}
 
     def owned(self, path: str | os.PathLike, entries: dict[str, dict] | None = None) -> bool:
-        """Whether ``path`` is as this command wrote it (recorded, same size and modification time)."""
-        entry = (self._entries() if entries is None else entries).get(self._name(path))
+        """Whether ``path`` is as this command wrote it (recorded, same size and modification time), or lies
+        in a folder recorded as this command's."""
+        entries = self._entries() if entries is None else entries
+        name = self._name(path)
+        folders = [entries.get(str(parent)) for parent in Path(name).parents if str(parent) != "."]
+        if any(e and e.get("folder") and e.get("command") == self.command for e in folders):
+            return True
+        entry = entries.get(name)
         try:
             stat = Path(path).stat()
         except OSError:
@@ -81,13 +87,22 @@ class Outputs:
 
     def record(self, paths: Iterable[str | os.PathLike], growing: bool = False, flush: bool = False) -> None:
         """Note files this command has just written (the record is saved at most once a second, and by
-        :meth:`flush`); ``growing`` files (logs appended to) are recorded by name only."""
+        :meth:`flush`). ``growing`` files (logs appended to) are recorded by name only, and may be recorded
+        before they are made, so that a run killed at any moment leaves nothing unaccounted for."""
         for path in paths:
+            if growing:
+                self._pending[self._name(path)] = {"command": self.command, "size": None, "mtime_ns": None}
+                continue
             stat = Path(path).stat()
-            size, mtime = (None, None) if growing else (stat.st_size, stat.st_mtime_ns)
-            self._pending[self._name(path)] = {"command": self.command, "size": size, "mtime_ns": mtime}
+            self._pending[self._name(path)] = {"command": self.command, "size": stat.st_size,
+                                               "mtime_ns": stat.st_mtime_ns}
         if flush or time.monotonic() - self._flushed > _FLUSH_SECONDS:
             self.flush()
+
+    def record_folder(self, folder: str | os.PathLike) -> None:
+        """Note that everything below ``folder`` is this command's (a log folder a library writes into)."""
+        self._pending[self._name(folder)] = {"command": self.command, "folder": True}
+        self.flush()
 
     def flush(self) -> None:
         """Merge what was recorded into the folder's record file (atomically)."""
@@ -129,6 +144,21 @@ def output_file(path: str | os.PathLike, command: str, overwrite: bool = False,
     outputs = Outputs(path.parent, command, overwrite)
     outputs.claim([path], inputs)
     return outputs
+
+
+def refuse_if_held(folder: str | os.PathLike) -> None:
+    """Refuse, changing nothing, when another process holds ``folder`` (see :func:`folder_lock`)."""
+    import fcntl
+
+    path = Path(folder) / LOCK
+    if not path.is_file():
+        return
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{folder} is in use by {handle.read().strip() or 'another process'}: wait for it "
+                              "to finish, or choose another --out") from None
 
 
 @contextmanager

@@ -171,7 +171,10 @@ class SegmentServer(ThreadingHTTPServer):
         info: DatasetInfo = self.segmenter.info
         with self.predict_lock:
             start = time.perf_counter()
-            labels = np.asarray(self.segmenter.predict(image))
+            try:
+                labels = np.asarray(self.segmenter.predict(image))
+            except LimitError as error:  # the memory estimate: nothing fits this server's budget
+                raise RequestError(413, str(error)) from None
             elapsed_ms = (time.perf_counter() - start) * 1000.0
         height, width = image.shape[:2]
         if labels.shape != (height, width) or not np.issubdtype(labels.dtype, np.integer):

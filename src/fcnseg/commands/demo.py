@@ -15,7 +15,7 @@ from fcnseg.commands.options import add_quiet, positive_int
 from fcnseg.data.synthetic import SyntheticRoads
 from fcnseg.errors import ConfigError
 from fcnseg.metrics import format_per_class, format_table
-from fcnseg.outputs import LOCK, RECORD, Outputs, folder_lock
+from fcnseg.outputs import LOCK, RECORD, Outputs, folder_lock, refuse_if_held
 from fcnseg.train import TrainConfig, train
 from fcnseg.viz import colorize, overlay, save_png, side_by_side
 
@@ -42,21 +42,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def clear_earlier_demo(out: Path) -> None:
-    """Remove what an earlier demo wrote into ``out``; refuse, deleting nothing, if ``out`` holds anything else.
+def _owners(out: Path) -> dict[str, Outputs]:
+    return {**{stage: Outputs(out / stage, "train") for stage in STAGES}, "overlays": Outputs(out / "overlays", "demo")}
+
+
+def check_earlier_demo(out: Path) -> None:
+    """Refuse ``out`` when it holds anything but what an earlier demo wrote.
 
     The stage folders hold fcnseg train's runs and ``overlays`` the demo's pictures, each with its folder's
     record of what fcnseg wrote (:mod:`fcnseg.outputs`).
     """
-    owners = {stage: Outputs(out / stage, "train") for stage in STAGES}
-    owners["overlays"] = Outputs(out / "overlays", "demo")
+    owners = _owners(out)
     others = [p.name for p in sorted(out.iterdir())
               if p.name not in (RECORD, LOCK) and not (p.name in owners and p.is_dir())]
     foreign = others + [str(p) for name, owner in owners.items() if (out / name).is_dir() for p in owner.foreign()]
     if foreign:
         raise ConfigError(f"{out} holds files the demo did not write ({', '.join(foreign[:8])}"
                           f"{' ...' if len(foreign) > 8 else ''}): choose a new or empty --out (default demo_out)")
-    for name, owner in owners.items():
+
+
+def clear_earlier_demo(out: Path) -> None:
+    """Remove what an earlier demo wrote into ``out``; refuse, deleting nothing, if ``out`` holds anything else."""
+    check_earlier_demo(out)
+    for name, owner in _owners(out).items():
         if (out / name).is_dir():
             owner.clear()
 
@@ -99,6 +107,9 @@ def write_overlays(out: Path, count: int = OVERLAY_IMAGES) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if out.is_dir():  # refused before the lock file is made: nothing changes in a folder that is not the demo's
+        refuse_if_held(out)
+        check_earlier_demo(out)
     with folder_lock(out, "fcnseg demo"):
         clear_earlier_demo(out)
         results = run_demo(out, args.iterations, args.threads)

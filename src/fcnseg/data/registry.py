@@ -57,7 +57,8 @@ def build_dataset(name: str, root: PathLike | None, split: str, transform: Joint
     unknown = sorted(set(options) - set(dataset_options(name)))
     if unknown:
         known = ", ".join(dataset_options(name)) or "none"
-        raise ConfigError(f"dataset {name} has no option(s) {', '.join(unknown)}; its options: {known}")
+        hint = " (YAML needs a space after a colon: {num_images: 16})" if any(":" in key for key in unknown) else ""
+        raise ConfigError(f"dataset {name} has no option(s) {', '.join(unknown)}{hint}; its options: {known}")
     if root is None and name != "synthetic":
         raise ConfigError(f"dataset {name!r} needs a root: the folder holding its files (--root)")
     return DATASETS[name](root, split=split, transform=transform, normalization=normalization, seed=seed, **options)

@@ -58,15 +58,25 @@ def saved_config(out: str | Path) -> dict[str, Any] | None:
     return None
 
 
+def check_new_run(config: TrainConfig) -> list[Path]:
+    """Refuse a folder holding a run or files fcnseg train did not write; return the files a new run replaces.
+
+    Safe to call before :func:`hold`: it changes nothing, so a refused folder is left exactly as it was.
+    """
+    out, last = Path(config.out), Path(config.out) / "last.pth"
+    if last.is_file() and not config.overwrite:
+        raise TrainingError(f"{out} already holds a run ({last}): pass --resume to continue it, --overwrite "
+                            "to replace it, or choose another --out")
+    files = [out / name for name in RUN_FILES] + sorted((out / "tensorboard").glob("events.out.tfevents.*"))
+    Outputs(out, "train", config.overwrite).claim(files)
+    return files
+
+
 def open_run(config: TrainConfig, runtime: Runtime) -> dict[str, Any] | None:
     """Check the folder for a new run (returns None) or read the checkpoint to resume (returns it)."""
     out, last = Path(config.out), Path(config.out) / "last.pth"
     if not config.resume:
-        if last.is_file() and not config.overwrite:
-            raise TrainingError(f"{out} already holds a run ({last}): pass --resume to continue it, --overwrite "
-                                "to replace it, or choose another --out")
-        files = [out / name for name in RUN_FILES] + sorted((out / "tensorboard").glob("events.out.tfevents.*"))
-        Outputs(out, "train", config.overwrite).claim(files)
+        files = check_new_run(config)
         if runtime.is_main:  # leftovers of an earlier start: fcnseg train's own, or replaced with --overwrite
             for path in files:
                 path.unlink(missing_ok=True)

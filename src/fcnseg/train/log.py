@@ -56,6 +56,9 @@ class RunLog:
     def __init__(self, run: Run) -> None:
         main = run.runtime.is_main
         self.run = run
+        if main:  # recorded before they exist: a run killed at any moment leaves only fcnseg train's files
+            run.outputs.record([run.out / "metrics.csv"], growing=True)
+            run.outputs.record_folder(run.out / "tensorboard")
         self.csv = CsvLog(run.out / "metrics.csv", main, run.iteration if run.config.resume else None)
         self.board = _tensorboard(run.out, main)
         self.bar = progress_bar(total=run.config.iterations, initial=run.iteration, desc="train", unit="it",
@@ -96,6 +99,3 @@ class RunLog:
         self.bar.close()
         if self.board:
             self.board.close()
-        if self.run.runtime.is_main:  # the log files are fcnseg train's, however long they grow
-            logs = [self.csv.path, *sorted((self.run.out / "tensorboard").glob("events.out.tfevents.*"))]
-            self.run.outputs.record([p for p in logs if p.is_file()], growing=True, flush=True)

@@ -12,10 +12,11 @@ from torch.utils.data import Subset
 from fcnseg.data.check import check_dataset
 from fcnseg.errors import TrainingError
 from fcnseg.evaluate import evaluate
+from fcnseg.outputs import refuse_if_held
 from fcnseg.runtime import start
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import micro_batches
-from fcnseg.train.folder import finished, hold, open_run
+from fcnseg.train.folder import check_new_run, finished, hold, open_run
 from fcnseg.train.log import RunLog
 from fcnseg.train.run import Run, build_run, segmentation_loss
 from fcnseg.train.state import restore, save_best, save_last, write_config
@@ -30,6 +31,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     splits are read once (:func:`fcnseg.data.check.check_dataset`), so bad data costs no training time.
     """
     runtime = start(config.device, config.threads)
+    if not config.resume and runtime.is_main:  # before the lock file is made: a refused folder stays as it was
+        refuse_if_held(config.out)
+        check_new_run(config)
     with hold(config, runtime):
         resumed = open_run(config, runtime)
         if resumed is not None and finished(resumed, config):

@@ -1,0 +1,245 @@
+"""Hostile use, "nothing lost": user files in output folders, outputs over inputs, two runs in one folder,
+bad data found before training, temporary files of killed runs, and what --resume does.
+
+Each case checks the exit code, the one line printed, and (where something could be lost) the files'
+hashes before and after. docs/RELIABILITY.md lists the cases.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from fcnseg.cli import main
+from fcnseg.data.synthetic import render_scene
+
+from .helpers import digests, folder_dataset
+
+TINY_TRAIN = ["--width", "0.0625", "--geometry", "fast", "--batch-size", "4", "--workers", "0", "--threads", "1",
+              "--set", "dataset_options={num_images: 8, height: 40, width: 48}", "--quiet"]
+
+
+def one_error_line(capsys, command: str) -> str:
+    """The single line a refused command printed (and nothing like a traceback)."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fcnseg {command}: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def write_png(path, seed=1, size=(48, 64)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(render_scene(seed, *size)[0]).save(path)
+    return path
+
+
+# --- 1. the demo ------------------------------------------------------------------------------------------
+
+
+def test_demo_refuses_a_folder_holding_a_users_file(tmp_path, capsys):
+    notes = tmp_path / "r" / "fcn32s" / "NOTES.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("x\n")
+    before = digests(tmp_path / "r")
+    assert main(["demo", "--out", str(tmp_path / "r"), "--iterations", "1", "--threads", "1"]) == 2
+    assert "NOTES.txt" in one_error_line(capsys, "demo")
+    assert digests(tmp_path / "r") == before
+
+
+@pytest.mark.slow
+def test_demo_replaces_only_what_it_wrote(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--iterations", "1", "--threads", "1", "--quiet"]
+    assert main(argv) == 0
+    assert main(argv) == 0  # its own files: replaced
+    (out / "overlays" / "mine.png").write_bytes(b"a user's picture")
+    before = digests(out)
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "mine.png" in one_error_line(capsys, "demo")
+    assert digests(out) == before
+
+
+# --- 2. no command overwrites a file it did not write; inputs are never outputs ----------------------------
+
+
+def test_predict_into_the_input_folder_keeps_the_users_mask(tiny_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    write_png(folder / "street.png")
+    (folder / "street_mask.txt").write_text("not an image: not taken as an input")
+    Image.fromarray(np.zeros((48, 64), np.uint8)).save(folder / "street_mask.png")  # the user's own mask
+    before = digests(folder)
+    argv = ["predict", str(tiny_checkpoint), str(folder / "street.png"), "--out", str(folder), "--threads", "1"]
+    assert main(argv) == 2
+    assert "street_mask.png already exists and was not written by an earlier fcnseg predict" in \
+        one_error_line(capsys, "predict")
+    assert digests(folder) == before
+    assert main([*argv, "--overwrite", "--quiet"]) == 0  # asked for: replaced
+    assert digests(folder)["street_mask.png"] != before["street_mask.png"]
+    assert main([*argv, "--quiet"]) == 0  # now fcnseg predict's own file: replaced again without asking
+
+
+def test_an_input_is_never_an_output_even_with_overwrite(tiny_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    write_png(folder / "a.png", 1)
+    write_png(folder / "a_mask.png", 2)  # an input of its own, and the mask a.png would write
+    before = digests(folder)
+    assert main(["predict", str(tiny_checkpoint), str(folder), "--out", str(folder), "--overwrite"]) == 2
+    assert "would write over its own input" in one_error_line(capsys, "predict")
+    assert digests(folder) == before
+
+
+def test_predict_refuses_an_output_the_user_changed(tiny_checkpoint, tmp_path, capsys):
+    image, out = write_png(tmp_path / "a.png"), tmp_path / "out"
+    argv = ["predict", str(tiny_checkpoint), str(image), "--out", str(out), "--threads", "1", "--quiet"]
+    assert main(argv) == 0
+    (out / "a_overlay.png").write_bytes(b"edited by hand")
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "a_overlay.png already exists" in one_error_line(capsys, "predict")
+    assert (out / "a_overlay.png").read_bytes() == b"edited by hand"
+
+
+def test_eval_refuses_a_report_it_did_not_write_before_evaluating(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"mine": true}')
+    argv = ["eval", str(tiny_checkpoint), "--dataset", "synthetic", "--limit", "2", "--workers", "0",
+            "--threads", "1", "--out", str(out), "--quiet"]
+    began = time.perf_counter()
+    assert main(argv) == 2
+    assert time.perf_counter() - began < 5  # refused before scoring anything
+    assert "metrics.json already exists" in one_error_line(capsys, "eval")
+    assert (out / "metrics.json").read_text() == '{"mine": true}'
+    (out / "metrics.json").unlink()
+    assert main(argv) == 0 and main(argv) == 0  # its own report: written, then replaced
+
+
+@pytest.mark.parametrize("command", ["export", "convert"])
+def test_single_file_outputs_are_not_replaced_unless_asked(tiny_checkpoint, tmp_path, capsys, command):
+    target = tmp_path / "model.out"
+    target.write_bytes(b"the user's file")
+    argv = {"export": ["export", str(tiny_checkpoint), "--format", "torchscript", "--out", str(target)],
+            "convert": ["convert", str(tmp_path / "fcn32s.pth"), "--out", str(target)]}[command]
+    assert main(argv) == 2
+    assert "model.out already exists and was not written by an earlier" in one_error_line(capsys, command)
+    assert target.read_bytes() == b"the user's file"
+    if command == "export":
+        assert main([*argv, "--overwrite", "--quiet"]) == 0 and main([*argv, "--quiet"]) == 0
+
+
+# --- 3. one run per folder ------------------------------------------------------------------------------
+
+
+def test_a_second_training_in_the_same_folder_is_refused_until_the_first_is_gone(tmp_path, capsys):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "fcnseg.cli", "train", *TINY_TRAIN, "--iterations", "100000",
+                              "--val-interval", "100000", "--checkpoint-interval", "100000", "--out", str(out)],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "config.yaml").is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (out / "config.yaml").is_file(), first.stderr.read() if first.poll() is not None else "no start"
+        assert main(["train", *TINY_TRAIN, "--iterations", "2", "--out", str(out)]) == 2
+        line = one_error_line(capsys, "train")
+        assert f"{out} is in use by fcnseg train (pid {first.pid})" in line
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The holder is gone: the folder is free again, and the killed run left only train's own files.
+    assert main(["train", *TINY_TRAIN, "--iterations", "2", "--val-interval", "2", "--out", str(out)]) == 0
+
+
+# --- 4. bad data is found before iteration 1, every bad file at once -----------------------------------------
+
+
+def test_bad_validation_data_is_reported_whole_before_training(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "data", classes=3)
+    (root / "images" / "1.png").write_bytes(b"corrupt" * 10)
+    Image.fromarray(np.full((40, 48), 7, np.uint8)).save(root / "masks" / "2.png")  # 7 is not a class
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "masks" / "3.png")  # size mismatch
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("0\n")
+    (root / "splits" / "val.txt").write_text("1\n2\n3\n")
+    argv = ["train", "--dataset", "folder", "--root", str(root), *TINY_TRAIN[:-3], "--quiet", "--iterations", "50",
+            "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fcnseg train: error: 3 of 3 samples of the validation split cannot be used:")
+    for expected in ("images/1.png", "2.png has values 7", "3.png is 40x40"):
+        assert expected in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "last.pth").exists()
+
+
+# --- 5. temporary files of a killed write are removed at the next start of that run -------------------------
+
+
+def test_temporaries_of_a_killed_run_are_removed_on_resume(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", *TINY_TRAIN, "--iterations", "2", "--val-interval", "2", "--set", "schedule=constant"]
+    assert main([*argv, "--out", str(out)]) == 0
+    stale = [out / ".last.pth.k1ll3d.tmp", out / ".best.pth.x.tmp"]
+    for path in stale:
+        path.write_bytes(b"\0" * 1000)
+    users = out / ".notes.tmp"
+    users.write_text("mine")
+    assert main([*argv, "--out", str(out), "--resume", "--iterations", "3"]) == 0
+    assert not any(path.exists() for path in stale) and users.read_text() == "mine"
+
+
+# --- 6. --resume -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *TINY_TRAIN, "--iterations", "2", "--val-interval", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_resume_says_what_it_resumes_and_when_a_run_is_finished(finished_run, capsys):
+    out = finished_run
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"resuming {out} from {out / 'last.pth'} at iteration 2 of 2" in err
+    assert f"{out} has finished: 2 of 2 iterations are done, nothing to train" in err
+
+
+def test_resume_refuses_another_net_with_one_line(finished_run, capsys):
+    capsys.readouterr()
+    assert main(["train", "--out", str(finished_run), "--resume", "--width", "0.125"]) == 2
+    assert "--resume keeps its net, but width 0.125 was asked for (was 0.0625)" in one_error_line(capsys, "train")
+
+
+def test_resume_without_config_yaml_uses_the_checkpoints_own(finished_run, capsys):
+    (finished_run / "config.yaml").unlink()
+    capsys.readouterr()
+    assert main(["train", "--out", str(finished_run), "--resume", "--threads", "1"]) == 0
+    assert "has finished" in capsys.readouterr().err  # the checkpoint's config: 2 iterations
+
+
+def test_a_longer_poly_schedule_is_refused_with_the_command_that_does_it(finished_run, tmp_path, capsys):
+    before = digests(finished_run)
+    assert main(["train", "--out", str(finished_run), "--resume", "--iterations", "4", "--threads", "1"]) == 2
+    line = one_error_line(capsys, "train")
+    assert "poly schedule, whose learning rate falls to 0 at iteration 2" in line
+    suggested = line.split("fresh schedule: ")[1].replace("NEW_FOLDER", str(tmp_path / "more")).split()
+    assert digests(finished_run) == before
+    assert main([*suggested[1:], "--quiet", "--threads", "1"]) == 0  # the suggested command works as printed
+    state = yaml.safe_load((tmp_path / "more" / "config.yaml").read_text())
+    assert state["iterations"] == 2 and state["init_from"] == str(finished_run / "last.pth")
+
+
+def test_a_new_run_over_an_existing_one_is_refused(finished_run, capsys):
+    before = digests(finished_run)
+    assert main(["train", *TINY_TRAIN, "--iterations", "2", "--out", str(finished_run)]) == 2
+    assert "already holds a run" in one_error_line(capsys, "train")
+    assert digests(finished_run) == before
