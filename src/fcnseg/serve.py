@@ -260,6 +260,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, self.server.segment(body))
         except RequestError as exc:
             self._send_json(exc.status, {"error": exc.message}, close=exc.status in (408, 411, 413))
+        except ConnectionError:
+            raise  # the client went away: SegmentServer.handle_error logs one line
         except Exception as exc:  # noqa: BLE001 - the page gets one line, the terminal the traceback
             self.log_error("segmentation failed:\n%s", traceback.format_exc())
             self._send_json(500, {"error": f"the model failed on this image: {type(exc).__name__}: {exc}"})

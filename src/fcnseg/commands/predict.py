@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fcnseg import viz
-from fcnseg.api import BACKENDS, load
+from fcnseg.api import BACKENDS, Segmenter, load
 from fcnseg.atomic import atomic_open
 from fcnseg.commands.options import (
     add_inference,
@@ -134,24 +134,28 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar(total=len(files), desc="predict", unit="img") as bar, _flushing(outputs):
         for done, path in enumerate(files, start=1):
             began = time.perf_counter()
-            try:
+            try:  # an unreadable file, or one no memory plan fits, fails alone
                 image = decode_image(path, args.max_pixels)
+                labels, probs = _segment(segmenter, image, str(path), args.probs)
             except DataError as exc:
                 failures.append((path, str(exc)))
                 bar.write(f"[{done}/{len(files)}] {path.name} FAILED: {exc}", file=sys.stderr)
                 bar.update(1)
                 continue
-            if args.probs:
-                probs = segmenter.predict_probs(image, name=str(path))
-                labels = probs.argmax(0).astype(segmenter.label_dtype)
-            else:
-                probs, labels = None, segmenter.predict(image, name=str(path))
             outputs.record(write_outputs(args.out, path.stem, image, labels, segmenter.info, args.opacity, probs))
             if not is_quiet():
                 bar.write(f"[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "
                           f"{time.perf_counter() - began:.2f} s", file=sys.stderr)
             bar.update(1)
     return _report(failures, len(files), args.out)
+
+
+def _segment(segmenter: Segmenter, image: np.ndarray, name: str, probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels, probabilities or None) of one image."""
+    if not probs:
+        return segmenter.predict(image, name=name), None
+    probabilities = segmenter.predict_probs(image, name=name)
+    return probabilities.argmax(0).astype(segmenter.label_dtype), probabilities
 
 
 @contextlib.contextmanager

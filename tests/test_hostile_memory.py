@@ -1,0 +1,112 @@
+"""Hostile use, "memory bounded by estimate": the estimate, the switch to sliding windows, the refusal, and
+the same guard in predict, eval and serve."""
+
+import io
+import json
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fcnseg.api import load
+from fcnseg.cli import main
+from fcnseg.errors import ConfigError, LimitError
+from fcnseg.inference import InferenceOptions
+from fcnseg.memory import fit, forward_bytes, inference_bytes, parse_size
+from fcnseg.serve import make_server
+
+from .test_hostile_lost import one_error_line, write_png
+
+FULL_VGG = {"name": "fcn8s", "backbone": "vgg16", "num_classes": 21, "width": 1.0, "geometry": "fast"}
+
+
+def test_the_estimate_follows_the_net_and_the_size():
+    # conv1_2 of a full-width VGG16 at 3000x4000 (fast geometry pads to 3008x4000) is the peak: 64 x 12.03M
+    # floats in, twice that out (oneDNN's blocked copy) and its 147 KB of weights; with the padded input held
+    # and the 21 x 3000 x 4000 scores returned.
+    conv1_2 = 64 * 3008 * 4000 * 4 * 3 + 64 * 64 * 9 * 4
+    assert forward_bytes(FULL_VGG, 1, 3000, 4000) == conv1_2 + 3 * 3008 * 4000 * 4 + 21 * 3000 * 4000 * 4
+    whole = inference_bytes(FULL_VGG, 21, 1, 3000, 4000, InferenceOptions())
+    slide = inference_bytes(FULL_VGG, 21, 1, 3000, 4000, InferenceOptions(mode="slide"))
+    assert whole > 10 * 2**30 and slide < 2 * 2**30  # the issue's 10-11 GB against bounded windows
+    # A 1 x 1,000,000 image is padded to 32 rows: far more than its pixel count suggests.
+    assert inference_bytes(FULL_VGG, 21, 1, 1, 1_000_000, InferenceOptions()) > 20 * 2**30
+    # Scales run the net on the resized image: scale 3 of 500x500 needs a 1500x1500 forward pass.
+    assert inference_bytes(FULL_VGG, 21, 1, 500, 500, InferenceOptions(scales=(3.0,))) > \
+        forward_bytes(FULL_VGG, 1, 1500, 1500) > 8 * forward_bytes(FULL_VGG, 1, 500, 500) / 2
+
+
+def test_fit_slides_shrinks_or_refuses():
+    options = InferenceOptions()
+    same, note = fit(FULL_VGG, 21, 1, 500, 500, options, budget=2**40)
+    assert same is options and note is None
+    slid, note = fit(FULL_VGG, 21, 1, 3000, 4000, options, budget=4 * 2**30, name="photo.jpg")
+    assert slid.mode == "slide" and slid.window == (512, 512)
+    assert note.startswith("whole-image inference of photo.jpg (4000x3000) would need about")
+    windows = {size: inference_bytes(FULL_VGG, 21, 1, 3000, 4000, options.replace(mode="slide", window=(size, size)))
+               for size in (512, 256)}
+    small, _ = fit(FULL_VGG, 21, 1, 3000, 4000, options, budget=(windows[512] + windows[256]) // 2)
+    assert small.mode == "slide" and small.window == (256, 256)
+    with pytest.raises(LimitError, match=r"photo.jpg \(4000x3000, scales 1\) needs about .* even with 64x64"):
+        fit(FULL_VGG, 21, 1, 3000, 4000, options, budget=100 * 2**20, name="photo.jpg")
+
+
+def test_sizes_on_the_command_line():
+    assert parse_size("6G") == 6 * 2**30 and parse_size("500M") == 500 * 2**20 and parse_size("1234") == 1234
+    with pytest.raises(ConfigError, match="expected a size such as 8G"):
+        parse_size("lots")
+
+
+def test_predict_switches_to_windows_and_says_so(tiny_checkpoint, tmp_path, capsys):
+    image = write_png(tmp_path / "a.png", size=(240, 320))
+    argv = ["predict", str(tiny_checkpoint), str(image), "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    config = load(tiny_checkpoint, device="cpu").config
+    cli = InferenceOptions(batch_size=4)  # fcnseg predict's default: 4 windows per forward pass
+    whole = inference_bytes(config, 8, 1, 240, 320, cli)
+    windows = inference_bytes(config, 8, 1, 240, 320, cli.replace(mode="slide", window=(64, 64)))
+    assert windows < whole
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "fit"), "--max-memory", str((whole + windows) // 2), "--window",
+                 "64", "64"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: whole-image inference of {image} (320x240) would need about" in err
+    assert "using 64x64 sliding windows instead" in err
+    # What was written is the sliding-window prediction with those windows, not the whole-image one.
+    segmenter = load(tiny_checkpoint, device="cpu")
+    fitted = np.asarray(Image.open(tmp_path / "fit" / "a_mask.png"))
+    np.testing.assert_array_equal(fitted, segmenter.predict(image, mode="slide", window=(64, 64), batch_size=4))
+    assert not np.array_equal(fitted, np.asarray(Image.open(tmp_path / "whole" / "a_mask.png")))
+
+
+def test_predict_refuses_what_fits_nowhere_in_one_line(tiny_checkpoint, tmp_path, capsys):
+    image = write_png(tmp_path / "a.png")
+    assert main(["predict", str(tiny_checkpoint), str(image), "--out", str(tmp_path / "out"), "--max-memory", "1M",
+                 "--scales", "100"]) == 1  # the file fails, others would go on
+    err = capsys.readouterr().err
+    assert f"{image}: {image} (64x48, scales 100) needs about" in err and "Traceback" not in err
+
+
+def test_eval_uses_the_same_guard(tiny_checkpoint, capsys):
+    assert main(["eval", str(tiny_checkpoint), "--dataset", "synthetic", "--limit", "1", "--workers", "0",
+                 "--max-memory", "1M", "--threads", "1", "--quiet"]) == 2
+    assert "even with 64x64 sliding windows, more than the memory budget of 1 MB" in one_error_line(capsys, "eval")
+
+
+def test_serve_uses_the_same_guard(tiny_checkpoint):
+    segmenter = load(tiny_checkpoint, device="cpu", max_memory=2**20)
+    server = make_server(segmenter, quiet=True)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(buffer, format="PNG")
+        request = urllib.request.Request(f"{server.url}api/segment", data=buffer.getvalue(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 413
+        assert "more than the memory budget of 1 MB" in json.loads(refused.value.read())["error"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,160 @@
+"""Hostile use, "nothing silently wrong": 0/255 masks, EXIF-turned images, the authors' weight files,
+FCN8s vs FCN8sAtOnce, configuration values, batches larger than the dataset."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import fcnseg.models.weights as weights
+from fcnseg.cli import main
+from fcnseg.data.folder import FolderDataset
+from fcnseg.errors import DataError, WeightsError
+from fcnseg.models.weights import fcn_from_pytorch_fcn
+
+from .helpers import folder_dataset
+from .models.torchfcn_oracle import TorchFCN
+from .test_hostile_lost import TINY_TRAIN, one_error_line
+
+
+def zero_255_dataset(root, classes=3):
+    """A folder dataset of ``classes`` classes whose masks were saved as 0/255."""
+    root = folder_dataset(root, classes=classes)
+    rng = np.random.default_rng(1)
+    for mask in (root / "masks").iterdir():
+        Image.fromarray(np.where(rng.random((40, 48)) < 0.4, 255, 0).astype(np.uint8)).save(mask)
+    return root
+
+
+# --- 7. 0/255 masks, for any number of classes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("classes", [2, 3, 21])
+def test_0_255_masks_are_refused_before_training(tmp_path, capsys, classes):
+    root = zero_255_dataset(tmp_path / "data", classes)
+    argv = ["train", "--dataset", "folder", "--root", str(root), "--set", "train_split=all", "--set", "val_split=all",
+            *TINY_TRAIN[:-3], "--iterations", "2", "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(argv) == 2
+    line = one_error_line(capsys, "train")
+    assert "every labelled pixel of the training split is class 0 (class0)" in line
+    assert "masks saved as 0/255" in line and "accept_only_class_zero" in line
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+    # A user who really means 255 = ignore says so and goes on.
+    assert main([*argv, "--set", "accept_only_class_zero=true"]) == 0
+
+
+def test_eval_refuses_to_score_0_255_masks(tmp_path, capsys):
+    from fcnseg.checkpoint import save_model
+
+    from .helpers import random_fcn
+
+    root = zero_255_dataset(tmp_path / "data", classes=3)
+    checkpoint = save_model(random_fcn(num_classes=3), FolderDataset(root).info, tmp_path / "three.pth")
+    assert main(["eval", str(checkpoint), "--dataset", "folder", "--root", str(root), "--split", "all",
+                 "--workers", "0", "--threads", "1", "--quiet"]) == 2
+    assert "masks saved as 0/255" in one_error_line(capsys, "eval")
+
+
+# --- 8. one orientation rule for images and masks -------------------------------------------------------------
+
+
+def test_an_exif_turned_image_with_an_upright_mask_is_explained(tmp_path):
+    root = folder_dataset(tmp_path / "data", classes=3)
+    image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 48 wide, shown turned by 90 degrees: 40 wide, 48 high
+    Image.fromarray(image).save(root / "images" / "0.png", exif=exif)
+    dataset = FolderDataset(root, split="all")
+    with pytest.raises(DataError, match=r"0\.png is 40x48 .* is 48x40.*EXIF orientation 6 and the label 1"):
+        dataset.load(0)
+    upright, _ = FolderDataset(root, split="all").load(1)
+    assert upright.shape == (40, 48, 3)
+
+
+# --- 9. the authors' weights: each file cached under its own name, checked on every load -----------------------
+
+
+def _pytorch_fcn_file(path, kind, seed=0):
+    """A pytorch-fcn state dict of ``kind`` with the authors' kind of upsampling (diagonal kernels)."""
+    torch.manual_seed(seed)
+    net = TorchFCN(kind, n_class=21, width=1 / 16)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith("upscore"):
+                p.copy_(torch.eye(p.shape[0])[:, :, None, None] * torch.rand(p.shape[0], 1, *p.shape[2:]))
+    torch.save(net.state_dict(), path)
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_pytorch_fcn_files_are_cached_apart_and_checked(tmp_path, monkeypatch, http_server):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    server = http_server()
+    table = {}
+    for name, kind in (("fcn32s", "32s"), ("fcn8s", "8s")):
+        # Both served at ".../uc?id=...": the URL's last part is "uc" for every Google Drive file.
+        (server.folder / name).mkdir()
+        md5 = _pytorch_fcn_file(server.folder / name / "uc", kind)
+        table[name] = (f"{server.url}/{name}/uc?id={name}", md5, weights.PYTORCH_FCN_FILES[name][2])
+    monkeypatch.setattr(weights, "PYTORCH_FCN_FILES", table)
+    assert fcn_from_pytorch_fcn("fcn32s").config["name"] == "fcn32s"
+    assert fcn_from_pytorch_fcn("fcn8s").config["name"] == "fcn8s"
+    cache = tmp_path / "hub" / "hub" / "checkpoints"
+    assert sorted(p.name for p in cache.iterdir()) == ["fcn32s_from_caffe.pth", "fcn8s_from_caffe.pth"]
+    (cache / "fcn8s_from_caffe.pth").write_bytes(b"damaged")
+    assert fcn_from_pytorch_fcn("fcn8s").config["name"] == "fcn8s"  # the md5 caught it: downloaded again
+    assert hashlib.md5((cache / "fcn8s_from_caffe.pth").read_bytes()).hexdigest() == table["fcn8s"][1]
+
+
+# --- 10. FCN8s or FCN8sAtOnce: never guessed -----------------------------------------------------------------------
+
+
+def test_a_bare_fcn8s_state_dict_needs_its_name(tmp_path, capsys):
+    _pytorch_fcn_file(tmp_path / "model.pth", "8s_atonce")
+    out = tmp_path / "voc.pth"
+    assert main(["convert", str(tmp_path / "model.pth"), "--out", str(out)]) == 2
+    assert "layers of both FCN8s and FCN8sAtOnce" in one_error_line(capsys, "convert") and not out.exists()
+    assert main(["convert", str(tmp_path / "model.pth"), "--name", "fcn8s_atonce", "--out", str(out)]) == 0
+    named = tmp_path / "fcn8s-atonce_from_caffe.pth"  # pytorch-fcn's own file name tells
+    _pytorch_fcn_file(named, "8s_atonce")
+    assert fcn_from_pytorch_fcn(named).config["name"] == "fcn8s_atonce"
+    with pytest.raises(WeightsError, match="pass --name fcn8s or --name fcn8s_atonce"):
+        fcn_from_pytorch_fcn(torch.load(named, weights_only=True))
+
+
+# --- 11. configuration values: one line naming the key, the type and the value; nulls honoured ----------------
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("iterations=ten", "iterations expects a whole number, got 'ten' (str)"),
+    ("iterations=2.7", "iterations expects a whole number, got 2.7 (float)"),
+    ("lr=abc", "lr expects a number, got 'abc' (str)"),
+    ("crop_size=5", "crop_size expects a list of whole numbers, got 5 (int)"),
+    ("width=half", "width expects a number, got 'half' (str)"),
+    ("dataset_options={num_images:16}", "has no option(s) num_images:16 (YAML needs a space after a colon"),
+])
+def test_bad_config_values_are_one_line(tmp_path, capsys, setting, message):
+    assert main(["train", "--set", setting, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert message in one_error_line(capsys, "train")
+
+
+def test_a_null_in_set_is_honoured(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"init_from": str(tmp_path / "no_such_run"), "model": "fcn32s"}))
+    argv = ["train", "--config", str(config), *TINY_TRAIN, "--iterations", "1", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2  # the config's init_from does not exist
+    assert main([*argv, "--set", "init_from=null"]) == 0
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["init_from"] is None
+
+
+# --- 12. a batch larger than the dataset ----------------------------------------------------------------------------
+
+
+def test_a_batch_larger_than_the_dataset_is_said_once(tmp_path, capsys):
+    argv = ["train", *TINY_TRAIN[:-1], "--set", "dataset_options={num_images: 3, height: 40, width: 48}",
+            "--batch-size", "8", "--iterations", "3", "--val-interval", "3", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("batch_size 8 is larger than the 3 training images") == 1
