@@ -163,3 +163,38 @@ def test_terminal_colour_codes_are_stripped_from_wrapped_messages(tmp_path, monk
         load_state_dict_file(tmp_path / "w.pth")
     assert "\x1b" not in str(caught.value) and "unsupported GLOBAL os.system" in str(caught.value)
     assert os.path.exists(tmp_path / "w.pth")
+
+
+# --- what already held, kept: traversal, chunked uploads, many uploads at once ---------------------------------------
+
+
+def test_paths_outside_the_page_are_not_served(server):
+    for path in ("/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/web/index.html", "//etc/passwd"):
+        connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        assert response.status == 404 and b"root:" not in body, path
+
+
+def test_chunked_uploads_are_refused(server):
+    with socket.create_connection(server.server_address[:2], timeout=30) as sock:
+        sock.sendall(b"POST /api/segment HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n0\r\n\r\n")
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 411") and b"chunked uploads are not supported" in reply
+
+
+def test_fifty_uploads_at_once_are_all_answered(server):
+    body, results = png_bytes((24, 32)), []
+
+    def upload():
+        results.append(post(server, body, {"Content-Type": "image/png"})[0])
+
+    threads = [threading.Thread(target=upload) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results == [200] * 50

@@ -243,3 +243,34 @@ def test_a_new_run_over_an_existing_one_is_refused(finished_run, capsys):
     assert main(["train", *TINY_TRAIN, "--iterations", "2", "--out", str(finished_run)]) == 2
     assert "already holds a run" in one_error_line(capsys, "train")
     assert digests(finished_run) == before
+
+
+# --- what already held, kept: kill -9 mid-run, then --resume, gives the uninterrupted run's weights ------------
+
+
+def test_kill_9_then_resume_is_bit_identical(tmp_path):
+    import torch
+
+    from fcnseg.checkpoint import read_checkpoint
+
+    argv = ["train", *TINY_TRAIN, "--iterations", "6", "--val-interval", "6", "--checkpoint-interval", "2",
+            "--set", "dropout=0.3"]
+    assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
+    killed = tmp_path / "killed"
+    run = subprocess.Popen([sys.executable, "-m", "fcnseg.cli", *argv, "--out", str(killed)],
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and run.poll() is None:
+            if (killed / "last.pth").is_file() and read_checkpoint(killed / "last.pth")["iteration"] >= 2:
+                break
+            time.sleep(0.02)
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.wait()
+    stopped_at = read_checkpoint(killed / "last.pth")["iteration"]
+    assert 2 <= stopped_at < 6, "the run ended before it could be killed mid-way"
+    assert main(["train", "--out", str(killed), "--resume", "--threads", "1", "--quiet"]) == 0
+    expected = read_checkpoint(tmp_path / "straight" / "last.pth")["model_state_dict"]
+    actual = read_checkpoint(killed / "last.pth")["model_state_dict"]
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
