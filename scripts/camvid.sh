@@ -18,6 +18,7 @@ if [[ $part == all || $part == control ]]; then
 fi
 if [[ $part == all || $part == eval ]]; then
   for stage in fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued; do
-    $FCNSEG eval runs/camvid/$stage/best.pth --dataset camvid --root "$ROOT" --split val --out docs/camvid/$stage
+    # --overwrite: these reports are the tracked docs, regenerated on purpose
+    $FCNSEG eval runs/camvid/$stage/best.pth --dataset camvid --root "$ROOT" --split val --out docs/camvid/$stage --overwrite
   done
 fi
