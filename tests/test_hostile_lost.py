@@ -274,3 +274,16 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     expected = read_checkpoint(tmp_path / "straight" / "last.pth")["model_state_dict"]
     actual = read_checkpoint(killed / "last.pth")["model_state_dict"]
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "export", "train"])
+def test_an_output_folder_that_is_a_file_is_one_line_before_any_work(tiny_checkpoint, tmp_path, capsys, command):
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the output folder should be")
+    argv = {"predict": ["predict", str(tiny_checkpoint), str(write_png(tmp_path / "a.png")), "--out", str(blocker)],
+            "eval": ["eval", str(tiny_checkpoint), "--dataset", "synthetic", "--limit", "1", "--out", str(blocker)],
+            "export": ["export", str(tiny_checkpoint), "--out", str(blocker / "model.onnx")],
+            "train": ["train", *TINY_TRAIN, "--iterations", "1", "--out", str(blocker)]}[command]
+    assert main(argv) == 2
+    assert f"cannot write into {blocker}: it is a file, not a folder" in one_error_line(capsys, command)
+    assert blocker.read_text() == "a file where the output folder should be"

@@ -10,14 +10,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from fcnseg.errors import WriteError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; if the block succeeds it is synced and renamed over
     ``path`` (creating parent folders), otherwise it is deleted and ``path`` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        make_folder(path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise WriteError(f"cannot write {path}: {error.strerror or error}") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -26,9 +31,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the mode open() would
         os.replace(tmp, path)
+    except OSError as error:  # a full disk, a quota: the old file stays as it was
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, WriteError):
+            raise
+        raise WriteError(f"cannot write {path}: {error.strerror or error}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and its parents) if needed; a WriteError, not a traceback, when that is impossible."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise WriteError(f"cannot write into {folder}: it is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteError(f"cannot create the folder {folder}: {error.strerror or error}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write into {folder}: permission denied")
+    return folder
 
 
 def remove_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:

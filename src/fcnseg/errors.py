@@ -41,6 +41,10 @@ class ExportError(FcnsegError, RuntimeError):
     """An export that could not be made, or that does not reproduce the PyTorch model."""
 
 
+class WriteError(FcnsegError, OSError):
+    """A file that could not be written: a file where a folder should be, no permission, a full disk."""
+
+
 class RequestError(FcnsegError):
     """A request ``fcnseg serve`` refuses: an HTTP status and a message for the person at the page."""
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fcnseg.atomic import atomic_open, remove_temporaries
+from fcnseg.atomic import atomic_open, make_folder, remove_temporaries
 from fcnseg.errors import ConfigError
 
 RECORD = ".fcnseg-outputs.json"
@@ -66,7 +66,9 @@ class Outputs:
         return entry.get("size") is None or (entry["size"], entry.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
 
     def claim(self, paths: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = ()) -> None:
-        """Refuse, before anything is written, outputs that are inputs or existing files of the user's."""
+        """Refuse, before anything is written, outputs that are inputs or existing files of the user's, and a
+        folder that cannot be written (creating it when it does not exist yet)."""
+        make_folder(self.folder)
         paths = [Path(p) for p in paths]
         sources = {Path(p).resolve() for p in inputs}
         clash = [p for p in paths if p.resolve() in sources]
@@ -170,8 +172,7 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = ())
     """
     import fcntl  # POSIX only, like the rest of the run-folder handling
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(folder)
     handle = open(folder / LOCK, "a+")  # noqa: SIM115 - held open for the lifetime of the lock
     try:
         try:
