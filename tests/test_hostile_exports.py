@@ -58,12 +58,24 @@ def test_an_export_where_a_checkpoint_is_needed_gets_a_hint(exports, tmp_path, c
 
 
 @pytest.fixture
-def server(exports):
-    server = make_server(load(exports["torchscript"], device="cpu"), quiet=False, timeout=1.0)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def serving(exports):
+    """``serving(timeout)``: a server of the TorchScript export, stopped at the end of the test."""
+    servers = []
+
+    def start(timeout: float = 60.0):
+        servers.append(make_server(load(exports["torchscript"], device="cpu"), quiet=False, timeout=timeout))
+        threading.Thread(target=servers[-1].serve_forever, args=(0.05,), daemon=True).start()
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def server(serving):
+    return serving(timeout=1.0)  # short, for the stalled upload
 
 
 def png_bytes(size=(48, 64)):
@@ -182,11 +194,14 @@ def test_chunked_uploads_are_refused(server):
     with socket.create_connection(server.server_address[:2], timeout=30) as sock:
         sock.sendall(b"POST /api/segment HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                      b"5\r\nhello\r\n0\r\n\r\n")
-        reply = sock.recv(65536)
+        reply = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after a 411
+            reply += chunk
     assert reply.startswith(b"HTTP/1.1 411") and b"chunked uploads are not supported" in reply
 
 
-def test_fifty_uploads_at_once_are_all_answered(server):
+def test_fifty_uploads_at_once_are_all_answered(serving):
+    server = serving()  # the default timeout: 50 clients in this one process may wait a while for their turn
     body, results = png_bytes((24, 32)), []
 
     def upload():

@@ -285,5 +285,5 @@ def test_an_output_folder_that_is_a_file_is_one_line_before_any_work(tiny_checkp
             "export": ["export", str(tiny_checkpoint), "--out", str(blocker / "model.onnx")],
             "train": ["train", *TINY_TRAIN, "--iterations", "1", "--out", str(blocker)]}[command]
     assert main(argv) == 2
-    assert f"cannot write into {blocker}: it is a file, not a folder" in one_error_line(capsys, command)
+    assert f"cannot write into {blocker}" in one_error_line(capsys, command)
     assert blocker.read_text() == "a file where the output folder should be"

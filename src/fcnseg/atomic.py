@@ -41,6 +41,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_writable(folder: str | os.PathLike) -> Path:
+    """A WriteError, not a traceback, when files cannot be written into ``folder`` (creating nothing: a
+    folder that does not exist yet is judged by its nearest existing parent)."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not existing.is_dir():
+        raise WriteError(f"cannot write into {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write into {folder}: permission denied on {existing}")
+    return folder
+
+
 def make_folder(folder: str | os.PathLike) -> Path:
     """Create ``folder`` (and its parents) if needed; a WriteError, not a traceback, when that is impossible."""
     folder = Path(folder)

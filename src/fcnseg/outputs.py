@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fcnseg.atomic import atomic_open, make_folder, remove_temporaries
+from fcnseg.atomic import atomic_open, check_writable, make_folder, remove_temporaries
 from fcnseg.errors import ConfigError
 
 RECORD = ".fcnseg-outputs.json"
@@ -67,8 +67,8 @@ class Outputs:
 
     def claim(self, paths: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = ()) -> None:
         """Refuse, before anything is written, outputs that are inputs or existing files of the user's, and a
-        folder that cannot be written (creating it when it does not exist yet)."""
-        make_folder(self.folder)
+        folder that cannot be written; nothing is created."""
+        check_writable(self.folder)
         paths = [Path(p) for p in paths]
         sources = {Path(p).resolve() for p in inputs}
         clash = [p for p in paths if p.resolve() in sources]

@@ -114,6 +114,9 @@ class SegmentServer(ThreadingHTTPServer):
     """The HTTP server of ``fcnseg serve``; build it with :func:`make_server`."""
 
     daemon_threads = True  # a hung browser connection must not keep the process alive on Ctrl+C
+    # Connections waiting to be accepted: socketserver's default of 5 made a busy machine reset uploads when
+    # dozens arrived at once.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], segmenter: SegmenterLike, max_upload_bytes: int,
                  max_pixels: int, quiet: bool = False, timeout: float = DEFAULT_TIMEOUT) -> None:
