@@ -25,7 +25,7 @@ from fcnseg.inference import InferenceOptions, window_stride
 from fcnseg.models import build_model
 
 BUDGET_FRACTION = 0.8
-# Measured peaks (benchmarks/memory_estimate.py, docs/performance.md) run up to 1.25x the layer-by-layer sum on
+# Measured peaks (benchmarks/memory_estimate.py, docs/RELIABILITY.md) run up to 1.25x the layer-by-layer sum on
 # very wide, short images, and carry about 60 MB of library and thread buffers at any size.
 SAFETY = 1.25
 OVERHEAD = 64 * 2**20
