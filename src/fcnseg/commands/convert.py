@@ -1,4 +1,5 @@
-"""``fcnseg convert``: the authors' VOC models as converted by pytorch-fcn, made into fcnseg checkpoints."""
+"""``fcnseg convert``: the authors' trained nets made into fcnseg checkpoints, from their .caffemodel files
+(no Caffe needed) or from pytorch-fcn's conversions of the VOC ones."""
 
 from __future__ import annotations
 
@@ -7,15 +8,23 @@ from pathlib import Path
 
 from fcnseg.checkpoint import save_model
 from fcnseg.data.info import VOC
+from fcnseg.errors import ConfigError
 from fcnseg.models import MODELS
 from fcnseg.models.weights import fcn_from_pytorch_fcn
+from fcnseg.models.zoo import CAFFE_NETS, fcn_from_caffemodel
 from fcnseg.outputs import output_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("convert", help="turn a pytorch-fcn (authors' VOC model) file into a checkpoint")
-    parser.add_argument("source", help="pytorch-fcn .pth file, URL, or one of " + ", ".join(MODELS))
-    parser.add_argument("--name", choices=tuple(MODELS), help="the net (default: read from the file)")
+    parser = subparsers.add_parser(
+        "convert", help="make the authors' nets (.caffemodel, or pytorch-fcn files) into fcnseg checkpoints",
+        description="FILE.caffemodel with --model NAME (the authors' net it holds), or a pytorch-fcn .pth file, "
+                    "URL or name (" + ", ".join(MODELS) + ") with --name for pytorch-fcn's VOC nets.")
+    parser.add_argument("source", help="a .caffemodel file, or a pytorch-fcn .pth file, URL or name")
+    parser.add_argument("--model", choices=tuple(CAFFE_NETS), metavar="NAME",
+                        help="which of the authors' nets a .caffemodel holds: " + ", ".join(CAFFE_NETS))
+    parser.add_argument("--name", choices=tuple(MODELS),
+                        help="pytorch-fcn files: the net (default: read from the file)")
     parser.add_argument("--out", required=True, type=Path, help="the fcnseg checkpoint to write (.pth)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out even if fcnseg convert did not write it")
@@ -25,7 +34,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     local = [args.source] if Path(args.source).exists() else []
     outputs = output_file(args.out, "convert", args.overwrite, inputs=local)
-    model = fcn_from_pytorch_fcn(args.source, name=args.name)
-    print(save_model(model, VOC, args.out))
+    if args.model or str(args.source).endswith(".caffemodel"):
+        if not args.model:
+            raise ConfigError(f"{args.source} is a .caffemodel: say which net it holds with --model (one of "
+                              f"{', '.join(CAFFE_NETS)})")
+        model, info = fcn_from_caffemodel(args.source, args.model)
+    else:
+        model, info = fcn_from_pytorch_fcn(args.source, name=args.name), VOC
+    print(save_model(model, info, args.out))
     outputs.record([args.out], flush=True)
     return 0

@@ -1,22 +1,37 @@
-"""``fcnseg download``: fetch and unpack a public dataset archive (checksums, resume)."""
+"""``fcnseg download``: fetch a public dataset archive (checksums, resume, safe unpacking) or one of the
+authors' trained nets (a .caffemodel for ``fcnseg convert``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fcnseg.commands.options import add_quiet
 from fcnseg.data.archives import ARCHIVES, download_dataset
+from fcnseg.errors import ConfigError
+from fcnseg.models.zoo import CAFFE_NETS
+from fcnseg.transfer import download_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("download", help=f"download a public dataset archive ({', '.join(ARCHIVES)})")
-    parser.add_argument("name", help=", ".join(ARCHIVES))
-    parser.add_argument("--root", required=True, type=Path, help="folder to download and unpack into")
+    parser = subparsers.add_parser("download", help="download a dataset archive or one of the authors' nets")
+    parser.add_argument("name", help=f"a dataset ({', '.join(ARCHIVES)}) or a net ({', '.join(CAFFE_NETS)})")
+    parser.add_argument("--root", required=True, type=Path, help="folder to download (and unpack) into")
     add_quiet(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.name in CAFFE_NETS:
+        url = CAFFE_NETS[args.name]["url"]
+        print(download_file(url, args.root / url.rsplit("/", 1)[1]))
+        print(f"fcnseg download: note: the authors published no checksum for {args.name}, so the file is not "
+              f"verified; convert it with: fcnseg convert FILE --model {args.name} --out {args.name}.pth",
+              file=sys.stderr)
+        return 0
+    if args.name not in ARCHIVES:
+        raise ConfigError(f"unknown name {args.name!r}; datasets: {', '.join(sorted(ARCHIVES))}; the authors' "
+                          f"nets: {', '.join(CAFFE_NETS)}")
     print(download_dataset(args.name, args.root))
     return 0

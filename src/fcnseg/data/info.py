@@ -82,3 +82,14 @@ SYNTHETIC_ROADS = DatasetInfo(
     ((70, 130, 180), (70, 70, 70), (128, 64, 128), (255, 220, 0), (250, 120, 30), (0, 0, 142),
      (107, 142, 35), (244, 35, 232)),
 )
+
+# The 59 most frequent classes of PASCAL-Context and background (the authors' 59-class task, their order).
+PASCAL_CONTEXT = DatasetInfo(
+    "pascal_context",
+    VOC_CLASSES + (
+        "bag", "bed", "bench", "book", "building", "cabinet", "ceiling", "clothes", "computer", "cup", "door",
+        "fence", "floor", "flower", "food", "grass", "ground", "keyboard", "light", "mountain", "mouse", "curtain",
+        "platform", "sign", "plate", "road", "rock", "shelves", "sidewalk", "sky", "snow", "bedcloth", "track",
+        "tree", "truck", "wall", "water", "window", "wood"),
+    tuple(voc_colormap(60)),
+)

@@ -64,19 +64,18 @@ class Upsample(nn.ConvTranspose2d):
 
     def load_full_weight(self, weight: torch.Tensor, name: str = "upsampling") -> None:
         """Load a reference-layout (C x C x k x k) kernel. A frozen (depthwise) layer accepts only kernels
-        that are zero off the diagonal, as the authors' frozen bilinear ones are."""
+        that are zero off the diagonal, as the authors' frozen bilinear ones are. The kernel is assigned,
+        not copied, so this works on a layer built on the ``meta`` device too."""
         expected = (self.in_channels, self.out_channels, *self.kernel_size)
         if tuple(weight.shape) != expected:
             raise WeightsError(f"{name}: kernel of shape {tuple(weight.shape)} does not fit {expected}")
-        with torch.no_grad():
-            if self.groups == 1:
-                self.weight.copy_(weight)
-                return
+        weight = weight.detach().to(torch.float32)
+        if self.groups != 1:
             idx = torch.arange(self.in_channels)
-            diagonal = weight[idx, idx]
             off_diagonal = weight.clone()
             off_diagonal[idx, idx] = 0
             if off_diagonal.abs().max() > 0:
                 raise WeightsError(f"{name}: the kernel mixes classes (non-zero off the diagonal); build the "
-                                 "model with learnable_upsampling=True to load it")
-            self.weight[:, 0] = diagonal
+                                   "model with learnable_upsampling=True to load it")
+            weight = weight[idx, idx][:, None].contiguous()
+        self.weight = nn.Parameter(weight, requires_grad=self.learnable)

@@ -247,9 +247,11 @@ def infer_pytorch_fcn_head(state_dict: Mapping[str, torch.Tensor]) -> str:
     raise WeightsError("not a pytorch-fcn FCN state dict: none of upscore, upscore16, upscore8 is present")
 
 
-def _load_pytorch_fcn(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load a pytorch-fcn FCN32s/16s/8s/8sAtOnce state dict into a matching fcnseg FCN (VGG16,
-    reference geometry) so that it computes the same outputs; the input normalisation becomes Caffe's."""
+def load_authors_state(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load the authors' weights, named as in their Caffe nets (pytorch-fcn kept the names), into a
+    matching fcnseg FCN (VGG16, reference geometry) so that it computes the same outputs; the input
+    normalisation becomes Caffe's. The tensors are assigned, not copied: build the model on the ``meta``
+    device (:func:`build_on_meta`) and a 500 MB net is held once."""
     if not isinstance(model.backbone, VGG) or any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules()):
         raise WeightsError("pytorch-fcn weights are for the VGG16 backbone (without batch norm)")
     if model.geometry != "reference":
@@ -262,10 +264,21 @@ def _load_pytorch_fcn(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> Non
     missing = set(upsamplers) - {k.rsplit(".", 1)[0] for k in kernels}
     if missing:
         raise WeightsError(f"pytorch-fcn weights lack the upsampling kernels {sorted(missing)}: another head?")
-    model.load_state_dict(renamed, strict=False)
+    model.load_state_dict({k: v.to(torch.float32) for k, v in renamed.items()}, strict=False, assign=True)
     for key, kernel in kernels.items():
         upsamplers[key.rsplit(".", 1)[0]].load_full_weight(kernel, key)
+    empty = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if empty:
+        raise WeightsError(f"the weights left {', '.join(empty[:5])} without values")
     model.backbone.input_normalization = "caffe"
+
+
+def build_on_meta(name: str, num_classes: int, width: float = 1.0) -> FCN:
+    """A reference-geometry VGG16 FCN whose weights take no memory until they are assigned."""
+    from fcnseg.models import build_model
+
+    with torch.device("meta"):
+        return build_model(name, backbone="vgg16", num_classes=num_classes, width=width, geometry="reference")
 
 
 def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: str | None = None) -> FCN:
@@ -277,11 +290,10 @@ def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: 
     their fixed skip scaling) a training checkpoint's ``arch`` or a file name saying "atonce" or "fcn8s"
     decides; a file that cannot tell is refused.
     """
-    from fcnseg.models import build_model
 
     arch = None
     if isinstance(source, Mapping):
-        state_dict = dict(source)
+        state_dict = {key: value.clone() for key, value in source.items()}  # the net must not alias the caller's
     else:
         if str(source) in PYTORCH_FCN_FILES:
             name = name or str(source)
@@ -296,8 +308,8 @@ def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: 
         raise WeightsError(f"the weights are an {inferred} but {name} was asked for")
     num_classes = state_dict["score_fr.weight"].shape[0]
     width = state_dict["conv1_1.weight"].shape[0] / 64  # 1.0 for the authors' nets
-    model = build_model(name, backbone="vgg16", num_classes=num_classes, width=width, geometry="reference")
-    _load_pytorch_fcn(model, state_dict)
+    model = build_on_meta(name, num_classes, width)
+    load_authors_state(model, state_dict)
     return model
 
 

@@ -1,0 +1,211 @@
+"""The authors' .caffemodel files read without Caffe: a small protobuf writer here makes files of every
+layout (LayerParameter and legacy V1 `layers`, packed and unpacked values, shape or num/channels/height/
+width, float and double), and the converted nets must compute the oracle's function (tests/models/
+torchfcn_oracle.py restates the authors' VGG16 prototxts, which pytorch-fcn's graphs follow)."""
+
+import numpy as np
+import pytest
+import torch
+
+from fcnseg.cli import main
+from fcnseg.errors import WeightsError
+from fcnseg.models.caffe import open_caffemodel
+from fcnseg.models.zoo import CAFFE_NETS, fcn_from_caffemodel
+
+from .torchfcn_oracle import TorchFCN
+
+WIDTH = 1 / 8
+V1_ENUM = {"Convolution": 4, "Deconvolution": 39, "ReLU": 18, "Scale": 100}
+
+
+# --- a protobuf writer, just enough for NetParameter / LayerParameter / V1LayerParameter / BlobProto --------
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def key(field: int, wire: int) -> bytes:
+    return varint(field << 3 | wire)
+
+
+def delimited(field: int, payload: bytes) -> bytes:
+    return key(field, 2) + varint(len(payload)) + payload
+
+
+def blob(array: np.ndarray, packed=True, legacy=False, double=False) -> bytes:
+    array = np.asarray(array)
+    if legacy:  # num, channels, height, width (fields 1-4), leading ones for fewer dims
+        dims = (1,) * (4 - array.ndim) + array.shape
+        out = b"".join(key(f, 0) + varint(d) for f, d in zip((1, 2, 3, 4), dims, strict=True))
+    else:
+        out = delimited(7, delimited(1, b"".join(varint(d) for d in array.shape)))
+    field, dtype, wire = (8, "<f8", 1) if double else (5, "<f4", 5)
+    values = array.ravel().astype(dtype)
+    if packed:
+        return out + delimited(field, values.tobytes())
+    records = np.empty(values.size, dtype=[("key", "u1"), ("value", dtype)])  # key byte + value, per element
+    records["key"], records["value"] = key(field, wire)[0], values
+    return out + records.tobytes()
+
+
+def layer(name: str, kind: str, blobs: list[bytes], v1: bool) -> bytes:
+    if v1:
+        head = delimited(4, name.encode()) + key(5, 0) + varint(V1_ENUM[kind])
+        return head + b"".join(delimited(6, b) for b in blobs)
+    return delimited(1, name.encode()) + delimited(2, kind.encode()) + b"".join(delimited(7, b) for b in blobs)
+
+
+def caffemodel(path, net: TorchFCN, v1=False, **form) -> None:
+    """Write ``net``'s weights as a .caffemodel with the authors' layer names (pytorch-fcn kept them)."""
+    layers = [layer("relu1_1", "ReLU", [], v1)]  # layers without blobs are passed over
+    for name, module in net.named_children():
+        if isinstance(module, torch.nn.ConvTranspose2d):
+            layers.append(layer(name, "Deconvolution", [blob(module.weight.detach().numpy(), **form)], v1))
+        elif isinstance(module, torch.nn.Conv2d):
+            blobs = [blob(module.weight.detach().numpy(), **form), blob(module.bias.detach().numpy(), **form)]
+            layers.append(layer(name, "Convolution", blobs, v1))
+    if net.kind == "8s_atonce":  # the at-once net's fixed skip scaling, as Scale layers (one blob: C scales)
+        for name, channels, value in (("scale_pool4", net.score_pool4.in_channels, 0.01),
+                                      ("scale_pool3", net.score_pool3.in_channels, 0.0001)):
+            layers.append(layer(name, "Scale", [blob(np.full(channels, value, np.float32), **form)], v1))
+    path.write_bytes(delimited(1, b"FCN") + b"".join(delimited(2 if v1 else 100, entry) for entry in layers))
+
+
+def oracle(kind: str, classes: int, seed: int = 1) -> TorchFCN:
+    torch.manual_seed(seed)
+    net = TorchFCN(kind, n_class=classes, width=WIDTH).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.startswith("upscore"):  # the authors' frozen kernels: on the diagonal only
+                p.copy_(torch.eye(p.shape[0])[:, :, None, None] * torch.rand(p.shape[0], 1, *p.shape[2:]))
+            else:
+                p.copy_(torch.randn_like(p) * (2.0 / p[0].numel()) ** 0.5)
+    return net
+
+
+CONVERTIBLE = [name for name, entry in CAFFE_NETS.items() if entry["model"]]
+# Every file layout at least once across the nets.
+FORMS = [{"v1": False}, {"v1": True}, {"packed": False}, {"legacy": True}, {"double": True},
+         {"v1": True, "packed": False, "legacy": True}, {"double": True, "packed": False}]
+
+
+@pytest.mark.parametrize("name, form", list(zip(CONVERTIBLE, FORMS, strict=True)))
+def test_converted_nets_compute_the_oracles_function(tmp_path, name, form):
+    entry = CAFFE_NETS[name]
+    kind = entry["model"].removeprefix("fcn")
+    net = oracle(kind, entry["info"].num_classes)
+    caffemodel(tmp_path / "net.caffemodel", net, **form)
+    model, info = fcn_from_caffemodel(tmp_path / "net.caffemodel", name)
+    assert info == entry["info"] and model.config["geometry"] == "reference"
+    assert model.config["name"] == entry["model"] and model.backbone.input_normalization == "caffe"
+    for size in [(1, 1), (37, 45), (64, 64)]:
+        x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(sum(size))) * 50
+        with torch.no_grad():
+            expected, actual = net(x), model(x)
+        assert expected.abs().max() > 1e-3
+        assert (actual - expected).abs().max() <= 1e-4 * expected.abs().max(), size
+
+
+def test_every_layout_gives_the_same_blobs(tmp_path):
+    net = oracle("8s", 21)
+    reference = None
+    for index, form in enumerate(FORMS):
+        caffemodel(tmp_path / f"{index}.caffemodel", net, **form)
+        with open_caffemodel(tmp_path / f"{index}.caffemodel") as (name, layers):
+            blobs = {layer.name: [np.array(b, np.float32).ravel() for b in layer.blobs] for layer in layers}
+            types = {layer.name: layer.type for layer in layers}
+        assert name == "FCN" and types["upscore8"] == "Deconvolution" and types["fc6"] == "Convolution"
+        if reference is None:
+            reference = blobs
+        assert blobs.keys() == reference.keys()
+        for key_, values in blobs.items():
+            for got, want in zip(values, reference[key_], strict=True):
+                np.testing.assert_array_equal(got, want)
+
+
+def test_packed_values_are_read_in_place_not_copied(tmp_path):
+    caffemodel(tmp_path / "net.caffemodel", oracle("32s", 21))
+    with open_caffemodel(tmp_path / "net.caffemodel") as (_, layers):
+        fc6 = next(layer for layer in layers if layer.name == "fc6").blobs[0]
+        # A read-only view on the mapped file: a 500 MB model is not held twice while it is converted.
+        assert not fc6.flags.owndata and not fc6.flags.writeable and fc6.shape == (512, 64, 7, 7)
+
+
+def test_missing_layers_and_wrong_shapes_are_one_clear_message(tmp_path):
+    net = oracle("16s", 21)
+    del net.score_pool4  # a file without score_pool4
+    caffemodel(tmp_path / "missing.caffemodel", net)
+    with pytest.raises(WeightsError, match=r"missing.caffemodel does not hold voc-fcn16s: .*missing \(2\): "
+                                           r"score_pool4.weight, score_pool4.bias"):
+        fcn_from_caffemodel(tmp_path / "missing.caffemodel", "voc-fcn16s")
+    net = oracle("32s", 21)
+    net.fc7 = torch.nn.Conv2d(512, 100, 1)  # 100 outputs where the net has 512 (at width 1/8)
+    caffemodel(tmp_path / "shape.caffemodel", net)
+    with pytest.raises(WeightsError, match=r"wrong shape .*fc7.weight"):
+        fcn_from_caffemodel(tmp_path / "shape.caffemodel", "voc-fcn32s")
+    caffemodel(tmp_path / "classes.caffemodel", oracle("32s", 21))
+    with pytest.raises(WeightsError, match=r"scores 21 classes, but pascalcontext-fcn32s has 60"):
+        fcn_from_caffemodel(tmp_path / "classes.caffemodel", "pascalcontext-fcn32s")
+
+
+def test_the_at_once_net_needs_its_scale_layers(tmp_path):
+    caffemodel(tmp_path / "staged.caffemodel", oracle("8s", 21))
+    with pytest.raises(WeightsError, match="lacks the at-once net's scale_pool3, scale_pool4"):
+        fcn_from_caffemodel(tmp_path / "staged.caffemodel", "voc-fcn8s-atonce")
+    caffemodel(tmp_path / "atonce.caffemodel", oracle("8s_atonce", 21))
+    with pytest.raises(WeightsError, match="scale_pool4 layer, which only the at-once FCN-8s has"):
+        fcn_from_caffemodel(tmp_path / "atonce.caffemodel", "voc-fcn8s")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), b"hello, not a model\n" * 9,
+                                     bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))])
+def test_other_files_are_refused_clearly(tmp_path, content):
+    path = tmp_path / "x.caffemodel"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match=r"x.caffemodel is (empty, )?not a Caffe model"):
+        fcn_from_caffemodel(path, "voc-fcn8s")
+
+
+def test_nets_not_built_yet_are_refused_with_the_reason(tmp_path):
+    caffemodel(tmp_path / "a.caffemodel", oracle("32s", 21))
+    with pytest.raises(WeightsError, match="siftflow-fcn8s cannot be converted yet: .*two score heads"):
+        fcn_from_caffemodel(tmp_path / "a.caffemodel", "siftflow-fcn8s")
+
+
+def test_cli_convert_and_predict(tmp_path, capsys):
+    from PIL import Image
+
+    from fcnseg.api import load
+
+    caffemodel(tmp_path / "fcn8s.caffemodel", oracle("8s", 21))
+    assert main(["convert", str(tmp_path / "fcn8s.caffemodel"), "--out", str(tmp_path / "a.pth")]) == 2
+    assert "say which net it holds with --model" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "fcn8s.caffemodel"), "--model", "voc-fcn8s", "--out",
+                 str(tmp_path / "voc.pth")]) == 0
+    segmenter = load(tmp_path / "voc.pth", device="cpu")
+    assert segmenter.info.name == "voc" and segmenter.normalization == "caffe"
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    assert segmenter.predict(tmp_path / "a.png").shape == (40, 56)
+
+
+def test_download_fetches_a_net_and_says_it_is_unverified(tmp_path, http_server, monkeypatch, capsys):
+    import fcnseg.models.zoo as zoo
+
+    server = http_server()
+    caffemodel(server.folder / "fcn8s-heavy-pascal.caffemodel", oracle("8s", 21))
+    monkeypatch.setitem(zoo.CAFFE_NETS, "voc-fcn8s", {**zoo.CAFFE_NETS["voc-fcn8s"],
+                                                      "url": f"{server.url}/fcn8s-heavy-pascal.caffemodel"})
+    assert main(["download", "voc-fcn8s", "--root", str(tmp_path / "models"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    path = tmp_path / "models" / "fcn8s-heavy-pascal.caffemodel"
+    assert out.strip() == str(path) and path.read_bytes() == (server.folder / path.name).read_bytes()
+    assert "published no checksum for voc-fcn8s" in err and "--model voc-fcn8s" in err
+    assert main(["download", "voc-fcn9s", "--root", str(tmp_path)]) == 2
+    assert "the authors' nets: voc-fcn32s" in capsys.readouterr().err
