@@ -254,3 +254,21 @@ def test_a_tiny_fcn8s_overfits_four_images(tmp_path):
     assert len(losses) == 150
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
     assert result["scores"]["mean_iu"] > 0.9, result["scores"]["per_class_iou"]
+
+
+def test_fine_tuning_a_checkpoint_to_another_class_set(tiny_checkpoint, tmp_path, capsys):
+    from fcnseg.cli import main
+
+    from .helpers import folder_dataset
+
+    root = folder_dataset(tmp_path / "data", classes=3)
+    (root / "classes.txt").write_text("road\nwater\nsky\n")  # two of them are classes of the checkpoint
+    argv = ["train", "--dataset", "folder", "--root", str(root), "--set", "train_split=all", "--set",
+            "val_split=all", "--init-from", str(tiny_checkpoint), "--model", "fcn8s", "--width", "0.0625",
+            "--geometry", "fast", "--iterations", "1", "--batch-size", "2", "--workers", "0", "--threads", "1",
+            "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "the starting net scored 8 classes, this one 3" in err
+    assert "the 2 class(es) both share: road, sky" in err
+    assert read_checkpoint(tmp_path / "run" / "last.pth")["dataset"]["class_names"] == ["road", "water", "sky"]

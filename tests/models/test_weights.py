@@ -161,8 +161,29 @@ def test_staged_init_16s_to_8s_and_mismatch():
     assert "score_pool4.weight" in init_from_coarser(fine, coarse)
     assert not fine.score_pool3.weight.any()
     other = build_model("fcn8s", backbone="vgg16", num_classes=6, width=1 / 16, geometry="fast")
-    with pytest.raises(WeightsError, match="does not match"):
+    with pytest.raises(WeightsError, match="another number of classes; give both class lists"):
         init_from_coarser(other, coarse)
+    wider = build_model("fcn8s", backbone="vgg16", num_classes=5, width=1 / 8, geometry="fast")
+    with pytest.raises(WeightsError, match="backbone or width differ"):
+        init_from_coarser(wider, coarse)
+
+
+def test_fine_tuning_to_another_class_set_carries_over_matching_classes():
+    coarse = _trained("fcn16s")  # 5 classes
+    old = ("background", "Road", "car", "sky", "tree")
+    new = ("sky", "lane", "road", "pole", "Background", "car")
+    fine = build_model("fcn8s", backbone="vgg16", num_classes=6, width=1 / 16, geometry="fast")
+    init_from_coarser(fine, coarse, classes=(old, new))
+    for layer in ("score_fr", "score_pool4"):
+        weight, bias = getattr(fine, layer).weight, getattr(fine, layer).bias
+        source = getattr(coarse, layer)
+        for old_index, new_index in ((3, 0), (1, 2), (0, 4), (2, 5)):  # sky, road, background, car
+            assert torch.equal(weight[new_index], source.weight[old_index])
+            assert torch.equal(bias[new_index], source.bias[old_index])
+        for unmatched in (1, 3):  # lane, pole: new classes start at zero (the paper's score layers)
+            assert not weight[unmatched].any() and not bias[unmatched].any()
+    assert not fine.score_pool3.weight.any()
+    assert torch.equal(fine.backbone.fc6.weight, coarse.backbone.fc6.weight)
 
 
 def test_imagenet_weights_from_a_url_are_cached_in_torch_hub(tmp_path, monkeypatch, http_server):

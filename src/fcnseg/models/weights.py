@@ -11,7 +11,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,18 +329,50 @@ def _name_from_file(source: object, inferred: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ staged training
-def init_from_coarser(fine: FCN, coarse: FCN | Mapping[str, torch.Tensor]) -> list[str]:
-    """Staged initialisation (the paper): FCN-16s from a trained FCN-32s, FCN-8s from a trained FCN-16s.
+def init_from_coarser(fine: FCN, coarse: FCN | Mapping[str, torch.Tensor],
+                      classes: tuple[Sequence[str], Sequence[str]] | None = None) -> list[str]:
+    """Staged initialisation (the paper): FCN-16s from a trained FCN-32s, FCN-8s from a trained FCN-16s,
+    and fine-tuning to another class set.
 
     Copies every parameter the two nets share by name and shape (backbone, ``score_fr``, ``score_pool4``
     and, for a learnable coarse net, ``upscore2``); the new score layers stay at zero, so the finer net
-    starts from the coarser net's scores. Returns the names copied.
+    starts from the coarser net's scores. When the class counts differ, ``classes`` = (the coarse net's
+    class names, this net's) lets the score layers carry over the rows of classes whose names match
+    (the reference's ``surgery.expand_score``); the other rows stay at zero. Returns the names copied.
     """
     source = coarse.state_dict() if isinstance(coarse, nn.Module) else coarse
     target = fine.state_dict()
     shared = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
     backbone_keys = [k for k in target if k.startswith("backbone.")]
-    if not all(k in shared for k in backbone_keys) or "score_fr.weight" not in shared:
-        raise WeightsError("the coarser net does not match this one (backbone, width or class count differ)")
+    if not all(k in shared for k in backbone_keys):
+        raise WeightsError("the starting net does not match this one (backbone or width differ)")
+    if "score_fr.weight" not in shared:
+        if classes is None:
+            raise WeightsError("the starting net scores another number of classes; give both class lists to "
+                               "carry over the classes they share")
+        shared.update(_matching_score_rows(source, target, *classes))
     fine.load_state_dict(shared, strict=False)
     return sorted(shared)
+
+
+def matching_classes(old: Sequence[str], new: Sequence[str]) -> list[tuple[int, int]]:
+    """(old index, new index) of the classes two class lists share by name (case and spaces ignored)."""
+    index = {name.lower().replace(" ", "").replace("_", ""): i for i, name in enumerate(old)}
+    return [(index[key], j) for j, name in enumerate(new)
+            if (key := name.lower().replace(" ", "").replace("_", "")) in index]
+
+
+def _matching_score_rows(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                         old: Sequence[str], new: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The score layers of ``target`` at zero, with the rows of shared classes taken from ``source``."""
+    pairs = matching_classes(old, new)
+    rows = {}
+    for layer in ("score_fr", "score_pool4", "score_pool3"):
+        for suffix in ("weight", "bias"):
+            key = f"{layer}.{suffix}"
+            if key in source and key in target and source[key].shape[1:] == target[key].shape[1:]:
+                value = torch.zeros_like(target[key])
+                for i, j in pairs:
+                    value[j] = source[key][i]
+                rows[key] = value
+    return rows

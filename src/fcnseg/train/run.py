@@ -19,7 +19,7 @@ from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, TrainingError
 from fcnseg.models import build_model
 from fcnseg.models.fcn import FCN
-from fcnseg.models.weights import init_from_coarser, load_imagenet_weights
+from fcnseg.models.weights import init_from_coarser, load_imagenet_weights, matching_classes
 from fcnseg.outputs import Outputs
 from fcnseg.progress import is_quiet
 from fcnseg.runtime import Runtime
@@ -74,7 +74,7 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
         print(f"fcnseg train: note: batch_size {config.batch_size} is larger than the {per_process} training images "
               "each process has: every step sees them all (a smaller batch would take more steps per epoch)",
               file=sys.stderr)
-    model = build_training_model(config, info.num_classes, init)
+    model = build_training_model(config, info.num_classes, init, info.class_names)
     model.to(runtime.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -115,7 +115,8 @@ def resolve_init_checkpoint(path: str) -> Path:
     return candidate
 
 
-def build_training_model(config: TrainConfig, num_classes: int, init: dict[str, Any] | None = None) -> FCN:
+def build_training_model(config: TrainConfig, num_classes: int, init: dict[str, Any] | None = None,
+                         class_names: tuple[str, ...] | None = None) -> FCN:
     """The net of ``config``, with ImageNet weights and/or a coarser net's weights (``init``) loaded."""
     model = build_model(config.model, backbone=config.backbone, num_classes=num_classes, width=config.width,
                         geometry=config.geometry, learnable_upsampling=config.learnable_upsampling,
@@ -123,7 +124,14 @@ def build_training_model(config: TrainConfig, num_classes: int, init: dict[str, 
     if config.imagenet_weights:
         load_imagenet_weights(model, None if config.imagenet_weights == "default" else config.imagenet_weights)
     if init is not None:
-        init_from_coarser(model, init["model_state_dict"])
+        old = tuple(init["dataset"]["class_names"])
+        new = class_names or old
+        init_from_coarser(model, init["model_state_dict"], classes=(old, new))
+        if tuple(new) != old and not is_quiet():
+            carried = [new[j] for _, j in matching_classes(old, new)]
+            print(f"fcnseg train: the starting net scored {len(old)} classes, this one {len(new)}: its backbone is "
+                  f"kept, the score layers start at zero except for the {len(carried)} class(es) both share"
+                  f"{': ' + ', '.join(carried) if carried else ''}", file=sys.stderr)
         model.backbone.input_normalization = init.get("normalization", model.backbone.input_normalization)
     return model
 
