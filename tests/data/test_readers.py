@@ -382,3 +382,32 @@ def test_missing_root_names_the_folder_and_layout(tmp_path: Path, name: str) -> 
     # An existing but empty root fails as clearly.
     with pytest.raises(DataError, match=str(tmp_path)):
         build_dataset(name, tmp_path, split)
+
+
+# --- PASCAL-Context: the 59-class task from the full label set ---------------------------------------
+
+
+def test_pascal_context_maps_the_full_label_set_to_the_59_classes(tmp_path: Path) -> None:
+    import scipy.io
+
+    from fcnseg.data.context import PascalContext
+
+    voc, context = tmp_path / "VOC2010", tmp_path / "pascal-context"
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (context / "trainval").mkdir(parents=True)
+    # The full set names "table", "bed clothes" and "cloth"; the task calls them diningtable, bedcloth, clothes.
+    (context / "labels.txt").write_text("1: accordion\n2: aeroplane\n3: bed clothes\n4: cloth\n5: dog\n"
+                                        "6: table\n7: zebra crossing\n")
+    (context / "59_labels.txt").write_text("1: aeroplane\n2: bedcloth\n3: clothes\n4: diningtable\n5: dog\n")
+    label_map = np.array([[1, 2, 3, 4], [5, 6, 7, 0]])
+    scipy.io.savemat(context / "trainval" / "2008_000001.mat", {"LabelMap": label_map})
+    Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(voc / "JPEGImages" / "2008_000001.jpg")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("2008_000001\n")
+    image, label = PascalContext(tmp_path, split="val").load(0)
+    # accordion, zebra crossing and 0 are not in the task: background (0).
+    np.testing.assert_array_equal(label, [[0, 1, 2, 3], [5, 4, 0, 0]])
+    assert image.shape == (2, 4, 3)
+    (context / "59_labels.txt").write_text("1: unicorn\n")
+    with pytest.raises(DataError, match=r"class 'unicorn' is not in .*labels.txt"):
+        PascalContext(tmp_path, split="val")

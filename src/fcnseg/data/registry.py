@@ -10,6 +10,7 @@ from fcnseg.data.ade20k import ADE20K
 from fcnseg.data.base import JointTransform, SegmentationDataset
 from fcnseg.data.camvid import CamVid
 from fcnseg.data.cityscapes import Cityscapes
+from fcnseg.data.context import PascalContext
 from fcnseg.data.folder import FolderDataset
 from fcnseg.data.io import PathLike
 from fcnseg.data.kitti import KittiRoad
@@ -35,6 +36,7 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "kitti_road": KittiRoad,
     "cityscapes": Cityscapes,
     "ade20k": ADE20K,
+    "pascal_context": PascalContext,
     "folder": FolderDataset,
 }
 _COMMON = {"root", "split", "transform", "normalization", "seed"}
