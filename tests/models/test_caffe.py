@@ -6,6 +6,7 @@ torchfcn_oracle.py restates the authors' VGG16 prototxts, which pytorch-fcn's gr
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fcnseg.cli import main
 from fcnseg.errors import WeightsError
@@ -77,9 +78,39 @@ def caffemodel(path, net: TorchFCN, v1=False, **form) -> None:
     path.write_bytes(delimited(1, b"FCN") + b"".join(delimited(2 if v1 else 100, entry) for entry in layers))
 
 
-def oracle(kind: str, classes: int, seed: int = 1) -> TorchFCN:
+class CaffeNetFCN32s(torch.nn.Module):
+    """voc-fcn-alexnet's prototxt restated: CaffeNet (grouped conv2/4/5, LRN after pool1/pool2), fc6 6x6,
+    score_fr, a 63-wide x32 deconvolution and the reference's crop of 18."""
+
+    kind = "32s"
+
+    def __init__(self, n_class: int = 21, width: float = 1.0):
+        super().__init__()
+        c = [int(v * width) for v in (96, 256, 384, 384, 256, 4096)]
+        self.conv1 = torch.nn.Conv2d(3, c[0], 11, stride=4, padding=100)
+        self.conv2 = torch.nn.Conv2d(c[0], c[1], 5, padding=2, groups=2)
+        self.conv3 = torch.nn.Conv2d(c[1], c[2], 3, padding=1)
+        self.conv4 = torch.nn.Conv2d(c[2], c[3], 3, padding=1, groups=2)
+        self.conv5 = torch.nn.Conv2d(c[3], c[4], 3, padding=1, groups=2)
+        self.fc6 = torch.nn.Conv2d(c[4], c[5], 6)
+        self.fc7 = torch.nn.Conv2d(c[5], c[5], 1)
+        self.score_fr = torch.nn.Conv2d(c[5], n_class, 1)
+        self.upscore = torch.nn.ConvTranspose2d(n_class, n_class, 63, stride=32, bias=False)
+
+    def forward(self, x):
+        pool = lambda h: F.max_pool2d(h, 3, stride=2, ceil_mode=True)  # noqa: E731
+        lrn = lambda h: F.local_response_norm(h, 5, alpha=1e-4, beta=0.75, k=1.0)  # noqa: E731
+        h = lrn(pool(torch.relu(self.conv1(x))))
+        h = lrn(pool(torch.relu(self.conv2(h))))
+        h = torch.relu(self.conv5(torch.relu(self.conv4(torch.relu(self.conv3(h))))))
+        h = torch.relu(self.fc7(torch.relu(self.fc6(pool(h)))))
+        return self.upscore(self.score_fr(h))[:, :, 18:18 + x.shape[2], 18:18 + x.shape[3]]
+
+
+def oracle(kind: str, classes: int, seed: int = 1, backbone: str = "vgg16") -> torch.nn.Module:
     torch.manual_seed(seed)
-    net = TorchFCN(kind, n_class=classes, width=WIDTH).eval()
+    net = (CaffeNetFCN32s(classes, WIDTH) if backbone == "caffenet" else TorchFCN(kind, n_class=classes,
+                                                                                 width=WIDTH)).eval()
     with torch.no_grad():
         for name, p in net.named_parameters():
             if name.startswith("upscore"):  # the authors' frozen kernels: on the diagonal only
@@ -92,14 +123,14 @@ def oracle(kind: str, classes: int, seed: int = 1) -> TorchFCN:
 CONVERTIBLE = [name for name, entry in CAFFE_NETS.items() if entry["model"]]
 # Every file layout at least once across the nets.
 FORMS = [{"v1": False}, {"v1": True}, {"packed": False}, {"legacy": True}, {"double": True},
-         {"v1": True, "packed": False, "legacy": True}, {"double": True, "packed": False}]
+         {"v1": True, "packed": False, "legacy": True}, {"double": True, "packed": False}, {"legacy": True}]
 
 
 @pytest.mark.parametrize("name, form", list(zip(CONVERTIBLE, FORMS, strict=True)))
 def test_converted_nets_compute_the_oracles_function(tmp_path, name, form):
     entry = CAFFE_NETS[name]
     kind = entry["model"].removeprefix("fcn")
-    net = oracle(kind, entry["info"].num_classes)
+    net = oracle(kind, entry["info"].num_classes, backbone=entry.get("backbone", "vgg16"))
     caffemodel(tmp_path / "net.caffemodel", net, **form)
     model, info = fcn_from_caffemodel(tmp_path / "net.caffemodel", name)
     assert info == entry["info"] and model.config["geometry"] == "reference"

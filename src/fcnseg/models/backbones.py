@@ -12,6 +12,8 @@ ImageNet weights load by name (fully connected layers become ``fc6``/``fc7`` con
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -135,6 +137,43 @@ class AlexNet(Backbone):
         f = list(self.features)
         head = [self.fc6, self.relu6, self.drop6, self.fc7, self.relu7, self.drop7]
         return [f[:3], f[3:6], f[6:] + head]
+
+
+class CaffeNet(Backbone):
+    """CaffeNet, the authors' AlexNet (FCN-AlexNet): 96-256-384-384-256 channels, grouped convolutions
+    (conv2, conv4, conv5 in two groups), LRN after pool1 and pool2, ceil-mode pooling; layers named as in
+    the authors' net. Strides 8/16/32 = norm1/norm2/fc7. Its FCN-32s upsamples with a 63-wide kernel.
+    """
+
+    upsample_kernels = {32: 63}
+
+    def __init__(self, width: float = 1.0, reference: bool = True) -> None:
+        super().__init__()
+        c1, c2, c3, c4, c5 = (_scaled(c, width) for c in (96, 256, 384, 384, 256))
+        c1, c2, c4, c5 = (c + c % 2 for c in (c1, c2, c4, c5))  # the grouped layers need even widths
+
+        def lrn() -> nn.Module:
+            return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)  # Caffe's across-channel LRN
+
+        self.features = nn.Sequential(OrderedDict([
+            ("conv1", nn.Conv2d(3, c1, 11, stride=4, padding=REFERENCE_PAD if reference else 2)),
+            ("relu1", nn.ReLU(inplace=True)), ("pool1", nn.MaxPool2d(3, stride=2, ceil_mode=True)),
+            ("norm1", lrn()),
+            ("conv2", nn.Conv2d(c1, c2, 5, padding=2, groups=2)), ("relu2", nn.ReLU(inplace=True)),
+            ("pool2", nn.MaxPool2d(3, stride=2, ceil_mode=True)), ("norm2", lrn()),
+            ("conv3", nn.Conv2d(c2, c3, 3, padding=1)), ("relu3", nn.ReLU(inplace=True)),
+            ("conv4", nn.Conv2d(c3, c4, 3, padding=1, groups=2)), ("relu4", nn.ReLU(inplace=True)),
+            ("conv5", nn.Conv2d(c4, c5, 3, padding=1, groups=2)), ("relu5", nn.ReLU(inplace=True)),
+            ("pool5", nn.MaxPool2d(3, stride=2, ceil_mode=True)),
+        ]))
+        for name, module in _fc_layers(c5, _scaled(4096, width), 6, reference).items():
+            self.add_module(name, module)
+        self.out_channels = (c1, c2, _scaled(4096, width))
+
+    def stages(self) -> list[list[nn.Module]]:
+        f = list(self.features)
+        head = [self.fc6, self.relu6, self.drop6, self.fc7, self.relu7, self.drop7]
+        return [f[:4], f[4:8], f[8:] + head]
 
 
 class BasicConv2d(nn.Module):
@@ -305,6 +344,10 @@ def alexnet(width: float = 1.0, reference: bool = True) -> AlexNet:
     return AlexNet(width, reference=reference)
 
 
+def caffenet(width: float = 1.0, reference: bool = True) -> CaffeNet:
+    return CaffeNet(width, reference=reference)
+
+
 def googlenet(width: float = 1.0, reference: bool = True) -> GoogLeNet:
     return GoogLeNet(width, reference=reference)
 
@@ -321,6 +364,7 @@ BACKBONES = {
     "vgg16": vgg16,
     "vgg16_bn": vgg16_bn,
     "alexnet": alexnet,
+    "caffenet": caffenet,
     "googlenet": googlenet,
     "resnet50": resnet50,
     "resnet101": resnet101,

@@ -57,7 +57,9 @@ class FCN(nn.Module):
         self.geometry = geometry
         c8, c16, c32 = backbone.out_channels
         pad = (lambda stride: 0) if geometry == "reference" else (lambda stride: stride // 2)
-        up = lambda stride: Upsample(num_classes, stride, learnable_upsampling, pad(stride))  # noqa: E731
+        kernels = getattr(backbone, "upsample_kernels", {})  # a backbone's own kernel sizes (CaffeNet's 63)
+        up = lambda stride: Upsample(num_classes, stride, learnable_upsampling, pad(stride),  # noqa: E731
+                                     kernels.get(stride))
 
         self.score_fr = nn.Conv2d(c32, num_classes, 1)
         if head == "32s":

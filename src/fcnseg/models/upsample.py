@@ -21,7 +21,8 @@ def bilinear_kernel(size: int) -> torch.Tensor:
 
 
 class Upsample(nn.ConvTranspose2d):
-    """x``stride`` upsampling of ``channels`` score maps: a transposed convolution, kernel 2*stride, no bias.
+    """x``stride`` upsampling of ``channels`` score maps: a transposed convolution, kernel 2*stride (or
+    ``kernel``: the authors' FCN-AlexNet upsamples x32 with 63), no bias.
 
     ``learnable=True`` gives the paper's full ``channels x channels`` kernel (bilinear on the diagonal, zero
     elsewhere), trained with the net. ``learnable=False`` (the reference nets' frozen deconvolutions)
@@ -30,9 +31,10 @@ class Upsample(nn.ConvTranspose2d):
     grid ("same" upsampling, used by the fast geometry); the reference nets use ``padding=0`` and crop.
     """
 
-    def __init__(self, channels: int, stride: int, learnable: bool = False, padding: int = 0) -> None:
+    def __init__(self, channels: int, stride: int, learnable: bool = False, padding: int = 0,
+                 kernel: int | None = None) -> None:
         groups = 1 if learnable else channels
-        super().__init__(channels, channels, kernel_size=2 * stride, stride=stride, padding=padding,
+        super().__init__(channels, channels, kernel_size=kernel or 2 * stride, stride=stride, padding=padding,
                          groups=groups, bias=False)
         self.learnable = learnable
         self.reset_parameters_bilinear()

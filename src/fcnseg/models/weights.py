@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fcnseg.errors import WeightsError
-from fcnseg.models.backbones import VGG, AlexNet, Backbone, GoogLeNet, ResNet
+from fcnseg.models.backbones import VGG, AlexNet, Backbone, CaffeNet, GoogLeNet, ResNet
 from fcnseg.models.fcn import FCN
 from fcnseg.models.upsample import Upsample
 
@@ -252,11 +252,15 @@ def load_authors_state(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> No
     matching fcnseg FCN (VGG16, reference geometry) so that it computes the same outputs; the input
     normalisation becomes Caffe's. The tensors are assigned, not copied: build the model on the ``meta``
     device (:func:`build_on_meta`) and a 500 MB net is held once."""
-    if not isinstance(model.backbone, VGG) or any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules()):
-        raise WeightsError("pytorch-fcn weights are for the VGG16 backbone (without batch norm)")
+    if isinstance(model.backbone, CaffeNet):  # its modules carry the authors' layer names
+        renamed = {(f"backbone.features.{k}" if k.startswith("conv") else f"backbone.{k}" if k.startswith("fc")
+                    else k): v for k, v in state_dict.items()}
+    elif isinstance(model.backbone, VGG) and not any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules()):
+        renamed = _rename_pytorch_fcn_keys(state_dict, model.backbone)
+    else:
+        raise WeightsError("the authors' weights are for the VGG16 (without batch norm) and CaffeNet backbones")
     if model.geometry != "reference":
         raise WeightsError("the authors' weights need geometry='reference' to give the authors' outputs")
-    renamed = _rename_pytorch_fcn_keys(state_dict, model.backbone)
     upsamplers = {name: m for name, m in model.named_modules() if isinstance(m, Upsample)}
     kernels = {k: renamed.pop(k) for k in list(renamed) if k.rsplit(".", 1)[0] in upsamplers}
     own = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] not in upsamplers}
@@ -273,12 +277,12 @@ def load_authors_state(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> No
     model.backbone.input_normalization = "caffe"
 
 
-def build_on_meta(name: str, num_classes: int, width: float = 1.0) -> FCN:
-    """A reference-geometry VGG16 FCN whose weights take no memory until they are assigned."""
+def build_on_meta(name: str, num_classes: int, width: float = 1.0, backbone: str = "vgg16") -> FCN:
+    """A reference-geometry FCN whose weights take no memory until they are assigned."""
     from fcnseg.models import build_model
 
     with torch.device("meta"):
-        return build_model(name, backbone="vgg16", num_classes=num_classes, width=width, geometry="reference")
+        return build_model(name, backbone=backbone, num_classes=num_classes, width=width, geometry="reference")
 
 
 def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: str | None = None) -> FCN:

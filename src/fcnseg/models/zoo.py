@@ -4,9 +4,10 @@ an fcnseg net with exactly the authors' function.
 The VOC and PASCAL-Context nets are VGG16 FCNs in the reference geometry; their Caffe layer names are the
 names pytorch-fcn kept, so the weights go through the same renaming. The at-once FCN-8s carries its fixed
 skip scaling as two Scale layers (0.01 on pool4, 0.0001 on pool3), checked here against fcnseg's constants.
-FCN-AlexNet (CaffeNet with grouped convolutions and LRN, kernel-63 upsampling), the NYUDv2 nets (their
-own input means, HHA input, two-stream late fusion) and the SIFT Flow nets (two heads) are listed with
-their files but cannot be converted yet: converting them is refused with that reason.
+FCN-AlexNet is CaffeNet (grouped convolutions, LRN) with a 63-wide x32 upsampling, fcnseg's ``caffenet``
+backbone. The NYUDv2 nets (their own input means, HHA input, two-stream late fusion) and the SIFT Flow nets
+(two heads) are listed with their files but cannot be converted yet: converting them is refused with that
+reason.
 
 The authors published no checksums for these files, and they could not be fetched on the machine fcnseg
 is developed on (no network), so the entries below carry no md5: ``fcnseg download`` says so.
@@ -27,8 +28,6 @@ from fcnseg.models.weights import build_on_meta, load_authors_state
 
 _HOST = "http://dl.caffe.berkeleyvision.org"
 _NOT_YET = {
-    "alexnet": "FCN-AlexNet is CaffeNet (grouped convolutions, LRN) with kernel-63 upsampling, which fcnseg's "
-               "AlexNet backbone does not reproduce yet",
     "nyud": "the NYUDv2 nets need their own input means, HHA input and two-stream fusion, not built yet",
     "siftflow": "the SIFT Flow nets have two score heads (semantic and geometric), not built yet",
 }
@@ -38,7 +37,8 @@ CAFFE_NETS: dict[str, dict] = {
     "voc-fcn16s": {"url": f"{_HOST}/fcn16s-heavy-pascal.caffemodel", "model": "fcn16s", "info": VOC},
     "voc-fcn8s": {"url": f"{_HOST}/fcn8s-heavy-pascal.caffemodel", "model": "fcn8s", "info": VOC},
     "voc-fcn8s-atonce": {"url": f"{_HOST}/fcn8s-atonce-pascal.caffemodel", "model": "fcn8s_atonce", "info": VOC},
-    "voc-fcn-alexnet": {"url": f"{_HOST}/fcn-alexnet-pascal.caffemodel", "model": None, "why": _NOT_YET["alexnet"]},
+    "voc-fcn-alexnet": {"url": f"{_HOST}/fcn-alexnet-pascal.caffemodel", "model": "fcn32s", "backbone": "caffenet",
+                        "info": VOC},
     "nyud-fcn32s-color": {"url": f"{_HOST}/nyud-fcn32s-color-heavy.caffemodel", "model": None, "why": _NOT_YET["nyud"]},
     "nyud-fcn32s-hha": {"url": f"{_HOST}/nyud-fcn32s-hha-heavy.caffemodel", "model": None, "why": _NOT_YET["nyud"]},
     "nyud-fcn32s-color-hha": {"url": f"{_HOST}/nyud-fcn32s-color-hha-heavy.caffemodel", "model": None,
@@ -89,8 +89,10 @@ def fcn_from_caffemodel(path: str | Path, name: str) -> tuple[FCN, DatasetInfo]:
     if classes != info.num_classes:
         raise WeightsError(f"{path} scores {classes} classes, but {name} has {info.num_classes} ({info.name}): "
                            "is it the right file?")
-    width = state["conv1_1.weight"].shape[0] / 64 if "conv1_1.weight" in state else 1.0  # 1.0 for the authors'
-    model = build_on_meta(entry["model"], info.num_classes, width)
+    backbone = entry.get("backbone", "vgg16")
+    first, channels = ("conv1", 96) if backbone == "caffenet" else ("conv1_1", 64)
+    width = state[f"{first}.weight"].shape[0] / channels if f"{first}.weight" in state else 1.0  # 1.0: the authors'
+    model = build_on_meta(entry["model"], info.num_classes, width, backbone)
     try:
         load_authors_state(model, state)
     except WeightsError as error:
