@@ -156,6 +156,8 @@ def _quiet_jit():
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
+        # LRN (CaffeNet) exports as strided slices that ONNX's constant folding leaves alone: harmless.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         yield
 
 
