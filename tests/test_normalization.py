@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fcnseg.normalization import denormalize, mean_color, normalize
+from fcnseg.normalization import caffe_normalization, denormalize, mean_color, normalize
 
 # The published constants, written out here rather than read from the module under test: the authors'
 # Caffe mean (BGR, 0-255; pytorch-fcn's mean_bgr, the FCN data layers' "mean") and torchvision's ImageNet
@@ -42,7 +42,20 @@ def test_batches_and_round_trip(kind):
 
 
 def test_unknown_kind_and_bad_shape():
-    with pytest.raises(ValueError, match="choose one of"):
-        normalize(np.zeros((2, 2, 3), np.uint8), "bgr")
+    for kind in ("bgr", "caffe:1,2", "caffe:a,b,c"):
+        with pytest.raises(ValueError, match="use imagenet, caffe, or caffe:B,G,R"):
+            normalize(np.zeros((2, 2, 3), np.uint8), kind)
     with pytest.raises(ValueError, match="HxWx3"):
         normalize(np.zeros((2, 2), np.uint8))
+
+
+def test_a_caffe_normalization_with_its_own_mean():
+    # SIFT Flow's mean, as the authors' data layer subtracts it (BGR).
+    kind = caffe_normalization((114.578, 115.294, 108.353))
+    assert kind == "caffe:114.578,115.294,108.353"
+    pixel = np.array([[[10, 20, 30]]], dtype=np.uint8)  # R, G, B
+    expected = torch.tensor([30 - 114.578, 20 - 115.294, 10 - 108.353])
+    torch.testing.assert_close(normalize(pixel, kind)[:, 0, 0], expected)
+    assert mean_color(kind) == (108, 115, 115)
+    images = torch.randint(0, 256, (1, 3, 4, 5), dtype=torch.uint8)
+    torch.testing.assert_close(denormalize(normalize(images, kind), kind), images.float(), atol=1e-4, rtol=0)

@@ -29,7 +29,7 @@ from fcnseg.errors import ConfigError, WeightsError
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
 from fcnseg.memory import default_budget, fit
 from fcnseg.models.weights import file_kind
-from fcnseg.normalization import NORMALIZATIONS, normalize
+from fcnseg.normalization import check_normalization, normalize
 from fcnseg.runtime import resolve_device
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -54,8 +54,7 @@ class Segmenter:
                  device: str | torch.device = "auto", forward: Forward | None = None,
                  options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  config: dict | None = None, max_memory: int | None = None) -> None:
-        if normalization not in NORMALIZATIONS:
-            raise ConfigError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+        check_normalization(normalization)
         if model is None and forward is None:
             raise ConfigError("Segmenter needs a model or a forward callable")
         if max_pixels < 1:

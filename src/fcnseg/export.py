@@ -38,7 +38,7 @@ from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, ExportError, WeightsError
 from fcnseg.models.fcn import FCN
 from fcnseg.models.weights import file_kind
-from fcnseg.normalization import NORMALIZATIONS
+from fcnseg.normalization import check_normalization
 
 FORMAT = "fcnseg-export"
 VERSION = 1
@@ -89,8 +89,7 @@ def _resolve(source: str | Path | nn.Module, info: DatasetInfo | None,
     if info.num_classes != model.num_classes:
         raise ConfigError(f"dataset {info.name} has {info.num_classes} classes, the model {model.num_classes}")
     normalization = normalization or model.backbone.input_normalization
-    if normalization not in NORMALIZATIONS:
-        raise ConfigError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+    check_normalization(normalization)
     return model, info, normalization
 
 
