@@ -43,3 +43,26 @@ def digests(folder: Path) -> dict[str, str]:
     """sha256 of every file below ``folder``, by relative path: to show that nothing was lost or changed."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+SIFTFLOW_CATEGORY = "spatial_envelope_256x256_static_8outdoorcategories"
+
+
+def siftflow_folder(root: Path, ids=("coast_a", "forest_b", "street_c", "city_d"), size=(40, 48), seed=0) -> Path:
+    """A small SIFT Flow folder (images, SemanticLabels and GeoLabels .mat files as the dataset has them:
+    0 / -1 void, classes from 1) and ``ids.txt`` listing ``ids``; labels copy a coarse pattern of the image
+    so that a net can learn them."""
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    for folder in ("Images", "SemanticLabels", "GeoLabels"):
+        (root / folder / SIFTFLOW_CATEGORY).mkdir(parents=True, exist_ok=True)
+    for name in ids:
+        semantic = rng.integers(0, 34, size)  # 0: void
+        geometric = rng.choice([-1, 1, 2, 3], size)  # -1: void
+        image = np.stack([semantic * 7, geometric * 60 + 60, rng.integers(0, 256, size)], axis=2).astype(np.uint8)
+        Image.fromarray(image).save(root / "Images" / SIFTFLOW_CATEGORY / f"{name}.jpg", quality=100)
+        scipy.io.savemat(root / "SemanticLabels" / SIFTFLOW_CATEGORY / f"{name}.mat", {"S": semantic})
+        scipy.io.savemat(root / "GeoLabels" / SIFTFLOW_CATEGORY / f"{name}.mat", {"S": geometric})
+    (root / "ids.txt").write_text("".join(f"{name}\n" for name in ids))
+    return root

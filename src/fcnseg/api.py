@@ -4,6 +4,7 @@
     labels = seg.predict("street.jpg")                        # HxW class indices at the image's size
     probs = seg.predict_probs(pil_image, mode="slide")         # C x H x W float32 softmax probabilities
     many = seg.predict_batch(["a.png", "b.png"])               # one label map per image, in order
+    maps = seg.predict_heads("scene.jpg")                      # a net with several heads: {task: HxW labels}
 
 Checkpoints carry the architecture, class names, palette and input normalisation, so nothing has to be
 restated. Images come through :func:`fcnseg.data.io.decode_image` (a path, image bytes, a PIL image or
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from fcnseg.checkpoint import model_from_checkpoint
-from fcnseg.data.info import DatasetInfo
+from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image
 from fcnseg.errors import ConfigError, WeightsError
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
@@ -76,10 +77,11 @@ class Segmenter:
     @property
     def label_dtype(self) -> type:
         """uint8 while every class index fits in a byte, else int64."""
-        return np.uint8 if self.info.num_classes <= 256 else np.int64
+        return np.uint8 if max(self.info.head_classes) <= 256 else np.int64
 
     def predict(self, image: ImageSource, name: str | None = None, **options: Any) -> np.ndarray:
-        """The HxW label map of one image (uint8 up to 256 classes, else int64).
+        """The HxW label map of one image (uint8 up to 256 classes, else int64); of its first head for a net
+        with several (:meth:`predict_heads` gives them all).
 
         ``image``: a file path, the bytes of an image file, a PIL image or an HxWx3 uint8 RGB array.
         ``options``: fields of :class:`~fcnseg.inference.InferenceOptions` for this call (mode, window,
@@ -87,12 +89,20 @@ class Segmenter:
         """
         return self.predict_batch([image], names=[name] if name else None, **options)[0]
 
+    def predict_heads(self, image: ImageSource, name: str | None = None, **options: Any) -> dict[str, np.ndarray]:
+        """Every head's HxW label map of one image, by task ({"semantic": ...} for a net with one head;
+        SIFT Flow's nets add "geometric"), from one pass of the net."""
+        labels = self._label_maps([self._decode(image)], [name or _name(image)], self._options(options))[0]
+        maps = labels if labels.ndim == 3 else labels[None]
+        return {head.task: head_map for head, head_map in zip(self.info.heads, maps, strict=True)}
+
     def predict_probs(self, image: ImageSource, name: str | None = None, **options: Any) -> np.ndarray:
-        """The C x H x W float32 softmax probabilities of one image; their argmax is :meth:`predict`."""
+        """The C x H x W float32 softmax probabilities of one image; their argmax is :meth:`predict`. For a
+        net with several heads, C is their classes together, each head's channels holding its own softmax."""
         array = self._decode(image)
         chosen = self.plan(1, *array.shape[:2], self._options(options), probs=True, name=name or _name(image))
         with torch.inference_mode():
-            probs = predict_probs(self.scores, self._tensor([array]), chosen)
+            probs = predict_probs(self.scores, self._tensor([array]), chosen, heads=self.info.head_classes)
         return probs[0].float().cpu().numpy()
 
     def plan(self, batch: int, height: int, width: int, options: InferenceOptions | None = None,
@@ -103,14 +113,15 @@ class Segmenter:
         if self.config is None:
             return options
         budget = self.max_memory if self.max_memory is not None else default_budget(self.device)
-        fitted, note = fit(self.config, self.info.num_classes, batch, height, width, options, budget, probs, name)
+        fitted, note = fit(self.config, sum(self.info.head_classes), batch, height, width, options, budget, probs,
+                           name)
         if note:
             self.report(note)
         return fitted
 
     def predict_batch(self, images: Sequence[ImageSource], names: Sequence[str] | None = None,
                       **options: Any) -> list[np.ndarray]:
-        """The label maps of several images, in order.
+        """The label maps of several images, in order (of the first head, for a net with several).
 
         Images of equal size go through the network together, ``batch_size`` at a time; images of
         different sizes are never padded together (padding would change the predictions near borders).
@@ -120,6 +131,10 @@ class Segmenter:
         chosen = self._options(options)
         arrays = [self._decode(image) for image in images]
         names = list(names) if names else [_name(image) for image in images]
+        return [labels if labels.ndim == 2 else labels[0] for labels in self._label_maps(arrays, names, chosen)]
+
+    def _label_maps(self, arrays: list[np.ndarray], names: list[str], chosen: InferenceOptions) -> list[np.ndarray]:
+        """HxW label maps (K x H x W for K heads) of decoded images, equal sizes batched together."""
         groups: dict[tuple[int, int], list[int]] = {}
         for index, array in enumerate(arrays):
             groups.setdefault(array.shape[:2], []).append(index)
@@ -129,7 +144,8 @@ class Segmenter:
                 for start in range(0, len(indices), chosen.batch_size):
                     chunk = indices[start:start + chosen.batch_size]
                     planned = self.plan(len(chunk), *arrays[chunk[0]].shape[:2], chosen, name=names[chunk[0]])
-                    labels = predict_labels(self.scores, self._tensor([arrays[i] for i in chunk]), planned)
+                    labels = predict_labels(self.scores, self._tensor([arrays[i] for i in chunk]), planned,
+                                            heads=self.info.head_classes)
                     for i, label in zip(chunk, labels.cpu().numpy().astype(self.label_dtype), strict=True):
                         results[i] = label
         return results
@@ -151,11 +167,12 @@ class Segmenter:
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of a normalised N x 3 x H x W batch, checked against the classes and the input size."""
         logits = self.forward(x)
-        if logits.dim() != 4 or logits.shape[1] != self.info.num_classes or logits.shape[2:] != x.shape[2:]:
+        classes = sum(self.info.head_classes)
+        if logits.dim() != 4 or logits.shape[1] != classes or logits.shape[2:] != x.shape[2:]:
             raise WeightsError(
                 f"the model returned scores of shape {tuple(logits.shape)} for input {tuple(x.shape)}, but "
-                f"{self.info.num_classes} classes ({self.info.name}) at the input size were expected: the "
-                "model and its class metadata do not match")
+                f"{count_text(self.info.head_classes)} classes ({self.info.name}) at the input size were expected: "
+                "the model and its class metadata do not match")
         return logits
 
 

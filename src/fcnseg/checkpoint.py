@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fcnseg.atomic import atomic_open
-from fcnseg.data.info import DatasetInfo
+from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.errors import WeightsError
 from fcnseg.models import build_model
 from fcnseg.models.fcn import FCN
@@ -47,20 +47,31 @@ def unwrap(model: nn.Module) -> FCN:
 
 
 def dataset_meta(info: DatasetInfo) -> dict:
-    return {"name": info.name, "class_names": list(info.class_names), "palette": [list(c) for c in info.palette],
+    """``info`` as plain values (the fields of several heads and scoring only where they are set)."""
+    meta = {"name": info.name, "class_names": list(info.class_names), "palette": [list(c) for c in info.palette],
             "ignore_index": info.ignore_index}
+    if info.task != "semantic":
+        meta["task"] = info.task
+    if info.extra_heads:
+        meta["extra_heads"] = [dataset_meta(head) for head in info.extra_heads]
+    if info.exclude_absent:
+        meta["exclude_absent"] = True
+    return meta
 
 
 def info_from_meta(meta: dict) -> DatasetInfo:
     return DatasetInfo(meta["name"], tuple(meta["class_names"]), tuple(tuple(c) for c in meta["palette"]),
-                       meta.get("ignore_index", 255))
+                       meta.get("ignore_index", 255), task=meta.get("task", "semantic"),
+                       extra_heads=tuple(info_from_meta(head) for head in meta.get("extra_heads", ())),
+                       exclude_absent=meta.get("exclude_absent", False))
 
 
 def model_checkpoint(model: nn.Module, info: DatasetInfo, **extra: Any) -> dict:
     """The inference part of a checkpoint (plus any training state passed in ``extra``)."""
     fcn = unwrap(model)
-    if info.num_classes != fcn.num_classes:
-        raise WeightsError(f"dataset {info.name} has {info.num_classes} classes, the model {fcn.num_classes}")
+    if info.head_classes != fcn.head_classes:
+        raise WeightsError(f"dataset {info.name} has {count_text(info.head_classes)} classes, the model "
+                           f"{count_text(fcn.head_classes)}")
     return {"format": FORMAT, "version": VERSION, "model": dict(fcn.config),
             "normalization": fcn.backbone.input_normalization, "dataset": dataset_meta(info),
             "model_state_dict": fcn.state_dict(), **extra}

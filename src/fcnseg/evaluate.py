@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import unwrap
 from fcnseg.data.collate import PadCollate
-from fcnseg.errors import ConfigError
+from fcnseg.data.info import DatasetInfo
+from fcnseg.errors import ConfigError, DataError
 from fcnseg.inference import Forward, InferenceOptions, predict_labels
 from fcnseg.metrics import SCORE_KEYS, ConfusionMatrix, format_per_class, format_table
 from fcnseg.progress import bar as progress_bar
@@ -58,7 +59,8 @@ class ShardSampler(Sampler[int]):
 def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index: int,
              options: InferenceOptions | None = None, device: str | torch.device = "auto", num_workers: int = 0,
              progress: bool = True, distributed: bool = False, strict_labels: bool = True,
-             planner: Callable[[int, int, int, InferenceOptions], InferenceOptions] | None = None) -> dict:
+             planner: Callable[[int, int, int, InferenceOptions], InferenceOptions] | None = None,
+             exclude_absent: bool = False, extra_heads: Sequence[DatasetInfo] = ()) -> dict:
     """Predict every image of ``dataset`` and score the predictions against its labels.
 
     Args:
@@ -75,10 +77,14 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
             :meth:`fcnseg.metrics.ConfusionMatrix.compute`).
         planner: ``(batch, height, width, options) -> options`` fitting each batch to a memory budget
             (:meth:`fcnseg.api.Segmenter.plan`).
+        exclude_absent: leave classes without ground-truth pixels out of the means (SIFT Flow's scoring).
+        extra_heads: the further label sets of a net with several heads (``DatasetInfo.extra_heads``); the
+            dataset's labels are then K x H x W, one map per head, and each head is scored on its own.
 
     Returns:
         The scores of :func:`fcnseg.metrics.scores_from_confusion` plus ``confusion`` (the C x C count
-        matrix as nested lists, rows = ground truth) and ``num_images`` (images scored over all ranks).
+        matrix as nested lists, rows = ground truth) and ``num_images`` (images scored over all ranks);
+        with ``extra_heads``, ``extra_heads`` maps each one's task to its own scores and confusion.
     """
     options = options or InferenceOptions()
     rank, world_size = _shard(distributed)
@@ -92,26 +98,50 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
     loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=num_workers,
                         collate_fn=PadCollate(ignore_index), pin_memory=device.type == "cuda",
                         worker_init_fn=worker_init)
-    confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
+    heads = (num_classes, *(head.num_classes for head in extra_heads))
+    confusions = [ConfusionMatrix(classes, ignore_index, device=device) for classes in heads]
     done = 0
     try:
         with progress_bar(total=len(sampler), desc="eval", unit="img", enabled=progress and rank == 0) as bar:
             for images, labels in loader:
                 images = images.to(device, non_blocking=True)
                 planned = planner(images.shape[0], *images.shape[2:], options) if planner else options
-                confusion.update(predict_labels(forward, images, planned), labels.to(device, non_blocking=True))
+                predicted = predict_labels(forward, images, planned, heads=heads)
+                _count(confusions, predicted, labels.to(device, non_blocking=True))
                 done += images.shape[0]
                 bar.update(images.shape[0])
     finally:
         if was_training:
             module.train()
-    count = torch.tensor([done], dtype=torch.int64, device=confusion.matrix.device)
+    count = torch.tensor([done], dtype=torch.int64, device=device)
+    if distributed:
+        all_reduce_sum(count)
+    scores, *extra = [_scores(confusion, distributed, strict_labels, exclude)
+                      for confusion, exclude in zip(confusions, (exclude_absent, *(h.exclude_absent for h in
+                                                                                   extra_heads)), strict=True)]
+    if extra_heads:
+        scores["extra_heads"] = {head.task: head_scores for head, head_scores in zip(extra_heads, extra, strict=True)}
+    scores["num_images"] = int(count.item())
+    return scores
+
+
+def _count(confusions: list[ConfusionMatrix], predicted: torch.Tensor, labels: torch.Tensor) -> None:
+    """Add a batch to each head's confusion matrix (labels N x H x W for one head, N x K x H x W for K)."""
+    if len(confusions) == 1:
+        confusions[0].update(predicted, labels)
+        return
+    if labels.dim() != 4 or labels.shape[1] != len(confusions):
+        raise DataError(f"the net has {len(confusions)} heads but the dataset gives labels of shape "
+                        f"{tuple(labels.shape)}, not one map per head: is it the dataset the net was made for?")
+    for head, confusion in enumerate(confusions):
+        confusion.update(predicted[:, head], labels[:, head])
+
+
+def _scores(confusion: ConfusionMatrix, distributed: bool, strict: bool, exclude_absent: bool) -> dict:
     if distributed:
         confusion.all_reduce()
-        all_reduce_sum(count)
-    scores = confusion.compute(strict_labels)
+    scores = confusion.compute(strict, exclude_absent)
     scores["confusion"] = confusion.matrix.cpu().tolist()
-    scores["num_images"] = int(count.item())
     return scores
 
 
@@ -130,30 +160,49 @@ def _json_number(value: float) -> float | None:
     return None if math.isnan(value) else value  # JSON has no NaN: undefined scores become null
 
 
-def report_text(scores: dict, class_names: Sequence[str], title: str) -> str:
-    """The paper's Table 2 line for ``title`` followed by the per-class IoU / accuracy table."""
-    return format_table({title: scores}) + "\n\n" + format_per_class(scores, class_names)
+def report_text(scores: dict, class_names: Sequence[str], title: str,
+                extra_heads: Sequence[DatasetInfo] = ()) -> str:
+    """The paper's Table 2 line for ``title`` followed by the per-class IoU / accuracy table (and the same
+    for each of ``extra_heads``, scored by :func:`evaluate` under ``scores["extra_heads"]``)."""
+    text = format_table({title: scores}) + "\n\n" + format_per_class(scores, class_names)
+    for head in extra_heads:
+        head_scores = scores["extra_heads"][head.task]
+        text += (f"\n\n{head.task} head:\n\n" + format_table({title: head_scores}) + "\n\n"
+                 + format_per_class(head_scores, head.class_names))
+    return text
 
 
-def write_report(scores: dict, class_names: Sequence[str], out_dir: str | os.PathLike, title: str) -> str:
-    """Write ``metrics.json`` and ``confusion.png`` to ``out_dir``; returns the text of :func:`report_text`.
-
-    ``metrics.json`` holds the title, the four scores (fractions; null where undefined), per-class IoU and
-    accuracy by class name, and the confusion matrix (rows = ground truth, columns = prediction).
-    """
-    if "confusion" not in scores:
-        raise ConfigError("scores lack 'confusion'; pass the dict returned by evaluate()")
-    out_dir = Path(out_dir)
-    text = report_text(scores, class_names, title)  # checks the class names before anything is written
-    metrics = {"title": title, **{key: _json_number(scores[key]) for key in SCORE_KEYS}}
-    if "num_images" in scores:
-        metrics["num_images"] = scores["num_images"]
+def _metrics(scores: dict, class_names: Sequence[str]) -> dict:
+    """The JSON form of one head's scores."""
+    metrics = {key: _json_number(scores[key]) for key in SCORE_KEYS}
     metrics["per_class"] = {
         name: {"iou": _json_number(iou), "acc": _json_number(acc)}
         for name, iou, acc in zip(class_names, scores["per_class_iou"], scores["per_class_acc"], strict=True)
     }
     metrics["class_names"] = list(class_names)
     metrics["confusion"] = [[int(v) for v in row] for row in scores["confusion"]]
+    return metrics
+
+
+def write_report(scores: dict, class_names: Sequence[str], out_dir: str | os.PathLike, title: str,
+                 extra_heads: Sequence[DatasetInfo] = ()) -> str:
+    """Write ``metrics.json`` and ``confusion.png`` to ``out_dir``; returns the text of :func:`report_text`.
+
+    ``metrics.json`` holds the title, the four scores (fractions; null where undefined), per-class IoU and
+    accuracy by class name, and the confusion matrix (rows = ground truth, columns = prediction); the
+    scores of ``extra_heads`` in the same form under ``extra_heads``, by task. ``confusion.png`` shows
+    the first head's matrix.
+    """
+    if "confusion" not in scores:
+        raise ConfigError("scores lack 'confusion'; pass the dict returned by evaluate()")
+    out_dir = Path(out_dir)
+    text = report_text(scores, class_names, title, extra_heads)  # checks the class names before any write
+    metrics = {"title": title, **_metrics(scores, class_names)}
+    if "num_images" in scores:
+        metrics["num_images"] = scores["num_images"]
+    if extra_heads:
+        metrics["extra_heads"] = {head.task: _metrics(scores["extra_heads"][head.task], head.class_names)
+                                  for head in extra_heads}
     with atomic_open(out_dir / REPORT_FILES[0], "w", encoding="utf-8") as handle:
         json.dump(metrics, handle, indent=2, allow_nan=False)
         handle.write("\n")

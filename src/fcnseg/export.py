@@ -34,7 +34,7 @@ from torch import nn
 
 from fcnseg.atomic import atomic_open, atomic_path
 from fcnseg.checkpoint import dataset_meta, info_from_meta, model_from_checkpoint, unwrap
-from fcnseg.data.info import DatasetInfo
+from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.errors import ConfigError, ExportError, WeightsError
 from fcnseg.models.fcn import FCN
 from fcnseg.models.weights import file_kind
@@ -86,8 +86,9 @@ def _resolve(source: str | Path | nn.Module, info: DatasetInfo | None,
     if not hasattr(model, "config"):
         raise ConfigError("the model has no .config (build it with fcnseg.models.build_model) so the export "
                          "could not record its architecture")
-    if info.num_classes != model.num_classes:
-        raise ConfigError(f"dataset {info.name} has {info.num_classes} classes, the model {model.num_classes}")
+    if info.head_classes != model.head_classes:
+        raise ConfigError(f"dataset {info.name} has {count_text(info.head_classes)} classes, the model "
+                          f"{count_text(model.head_classes)}")
     normalization = normalization or model.backbone.input_normalization
     check_normalization(normalization)
     return model, info, normalization

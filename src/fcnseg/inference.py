@@ -36,12 +36,18 @@ the CPU or GPU computes bf16 natively); probabilities are always accumulated in 
 
 Both functions share one row-streaming engine, so ``predict_labels(...)`` is exactly
 ``predict_probs(...).argmax(1)``.
+
+Nets with several heads (``heads``: the class count of each, their scores side by side in the channels)
+get one softmax per head from a single forward pass: the engine takes the softmax over every head's
+log-softmax side by side, which is each head's own softmax divided by the number of heads K (each sums to
+one), and averages stay linear; the probabilities are multiplied by K at the end and the labels are one
+argmax per head.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -49,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fcnseg.data.info import count_text
 from fcnseg.errors import ConfigError
 
 Forward = Callable[[Tensor], Tensor]
@@ -102,35 +109,60 @@ class InferenceOptions:
 
 
 def predict_probs(forward: Forward, images: Tensor, options: InferenceOptions | None = None,
-                  **changes) -> Tensor:
+                  heads: Sequence[int] | None = None, **changes) -> Tensor:
     """Softmax probabilities ``N x C x H x W`` (float32) averaged over windows, flips and scales.
 
     Args:
         forward: callable mapping normalised ``n x 3 x h x w`` input to ``n x C x h x w`` logits.
         images: normalised ``N x 3 x H x W`` float tensor; the result lives on its device.
         options: how to run (see :class:`InferenceOptions`); keyword ``changes`` override single fields.
+        heads: the class count of each head of a net with several (their sum is C); each head's
+            channels then hold its own softmax.
     """
     options = _checked(images, options, changes)
     out = None
-    for index, start, strip in _iter_groups(forward, images, options):
+    for index, start, strip in _iter_groups(_per_head(forward, heads), images, options):
         if out is None:
             out = images.new_empty((images.shape[0], strip.shape[1], *images.shape[2:]), dtype=torch.float32)
         out[index, :, start:start + strip.shape[2]] = strip
-    return out
+    return out * len(heads) if heads and len(heads) > 1 else out
 
 
 def predict_labels(forward: Forward, images: Tensor, options: InferenceOptions | None = None,
-                   **changes) -> Tensor:
-    """Label maps ``N x H x W`` (int64): the argmax of :func:`predict_probs` with the same arguments.
+                   heads: Sequence[int] | None = None, **changes) -> Tensor:
+    """Label maps ``N x H x W`` (int64): the argmax of :func:`predict_probs` with the same arguments;
+    ``N x K x H x W``, one map per head, for a net of K > 1 ``heads``.
 
     In slide mode the probabilities are never held for the whole image: rows are finalised (argmax taken)
     as soon as no later window touches them, so memory stays bounded for arbitrarily tall images.
     """
     options = _checked(images, options, changes)
-    labels = torch.empty((images.shape[0], *images.shape[2:]), dtype=torch.int64, device=images.device)
-    for index, start, strip in _iter_groups(forward, images, options):
-        labels[index, start:start + strip.shape[2]] = strip.argmax(1)
+    heads = tuple(heads) if heads and len(heads) > 1 else None
+    shape = (images.shape[0], *((len(heads),) if heads else ()), *images.shape[2:])
+    labels = torch.empty(shape, dtype=torch.int64, device=images.device)
+    for index, start, strip in _iter_groups(_per_head(forward, heads), images, options):
+        rows = slice(start, start + strip.shape[2])
+        if heads is None:
+            labels[index, rows] = strip.argmax(1)
+        else:
+            labels[index, :, rows] = torch.stack([part.argmax(1) for part in strip.split(heads, 1)], 1)
     return labels
+
+
+def _per_head(forward: Forward, heads: Sequence[int] | None) -> Forward:
+    """``forward``, or for several heads a forward giving every head's log-softmax side by side."""
+    if not heads or len(heads) == 1:
+        return forward
+    heads = tuple(heads)
+
+    def log_probs(x: Tensor) -> Tensor:
+        logits = forward(x)
+        if logits.dim() != 4 or logits.shape[1] != sum(heads):
+            raise ValueError(f"forward returned {tuple(logits.shape)}, not the {count_text(heads)} channels of "
+                             "the heads")
+        return torch.cat([torch.log_softmax(part.float(), 1) for part in logits.split(heads, 1)], 1)
+
+    return log_probs
 
 
 def _checked(images: Tensor, options: InferenceOptions | None, changes: dict) -> InferenceOptions:

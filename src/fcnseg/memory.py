@@ -89,7 +89,7 @@ def _meta_model(config: tuple) -> nn.Module:
 def forward_bytes(config: dict, batch: int, height: int, width: int) -> int:
     """Peak bytes of one forward pass of the net ``config`` (build_model's arguments) on an
     ``batch x 3 x height x width`` float32 input, without autograd."""
-    model = _meta_model(tuple(sorted(config.items())))
+    model = _meta_model(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items())))
     stage_ends = {id(stage[-1]) for stage in model.backbone.stages()[:2]}
     kept, peak = 0, 0
 

@@ -94,13 +94,15 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes)
 
 
-def scores_from_confusion(matrix: Tensor) -> dict:
+def scores_from_confusion(matrix: Tensor, exclude_absent: bool = False) -> dict:
     """The paper's four scores and the per-class values from a confusion matrix (rows = ground truth).
 
     Returns a dict with ``pixel_acc``, ``mean_acc``, ``mean_iu`` and ``fw_iu`` (Python floats, fractions
     in [0, 1]) and ``per_class_iou`` and ``per_class_acc`` (lists of floats). A class absent from the
-    ground truth has nan accuracy; a class absent from both ground truth and prediction has nan IU;
-    nan entries are left out of the means. A matrix with no pixels at all gives nan everywhere.
+    ground truth has nan accuracy; a class absent from both ground truth and prediction has nan IU (with
+    ``exclude_absent``, every class absent from the ground truth has nan IU, however often it was
+    predicted: SIFT Flow's reference scoring); nan entries are left out of the means. A matrix with no
+    pixels at all gives nan everywhere.
     """
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"confusion matrix must be square [C, C], got shape {tuple(matrix.shape)}")
@@ -113,6 +115,8 @@ def scores_from_confusion(matrix: Tensor) -> dict:
     # 0/0 gives nan, which is how an empty denominator is marked.
     per_class_acc = correct / gt_total
     per_class_iou = correct / (gt_total + pred_total - correct)
+    if exclude_absent:
+        per_class_iou[gt_total == 0] = math.nan
     # Classes absent from the ground truth weigh 0; masking them avoids 0 * nan.
     present = gt_total > 0
     fw_iu = (gt_total[present] * per_class_iou[present]).sum() / total
@@ -179,7 +183,7 @@ class ConfusionMatrix:
         self.matrix = flat[:-1].reshape(self.num_classes, self.num_classes)
         self.ignored = flat[-1].clone()
 
-    def compute(self, strict: bool = True) -> dict:
+    def compute(self, strict: bool = True, exclude_absent: bool = False) -> dict:
         """Scores of everything accumulated so far (see ``scores_from_confusion``).
 
         Raises (with ``strict``):
@@ -193,7 +197,7 @@ class ConfusionMatrix:
                 f"to the ignore index {self.ignore_index} were: masks saved as 0/255 make every foreground pixel "
                 "'ignored' and the scores meaningless. Save the masks as class indices (foreground 1, ...), e.g. "
                 "(np.array(mask) > 127).astype(np.uint8) for binary masks.")
-        return scores_from_confusion(self.matrix)
+        return scores_from_confusion(self.matrix, exclude_absent)
 
 
 def _percent(value: float) -> str:

@@ -59,7 +59,9 @@ def normalize(image: torch.Tensor | np.ndarray, kind: str = "imagenet") -> torch
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB array, got shape {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        # A read-only array (np.asarray of a PIL image) is copied: torch warns about sharing its memory.
+        image = torch.from_numpy(np.ascontiguousarray(image) if image.flags.writeable else image.copy())
+        image = image.permute(2, 0, 1)
     x = image.float()
     mean, std = _constants(kind, x)
     if convention == "imagenet":

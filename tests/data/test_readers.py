@@ -411,3 +411,57 @@ def test_pascal_context_maps_the_full_label_set_to_the_59_classes(tmp_path: Path
     (context / "59_labels.txt").write_text("1: unicorn\n")
     with pytest.raises(DataError, match=r"class 'unicorn' is not in .*labels.txt"):
         PascalContext(tmp_path, split="val")
+
+
+# --- SIFT Flow: two label sets per image -------------------------------------------------------------
+
+
+def test_siftflow_reads_both_label_sets_as_the_authors_data_layer(tmp_path: Path) -> None:
+    from fcnseg.data.siftflow import SiftFlow, split_ids
+    from fcnseg.data.transforms import train_transforms
+
+    from ..helpers import SIFTFLOW_CATEGORY, siftflow_folder
+
+    siftflow_folder(tmp_path, ids=("coast_a",), size=(2, 3))
+    # classes 1..33 become 0..32, 0 is void (255); geometric 1..3 become 0..2, -1 and 0 are void
+    scipy.io.savemat(tmp_path / "SemanticLabels" / SIFTFLOW_CATEGORY / "coast_a.mat", {"S": [[0, 1, 33], [5, 0, 2]]})
+    scipy.io.savemat(tmp_path / "GeoLabels" / SIFTFLOW_CATEGORY / "coast_a.mat", {"S": [[-1, 1, 3], [2, 0, 1]]})
+    data = SiftFlow(tmp_path, split_file=tmp_path / "ids.txt")
+    image, label = data.load(0)
+    assert image.shape == (2, 3, 3) and label.shape == (2, 3, 2) and label.dtype == np.uint8
+    np.testing.assert_array_equal(label[..., 0], [[255, 0, 32], [4, 255, 1]])
+    np.testing.assert_array_equal(label[..., 1], [[255, 0, 2], [1, 255, 0]])
+    _, tensor = data[0]
+    assert tensor.shape == (2, 2, 3) and torch.equal(tensor.permute(1, 2, 0), torch.from_numpy(label).long())
+    check_dataset(data, "the test split")
+    # Augmentation moves both maps with the image: a flipped and cropped sample stays aligned.
+    flipped = train_transforms((2, 2), scale_range=None, flip=True)
+    for seed in range(4):
+        _, crop = flipped(image, label, rng=np.random.default_rng(seed))
+        assert crop.shape == (2, 2, 2)
+        pairs = {tuple(v) for v in label.reshape(-1, 2)}
+        assert {tuple(v) for v in crop.reshape(-1, 2)} <= pairs
+    assert (len(split_ids("siftflow", "train")), len(split_ids("siftflow", "test"))) == (2486, 200)
+    assert not set(split_ids("siftflow", "train")) & set(split_ids("siftflow", "test"))
+
+
+def test_siftflow_bad_data(tmp_path: Path) -> None:
+    from fcnseg.data.siftflow import SiftFlow
+
+    from ..helpers import SIFTFLOW_CATEGORY, siftflow_folder
+
+    siftflow_folder(tmp_path, ids=("coast_a", "forest_b"), size=(2, 3))
+    scipy.io.savemat(tmp_path / "SemanticLabels" / SIFTFLOW_CATEGORY / "coast_a.mat", {"S": [[34, 1, 1], [1, 1, 1]]})
+    data = SiftFlow(tmp_path, split_file=tmp_path / "ids.txt")
+    with pytest.raises(DataError, match=r"coast_a.mat has label values \[34\] that are neither classes 1..33"):
+        data.load(0)
+    (tmp_path / "GeoLabels" / SIFTFLOW_CATEGORY / "forest_b.mat").write_bytes(b"not a mat file")
+    with pytest.raises(DataError, match=r"truncated or corrupt .mat file .*forest_b.mat"):
+        data.load(1)
+    (tmp_path / "GeoLabels" / SIFTFLOW_CATEGORY / "forest_b.mat").unlink()
+    with pytest.raises(DataError, match=r"1 geometric labels listed by .*ids.txt do not exist:\n  .*forest_b.mat"):
+        SiftFlow(tmp_path, split_file=tmp_path / "ids.txt")
+    with pytest.raises(DataError, match=r"SIFT Flow has the splits train .* and test, not 'val'"):
+        SiftFlow(tmp_path, split="val")
+    with pytest.raises(DataError, match=r"2486 images listed by the authors' train list do not exist"):
+        SiftFlow(tmp_path, split="train")

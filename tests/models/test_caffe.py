@@ -62,10 +62,20 @@ def layer(name: str, kind: str, blobs: list[bytes], v1: bool) -> bytes:
     return delimited(1, name.encode()) + delimited(2, kind.encode()) + b"".join(delimited(7, b) for b in blobs)
 
 
-def caffemodel(path, net: TorchFCN, v1=False, **form) -> None:
+def net_layers(net: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(Caffe layer name, module) of a net's weighted layers: a two-head net's head layers end in _sem / _geo."""
+    if not isinstance(net, TwoHeads):
+        return list(net.named_children())
+    head = lambda name: name.startswith(("score", "upscore"))  # noqa: E731
+    return ([(name, m) for name, m in net.sem.named_children() if not head(name)]
+            + [(f"{name}_{task}", m) for task in ("sem", "geo") for name, m in getattr(net, task).named_children()
+               if head(name)])
+
+
+def caffemodel(path, net: torch.nn.Module, v1=False, **form) -> None:
     """Write ``net``'s weights as a .caffemodel with the authors' layer names (pytorch-fcn kept them)."""
     layers = [layer("relu1_1", "ReLU", [], v1)]  # layers without blobs are passed over
-    for name, module in net.named_children():
+    for name, module in net_layers(net):
         if isinstance(module, torch.nn.ConvTranspose2d):
             layers.append(layer(name, "Deconvolution", [blob(module.weight.detach().numpy(), **form)], v1))
         elif isinstance(module, torch.nn.Conv2d):
@@ -107,13 +117,32 @@ class CaffeNetFCN32s(torch.nn.Module):
         return self.upscore(self.score_fr(h))[:, :, 18:18 + x.shape[2], 18:18 + x.shape[3]]
 
 
-def oracle(kind: str, classes: int, seed: int = 1, backbone: str = "vgg16") -> torch.nn.Module:
+class TwoHeads(torch.nn.Module):
+    """The SIFT Flow prototxts restated: one VGG16 trunk scored by a semantic and a geometric head, each
+    with the VOC nets' layers and crops; the output is both heads' scores, semantic first."""
+
+    def __init__(self, kind: str, classes: tuple[int, int]):
+        super().__init__()
+        self.kind = kind
+        self.sem, self.geo = (TorchFCN(kind, n_class=c, width=WIDTH) for c in classes)
+        for name, module in self.sem.named_children():  # one trunk: the geometric head reads the same layers
+            if name.startswith(("conv", "fc")):
+                setattr(self.geo, name, module)
+
+    def forward(self, x):
+        return torch.cat([self.sem(x), self.geo(x)], 1)
+
+
+def oracle(kind: str, classes: int, seed: int = 1, backbone: str = "vgg16", heads: tuple[int, ...] = ()):
     torch.manual_seed(seed)
-    net = (CaffeNetFCN32s(classes, WIDTH) if backbone == "caffenet" else TorchFCN(kind, n_class=classes,
-                                                                                 width=WIDTH)).eval()
+    if heads:
+        net = TwoHeads(kind, (classes, *heads)).eval()
+    else:
+        net = (CaffeNetFCN32s(classes, WIDTH) if backbone == "caffenet" else TorchFCN(kind, n_class=classes,
+                                                                                     width=WIDTH)).eval()
     with torch.no_grad():
         for name, p in net.named_parameters():
-            if name.startswith("upscore"):  # the authors' frozen kernels: on the diagonal only
+            if name.split(".")[-2].startswith("upscore"):  # the authors' frozen kernels: on the diagonal only
                 p.copy_(torch.eye(p.shape[0])[:, :, None, None] * torch.rand(p.shape[0], 1, *p.shape[2:]))
             else:
                 p.copy_(torch.randn_like(p) * (2.0 / p[0].numel()) ** 0.5)
@@ -123,18 +152,23 @@ def oracle(kind: str, classes: int, seed: int = 1, backbone: str = "vgg16") -> t
 CONVERTIBLE = [name for name, entry in CAFFE_NETS.items() if entry["model"]]
 # Every file layout at least once across the nets.
 FORMS = [{"v1": False}, {"v1": True}, {"packed": False}, {"legacy": True}, {"double": True},
-         {"v1": True, "packed": False, "legacy": True}, {"double": True, "packed": False}, {"legacy": True}]
+         {"v1": True, "packed": False, "legacy": True}, {"double": True, "packed": False}, {"legacy": True},
+         {"v1": True}, {}, {"packed": False}]
 
 
 @pytest.mark.parametrize("name, form", list(zip(CONVERTIBLE, FORMS, strict=True)))
 def test_converted_nets_compute_the_oracles_function(tmp_path, name, form):
     entry = CAFFE_NETS[name]
     kind = entry["model"].removeprefix("fcn")
-    net = oracle(kind, entry["info"].num_classes, backbone=entry.get("backbone", "vgg16"))
+    info = entry["info"]
+    net = oracle(kind, info.num_classes, backbone=entry.get("backbone", "vgg16"), heads=info.head_classes[1:])
     caffemodel(tmp_path / "net.caffemodel", net, **form)
-    model, info = fcn_from_caffemodel(tmp_path / "net.caffemodel", name)
-    assert info == entry["info"] and model.config["geometry"] == "reference"
-    assert model.config["name"] == entry["model"] and model.backbone.input_normalization == "caffe"
+    model, converted_info = fcn_from_caffemodel(tmp_path / "net.caffemodel", name)
+    assert converted_info == info and model.config["geometry"] == "reference"
+    assert model.config["name"] == entry["model"] and model.head_classes == info.head_classes
+    # The authors' VOC mean, or SIFT Flow's own (its data layer's BGR mean)
+    mean = "caffe:114.578,115.294,108.353" if name.startswith("siftflow") else "caffe"
+    assert model.backbone.input_normalization == mean
     for size in [(1, 1), (37, 45), (64, 64)]:
         x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(sum(size))) * 50
         with torch.no_grad():
@@ -205,8 +239,17 @@ def test_other_files_are_refused_clearly(tmp_path, content):
 
 def test_nets_not_built_yet_are_refused_with_the_reason(tmp_path):
     caffemodel(tmp_path / "a.caffemodel", oracle("32s", 21))
-    with pytest.raises(WeightsError, match="siftflow-fcn8s cannot be converted yet: .*two score heads"):
-        fcn_from_caffemodel(tmp_path / "a.caffemodel", "siftflow-fcn8s")
+    with pytest.raises(WeightsError, match="nyud-fcn32s-hha cannot be converted yet: .*HHA"):
+        fcn_from_caffemodel(tmp_path / "a.caffemodel", "nyud-fcn32s-hha")
+
+
+def test_a_voc_file_is_not_taken_for_a_siftflow_net(tmp_path):
+    caffemodel(tmp_path / "voc.caffemodel", oracle("8s", 21))
+    with pytest.raises(WeightsError, match="has no score_fr_sem and no score_fr_geo layer, which siftflow-fcn8s has"):
+        fcn_from_caffemodel(tmp_path / "voc.caffemodel", "siftflow-fcn8s")
+    caffemodel(tmp_path / "heads.caffemodel", oracle("8s", 33, heads=(4,)))
+    with pytest.raises(WeightsError, match=r"scores 33 \+ 4 classes, but siftflow-fcn8s has 33 \+ 3"):
+        fcn_from_caffemodel(tmp_path / "heads.caffemodel", "siftflow-fcn8s")
 
 
 def test_cli_convert_and_predict(tmp_path, capsys):

@@ -9,6 +9,7 @@ from torch.utils.data import Subset
 
 from fcnseg.api import load
 from fcnseg.commands.options import add_inference, add_max_memory, add_runtime, inference_options, notes, positive_int
+from fcnseg.data.info import count_text
 from fcnseg.data.registry import DATASETS, build_dataset
 from fcnseg.errors import DataError
 from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
@@ -52,24 +53,26 @@ def run(args: argparse.Namespace) -> int:
     # Synthetic scenes are rendered from seeds: only as many as will be scored.
     extra = {"num_images": args.limit} if args.dataset == "synthetic" and args.limit else {}
     dataset = build_dataset(args.dataset, args.root, args.split, normalization=segmenter.normalization, **extra)
-    if dataset.info.num_classes != info.num_classes:
-        raise DataError(f"{args.checkpoint} predicts {info.num_classes} classes ({info.name}) but dataset "
-                        f"{args.dataset} has {dataset.info.num_classes}; evaluate on the dataset it was trained for")
+    if dataset.info.head_classes != info.head_classes:
+        raise DataError(f"{args.checkpoint} predicts {count_text(info.head_classes)} classes ({info.name}) but dataset "
+                        f"{args.dataset} has {count_text(dataset.info.head_classes)}; evaluate on the dataset it was "
+                        "trained for")
     ignore_index = dataset.info.ignore_index
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, range(args.limit))
     scores = evaluate(segmenter.scores, dataset, info.num_classes, ignore_index, options, device=runtime.device,
-                      num_workers=args.workers, distributed=runtime.distributed, planner=segmenter.plan)
+                      num_workers=args.workers, distributed=runtime.distributed, planner=segmenter.plan,
+                      exclude_absent=dataset.info.exclude_absent, extra_heads=dataset.info.extra_heads)
     if not runtime.is_main:
         return 0
     config = segmenter.config or {}
     title = f"{config.get('name', args.checkpoint.stem)} ({config.get('backbone', 'export')})"
     if outputs is not None:
-        text = write_report(scores, info.class_names, args.out, title)
+        text = write_report(scores, info.class_names, args.out, title, info.extra_heads)
         outputs.record([args.out / name for name in REPORT_FILES], flush=True)
         text += f"\n\nwrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}"
     else:
-        text = report_text(scores, info.class_names, title)
+        text = report_text(scores, info.class_names, title, info.extra_heads)
     print(f"{args.dataset} {args.split}: {scores['num_images']} images")
     print(text)
     return 0

@@ -46,8 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict", help="segment images with a trained model",
         description="Segment images and write, per input STEM: STEM_mask.png (palette PNG of class indices), "
                     "STEM_overlay.png, STEM_side_by_side.png (image | overlay | mask), STEM_legend.png and "
-                    "with --probs STEM_probs.npy (C x H x W float16). Unreadable images are reported at "
-                    "the end (exit code 1) after the others are processed.")
+                    "with --probs STEM_probs.npy (C x H x W float16). Nets with several heads (SIFT Flow's) "
+                    "write the others' maps as STEM_TASK_mask.png and so on (STEM_geometric_mask.png). "
+                    "Unreadable images are reported at the end (exit code 1) after the others are processed.")
     parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), or its ONNX or TorchScript export")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (their images, sorted, not recursive) or glob patterns")
@@ -118,31 +119,33 @@ def write_outputs(out: Path, stem: str, image: np.ndarray, labels: np.ndarray, i
 def run(args: argparse.Namespace) -> int:
     """0 when every image was segmented, 1 when some could not be read."""
     files = expand_inputs(args.inputs)
-    suffixes = OUTPUT_SUFFIXES if args.probs else OUTPUT_SUFFIXES[:4]
-    outputs = Outputs(args.out, "predict", args.overwrite)
-    outputs.claim([args.out / f"{path.stem}{suffix}" for path in files for suffix in suffixes],
-                  inputs=[*files, args.checkpoint])
     options = inference_options(args)
     runtime = start(args.device, args.threads)
     segmenter = load(args.checkpoint, device=runtime.device, backend=args.backend, options=options,
                      max_pixels=args.max_pixels, max_memory=args.max_memory)
     segmenter.report = notes("predict")
-    if segmenter.info.num_classes > 256:
+    if max(segmenter.info.head_classes) > 256:
         raise ConfigError(f"{segmenter.info.name} has {segmenter.info.num_classes} classes; mask PNGs and "
                           "overlays hold at most 256. Use the Python API (fcnseg.load) instead.")
+    outputs = Outputs(args.out, "predict", args.overwrite)
+    outputs.claim([path for file in files for path in output_paths(args.out, file.stem, segmenter.info, args.probs)],
+                  inputs=[*files, args.checkpoint])
     failures: list[tuple[Path, str]] = []
     with progress_bar(total=len(files), desc="predict", unit="img") as bar, _flushing(outputs):
         for done, path in enumerate(files, start=1):
             began = time.perf_counter()
             try:  # an unreadable file, or one no memory plan fits, fails alone
                 image = decode_image(path, args.max_pixels)
-                labels, probs = _segment(segmenter, image, str(path), args.probs)
+                maps, probs = _segment(segmenter, image, str(path), args.probs)
             except DataError as exc:
                 failures.append((path, str(exc)))
                 bar.write(f"[{done}/{len(files)}] {path.name} FAILED: {exc}", file=sys.stderr)
                 bar.update(1)
                 continue
-            outputs.record(write_outputs(args.out, path.stem, image, labels, segmenter.info, args.opacity, probs))
+            for head, labels in zip(segmenter.info.heads, maps, strict=True):
+                stem = path.stem if head is segmenter.info else f"{path.stem}_{head.task}"
+                outputs.record(write_outputs(args.out, stem, image, labels, head, args.opacity,
+                                             probs if head is segmenter.info else None))
             if not is_quiet():
                 bar.write(f"[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "
                           f"{time.perf_counter() - began:.2f} s", file=sys.stderr)
@@ -150,12 +153,20 @@ def run(args: argparse.Namespace) -> int:
     return _report(failures, len(files), args.out)
 
 
-def _segment(segmenter: Segmenter, image: np.ndarray, name: str, probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """(labels, probabilities or None) of one image."""
+def output_paths(out: Path, stem: str, info: DatasetInfo, probs: bool) -> list[Path]:
+    """The files one input gives: the first head's under STEM_*, each further head's under STEM_TASK_*."""
+    paths = [out / f"{stem}{suffix}" for suffix in (OUTPUT_SUFFIXES if probs else OUTPUT_SUFFIXES[:4])]
+    return paths + [out / f"{stem}_{head.task}{suffix}" for head in info.extra_heads for suffix in OUTPUT_SUFFIXES[:4]]
+
+
+def _segment(segmenter: Segmenter, image: np.ndarray, name: str,
+             probs: bool) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """(every head's labels, probabilities or None) of one image."""
     if not probs:
-        return segmenter.predict(image, name=name), None
+        return list(segmenter.predict_heads(image, name=name).values()), None
     probabilities = segmenter.predict_probs(image, name=name)
-    return probabilities.argmax(0).astype(segmenter.label_dtype), probabilities
+    parts = np.split(probabilities, np.cumsum(segmenter.info.head_classes)[:-1])
+    return [part.argmax(0).astype(segmenter.label_dtype) for part in parts], probabilities
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """The dataset interface every reader implements, and the helpers the file-based readers share.
 
 A dataset returns ``(image, label)`` pairs. ``load`` gives the raw pair (HxWx3 uint8 RGB array, HxW
-uint8 label array holding class indices or the ignore index); the dataset's joint transform runs on
+uint8 label array holding class indices or the ignore index; HxWxK for a dataset labelled for K heads,
+such as SIFT Flow's semantic and geometric classes); the dataset's joint transform runs on
 those arrays; ``__getitem__`` finally converts to tensors with the normalisation the model expects.
 Transform and normalisation are fixed when the dataset is built.
 
@@ -28,8 +29,13 @@ JointTransform = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray, normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """HxWx3 uint8 image and HxW label array -> normalised float 3xHxW tensor and int64 HxW tensor."""
-    return normalize(image, normalization), torch.from_numpy(np.ascontiguousarray(label)).long()
+    """HxWx3 uint8 image and HxW label array -> normalised float 3xHxW tensor and int64 HxW tensor.
+
+    A dataset labelled for several heads gives HxWxK labels (one map per head, channels last like the
+    image); they become a K x H x W tensor.
+    """
+    labels = torch.from_numpy(np.ascontiguousarray(label)).long()
+    return normalize(image, normalization), labels.permute(2, 0, 1).contiguous() if labels.dim() == 3 else labels
 
 
 class SegmentationDataset(Dataset):

@@ -17,7 +17,8 @@ from fcnseg.data.info import IGNORE_INDEX
 def pad_collate(
     batch: Sequence[tuple[torch.Tensor, torch.Tensor]], ignore_index: int = IGNORE_INDEX
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``(3xHxW float image, HxW label)`` pairs into ``(Bx3xHmaxxWmax, BxHmaxxWmax int64)``.
+    """Stack ``(3xHxW float image, HxW label)`` pairs into ``(Bx3xHmaxxWmax, BxHmaxxWmax int64)``
+    (labels of K heads, K x H x W each, into B x K x Hmax x Wmax).
 
     Smaller samples are padded on the bottom/right (images with 0, labels with ``ignore_index``).
     A batch of one is returned unpadded, as in the paper's whole-image training.
@@ -25,20 +26,22 @@ def pad_collate(
     if len(batch) == 0:
         raise ValueError("cannot collate an empty batch")
     for image, label in batch:
-        if image.dim() != 3 or label.dim() != 2 or image.shape[1:] != label.shape:
-            raise ValueError(f"expected 3xHxW image and HxW label, got {tuple(image.shape)}, {tuple(label.shape)}")
+        if image.dim() != 3 or label.dim() not in (2, 3) or image.shape[1:] != label.shape[-2:] \
+                or label.shape[:-2] != batch[0][1].shape[:-2]:
+            raise ValueError(f"expected 3xHxW image and HxW (or KxHxW) label, got {tuple(image.shape)}, "
+                             f"{tuple(label.shape)}")
     if len(batch) == 1:
         image, label = batch[0]
         return image.unsqueeze(0), label.long().unsqueeze(0)
     height = max(image.shape[1] for image, _ in batch)
     width = max(image.shape[2] for image, _ in batch)
-    first = batch[0][0]
+    first, heads = batch[0][0], batch[0][1].shape[:-2]
     images = first.new_zeros((len(batch), first.shape[0], height, width))
-    labels = torch.full((len(batch), height, width), ignore_index, dtype=torch.int64)
+    labels = torch.full((len(batch), *heads, height, width), ignore_index, dtype=torch.int64)
     for i, (image, label) in enumerate(batch):
-        h, w = label.shape
+        h, w = label.shape[-2:]
         images[i, :, :h, :w] = image
-        labels[i, :h, :w] = label
+        labels[i, ..., :h, :w] = label
     return images, labels
 
 

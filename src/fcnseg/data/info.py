@@ -11,12 +11,22 @@ IGNORE_INDEX = 255
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset's labels mean: names, colours (one RGB triple per class) and the void label."""
+    """What a dataset's labels mean: names, colours (one RGB triple per class) and the void label.
+
+    ``task`` names what the classes label ("semantic"; SIFT Flow also labels "geometric" classes).
+    ``extra_heads``: the further label sets of a dataset labelled for several tasks at once, each its
+    own DatasetInfo; such a dataset's labels hold one map per head, and a net for it one head per task.
+    ``exclude_absent``: classes without ground-truth pixels are left out of the mean scores (SIFT Flow's
+    reference scoring, as several of its classes never occur in its test images).
+    """
 
     name: str
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
     ignore_index: int = IGNORE_INDEX
+    task: str = "semantic"
+    extra_heads: tuple[DatasetInfo, ...] = ()
+    exclude_absent: bool = False
 
     def __post_init__(self) -> None:
         if len(self.class_names) != len(self.palette):
@@ -24,7 +34,18 @@ class DatasetInfo:
 
     @property
     def num_classes(self) -> int:
+        """Classes of the first (or only) head."""
         return len(self.class_names)
+
+    @property
+    def heads(self) -> tuple[DatasetInfo, ...]:
+        """Every head's label set, this one first."""
+        return (self, *self.extra_heads)
+
+    @property
+    def head_classes(self) -> tuple[int, ...]:
+        """Classes per head: the channels of a net's output, head after head."""
+        return tuple(head.num_classes for head in self.heads)
 
     def palette_array(self) -> np.ndarray:
         """A 256x3 uint8 lookup table: class colours first, the ignore index white, the rest black."""
@@ -33,6 +54,11 @@ class DatasetInfo:
         if 0 <= self.ignore_index < 256 and self.ignore_index >= self.num_classes:
             lut[self.ignore_index] = (255, 255, 255)
         return lut
+
+
+def count_text(classes: tuple[int, ...]) -> str:
+    """Classes per head as people read them: "21", or "33 + 3" for a net with two heads."""
+    return " + ".join(str(c) for c in classes)
 
 
 def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
@@ -92,4 +118,18 @@ PASCAL_CONTEXT = DatasetInfo(
         "platform", "sign", "plate", "road", "rock", "shelves", "sidewalk", "sky", "snow", "bedcloth", "track",
         "tree", "truck", "wall", "water", "window", "wood"),
     tuple(voc_colormap(60)),
+)
+
+# SIFT Flow: 33 semantic classes (alphabetical, as in the dataset's label files) and 3 geometric ones, one
+# label map each. Some semantic classes (cow, desert, moon, ...) are rare enough to be missing from its 200
+# test images; the reference scoring leaves absent classes out of the means.
+SIFTFLOW_GEOMETRIC = DatasetInfo("siftflow_geometric", ("sky", "horizontal", "vertical"),
+                                 ((70, 130, 180), (128, 64, 128), (220, 160, 60)), task="geometric",
+                                 exclude_absent=True)
+SIFTFLOW = DatasetInfo(
+    "siftflow",
+    ("awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk", "desert", "door",
+     "fence", "field", "grass", "moon", "mountain", "person", "plant", "pole", "river", "road", "rock", "sand", "sea",
+     "sidewalk", "sign", "sky", "staircase", "streetlight", "sun", "tree", "window"),
+    tuple(voc_colormap(34)[1:]), extra_heads=(SIFTFLOW_GEOMETRIC,), exclude_absent=True,
 )

@@ -315,6 +315,23 @@ def read_label(
     )
 
 
+def read_mat_array(path: PathLike, key: str) -> np.ndarray:
+    """The 2-D array ``key`` of a MATLAB .mat file (SIFT Flow's and NYUDv2's labels); DataError naming the file
+    when it cannot be read, lacks ``key`` or holds something else there."""
+    import scipy.io  # only the .mat datasets need it
+    from scipy.io.matlab import MatReadError
+
+    try:
+        array = np.asarray(scipy.io.loadmat(str(path))[key])
+    except (MatReadError, ValueError, OSError, TypeError) as exc:
+        raise DataError(f"truncated or corrupt .mat file {path}: {exc}") from None
+    except KeyError:
+        raise DataError(f"{path} holds no {key!r} array: is it a label file of this dataset?") from None
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+        raise DataError(f"{path}: {key!r} should be a 2-D array of class numbers, got {array.dtype} {array.shape}")
+    return array
+
+
 def exif_orientation(path: PathLike) -> int:
     """The EXIF orientation tag of an image file (1, upright, when it has none or cannot be read)."""
     try:

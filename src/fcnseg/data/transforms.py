@@ -1,8 +1,9 @@
 """Joint image/label transforms for training and evaluation, on numpy arrays.
 
 Every transform is a callable ``(image, label) -> (image, label)`` on an HxWx3 uint8 RGB image and an
-HxW uint8 label array (see :mod:`fcnseg.data.base`). Images are resized bilinearly; labels are always
-resized with nearest neighbour, because interpolating class ids would invent classes at boundaries.
+HxW uint8 label array, or HxWxK for K heads (see :mod:`fcnseg.data.base`). Images are resized
+bilinearly; labels are always resized with nearest neighbour, because interpolating class ids would
+invent classes at boundaries.
 
 Randomness
 ----------
@@ -40,7 +41,7 @@ def torch_seeded_rng() -> np.random.Generator:
 def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
-    if label.shape != image.shape[:2]:
+    if label.shape[:2] != image.shape[:2] or label.ndim not in (2, 3):
         raise ValueError(f"label shape {label.shape} does not match image shape {image.shape[:2]}")
 
 
@@ -52,9 +53,10 @@ def resize_pair(image: np.ndarray, label: np.ndarray, height: int, width: int) -
     size = (width, height)  # PIL sizes are (width, height)
     new_image = np.asarray(Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize(
         size, Image.Resampling.BILINEAR))
-    new_label = np.asarray(Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8)).resize(
-        size, Image.Resampling.NEAREST))
-    return new_image, new_label
+    maps = [label] if label.ndim == 2 else [label[..., k] for k in range(label.shape[2])]
+    resized = [np.asarray(Image.fromarray(np.ascontiguousarray(m, dtype=np.uint8)).resize(
+        size, Image.Resampling.NEAREST)) for m in maps]
+    return new_image, resized[0] if label.ndim == 2 else np.stack(resized, axis=2)
 
 
 def pad_to_size(
@@ -73,14 +75,14 @@ def pad_to_size(
     if fill is None:
         fill = mean_color("imagenet")
     _check_pair(image, label)
-    h, w = label.shape
+    h, w = label.shape[:2]
     out_h, out_w = max(h, height), max(w, width)
     if (out_h, out_w) == (h, w):
         return image, label
     new_image = np.empty((out_h, out_w, 3), dtype=image.dtype)
     new_image[:] = np.asarray(fill, dtype=image.dtype)
     new_image[:h, :w] = image
-    new_label = np.full((out_h, out_w), ignore_index, dtype=label.dtype)
+    new_label = np.full((out_h, out_w, *label.shape[2:]), ignore_index, dtype=label.dtype)
     new_label[:h, :w] = label
     return new_image, new_label
 
@@ -149,7 +151,7 @@ class RandomScale(RandomTransform):
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
         factor = float(rng.uniform(self.min_scale, self.max_scale))
-        h, w = label.shape
+        h, w = label.shape[:2]
         return resize_pair(image, label, max(1, round(h * factor)), max(1, round(w * factor)))
 
     def __repr__(self) -> str:
@@ -178,7 +180,7 @@ class RandomCrop(RandomTransform):
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None
     ) -> tuple[np.ndarray, np.ndarray]:
         image, label = pad_to_size(image, label, self.height, self.width, self.fill, self.ignore_index)
-        top, left = crop_offsets(label.shape, (self.height, self.width), rng)
+        top, left = crop_offsets(label.shape[:2], (self.height, self.width), rng)
         window = (slice(top, top + self.height), slice(left, left + self.width))
         return image[window].copy(), label[window].copy()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from fcnseg.errors import ConfigError
@@ -18,7 +20,8 @@ MODELS = {
 
 
 def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int = 21, width: float = 1.0,
-                geometry: str = "reference", learnable_upsampling: bool = False, dropout: float = 0.5) -> FCN:
+                geometry: str = "reference", learnable_upsampling: bool = False, dropout: float = 0.5,
+                extra_heads: Sequence[int] = ()) -> FCN:
     """Build an FCN, e.g. ``build_model("fcn8s", backbone="vgg16", num_classes=21)``.
 
     Args:
@@ -30,6 +33,9 @@ def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int =
         learnable_upsampling: train the upsampling kernels (full class x class) instead of keeping them
             frozen at bilinear interpolation (stored depthwise, cheaper).
         dropout: probability of the fc6/fc7 dropout layers (VGG16, AlexNet); the paper keeps 0.5.
+        extra_heads: class counts of further tasks scored from the same trunk (SIFT Flow's 3 geometric
+            classes beside its 33 semantic ones); their scores follow the first task's in the output's
+            channels, so the output has ``num_classes + sum(extra_heads)`` channels.
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
@@ -41,14 +47,19 @@ def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int =
         raise ConfigError(f"width must be positive, got {width}")
     if not 0 <= dropout < 1:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+    extra_heads = tuple(int(c) for c in extra_heads)
+    if min((num_classes, *extra_heads)) < 1:
+        raise ConfigError(f"every head needs at least one class, got {(num_classes, *extra_heads)}")
     net = BACKBONES[backbone](width, reference=geometry == "reference")
     model = FCN(net, num_classes, head=MODELS[name], geometry=geometry,
-                learnable_upsampling=learnable_upsampling)
+                learnable_upsampling=learnable_upsampling, extra_heads=extra_heads)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = dropout
     model.config = {"name": name, "backbone": backbone, "num_classes": num_classes, "width": width,
                     "geometry": geometry, "learnable_upsampling": learnable_upsampling, "dropout": dropout}
+    if extra_heads:  # recorded only when present, so single-task configs stay as they were
+        model.config["extra_heads"] = extra_heads
     return model
 
 

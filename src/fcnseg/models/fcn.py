@@ -19,6 +19,8 @@ Geometry modes:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,7 +47,7 @@ class FCN(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, head: str = "8s", geometry: str = "reference",
-                 learnable_upsampling: bool = False) -> None:
+                 learnable_upsampling: bool = False, extra_heads: Sequence[int] = ()) -> None:
         super().__init__()
         if head not in HEADS:
             raise ConfigError(f"unknown head {head!r}; choose one of {HEADS}")
@@ -55,45 +57,61 @@ class FCN(nn.Module):
         self.num_classes = num_classes
         self.head = head
         self.geometry = geometry
-        c8, c16, c32 = backbone.out_channels
-        pad = (lambda stride: 0) if geometry == "reference" else (lambda stride: stride // 2)
-        kernels = getattr(backbone, "upsample_kernels", {})  # a backbone's own kernel sizes (CaffeNet's 63)
-        up = lambda stride: Upsample(num_classes, stride, learnable_upsampling, pad(stride),  # noqa: E731
-                                     kernels.get(stride))
-
-        self.score_fr = nn.Conv2d(c32, num_classes, 1)
-        if head == "32s":
-            self.upscore = up(32)
-        else:
-            self.score_pool4 = nn.Conv2d(c16, num_classes, 1)
-            self.upscore2 = up(2)
-            if head == "16s":
-                self.upscore16 = up(16)
-            else:
-                self.score_pool3 = nn.Conv2d(c8, num_classes, 1)
-                self.upscore_pool4 = up(2)
-                self.upscore8 = up(8)
+        self.learnable_upsampling = learnable_upsampling
+        # The first task's layers sit on the net itself (the authors' names); further tasks on one trunk (SIFT
+        # Flow's geometric classes) get the same layers in extra_heads, and their scores follow in the output.
+        self._add_score_layers(self, num_classes)
+        self.extra_heads = nn.ModuleList()
+        for classes in extra_heads:
+            layers = nn.Module()
+            self._add_score_layers(layers, classes)
+            self.extra_heads.append(layers)
+        self.head_classes = (num_classes, *extra_heads)
         self.skip_scales = ATONCE_SCALES if head == "8s_atonce" else (1.0, 1.0)
-        # Score layers start at zero (the paper): a net initialised from a coarser one then adds nothing.
-        for layer in self.score_layers():
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
         self._plan_geometry()
 
+    def _add_score_layers(self, layers: nn.Module, classes: int) -> None:
+        """Give ``layers`` the score and upsampling layers of this head for ``classes`` classes."""
+        c8, c16, c32 = self.backbone.out_channels
+        same = self.geometry == "fast"  # "same"-padded upsampling; the reference crops instead
+        kernels = getattr(self.backbone, "upsample_kernels", {})  # a backbone's own kernel sizes (CaffeNet's 63)
+        up = lambda stride: Upsample(classes, stride, self.learnable_upsampling,  # noqa: E731
+                                     stride // 2 if same else 0, kernels.get(stride))
+        layers.score_fr = nn.Conv2d(c32, classes, 1)
+        if self.head == "32s":
+            layers.upscore = up(32)
+        else:
+            layers.score_pool4 = nn.Conv2d(c16, classes, 1)
+            layers.upscore2 = up(2)
+            if self.head == "16s":
+                layers.upscore16 = up(16)
+            else:
+                layers.score_pool3 = nn.Conv2d(c8, classes, 1)
+                layers.upscore_pool4 = up(2)
+                layers.upscore8 = up(8)
+        # Score layers start at zero (the paper): a net initialised from a coarser one then adds nothing.
+        for name in ("score_fr", "score_pool4", "score_pool3"):
+            if hasattr(layers, name):
+                nn.init.zeros_(getattr(layers, name).weight)
+                nn.init.zeros_(getattr(layers, name).bias)
+
     def score_layers(self) -> list[nn.Conv2d]:
+        """The first head's score layers (score_fr, then score_pool4 and score_pool3 where the head has them)."""
         return [getattr(self, n) for n in ("score_fr", "score_pool4", "score_pool3") if hasattr(self, n)]
 
     def upsamplers(self) -> list[Upsample]:
         return [m for m in self.modules() if isinstance(m, Upsample)]
 
     # ----------------------------------------------------------------------------------------- geometry
-    def _fusion_steps(self) -> list[tuple[Upsample, int | None]]:
-        """The upsampling chain: (upsampler, index of the backbone map fused after it, or None)."""
+    def _fusion_steps(self, layers: nn.Module | None = None) -> list[tuple[Upsample, int | None]]:
+        """The upsampling chain of ``layers`` (this net's first head by default): (upsampler, index of the
+        backbone map fused after it, or None)."""
+        layers = self if layers is None else layers
         if self.head == "32s":
-            return [(self.upscore, None)]
+            return [(layers.upscore, None)]
         if self.head == "16s":
-            return [(self.upscore2, 1), (self.upscore16, None)]
-        return [(self.upscore2, 1), (self.upscore_pool4, 0), (self.upscore8, None)]
+            return [(layers.upscore2, 1), (layers.upscore16, None)]
+        return [(layers.upscore2, 1), (layers.upscore_pool4, 0), (layers.upscore8, None)]
 
     def _plan_geometry(self) -> None:
         """Derive the crop offsets and the input padding from the layers' coordinate maps."""
@@ -162,11 +180,16 @@ class FCN(nn.Module):
         if self.geometry == "fast" or top or self.pad_extra:  # constants only: exports keep the pad op
             x = F.pad(x, (top, right, top, bottom))
         features = self.backbone(x)
-        score = self.score_fr(features[2])
-        skip_layers = {1: getattr(self, "score_pool4", None), 0: getattr(self, "score_pool3", None)}
+        scores = [self._scores(layers, features, height, width) for layers in (self, *self.extra_heads)]
+        return scores[0] if len(scores) == 1 else torch.cat(scores, 1)
+
+    def _scores(self, layers: nn.Module, features: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
+        """One head's scores at the input's size: score_fr upsampled, with the skips fused on the way."""
+        score = layers.score_fr(features[2])
+        skip_layers = {1: getattr(layers, "score_pool4", None), 0: getattr(layers, "score_pool3", None)}
         scales = {1: self.skip_scales[0], 0: self.skip_scales[1]}
         step = 0
-        for upsampler, skip in self._fusion_steps():
+        for upsampler, skip in self._fusion_steps(layers):
             score = upsampler(score)
             if skip is None:
                 continue
@@ -185,6 +208,6 @@ class FCN(nn.Module):
         return _crop(score, self.final_crop, height, width)
 
     def extra_repr(self) -> str:
-        return (f"head={self.head}, geometry={self.geometry}, num_classes={self.num_classes}, "
+        return (f"head={self.head}, geometry={self.geometry}, classes={self.head_classes}, "
                 f"pad_top_left={self.pad_top_left}, final_crop={self.final_crop}, skip_crops={self.skip_crops}, "
                 f"fusion_follow={self.fusion_follow}, pad_extra={self.pad_extra}")

@@ -277,12 +277,14 @@ def load_authors_state(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> No
     model.backbone.input_normalization = "caffe"
 
 
-def build_on_meta(name: str, num_classes: int, width: float = 1.0, backbone: str = "vgg16") -> FCN:
+def build_on_meta(name: str, num_classes: int, width: float = 1.0, backbone: str = "vgg16",
+                  extra_heads: Sequence[int] = ()) -> FCN:
     """A reference-geometry FCN whose weights take no memory until they are assigned."""
     from fcnseg.models import build_model
 
     with torch.device("meta"):
-        return build_model(name, backbone=backbone, num_classes=num_classes, width=width, geometry="reference")
+        return build_model(name, backbone=backbone, num_classes=num_classes, width=width, geometry="reference",
+                           extra_heads=extra_heads)
 
 
 def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: str | None = None) -> FCN:

@@ -85,15 +85,21 @@ class RunLog:
             self.window_start, self.window_images = now, 0
 
     def validation(self, epoch: int, scores: dict[str, Any]) -> None:
-        """The validation scores: CSV row, TensorBoard, and one line on stderr (unless quiet)."""
+        """The validation scores: CSV row, TensorBoard, and one line on stderr (unless quiet). The CSV holds
+        the first head's scores (which choose best.pth); further heads go to TensorBoard and the line."""
         run = self.run
         self.csv.write(iteration=run.iteration, epoch=epoch, **{k: f"{scores[k]:.6f}" for k in SCORES})
+        heads = scores.get("extra_heads", {})
         if self.board:
             for key in SCORES:
                 self.board.add_scalar(f"val/{key}", scores[key], run.iteration)
+                for task, head_scores in heads.items():
+                    self.board.add_scalar(f"val_{task}/{key}", head_scores[key], run.iteration)
         if run.runtime.is_main and not is_quiet():
+            more = "".join(f"; {task} mean IU {100 * s['mean_iu']:.1f}, pixel acc. {100 * s['pixel_acc']:.1f}"
+                           for task, s in heads.items())
             self.bar.write(f"it {run.iteration}/{run.config.iterations}: val mean IU {100 * scores['mean_iu']:.1f}, "
-                           f"pixel acc. {100 * scores['pixel_acc']:.1f}", file=sys.stderr)
+                           f"pixel acc. {100 * scores['pixel_acc']:.1f}{more}", file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()

@@ -104,7 +104,8 @@ def forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor) -> fl
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         logits = run.train_model(images)
     reduction = "sum" if config.recipe == "paper" else "mean"
-    loss = segmentation_loss(logits, labels, run.info.ignore_index, reduction, run.class_weights)
+    loss = segmentation_loss(logits, labels, run.info.ignore_index, reduction, run.class_weights,
+                             run.info.head_classes)
     if not torch.isfinite(loss):
         last = run.last_path if run.last_path.exists() else "(none yet)"
         raise TrainingError(
@@ -132,6 +133,7 @@ def validate(run: Run) -> dict[str, Any]:
         dataset = Subset(dataset, range(min(run.config.val_limit, len(dataset))))
     scores = evaluate(run.model, dataset, run.info.num_classes, run.info.ignore_index, device=run.runtime.device,
                       progress=False, distributed=run.runtime.distributed,
-                      strict_labels=not run.config.accept_only_class_zero)
+                      strict_labels=not run.config.accept_only_class_zero, exclude_absent=run.info.exclude_absent,
+                      extra_heads=run.info.extra_heads)
     run.train_model.train()
     return scores

@@ -74,7 +74,8 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
         print(f"fcnseg train: note: batch_size {config.batch_size} is larger than the {per_process} training images "
               "each process has: every step sees them all (a smaller batch would take more steps per epoch)",
               file=sys.stderr)
-    model = build_training_model(config, info.num_classes, init, info.class_names)
+    model = build_training_model(config, info.num_classes, init, info.class_names,
+                                 extra_heads=tuple(head.num_classes for head in info.extra_heads))
     model.to(runtime.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -116,11 +117,12 @@ def resolve_init_checkpoint(path: str) -> Path:
 
 
 def build_training_model(config: TrainConfig, num_classes: int, init: dict[str, Any] | None = None,
-                         class_names: tuple[str, ...] | None = None) -> FCN:
-    """The net of ``config``, with ImageNet weights and/or a coarser net's weights (``init``) loaded."""
+                         class_names: tuple[str, ...] | None = None, extra_heads: tuple[int, ...] = ()) -> FCN:
+    """The net of ``config`` (with one more head per ``extra_heads`` entry, for datasets labelled for several
+    tasks), with ImageNet weights and/or a coarser net's weights (``init``) loaded."""
     model = build_model(config.model, backbone=config.backbone, num_classes=num_classes, width=config.width,
                         geometry=config.geometry, learnable_upsampling=config.learnable_upsampling,
-                        dropout=config.dropout)
+                        dropout=config.dropout, extra_heads=extra_heads)
     if config.imagenet_weights:
         load_imagenet_weights(model, None if config.imagenet_weights == "default" else config.imagenet_weights)
     if init is not None:
@@ -168,7 +170,15 @@ def lr_factor(config: TrainConfig, iteration: int) -> float:
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str,
-                      class_weights: torch.Tensor | None) -> torch.Tensor:
-    """Pixel-wise softmax cross-entropy; ``sum`` is the authors' "unnormalized" loss."""
-    return F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index,
-                           reduction=reduction)
+                      class_weights: torch.Tensor | None, heads: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Pixel-wise softmax cross-entropy; ``sum`` is the authors' "unnormalized" loss.
+
+    A net with several ``heads`` (class counts; targets N x K x H x W) is trained on the sum of each head's
+    loss, as the authors' SIFT Flow nets are; ``class_weights`` then weigh the first head's classes.
+    """
+    if heads is None or len(heads) == 1:
+        return F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index,
+                               reduction=reduction)
+    parts = logits.float().split(heads, 1)
+    return sum(F.cross_entropy(part, target[:, k], weight=class_weights if k == 0 else None,
+                               ignore_index=ignore_index, reduction=reduction) for k, part in enumerate(parts))
