@@ -66,3 +66,29 @@ def siftflow_folder(root: Path, ids=("coast_a", "forest_b", "street_c", "city_d"
         scipy.io.savemat(root / "GeoLabels" / SIFTFLOW_CATEGORY / f"{name}.mat", {"S": geometric})
     (root / "ids.txt").write_text("".join(f"{name}\n" for name in ids))
     return root
+
+
+def nyud_folder(root: Path, ids=("5001", "5002", "5003"), size=(24, 32), hha: bool = True, seed: int = 0) -> Path:
+    """A small NYUDv2 folder as the authors' nyud.tar.gz lays it out: colour images, 16-bit depth in mm (a room
+    seen from a camera 1.2 m above a floor), HHA images (with ``hha``) and .mat labels (0 void, 1..40);
+    ``ids.txt`` lists ``ids``."""
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    for folder in ("data/images", "data/depth", "data/hha", "segmentation"):
+        if folder != "data/hha" or hha:
+            (root / folder).mkdir(parents=True, exist_ok=True)
+    rows = np.arange(size[0], dtype=np.float64)[:, None]
+    for name in ids:
+        depth_mm = np.clip(1200 * size[0] / np.maximum(rows - size[0] / 2, 1) / 4, 500, 6000) * np.ones(size)
+        depth_mm[rng.random(size) < 0.05] = 0  # holes, as the Kinect leaves them
+        Image.fromarray(depth_mm.astype(np.uint16)).save(root / "data" / "depth" / f"img_{name}.png")
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "data" / "images"
+                                                                                 / f"img_{name}.png")
+        if hha:
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "data" / "hha"
+                                                                                     / f"img_{name}.png")
+        scipy.io.savemat(root / "segmentation" / f"img_{name}.mat",
+                         {"segmentation": rng.integers(0, 41, size).astype(np.uint8)})
+    (root / "ids.txt").write_text("".join(f"{name}\n" for name in ids))
+    return root

@@ -158,7 +158,7 @@ def test_an_onnx_export_keeps_both_heads(tmp_path, one_thread):
 
 
 def test_fcnseg_eval_on_the_authors_test_list(tmp_path, capsys, one_thread):
-    from fcnseg.data.siftflow import split_ids
+    from fcnseg.data.base import split_ids
 
     root = siftflow_folder(tmp_path / "siftflow", ids=split_ids("siftflow", "test"), size=(6, 8))
     checkpoint = save_model(two_head_net(), SIFTFLOW, tmp_path / "sf.pth")

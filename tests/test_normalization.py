@@ -42,9 +42,11 @@ def test_batches_and_round_trip(kind):
 
 
 def test_unknown_kind_and_bad_shape():
-    for kind in ("bgr", "caffe:1,2", "caffe:a,b,c"):
-        with pytest.raises(ValueError, match="use imagenet, caffe, or caffe:B,G,R"):
+    for kind in ("bgr", "caffe:1,2", "caffe:a,b,c", "hha", "imagenet+rgb"):
+        with pytest.raises(ValueError, match=r"use imagenet, caffe, caffe:B,G,R \(a BGR mean\), hha:A,B,C"):
             normalize(np.zeros((2, 2, 3), np.uint8), kind)
+    with pytest.raises(ValueError, match="names 2 inputs, but the image has 3"):
+        normalize(np.zeros((2, 2, 9), np.uint8), "imagenet+caffe")
     with pytest.raises(ValueError, match="HxWx3"):
         normalize(np.zeros((2, 2), np.uint8))
 
@@ -59,3 +61,18 @@ def test_a_caffe_normalization_with_its_own_mean():
     assert mean_color(kind) == (108, 115, 115)
     images = torch.randint(0, 256, (1, 3, 4, 5), dtype=torch.uint8)
     torch.testing.assert_close(denormalize(normalize(images, kind), kind), images.float(), atol=1e-4, rtol=0)
+
+
+def test_two_inputs_are_normalised_each_by_its_own_rule():
+    # NYUDv2's colour + HHA net: colour as Caffe BGR minus its mean, HHA kept in order minus its mean.
+    kind = "caffe:116.19,97.203,92.318+hha:132.431,94.076,118.477"
+    pixel = np.array([[[10, 20, 30, 40, 50, 60]]], dtype=np.uint8)  # R, G, B, then HHA's three channels
+    expected = torch.tensor([30 - 116.19, 20 - 97.203, 10 - 92.318, 40 - 132.431, 50 - 94.076, 60 - 118.477])
+    torch.testing.assert_close(normalize(pixel, kind)[:, 0, 0], expected)
+    assert mean_color(kind, channels=6) == (92, 97, 116, 132, 94, 118)
+    images = torch.randint(0, 256, (2, 6, 4, 5), dtype=torch.uint8)
+    torch.testing.assert_close(denormalize(normalize(images, kind), kind), images.float(), atol=1e-4, rtol=0)
+    # One rule for every input
+    both = normalize(images, "imagenet")
+    torch.testing.assert_close(both, torch.cat([normalize(images[:, :3], "imagenet"),
+                                                normalize(images[:, 3:], "imagenet")], 1))

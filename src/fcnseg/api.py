@@ -5,11 +5,14 @@
     probs = seg.predict_probs(pil_image, mode="slide")         # C x H x W float32 softmax probabilities
     many = seg.predict_batch(["a.png", "b.png"])               # one label map per image, in order
     maps = seg.predict_heads("scene.jpg")                      # a net with several heads: {task: HxW labels}
+    rgbd = seg.predict("room.png", depth="room_depth.png")     # a NYUDv2 colour-HHA net: colour + depth
 
 Checkpoints carry the architecture, class names, palette and input normalisation, so nothing has to be
 restated. Images come through :func:`fcnseg.data.io.decode_image` (a path, image bytes, a PIL image or
 an HxWx3 uint8 array; files over ``max_pixels`` are refused before decoding); inference itself (whole
-image or sliding window, flips, scales) is :mod:`fcnseg.inference`.
+image or sliding window, flips, scales) is :mod:`fcnseg.inference`. Nets that read depth (the authors'
+NYUDv2 HHA and colour-HHA nets) take a depth map (:func:`fcnseg.data.io.read_depth`), encoded as HHA
+(:mod:`fcnseg.data.hha`) with ``intrinsics`` (NYUDv2's Kinect by default), or an HHA image.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import numpy as np
 import torch
 
 from fcnseg.checkpoint import model_from_checkpoint
+from fcnseg.data.hha import hha_from_depth, intrinsics_for
 from fcnseg.data.info import DatasetInfo, count_text
-from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image
-from fcnseg.errors import ConfigError, WeightsError
+from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image, read_depth
+from fcnseg.errors import ConfigError, DataError, WeightsError
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
 from fcnseg.memory import default_budget, fit
 from fcnseg.models.weights import file_kind
@@ -35,6 +39,7 @@ from fcnseg.runtime import resolve_device
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = ("auto", "torch", "onnxruntime")
+DepthSource = str | os.PathLike | bytes | np.ndarray  # a depth image file (or its bytes), or HxW metres
 
 
 class Segmenter:
@@ -49,6 +54,9 @@ class Segmenter:
     prediction may use; None: 80% of the memory available when it runs). A prediction whose estimate
     (:mod:`fcnseg.memory`) exceeds it runs in sliding windows instead, which ``report`` (a warning by
     default) mentions, or is refused with a :class:`~fcnseg.errors.LimitError` when nothing fits.
+    ``inputs`` (what the net reads: ``("rgb",)``, ``("hha",)`` or ``("rgb", "hha")``), and for depth
+    ``intrinsics`` (fx, fy, cx, cy; None: NYUDv2's camera, by frame size) and ``depth_scale`` (metres per
+    unit of a depth image file: 0.001 for millimetres).
     """
 
     def __init__(self, model: torch.nn.Module | None, info: DatasetInfo, normalization: str,
@@ -72,6 +80,10 @@ class Segmenter:
         self.max_pixels = max_pixels
         self.max_memory = max_memory
         self.report: Callable[[str], None] = lambda note: warnings.warn(note, stacklevel=3)
+        self.inputs: tuple[str, ...] = tuple((self.config or {}).get("inputs", ("rgb",)))
+        check_normalization(normalization, len(self.inputs))
+        self.intrinsics: Sequence[float] | None = None
+        self.depth_scale = 0.001
         self._options({})  # bf16 needs a torch model
 
     @property
@@ -79,28 +91,36 @@ class Segmenter:
         """uint8 while every class index fits in a byte, else int64."""
         return np.uint8 if max(self.info.head_classes) <= 256 else np.int64
 
-    def predict(self, image: ImageSource, name: str | None = None, **options: Any) -> np.ndarray:
+    def predict(self, image: ImageSource | None, name: str | None = None, depth: DepthSource | None = None,
+                hha: ImageSource | None = None, **options: Any) -> np.ndarray:
         """The HxW label map of one image (uint8 up to 256 classes, else int64); of its first head for a net
         with several (:meth:`predict_heads` gives them all).
 
-        ``image``: a file path, the bytes of an image file, a PIL image or an HxWx3 uint8 RGB array.
+        ``image``: a file path, the bytes of an image file, a PIL image or an HxWx3 uint8 RGB array (None for
+        a net that reads only depth). ``depth``: for nets that read it, a depth map (an image file of depth
+        values, ``depth_scale`` metres per unit, or an HxW array of metres) or ``hha``: its HHA image.
         ``options``: fields of :class:`~fcnseg.inference.InferenceOptions` for this call (mode, window,
         overlap, flip, scales, batch_size, bf16). ``name`` names the image in notes and errors.
         """
-        return self.predict_batch([image], names=[name] if name else None, **options)[0]
+        return self.predict_batch([image], names=[name] if name else None, depths=[depth], hhas=[hha], **options)[0]
 
-    def predict_heads(self, image: ImageSource, name: str | None = None, **options: Any) -> dict[str, np.ndarray]:
+    def predict_heads(self, image: ImageSource | None, name: str | None = None, depth: DepthSource | None = None,
+                      hha: ImageSource | None = None, **options: Any) -> dict[str, np.ndarray]:
         """Every head's HxW label map of one image, by task ({"semantic": ...} for a net with one head;
-        SIFT Flow's nets add "geometric"), from one pass of the net."""
-        labels = self._label_maps([self._decode(image)], [name or _name(image)], self._options(options))[0]
+        SIFT Flow's nets add "geometric"), from one pass of the net. Arguments as :meth:`predict`'s."""
+        name = name or _name(image)
+        labels = self._label_maps([self._decode(image, depth, hha, name)], [name], self._options(options))[0]
         maps = labels if labels.ndim == 3 else labels[None]
         return {head.task: head_map for head, head_map in zip(self.info.heads, maps, strict=True)}
 
-    def predict_probs(self, image: ImageSource, name: str | None = None, **options: Any) -> np.ndarray:
+    def predict_probs(self, image: ImageSource | None, name: str | None = None, depth: DepthSource | None = None,
+                      hha: ImageSource | None = None, **options: Any) -> np.ndarray:
         """The C x H x W float32 softmax probabilities of one image; their argmax is :meth:`predict`. For a
-        net with several heads, C is their classes together, each head's channels holding its own softmax."""
-        array = self._decode(image)
-        chosen = self.plan(1, *array.shape[:2], self._options(options), probs=True, name=name or _name(image))
+        net with several heads, C is their classes together, each head's channels holding its own softmax.
+        Arguments as :meth:`predict`'s."""
+        name = name or _name(image)
+        array = self._decode(image, depth, hha, name)
+        chosen = self.plan(1, *array.shape[:2], self._options(options), probs=True, name=name)
         with torch.inference_mode():
             probs = predict_probs(self.scores, self._tensor([array]), chosen, heads=self.info.head_classes)
         return probs[0].float().cpu().numpy()
@@ -119,9 +139,11 @@ class Segmenter:
             self.report(note)
         return fitted
 
-    def predict_batch(self, images: Sequence[ImageSource], names: Sequence[str] | None = None,
-                      **options: Any) -> list[np.ndarray]:
+    def predict_batch(self, images: Sequence[ImageSource | None], names: Sequence[str] | None = None,
+                      depths: Sequence[DepthSource | None] | None = None,
+                      hhas: Sequence[ImageSource | None] | None = None, **options: Any) -> list[np.ndarray]:
         """The label maps of several images, in order (of the first head, for a net with several).
+        ``depths`` / ``hhas``: one per image, for nets that read depth (see :meth:`predict`).
 
         Images of equal size go through the network together, ``batch_size`` at a time; images of
         different sizes are never padded together (padding would change the predictions near borders).
@@ -129,8 +151,11 @@ class Segmenter:
         if isinstance(images, str | bytes | os.PathLike | np.ndarray) or not isinstance(images, Sequence):
             raise TypeError(f"predict_batch takes a list of images, got a {type(images).__name__}")
         chosen = self._options(options)
-        arrays = [self._decode(image) for image in images]
         names = list(names) if names else [_name(image) for image in images]
+        depths, hhas = depths or [None] * len(images), hhas or [None] * len(images)
+        if not len(images) == len(depths) == len(hhas):
+            raise ConfigError(f"{len(images)} images but {len(depths)} depth maps and {len(hhas)} HHA images")
+        arrays = [self._decode(*sources) for sources in zip(images, depths, hhas, names, strict=True)]
         return [labels if labels.ndim == 2 else labels[0] for labels in self._label_maps(arrays, names, chosen)]
 
     def _label_maps(self, arrays: list[np.ndarray], names: list[str], chosen: InferenceOptions) -> list[np.ndarray]:
@@ -156,10 +181,30 @@ class Segmenter:
             raise ConfigError("bf16 applies to checkpoints only; an export runs in the precision it was exported in")
         return options
 
-    def _decode(self, image: ImageSource) -> np.ndarray:
+    def _decode(self, image: ImageSource | None, depth: DepthSource | None = None, hha: ImageSource | None = None,
+                name: str = "the image") -> np.ndarray:
+        """The net's input for one image: its colour image, its HHA image, or both stacked (HxWx6)."""
         if isinstance(image, list | tuple):
             raise TypeError(f"predict takes one image, got a {type(image).__name__}: use predict_batch for several")
-        return decode_image(image, self.max_pixels)
+        if "hha" not in self.inputs and (depth is not None or hha is not None):
+            raise ConfigError(f"this net reads colour images only; it has no use for a depth map ({name})")
+        if "rgb" in self.inputs and image is None:
+            raise ConfigError("this net reads a colour image: pass one")
+        parts = [decode_image(image, self.max_pixels) if kind == "rgb" else self._hha(depth, hha, name)
+                 for kind in self.inputs]
+        if len({part.shape[:2] for part in parts}) > 1:
+            raise DataError(f"the colour image of {name} is {parts[0].shape[1]}x{parts[0].shape[0]} but its depth "
+                            f"{parts[1].shape[1]}x{parts[1].shape[0]}: they must be of the same frame")
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+
+    def _hha(self, depth: DepthSource | None, hha: ImageSource | None, name: str) -> np.ndarray:
+        """The HHA image given, or computed from the depth map given."""
+        if (depth is None) == (hha is None):
+            raise ConfigError(f"this net reads depth: give a depth map or an HHA image for {name} (one of them)")
+        if hha is not None:
+            return decode_image(hha, self.max_pixels)
+        metres = read_depth(depth, self.depth_scale, self.max_pixels)
+        return hha_from_depth(metres, intrinsics_for(*metres.shape, self.intrinsics))
 
     def _tensor(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         return torch.stack([normalize(a, self.normalization) for a in arrays]).to(self.device)
@@ -176,7 +221,7 @@ class Segmenter:
         return logits
 
 
-def _name(image: ImageSource) -> str:
+def _name(image: ImageSource | None) -> str:
     return f"image {image}" if isinstance(image, str | os.PathLike) else "the image"
 
 

@@ -115,6 +115,11 @@ def _inputs(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+def _shape(model: FCN, shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` with the channels of the net's input: 3 per input (colour, HHA)."""
+    return (shape[0], 3 * len(getattr(model, "config", {}).get("inputs", ("rgb",))), *shape[2:])
+
+
 def parity(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, shape: Sequence[int],
            seed: int = 0) -> tuple[float, float]:
     """``(max |forward(x) - model(x)|, tolerance)`` on a random normalised input ``x`` of ``shape``.
@@ -134,7 +139,7 @@ def parity(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, sh
 
 def _verify(forward: Callable, model: FCN, what: str, path: Path) -> None:
     try:
-        diff, tolerance = parity(forward, model, VERIFY_SHAPE)
+        diff, tolerance = parity(forward, model, _shape(model, VERIFY_SHAPE))
         detail = ""
     except Exception as error:  # noqa: BLE001 - a runtime failure at another size is the same defect
         diff, tolerance = float("inf"), 0.0
@@ -179,7 +184,7 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, opset: int = 1
     dynamic = {0: "batch", 2: "height", 3: "width"}
     with _eval_mode(model), torch.no_grad(), _quiet_jit():
         try:
-            torch.onnx.export(model, (_inputs(TRACE_SHAPE),), buffer, dynamo=False, opset_version=opset,
+            torch.onnx.export(model, (_inputs(_shape(model, TRACE_SHAPE)),), buffer, dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic})
         except Exception as error:  # noqa: BLE001 - e.g. an opset this torch cannot write
@@ -211,8 +216,9 @@ class OnnxForward:
         self.config = config
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a normalised N x 3 x H x W tensor, got shape {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] % 3 or not x.shape[1]:
+            raise ValueError(f"expected a normalised N x 3 x H x W tensor (3 channels per input), got shape "
+                             f"{tuple(x.shape)}")
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: array})
         return torch.from_numpy(logits).to(x.device)
@@ -268,7 +274,7 @@ def export_torchscript(source: str | Path | nn.Module, path: str | Path, info: D
         try:
             compiled = torch.jit.script(model)
         except Exception:  # noqa: BLE001 - scripting rejects much ordinary Python: fall back to tracing
-            compiled = torch.jit.trace(model, _inputs(TRACE_SHAPE), check_trace=False)
+            compiled = torch.jit.trace(model, _inputs(_shape(model, TRACE_SHAPE)), check_trace=False)
         _verify(compiled, model, "TorchScript", path)
     extra = {TORCHSCRIPT_EXTRA_FILE: json.dumps(_metadata(model, info, normalization))}
     # Written through a file handle: given a path, torch.jit.save names the archive's inner folder after it.

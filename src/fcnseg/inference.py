@@ -166,9 +166,9 @@ def _per_head(forward: Forward, heads: Sequence[int] | None) -> Forward:
 
 
 def _checked(images: Tensor, options: InferenceOptions | None, changes: dict) -> InferenceOptions:
-    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] % 3 or not images.shape[1]:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a normalised N x 3 x H x W tensor, got {shape}")
+        raise ValueError(f"images must be a normalised N x 3 x H x W tensor (3 channels per input), got {shape}")
     if not images.is_floating_point():
         raise ValueError(f"images must be normalised floats (fcnseg.normalization.normalize), got {images.dtype}")
     if images.shape[2] < 1 or images.shape[3] < 1:

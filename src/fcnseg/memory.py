@@ -112,7 +112,8 @@ def forward_bytes(config: dict, batch: int, height: int, width: int) -> int:
     handles.append(model.backbone.register_forward_pre_hook(lambda module, inputs: padded.append(inputs[0].numel())))
     try:
         with torch.no_grad():
-            output = model(torch.empty(batch, 3, height, width, device="meta"))
+            channels = 3 * len(config.get("inputs", ("rgb",)))
+            output = model(torch.empty(batch, channels, height, width, device="meta"))
     finally:
         for handle in handles:
             handle.remove()
@@ -123,10 +124,10 @@ def inference_bytes(config: dict, num_classes: int, batch: int, height: int, wid
                     options: InferenceOptions, probs: bool = False) -> int:
     """Peak bytes of inference on ``batch`` images of ``height x width`` with ``options``: the image (uint8 and
     normalised), the net, the engine's buffers, and the label map (and probabilities with ``probs``)."""
-    pixels, classes = batch * height * width, num_classes
-    base = pixels * (3 + 3 * 4 + 8) + (pixels * classes * 4 if probs else 0)
+    pixels, classes, channels = batch * height * width, num_classes, 3 * len(config.get("inputs", ("rgb",)))
+    base = pixels * (channels + channels * 4 + 8) + (pixels * classes * 4 if probs else 0)
     sizes = [(max(1, round(height * s)), max(1, round(width * s))) for s in options.scales]
-    resized = sum(batch * 3 * h * w * 4 for h, w in sizes if (h, w) != (height, width))
+    resized = sum(batch * channels * h * w * 4 for h, w in sizes if (h, w) != (height, width))
     flips = 2 if options.flip else 1
     if options.mode == "whole":
         held = sum(batch * classes * h * w * 4 for h, w in sizes) if len(sizes) > 1 else 0

@@ -7,6 +7,12 @@ A model records which convention its weights expect, as a short string:
   weights and the pytorch-fcn conversions of them).
 * ``"caffe:B,G,R"``: the same with another BGR mean (the authors' SIFT Flow and NYUDv2 nets use their
   datasets' own).
+* ``"hha:A,B,C"``: an HHA depth encoding (:mod:`fcnseg.data.hha`), channels kept in order, minus a mean
+  (the authors' NYUDv2 HHA nets).
+
+A net that reads several inputs (NYUDv2's colour and HHA, stacked as 3 + 3 channels) joins one string
+per input with ``+``, e.g. ``"caffe:116.19,97.203,92.318+hha:132.431,94.076,118.477"``; a single
+string applies to every input.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
 
-NORMALIZATIONS = ("imagenet", "caffe", "caffe:B,G,R")
+NORMALIZATIONS = ("imagenet", "caffe", "caffe:B,G,R", "hha:A,B,C", "KIND+KIND")
 
 
 def caffe_normalization(bgr_mean: tuple[float, float, float]) -> str:
@@ -28,45 +34,70 @@ def caffe_normalization(bgr_mean: tuple[float, float, float]) -> str:
     return "caffe:" + ",".join(f"{v:g}" for v in bgr_mean)
 
 
-def check_normalization(kind: str) -> str:
-    """``kind`` if it is a normalisation fcnseg knows, else a ConfigError saying which are."""
-    _parse(kind)
+def check_normalization(kind: str, inputs: int | None = None) -> str:
+    """``kind`` if it is a normalisation fcnseg knows (for a net of ``inputs`` inputs, when given), else a
+    ConfigError saying which are."""
+    kinds = kind.split("+") if isinstance(kind, str) else [kind]
+    for single in kinds:
+        _parse(single)
+    if inputs is not None:
+        _groups(kind, 3 * inputs)
     return kind
 
 
 def _parse(kind: str) -> tuple[str, tuple[float, ...], tuple[float, ...] | None]:
-    """(convention, mean, std or None) of a normalisation string."""
+    """(convention, mean, std or None) of one input's normalisation string."""
     if kind == "imagenet":
         return "imagenet", IMAGENET_MEAN, IMAGENET_STD
     if kind == "caffe":
         return "caffe", CAFFE_BGR_MEAN, None
-    if isinstance(kind, str) and kind.startswith("caffe:"):
+    convention, _, values = kind.partition(":") if isinstance(kind, str) else ("", "", "")
+    if convention in ("caffe", "hha"):
         try:
-            mean = tuple(float(v) for v in kind[len("caffe:"):].split(","))
+            mean = tuple(float(v) for v in values.split(","))
         except ValueError:
             mean = ()
         if len(mean) == 3:
-            return "caffe", mean, None
-    raise ConfigError(f"unknown normalization {kind!r}; use imagenet, caffe, or caffe:B,G,R (a BGR mean)")
+            return convention, mean, None
+    raise ConfigError(f"unknown normalization {kind!r}; use imagenet, caffe, caffe:B,G,R (a BGR mean), hha:A,B,C "
+                      "(an HHA mean), or one of these per input joined by +")
+
+
+def _groups(kind: str, channels: int) -> list[str]:
+    """One normalisation per 3-channel input of a ``channels``-channel image."""
+    kinds = kind.split("+") if isinstance(kind, str) else [kind]
+    for single in kinds:
+        _parse(single)
+    if channels % 3:
+        raise ValueError(f"expected 3 channels per input, got {channels}")
+    if len(kinds) == 1:
+        return kinds * (channels // 3)
+    if len(kinds) != channels // 3:
+        raise ConfigError(f"normalization {kind!r} names {len(kinds)} inputs, but the image has {channels // 3}")
+    return kinds
 
 
 def normalize(image: torch.Tensor | np.ndarray, kind: str = "imagenet") -> torch.Tensor:
-    """Turn uint8 RGB images (HxWx3, or a tensor Bx3xHxW / 3xHxW of 0-255 values) into network input.
-
-    Returns a float32 tensor in CHW (or BCHW) layout.
-    """
-    convention = _parse(kind)[0]
+    """Turn uint8 images (HxWxC, or a tensor BxCxHxW / CxHxW of 0-255 values; C = 3 per input) into
+    network input. Returns a float32 tensor in CHW (or BCHW) layout."""
     if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an HxWx3 RGB array, got shape {image.shape}")
+        if image.ndim != 3 or image.shape[2] % 3 or not image.shape[2]:
+            raise ValueError(f"expected an HxWx3 RGB array (3 channels per input), got shape {image.shape}")
         # A read-only array (np.asarray of a PIL image) is copied: torch warns about sharing its memory.
         image = torch.from_numpy(np.ascontiguousarray(image) if image.flags.writeable else image.copy())
         image = image.permute(2, 0, 1)
     x = image.float()
-    mean, std = _constants(kind, x)
+    axis = x.dim() - 3
+    kinds = _groups(kind, x.shape[axis])
+    if len(kinds) > 1:
+        return torch.cat([normalize(part, k) for part, k in zip(x.split(3, axis), kinds, strict=True)], axis)
+    convention = _parse(kinds[0])[0]
+    mean, std = _constants(kinds[0], x)
     if convention == "imagenet":
         return (x / 255.0 - mean) / std
-    return x.flip(x.dim() - 3) - mean
+    if convention == "hha":
+        return x - mean
+    return x.flip(axis) - mean
 
 
 def _constants(kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -78,17 +109,26 @@ def _constants(kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor |
     return as_tensor(mean), (as_tensor(std) if std is not None else None)
 
 
-def mean_color(kind: str = "imagenet") -> tuple[int, int, int]:
-    """The 0-255 RGB colour that normalises to (about) zero: the fill for padded image pixels."""
-    convention, mean, _ = _parse(kind)
-    if convention == "imagenet":
-        return tuple(round(255 * m) for m in mean)
-    return tuple(round(m) for m in reversed(mean))
+def mean_color(kind: str = "imagenet", channels: int = 3) -> tuple[int, ...]:
+    """The 0-255 values that normalise to (about) zero, for each of ``channels``: the fill for padded pixels."""
+    values: list[int] = []
+    for single in _groups(kind, channels):
+        convention, mean, _ = _parse(single)
+        if convention == "imagenet":
+            values += [round(255 * m) for m in mean]
+        else:
+            values += [round(m) for m in (reversed(mean) if convention == "caffe" else mean)]
+    return tuple(values)
 
 
 def denormalize(x: torch.Tensor, kind: str = "imagenet") -> torch.Tensor:
-    """Inverse of :func:`normalize`: float network input back to 0-255 RGB values (float)."""
-    mean, std = _constants(kind, x)
-    if _parse(kind)[0] == "imagenet":
+    """Inverse of :func:`normalize`: float network input back to 0-255 values (float)."""
+    axis = x.dim() - 3
+    kinds = _groups(kind, x.shape[axis])
+    if len(kinds) > 1:
+        return torch.cat([denormalize(part, k) for part, k in zip(x.split(3, axis), kinds, strict=True)], axis)
+    mean, std = _constants(kinds[0], x)
+    convention = _parse(kinds[0])[0]
+    if convention == "imagenet":
         return (x * std + mean) * 255.0
-    return (x + mean).flip(x.dim() - 3)
+    return x + mean if convention == "hha" else (x + mean).flip(axis)

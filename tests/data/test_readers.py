@@ -417,7 +417,8 @@ def test_pascal_context_maps_the_full_label_set_to_the_59_classes(tmp_path: Path
 
 
 def test_siftflow_reads_both_label_sets_as_the_authors_data_layer(tmp_path: Path) -> None:
-    from fcnseg.data.siftflow import SiftFlow, split_ids
+    from fcnseg.data.base import split_ids
+    from fcnseg.data.siftflow import SiftFlow
     from fcnseg.data.transforms import train_transforms
 
     from ..helpers import SIFTFLOW_CATEGORY, siftflow_folder
@@ -461,7 +462,7 @@ def test_siftflow_bad_data(tmp_path: Path) -> None:
     (tmp_path / "GeoLabels" / SIFTFLOW_CATEGORY / "forest_b.mat").unlink()
     with pytest.raises(DataError, match=r"1 geometric labels listed by .*ids.txt do not exist:\n  .*forest_b.mat"):
         SiftFlow(tmp_path, split_file=tmp_path / "ids.txt")
-    with pytest.raises(DataError, match=r"SIFT Flow has the splits train .* and test, not 'val'"):
+    with pytest.raises(DataError, match=r"siftflow has the splits train, trainval, test, not 'val'"):
         SiftFlow(tmp_path, split="val")
     with pytest.raises(DataError, match=r"2486 images listed by the authors' train list do not exist"):
         SiftFlow(tmp_path, split="train")

@@ -13,7 +13,7 @@ from fcnseg.errors import WeightsError
 from fcnseg.models.caffe import open_caffemodel
 from fcnseg.models.zoo import CAFFE_NETS, fcn_from_caffemodel
 
-from .torchfcn_oracle import TorchFCN
+from .torchfcn_oracle import CONVS, POOL_AFTER, TorchFCN
 
 WIDTH = 1 / 8
 V1_ENUM = {"Convolution": 4, "Deconvolution": 39, "ReLU": 18, "Scale": 100}
@@ -63,7 +63,12 @@ def layer(name: str, kind: str, blobs: list[bytes], v1: bool) -> bytes:
 
 
 def net_layers(net: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """(Caffe layer name, module) of a net's weighted layers: a two-head net's head layers end in _sem / _geo."""
+    """(Caffe layer name, module) of a net's weighted layers: a two-head net's head layers end in _sem / _geo,
+    a colour-HHA net's layers in color / hha (its upscore has no suffix)."""
+    if isinstance(net, ColorHHA):
+        return [(f"{name}{stream}", m) for stream in ("color", "hha")
+                for name, m in getattr(net, stream).named_children() if not name.startswith("upscore")] + [
+            ("upscore", net.upscore)]
     if not isinstance(net, TwoHeads):
         return list(net.named_children())
     head = lambda name: name.startswith(("score", "upscore"))  # noqa: E731
@@ -133,9 +138,36 @@ class TwoHeads(torch.nn.Module):
         return torch.cat([self.sem(x), self.geo(x)], 1)
 
 
-def oracle(kind: str, classes: int, seed: int = 1, backbone: str = "vgg16", heads: tuple[int, ...] = ()):
+class ColorHHA(torch.nn.Module):
+    """nyud-fcn32s-color-hha's prototxt restated: a VGG16 per input (colour: channels 0-2, HHA: 3-5), their
+    score_fr outputs summed with weights 0.5 and 0.5, one 64-wide x32 deconvolution, the crop of 19."""
+
+    kind = "32s"
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.color, self.hha = TorchFCN("32s", classes, WIDTH), TorchFCN("32s", classes, WIDTH)
+        self.upscore = torch.nn.ConvTranspose2d(classes, classes, 64, stride=32, bias=False)
+
+    @staticmethod
+    def trunk(net: TorchFCN, h: torch.Tensor) -> torch.Tensor:
+        for name, _, _ in CONVS:
+            h = torch.relu(getattr(net, name)(h))
+            h = F.max_pool2d(h, 2, stride=2, ceil_mode=True) if name in POOL_AFTER else h
+        return torch.relu(net.fc7(torch.relu(net.fc6(h))))
+
+    def forward(self, x):
+        fused = (0.5 * self.color.score_fr(self.trunk(self.color, x[:, :3]))
+                 + 0.5 * self.hha.score_fr(self.trunk(self.hha, x[:, 3:])))
+        return self.upscore(fused)[:, :, 19:19 + x.shape[2], 19:19 + x.shape[3]]
+
+
+def oracle(kind: str, classes: int, seed: int = 1, backbone: str = "vgg16", heads: tuple[int, ...] = (),
+           inputs: tuple[str, ...] = ("rgb",)):
     torch.manual_seed(seed)
-    if heads:
+    if len(inputs) == 2:
+        net = ColorHHA(classes).eval()
+    elif heads:
         net = TwoHeads(kind, (classes, *heads)).eval()
     else:
         net = (CaffeNetFCN32s(classes, WIDTH) if backbone == "caffenet" else TorchFCN(kind, n_class=classes,
@@ -149,11 +181,11 @@ def oracle(kind: str, classes: int, seed: int = 1, backbone: str = "vgg16", head
     return net
 
 
-CONVERTIBLE = [name for name, entry in CAFFE_NETS.items() if entry["model"]]
+CONVERTIBLE = list(CAFFE_NETS)
 # Every file layout at least once across the nets.
 FORMS = [{"v1": False}, {"v1": True}, {"packed": False}, {"legacy": True}, {"double": True},
          {"v1": True, "packed": False, "legacy": True}, {"double": True, "packed": False}, {"legacy": True},
-         {"v1": True}, {}, {"packed": False}]
+         {"v1": True}, {}, {"packed": False}, {"double": True}, {"legacy": True}, {"v1": True}]
 
 
 @pytest.mark.parametrize("name, form", list(zip(CONVERTIBLE, FORMS, strict=True)))
@@ -161,16 +193,21 @@ def test_converted_nets_compute_the_oracles_function(tmp_path, name, form):
     entry = CAFFE_NETS[name]
     kind = entry["model"].removeprefix("fcn")
     info = entry["info"]
-    net = oracle(kind, info.num_classes, backbone=entry.get("backbone", "vgg16"), heads=info.head_classes[1:])
+    inputs = entry.get("inputs", ("rgb",))
+    net = oracle(kind, info.num_classes, backbone=entry.get("backbone", "vgg16"), heads=info.head_classes[1:],
+                 inputs=inputs)
     caffemodel(tmp_path / "net.caffemodel", net, **form)
     model, converted_info = fcn_from_caffemodel(tmp_path / "net.caffemodel", name)
     assert converted_info == info and model.config["geometry"] == "reference"
     assert model.config["name"] == entry["model"] and model.head_classes == info.head_classes
-    # The authors' VOC mean, or SIFT Flow's own (its data layer's BGR mean)
-    mean = "caffe:114.578,115.294,108.353" if name.startswith("siftflow") else "caffe"
-    assert model.backbone.input_normalization == mean
+    assert model.config.get("inputs", ("rgb",)) == inputs
+    # The authors' VOC mean, or the dataset's own as their data layers subtract it
+    means = {"nyud-fcn32s-color": "caffe:116.19,97.203,92.318", "nyud-fcn32s-hha": "hha:132.431,94.076,118.477",
+             "nyud-fcn32s-color-hha": "caffe:116.19,97.203,92.318+hha:132.431,94.076,118.477"}
+    expected = means.get(name, "caffe:114.578,115.294,108.353" if name.startswith("siftflow") else "caffe")
+    assert model.backbone.input_normalization == expected
     for size in [(1, 1), (37, 45), (64, 64)]:
-        x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(sum(size))) * 50
+        x = torch.randn(1, 3 * len(inputs), *size, generator=torch.Generator().manual_seed(sum(size))) * 50
         with torch.no_grad():
             expected, actual = net(x), model(x)
         assert expected.abs().max() > 1e-3
@@ -237,10 +274,10 @@ def test_other_files_are_refused_clearly(tmp_path, content):
         fcn_from_caffemodel(path, "voc-fcn8s")
 
 
-def test_nets_not_built_yet_are_refused_with_the_reason(tmp_path):
-    caffemodel(tmp_path / "a.caffemodel", oracle("32s", 21))
-    with pytest.raises(WeightsError, match="nyud-fcn32s-hha cannot be converted yet: .*HHA"):
-        fcn_from_caffemodel(tmp_path / "a.caffemodel", "nyud-fcn32s-hha")
+def test_a_single_stream_file_is_not_taken_for_the_colour_hha_net(tmp_path):
+    caffemodel(tmp_path / "color.caffemodel", oracle("32s", 40))
+    with pytest.raises(WeightsError, match="has no score_frcolor, score_frhha layer: is it the right file"):
+        fcn_from_caffemodel(tmp_path / "color.caffemodel", "nyud-fcn32s-color-hha")
 
 
 def test_a_voc_file_is_not_taken_for_a_siftflow_net(tmp_path):

@@ -10,7 +10,7 @@ from torch.utils.data import Subset
 from fcnseg.api import load
 from fcnseg.commands.options import add_inference, add_max_memory, add_runtime, inference_options, notes, positive_int
 from fcnseg.data.info import count_text
-from fcnseg.data.registry import DATASETS, build_dataset
+from fcnseg.data.registry import DATASETS, build_dataset, dataset_options
 from fcnseg.errors import DataError
 from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
 from fcnseg.outputs import Outputs
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     info = segmenter.info
     # Synthetic scenes are rendered from seeds: only as many as will be scored.
     extra = {"num_images": args.limit} if args.dataset == "synthetic" and args.limit else {}
+    if "inputs" in dataset_options(args.dataset):  # NYUDv2: the images the net reads (colour, HHA or both)
+        extra["inputs"] = "+".join(segmenter.inputs)
     dataset = build_dataset(args.dataset, args.root, args.split, normalization=segmenter.normalization, **extra)
     if dataset.info.head_classes != info.head_classes:
         raise DataError(f"{args.checkpoint} predicts {count_text(info.head_classes)} classes ({info.name}) but dataset "

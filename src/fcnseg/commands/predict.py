@@ -29,6 +29,7 @@ from fcnseg.commands.options import (
     fraction,
     inference_options,
     notes,
+    positive_float,
 )
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import IMAGE_SUFFIXES, decode_image
@@ -60,11 +61,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto: by the file's content; torch: a checkpoint or TorchScript export; onnxruntime: "
                              "an ONNX export")
+    _add_depth_options(parser)
     add_inference(parser, batch_size=4)
     add_max_memory(parser)
     add_max_pixels(parser)
     add_runtime(parser)
     parser.set_defaults(func=run)
+
+
+def _add_depth_options(parser: argparse.ArgumentParser) -> None:
+    depth = parser.add_argument_group("depth (the NYUDv2 HHA and colour-HHA nets)")
+    depth.add_argument("--depth", type=Path, help="the depth map of the input (a file), or a folder of depth maps "
+                                                  "named as the inputs (STEM.png): one-channel images of depth values")
+    depth.add_argument("--hha", type=Path, help="HHA images instead of depth maps (a file, or a folder, as --depth)")
+    depth.add_argument("--depth-scale", type=positive_float, default=0.001,
+                       help="metres per unit of a depth image (default 0.001: millimetres, as NYUDv2's)")
+    depth.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
+                       help="the depth camera in pixels (principal point 1-based); default: NYUDv2's Kinect, for its "
+                            "640x480 frames and the authors' 560x425 crops")
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -124,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     segmenter = load(args.checkpoint, device=runtime.device, backend=args.backend, options=options,
                      max_pixels=args.max_pixels, max_memory=args.max_memory)
     segmenter.report = notes("predict")
+    segmenter.intrinsics, segmenter.depth_scale = args.intrinsics, args.depth_scale
+    companions = depth_files(args, files, segmenter.inputs)
     if max(segmenter.info.head_classes) > 256:
         raise ConfigError(f"{segmenter.info.name} has {segmenter.info.num_classes} classes; mask PNGs and "
                           "overlays hold at most 256. Use the Python API (fcnseg.load) instead.")
@@ -136,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             began = time.perf_counter()
             try:  # an unreadable file, or one no memory plan fits, fails alone
                 image = decode_image(path, args.max_pixels)
-                maps, probs = _segment(segmenter, image, str(path), args.probs)
+                maps, probs = _segment(segmenter, image, str(path), args.probs, **companions[path])
             except DataError as exc:
                 failures.append((path, str(exc)))
                 bar.write(f"[{done}/{len(files)}] {path.name} FAILED: {exc}", file=sys.stderr)
@@ -159,12 +175,41 @@ def output_paths(out: Path, stem: str, info: DatasetInfo, probs: bool) -> list[P
     return paths + [out / f"{stem}_{head.task}{suffix}" for head in info.extra_heads for suffix in OUTPUT_SUFFIXES[:4]]
 
 
-def _segment(segmenter: Segmenter, image: np.ndarray, name: str,
-             probs: bool) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """(every head's labels, probabilities or None) of one image."""
+def depth_files(args: argparse.Namespace, files: list[Path], inputs: tuple[str, ...]) -> dict[Path, dict[str, Path]]:
+    """Each input's depth map or HHA image (``{"depth": path}``, ``{"hha": path}`` or nothing), found before
+    anything runs: a net that reads depth needs one per input, a colour net none."""
+    given = {kind: getattr(args, kind) for kind in ("depth", "hha") if getattr(args, kind) is not None}
+    if "hha" not in inputs:
+        if given:
+            raise ConfigError(f"{args.checkpoint} reads colour images only: leave out --{' and --'.join(given)}")
+        return {path: {} for path in files}
+    if len(given) != 1:
+        raise ConfigError(f"{args.checkpoint} reads depth ({'+'.join(inputs)}): give --depth (depth maps) or --hha "
+                          "(HHA images), one of them")
+    kind, where = next(iter(given.items()))
+    if where.is_file():
+        if len(files) > 1:
+            raise ConfigError(f"--{kind} {where} is one file for {len(files)} inputs: give a folder of files named as "
+                              "the inputs")
+        return {files[0]: {kind: where}}
+    if not where.is_dir():
+        raise DataError(f"--{kind} {where} does not exist")
+    found = {path: sorted(p for p in where.glob(f"{glob.escape(path.stem)}.*") if p.suffix.lower() in IMAGE_SUFFIXES)
+             for path in files}
+    missing = [path.stem for path, matches in found.items() if not matches]
+    if missing:
+        raise DataError(f"{where} holds no {kind} image for {len(missing)} of the inputs: "
+                        f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} (expected STEM.png)")
+    return {path: {kind: matches[0]} for path, matches in found.items()}
+
+
+def _segment(segmenter: Segmenter, image: np.ndarray, name: str, probs: bool,
+             **depth: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """(every head's labels, probabilities or None) of one image (with its depth map or HHA image)."""
+    image = image if "rgb" in segmenter.inputs else None  # shown in the overlays even when the net reads none
     if not probs:
-        return list(segmenter.predict_heads(image, name=name).values()), None
-    probabilities = segmenter.predict_probs(image, name=name)
+        return list(segmenter.predict_heads(image, name=name, **depth).values()), None
+    probabilities = segmenter.predict_probs(image, name=name, **depth)
     parts = np.split(probabilities, np.cumsum(segmenter.info.head_classes)[:-1])
     return [part.argmax(0).astype(segmenter.label_dtype) for part in parts], probabilities
 

@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     segmenter = load(args.checkpoint, device=runtime.device, options=inference_options(args),
                      max_pixels=args.max_pixels, max_memory=args.max_memory)
     segmenter.report = notes("serve")
+    if segmenter.inputs != ("rgb",):
+        raise ConfigError(f"{args.checkpoint} reads {'+'.join(segmenter.inputs)} (depth), but the page uploads colour "
+                          "images only: use fcnseg predict --depth for this net")
     try:
         server = make_server(segmenter, args.host, args.port, int(args.max_upload_mb * 2**20), args.max_pixels,
                              quiet=args.quiet)

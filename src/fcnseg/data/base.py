@@ -14,13 +14,14 @@ or after a resume (:meth:`SegmentationDataset.set_epoch` moves to the next epoch
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fcnseg.data.info import DatasetInfo
+from fcnseg.data.info import IGNORE_INDEX, DatasetInfo
 from fcnseg.data.io import check_pair, read_image, read_label
 from fcnseg.errors import DataError
 from fcnseg.normalization import normalize
@@ -48,6 +49,7 @@ class SegmentationDataset(Dataset):
 
     info: DatasetInfo
     generated = False  # True for datasets made by code, correct by construction (no files to check)
+    inputs: tuple[str, ...] = ("rgb",)  # what a sample's image holds, 3 channels each (NYUDv2 adds "hha")
 
     def __init__(self, transform: JointTransform | None = None, normalization: str = "imagenet",
                  seed: int | None = None) -> None:
@@ -82,6 +84,36 @@ class SegmentationDataset(Dataset):
         return to_tensors(image, label, self.normalization)
 
 
+
+
+def split_ids(dataset: str, split: str) -> list[str]:
+    """The image ids of one of the authors' split lists shipped with fcnseg (``dataset``: siftflow, nyud)."""
+    text = resources.files("fcnseg.data").joinpath("splits", dataset, f"{split}.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def listed_ids(dataset: str, split: str, splits: dict[str, list[str]],
+               split_file: str | Path | None) -> tuple[list[str], str]:
+    """(image ids, what listed them) of ``split``: the ids of ``split_file`` if given, else those of the shipped
+    lists ``splits[split]`` names (one split may join several lists); DataError for an unknown split."""
+    if split_file is not None:
+        return [line.split()[0] for line in read_list_file(Path(split_file))], str(split_file)
+    if split not in splits:
+        raise DataError(f"{dataset} has the splits {', '.join(splits)}, not {split!r}")
+    return [i for part in splits[split] for i in split_ids(dataset, part)], f"the authors' {split} list"
+
+
+def shift_labels(raw: np.ndarray, num_classes: int, path: Path, void: tuple[int, ...]) -> np.ndarray:
+    """Labels numbered 1..num_classes (``void`` values: unlabelled) as 0..num_classes-1 and 255 for void."""
+    values = np.unique(raw)
+    bad = [int(v) for v in values if v not in void and not 1 <= v <= num_classes]
+    if bad:
+        raise DataError(f"{path} has label values {bad[:12]} that are neither classes 1..{num_classes} nor void "
+                        f"({', '.join(map(str, void))})")
+    shifted = np.full(raw.shape, IGNORE_INDEX, dtype=np.uint8)
+    labelled = (raw >= 1) & (raw <= num_classes)
+    shifted[labelled] = raw[labelled] - 1
+    return shifted
 
 
 def require_dir(path: Path, layout: str) -> Path:

@@ -36,6 +36,7 @@ __all__ = [
     "estimate_gravity",
     "height_above_ground",
     "hha_from_depth",
+    "intrinsics_for",
     "point_cloud_from_depth",
     "surface_normals",
 ]
@@ -312,3 +313,16 @@ def hha_from_depth(
     disparity = _DISPARITY_SCALE_M / np.maximum(depth, _MIN_DEPTH_M)
     height = height_above_ground(points, gravity)
     return np.stack([_to_uint8(disparity), _to_uint8(height), _to_uint8(angle_deg + _ANGLE_OFFSET_DEG)], axis=-1)
+
+
+def intrinsics_for(height: int, width: int, intrinsics: Sequence[float] | None = None) -> CameraIntrinsics:
+    """The camera of a ``height`` x ``width`` depth map: ``intrinsics`` when given, else NYUDv2's Kinect for its
+    two frame sizes (640 x 480 as recorded, 560 x 425 as the authors' NYUD data crops it); other sizes need
+    ``intrinsics``, as guessing a camera would silently give wrong heights and angles."""
+    if intrinsics is not None:
+        return _check_intrinsics(intrinsics)
+    known = {(480, 640): NYUD_INTRINSICS, (425, 560): NYUD_CROPPED_INTRINSICS}
+    if (height, width) not in known:
+        raise DataError(f"a {width}x{height} depth map is not a NYUDv2 frame (640x480, or 560x425 cropped): give its "
+                        "camera's intrinsics (fx fy cx cy in pixels) to compute its HHA encoding")
+    return known[(height, width)]

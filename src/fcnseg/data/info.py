@@ -133,3 +133,13 @@ SIFTFLOW = DatasetInfo(
      "sidewalk", "sign", "sky", "staircase", "streetlight", "sun", "tree", "window"),
     tuple(voc_colormap(34)[1:]), extra_heads=(SIFTFLOW_GEOMETRIC,), exclude_absent=True,
 )
+
+# NYUDv2 in the 40-class task of Gupta, Arbelaez and Malik (CVPR 2013), the authors' classes.txt order.
+NYUD = DatasetInfo(
+    "nyud",
+    ("wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture", "counter",
+     "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes", "ceiling", "books",
+     "refridgerator", "television", "paper", "towel", "shower curtain", "box", "whiteboard", "person", "night stand",
+     "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop"),
+    tuple(voc_colormap(41)[1:]),
+)

@@ -315,6 +315,25 @@ def read_label(
     )
 
 
+def read_depth(source: PathLike | bytes | np.ndarray, scale: float = 0.001,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
+    """A depth map in metres (HxW float32, 0 where unknown) from a single-channel image file of depth values
+    (16-bit PNGs in millimetres, as NYUDv2's: ``scale`` metres per unit) or from an HxW array of metres."""
+    if isinstance(source, np.ndarray):
+        depth = np.asarray(source, dtype=np.float32)
+        name = name or "the depth array"
+    else:
+        img = open_image(source, "depth map", max_pixels, name=name)
+        name = name or (f"depth map {source}" if not isinstance(source, bytes) else "the depth map bytes")
+        if img.mode not in _SIXTEEN_BIT_MODES | {"L", "F"}:
+            raise DataError(f"{name} is a {img.mode} image; a depth map is one channel of depth values (a 16-bit "
+                            "PNG in millimetres, as NYUDv2's)")
+        depth = np.asarray(img, dtype=np.float32) * scale
+    if depth.ndim != 2 or not np.isfinite(depth).all() or (depth < 0).any():
+        raise DataError(f"{name} must be an HxW map of finite depths >= 0, got shape {depth.shape}")
+    return depth
+
+
 def read_mat_array(path: PathLike, key: str) -> np.ndarray:
     """The 2-D array ``key`` of a MATLAB .mat file (SIFT Flow's and NYUDv2's labels); DataError naming the file
     when it cannot be read, lacks ``key`` or holds something else there."""

@@ -14,6 +14,7 @@ from fcnseg.data.context import PascalContext
 from fcnseg.data.folder import FolderDataset
 from fcnseg.data.io import PathLike
 from fcnseg.data.kitti import KittiRoad
+from fcnseg.data.nyud import NYUDv2
 from fcnseg.data.siftflow import SiftFlow
 from fcnseg.data.synthetic import SyntheticRoads
 from fcnseg.data.voc import SBDSegmentation, VOCSegmentation
@@ -39,6 +40,7 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "ade20k": ADE20K,
     "pascal_context": PascalContext,
     "siftflow": SiftFlow,
+    "nyud": NYUDv2,
     "folder": FolderDataset,
 }
 _COMMON = {"root", "split", "transform", "normalization", "seed"}

@@ -17,39 +17,18 @@ without ground truth out of the means, as the paper does.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from fcnseg.data.base import FilePairDataset, JointTransform, raise_if_missing, read_list_file, require_dir
-from fcnseg.data.info import IGNORE_INDEX, SIFTFLOW, SIFTFLOW_GEOMETRIC, DatasetInfo
+from fcnseg.data.base import FilePairDataset, JointTransform, listed_ids, raise_if_missing, require_dir, shift_labels
+from fcnseg.data.info import SIFTFLOW, SIFTFLOW_GEOMETRIC, DatasetInfo
 from fcnseg.data.io import PathLike, check_pair, read_image, read_mat_array
-from fcnseg.errors import DataError
 
 CATEGORY = "spatial_envelope_256x256_static_8outdoorcategories"
 SIFTFLOW_LAYOUT = (f"<root>/Images/{CATEGORY}/<id>.jpg, <root>/SemanticLabels/{CATEGORY}/<id>.mat and "
                    f"<root>/GeoLabels/{CATEGORY}/<id>.mat (SiftFlowDataset.zip unpacked)")
-SPLITS = {"train": "train", "trainval": "train", "test": "test"}  # the authors call their training list trainval
-
-
-def split_ids(dataset: str, split: str) -> list[str]:
-    """The image ids of one of the authors' split lists shipped with fcnseg (``dataset``: siftflow, nyud)."""
-    text = resources.files("fcnseg.data").joinpath("splits", dataset, f"{split}.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def shift_labels(raw: np.ndarray, num_classes: int, path: Path, void: tuple[int, ...]) -> np.ndarray:
-    """Labels numbered 1..num_classes (``void`` values: unlabelled) as 0..num_classes-1 and 255 for void."""
-    values = np.unique(raw)
-    bad = [int(v) for v in values if v not in void and not 1 <= v <= num_classes]
-    if bad:
-        raise DataError(f"{path} has label values {bad[:12]} that are neither classes 1..{num_classes} nor void "
-                        f"({', '.join(map(str, void))})")
-    shifted = np.full(raw.shape, IGNORE_INDEX, dtype=np.uint8)
-    labelled = (raw >= 1) & (raw <= num_classes)
-    shifted[labelled] = raw[labelled] - 1
-    return shifted
+SPLITS = {"train": ["train"], "trainval": ["train"], "test": ["test"]}  # the authors call their training list trainval
 
 
 class SiftFlow(FilePairDataset):
@@ -62,15 +41,9 @@ class SiftFlow(FilePairDataset):
     def __init__(self, root: PathLike, split: str = "train", transform: JointTransform | None = None,
                  normalization: str = "imagenet", seed: int | None = None, split_file: PathLike | None = None) -> None:
         root = require_dir(Path(root), SIFTFLOW_LAYOUT)
-        if split_file is not None:
-            ids = [line.split()[0] for line in read_list_file(Path(split_file))]
-        elif split in SPLITS:
-            ids = split_ids("siftflow", SPLITS[split])
-        else:
-            raise DataError(f"SIFT Flow has the splits train (the authors' trainval list) and test, not {split!r}")
+        ids, listed = listed_ids("siftflow", split, SPLITS, split_file)
         pairs = [(root / "Images" / CATEGORY / f"{i}.jpg", root / "SemanticLabels" / CATEGORY / f"{i}.mat")
                  for i in ids]
-        listed = str(split_file) if split_file is not None else f"the authors' {split} list"
         raise_if_missing((image for image, _ in pairs), "images", listed)
         raise_if_missing((label for _, label in pairs), "semantic labels", listed)
         raise_if_missing((self._geometric(label) for _, label in pairs), "geometric labels", listed)

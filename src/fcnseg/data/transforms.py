@@ -39,8 +39,8 @@ def torch_seeded_rng() -> np.random.Generator:
 
 
 def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
+    if image.ndim != 3 or image.shape[2] % 3 or not image.shape[2]:
+        raise ValueError(f"expected an HxWx3 image (3 channels per input), got shape {image.shape}")
     if label.shape[:2] != image.shape[:2] or label.ndim not in (2, 3):
         raise ValueError(f"label shape {label.shape} does not match image shape {image.shape[:2]}")
 
@@ -51,8 +51,9 @@ def resize_pair(image: np.ndarray, label: np.ndarray, height: int, width: int) -
     if image.shape[:2] == (height, width):
         return image, label
     size = (width, height)  # PIL sizes are (width, height)
-    new_image = np.asarray(Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).resize(
-        size, Image.Resampling.BILINEAR))
+    # PIL resizes 3 channels at a time: a colour image, an HHA encoding, or each of them when stacked.
+    new_image = np.concatenate([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., k:k + 3], np.uint8)).resize(
+        size, Image.Resampling.BILINEAR)) for k in range(0, image.shape[2], 3)], axis=2)
     maps = [label] if label.ndim == 2 else [label[..., k] for k in range(label.shape[2])]
     resized = [np.asarray(Image.fromarray(np.ascontiguousarray(m, dtype=np.uint8)).resize(
         size, Image.Resampling.NEAREST)) for m in maps]
@@ -69,17 +70,22 @@ def pad_to_size(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pad on the bottom/right to at least ``height`` x ``width``: image with ``fill``, label with ignore.
 
-    ``fill`` defaults to the ImageNet mean colour (zero after normalisation). Arrays already large
-    enough in a dimension are not padded in it (and never cropped).
+    ``fill`` defaults to the ImageNet mean colour (zero after normalisation); one value per channel, or three
+    for every input of a stacked image. Arrays already large enough in a dimension are not padded in it (and
+    never cropped).
     """
     if fill is None:
         fill = mean_color("imagenet")
     _check_pair(image, label)
+    if len(fill) != image.shape[2]:
+        if len(fill) != 3:
+            raise ValueError(f"fill has {len(fill)} values for an image of {image.shape[2]} channels")
+        fill = tuple(fill) * (image.shape[2] // 3)
     h, w = label.shape[:2]
     out_h, out_w = max(h, height), max(w, width)
     if (out_h, out_w) == (h, w):
         return image, label
-    new_image = np.empty((out_h, out_w, 3), dtype=image.dtype)
+    new_image = np.empty((out_h, out_w, image.shape[2]), dtype=image.dtype)
     new_image[:] = np.asarray(fill, dtype=image.dtype)
     new_image[:h, :w] = image
     new_label = np.full((out_h, out_w, *label.shape[2:]), ignore_index, dtype=label.dtype)
@@ -220,6 +226,7 @@ class RandomHorizontalFlip(RandomTransform):
 
 class ColorJitter(RandomTransform):
     """Random brightness, contrast and saturation on the image only; the label passes through untouched.
+    Of a stacked image (colour + HHA) only the first three channels, the colour image, change.
 
     Each factor is drawn uniformly from ``[max(0, 1 - x), 1 + x]`` and applied in that fixed order
     (brightness, contrast, saturation), clipping to [0, 255] after each step; a parameter of 0 skips
@@ -244,6 +251,9 @@ class ColorJitter(RandomTransform):
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.brightness == 0 and self.contrast == 0 and self.saturation == 0:
             return image, label
+        if image.shape[2] > 3:
+            colour, _ = self.apply(image[..., :3], label, rng)
+            return np.concatenate([colour, image[..., 3:]], axis=2), label
         x = image.astype(np.float32)
         luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)
         if self.brightness > 0:
@@ -295,8 +305,9 @@ def train_transforms(
     if scale_range is not None and tuple(scale_range) != (1.0, 1.0):
         transforms.append(RandomScale(*scale_range))
     if crop_size is not None:
+        inputs = 3 * len(normalization.split("+"))  # one normalisation per input of a stacked image
         transforms.append(RandomCrop(crop_size[0], crop_size[1], ignore_index=ignore_index,
-                                     fill=mean_color(normalization)))
+                                     fill=mean_color(normalization, channels=inputs)))
     if flip:
         transforms.append(RandomHorizontalFlip())
     if color_jitter > 0:

@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from torch import nn
 
 from fcnseg.errors import ConfigError
-from fcnseg.models.backbones import BACKBONES
+from fcnseg.models.backbones import BACKBONES, LateFusion
 from fcnseg.models.fcn import FCN, GEOMETRIES, HEADS
+
+# What a net can read: a colour image, and the HHA encoding of a depth map (fcnseg.data.hha).
+INPUTS = ("rgb", "hha")
 
 # Model name -> head. The at-once FCN-8s is the same graph with scaled skip inputs.
 MODELS = {
@@ -21,7 +24,7 @@ MODELS = {
 
 def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int = 21, width: float = 1.0,
                 geometry: str = "reference", learnable_upsampling: bool = False, dropout: float = 0.5,
-                extra_heads: Sequence[int] = ()) -> FCN:
+                extra_heads: Sequence[int] = (), inputs: Sequence[str] = ("rgb",)) -> FCN:
     """Build an FCN, e.g. ``build_model("fcn8s", backbone="vgg16", num_classes=21)``.
 
     Args:
@@ -36,6 +39,9 @@ def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int =
         extra_heads: class counts of further tasks scored from the same trunk (SIFT Flow's 3 geometric
             classes beside its 33 semantic ones); their scores follow the first task's in the output's
             channels, so the output has ``num_classes + sum(extra_heads)`` channels.
+        inputs: what the net reads, from ``INPUTS``: ``("rgb",)`` a colour image; ``("hha",)`` the HHA encoding
+            of a depth map; ``("rgb", "hha")`` both, stacked as 6 channels, one backbone each, fused before the
+            score layers (:class:`~fcnseg.models.backbones.LateFusion`, the NYUDv2 colour-HHA net).
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
@@ -50,7 +56,11 @@ def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int =
     extra_heads = tuple(int(c) for c in extra_heads)
     if min((num_classes, *extra_heads)) < 1:
         raise ConfigError(f"every head needs at least one class, got {(num_classes, *extra_heads)}")
-    net = BACKBONES[backbone](width, reference=geometry == "reference")
+    inputs = tuple(inputs)
+    if not inputs or len(set(inputs)) != len(inputs) or not set(inputs) <= set(INPUTS):
+        raise ConfigError(f"inputs must be distinct names from {INPUTS}, got {inputs}")
+    make = lambda: BACKBONES[backbone](width, reference=geometry == "reference")  # noqa: E731
+    net = make() if len(inputs) == 1 else LateFusion({name: make() for name in inputs})
     model = FCN(net, num_classes, head=MODELS[name], geometry=geometry,
                 learnable_upsampling=learnable_upsampling, extra_heads=extra_heads)
     for module in model.modules():
@@ -60,7 +70,9 @@ def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int =
                     "geometry": geometry, "learnable_upsampling": learnable_upsampling, "dropout": dropout}
     if extra_heads:  # recorded only when present, so single-task configs stay as they were
         model.config["extra_heads"] = extra_heads
+    if inputs != ("rgb",):
+        model.config["inputs"] = inputs
     return model
 
 
-__all__ = ["BACKBONES", "FCN", "HEADS", "MODELS", "build_model"]
+__all__ = ["BACKBONES", "FCN", "HEADS", "INPUTS", "MODELS", "build_model"]

@@ -332,6 +332,31 @@ class ResNet(Backbone):
                 [*self.layer3], [*self.layer4]]
 
 
+class LateFusion(Backbone):
+    """One trunk per input (NYUDv2's colour image and HHA depth encoding, 3 channels each, stacked), run side by
+    side. Their maps are stacked at each stride, so a head's 1x1 score layer over them is the sum of one
+    score layer per trunk: the authors' "late fusion" of the colour and HHA nets, which sum the two streams'
+    scores before upsampling (their 0.5 / 0.5 weights folded into the score layer's weights)."""
+
+    def __init__(self, trunks: dict[str, Backbone]) -> None:
+        super().__init__()
+        self.trunks = nn.ModuleDict(trunks)
+        first = next(iter(trunks.values()))
+        self.out_channels = tuple(sum(t.out_channels[i] for t in trunks.values()) for i in range(3))
+        self.upsample_kernels = getattr(first, "upsample_kernels", {})
+
+    def stages(self) -> list[list[nn.Module]]:
+        """The first trunk's stages: every trunk has the same geometry."""
+        return next(iter(self.trunks.values())).stages()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.shape[1] != 3 * len(self.trunks):
+            raise ValueError(f"expected {3 * len(self.trunks)} input channels ({', '.join(self.trunks)}: 3 each), "
+                             f"got {x.shape[1]}")
+        maps = [trunk(part) for trunk, part in zip(self.trunks.values(), x.split(3, 1), strict=True)]
+        return [torch.cat(stage, 1) for stage in zip(*maps, strict=True)]
+
+
 def vgg16(width: float = 1.0, reference: bool = True) -> VGG:
     return VGG(width, batch_norm=False, reference=reference)
 

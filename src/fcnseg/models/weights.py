@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fcnseg.errors import WeightsError
-from fcnseg.models.backbones import VGG, AlexNet, Backbone, CaffeNet, GoogLeNet, ResNet
+from fcnseg.models.backbones import VGG, AlexNet, Backbone, CaffeNet, GoogLeNet, LateFusion, ResNet
 from fcnseg.models.fcn import FCN
 from fcnseg.models.upsample import Upsample
 
@@ -198,11 +198,13 @@ def load_imagenet_weights(model: FCN | Backbone, source: str | Path | None = Non
         source = TORCHVISION_URLS[name]
     sha = _sha_prefix_from_url(str(source)) if str(source).startswith("http") else None
     state_dict = load_state_dict_file(resolve_weights(source, sha256=sha))
-    converted = convolutionalize(state_dict, backbone)
-    _check_fit(backbone.state_dict(), converted, f"ImageNet weights from {source}")
-    backbone.load_state_dict(converted, strict=False)
-    if isinstance(backbone, GoogLeNet):
-        backbone.transform_input = True  # torchvision's GoogLeNet weights expect its own re-normalisation
+    # A late-fusion net starts each input's trunk (colour and HHA alike) from the same ImageNet weights.
+    for trunk in backbone.trunks.values() if isinstance(backbone, LateFusion) else [backbone]:
+        converted = convolutionalize(state_dict, trunk)
+        _check_fit(trunk.state_dict(), converted, f"ImageNet weights from {source}")
+        trunk.load_state_dict(converted, strict=False)
+        if isinstance(trunk, GoogLeNet):
+            trunk.transform_input = True  # torchvision's GoogLeNet weights expect its own re-normalisation
     backbone.input_normalization = "imagenet"
 
 
@@ -252,13 +254,7 @@ def load_authors_state(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> No
     matching fcnseg FCN (VGG16, reference geometry) so that it computes the same outputs; the input
     normalisation becomes Caffe's. The tensors are assigned, not copied: build the model on the ``meta``
     device (:func:`build_on_meta`) and a 500 MB net is held once."""
-    if isinstance(model.backbone, CaffeNet):  # its modules carry the authors' layer names
-        renamed = {(f"backbone.features.{k}" if k.startswith("conv") else f"backbone.{k}" if k.startswith("fc")
-                    else k): v for k, v in state_dict.items()}
-    elif isinstance(model.backbone, VGG) and not any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules()):
-        renamed = _rename_pytorch_fcn_keys(state_dict, model.backbone)
-    else:
-        raise WeightsError("the authors' weights are for the VGG16 (without batch norm) and CaffeNet backbones")
+    renamed = _authors_names_to_fcnseg(model.backbone, state_dict)
     if model.geometry != "reference":
         raise WeightsError("the authors' weights need geometry='reference' to give the authors' outputs")
     upsamplers = {name: m for name, m in model.named_modules() if isinstance(m, Upsample)}
@@ -277,14 +273,33 @@ def load_authors_state(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> No
     model.backbone.input_normalization = "caffe"
 
 
+def _authors_names_to_fcnseg(backbone: Backbone, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The authors' layer names (conv1_1, fc6, score_fr, ...) as fcnseg's; a late-fusion net's trunk layers come
+    as ``trunks.<input>.<layer>``."""
+    if isinstance(backbone, LateFusion):
+        renamed = {k: v for k, v in state_dict.items() if not k.startswith("trunks.")}
+        for name, trunk in backbone.trunks.items():
+            prefix = f"trunks.{name}."
+            own = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+            renamed.update({k.replace("backbone.", f"backbone.{prefix}", 1): v
+                            for k, v in _authors_names_to_fcnseg(trunk, own).items()})
+        return renamed
+    if isinstance(backbone, CaffeNet):  # its modules carry the authors' layer names
+        return {(f"backbone.features.{k}" if k.startswith("conv") else f"backbone.{k}" if k.startswith("fc")
+                 else k): v for k, v in state_dict.items()}
+    if isinstance(backbone, VGG) and not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules()):
+        return _rename_pytorch_fcn_keys(state_dict, backbone)
+    raise WeightsError("the authors' weights are for the VGG16 (without batch norm) and CaffeNet backbones")
+
+
 def build_on_meta(name: str, num_classes: int, width: float = 1.0, backbone: str = "vgg16",
-                  extra_heads: Sequence[int] = ()) -> FCN:
+                  extra_heads: Sequence[int] = (), inputs: Sequence[str] = ("rgb",)) -> FCN:
     """A reference-geometry FCN whose weights take no memory until they are assigned."""
     from fcnseg.models import build_model
 
     with torch.device("meta"):
         return build_model(name, backbone=backbone, num_classes=num_classes, width=width, geometry="reference",
-                           extra_heads=extra_heads)
+                           extra_heads=extra_heads, inputs=inputs)
 
 
 def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: str | None = None) -> FCN:

@@ -7,9 +7,10 @@ skip scaling as two Scale layers (0.01 on pool4, 0.0001 on pool3), checked here 
 FCN-AlexNet is CaffeNet (grouped convolutions, LRN) with a 63-wide x32 upsampling, fcnseg's ``caffenet``
 backbone. The SIFT Flow nets score two tasks from one trunk: their ``*_sem`` layers become the net's first
 head (33 semantic classes) and their ``*_geo`` layers its second (3 geometric classes); their input is
-Caffe-normalised with SIFT Flow's own mean. The NYUDv2 nets (their own input means, HHA input, two-stream
-late fusion) are listed with their files but cannot be converted yet: converting them is refused with that
-reason.
+Caffe-normalised with SIFT Flow's own mean. The NYUDv2 nets read a colour image (their own BGR mean), the
+HHA encoding of a depth map (``hha:`` normalisation), or both: the colour-HHA net's two VGG16s become a
+:class:`~fcnseg.models.backbones.LateFusion` backbone whose one score layer holds both streams' 0.5-weighted
+score layers side by side.
 
 The authors published no checksums for these files, and they could not be fetched on the machine fcnseg
 is developed on (no network), so the entries below carry no md5: ``fcnseg download`` says so.
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fcnseg.data.info import PASCAL_CONTEXT, SIFTFLOW, VOC, DatasetInfo, count_text
+from fcnseg.data.info import NYUD, PASCAL_CONTEXT, SIFTFLOW, VOC, DatasetInfo, count_text
 from fcnseg.errors import ConfigError, WeightsError
 from fcnseg.models.caffe import open_caffemodel
 from fcnseg.models.fcn import ATONCE_SCALES, FCN
@@ -30,11 +31,15 @@ from fcnseg.models.weights import build_on_meta, load_authors_state
 from fcnseg.normalization import caffe_normalization
 
 _HOST = "http://dl.caffe.berkeleyvision.org"
-_NOT_YET = {
-    "nyud": "the NYUDv2 nets need their own input means, HHA input and two-stream fusion, not built yet",
-}
 # SIFT Flow: the BGR mean of its images (the authors' data layer) and where each head's layers go.
-_SIFTFLOW = {"info": SIFTFLOW, "mean": (114.578, 115.294, 108.353), "heads": {"_sem": "", "_geo": "extra_heads.0."}}
+_SIFTFLOW = {"info": SIFTFLOW, "normalization": caffe_normalization((114.578, 115.294, 108.353)),
+             "heads": {"_sem": "", "_geo": "extra_heads.0."}}
+# NYUDv2: the colour images' BGR mean and the HHA images' mean (the authors' data layer). The colour-HHA net
+# runs one VGG16 per input (layers named conv1_1color, ..., conv1_1hha, ...) and sums their score_fr layers,
+# each weighted 0.5 (its Eltwise layer), before the x32 upsampling.
+_NYUD_COLOR, _NYUD_HHA = caffe_normalization((116.190, 97.203, 92.318)), "hha:132.431,94.076,118.477"
+_LATE_FUSION = {"streams": {"color": "trunks.rgb.", "hha": "trunks.hha."},
+                "fused": {"score_fr": (("score_frcolor", 0.5), ("score_frhha", 0.5))}}
 # name -> file URL, the fcnseg net it becomes (None: not convertible yet) and its classes.
 CAFFE_NETS: dict[str, dict] = {
     "voc-fcn32s": {"url": f"{_HOST}/fcn32s-heavy-pascal.caffemodel", "model": "fcn32s", "info": VOC},
@@ -43,10 +48,13 @@ CAFFE_NETS: dict[str, dict] = {
     "voc-fcn8s-atonce": {"url": f"{_HOST}/fcn8s-atonce-pascal.caffemodel", "model": "fcn8s_atonce", "info": VOC},
     "voc-fcn-alexnet": {"url": f"{_HOST}/fcn-alexnet-pascal.caffemodel", "model": "fcn32s", "backbone": "caffenet",
                         "info": VOC},
-    "nyud-fcn32s-color": {"url": f"{_HOST}/nyud-fcn32s-color-heavy.caffemodel", "model": None, "why": _NOT_YET["nyud"]},
-    "nyud-fcn32s-hha": {"url": f"{_HOST}/nyud-fcn32s-hha-heavy.caffemodel", "model": None, "why": _NOT_YET["nyud"]},
-    "nyud-fcn32s-color-hha": {"url": f"{_HOST}/nyud-fcn32s-color-hha-heavy.caffemodel", "model": None,
-                              "why": _NOT_YET["nyud"]},
+    "nyud-fcn32s-color": {"url": f"{_HOST}/nyud-fcn32s-color-heavy.caffemodel", "model": "fcn32s", "info": NYUD,
+                          "normalization": _NYUD_COLOR},
+    "nyud-fcn32s-hha": {"url": f"{_HOST}/nyud-fcn32s-hha-heavy.caffemodel", "model": "fcn32s", "info": NYUD,
+                        "inputs": ("hha",), "normalization": _NYUD_HHA},
+    "nyud-fcn32s-color-hha": {"url": f"{_HOST}/nyud-fcn32s-color-hha-heavy.caffemodel", "model": "fcn32s",
+                              "info": NYUD, "inputs": ("rgb", "hha"), "normalization": f"{_NYUD_COLOR}+{_NYUD_HHA}",
+                              **_LATE_FUSION},
     "siftflow-fcn32s": {"url": f"{_HOST}/siftflow-fcn32s-heavy.caffemodel", "model": "fcn32s", **_SIFTFLOW},
     "siftflow-fcn16s": {"url": f"{_HOST}/siftflow-fcn16s-heavy.caffemodel", "model": "fcn16s", **_SIFTFLOW},
     "siftflow-fcn8s": {"url": f"{_HOST}/siftflow-fcn8s-heavy.caffemodel", "model": "fcn8s", **_SIFTFLOW},
@@ -70,8 +78,6 @@ def fcn_from_caffemodel(path: str | Path, name: str) -> tuple[FCN, DatasetInfo]:
     if name not in CAFFE_NETS:
         raise ConfigError(f"unknown net {name!r}; the authors' nets are {', '.join(CAFFE_NETS)}")
     entry = CAFFE_NETS[name]
-    if entry["model"] is None:
-        raise WeightsError(f"{name} cannot be converted yet: {entry['why']}")
     info: DatasetInfo = entry["info"]
     state, scales = _read_state(path, entry)
     if entry["model"] == "fcn8s_atonce" and scales != set(_SKIP_SCALES):
@@ -87,14 +93,15 @@ def fcn_from_caffemodel(path: str | Path, name: str) -> tuple[FCN, DatasetInfo]:
                            f"{count_text(info.head_classes)} ({info.name}): is it the right file?")
     backbone = entry.get("backbone", "vgg16")
     first, channels = ("conv1", 96) if backbone == "caffenet" else ("conv1_1", 64)
-    width = state[f"{first}.weight"].shape[0] / channels if f"{first}.weight" in state else 1.0  # 1.0: the authors'
-    model = build_on_meta(entry["model"], info.num_classes, width, backbone, extra_heads=info.head_classes[1:])
+    first = next((k for k in state if k.endswith(f"{first}.weight")), "")  # a trunk's first layer in a fused net
+    width = state[first].shape[0] / channels if first else 1.0  # 1.0: the authors' nets
+    model = build_on_meta(entry["model"], info.num_classes, width, backbone, extra_heads=info.head_classes[1:],
+                          inputs=entry.get("inputs", ("rgb",)))
     try:
         load_authors_state(model, state)
     except WeightsError as error:
         raise WeightsError(f"{path} does not hold {name}: {error}") from None
-    if "mean" in entry:
-        model.backbone.input_normalization = caffe_normalization(entry["mean"])
+    model.backbone.input_normalization = entry.get("normalization", "caffe")
     return model.eval(), info
 
 
@@ -103,19 +110,37 @@ def _read_state(path: str | Path, entry: dict) -> tuple[dict[str, torch.Tensor],
     at-once net's Scale layers it holds (checked)."""
     state: dict[str, torch.Tensor] = {}
     scales = set()
-    heads = entry.get("heads", {})
+    fused = {part: target for target, parts in entry.get("fused", {}).items() for part, _ in parts}
+    renames = {**entry.get("heads", {}), **entry.get("streams", {})}  # layer name suffix -> fcnseg prefix
     with open_caffemodel(path) as (_, layers):
         for layer in layers:
             if layer.name in _SKIP_SCALES:
                 _check_scale(layer.name, layer.blobs, entry["model"], path)
                 scales.add(layer.name)
             elif layer.blobs:
-                suffix = next((s for s in heads if layer.name.endswith(s)), None)
-                name = layer.name if suffix is None else heads[suffix] + layer.name.removesuffix(suffix)
+                suffix = next((s for s in renames if layer.name.endswith(s)), None)
+                name = layer.name if suffix is None or layer.name in fused else (
+                    renames[suffix] + layer.name.removesuffix(suffix))
                 state[f"{name}.weight"] = torch.from_numpy(np.array(layer.blobs[0], dtype=np.float32))
                 if len(layer.blobs) > 1:  # Caffe biases are 1-d (legacy files store them as 1 x 1 x 1 x N)
                     state[f"{name}.bias"] = torch.from_numpy(np.array(layer.blobs[1], np.float32).ravel())
+    for target, parts in entry.get("fused", {}).items():
+        _fuse(state, target, parts, path)
     return state, scales
+
+
+def _fuse(state: dict[str, torch.Tensor], target: str, parts: tuple[tuple[str, float], ...], path: str | Path) -> None:
+    """Replace score layers whose weighted outputs the authors' net sums (one per input stream) by the one
+    layer over the stacked streams that computes that sum: weights side by side, biases summed."""
+    missing = [name for name, _ in parts if f"{name}.weight" not in state or f"{name}.bias" not in state]
+    if missing:
+        raise WeightsError(f"{path} has no {', '.join(missing)} layer: is it the right file?")
+    weights = [state.pop(f"{name}.weight") * coefficient for name, coefficient in parts]
+    biases = [state.pop(f"{name}.bias") * coefficient for name, coefficient in parts]
+    if len({w.shape[0] for w in weights}) != 1:
+        raise WeightsError(f"{path}: {', '.join(n for n, _ in parts)} score different numbers of classes")
+    state[f"{target}.weight"] = torch.cat(weights, 1)
+    state[f"{target}.bias"] = torch.stack(biases).sum(0)
 
 
 def _check_scale(layer: str, blobs: list[np.ndarray], model: str, path: str | Path) -> None:

@@ -17,6 +17,7 @@ from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.collate import PadCollate
 from fcnseg.data.registry import build_dataset
 from fcnseg.data.transforms import train_transforms
+from fcnseg.errors import ConfigError
 from fcnseg.runtime import Runtime, worker_init
 from fcnseg.train.config import TrainConfig
 
@@ -51,6 +52,9 @@ def build_datasets(config: TrainConfig, normalization: str) -> tuple[Segmentatio
     """
     options = dict(config.dataset_options)
     val = build_dataset(config.dataset, config.root, config.val_split, normalization=normalization, **options)
+    if config.color_jitter and val.inputs[0] != "rgb":
+        raise ConfigError(f"color_jitter changes colours, but this dataset's images are {'+'.join(val.inputs)} "
+                          "(depth encoded as HHA), not colour images: set color_jitter to 0")
     transform = None
     if config.crop_size or config.scale_range or config.flip or config.color_jitter:
         transform = train_transforms(tuple(config.crop_size) if config.crop_size else None,

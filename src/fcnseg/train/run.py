@@ -75,7 +75,8 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
               "each process has: every step sees them all (a smaller batch would take more steps per epoch)",
               file=sys.stderr)
     model = build_training_model(config, info.num_classes, init, info.class_names,
-                                 extra_heads=tuple(head.num_classes for head in info.extra_heads))
+                                 extra_heads=tuple(head.num_classes for head in info.extra_heads),
+                                 inputs=train_set.inputs)
     model.to(runtime.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -117,12 +118,14 @@ def resolve_init_checkpoint(path: str) -> Path:
 
 
 def build_training_model(config: TrainConfig, num_classes: int, init: dict[str, Any] | None = None,
-                         class_names: tuple[str, ...] | None = None, extra_heads: tuple[int, ...] = ()) -> FCN:
+                         class_names: tuple[str, ...] | None = None, extra_heads: tuple[int, ...] = (),
+                         inputs: tuple[str, ...] = ("rgb",)) -> FCN:
     """The net of ``config`` (with one more head per ``extra_heads`` entry, for datasets labelled for several
-    tasks), with ImageNet weights and/or a coarser net's weights (``init``) loaded."""
+    tasks, and one trunk per input, for datasets of colour and depth), with ImageNet weights and/or a coarser
+    net's weights (``init``) loaded."""
     model = build_model(config.model, backbone=config.backbone, num_classes=num_classes, width=config.width,
                         geometry=config.geometry, learnable_upsampling=config.learnable_upsampling,
-                        dropout=config.dropout, extra_heads=extra_heads)
+                        dropout=config.dropout, extra_heads=extra_heads, inputs=inputs)
     if config.imagenet_weights:
         load_imagenet_weights(model, None if config.imagenet_weights == "default" else config.imagenet_weights)
     if init is not None:
