@@ -202,3 +202,30 @@ def test_fcnseg_eval_reads_the_inputs_the_net_needs(tmp_path, capsys, one_thread
 
     scores = evaluate(segmenter.scores, data, 40, 255, progress=False)
     assert f"| {scores['mean_iu'] * 100:.1f} |" in out.splitlines()[3]
+
+
+def test_a_starting_net_and_the_data_must_read_the_same_inputs(tmp_path):
+    root = nyud_folder(tmp_path / "nyud", ids=("5001", "5002"))
+    start = save_model(random_net(), NYUD, tmp_path / "rgbd.pth")
+    config = {"model": "fcn32s", "width": 1 / 16, "geometry": "fast", "dataset": "nyud", "root": str(root),
+              "dataset_options": {"split_file": str(root / "ids.txt")}, "iterations": 1, "workers": 0,
+              "threads": 1, "init_from": str(start), "out": str(tmp_path / "run")}
+    with pytest.raises(ConfigError, match=r"starting net reads rgb\+hha but the dataset's images are rgb: .*"
+                                          r"dataset_options: \{inputs: rgb\+hha\}"):
+        train(TrainConfig.from_dict(config))
+    config["dataset_options"]["inputs"] = "rgb+hha"
+    assert train(TrainConfig.from_dict(config))["iterations"] == 1
+
+
+def test_a_depth_only_net_draws_on_a_colour_image_of_the_same_frame(tmp_path, capsys, one_thread):
+    root = nyud_folder(tmp_path / "nyud", ids=("5001",))
+    checkpoint = save_model(random_net(inputs=("hha",)), NYUD, tmp_path / "hha.pth")
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(small)
+    hha = root / "data" / "hha" / "img_5001.png"
+    assert main(["predict", str(checkpoint), str(small), "--hha", str(hha), "--out", str(tmp_path / "o")]) == 1
+    assert "small.png is 16x12 but its depth 32x24: they must be of the same frame" in capsys.readouterr().err
+    colour = root / "data" / "images" / "img_5001.png"
+    assert main(["predict", str(checkpoint), str(colour), "--hha", str(hha), "--out", str(tmp_path / "o")]) == 0
+    expected = load(checkpoint, device="cpu").predict(None, hha=hha)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "img_5001_mask.png")), expected)

@@ -90,7 +90,8 @@ def forward_bytes(config: dict, batch: int, height: int, width: int) -> int:
     """Peak bytes of one forward pass of the net ``config`` (build_model's arguments) on an
     ``batch x 3 x height x width`` float32 input, without autograd."""
     model = _meta_model(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items())))
-    stage_ends = {id(stage[-1]) for stage in model.backbone.stages()[:2]}
+    trunks = getattr(model.backbone, "trunks", {"": model.backbone})  # a late-fusion net keeps every trunk's maps
+    stage_ends = {id(stage[-1]) for trunk in trunks.values() for stage in trunk.stages()[:2]}
     kept, peak = 0, 0
 
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:

@@ -320,3 +320,10 @@ def test_download_fetches_a_net_and_says_it_is_unverified(tmp_path, http_server,
     assert "published no checksum for voc-fcn8s" in err and "--model voc-fcn8s" in err
     assert main(["download", "voc-fcn9s", "--root", str(tmp_path)]) == 2
     assert "the authors' nets: voc-fcn32s" in capsys.readouterr().err
+
+
+def test_a_file_of_another_stride_names_the_net_it_holds(tmp_path):
+    caffemodel(tmp_path / "sf16.caffemodel", oracle("16s", 33, heads=(3,)))
+    with pytest.raises(WeightsError, match="holds an FCN-16s net, but siftflow-fcn8s is an FCN-8s: is it "
+                                           "siftflow-fcn16s?"):
+        fcn_from_caffemodel(tmp_path / "sf16.caffemodel", "siftflow-fcn8s")

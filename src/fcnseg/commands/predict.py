@@ -31,6 +31,7 @@ from fcnseg.commands.options import (
     notes,
     positive_float,
 )
+from fcnseg.data.hha import check_intrinsics
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import IMAGE_SUFFIXES, decode_image
 from fcnseg.errors import ConfigError, DataError
@@ -186,6 +187,8 @@ def depth_files(args: argparse.Namespace, files: list[Path], inputs: tuple[str, 
     if len(given) != 1:
         raise ConfigError(f"{args.checkpoint} reads depth ({'+'.join(inputs)}): give --depth (depth maps) or --hha "
                           "(HHA images), one of them")
+    if args.intrinsics is not None:
+        check_intrinsics(args.intrinsics)  # before any image, not once per image
     kind, where = next(iter(given.items()))
     if where.is_file():
         if len(files) > 1:
@@ -206,12 +209,23 @@ def depth_files(args: argparse.Namespace, files: list[Path], inputs: tuple[str, 
 def _segment(segmenter: Segmenter, image: np.ndarray, name: str, probs: bool,
              **depth: Path) -> tuple[list[np.ndarray], np.ndarray | None]:
     """(every head's labels, probabilities or None) of one image (with its depth map or HHA image)."""
-    image = image if "rgb" in segmenter.inputs else None  # shown in the overlays even when the net reads none
+    shown = image  # in the overlays even when the net reads no colour image
+    image = image if "rgb" in segmenter.inputs else None
     if not probs:
-        return list(segmenter.predict_heads(image, name=name, **depth).values()), None
+        maps = list(segmenter.predict_heads(image, name=name, **depth).values())
+        _check_frame(shown, maps[0], name)
+        return maps, None
     probabilities = segmenter.predict_probs(image, name=name, **depth)
+    _check_frame(shown, probabilities[0], name)
     parts = np.split(probabilities, np.cumsum(segmenter.info.head_classes)[:-1])
     return [part.argmax(0).astype(segmenter.label_dtype) for part in parts], probabilities
+
+
+def _check_frame(image: np.ndarray, labels: np.ndarray, name: str) -> None:
+    """A net that reads only depth still draws on the colour image: they must be of one frame."""
+    if labels.shape != image.shape[:2]:
+        raise DataError(f"{name} is {image.shape[1]}x{image.shape[0]} but its depth {labels.shape[1]}x"
+                        f"{labels.shape[0]}: they must be of the same frame")
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ __all__ = [
     "NYUD_CROPPED_INTRINSICS",
     "NYUD_INTRINSICS",
     "CameraIntrinsics",
+    "check_intrinsics",
     "estimate_gravity",
     "height_above_ground",
     "hha_from_depth",
@@ -106,7 +107,7 @@ def _check_depth(depth_m: np.ndarray, name: str = "depth map") -> np.ndarray:
     return depth
 
 
-def _check_intrinsics(intrinsics: object) -> CameraIntrinsics:
+def check_intrinsics(intrinsics: object) -> CameraIntrinsics:
     """``intrinsics`` as :class:`CameraIntrinsics`; DataError unless it is 4 positive finite numbers."""
     try:
         values = np.asarray(intrinsics, dtype=np.float64)
@@ -127,7 +128,7 @@ def point_cloud_from_depth(
     gives the camera centre (0, 0, 0), as a zero depth does in the reference.
     """
     depth = _check_depth(depth_m)
-    fx, fy, cx, cy = _check_intrinsics(intrinsics)
+    fx, fy, cx, cy = check_intrinsics(intrinsics)
     height, width = depth.shape
     x_ratio = (np.arange(1, width + 1, dtype=np.float64) - cx) / fx
     y_ratio = (np.arange(1, height + 1, dtype=np.float64) - cy) / fy
@@ -293,7 +294,7 @@ def hha_from_depth(
     degrees (channel value 218).
     """
     depth = _check_depth(depth_m)
-    camera = _check_intrinsics(intrinsics)
+    camera = check_intrinsics(intrinsics)
     valid = depth > 0
     if raw_depth is not None:
         raw = _check_depth(raw_depth, name="raw depth map")
@@ -320,7 +321,7 @@ def intrinsics_for(height: int, width: int, intrinsics: Sequence[float] | None =
     two frame sizes (640 x 480 as recorded, 560 x 425 as the authors' NYUD data crops it); other sizes need
     ``intrinsics``, as guessing a camera would silently give wrong heights and angles."""
     if intrinsics is not None:
-        return _check_intrinsics(intrinsics)
+        return check_intrinsics(intrinsics)
     known = {(480, 640): NYUD_INTRINSICS, (425, 560): NYUD_CROPPED_INTRINSICS}
     if (height, width) not in known:
         raise DataError(f"a {width}x{height} depth map is not a NYUDv2 frame (640x480, or 560x425 cropped): give its "

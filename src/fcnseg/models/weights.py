@@ -260,10 +260,10 @@ def load_authors_state(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> No
     upsamplers = {name: m for name, m in model.named_modules() if isinstance(m, Upsample)}
     kernels = {k: renamed.pop(k) for k in list(renamed) if k.rsplit(".", 1)[0] in upsamplers}
     own = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] not in upsamplers}
-    _check_fit(own, renamed, "pytorch-fcn weights")
+    _check_fit(own, renamed, "the weights")
     missing = set(upsamplers) - {k.rsplit(".", 1)[0] for k in kernels}
     if missing:
-        raise WeightsError(f"pytorch-fcn weights lack the upsampling kernels {sorted(missing)}: another head?")
+        raise WeightsError(f"the weights lack the upsampling kernels {sorted(missing)}: another head?")
     model.load_state_dict({k: v.to(torch.float32) for k, v in renamed.items()}, strict=False, assign=True)
     for key, kernel in kernels.items():
         upsamplers[key.rsplit(".", 1)[0]].load_full_weight(kernel, key)

@@ -83,6 +83,7 @@ def fcn_from_caffemodel(path: str | Path, name: str) -> tuple[FCN, DatasetInfo]:
     if entry["model"] == "fcn8s_atonce" and scales != set(_SKIP_SCALES):
         raise WeightsError(f"{path} lacks the at-once net's {', '.join(sorted(set(_SKIP_SCALES) - scales))} layer(s): "
                            "is it voc-fcn8s (staged) rather than voc-fcn8s-atonce?")
+    _check_stride(state, name, path)
     heads = entry.get("heads", {"": ""})
     if any(f"{prefix}score_fr.weight" not in state for prefix in heads.values()):
         raise WeightsError(f"{path} has no {' and no '.join(f'score_fr{suffix}' for suffix in heads)} layer, which "
@@ -141,6 +142,18 @@ def _fuse(state: dict[str, torch.Tensor], target: str, parts: tuple[tuple[str, f
         raise WeightsError(f"{path}: {', '.join(n for n, _ in parts)} score different numbers of classes")
     state[f"{target}.weight"] = torch.cat(weights, 1)
     state[f"{target}.bias"] = torch.stack(biases).sum(0)
+
+
+def _check_stride(state: dict[str, torch.Tensor], name: str, path: str | Path) -> None:
+    """The file's final upsampling (upscore8 / upscore16 / upscore) must be the net's: say which net it is."""
+    found = next((model for layer, model in (("upscore8", "fcn8s"), ("upscore16", "fcn16s"), ("upscore", "fcn32s"))
+                  if f"{layer}.weight" in state), None)
+    wanted = CAFFE_NETS[name]["model"].removesuffix("_atonce")
+    if found is not None and found != wanted:
+        family = name.rsplit("-", 1)[0] if name.startswith(("siftflow", "pascalcontext")) else None
+        guess = f": is it {family}-{found}?" if family else ""
+        title = lambda model: "FCN-" + model.removeprefix("fcn")  # noqa: E731
+        raise WeightsError(f"{path} holds an {title(found)} net, but {name} is an {title(wanted)}{guess}")
 
 
 def _check_scale(layer: str, blobs: list[np.ndarray], model: str, path: str | Path) -> None:

@@ -68,6 +68,11 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
     # The data must be normalised as the starting weights expect (Caffe BGR for the authors' weights).
     normalization = init.get("normalization", "imagenet") if init else "imagenet"
     train_set, val_set = build_datasets(config, normalization)
+    start_inputs = tuple(init["model"].get("inputs", ("rgb",))) if init else train_set.inputs
+    if start_inputs != train_set.inputs:
+        raise ConfigError(f"the starting net reads {'+'.join(start_inputs)} but the dataset's images are "
+                          f"{'+'.join(train_set.inputs)}: give the dataset the net's inputs (dataset_options: "
+                          f"{{inputs: {'+'.join(start_inputs)}}})")
     info = train_set.info
     per_process = -(-len(train_set) // runtime.world_size)
     if config.batch_size > per_process and runtime.is_main and not is_quiet():
