@@ -92,3 +92,26 @@ def nyud_folder(root: Path, ids=("5001", "5002", "5003"), size=(24, 32), hha: bo
                          {"segmentation": rng.integers(0, 41, size).astype(np.uint8)})
     (root / "ids.txt").write_text("".join(f"{name}\n" for name in ids))
     return root
+
+
+def shapes_dataset(root, size=64):
+    """Four noisy pictures of a square, a disc and a 10-pixel stripe on a background, as a folder dataset."""
+    rng = np.random.default_rng(0)
+    colours = np.array([[90, 90, 90], [200, 60, 60], [60, 200, 60], [60, 60, 200]], dtype=float)
+    yy, xx = np.mgrid[0:size, 0:size]
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index in range(4):
+        label = np.zeros((size, size), np.uint8)
+        top, left = rng.integers(0, size // 2, 2)
+        side = rng.integers(size // 4, size // 2)
+        label[top:top + side, left:left + side] = 1
+        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+        label[(yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(size // 8, size // 4) ** 2] = 2
+        column = rng.integers(0, size - 10)
+        label[:, column:column + 10] = 3
+        image = colours[label] + rng.normal(0, 25, (size, size, 3))
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "images" / f"{index}.png")
+        Image.fromarray(label).save(root / "masks" / f"{index}.png")
+    (root / "classes.txt").write_text("background\nsquare\ndisc\nstripe\n")
+    return root

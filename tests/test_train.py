@@ -17,6 +17,8 @@ from fcnseg.train import TrainConfig, train
 from fcnseg.train.data import EpochSampler
 from fcnseg.train.run import build_optimizer, lr_factor
 
+from .helpers import shapes_dataset
+
 TINY = {"backbone": "vgg16", "width": 1 / 16, "geometry": "fast", "dataset": "synthetic",
         "dataset_options": {"num_images": 12, "height": 48, "width": 64}, "batch_size": 4, "workers": 0,
         "optimizer": "sgd", "lr": 0.05, "iterations": 4, "val_interval": 4, "checkpoint_interval": 2,
@@ -214,35 +216,11 @@ def test_cli_resume_uses_the_runs_own_config(tmp_path):
     assert state["iteration"] == 3 and state["model"]["name"] == "fcn16s" and state["model"]["width"] == 0.0625
 
 
-def _shapes_dataset(root, size=64):
-    """Four noisy pictures of a square, a disc and a 10-pixel stripe on a background, as a folder dataset."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    colours = np.array([[90, 90, 90], [200, 60, 60], [60, 200, 60], [60, 60, 200]], dtype=float)
-    yy, xx = np.mgrid[0:size, 0:size]
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for index in range(4):
-        label = np.zeros((size, size), np.uint8)
-        top, left = rng.integers(0, size // 2, 2)
-        side = rng.integers(size // 4, size // 2)
-        label[top:top + side, left:left + side] = 1
-        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
-        label[(yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(size // 8, size // 4) ** 2] = 2
-        column = rng.integers(0, size - 10)
-        label[:, column:column + 10] = 3
-        image = colours[label] + rng.normal(0, 25, (size, size, 3))
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "images" / f"{index}.png")
-        Image.fromarray(label).save(root / "masks" / f"{index}.png")
-    (root / "classes.txt").write_text("background\nsquare\ndisc\nstripe\n")
-    return root
 
 
 def test_a_tiny_fcn8s_overfits_four_images(tmp_path):
     """The whole training loop learns: on its own four training images the loss falls 10x, mean IU > 0.9."""
-    root = _shapes_dataset(tmp_path / "shapes")
+    root = shapes_dataset(tmp_path / "shapes")
     config = TrainConfig.from_dict({
         "model": "fcn8s", "backbone": "vgg16_bn", "width": 1 / 8, "geometry": "fast", "dataset": "folder",
         "root": str(root), "train_split": "all", "val_split": "all", "flip": False, "batch_size": 4, "workers": 0,

@@ -21,6 +21,7 @@ checked against the PyTorch model at an untraced size before it replaces the des
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import warnings
@@ -50,12 +51,13 @@ TRACE_SHAPE = (1, 3, 64, 64)
 VERIFY_SHAPE = (2, 3, 37, 53)
 
 
-def _require(module: str, purpose: str):
-    """Import an optional dependency, or say which package to install."""
+def require_module(module: str, purpose: str):
+    """Import an optional dependency (``onnx``, ``onnxruntime.quantization``), or say which package to install."""
     try:
-        return __import__(module)
+        return importlib.import_module(module)
     except ImportError:
-        raise ExportError(f"{purpose} needs the '{module}' package: pip install {module}") from None
+        package = module.split(".")[0]
+        raise ExportError(f"{purpose} needs the '{package}' package: pip install {package}") from None
 
 
 # ------------------------------------------------------------------------------------------ the model side
@@ -177,7 +179,7 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, opset: int = 1
     ``path`` (atomically); a mismatch raises :class:`ExportError` and leaves ``path`` untouched.
     """
     path = Path(path)
-    onnx = _require("onnx", "ONNX export")
+    onnx = require_module("onnx", "ONNX export")
     model, info, normalization = _resolve(source, info, normalization)
     meta = _metadata(model, info, normalization)
     buffer = io.BytesIO()
@@ -235,7 +237,7 @@ def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxForward
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"ONNX model not found: {path}")
-    ort = _require("onnxruntime", "running ONNX models")
+    ort = require_module("onnxruntime", "running ONNX models")
     try:
         options = ort.SessionOptions()
         if threads is not None:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.commands.options import add_runtime
+from fcnseg.errors import ConfigError
 from fcnseg.export import export_onnx, export_torchscript, load_onnx, load_torchscript, parity
 from fcnseg.outputs import output_file
+from fcnseg.quantize import Calibration, export_int8, parse_calibration
 from fcnseg.runtime import set_threads
 
 
@@ -32,6 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--check-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",
                         help="after exporting, compare the exported model with PyTorch at these input sizes")
     parser.add_argument("--overwrite", action="store_true", help="replace --out even if fcnseg export did not write it")
+    parser.add_argument("--int8", action="store_true",
+                        help="quantise to int8 (ONNX only; static, calibrated on --calibrate's images)")
+    parser.add_argument("--calibrate", nargs="+", metavar="KEY=VALUE", default=[],
+                        help="with --int8: the calibration images, as dataset=NAME root=PATH [split=train] "
+                             "[images=32] [dataset options, e.g. inputs=rgb+hha]")
     add_runtime(parser, device=False)
     parser.set_defaults(func=run)
 
@@ -39,8 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """0 when the export matches PyTorch at every --check-sizes size, 1 otherwise."""
     threads = set_threads(args.threads)
+    calibration = _calibration(args)
     outputs = output_file(args.out, "export", args.overwrite, inputs=[args.checkpoint])
     model, info = model_from_checkpoint(args.checkpoint)
+    if calibration is not None:
+        return _int8(args, model, info, calibration, outputs)
     if args.format == "onnx":
         out = export_onnx(model, args.out, opset=args.opset, info=info)
         forward, _, _ = load_onnx(out, threads=threads)
@@ -59,3 +69,29 @@ def run(args: argparse.Namespace) -> int:
             ok = ok and diff <= tolerance
             print(f"{height:>5}x{width:<5}  {diff:.3g}{'' if diff <= tolerance else f'  > {tolerance:.3g} MISMATCH'}")
     return 0 if ok else 1
+
+
+def _calibration(args: argparse.Namespace) -> Calibration | None:
+    """The --int8 calibration, checked before anything is read."""
+    if not args.int8:
+        if args.calibrate:
+            raise ConfigError("--calibrate goes with --int8")
+        return None
+    if args.format != "onnx":
+        raise ConfigError("--int8 exports ONNX models (ONNX Runtime runs them): use --format onnx")
+    if not args.calibrate:
+        raise ConfigError("--int8 needs --calibrate dataset=NAME root=PATH: the images whose value ranges int8 uses")
+    return parse_calibration(args.calibrate)
+
+
+def _int8(args: argparse.Namespace, model, info, calibration: Calibration, outputs) -> int:
+    out, report = export_int8(model, args.out, calibration, info=info, opset=args.opset)
+    outputs.record([out], flush=True)
+    config = model.config
+    print(f"wrote {out} (onnx int8; {config['name']} {config['backbone']} {config['geometry']}, {info.num_classes} "
+          f"classes of {info.name}; calibrated on {calibration.images} images of {calibration.dataset} "
+          f"{calibration.split}); labels agree with fp32 on {100 * report['agreement_with_fp32']:.2f}% of their "
+          "pixels")
+    if args.check_sizes:
+        print("(--check-sizes compares logits to 1e-4: not applicable to int8, skipped)")
+    return 0

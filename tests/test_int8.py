@@ -1,0 +1,86 @@
+"""int8 exports: calibrated through fcnseg's dataset readers, carrying their metadata, close to fp32 on a
+trained net, and run by predict / eval like any ONNX export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fcnseg.api import load
+from fcnseg.cli import main
+from fcnseg.errors import ConfigError, DataError
+from fcnseg.quantize import Calibration, export_int8, parse_calibration
+from fcnseg.train import TrainConfig, train
+
+from .helpers import shapes_dataset
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny FCN-8s trained on four pictures of shapes (labels it gets mostly right)."""
+    folder = tmp_path_factory.mktemp("int8")
+    root = shapes_dataset(folder / "shapes")
+    config = TrainConfig.from_dict({
+        "model": "fcn8s", "backbone": "vgg16_bn", "width": 1 / 8, "geometry": "fast", "dataset": "folder",
+        "root": str(root), "train_split": "all", "val_split": "all", "flip": False, "batch_size": 4, "workers": 0,
+        "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.0, "dropout": 0.0, "iterations": 60,
+        "val_interval": 60, "checkpoint_interval": 60, "log_interval": 60, "threads": 1, "out": str(folder / "run")})
+    train(config)
+    return root, folder / "run" / "last.pth"
+
+
+def test_int8_export_agrees_with_fp32_and_records_how_it_was_made(trained, tmp_path, capsys, one_thread):
+    root, checkpoint = trained
+    out = tmp_path / "net-int8.onnx"
+    assert main(["export", str(checkpoint), "--out", str(out), "--int8", "--calibrate", "dataset=folder",
+                 f"root={root}", "split=all", "images=4", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "onnx int8" in printed and "calibrated on 4 images of folder all" in printed
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    report = json.loads(props["fcnseg.int8"])
+    assert report["precision"] == "int8" and report["calibration"]["dataset"] == "folder"
+    assert report["calibration"]["root"] == str(root) and report["calibration"]["images"] == 4
+    assert "per-channel int8 weights" in report["method"]
+    # The weights really are int8 (QDQ: int8 initialisers feeding DequantizeLinear).
+    model = onnx.load(str(out))
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
+    # Labels agree with the fp32 checkpoint on >= 95% of the pixels (first images of the split)
+    fp32, int8 = load(checkpoint, device="cpu"), load(out, device="cpu")
+    images = sorted((root / "images").glob("*.png"))
+    same = [np.mean(fp32.predict(path) == int8.predict(path)) for path in images]
+    assert min(same) >= 0.95, same
+    assert report["agreement_with_fp32"] >= 0.95
+    # eval and predict run it like any ONNX export
+    assert main(["eval", str(out), "--dataset", "folder", "--root", str(root), "--split", "all", "--workers", "0",
+                 "--threads", "1"]) == 0
+    assert main(["predict", str(out), str(images[0]), "--out", str(tmp_path / "pred"), "--backend", "onnxruntime"]) == 0
+
+
+def test_calibration_options_are_checked_before_any_work(trained, tmp_path, capsys):
+    root, checkpoint = trained
+    out = str(tmp_path / "x.onnx")
+    cases = [
+        (["--int8"], "--int8 needs --calibrate dataset=NAME root=PATH"),
+        (["--calibrate", "dataset=folder"], "--calibrate goes with --int8"),
+        (["--int8", "--format", "torchscript", "--calibrate", "dataset=folder"], "--int8 exports ONNX models"),
+        (["--int8", "--calibrate", "root=x"], "--calibrate needs dataset=NAME"),
+        (["--int8", "--calibrate", "dataset=folder", "colour=red"], "dataset folder has no option(s) colour"),
+        (["--int8", "--calibrate", "dataset=folder", "images=many"], "images= takes a whole number"),
+        (["--int8", "--calibrate", "dataset"], "takes KEY=VALUE pairs"),
+    ]
+    for extra, message in cases:
+        assert main(["export", str(checkpoint), "--out", out, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+    assert parse_calibration(["dataset=camvid", "root=/d", "images=8"]) == Calibration("camvid", "/d", "train", 8)
+    with pytest.raises(ConfigError, match="at least one image"):
+        Calibration("folder", images=0)
+    with pytest.raises(DataError, match=r"dataset folder not found: .*empty/masks"):  # the reader's own message
+        (tmp_path / "empty" / "images").mkdir(parents=True)
+        export_int8(checkpoint, tmp_path / "y.onnx", Calibration("folder", str(tmp_path / "empty"), "all"))
+    assert not (tmp_path / "y.onnx").exists()
