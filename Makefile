@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test bench lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# fcnseg against the real pytorch-fcn, side by side (a few minutes; not part of `make test`). The peer is
+# installed for the benchmark only, without its dependencies (its models need none of them).
+bench: $(STAMP)
+	$(BIN)/pip install -q --no-deps torchfcn==1.9.7
+	$(BIN)/python benchmarks/side_by_side.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,10 +1,11 @@
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fcnseg import inference
-from fcnseg.inference import predict_labels, predict_probs, window_starts
+from fcnseg.inference import predict_labels, predict_probs, tile
 
 from .helpers import random_fcn
 
@@ -55,12 +56,10 @@ def images(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
 def naive_slide(forward, x: torch.Tensor, window, overlap: float) -> torch.Tensor:
     """Reference: full-size sums and counts, every window at once (no streaming)."""
     n, _, height, width = x.shape
-    win_h, win_w = min(window[0], height), min(window[1], width)
-    stride_h = max(1, int(win_h * (1 - overlap) + 1e-9))
-    stride_w = max(1, int(win_w * (1 - overlap) + 1e-9))
+    (win_h, tops), (win_w, lefts) = tile(height, window[0], overlap), tile(width, window[1], overlap)
     sums, counts = None, torch.zeros(height, width)
-    for top in window_starts(height, win_h, stride_h):
-        for left in window_starts(width, win_w, stride_w):
+    for top in tops:
+        for left in lefts:
             probs = torch.softmax(forward(x[:, :, top:top + win_h, left:left + win_w]), dim=1)
             if sums is None:
                 sums = torch.zeros(n, probs.shape[1], height, width)
@@ -69,21 +68,28 @@ def naive_slide(forward, x: torch.Tensor, window, overlap: float) -> torch.Tenso
     return sums / counts
 
 
-def test_window_starts_cover_every_pixel_with_last_window_on_the_border():
-    assert window_starts(10, 4, 3) == [0, 3, 6]
-    assert window_starts(10, 4, 2) == [0, 2, 4, 6]
-    assert window_starts(4, 8, 3) == [0]
-    assert window_starts(10, 10, 5) == [0]
-    for length in range(1, 30):
-        for size in range(1, 12):
-            for stride in range(1, size + 1):
-                starts = window_starts(length, size, stride)
+def test_tiles_cover_the_axis_evenly_with_the_overlap_asked_for():
+    # 4000 pixels, windows of at most 1024 sharing >= 128: five windows of 903, not four of 1024 and a fifth
+    # that mostly repeats the fourth.
+    assert tile(4000, 1024, 0.125) == (903, [0, 774, 1548, 2323, 3097])
+    assert tile(3000, 1536, 1 / 16) == (1064, [0, 968, 1936])
+    assert tile(10, 4, 0.0) == (4, [0, 3, 6])
+    assert tile(4, 8, 0.5) == (4, [0]) and tile(10, 10, 0.3) == (10, [0])
+    for length in range(1, 60):
+        for window in range(1, 16):
+            for overlap in (0.0, 0.1, 1 / 3, 0.5, 0.75):
+                size, starts = tile(length, window, overlap)
                 covered = torch.zeros(length, dtype=torch.bool)
                 for start in starts:
                     covered[start:start + size] = True
-                assert covered.all()
-                assert starts[-1] == max(length - size, 0)
-                assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:], strict=False))
+                assert covered.all() and size <= window and starts[0] == 0 and starts[-1] == length - size
+                shared = window - max(1, int(window * (1 - overlap) + 1e-9))
+                if length > window:
+                    # every neighbour shares at least the overlap asked for (to a pixel of rounding), and one
+                    # window fewer could not cover the axis with it
+                    assert all(a + size - b >= shared - 1 for a, b in zip(starts, starts[1:], strict=False))
+                    count = len(starts) - 1
+                    assert count == 1 or count * window - (count - 1) * shared < length
 
 
 def test_whole_mode_is_softmax_of_the_logits():
@@ -119,14 +125,16 @@ def test_slide_matches_a_full_size_reference(net, size, window, overlap, batch_s
 def test_slide_agrees_with_whole_away_from_window_borders():
     # Window offsets are multiples of the net's stride (4), so inside a window (further than the receptive
     # field from its cut edges) the window sees exactly what the whole image shows there.
-    height, width, size, stride = 96, 120, 48, 24
+    height, width, size = 96, 120, 48
     forward, x = LocalFCN(), images(1, height, width)
     whole = predict_probs(forward, x)
     slide = predict_probs(forward, x, mode="slide", window=(size, size), overlap=0.5)
     interior = torch.ones(height, width, dtype=torch.bool)
     r = LocalFCN.RADIUS
-    for top in window_starts(height, size, stride):
-        for left in window_starts(width, size, stride):
+    (_, tops), (_, lefts) = tile(height, size, 0.5), tile(width, size, 0.5)
+    assert all(start % 4 == 0 for start in tops + lefts)
+    for top in tops:
+        for left in lefts:
             inside = torch.zeros(height, width, dtype=torch.bool)
             inside[top:top + size, left:left + size] = True
             safe = inside.clone()

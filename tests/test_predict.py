@@ -137,6 +137,39 @@ def test_bf16_autocast(segmenter):
         onnx_like.predict(scene(1), bf16=True)
 
 
+def test_bf16_on_a_cpu_without_native_bf16_says_so_once(tiny_checkpoint, monkeypatch):
+    import fcnseg.runtime as runtime
+    from fcnseg.api import load
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert not runtime.native_bf16("cpu")
+    notes = []
+    segmenter = load(tiny_checkpoint, device="cpu")
+    segmenter.report = notes.append
+    segmenter.predict(scene(1), bf16=True)
+    segmenter.predict(scene(1), bf16=True)
+    assert len(notes) == 1 and "bf16 is emulated on this CPU" in notes[0]
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert runtime.native_bf16("cpu")
+    quiet = load(tiny_checkpoint, device="cpu")
+    quiet.report = notes.append
+    quiet.predict(scene(1), bf16=True)
+    assert len(notes) == 1
+
+
+def test_checkpoints_run_channels_last_with_the_same_labels(tiny_checkpoint):
+    from fcnseg.api import load
+
+    segmenter = load(tiny_checkpoint, device="cpu")
+    assert segmenter.channels_last
+    assert segmenter.model.score_fr.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 37, 45)
+    with torch.no_grad():
+        fast = segmenter.scores(x)
+        plain = segmenter.model.to(memory_format=torch.contiguous_format)(x)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4 * float(plain.abs().max()))
+
+
 def test_pixel_limit_refuses_before_decoding_and_restores_pil(segmenter, tmp_path):
     path = write_png(tmp_path / "big.png", scene(1))
     before = Image.MAX_IMAGE_PIXELS

@@ -9,10 +9,10 @@ Modes:
 ``"whole"``
     The net runs once on the full image (FCNs take any size), ``batch_size`` images at a time.
 ``"slide"``
-    Windows of ``window`` pixels (clipped to the image; an image no larger than the window runs whole)
-    at a stride of ``window * (1 - overlap)``, the last window of each row and column aligned to the
-    border. ``batch_size`` windows run per forward call and the softmax probabilities are averaged
-    where windows overlap.
+    Windows of at most ``window`` pixels, as few as cover the image with neighbours sharing at least
+    ``overlap`` of a window, all of one size and spread evenly from border to border (:func:`tile`; an
+    image no larger than the window runs whole). ``batch_size`` windows run per forward call and the
+    softmax probabilities are averaged where windows overlap.
 
 Test-time augmentation: ``flip=True`` averages with the prediction of the horizontally flipped input
 flipped back (per window in slide mode); ``scales`` resizes the input bilinearly to each scale, predicts,
@@ -47,6 +47,7 @@ argmax per head.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -206,7 +207,7 @@ def _iter_strips(forward: Forward, x: Tensor, options: InferenceOptions) -> Iter
         scaled = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         streams.append(_RowResampler(strips_at(scaled), size[0], height, width))
     # Output rows per step: a window stride keeps every scale's buffers small in slide mode.
-    step = height if options.mode == "whole" else window_stride(min(options.window[0], height), options.overlap)
+    step = height if options.mode == "whole" else tile_step(height, options.window[0], options.overlap)
     for start in range(0, height, step):
         stop = min(start + step, height)
         total = streams[0].rows(start, stop)
@@ -233,16 +234,26 @@ def _softmax(forward: Forward, x: Tensor) -> Tensor:
     return torch.softmax(logits.float(), dim=1)
 
 
-def window_stride(size: int, overlap: float) -> int:
-    # The small epsilon keeps e.g. 3 * (1 - 1/3) = 1.9999... from rounding down to 1.
-    return max(1, int(size * (1 - overlap) + 1e-9))
+def tile(length: int, window: int, overlap: float) -> tuple[int, list[int]]:
+    """Windows along one axis of ``length`` pixels: ``(size, starts)``.
+
+    As few windows as cover the axis with neighbours sharing at least ``overlap * window`` pixels, all of one
+    size (at most ``window``: the windows shrink to tile the axis evenly rather than leave a last window that
+    mostly repeats its neighbour), spread evenly from 0 to the far border. An axis no longer than ``window``
+    is one window.
+    """
+    if length <= window:
+        return length, [0]
+    shared = window - max(1, int(window * (1 - overlap) + 1e-9))  # the epsilon: 3 * (1 - 1/3) is 1.9999...
+    count = math.ceil((length - shared) / (window - shared))
+    size = min(window, math.ceil((length + (count - 1) * shared) / count))
+    return size, [round(k * (length - size) / (count - 1)) for k in range(count)]
 
 
-def window_starts(length: int, size: int, stride: int) -> list[int]:
-    """Window offsets along one axis: every ``stride`` pixels, the last one flush with the border."""
-    if size >= length:
-        return [0]
-    return list(range(0, length - size, stride)) + [length - size]
+def tile_step(length: int, window: int, overlap: float) -> int:
+    """Rows between the starts of neighbouring windows (the whole length for one window)."""
+    size, starts = tile(length, window, overlap)
+    return max(1, starts[1] - starts[0]) if len(starts) > 1 else size
 
 
 class _StripBuffer:
@@ -277,18 +288,16 @@ class _StripBuffer:
 
 
 def _slide_strips(forward: Forward, x: Tensor, options: InferenceOptions) -> Iterator[tuple[int, Tensor]]:
-    """Sliding-window probabilities of one image (1 x 3 x H x W) as finished strips of <= stride rows."""
-    window, overlap, batch_size = options.window, options.overlap, options.batch_size
+    """Sliding-window probabilities of one image (1 x 3 x H x W) as finished strips of at most one step of rows."""
     height, width = x.shape[2:]
-    win_h, win_w = min(window[0], height), min(window[1], width)
-    stride_h, stride_w = window_stride(win_h, overlap), window_stride(win_w, overlap)
-    tops = window_starts(height, win_h, stride_h)
-    lefts = window_starts(width, win_w, stride_w)
+    win_h, tops = tile(height, options.window[0], options.overlap)
+    win_w, lefts = tile(width, options.window[1], options.overlap)
+    step = tile_step(height, options.window[0], options.overlap)
     buffer = None
     for i, top in enumerate(tops):
         # The buffer's row 0 is image row ``top``: rows above are finished and handed out.
-        for first in range(0, len(lefts), batch_size):
-            chunk = lefts[first:first + batch_size]
+        for first in range(0, len(lefts), options.batch_size):
+            chunk = lefts[first:first + options.batch_size]
             crops = torch.cat([x[:, :, top:top + win_h, left:left + win_w] for left in chunk])
             probs = _probs(forward, crops, options.flip)
             if buffer is None:
@@ -296,8 +305,8 @@ def _slide_strips(forward: Forward, x: Tensor, options: InferenceOptions) -> Ite
             for j, left in enumerate(chunk):
                 buffer.add(0, left, probs[j:j + 1])
         done = (tops[i + 1] if i + 1 < len(tops) else height) - top  # rows no later window touches
-        for start in range(0, done, stride_h):
-            yield top + start, buffer.averages(start, min(start + stride_h, done))
+        for start in range(0, done, step):
+            yield top + start, buffer.averages(start, min(start + step, done))
         if i + 1 < len(tops):
             buffer.drop(done)
 

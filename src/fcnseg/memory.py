@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from fcnseg.errors import ConfigError, LimitError
-from fcnseg.inference import InferenceOptions, window_stride
+from fcnseg.inference import InferenceOptions, tile, tile_step
 from fcnseg.models import build_model
 
 BUDGET_FRACTION = 0.8
@@ -136,10 +136,11 @@ def inference_bytes(config: dict, num_classes: int, batch: int, height: int, wid
         return int(OVERHEAD + SAFETY * (base + resized + held + work))
     window_work, buffers = 0, 0
     for h, w in sizes:
-        win_h, win_w = min(options.window[0], h), min(options.window[1], w)
+        win_h, win_w = tile(h, options.window[0], options.overlap)[0], tile(w, options.window[1], options.overlap)[0]
         window_work = max(window_work, forward_bytes(config, options.batch_size, win_h, win_w)
                           + (1 + flips) * options.batch_size * classes * win_h * win_w * 4)
-        buffers += classes * (win_h + 2 * window_stride(win_h, options.overlap)) * w * 4 + win_h * w * 4
+        step = tile_step(h, options.window[0], options.overlap)
+        buffers += classes * (win_h + 2 * step) * w * 4 + win_h * w * 4
     return int(OVERHEAD + SAFETY * (base + resized + buffers + window_work))
 
 

@@ -22,7 +22,7 @@ from fcnseg.models.fcn import FCN
 from fcnseg.models.weights import init_from_coarser, load_imagenet_weights, matching_classes
 from fcnseg.outputs import Outputs
 from fcnseg.progress import is_quiet
-from fcnseg.runtime import Runtime
+from fcnseg.runtime import Runtime, native_bf16
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import EpochSampler, build_datasets
 
@@ -61,6 +61,9 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
     """Seed every RNG, build and check the data, build the model and the optimisation around it."""
     if config.amp == "fp16" and runtime.device.type != "cuda":
         raise TrainingError("amp fp16 needs a CUDA GPU (use --amp bf16 on the CPU)")
+    if config.amp == "bf16" and not native_bf16(runtime.device) and runtime.is_main and not is_quiet():
+        print(f"fcnseg train: note: bf16 is emulated on this {runtime.device.type.upper()} (no AVX512-BF16 or AMX): "
+              "slower than float32 here; --amp none is faster", file=sys.stderr)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
