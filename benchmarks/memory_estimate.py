@@ -31,7 +31,7 @@ before = status("VmRSS:")
 seg.predict(image, mode=mode)
 peak = status("VmHWM:")
 print(json.dumps({"measured": peak - before, "estimate": inference_bytes(seg.config, seg.info.num_classes, 1, h, w,
-                                                                          options)}))
+                                                                          options, channels_last=seg.channels_last)}))
 """
 
 

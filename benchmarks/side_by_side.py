@@ -11,7 +11,9 @@ Every path runs once to warm up, then in rounds (A B C ... A B C ...): the table
 time and the median over rounds of its speed-up on pytorch-fcn's FCN8s in the same round, the largest
 logit difference to pytorch-fcn's FCN8s (relative to its largest logit) and the share of pixels whose label
 agrees with it. The fast geometry is another function near the borders (no padding of 100), so its logits
-differ there while the labels mostly agree.
+differ there; on random weights, whose labels flip on small differences, the labels agree less than a
+trained net's would. The last line names the fastest path that computes pytorch-fcn's function: logits
+within 1e-4 of the peak (float32) or labels agreeing on at least 99% of the pixels (int8, bf16).
 
 Usage: .venv/bin/python benchmarks/side_by_side.py [--threads 1 2] [--rounds 5] [--size 500] [--width 1.0]
 """
@@ -143,23 +145,42 @@ def run_rounds(paths: dict[str, Path_], x: torch.Tensor, rounds: int) -> dict[st
     return times
 
 
-def table(paths: dict[str, Path_], times: dict[str, list[float]], x: torch.Tensor, baseline: str) -> list[str]:
+def compare(paths: dict[str, Path_], x: torch.Tensor, baseline: str) -> dict[str, tuple[float, float] | None]:
+    """Per path: (largest logit difference to ``baseline`` / its peak, share of labels agreeing), or None for
+    another net."""
     with torch.inference_mode():
         expected = paths[baseline](x).float()
-    peak = float(expected.abs().max())
+        peak = float(expected.abs().max())
+        result: dict[str, tuple[float, float] | None] = {}
+        for name, forward in paths.items():
+            if "FCN32s" in name:
+                result[name] = None
+                continue
+            got = forward(x).float()
+            result[name] = (float((got - expected).abs().max()) / peak,
+                            float((got.argmax(1) == expected.argmax(1)).float().mean()))
+    return result
+
+
+def speedup(times: dict[str, list[float]], name: str, baseline: str) -> float:
+    return statistics.median(b / t for b, t in zip(times[baseline], times[name], strict=True))
+
+
+def table(times: dict[str, list[float]], fidelity: dict[str, tuple[float, float] | None], baseline: str) -> list[str]:
     lines = ["| path | ms (median) | speed-up on pytorch-fcn FCN8s | max logit diff / peak | labels agreeing |",
              "|---|---:|---:|---:|---:|"]
-    for name, forward in paths.items():
-        ratio = statistics.median(b / t for b, t in zip(times[baseline], times[name], strict=True))
-        if "FCN32s" in name:
-            diff, agree = "(another net)", "-"
-        else:
-            with torch.inference_mode():
-                got = forward(x).float()
-            diff = f"{float((got - expected).abs().max()) / peak:.1e}"
-            agree = f"{100 * float((got.argmax(1) == expected.argmax(1)).float().mean()):.2f}%"
-        lines.append(f"| {name} | {1000 * statistics.median(times[name]):.0f} | {ratio:.2f}x | {diff} | {agree} |")
+    for name, values in times.items():
+        diff, agree = ("(another net)", "-") if fidelity[name] is None else (
+            f"{fidelity[name][0]:.1e}", f"{100 * fidelity[name][1]:.2f}%")
+        lines.append(f"| {name} | {1000 * statistics.median(values):.0f} | {speedup(times, name, baseline):.2f}x | "
+                     f"{diff} | {agree} |")
     return lines
+
+
+def faithful(fidelity: tuple[float, float] | None) -> bool:
+    """Computes pytorch-fcn's function: logits within 1e-4 of the peak (float32), or labels agreeing on >= 99%
+    of the pixels (int8, bf16)."""
+    return fidelity is not None and (fidelity[0] <= 1e-4 or fidelity[1] >= 0.99)
 
 
 def main() -> None:
@@ -172,23 +193,29 @@ def main() -> None:
     torchfcn = load_torchfcn()
     fcn8s, fcn32s = peers(torchfcn)
     x = photo(args.size)
-    best: tuple[float, str] = (0.0, "")
     cpu = _cpu_name()
+    fastest: dict[str, tuple[float, str]] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         with tempfile.TemporaryDirectory() as work:
             paths = {"pytorch-fcn FCN8s": fcn8s, "pytorch-fcn FCN32s": fcn32s,
                      **fcnseg_paths(fcn8s, x, threads, Path(work), args.calibration_images)}
             times = run_rounds(paths, x, args.rounds)
+            fidelity = compare(paths, x, "pytorch-fcn FCN8s")
             print(f"\nFCN-8s VGG16, full width, 21 classes, {args.size}x{args.size}, batch 1, {threads} thread(s), "
                   f"{args.rounds} rounds; {cpu}; torch {torch.__version__}")
-            print("\n".join(table(paths, times, x, "pytorch-fcn FCN8s")), flush=True)
-            for name in paths:
-                if name.startswith("fcnseg") and threads == args.threads[0]:
-                    ratio = statistics.median(b / t for b, t in zip(times["pytorch-fcn FCN8s"], times[name],
-                                                                    strict=True))
-                    best = max(best, (ratio, name))
-    print(f"\nfastest fcnseg path vs pytorch-fcn FCN8s: {best[0]:.2f}x ({best[1]}, {args.threads[0]} thread(s))")
+            print("\n".join(table(times, fidelity, "pytorch-fcn FCN8s")), flush=True)
+            if threads == args.threads[0]:
+                for name in (n for n in paths if n.startswith("fcnseg")):
+                    ratio = (speedup(times, name, "pytorch-fcn FCN8s"), name)
+                    fastest["any"] = max(fastest.get("any", (0.0, "")), ratio)
+                    if faithful(fidelity[name]):
+                        fastest["same"] = max(fastest.get("same", (0.0, "")), ratio)
+    ratio, name = fastest["any"]
+    print(f"\nfastest of all paths: {ratio:.2f}x ({name}; the fast geometry differs from pytorch-fcn's near the "
+          "borders)")
+    ratio, name = fastest["same"]
+    print(f"fastest fcnseg path vs pytorch-fcn FCN8s: {ratio:.2f}x ({name}, {args.threads[0]} thread(s))")
 
 
 def _cpu_name() -> str:

@@ -139,7 +139,7 @@ class Segmenter:
             return options
         budget = self.max_memory if self.max_memory is not None else default_budget(self.device)
         fitted, note = fit(self.config, sum(self.info.head_classes), batch, height, width, options, budget, probs,
-                           name)
+                           name, channels_last=self.channels_last)
         if note:
             self.report(note)
         return fitted

@@ -1,8 +1,9 @@
 """Memory: the peak a planned inference will need, estimated before it is spent, and a plan that fits.
 
 The estimate follows the net layer by layer on PyTorch's ``meta`` device (shapes only, no memory, no
-arithmetic): the input, every layer's input and output while it runs (plus a reordered copy of the
-input, as oneDNN's convolutions make), and the stage outputs the FCN keeps for its skip layers; then the
+arithmetic): the input, every layer's input and output while it runs (plus the reordered copy of the
+output that oneDNN's convolutions make in PyTorch's default memory format, not in channels-last, which
+checkpoints run in), and the stage outputs the FCN keeps for its skip layers; then the
 inference engine's own buffers (logits and probabilities, flips, every scale's resized input and
 probability maps in whole-image mode, the strip buffer of sliding windows, the label map).
 
@@ -86,9 +87,9 @@ def _meta_model(config: tuple) -> nn.Module:
         return build_model(**dict(config)).eval()
 
 
-def forward_bytes(config: dict, batch: int, height: int, width: int) -> int:
+def forward_bytes(config: dict, batch: int, height: int, width: int, channels_last: bool = False) -> int:
     """Peak bytes of one forward pass of the net ``config`` (build_model's arguments) on an
-    ``batch x 3 x height x width`` float32 input, without autograd."""
+    ``batch x 3 x height x width`` float32 input, without autograd (``channels_last``: in that memory format)."""
     model = _meta_model(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items())))
     trunks = getattr(model.backbone, "trunks", {"": model.backbone})  # a late-fusion net keeps every trunk's maps
     stage_ends = {id(stage[-1]) for trunk in trunks.values() for stage in trunk.stages()[:2]}
@@ -100,9 +101,11 @@ def forward_bytes(config: dict, batch: int, height: int, width: int) -> int:
         size_out = output.numel() * 4 if isinstance(output, torch.Tensor) else 0
         if isinstance(module, nn.ReLU | nn.Dropout):  # in place, or the input itself in eval mode
             size_out = 0
-        # oneDNN convolutions work on a reordered copy of the weights and write a blocked-layout output that
-        # is then copied to PyTorch's layout: measured, a convolution's peak is its input + 2 x output + weights.
-        reorder = module.weight.numel() * 4 + size_out if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) else 0
+        # oneDNN convolutions work on a reordered copy of the weights and, in PyTorch's default format, write a
+        # blocked-layout output that is then copied back: measured, a convolution's peak is its input + 2 x output
+        # + weights, and input + output + weights in channels-last (benchmarks/memory_estimate.py).
+        convolution = isinstance(module, nn.Conv2d | nn.ConvTranspose2d)
+        reorder = module.weight.numel() * 4 + (0 if channels_last else size_out) if convolution else 0
         peak = max(peak, kept + size_in + size_out + reorder)
         if id(module) in stage_ends:
             kept += size_out  # pool3 / pool4 maps wait for the skip layers
@@ -122,7 +125,7 @@ def forward_bytes(config: dict, batch: int, height: int, width: int) -> int:
 
 
 def inference_bytes(config: dict, num_classes: int, batch: int, height: int, width: int,
-                    options: InferenceOptions, probs: bool = False) -> int:
+                    options: InferenceOptions, probs: bool = False, channels_last: bool = False) -> int:
     """Peak bytes of inference on ``batch`` images of ``height x width`` with ``options``: the image (uint8 and
     normalised), the net, the engine's buffers, and the label map (and probabilities with ``probs``)."""
     pixels, classes, channels = batch * height * width, num_classes, 3 * len(config.get("inputs", ("rgb",)))
@@ -132,12 +135,13 @@ def inference_bytes(config: dict, num_classes: int, batch: int, height: int, wid
     flips = 2 if options.flip else 1
     if options.mode == "whole":
         held = sum(batch * classes * h * w * 4 for h, w in sizes) if len(sizes) > 1 else 0
-        work = max(forward_bytes(config, batch, h, w) + (1 + flips) * batch * classes * h * w * 4 for h, w in sizes)
+        work = max(forward_bytes(config, batch, h, w, channels_last) + (1 + flips) * batch * classes * h * w * 4
+                   for h, w in sizes)
         return int(OVERHEAD + SAFETY * (base + resized + held + work))
     window_work, buffers = 0, 0
     for h, w in sizes:
         win_h, win_w = tile(h, options.window[0], options.overlap)[0], tile(w, options.window[1], options.overlap)[0]
-        window_work = max(window_work, forward_bytes(config, options.batch_size, win_h, win_w)
+        window_work = max(window_work, forward_bytes(config, options.batch_size, win_h, win_w, channels_last)
                           + (1 + flips) * options.batch_size * classes * win_h * win_w * 4)
         step = tile_step(h, options.window[0], options.overlap)
         buffers += classes * (win_h + 2 * step) * w * 4 + win_h * w * 4
@@ -145,20 +149,21 @@ def inference_bytes(config: dict, num_classes: int, batch: int, height: int, wid
 
 
 def fit(config: dict, num_classes: int, batch: int, height: int, width: int, options: InferenceOptions,
-        budget: int, probs: bool = False, name: str = "the image") -> tuple[InferenceOptions, str | None]:
+        budget: int, probs: bool = False, name: str = "the image",
+        channels_last: bool = False) -> tuple[InferenceOptions, str | None]:
     """Options whose estimate fits ``budget``, and a note when they differ from ``options``.
 
     Whole-image inference that does not fit becomes sliding windows (the options' window size, then halves
     of it down to 64 pixels); a sliding window that does not fit is halved the same way. Raises LimitError
     naming the estimate when not even 64-pixel windows fit.
     """
-    needed = inference_bytes(config, num_classes, batch, height, width, options, probs)
+    needed = inference_bytes(config, num_classes, batch, height, width, options, probs, channels_last)
     if needed <= budget:
         return options, None
     window = options.window
     while True:
         candidate = options.replace(mode="slide", window=window)
-        estimate = inference_bytes(config, num_classes, batch, height, width, candidate, probs)
+        estimate = inference_bytes(config, num_classes, batch, height, width, candidate, probs, channels_last)
         if estimate <= budget:
             return candidate, (f"{options.mode}-image inference of {name} ({width}x{height}) would need about "
                                f"{format_bytes(needed)}, more than the budget of {format_bytes(budget)}: using "

@@ -36,3 +36,25 @@ def test_crop_offset_requires_equal_scales():
 def test_size_rule_matches_pytorch(layer):
     for size in range(11, 60):
         assert output_size(layer, size) == layer(torch.zeros(1, 1, size, size)).shape[-1], size
+
+
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (11, 4), (7, 2)])
+def test_a_padding_of_100_done_as_an_explicit_pad_is_the_same_convolution(kernel, stride):
+    """The reference geometry's first layers pad 100 by hand (PyTorch is slow on such paddings at large
+    sizes): the same function as the convolution's own padding, and the same derived geometry."""
+    import torch.nn.functional as F
+
+    from fcnseg.models.backbones import PaddedConv2d
+    from fcnseg.models.geometry import coord_map, output_size
+
+    torch.manual_seed(0)
+    padded = PaddedConv2d(3, 8, kernel, stride=stride, padding=100)
+    plain = torch.nn.Conv2d(3, 8, kernel, stride=stride, padding=100)
+    plain.load_state_dict(padded.state_dict())
+    for size in [(1, 1), (17, 23), (64, 50)]:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            expected = F.conv2d(x, plain.weight, plain.bias, stride=stride, padding=100)
+            torch.testing.assert_close(padded(x), expected, rtol=0, atol=1e-5)
+        assert output_size(padded, size[0]) == expected.shape[2]
+    assert coord_map(padded) == coord_map(plain) and padded.padding == (100, 100)
