@@ -81,6 +81,15 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
         main(["predict", "c.pth", str(tmp_path), "--out", str(tmp_path / "o")])
 
 
+def test_class_weights_flag_takes_numbers_or_a_method():
+    from fcnseg.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--class-weights", "1", "2.5"]).class_weights == [1.0, 2.5]
+    assert build_parser().parse_args(["train", "--class-weights", "inverse_log"]).class_weights == "inverse_log"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--class-weights", "1", "inverse_log"])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--set", "lr=abc"], "options: lr expects a number, got 'abc' (str)"),
     (["--iterations", "0"], "options: iterations must be at least 1, got 0"),
@@ -89,6 +98,8 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     (["--set", "modle=fcn8s"], "options: unknown option(s) modle; known: accept_only_class_zero, amp,"),
     (["--backbone", "vgg19"], "options: backbone must be one of vgg16, vgg16_bn, alexnet"),
     (["--dataset-options", "{colour: red}"], "dataset synthetic has no option(s) colour; its options: num_images"),
+    (["--class-weights", "median"], "options: class_weights must be a list of numbers or one of median_frequency"),
+    (["--dataset-options", "{class_map: {road: road}}"], "class_map does not say where sky, building"),
 ])
 def test_training_options_are_checked_with_one_line(tmp_path, capsys, argv, message):
     assert main(["train", *argv, "--out", str(tmp_path / "run"), "--quiet"]) == 2

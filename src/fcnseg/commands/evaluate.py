@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import yaml
 from torch.utils.data import Subset
 
 from fcnseg.api import load
@@ -31,6 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files in --out that an earlier fcnseg eval did not write")
     parser.add_argument("--limit", type=positive_int, help="score only the first N images")
+    parser.add_argument("--class-map", type=yaml.safe_load, metavar="YAML",
+                        help="merge or rename the dataset's classes as the net was trained, e.g. "
+                             "'{road: road, \"*\": not road}'")
     add_inference(parser)
     add_max_memory(parser)
     add_runtime(parser)
@@ -54,11 +58,13 @@ def run(args: argparse.Namespace) -> int:
     extra = {"num_images": args.limit} if args.dataset == "synthetic" and args.limit else {}
     if "inputs" in dataset_options(args.dataset):  # NYUDv2: the images the net reads (colour, HHA or both)
         extra["inputs"] = "+".join(segmenter.inputs)
+    if args.class_map is not None:
+        extra["class_map"] = args.class_map
     dataset = build_dataset(args.dataset, args.root, args.split, normalization=segmenter.normalization, **extra)
     if dataset.info.head_classes != info.head_classes:
         raise DataError(f"{args.checkpoint} predicts {count_text(info.head_classes)} classes ({info.name}) but dataset "
                         f"{args.dataset} has {count_text(dataset.info.head_classes)}; evaluate on the dataset it was "
-                        "trained for")
+                        "trained for, with the --class-map it was trained with")
     ignore_index = dataset.info.ignore_index
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, range(args.limit))

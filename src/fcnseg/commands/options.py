@@ -139,6 +139,7 @@ def add_dataclass_flags(parser: Any, cls: type, defaults: dict[str, Any] | None 
 def _flag_options(hint: Any, metadata: Any, default: Any) -> dict[str, Any]:
     """argparse keywords for a field of type ``hint``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    words = origin in (typing.Union, types.UnionType) and str in args  # e.g. numbers or a method's name
     if origin in (typing.Union, types.UnionType):
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -149,6 +150,10 @@ def _flag_options(hint: Any, metadata: Any, default: Any) -> dict[str, Any]:
         options["metavar"] = metadata["metavar"]
     if hint is bool:
         options["action"] = argparse.BooleanOptionalAction
+    elif origin in (list, tuple) and words:
+        options["type"] = _number_or_word
+        options["nargs"] = "+"
+        options["action"] = _ListOrWord
     elif origin in (list, tuple):
         options["type"] = args[0]
         options["nargs"] = len(metadata["metavar"]) if "metavar" in metadata else "+"
@@ -158,6 +163,23 @@ def _flag_options(hint: Any, metadata: Any, default: Any) -> dict[str, Any]:
     else:
         options["type"] = hint
     return options
+
+
+def _number_or_word(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+class _ListOrWord(argparse.Action):
+    """Numbers are stored as a list, one word as itself (``--class-weights median_frequency``)."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        words = [v for v in values if isinstance(v, str)]
+        if words and len(values) > 1:
+            parser.error(f"{option_string} takes numbers or one word, got {' '.join(map(str, values))}")
+        setattr(namespace, self.dest, words[0] if words else list(values))
 
 
 def _show(value: Any) -> str:

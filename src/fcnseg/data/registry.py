@@ -10,6 +10,7 @@ from fcnseg.data.ade20k import ADE20K
 from fcnseg.data.base import JointTransform, SegmentationDataset
 from fcnseg.data.camvid import CamVid
 from fcnseg.data.cityscapes import Cityscapes
+from fcnseg.data.class_map import ClassMapped
 from fcnseg.data.context import PascalContext
 from fcnseg.data.folder import FolderDataset
 from fcnseg.data.io import PathLike
@@ -56,15 +57,21 @@ def build_dataset(name: str, root: PathLike | None, split: str, transform: Joint
     """Construct the dataset reader registered as ``name``; ``options`` go to its constructor.
 
     ``transform`` and ``normalization`` are fixed from construction; ``seed`` makes the random transforms
-    a function of (seed, epoch, index) (see :mod:`fcnseg.data.base`).
+    a function of (seed, epoch, index) (see :mod:`fcnseg.data.base`). Every reader also takes
+    ``class_map`` (merge or rename classes, :mod:`fcnseg.data.class_map`).
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    class_map = options.pop("class_map", None)
     unknown = sorted(set(options) - set(dataset_options(name)))
     if unknown:
-        known = ", ".join(dataset_options(name)) or "none"
+        known = ", ".join([*dataset_options(name), "class_map"])
         hint = " (YAML needs a space after a colon: {num_images: 16})" if any(":" in key for key in unknown) else ""
         raise ConfigError(f"dataset {name} has no option(s) {', '.join(unknown)}{hint}; its options: {known}")
     if root is None and name != "synthetic":
         raise ConfigError(f"dataset {name!r} needs a root: the folder holding its files (--root)")
-    return DATASETS[name](root, split=split, transform=transform, normalization=normalization, seed=seed, **options)
+    if class_map is None:
+        return DATASETS[name](root, split=split, transform=transform, normalization=normalization, seed=seed,
+                              **options)
+    source = DATASETS[name](root, split=split, normalization=normalization, **options)
+    return ClassMapped(source, class_map, transform=transform, normalization=normalization, seed=seed)

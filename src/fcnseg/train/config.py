@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from fcnseg.data.balance import BALANCING
 from fcnseg.errors import ConfigError
 from fcnseg.models import BACKBONES, MODELS
 from fcnseg.models.fcn import GEOMETRIES
@@ -77,7 +78,9 @@ class TrainConfig:
     schedule: str = option("poly", "poly: (1 - t/T)^power decay; constant")
     poly_power: float = option(0.9, "power of the poly schedule")
     warmup_iterations: int = option(0, "linear learning-rate warm-up iterations")
-    class_weights: list[float] | None = option(None, "loss weight per class, in class order")
+    class_weights: list[float] | str | None = option(
+        None, "loss weight per class, in class order, or computed from the training labels: median_frequency, "
+              "inverse_log")
     iterations: int = option(1000, "optimizer steps in all (a resumed run continues up to this)")
     grad_accum: int = option(1, "micro-batches accumulated per step")
     amp: str = option("none", "mixed precision: none, bf16 (CPU or GPU) or fp16 (GPU, with a grad scaler)")
@@ -133,6 +136,9 @@ class TrainConfig:
                 raise ConfigError(f"{source}: {item.name} takes {length} values, got {value!r}")
         if self.workers < 0 or (self.threads is not None and self.threads < 1):
             raise ConfigError(f"{source}: workers must be >= 0 and threads >= 1, got {self.workers}, {self.threads}")
+        if isinstance(self.class_weights, str) and self.class_weights not in BALANCING:
+            raise ConfigError(f"{source}: class_weights must be a list of numbers or one of {', '.join(BALANCING)}; "
+                              f"got {self.class_weights!r}")
         if self.width <= 0 or not 0 <= self.dropout < 1:
             raise ConfigError(f"{source}: width must be > 0 and dropout in [0, 1); got {self.width}, {self.dropout}")
 
@@ -167,8 +173,16 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            return check_type(value, members[0], where)
+        for member in members:  # e.g. a list of numbers or a method's name
+            try:
+                return check_type(value, member, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where} expects {' or '.join(map(type_name, members))}, got {value!r} "
+                          f"({type(value).__name__})")
     ok = False
     if origin is list and isinstance(value, list | tuple):
         return [check_type(item, args[0], where) for item in value]

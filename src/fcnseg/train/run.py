@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg.checkpoint import read_checkpoint
+from fcnseg.data.balance import balancing_weights, class_pixel_counts
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, TrainingError
@@ -90,17 +91,30 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
         model.to(memory_format=torch.channels_last)
     train_model = _distributed(model, runtime)
     optimizer = build_optimizer(model, config)
-    class_weights = None
-    if config.class_weights:
-        if len(config.class_weights) != info.num_classes:
-            raise ConfigError(f"class_weights has {len(config.class_weights)} entries for {info.num_classes} classes")
-        class_weights = torch.tensor(config.class_weights, dtype=torch.float32, device=runtime.device)
+    class_weights = loss_weights(config, train_set, runtime)
     return Run(config=config, runtime=runtime, out=Path(config.out), info=info, train_set=train_set,
                val_set=val_set, sampler=EpochSampler(len(train_set), config.seed, runtime.rank, runtime.world_size),
                model=model, train_model=train_model, optimizer=optimizer,
                scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(config, it)),
                scaler=torch.amp.GradScaler(runtime.device.type, enabled=config.amp == "fp16"),
                class_weights=class_weights, outputs=Outputs(config.out, "train", config.overwrite))
+
+
+def loss_weights(config: TrainConfig, train_set: SegmentationDataset, runtime: Runtime) -> torch.Tensor | None:
+    """The loss's class weights: as listed, or computed from the training labels (median_frequency, inverse_log)."""
+    info = train_set.info
+    if not config.class_weights:
+        return None
+    if isinstance(config.class_weights, str):
+        weights = balancing_weights(config.class_weights, *class_pixel_counts(train_set)).tolist()
+        if runtime.is_main and not is_quiet():
+            shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(info.class_names, weights, strict=True))
+            print(f"fcnseg train: class weights ({config.class_weights}): {shown}", file=sys.stderr)
+    elif len(config.class_weights) != info.num_classes:
+        raise ConfigError(f"class_weights has {len(config.class_weights)} entries for {info.num_classes} classes")
+    else:
+        weights = config.class_weights
+    return torch.tensor(weights, dtype=torch.float32, device=runtime.device)
 
 
 def _distributed(model: FCN, runtime: Runtime) -> nn.Module:
