@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
-# Reproduce docs/camvid.md: FCN-32s -> FCN-16s -> FCN-8s (staged) and FCN-8s at once on CamVid, then
-# evaluate each on the val split. Usage: scripts/camvid.sh [32s-16s-8s|atonce|control|eval]  (from the repo root)
+# Reproduce docs/camvid.md. Usage, from the repo root: scripts/camvid.sh PART [fcnseg train flags...]
+#   best        the best recipe: FCN-8s from scratch, median-frequency balancing (configs/camvid/fcn8s_mf_w8.yaml)
+#   w4          the same at 1/4 width for the same time (configs/camvid/fcn8s_mf_w4.yaml)
+#   road        road / not road FCN-8s (configs/camvid/road_fcn8s.yaml)
+#   32s-16s-8s  the earlier staged recipe; atonce; control (FCN-32s trained as long as the staged FCN-8s)
+#   eval        score every run's last.pth on val into docs/camvid/<run> (the last iteration: nothing is
+#               chosen on val)
+# Flags after PART go to every fcnseg train, e.g. --threads 1 (as docs/camvid.md's runs were made).
 set -euo pipefail
 FCNSEG=${FCNSEG:-.venv/bin/fcnseg}
 ROOT=${CAMVID_ROOT:-../shared/data/camvid}
-part=${1:-all}
-if [[ $part == all || $part == 32s-16s-8s ]]; then
-  for stage in fcn32s fcn16s fcn8s; do
-    $FCNSEG train --config configs/camvid/$stage.yaml --root "$ROOT"
-  done
-fi
-if [[ $part == all || $part == atonce ]]; then
-  $FCNSEG train --config configs/camvid/fcn8s_atonce.yaml --root "$ROOT"
-fi
-if [[ $part == all || $part == control ]]; then
-  $FCNSEG train --config configs/camvid/fcn32s_continued.yaml --root "$ROOT"
-fi
-if [[ $part == all || $part == eval ]]; then
-  for stage in fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued; do
-    # --overwrite: these reports are the tracked docs, regenerated on purpose
-    $FCNSEG eval runs/camvid/$stage/best.pth --dataset camvid --root "$ROOT" --split val --out docs/camvid/$stage --overwrite
-  done
-fi
+part=${1:-}
+shift || true
+train() { $FCNSEG train --config "configs/camvid/$1.yaml" --root "$ROOT" "${@:2}"; }
+case $part in
+  best) train fcn8s_mf_w8 "$@" ;;
+  w4) train fcn8s_mf_w4 "$@" ;;
+  road) train road_fcn8s "$@" ;;
+  32s-16s-8s) for stage in fcn32s fcn16s fcn8s; do train $stage "$@"; done ;;
+  atonce) train fcn8s_atonce "$@" ;;
+  control) train fcn32s_continued "$@" ;;
+  eval)
+    for run in fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued fcn8s_mf_w8 fcn8s_mf_w4 road_fcn8s; do
+      [[ -f runs/camvid/$run/last.pth ]] || { echo "camvid.sh: no runs/camvid/$run/last.pth; skipped" >&2; continue; }
+      map=()
+      [[ $run == road_fcn8s ]] && map=(--class-map '{"*": not_road, road: road}')
+      # --overwrite: these reports are the tracked docs, regenerated on purpose
+      $FCNSEG eval runs/camvid/$run/last.pth --dataset camvid --root "$ROOT" --split val "${map[@]}" \
+        --out docs/camvid/$run --overwrite
+    done ;;
+  *) echo "usage: scripts/camvid.sh best|w4|road|32s-16s-8s|atonce|control|eval [fcnseg train flags]" >&2; exit 2 ;;
+esac

@@ -1,7 +1,9 @@
 """Figures and Markdown tables for docs/camvid.md from whatever CamVid runs exist so far.
 
-Writes ``<docs>/curves.png`` (training loss and validation mean IU, PIL only) and ``<docs>/overlays/val_<k>.png``,
-then prints Markdown (Table 2 layout, per-class IoU, training cost) to stdout. What is missing (runs not
+Writes ``<docs>/curves.png`` (training loss and validation mean IU by iteration, PIL only),
+``<docs>/curves_time.png`` (the same against minutes of training, staged recipes end to end) and
+``<docs>/overlays/{val,road}_<k>.png`` (last.pth of each run: no checkpoint is chosen on val), then prints
+Markdown (Table 2 layout, per-class IoU, road / not road, training cost) to stdout. What is missing (runs not
 started, no checkpoint, no metrics.json) is reported on stderr, so stdout can be pasted as it is.
 
 Each run is plotted against its own iteration count: the staged FCN-16s and FCN-8s start from the previous
@@ -29,8 +31,12 @@ from fcnseg.data.registry import build_dataset
 from fcnseg.errors import DataError, WeightsError
 from fcnseg.metrics import SCORE_KEYS, format_table
 
-STAGES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
-COLOURS = {"fcn32s": (214, 39, 40), "fcn16s": (255, 127, 14), "fcn8s": (44, 160, 44), "fcn8s_atonce": (31, 119, 180)}
+STAGES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn8s_mf_w8", "fcn8s_mf_w4", "road_fcn8s")
+PALETTE = ((214, 39, 40), (255, 127, 14), (44, 160, 44), (31, 119, 180), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127))
+# Recipes drawn against training time: runs one after the other (a staged recipe) share one time axis.
+RECIPES = {"staged 32s>16s>8s (before)": ("fcn32s", "fcn16s", "fcn8s"),
+           "fcn8s_mf_w8": ("fcn8s_mf_w8",), "fcn8s_mf_w4": ("fcn8s_mf_w4",)}
 FONT = ImageFont.load_default(size=13)
 SMOOTH = 5  # logged points in the loss moving average
 
@@ -95,10 +101,14 @@ def draw_panel(title: str, xlabel: str, series: dict[str, tuple[list[float], lis
     for name, (xs, ys) in series.items():
         pixels = [to_px(x, y) for x, y in zip(xs, ys, strict=True)]
         if len(pixels) > 1:
-            draw.line(pixels, fill=COLOURS[name], width=2)
+            draw.line(pixels, fill=colour(series, name), width=2)
         for px, py in pixels if markers else []:
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=COLOURS[name])
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour(series, name))
     return image
+
+
+def colour(series: dict, name: str) -> tuple[int, int, int]:
+    return PALETTE[list(series).index(name) % len(PALETTE)]
 
 
 def legend_row(names: list[str], width: int, height: int = 24) -> np.ndarray:
@@ -107,7 +117,7 @@ def legend_row(names: list[str], width: int, height: int = 24) -> np.ndarray:
     draw = ImageDraw.Draw(strip)
     for i, name in enumerate(names):
         x = 60 + 160 * i
-        draw.line([(x, height // 2), (x + 24, height // 2)], fill=COLOURS[name], width=3)
+        draw.line([(x, height // 2), (x + 24, height // 2)], fill=PALETTE[i % len(PALETTE)], width=3)
         draw.text((x + 30, height // 2), name, fill="black", font=FONT, anchor="lm")
     return np.asarray(strip)
 
@@ -127,6 +137,41 @@ def write_curves(logs: dict[str, tuple[list[dict], list[dict]]], path: Path) -> 
     viz.save_png(path, np.concatenate([body, legend_row(list(logs), body.shape[1])]))
 
 
+def minutes_of(train: list[dict], val: list[dict], per_iteration: int, start: float) -> tuple[dict, dict]:
+    """Minutes of training (validation included: each logged images/s covers everything since the previous
+    row) at each training row and each validation row of one run, counted from ``start``."""
+    at, previous, clock = {}, 0.0, start
+    for row in train:
+        clock += (row["iteration"] - previous) * per_iteration / row["images_per_s"] / 60
+        at[row["iteration"]], previous = clock, row["iteration"]
+    return at, {row["iteration"]: at.get(row["iteration"], clock) for row in val}
+
+
+def write_time_curves(runs: Path, logs: dict[str, tuple[list[dict], list[dict]]], path: Path) -> None:
+    """Loss and validation mean IU of each recipe against minutes of training on one core."""
+    loss, miou = {}, {}
+    for recipe, names in RECIPES.items():
+        if not all(name in logs for name in names):
+            note(f"{recipe}: not every run of {', '.join(names)} has a log; not in {path.name}")
+            continue
+        clock, loss[recipe], miou[recipe] = 0.0, ([], []), ([], [])
+        for name in names:
+            train, val = logs[name]
+            config = yaml.safe_load((runs / name / "config.yaml").read_text()) or {}
+            at, val_at = minutes_of(train, val, config.get("batch_size", 0) * config.get("grad_accum", 1), clock)
+            losses = [row["loss"] for row in train]
+            loss[recipe][0].extend(at.values())
+            loss[recipe][1].extend(statistics.fmean(losses[max(0, i - SMOOTH + 1):i + 1]) for i in range(len(losses)))
+            miou[recipe][0].extend(val_at.values())
+            miou[recipe][1].extend(100 * row["mean_iu"] for row in val)
+            clock = max(at.values(), default=clock)
+    xlabel = "minutes of training, validation included (one thread)"
+    panels = [draw_panel(f"training loss (moving average of {SMOOTH} logged points)", xlabel, loss, False),
+              draw_panel("validation mean IU (%)", xlabel, miou, True)]
+    body = viz.side_by_side([np.asarray(p) for p in panels], gap=10)
+    viz.save_png(path, np.concatenate([body, legend_row(list(loss), body.shape[1])]))
+
+
 def captioned(panels: list[np.ndarray], captions: list[str], gap: int = 4, height: int = 18) -> np.ndarray:
     """``viz.side_by_side`` of the panels with a white caption row naming each one above it."""
     body = viz.side_by_side(panels, gap=gap)
@@ -138,36 +183,47 @@ def captioned(panels: list[np.ndarray], captions: list[str], gap: int = 4, heigh
     return np.concatenate([np.asarray(strip), body])
 
 
-def write_overlays(runs: Path, root: Path, out: Path, count: int) -> None:
+def write_overlays(runs: Path, root: Path, out: Path, count: int, nets: list[str], prefix: str = "val",
+                   class_map: dict | None = None) -> None:
     segmenters = {}
-    for name in STAGES:
-        weights = next((p for p in (runs / name / "best.pth", runs / name / "last.pth") if p.is_file()), None)
-        if weights is None:
-            note(f"{name}: no best.pth or last.pth in {runs / name}; not in the overlays")
+    for name in nets:
+        weights = runs / name / "last.pth"  # the last iteration: no checkpoint is chosen on val
+        if not weights.is_file():
+            note(f"{name}: no last.pth in {runs / name}; not in the overlays")
         else:
-            segmenters[f"{name} ({weights.name})"] = load(weights)
-    dataset = build_dataset("camvid", root, "val")
+            segmenters[name] = load(weights)
+    dataset = build_dataset("camvid", root, "val", **({"class_map": class_map} if class_map else {}))
     for k, index in enumerate(np.linspace(0, len(dataset) - 1, count).round().astype(int)):
         image, label = dataset.load(int(index))
         panels = [image, viz.colorize(label, dataset.info)]
         panels += [viz.overlay(image, s.predict(image), s.info, 0.7) for s in segmenters.values()]
         captions = [f"val #{index}: {dataset.sample_name(int(index))}", "ground truth", *segmenters]
-        viz.save_png(out / f"val_{k}.png", captioned(panels, captions))
-        print(f"wrote {out / f'val_{k}.png'}", file=sys.stderr)
+        viz.save_png(out / f"{prefix}_{k}.png", captioned(panels, captions))
+        print(f"wrote {out / f'{prefix}_{k}.png'}", file=sys.stderr)
 
 
 def markdown_tables(runs: Path, docs: Path, logs: dict[str, tuple[list[dict], list[dict]]]) -> str:
-    scores = {}
-    for name in STAGES:
+    scores, road = {}, []
+    for name in logs:
         path = docs / name / "metrics.json"
         if not path.is_file():
             note(f"{name}: no {path} (run scripts/camvid.sh eval); not in the score tables")
             continue
         metrics = json.loads(path.read_text())
         # metrics.json stores undefined scores as null; format_table shows NaN as "-".
+        if "binary" in metrics:  # road / not road: its own table
+            curve = metrics["binary"]
+            cells = (curve["max_f"], curve["precision"], curve["recall"], metrics["per_class"]["road"]["iou"],
+                     metrics["pixel_acc"], metrics["mean_iu"])
+            road.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in cells) + " |")
+            continue
         scores[name] = {key: math.nan if metrics[key] is None else metrics[key] for key in SCORE_KEYS}
         scores[name]["per_class"] = {c: v["iou"] for c, v in metrics["per_class"].items()}
     parts = []
+    if road:
+        parts += ["Road / not road (val):", "",
+                  "| run | max F | precision | recall | road IoU | pixel acc. | mean IU |",
+                  "|---|---:|---:|---:|---:|---:|---:|", *road, ""]
     if scores:
         parts += ["Scores on the CamVid val split (percent, the layout of the paper's Table 2):", "",
                   format_table(scores), ""]
@@ -202,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=Path("docs/camvid"))
     parser.add_argument("--root", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--overlays", type=int, default=3, help="number of val images to show (0: none)")
+    parser.add_argument("--nets", nargs="+", default=list(STAGES), help="runs under --runs to report")
+    parser.add_argument("--overlay-nets", nargs="+", default=["fcn8s", "fcn8s_mf_w8", "fcn8s_mf_w4"],
+                        help="11-class runs shown in the val overlays")
     args = parser.parse_args(argv)
     try:
         return report(args)
@@ -212,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(args: argparse.Namespace) -> int:
     logs = {}
-    for name in STAGES:
+    for name in args.nets:
         if not (args.runs / name / "metrics.csv").is_file() or not (args.runs / name / "config.yaml").is_file():
             note(f"{name}: no metrics.csv and config.yaml in {args.runs / name}; run not started")
         else:
@@ -220,9 +279,13 @@ def report(args: argparse.Namespace) -> int:
             if not logs[name][1]:
                 note(f"{name}: no validation rows in metrics.csv yet")
     write_curves(logs, args.docs / "curves.png")
-    print(f"wrote {args.docs / 'curves.png'}", file=sys.stderr)
+    write_time_curves(args.runs, logs, args.docs / "curves_time.png")
+    print(f"wrote {args.docs / 'curves.png'} and {args.docs / 'curves_time.png'}", file=sys.stderr)
     if args.overlays > 0:
-        write_overlays(args.runs, args.root, args.docs / "overlays", args.overlays)
+        write_overlays(args.runs, args.root, args.docs / "overlays", args.overlays, args.overlay_nets)
+        write_overlays(args.runs, args.root, args.docs / "overlays", args.overlays, ["road_fcn8s"], "road",
+                       yaml.safe_load((Path("configs/camvid/road_fcn8s.yaml")).read_text())["dataset_options"]
+                       ["class_map"])
     print(markdown_tables(args.runs, args.docs, logs))
     return 0
 

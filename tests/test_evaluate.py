@@ -268,3 +268,19 @@ def test_cli_eval_under_torchrun_equals_one_process(tiny_checkpoint, tmp_path, f
     results = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("one", "two")]
     assert results[0]["confusion"] == results[1]["confusion"]
     assert sum(map(sum, results[0]["confusion"])) == 5 * 128 * 160  # every pixel of 5 images, once
+
+
+def test_scoring_the_road_probability_leaves_the_labels_as_they_are():
+    from fcnseg.data.registry import build_dataset
+    from fcnseg.evaluate import evaluate
+
+    from .helpers import random_fcn
+
+    torch.set_num_threads(1)
+    model = random_fcn("fcn8s", num_classes=2, width=1 / 16)
+    data = build_dataset("synthetic", None, "val", num_images=3, height=48, width=64,
+                         class_map={"*": "not road", "road": "road"})
+    plain = evaluate(model, data, 2, data.info.ignore_index, device="cpu", progress=False)
+    scored = evaluate(model, data, 2, data.info.ignore_index, device="cpu", progress=False, positive_class=1)
+    assert scored["confusion"] == plain["confusion"] and "binary" not in plain
+    assert scored["binary"]["class"] == 1 and 0 < scored["binary"]["max_f"] <= 1

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -235,3 +236,35 @@ def test_format_per_class():
     )
     with pytest.raises(ValueError, match="3 class names for 4 classes"):
         format_per_class(scores, ["a", "b", "c"])
+
+
+def test_binary_curve_max_f_by_hand():
+    from fcnseg.metrics import BinaryCurve
+
+    # road (class 1) probabilities; 255 = ignored. Thresholds 0.9: TP 1 FP 0 -> P 1, R 1/3, F 0.5;
+    # 0.6: TP 2 FP 1 -> P 2/3, R 2/3, F 2/3; 0.3: TP 3 FP 1 -> P 3/4, R 1, F 6/7 (the max); 0.1: TP 3 FP 2 -> F 0.75
+    prob = torch.tensor([[[0.95, 0.65, 0.35, 0.62, 0.15, 0.99]]])
+    truth = torch.tensor([[[1, 1, 1, 0, 0, 255]]])
+    curve = BinaryCurve(positive=1, ignore_index=255, bins=10)
+    curve.update(prob, truth)
+    result = curve.compute()
+    assert result["max_f"] == pytest.approx(6 / 7) and result["precision"] == pytest.approx(0.75)
+    assert result["recall"] == 1.0 and result["threshold"] == pytest.approx(0.3)
+
+
+def test_binary_curve_matches_brute_force():
+    from fcnseg.metrics import BinaryCurve
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 2, (2, 30, 40))
+    prob = np.clip(truth * 0.35 + rng.random((2, 30, 40)) * 0.65, 0, 1)
+    curve = BinaryCurve(positive=1, ignore_index=255, bins=100)
+    curve.update(torch.from_numpy(prob), torch.from_numpy(truth))
+    best = 0.0
+    for t in np.arange(100) / 100:  # oracle: every bin edge as a threshold, counted directly
+        chosen = np.floor(prob * 100) >= round(t * 100)
+        tp, fp = (chosen & (truth == 1)).sum(), (chosen & (truth == 0)).sum()
+        if tp:
+            p, r = tp / (tp + fp), tp / (truth == 1).sum()
+            best = max(best, 2 * p * r / (p + r))
+    assert curve.compute()["max_f"] == pytest.approx(best, rel=1e-12)

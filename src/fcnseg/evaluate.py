@@ -26,8 +26,8 @@ from fcnseg.checkpoint import unwrap
 from fcnseg.data.collate import PadCollate
 from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, DataError
-from fcnseg.inference import Forward, InferenceOptions, predict_labels
-from fcnseg.metrics import SCORE_KEYS, ConfusionMatrix, format_per_class, format_table
+from fcnseg.inference import Forward, InferenceOptions, predict_labels, predict_probs
+from fcnseg.metrics import SCORE_KEYS, BinaryCurve, ConfusionMatrix, format_per_class, format_table
 from fcnseg.progress import bar as progress_bar
 from fcnseg.runtime import all_reduce_sum, resolve_device, worker_init
 from fcnseg.viz import confusion_figure
@@ -60,7 +60,8 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
              options: InferenceOptions | None = None, device: str | torch.device = "auto", num_workers: int = 0,
              progress: bool = True, distributed: bool = False, strict_labels: bool = True,
              planner: Callable[[int, int, int, InferenceOptions], InferenceOptions] | None = None,
-             exclude_absent: bool = False, extra_heads: Sequence[DatasetInfo] = ()) -> dict:
+             exclude_absent: bool = False, extra_heads: Sequence[DatasetInfo] = (),
+             positive_class: int | None = None) -> dict:
     """Predict every image of ``dataset`` and score the predictions against its labels.
 
     Args:
@@ -80,11 +81,14 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
         exclude_absent: leave classes without ground-truth pixels out of the means (SIFT Flow's scoring).
         extra_heads: the further label sets of a net with several heads (``DatasetInfo.extra_heads``); the
             dataset's labels are then K x H x W, one map per head, and each head is scored on its own.
+        positive_class: for a two-class net, the class (road) whose probability is also scored at every
+            threshold, as KITTI's road benchmark does (:class:`fcnseg.metrics.BinaryCurve`).
 
     Returns:
         The scores of :func:`fcnseg.metrics.scores_from_confusion` plus ``confusion`` (the C x C count
         matrix as nested lists, rows = ground truth) and ``num_images`` (images scored over all ranks);
-        with ``extra_heads``, ``extra_heads`` maps each one's task to its own scores and confusion.
+        with ``extra_heads``, ``extra_heads`` maps each one's task to its own scores and confusion; with
+        ``positive_class``, ``binary`` holds that class, its maximum F-measure, precision, recall, threshold.
     """
     options = options or InferenceOptions()
     rank, world_size = _shard(distributed)
@@ -100,14 +104,21 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
                         worker_init_fn=worker_init)
     heads = (num_classes, *(head.num_classes for head in extra_heads))
     confusions = [ConfusionMatrix(classes, ignore_index, device=device) for classes in heads]
+    curve = None if positive_class is None else BinaryCurve(positive_class, ignore_index, device=device)
     done = 0
     try:
         with progress_bar(total=len(sampler), desc="eval", unit="img", enabled=progress and rank == 0) as bar:
             for images, labels in loader:
                 images = images.to(device, non_blocking=True)
                 planned = planner(images.shape[0], *images.shape[2:], options) if planner else options
-                predicted = predict_labels(forward, images, planned, heads=heads)
-                _count(confusions, predicted, labels.to(device, non_blocking=True))
+                labels = labels.to(device, non_blocking=True)
+                if curve is None:
+                    predicted = predict_labels(forward, images, planned, heads=heads)
+                else:  # the probabilities themselves are scored too
+                    probs = predict_probs(forward, images, planned)
+                    predicted = probs.argmax(1)
+                    curve.update(probs[:, positive_class], labels)
+                _count(confusions, predicted, labels)
                 done += images.shape[0]
                 bar.update(images.shape[0])
     finally:
@@ -121,6 +132,10 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
                                                                                    extra_heads)), strict=True)]
     if extra_heads:
         scores["extra_heads"] = {head.task: head_scores for head, head_scores in zip(extra_heads, extra, strict=True)}
+    if curve is not None:
+        if distributed:
+            curve.all_reduce()
+        scores["binary"] = {"class": positive_class, **curve.compute()}
     scores["num_images"] = int(count.item())
     return scores
 
@@ -165,6 +180,11 @@ def report_text(scores: dict, class_names: Sequence[str], title: str,
     """The paper's Table 2 line for ``title`` followed by the per-class IoU / accuracy table (and the same
     for each of ``extra_heads``, scored by :func:`evaluate` under ``scores["extra_heads"]``)."""
     text = format_table({title: scores}) + "\n\n" + format_per_class(scores, class_names)
+    if "binary" in scores:
+        curve, positive = scores["binary"], scores["binary"]["class"]
+        text += (f"\n\n{class_names[positive]}: max F {100 * curve['max_f']:.1f} (precision "
+                 f"{100 * curve['precision']:.1f}, recall {100 * curve['recall']:.1f}, at probability "
+                 f"{curve['threshold']:.3f}); IoU {100 * scores['per_class_iou'][positive]:.1f}")
     for head in extra_heads:
         head_scores = scores["extra_heads"][head.task]
         text += (f"\n\n{head.task} head:\n\n" + format_table({title: head_scores}) + "\n\n"
@@ -200,6 +220,9 @@ def write_report(scores: dict, class_names: Sequence[str], out_dir: str | os.Pat
     metrics = {"title": title, **_metrics(scores, class_names)}
     if "num_images" in scores:
         metrics["num_images"] = scores["num_images"]
+    if "binary" in scores:
+        metrics["binary"] = {"class_name": class_names[scores["binary"]["class"]],
+                             **{key: _json_number(value) for key, value in scores["binary"].items()}}
     if extra_heads:
         metrics["extra_heads"] = {head.task: _metrics(scores["extra_heads"][head.task], head.class_names)
                                   for head in extra_heads}

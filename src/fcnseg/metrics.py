@@ -235,3 +235,43 @@ def format_per_class(scores: dict, class_names: Sequence[str]) -> str:
     for name, class_iou, class_acc in zip(class_names, iou, acc, strict=True):
         lines.append(f"| {name} | {_percent(class_iou)} | {_percent(class_acc)} |")
     return "\n".join(lines)
+
+
+class BinaryCurve:
+    """Precision and recall of one class at every threshold of its probability: the KITTI road benchmark's
+    maximum F-measure (MaxF), for two-class tasks such as road / not road.
+
+    Probabilities are counted in ``bins`` equal bins, separately for pixels whose truth is the class and
+    for the others (ignored pixels are not counted); a threshold t takes the pixels of the bins >= t.
+    """
+
+    def __init__(self, positive: int, ignore_index: int, bins: int = 1000,
+                 device: str | torch.device = "cpu") -> None:
+        self.positive, self.ignore_index, self.bins = positive, ignore_index, bins
+        self.counts = torch.zeros(2, bins, dtype=torch.int64, device=device)  # row 0: truth other, 1: truth class
+
+    def update(self, probability: Tensor, target: Tensor) -> None:
+        """``probability``: N x H x W of the class; ``target``: N x H x W labels."""
+        keep = target != self.ignore_index
+        index = (probability[keep].float() * self.bins).long().clamp_(0, self.bins - 1)
+        truth = (target[keep] == self.positive).long()
+        self.counts += torch.bincount(truth * self.bins + index, minlength=2 * self.bins).reshape(2, self.bins)
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all processes when torch.distributed is initialised; no-op otherwise."""
+        self.counts = all_reduce_sum(self.counts.flatten()).reshape(2, self.bins)
+
+    def compute(self) -> dict:
+        """``max_f`` with its ``precision``, ``recall`` and ``threshold`` (the highest bin edge that reaches
+        it); NaN without pixels of the class."""
+        above = self.counts.flip(1).cumsum(1).flip(1).double()  # pixels with probability >= each bin's edge
+        true_positive, false_positive = above[1], above[0]
+        positives = true_positive[0]
+        if positives == 0:
+            return {"max_f": math.nan, "precision": math.nan, "recall": math.nan, "threshold": math.nan}
+        precision = true_positive / (true_positive + false_positive).clamp(min=1)
+        recall = true_positive / positives
+        f = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        best = self.bins - 1 - int(f.flip(0).argmax())  # the highest threshold of the maximum
+        return {"max_f": float(f[best]), "precision": float(precision[best]), "recall": float(recall[best]),
+                "threshold": best / self.bins}

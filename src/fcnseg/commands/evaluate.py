@@ -10,7 +10,7 @@ from torch.utils.data import Subset
 
 from fcnseg.api import load
 from fcnseg.commands.options import add_inference, add_max_memory, add_runtime, inference_options, notes, positive_int
-from fcnseg.data.info import count_text
+from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.registry import DATASETS, build_dataset, dataset_options
 from fcnseg.errors import DataError
 from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
@@ -39,6 +39,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_max_memory(parser)
     add_runtime(parser)
     parser.set_defaults(func=run)
+
+
+def positive_class(info: DatasetInfo) -> int | None:
+    """The class a two-class task is about, scored also by its maximum F-measure (KITTI road): the one named
+    road, else class 1 (0 being background, not road, ...); None for other tasks."""
+    if info.num_classes != 2 or info.extra_heads:
+        return None
+    names = [name.lower() for name in info.class_names]
+    return names.index("road") if "road" in names else 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         dataset = Subset(dataset, range(args.limit))
     scores = evaluate(segmenter.scores, dataset, info.num_classes, ignore_index, options, device=runtime.device,
                       num_workers=args.workers, distributed=runtime.distributed, planner=segmenter.plan,
-                      exclude_absent=dataset.info.exclude_absent, extra_heads=dataset.info.extra_heads)
+                      exclude_absent=dataset.info.exclude_absent, extra_heads=dataset.info.extra_heads,
+                      positive_class=positive_class(dataset.info))
     if not runtime.is_main:
         return 0
     config = segmenter.config or {}
