@@ -82,8 +82,6 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
 
 
 def test_class_weights_flag_takes_numbers_or_a_method():
-    from fcnseg.cli import build_parser
-
     assert build_parser().parse_args(["train", "--class-weights", "1", "2.5"]).class_weights == [1.0, 2.5]
     assert build_parser().parse_args(["train", "--class-weights", "inverse_log"]).class_weights == "inverse_log"
     with pytest.raises(SystemExit):
@@ -106,3 +104,15 @@ def test_training_options_are_checked_with_one_line(tmp_path, capsys, argv, mess
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"fcnseg train: error: {message}")
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "x.pth", "--dataset", "synthetic", "--class-map", "{road:"],
+    ["train", "--dataset-options", "{num_images: [1"],
+])
+def test_a_yaml_flag_that_does_not_parse_is_a_usage_error(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:  # it was a traceback
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "is not valid YAML: expected" in err.splitlines()[-1]

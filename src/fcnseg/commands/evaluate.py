@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
 from torch.utils.data import Subset
 
 from fcnseg.api import load
-from fcnseg.commands.options import add_inference, add_max_memory, add_runtime, inference_options, notes, positive_int
+from fcnseg.commands.options import (
+    add_inference,
+    add_max_memory,
+    add_runtime,
+    inference_options,
+    notes,
+    positive_int,
+    yaml_flag,
+)
 from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.registry import DATASETS, build_dataset, dataset_options
 from fcnseg.errors import DataError
@@ -32,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files in --out that an earlier fcnseg eval did not write")
     parser.add_argument("--limit", type=positive_int, help="score only the first N images")
-    parser.add_argument("--class-map", type=yaml.safe_load, metavar="YAML",
+    parser.add_argument("--class-map", type=yaml_flag, metavar="YAML",
                         help="merge or rename the dataset's classes as the net was trained, e.g. "
                              "'{road: road, \"*\": not road}'")
     add_inference(parser)

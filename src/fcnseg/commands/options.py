@@ -158,11 +158,26 @@ def _flag_options(hint: Any, metadata: Any, default: Any) -> dict[str, Any]:
         options["type"] = args[0]
         options["nargs"] = len(metadata["metavar"]) if "metavar" in metadata else "+"
     elif origin is dict or hint is dict:
-        options["type"] = yaml.safe_load
+        options["type"] = yaml_flag
         options["metavar"] = "YAML"
     else:
         options["type"] = hint
     return options
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: what is wrong and where (PyYAML spreads it over several)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} (column {mark.column + 1})" if mark is not None else problem
+
+
+def yaml_flag(text: str) -> Any:
+    """argparse type of flags that take YAML (``--dataset-options '{num_images: 8}'``)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid YAML: {yaml_problem(error)}") from None
 
 
 def _number_or_word(text: str) -> float | str:

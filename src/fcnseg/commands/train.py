@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from fcnseg.commands.options import add_dataclass_flags, add_quiet
+from fcnseg.commands.options import add_dataclass_flags, add_quiet, yaml_problem
 from fcnseg.errors import ConfigError
 from fcnseg.metrics import format_table
 from fcnseg.train import TrainConfig, train
@@ -41,7 +41,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         try:
             overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
         except yaml.YAMLError as error:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({error})") from None
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {yaml_problem(error)}") from None
     if args.config:
         return TrainConfig.from_yaml(args.config, **overrides)
     out = Path(overrides.get("out", TrainConfig.out))
