@@ -94,6 +94,7 @@ def test_class_map_weights_follow_the_new_classes(tmp_path):
     ({"road": "road", "*": "other"}, r"class_map names road, not classes of \S+; its classes: a, b, c"),
     ({"a": "x"}, r"does not say where b, c go"),
     ({"*": None}, "ignores every class"),
+    ({"a": "x", "A": "y", "*": "z"}, "names a more than once"),
     (["a"], "must be a mapping"),
 ])
 def test_class_map_refuses(tmp_path, class_map, message):

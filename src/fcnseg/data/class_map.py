@@ -71,6 +71,10 @@ def mapped_info(info: DatasetInfo, class_map: Mapping[str, str | None]) -> tuple
     if unknown:
         raise ConfigError(f"class_map names {', '.join(unknown)}, not classes of {info.name}; its classes: "
                           f"{', '.join(info.class_names)}")
+    named = [str(name).lower() for name in class_map]
+    twice = sorted({name for name in named if named.count(name) > 1})
+    if twice:
+        raise ConfigError(f"class_map names {', '.join(twice)} more than once (names match whatever their case)")
     targets = _target_names(class_map)
     unnamed = [n for n in info.class_names if n.lower() not in {str(k).lower() for k in class_map}]
     if unnamed and EVERY_OTHER not in class_map:
