@@ -35,7 +35,7 @@ STAGES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn8s_mf_w8", "fcn8s_mf_
 PALETTE = ((214, 39, 40), (255, 127, 14), (44, 160, 44), (31, 119, 180), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127))
 # Recipes drawn against training time: runs one after the other (a staged recipe) share one time axis.
-RECIPES = {"staged 32s>16s>8s (before)": ("fcn32s", "fcn16s", "fcn8s"),
+RECIPES = {"before: staged fcn32s > fcn16s > fcn8s": ("fcn32s", "fcn16s", "fcn8s"),
            "fcn8s_mf_w8": ("fcn8s_mf_w8",), "fcn8s_mf_w4": ("fcn8s_mf_w4",)}
 FONT = ImageFont.load_default(size=13)
 SMOOTH = 5  # logged points in the loss moving average
@@ -115,10 +115,11 @@ def legend_row(names: list[str], width: int, height: int = 24) -> np.ndarray:
     """A white strip with a coloured line and the name of each run, below the panels so it hides no data."""
     strip = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(strip)
+    x = 60
     for i, name in enumerate(names):
-        x = 60 + 160 * i
         draw.line([(x, height // 2), (x + 24, height // 2)], fill=PALETTE[i % len(PALETTE)], width=3)
         draw.text((x + 30, height // 2), name, fill="black", font=FONT, anchor="lm")
+        x += 30 + int(draw.textlength(name, font=FONT)) + 30
     return np.asarray(strip)
 
 
