@@ -111,14 +111,8 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
             for images, labels in loader:
                 images = images.to(device, non_blocking=True)
                 planned = planner(images.shape[0], *images.shape[2:], options) if planner else options
-                labels = labels.to(device, non_blocking=True)
-                if curve is None:
-                    predicted = predict_labels(forward, images, planned, heads=heads)
-                else:  # the probabilities themselves are scored too
-                    probs = predict_probs(forward, images, planned)
-                    predicted = probs.argmax(1)
-                    curve.update(probs[:, positive_class], labels)
-                _count(confusions, predicted, labels)
+                _predict_and_count(forward, images, labels.to(device, non_blocking=True), planned, heads,
+                                   confusions, curve)
                 done += images.shape[0]
                 bar.update(images.shape[0])
     finally:
@@ -138,6 +132,18 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
         scores["binary"] = {"class": positive_class, **curve.compute()}
     scores["num_images"] = int(count.item())
     return scores
+
+
+def _predict_and_count(forward: Forward, images: torch.Tensor, labels: torch.Tensor, options: InferenceOptions,
+                       heads: tuple[int, ...], confusions: list[ConfusionMatrix], curve: BinaryCurve | None) -> None:
+    """Predict a batch and add it to the confusion matrices (and to ``curve``: its class's probabilities)."""
+    if curve is None:
+        predicted = predict_labels(forward, images, options, heads=heads)
+    else:
+        probs = predict_probs(forward, images, options)
+        predicted = probs.argmax(1)
+        curve.update(probs[:, curve.positive], labels)
+    _count(confusions, predicted, labels)
 
 
 def _count(confusions: list[ConfusionMatrix], predicted: torch.Tensor, labels: torch.Tensor) -> None:
