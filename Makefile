@@ -28,7 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/side_by_side.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) demo_out
