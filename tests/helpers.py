@@ -115,3 +115,15 @@ def shapes_dataset(root, size=64):
         Image.fromarray(label).save(root / "masks" / f"{index}.png")
     (root / "classes.txt").write_text("background\nsquare\ndisc\nstripe\n")
     return root
+
+
+def overfit_config(root, out, iterations: int, log_interval: int):
+    """The TrainConfig that makes a tiny FCN-8s learn the four pictures of ``shapes_dataset(root)`` by heart."""
+    from fcnseg.train import TrainConfig
+
+    return TrainConfig.from_dict({
+        "model": "fcn8s", "backbone": "vgg16_bn", "width": 1 / 8, "geometry": "fast", "dataset": "folder",
+        "root": str(root), "train_split": "all", "val_split": "all", "flip": False, "batch_size": 4, "workers": 0,
+        "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.0, "dropout": 0.0, "iterations": iterations,
+        "val_interval": iterations, "checkpoint_interval": iterations, "log_interval": log_interval, "threads": 1,
+        "out": str(out)})

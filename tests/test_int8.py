@@ -12,9 +12,9 @@ from fcnseg.api import load
 from fcnseg.cli import main
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.quantize import Calibration, export_int8, parse_calibration
-from fcnseg.train import TrainConfig, train
+from fcnseg.train import train
 
-from .helpers import shapes_dataset
+from .helpers import overfit_config, shapes_dataset
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -25,11 +25,7 @@ def trained(tmp_path_factory):
     """A tiny FCN-8s trained on four pictures of shapes (labels it gets mostly right)."""
     folder = tmp_path_factory.mktemp("int8")
     root = shapes_dataset(folder / "shapes")
-    config = TrainConfig.from_dict({
-        "model": "fcn8s", "backbone": "vgg16_bn", "width": 1 / 8, "geometry": "fast", "dataset": "folder",
-        "root": str(root), "train_split": "all", "val_split": "all", "flip": False, "batch_size": 4, "workers": 0,
-        "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.0, "dropout": 0.0, "iterations": 60,
-        "val_interval": 60, "checkpoint_interval": 60, "log_interval": 60, "threads": 1, "out": str(folder / "run")})
+    config = overfit_config(root, folder / "run", iterations=60, log_interval=60)
     train(config)
     return root, folder / "run" / "last.pth"
 

@@ -17,7 +17,7 @@ from fcnseg.train import TrainConfig, train
 from fcnseg.train.data import EpochSampler
 from fcnseg.train.run import build_optimizer, lr_factor
 
-from .helpers import shapes_dataset
+from .helpers import overfit_config, shapes_dataset
 
 TINY = {"backbone": "vgg16", "width": 1 / 16, "geometry": "fast", "dataset": "synthetic",
         "dataset_options": {"num_images": 12, "height": 48, "width": 64}, "batch_size": 4, "workers": 0,
@@ -221,11 +221,7 @@ def test_cli_resume_uses_the_runs_own_config(tmp_path):
 def test_a_tiny_fcn8s_overfits_four_images(tmp_path):
     """The whole training loop learns: on its own four training images the loss falls 10x, mean IU > 0.9."""
     root = shapes_dataset(tmp_path / "shapes")
-    config = TrainConfig.from_dict({
-        "model": "fcn8s", "backbone": "vgg16_bn", "width": 1 / 8, "geometry": "fast", "dataset": "folder",
-        "root": str(root), "train_split": "all", "val_split": "all", "flip": False, "batch_size": 4, "workers": 0,
-        "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.0, "dropout": 0.0, "iterations": 150,
-        "val_interval": 150, "checkpoint_interval": 150, "log_interval": 1, "threads": 1, "out": str(tmp_path / "run")})
+    config = overfit_config(root, tmp_path / "run", iterations=150, log_interval=1)
     result = train(config)
     rows = [row.split(",") for row in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]
     losses = [float(row[2]) for row in rows if row[2]]
