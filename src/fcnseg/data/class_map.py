@@ -76,14 +76,14 @@ def mapped_info(info: DatasetInfo, class_map: Mapping[str, str | None]) -> tuple
     if twice:
         raise ConfigError(f"class_map names {', '.join(twice)} more than once (names match whatever their case)")
     targets = _target_names(class_map)
-    unnamed = [n for n in info.class_names if n.lower() not in {str(k).lower() for k in class_map}]
+    by_name = {str(name).lower(): target for name, target in class_map.items()}
+    unnamed = [n for n in info.class_names if n.lower() not in by_name]
     if unnamed and EVERY_OTHER not in class_map:
         raise ConfigError(f"class_map does not say where {', '.join(unnamed)} go: map them, or add \"*\": NAME "
                           "(or \"*\": null to ignore them)")
     lut = np.arange(256, dtype=np.uint8)  # values that are not classes (void) stay as they are
     for old, name in enumerate(info.class_names):
-        key = next((k for k in class_map if str(k).lower() == name.lower()), EVERY_OTHER)
-        target = class_map[key]
+        target = by_name.get(name.lower(), by_name.get(EVERY_OTHER))
         lut[old] = info.ignore_index if target is None else targets.index(str(target))
     if info.ignore_index < len(targets):
         raise ConfigError(f"class_map gives {len(targets)} classes, but {info.name}'s void value "
