@@ -183,6 +183,21 @@ def test_two_gloo_processes_match_one_process(tmp_path, free_port):
     assert metrics[0] == pytest.approx(metrics[1], abs=1e-4), metrics
 
 
+@pytest.mark.slow
+def test_balanced_weights_reach_every_rank(tmp_path, free_port):
+    # The main process computes the weights and sends them: rank 1, left with zero weights, would have a
+    # 0/0 (NaN) loss and stop the run; the weights are printed once, by the main process.
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port), "-m", "fcnseg.cli", "train", "--width", "0.0625", "--geometry",
+               "fast", "--iterations", "1", "--val-interval", "1", "--workers", "0", "--batch-size", "2",
+               "--set", "class_weights=median_frequency",
+               "--set", "dataset_options={num_images: 4, height: 40, width: 56}",
+               "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("class weights (median_frequency): ") == 1, done.stderr
+
+
 def test_bf16_channels_last_accumulation_and_tensorboard(tmp_path):
     pytest.importorskip("torch.utils.tensorboard")
     result = train(_config(tmp_path, amp="bf16", channels_last=True, grad_accum=2, iterations=2, val_interval=2))

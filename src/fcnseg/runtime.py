@@ -136,6 +136,13 @@ def gather_objects(obj: Any, runtime: Runtime) -> list[Any]:
     return gathered
 
 
+def broadcast_from_main(tensor: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """``tensor`` as the main process (rank 0) holds it, on every rank, in place; returns it."""
+    if runtime.distributed:
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` in place over all processes when a process group is running; returns it."""
     if dist.is_available() and dist.is_initialized():

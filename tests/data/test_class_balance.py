@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fcnseg.data.balance import balancing_weights, class_pixel_counts
+from fcnseg.data.balance import ClassPixels, balancing_weights, class_pixel_counts
+from fcnseg.data.check import check_dataset
 from fcnseg.data.registry import build_dataset
 from fcnseg.errors import ConfigError
 from fcnseg.train.config import TrainConfig
@@ -34,27 +35,32 @@ def write_folder(root: Path, masks=MASKS, classes=("a", "b", "c")) -> Path:
 
 
 def test_pixel_counts_by_hand(tmp_path):
-    pixels, image_pixels = class_pixel_counts(build_dataset("folder", write_folder(tmp_path), None))
-    assert pixels.tolist() == [4, 2, 5]
-    assert image_pixels.tolist() == [11, 5, 6]
+    data = build_dataset("folder", write_folder(tmp_path), None)
+    counted = class_pixel_counts(data)
+    assert counted.pixels.tolist() == [4, 2, 5]
+    assert counted.image_pixels.tolist() == [11, 5, 6]
+    # the dataset check counts the same while it reads the split, in its worker too
+    for workers in (0, 1):
+        scanned = check_dataset(data, "the folder", workers)
+        assert scanned.pixels.tolist() == [4, 2, 5] and scanned.image_pixels.tolist() == [11, 5, 6]
 
 
 def test_median_frequency_by_hand(tmp_path):
     # frequencies a 4/11, b 2/5, c 5/6; median 2/5 (b); weight = median / frequency
-    weights = balancing_weights("median_frequency", *class_pixel_counts(build_dataset("folder", write_folder(tmp_path),
-                                                                                      None)))
+    weights = balancing_weights("median_frequency", class_pixel_counts(build_dataset("folder", write_folder(tmp_path),
+                                                                                     None)))
     assert weights == pytest.approx([(2 / 5) / (4 / 11), 1.0, (2 / 5) / (5 / 6)], rel=1e-12)
     assert weights.tolist() == pytest.approx([1.1, 1.0, 0.48], rel=1e-12)
 
 
 def test_inverse_log_by_hand():
-    weights = balancing_weights("inverse_log", np.array([4, 2, 5]), np.array([11, 5, 6]))
+    weights = balancing_weights("inverse_log", ClassPixels(np.array([4, 2, 5]), np.array([11, 5, 6])))
     assert weights.tolist() == pytest.approx([1 / math.log(1.02 + p) for p in (4 / 11, 2 / 11, 5 / 11)], rel=1e-12)
 
 
 def test_absent_class_weighs_nothing():
     # classes 0 and 2 of frequency 1/2 and 1/4; class 1 absent: left out of the median, weight 0
-    weights = balancing_weights("median_frequency", np.array([2, 0, 1]), np.array([4, 0, 4]))
+    weights = balancing_weights("median_frequency", ClassPixels(np.array([2, 0, 1]), np.array([4, 0, 4])))
     assert weights.tolist() == pytest.approx([0.75, 0.0, 1.5])
 
 
@@ -86,8 +92,8 @@ def test_class_map_ignores_and_keeps_colours(tmp_path):
 
 def test_class_map_weights_follow_the_new_classes(tmp_path):
     data = build_dataset("folder", write_folder(tmp_path), None, class_map={"c": "road", "*": "not road"})
-    pixels, image_pixels = class_pixel_counts(data)
-    assert pixels.tolist() == [5, 6] and image_pixels.tolist() == [6, 11]
+    counted = class_pixel_counts(data)
+    assert counted.pixels.tolist() == [5, 6] and counted.image_pixels.tolist() == [6, 11]
 
 
 @pytest.mark.parametrize(("class_map", "message"), [
@@ -135,3 +141,35 @@ def test_training_and_eval_with_a_class_map_and_median_frequency(tmp_path, capsy
     assert "\nroad: max F " in capsys.readouterr().out  # a two-class task is also scored as KITTI scores road
     binary = json.loads((tmp_path / "eval" / "metrics.json").read_text())["binary"]
     assert binary["class_name"] == "road" and 0 <= binary["max_f"] <= 1
+
+
+def test_training_reads_the_split_once_for_its_weights(tmp_path, monkeypatch, capsys):
+    # The weights come from the dataset check's scan: each training label is loaded once before
+    # training starts, not once by the check and again to count classes.
+    from fcnseg.data.folder import FolderDataset
+    from fcnseg.train import TrainConfig, loop, train
+
+    (write_folder(tmp_path / "data") / "splits").mkdir()
+    for split in ("train", "val"):
+        (tmp_path / "data" / "splits" / f"{split}.txt").write_text("0\n1\n")
+    loads = []
+    original = FolderDataset.load
+    monkeypatch.setattr(FolderDataset, "load", lambda self, index: loads.append(index) or original(self, index))
+    monkeypatch.setattr(loop, "run_iterations", lambda run, log: {})  # stop before the first iteration
+    train(TrainConfig.from_dict({
+        "backbone": "vgg16", "width": 1 / 16, "geometry": "fast", "dataset": "folder",
+        "root": str(tmp_path / "data"), "crop_size": None, "batch_size": 2, "workers": 0, "iterations": 1,
+        "threads": 1, "class_weights": "median_frequency", "out": str(tmp_path / "run")}))
+    assert "class weights (median_frequency): a 1.1, b 1, c 0.48" in capsys.readouterr().err
+    assert sorted(loads) == [0, 0, 1, 1]  # the training split (2 images) and the validation split (the same 2)
+
+
+def test_listed_weights_must_match_the_classes(tmp_path):
+    from fcnseg.train import TrainConfig, train
+
+    config = TrainConfig.from_dict({"width": 1 / 16, "dataset_options": {"num_images": 2, "height": 40, "width": 48},
+                                    "class_weights": [1, 2, 3], "iterations": 1, "threads": 1, "workers": 0,
+                                    "out": str(tmp_path / "run")})
+    with pytest.raises(ConfigError, match="class_weights has 3 entries for 8 classes"):
+        train(config)
+    assert not (tmp_path / "run" / "last.pth").exists()

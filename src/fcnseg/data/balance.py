@@ -9,6 +9,8 @@ boost bounded by 1 / ln(1.02) = 50.5. Void pixels count nowhere; classes absent 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from fcnseg.data.base import SegmentationDataset
@@ -19,28 +21,49 @@ BALANCING = ("median_frequency", "inverse_log")
 ENET_C = 1.02
 
 
-def class_pixel_counts(dataset: SegmentationDataset) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels of each class, labelled pixels of the images that contain each class) over ``dataset``.
+def label_value_counts(label: np.ndarray) -> np.ndarray:
+    """Pixels of each label value 0..255 in one label map (the first head's, for a map of several heads)."""
+    label = label[..., 0] if label.ndim == 3 else label
+    return np.bincount(label.ravel(), minlength=256)
 
-    Labels are read without transforms (``load``); for a dataset labelled for several
-    heads, the first head's map.
+
+@dataclass
+class ClassPixels:
+    """Per class: its pixels, and the labelled pixels of the images that contain it (what both
+    balancing methods need), summed one label map at a time with :meth:`add`."""
+
+    pixels: np.ndarray
+    image_pixels: np.ndarray
+
+    @classmethod
+    def zeros(cls, num_classes: int) -> ClassPixels:
+        return cls(np.zeros(num_classes, dtype=np.int64), np.zeros(num_classes, dtype=np.int64))
+
+    def add(self, value_counts: np.ndarray) -> None:
+        """Count one label map, given as :func:`label_value_counts` (void and other values beyond the classes
+        count nowhere)."""
+        counts = np.asarray(value_counts)[: len(self.pixels)]
+        self.pixels += counts
+        self.image_pixels[counts > 0] += counts.sum()
+
+
+def class_pixel_counts(dataset: SegmentationDataset) -> ClassPixels:
+    """:class:`ClassPixels` of ``dataset``, its labels read without transforms (``load``).
+
+    Training takes these from the dataset check's scan instead (:func:`fcnseg.data.check.check_dataset`);
+    this reads the split for datasets that are not scanned (generated ones).
     """
-    info = dataset.info
-    pixels = np.zeros(info.num_classes, dtype=np.int64)
-    image_pixels = np.zeros(info.num_classes, dtype=np.int64)
+    counted = ClassPixels.zeros(dataset.info.num_classes)
     with progress_bar(total=len(dataset), desc="count class pixels", unit="img") as bar:
         for index in range(len(dataset)):
-            label = dataset.load(index)[1]
-            label = label[..., 0] if label.ndim == 3 else label
-            counts = np.bincount(label.ravel(), minlength=256)[: info.num_classes]
-            pixels += counts
-            image_pixels[counts > 0] += counts.sum()
+            counted.add(label_value_counts(dataset.load(index)[1]))
             bar.update(1)
-    return pixels, image_pixels
+    return counted
 
 
-def balancing_weights(method: str, pixels: np.ndarray, image_pixels: np.ndarray) -> np.ndarray:
-    """Per-class loss weights by ``method`` (see the module docstring) from :func:`class_pixel_counts`."""
+def balancing_weights(method: str, counted: ClassPixels) -> np.ndarray:
+    """Per-class loss weights by ``method`` (see the module docstring) from the training split's counts."""
+    pixels, image_pixels = counted.pixels, counted.image_pixels
     present = pixels > 0
     if not present.any():
         raise DataError("the training split has no labelled pixels to compute class weights from")

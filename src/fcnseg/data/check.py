@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from fcnseg.data.balance import ClassPixels, label_value_counts
 from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import DataError, user_message
 from fcnseg.progress import bar as progress_bar
@@ -32,7 +33,8 @@ def only_class_zero_message(info: DatasetInfo, what: str, ignored_pixels: int | 
 
 
 class _Scan(Dataset):
-    """Sample ``index`` of ``dataset`` read without transforms: (index, problem or None, values present)."""
+    """Sample ``index`` of ``dataset`` read without transforms: (index, problem or None, label values present
+    in any head, pixels of each value in the first head)."""
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
@@ -40,45 +42,48 @@ class _Scan(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[int, str | None, np.ndarray | None]:
+    def __getitem__(self, index: int) -> tuple[int, str | None, np.ndarray | None, np.ndarray | None]:
         try:
             _, label = self.dataset.load(index)
         except DataError as error:
-            return index, user_message(error), None
+            return index, user_message(error), None, None
         present = np.zeros(256, dtype=bool)
         present[np.unique(label)] = True
-        return index, None, present
+        return index, None, present, label_value_counts(label)
 
 
 def check_dataset(dataset, what: str, workers: int = 0, limit: int | None = None,
-                  accept_only_class_zero: bool = False) -> None:
+                  accept_only_class_zero: bool = False) -> ClassPixels | None:
     """Read every sample of ``dataset`` (the first ``limit``) and raise one DataError listing every problem.
 
-    Datasets that are correct by construction (``dataset.generated``) are not scanned. ``what`` names the
-    split in messages ("the training split"); ``accept_only_class_zero`` lets a split of only class 0 and
-    ignored pixels through (for masks where 255 really means ignore).
+    Returns the pixels of each class counted on the way (for class balancing, so the split is read once),
+    or None for datasets correct by construction (``dataset.generated``), which are not scanned. ``what``
+    names the split in messages ("the training split"); ``accept_only_class_zero`` lets a split of only
+    class 0 and ignored pixels through (for masks where 255 really means ignore).
     """
     if getattr(dataset, "generated", False):
-        return
+        return None
+    info: DatasetInfo = dataset.info
     count = len(dataset) if limit is None else min(limit, len(dataset))
     scan = _Scan(dataset)
     loader = DataLoader(scan if count == len(dataset) else Subset(scan, range(count)), batch_size=None,
                         num_workers=workers, worker_init_fn=worker_init)
-    problems, present = [], np.zeros(256, dtype=bool)
+    problems, present, counted = [], np.zeros(256, dtype=bool), ClassPixels.zeros(info.num_classes)
     with progress_bar(total=count, desc=f"check {what}", unit="img") as bar:
-        for _, problem, values in loader:
+        for _, problem, values, value_counts in loader:
             if problem is not None:
                 problems.append(problem)
             else:
                 present |= np.asarray(values, dtype=bool)
+                counted.add(np.asarray(value_counts))
             bar.update(1)
     if problems:
         listed = "\n  ".join(problems[:_SHOWN]) + (f"\n  ... and {len(problems) - _SHOWN} more"
                                                    if len(problems) > _SHOWN else "")
         raise DataError(f"{len(problems)} of {count} samples of {what} cannot be used:\n  {listed}")
-    info: DatasetInfo = dataset.info
     classes = [v for v in np.flatnonzero(present) if v != info.ignore_index]
     if not accept_only_class_zero and classes == [0] and present[info.ignore_index]:
         raise DataError(only_class_zero_message(info, what) + "; if the ignore value really is meant, set "
                         "accept_only_class_zero: true")
+    return counted
 

@@ -18,7 +18,7 @@ from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import micro_batches
 from fcnseg.train.folder import check_new_run, finished, hold, open_run
 from fcnseg.train.log import RunLog
-from fcnseg.train.run import Run, build_run, segmentation_loss
+from fcnseg.train.run import Run, balanced_loss_weights, build_run, segmentation_loss
 from fcnseg.train.state import restore, save_best, save_last, write_config
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,13 +54,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 
 def check_data(run: Run) -> None:
-    """Read both splits once before training (in the loader's workers) and report every bad sample at once."""
-    config = run.config
+    """Read both splits once before training (in the loader's workers) and report every bad sample at once;
+    class weights to balance come from the training split's pixels counted on the way."""
+    config, counted = run.config, None
     if run.runtime.is_main:  # one process reads; a DataError stops the others at the process group's end
-        check_dataset(run.train_set, "the training split", config.workers,
-                      accept_only_class_zero=config.accept_only_class_zero)
+        counted = check_dataset(run.train_set, "the training split", config.workers,
+                                accept_only_class_zero=config.accept_only_class_zero)
         check_dataset(run.val_set, "the validation split", config.workers, limit=config.val_limit,
                       accept_only_class_zero=config.accept_only_class_zero)
+    if isinstance(config.class_weights, str):
+        run.class_weights = balanced_loss_weights(run, counted)
 
 
 def run_iterations(run: Run, log: RunLog) -> dict[str, Any]:

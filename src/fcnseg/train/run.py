@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg.checkpoint import read_checkpoint
-from fcnseg.data.balance import balancing_weights, class_pixel_counts
+from fcnseg.data.balance import ClassPixels, balancing_weights, class_pixel_counts
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, TrainingError
@@ -23,7 +23,7 @@ from fcnseg.models.fcn import FCN
 from fcnseg.models.weights import init_from_coarser, load_imagenet_weights, matching_classes
 from fcnseg.outputs import Outputs
 from fcnseg.progress import is_quiet
-from fcnseg.runtime import Runtime, native_bf16
+from fcnseg.runtime import Runtime, broadcast_from_main, native_bf16
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import EpochSampler, build_datasets
 
@@ -91,7 +91,7 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
         model.to(memory_format=torch.channels_last)
     train_model = _distributed(model, runtime)
     optimizer = build_optimizer(model, config)
-    class_weights = loss_weights(config, train_set, runtime)
+    class_weights = listed_loss_weights(config, info, runtime)
     return Run(config=config, runtime=runtime, out=Path(config.out), info=info, train_set=train_set,
                val_set=val_set, sampler=EpochSampler(len(train_set), config.seed, runtime.rank, runtime.world_size),
                model=model, train_model=train_model, optimizer=optimizer,
@@ -100,21 +100,29 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
                class_weights=class_weights, outputs=Outputs(config.out, "train", config.overwrite))
 
 
-def loss_weights(config: TrainConfig, train_set: SegmentationDataset, runtime: Runtime) -> torch.Tensor | None:
-    """The loss's class weights: as listed, or computed from the training labels (median_frequency, inverse_log)."""
-    info = train_set.info
-    if not config.class_weights:
+def listed_loss_weights(config: TrainConfig, info: DatasetInfo, runtime: Runtime) -> torch.Tensor | None:
+    """The loss's class weights when the config lists them; None when there are none or they are to be
+    computed from the training labels (:func:`balanced_loss_weights`, once the split has been read)."""
+    if not config.class_weights or isinstance(config.class_weights, str):
         return None
-    if isinstance(config.class_weights, str):
-        weights = balancing_weights(config.class_weights, *class_pixel_counts(train_set)).tolist()
-        if runtime.is_main and not is_quiet():
-            shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(info.class_names, weights, strict=True))
-            print(f"fcnseg train: class weights ({config.class_weights}): {shown}", file=sys.stderr)
-    elif len(config.class_weights) != info.num_classes:
+    if len(config.class_weights) != info.num_classes:
         raise ConfigError(f"class_weights has {len(config.class_weights)} entries for {info.num_classes} classes")
-    else:
-        weights = config.class_weights
-    return torch.tensor(weights, dtype=torch.float32, device=runtime.device)
+    return torch.tensor(config.class_weights, dtype=torch.float32, device=runtime.device)
+
+
+def balanced_loss_weights(run: Run, counted: ClassPixels | None) -> torch.Tensor:
+    """Class weights by the config's balancing method from the training split's pixel counts (those of the
+    dataset check, or counted here for a generated dataset), computed on the main process and sent to the
+    others under torchrun."""
+    weights = torch.zeros(run.info.num_classes, dtype=torch.float32, device=run.runtime.device)
+    if run.runtime.is_main:
+        counted = counted if counted is not None else class_pixel_counts(run.train_set)
+        values = balancing_weights(run.config.class_weights, counted)
+        weights.copy_(torch.from_numpy(values))
+        if not is_quiet():
+            shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(run.info.class_names, values, strict=True))
+            print(f"fcnseg train: class weights ({run.config.class_weights}): {shown}", file=sys.stderr)
+    return broadcast_from_main(weights, run.runtime)
 
 
 def _distributed(model: FCN, runtime: Runtime) -> nn.Module:
