@@ -48,8 +48,9 @@ def test_training_writes_config_checkpoints_and_log(tmp_path):
         [scores[k] for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")], abs=1e-6)
 
 
-def test_resume_after_kill_continues_exactly(tmp_path, monkeypatch):
-    straight = train(_config(tmp_path, "straight"))
+@pytest.mark.parametrize("ema_decay", [None, 0.5])
+def test_resume_after_kill_continues_exactly(tmp_path, monkeypatch, ema_decay):
+    straight = train(_config(tmp_path, "straight", ema_decay=ema_decay))
     assert straight["iterations"] == 4
 
     # Kill the second run during iteration 3 (after the iteration-2 checkpoint), then resume it.
@@ -64,19 +65,40 @@ def test_resume_after_kill_continues_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SegmentationDataset, "__getitem__", dying)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path, "killed"))
+        train(_config(tmp_path, "killed", ema_decay=ema_decay))
     assert read_checkpoint(tmp_path / "killed" / "last.pth")["iteration"] == 2
     monkeypatch.setattr(SegmentationDataset, "__getitem__", original)
-    resumed = train(_config(tmp_path, "killed", resume=True))
+    resumed = train(_config(tmp_path, "killed", resume=True, ema_decay=ema_decay))
     assert resumed["iterations"] == 4
 
-    expected, actual = _weights(tmp_path / "straight" / "last.pth"), _weights(tmp_path / "killed" / "last.pth")
-    for key in expected:
-        assert torch.equal(expected[key], actual[key]), key
+    # The net (the moving average with ema_decay) and, with it, the training weights: as never interrupted.
+    straight_state, killed_state = (read_checkpoint(tmp_path / name / "last.pth") for name in ("straight", "killed"))
+    for part in ("model_state_dict", "train_state_dict") if ema_decay else ("model_state_dict",):
+        for key, value in straight_state[part].items():
+            assert torch.equal(value, killed_state[part][key]), (part, key)
     assert resumed["scores"]["mean_iu"] == straight["scores"]["mean_iu"]
     # The log has each iteration once, as if never interrupted.
     iterations = [row.split(",")[0] for row in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()[1:]]
     assert iterations == ["1", "2", "3", "4", "4"]
+
+
+def test_ema_is_what_is_validated_and_saved_and_leaves_training_alone(tmp_path, monkeypatch):
+    train(_config(tmp_path, "plain"))
+    validated = []
+    original = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda forward, *args, **kwargs: validated.append(
+        {k: v.clone() for k, v in forward.state_dict().items()}) or original(forward, *args, **kwargs))
+    train(_config(tmp_path, "ema", ema_decay=0.5))
+    state = read_checkpoint(tmp_path / "ema" / "last.pth")
+    # The average does not feed back: the training weights are those of the run without it.
+    for key, value in _weights(tmp_path / "plain" / "last.pth").items():
+        assert torch.equal(state["train_state_dict"][key], value), key
+    # The net saved and validated (at the last iteration) is the average, not the training weights.
+    averaged, trained = state["model_state_dict"], state["train_state_dict"]
+    assert any(not torch.equal(value, trained[key]) for key, value in averaged.items())
+    assert len(validated) == 1
+    for key, value in state["model_state_dict"].items():
+        assert torch.equal(validated[0][key], value), key
 
 
 def test_an_existing_run_is_not_overwritten_without_resume(tmp_path):
@@ -261,3 +283,22 @@ def test_fine_tuning_a_checkpoint_to_another_class_set(tiny_checkpoint, tmp_path
     assert "the starting net scored 8 classes, this one 3" in err
     assert "the 2 class(es) both share: road, sky" in err
     assert read_checkpoint(tmp_path / "run" / "last.pth")["dataset"]["class_names"] == ["road", "water", "sky"]
+
+
+def test_ema_update_by_hand():
+    from fcnseg.train.ema import ema_copy, update_ema
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+    average = ema_copy(model)
+    assert not average.training and not any(p.requires_grad for p in average.parameters())
+    for weight in (6.0, 10.0):
+        with torch.no_grad():
+            model[0].weight.fill_(weight)
+        model[1].num_batches_tracked += 3
+        model[1].running_mean.fill_(weight)
+        update_ema(average, model, decay=0.75)
+    # 2 -> 0.75 * 2 + 0.25 * 6 = 3 -> 0.75 * 3 + 0.25 * 10 = 4.75; the running mean 0 -> 1.5 -> 3.625
+    assert average[0].weight.item() == 4.75 and average[1].running_mean.item() == 3.625
+    assert average[1].num_batches_tracked.item() == 6  # counts are copied, not averaged

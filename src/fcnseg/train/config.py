@@ -83,6 +83,8 @@ class TrainConfig:
               "inverse_log")
     iterations: int = option(1000, "optimizer steps in all (a resumed run continues up to this)")
     grad_accum: int = option(1, "micro-batches accumulated per step")
+    ema_decay: float | None = option(None, "keep an exponential moving average of the weights with this decay per "
+                                           "step (e.g. 0.999); validation and checkpoints use the average")
     amp: str = option("none", "mixed precision: none, bf16 (CPU or GPU) or fp16 (GPU, with a grad scaler)")
     channels_last: bool = option(False, "channels-last memory format")
     # bookkeeping
@@ -139,6 +141,8 @@ class TrainConfig:
         if isinstance(self.class_weights, str) and self.class_weights not in BALANCING:
             raise ConfigError(f"{source}: class_weights must be a list of numbers or one of {', '.join(BALANCING)}; "
                               f"got {self.class_weights!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"{source}: ema_decay must be between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
         if self.width <= 0 or not 0 <= self.dropout < 1:
             raise ConfigError(f"{source}: width must be > 0 and dropout in [0, 1); got {self.width}, {self.dropout}")
 

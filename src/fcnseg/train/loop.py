@@ -16,6 +16,7 @@ from fcnseg.outputs import refuse_if_held
 from fcnseg.runtime import start
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import micro_batches
+from fcnseg.train.ema import update_ema
 from fcnseg.train.folder import check_new_run, finished, hold, open_run
 from fcnseg.train.log import RunLog
 from fcnseg.train.run import Run, balanced_loss_weights, build_run, segmentation_loss
@@ -127,6 +128,8 @@ def optimizer_step(run: Run) -> None:
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
     run.iteration += 1
+    if run.ema is not None:
+        update_ema(run.ema, run.model, run.config.ema_decay)
 
 
 def validate(run: Run) -> dict[str, Any]:
@@ -134,7 +137,7 @@ def validate(run: Run) -> dict[str, Any]:
     dataset = run.val_set
     if run.config.val_limit:
         dataset = Subset(dataset, range(min(run.config.val_limit, len(dataset))))
-    scores = evaluate(run.model, dataset, run.info.num_classes, run.info.ignore_index, device=run.runtime.device,
+    scores = evaluate(run.saved_model, dataset, run.info.num_classes, run.info.ignore_index, device=run.runtime.device,
                       progress=False, distributed=run.runtime.distributed,
                       strict_labels=not run.config.accept_only_class_zero, exclude_absent=run.info.exclude_absent,
                       extra_heads=run.info.extra_heads)

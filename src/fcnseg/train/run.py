@@ -26,6 +26,7 @@ from fcnseg.progress import is_quiet
 from fcnseg.runtime import Runtime, broadcast_from_main, native_bf16
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import EpochSampler, build_datasets
+from fcnseg.train.ema import ema_copy
 
 
 @dataclass
@@ -46,8 +47,14 @@ class Run:
     scaler: torch.amp.GradScaler
     class_weights: torch.Tensor | None
     outputs: Outputs  # the run folder's record of the files fcnseg train wrote
+    ema: FCN | None = None  # the moving average of the weights (ema_decay), validated and saved instead
     iteration: int = 0
     best_mean_iu: float = -1.0
+
+    @property
+    def saved_model(self) -> FCN:
+        """The net that is validated and saved: the moving average when there is one."""
+        return self.ema if self.ema is not None else self.model
 
     @property
     def last_path(self) -> Path:
@@ -97,7 +104,8 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
                model=model, train_model=train_model, optimizer=optimizer,
                scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(config, it)),
                scaler=torch.amp.GradScaler(runtime.device.type, enabled=config.amp == "fp16"),
-               class_weights=class_weights, outputs=Outputs(config.out, "train", config.overwrite))
+               class_weights=class_weights, outputs=Outputs(config.out, "train", config.overwrite),
+               ema=ema_copy(model) if config.ema_decay else None)
 
 
 def listed_loss_weights(config: TrainConfig, info: DatasetInfo, runtime: Runtime) -> torch.Tensor | None:

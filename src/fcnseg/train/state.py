@@ -2,7 +2,8 @@
 
 Checkpoints are written atomically. ``last.pth`` holds the model, optimizer, scheduler, grad scaler, every
 process's RNG states, the iteration and the best score so far; the position in the data follows from
-the iteration (see :mod:`fcnseg.train.data`).
+the iteration (see :mod:`fcnseg.train.data`). With ``ema_decay`` the model of both files is the moving
+average (the net to use), and ``last.pth`` also holds the training weights (``train_state_dict``).
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ def write_config(run: Run) -> None:
 
 
 def restore(run: Run, state: dict[str, Any]) -> None:
-    """Load a ``last.pth`` into the run: weights, optimizer, schedule, scaler, RNGs, iteration, best score."""
-    run.model.load_state_dict(state["model_state_dict"])
+    """Load a ``last.pth`` into the run: weights (and their average), optimizer, schedule, scaler, RNGs,
+    iteration, best score."""
+    if run.ema is not None:
+        run.ema.load_state_dict(state["model_state_dict"])
+    run.model.load_state_dict(state.get("train_state_dict", state["model_state_dict"]))
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
@@ -67,7 +71,9 @@ def save_last(run: Run) -> None:
         state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "scaler": run.scaler.state_dict(), "iteration": run.iteration, "best_mean_iu": run.best_mean_iu,
                  "rng": rngs, "config": run.config.to_dict()}
-        write_checkpoint(model_checkpoint(run.model, run.info, **state), run.last_path)
+        if run.ema is not None:
+            state["train_state_dict"] = run.model.state_dict()
+        write_checkpoint(model_checkpoint(run.saved_model, run.info, **state), run.last_path)
         run.outputs.record([run.last_path], flush=True)
 
 
@@ -77,6 +83,6 @@ def save_best(run: Run, mean_iu: float) -> None:
         return
     run.best_mean_iu = mean_iu
     if run.runtime.is_main:
-        write_checkpoint(model_checkpoint(run.model, run.info, iteration=run.iteration, mean_iu=mean_iu,
+        write_checkpoint(model_checkpoint(run.saved_model, run.info, iteration=run.iteration, mean_iu=mean_iu,
                                           config=run.config.to_dict()), run.best_path)
         run.outputs.record([run.best_path], flush=True)
