@@ -2,6 +2,7 @@
 # Reproduce docs/camvid.md. Usage, from the repo root: scripts/camvid.sh PART [fcnseg train flags...]
 #   best        the best recipe: FCN-8s from scratch, median-frequency balancing (configs/camvid/fcn8s_mf_w8.yaml)
 #   w4          the same at 1/4 width for the same time (configs/camvid/fcn8s_mf_w4.yaml)
+#   plain, il   the same without class balancing / with inverse-log weights (fcn8s_plain_w8, fcn8s_il_w8)
 #   road        road / not road FCN-8s (configs/camvid/road_fcn8s.yaml)
 #   32s-16s-8s  the earlier staged recipe; atonce; control (FCN-32s trained as long as the staged FCN-8s)
 #   eval        score every run's last.pth on val into docs/camvid/<run> (the last iteration: nothing is
@@ -16,12 +17,15 @@ train() { $FCNSEG train --config "configs/camvid/$1.yaml" --root "$ROOT" "${@:2}
 case $part in
   best) train fcn8s_mf_w8 "$@" ;;
   w4) train fcn8s_mf_w4 "$@" ;;
+  plain) train fcn8s_plain_w8 "$@" ;;
+  il) train fcn8s_il_w8 "$@" ;;
   road) train road_fcn8s "$@" ;;
   32s-16s-8s) for stage in fcn32s fcn16s fcn8s; do train $stage "$@"; done ;;
   atonce) train fcn8s_atonce "$@" ;;
   control) train fcn32s_continued "$@" ;;
   eval)
-    for run in fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued fcn8s_mf_w8 fcn8s_mf_w4 road_fcn8s; do
+    for run in fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued fcn8s_mf_w8 fcn8s_mf_w4 fcn8s_plain_w8 fcn8s_il_w8 \
+        road_fcn8s; do
       [[ -f runs/camvid/$run/last.pth ]] || { echo "camvid.sh: no runs/camvid/$run/last.pth; skipped" >&2; continue; }
       map=()
       [[ $run == road_fcn8s ]] && map=(--class-map '{"*": not_road, road: road}')
@@ -29,5 +33,6 @@ case $part in
       $FCNSEG eval runs/camvid/$run/last.pth --dataset camvid --root "$ROOT" --split val "${map[@]}" \
         --out docs/camvid/$run --overwrite
     done ;;
-  *) echo "usage: scripts/camvid.sh best|w4|road|32s-16s-8s|atonce|control|eval [fcnseg train flags]" >&2; exit 2 ;;
+  *) echo "usage: scripts/camvid.sh best|w4|plain|il|road|32s-16s-8s|atonce|control|eval [fcnseg train flags]" >&2
+     exit 2 ;;
 esac

@@ -31,12 +31,14 @@ from fcnseg.data.registry import build_dataset
 from fcnseg.errors import DataError, WeightsError
 from fcnseg.metrics import SCORE_KEYS, format_table
 
-STAGES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn8s_mf_w8", "fcn8s_mf_w4", "road_fcn8s")
+STAGES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn8s_mf_w8", "fcn8s_mf_w4", "fcn8s_plain_w8", "fcn8s_il_w8",
+          "road_fcn8s")
 PALETTE = ((214, 39, 40), (255, 127, 14), (44, 160, 44), (31, 119, 180), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127))
 # Recipes drawn against training time: runs one after the other (a staged recipe) share one time axis.
 RECIPES = {"before: staged fcn32s > fcn16s > fcn8s": ("fcn32s", "fcn16s", "fcn8s"),
-           "fcn8s_mf_w8": ("fcn8s_mf_w8",), "fcn8s_mf_w4": ("fcn8s_mf_w4",)}
+           "fcn8s_mf_w8": ("fcn8s_mf_w8",), "fcn8s_mf_w4": ("fcn8s_mf_w4",), "fcn8s_plain_w8": ("fcn8s_plain_w8",),
+           "fcn8s_il_w8": ("fcn8s_il_w8",)}
 FONT = ImageFont.load_default(size=13)
 SMOOTH = 5  # logged points in the loss moving average
 
