@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--overlays", type=int, default=3, help="number of val images to show (0: none)")
     parser.add_argument("--nets", nargs="+", default=list(STAGES), help="runs under --runs to report")
-    parser.add_argument("--overlay-nets", nargs="+", default=["fcn8s", "fcn8s_mf_w8", "fcn8s_mf_w4"],
+    parser.add_argument("--overlay-nets", nargs="+", default=["fcn8s", "fcn8s_mf_w8", "fcn8s_il_w8"],
                         help="11-class runs shown in the val overlays")
     args = parser.parse_args(argv)
     try:
