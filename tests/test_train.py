@@ -286,19 +286,24 @@ def test_fine_tuning_a_checkpoint_to_another_class_set(tiny_checkpoint, tmp_path
 
 
 def test_ema_update_by_hand():
-    from fcnseg.train.ema import ema_copy, update_ema
+    from fcnseg.train.ema import ema_copy, update_ema, warmed_up_decay
 
+    # The decay warms up as min(decay, (1 + n) / (10 + n)): 0.1 at the first update, 0.999 from n = 8990.
+    assert warmed_up_decay(0.999, 0) == 0.1 and warmed_up_decay(0.75, 26) == 0.75
+    assert warmed_up_decay(0.999, 8989) < 0.999 == warmed_up_decay(0.999, 8990)
     model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
     with torch.no_grad():
         model[0].weight.fill_(2.0)
     average = ema_copy(model)
     assert not average.training and not any(p.requires_grad for p in average.parameters())
-    for weight in (6.0, 10.0):
+    for updates, weight in ((0, 12.0), (30, 6.0), (31, 10.0)):
         with torch.no_grad():
             model[0].weight.fill_(weight)
         model[1].num_batches_tracked += 3
         model[1].running_mean.fill_(weight)
-        update_ema(average, model, decay=0.75)
-    # 2 -> 0.75 * 2 + 0.25 * 6 = 3 -> 0.75 * 3 + 0.25 * 10 = 4.75; the running mean 0 -> 1.5 -> 3.625
-    assert average[0].weight.item() == 4.75 and average[1].running_mean.item() == 3.625
-    assert average[1].num_batches_tracked.item() == 6  # counts are copied, not averaged
+        update_ema(average, model, decay=0.75, updates=updates)
+    # update 0 (d = 0.1): 0.1 * 2 + 0.9 * 12 = 11; then d = 0.75: 0.75 * 11 + 0.25 * 6 = 9.75,
+    # 0.75 * 9.75 + 0.25 * 10 = 9.8125. The running mean: 0 -> 10.8 -> 9.6 -> 9.7
+    assert average[0].weight.item() == pytest.approx(9.8125, abs=1e-6)
+    assert average[1].running_mean.item() == pytest.approx(9.7, abs=1e-6)
+    assert average[1].num_batches_tracked.item() == 9  # counts are copied, not averaged

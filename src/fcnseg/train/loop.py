@@ -127,9 +127,9 @@ def optimizer_step(run: Run) -> None:
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
-    run.iteration += 1
     if run.ema is not None:
-        update_ema(run.ema, run.model, run.config.ema_decay)
+        update_ema(run.ema, run.model, run.config.ema_decay, updates=run.iteration)
+    run.iteration += 1
 
 
 def validate(run: Run) -> dict[str, Any]:
