@@ -81,13 +81,13 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.checkpoint} predicts {count_text(info.head_classes)} classes ({info.name}) but dataset "
                         f"{args.dataset} has {count_text(dataset.info.head_classes)}; evaluate on the dataset it was "
                         "trained for, with the --class-map it was trained with")
-    ignore_index = dataset.info.ignore_index
+    data_info = dataset.info  # a Subset (--limit) has no info
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, range(args.limit))
-    scores = evaluate(segmenter.scores, dataset, info.num_classes, ignore_index, options, device=runtime.device,
-                      num_workers=args.workers, distributed=runtime.distributed, planner=segmenter.plan,
-                      exclude_absent=dataset.info.exclude_absent, extra_heads=dataset.info.extra_heads,
-                      positive_class=positive_class(dataset.info))
+    scores = evaluate(segmenter.scores, dataset, info.num_classes, data_info.ignore_index, options,
+                      device=runtime.device, num_workers=args.workers, distributed=runtime.distributed,
+                      planner=segmenter.plan, exclude_absent=data_info.exclude_absent,
+                      extra_heads=data_info.extra_heads, positive_class=positive_class(data_info))
     if not runtime.is_main:
         return 0
     config = segmenter.config or {}
