@@ -8,6 +8,8 @@ oversubscribes the CPU (two busy processes with two threads each on two cores ru
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +106,31 @@ def set_threads(threads: int | None = None) -> int:
         raise ConfigError(f"threads must be a whole number >= 1, got {threads!r}")
     torch.set_num_threads(threads)
     return threads
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_BYTES = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory (up to 1 GiB) for reuse rather than return it to the system.
+
+    A training step allocates and frees the same large activation buffers every iteration; by default
+    glibc maps each one afresh and the kernel zero-fills its pages again (on CamVid training, 20% of the
+    CPU time went to the system). Kept in the heap they are reused: a 150-iteration CamVid run took 14%
+    less time (docs/performance.md) for 10% more peak memory, with the same weights. Set once per process,
+    inherited by forked loader workers; False where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
 
 
 def worker_init(worker_id: int) -> None:

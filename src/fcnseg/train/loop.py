@@ -13,7 +13,7 @@ from fcnseg.data.check import check_dataset
 from fcnseg.errors import TrainingError
 from fcnseg.evaluate import evaluate
 from fcnseg.outputs import refuse_if_held
-from fcnseg.runtime import start
+from fcnseg.runtime import keep_freed_memory, start
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import micro_batches
 from fcnseg.train.ema import update_ema
@@ -32,6 +32,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     splits are read once (:func:`fcnseg.data.check.check_dataset`), so bad data costs no training time.
     """
     runtime = start(config.device, config.threads)
+    keep_freed_memory()  # the same buffers every step: reused, not mapped and zero-filled again
     if not config.resume and runtime.is_main:  # before the lock file is made: a refused folder stays as it was
         refuse_if_held(config.out)
         check_new_run(config)
