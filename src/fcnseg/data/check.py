@@ -47,9 +47,9 @@ class _Scan(Dataset):
             _, label = self.dataset.load(index)
         except DataError as error:
             return index, user_message(error), None, None
-        present = np.zeros(256, dtype=bool)
-        present[np.unique(label)] = True
-        return index, None, present, label_value_counts(label)
+        every_head = np.bincount(label.ravel(), minlength=256)
+        first_head = every_head if label.ndim == 2 else label_value_counts(label)
+        return index, None, every_head > 0, first_head
 
 
 def check_dataset(dataset, what: str, workers: int = 0, limit: int | None = None,
