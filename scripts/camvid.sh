@@ -11,11 +11,12 @@
 set -euo pipefail
 FCNSEG=${FCNSEG:-.venv/bin/fcnseg}
 ROOT=${CAMVID_ROOT:-../shared/data/camvid}
+BEST=fcn8s_il_w8  # the config (and run) of the best recipe
 part=${1:-}
 shift || true
 train() { $FCNSEG train --config "configs/camvid/$1.yaml" --root "$ROOT" "${@:2}"; }
 case $part in
-  best) train fcn8s_il_w8 "$@" ;;
+  best) train $BEST "$@" ;;
   mf) train fcn8s_mf_w8 "$@" ;;
   plain) train fcn8s_plain_w8 "$@" ;;
   w4) train fcn8s_mf_w4 "$@" ;;
@@ -33,10 +34,9 @@ case $part in
       $FCNSEG eval runs/camvid/$run/last.pth --dataset camvid --root "$ROOT" --split val "${map[@]}" \
         --out docs/camvid/$run --overwrite
     done
-    best=fcn8s_il_w8
-    if [[ -f runs/camvid/$best/last.pth ]]; then
-      $FCNSEG eval runs/camvid/$best/last.pth --dataset camvid --root "$ROOT" --split val --flip --scales 0.75 1 1.25 \
-        --out docs/camvid/${best}_tta --overwrite
+    if [[ -f runs/camvid/$BEST/last.pth ]]; then
+      $FCNSEG eval runs/camvid/$BEST/last.pth --dataset camvid --root "$ROOT" --split val --flip --scales 0.75 1 1.25 \
+        --out docs/camvid/${BEST}_tta --overwrite
     fi ;;
   *) echo "usage: scripts/camvid.sh best|mf|plain|w4|road|32s-16s-8s|atonce|control|eval [fcnseg train flags]" >&2
      exit 2 ;;
