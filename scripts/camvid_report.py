@@ -32,13 +32,14 @@ from fcnseg.errors import DataError, WeightsError
 from fcnseg.metrics import SCORE_KEYS, format_table
 
 STAGES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn8s_mf_w8", "fcn8s_mf_w4", "fcn8s_plain_w8", "fcn8s_il_w8",
-          "road_fcn8s")
+          "fcn8s_plain_ema_w8_16k", "fcn8s_il_ema_w8_16k", "road_fcn8s")
 PALETTE = ((214, 39, 40), (255, 127, 14), (44, 160, 44), (31, 119, 180), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127))
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 128), (0, 0, 0))
 # Recipes drawn against training time: runs one after the other (a staged recipe) share one time axis.
 RECIPES = {"before: staged fcn32s > fcn16s > fcn8s": ("fcn32s", "fcn16s", "fcn8s"),
            "fcn8s_mf_w8": ("fcn8s_mf_w8",), "fcn8s_mf_w4": ("fcn8s_mf_w4",), "fcn8s_plain_w8": ("fcn8s_plain_w8",),
-           "fcn8s_il_w8": ("fcn8s_il_w8",)}
+           "fcn8s_il_w8": ("fcn8s_il_w8",), "fcn8s_plain_ema_w8_16k": ("fcn8s_plain_ema_w8_16k",),
+           "fcn8s_il_ema_w8_16k": ("fcn8s_il_ema_w8_16k",)}
 FONT = ImageFont.load_default(size=13)
 SMOOTH = 5  # logged points in the loss moving average
 
@@ -114,14 +115,21 @@ def colour(series: dict, name: str) -> tuple[int, int, int]:
 
 
 def legend_row(names: list[str], width: int, height: int = 24) -> np.ndarray:
-    """A white strip with a coloured line and the name of each run, below the panels so it hides no data."""
-    strip = Image.new("RGB", (width, height), "white")
+    """White rows with a coloured line and the name of each run, below the panels so they hide no data;
+    a name that would run past ``width`` starts a new row."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    places, x, y = [], 60, 0
+    for name in names:
+        entry = 30 + int(measure.textlength(name, font=FONT))
+        if x > 60 and x + entry > width:
+            x, y = 60, y + height
+        places.append((x, y + height // 2))
+        x += entry + 30
+    strip = Image.new("RGB", (width, y + height), "white")
     draw = ImageDraw.Draw(strip)
-    x = 60
-    for i, name in enumerate(names):
-        draw.line([(x, height // 2), (x + 24, height // 2)], fill=PALETTE[i % len(PALETTE)], width=3)
-        draw.text((x + 30, height // 2), name, fill="black", font=FONT, anchor="lm")
-        x += 30 + int(draw.textlength(name, font=FONT)) + 30
+    for i, (name, (x, middle)) in enumerate(zip(names, places, strict=True)):
+        draw.line([(x, middle), (x + 24, middle)], fill=PALETTE[i % len(PALETTE)], width=3)
+        draw.text((x + 30, middle), name, fill="black", font=FONT, anchor="lm")
     return np.asarray(strip)
 
 
@@ -262,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--overlays", type=int, default=3, help="number of val images to show (0: none)")
     parser.add_argument("--nets", nargs="+", default=list(STAGES), help="runs under --runs to report")
-    parser.add_argument("--overlay-nets", nargs="+", default=["fcn8s", "fcn8s_mf_w8", "fcn8s_il_w8"],
+    parser.add_argument("--overlay-nets", nargs="+", default=["fcn8s", "fcn8s_il_w8", "fcn8s_il_ema_w8_16k"],
                         help="11-class runs shown in the val overlays")
     args = parser.parse_args(argv)
     try:
