@@ -9,7 +9,6 @@ oversubscribes the CPU (two busy processes with two threads each on two cores ru
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +122,8 @@ def keep_freed_memory() -> bool:
     inherited by forked loader workers; False where the C library is not glibc.
     """
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError):  # no C library found, or one without mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the symbols already loaded in this process, libc's included
+    except AttributeError:  # a C library without mallopt (musl, macOS)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
 
