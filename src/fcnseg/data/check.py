@@ -47,8 +47,8 @@ class _Scan(Dataset):
             _, label = self.dataset.load(index)
         except DataError as error:
             return index, user_message(error), None, None
-        every_head = np.bincount(label.ravel(), minlength=256)
-        first_head = every_head if label.ndim == 2 else label_value_counts(label)
+        first_head = label_value_counts(label)
+        every_head = first_head if label.ndim == 2 else np.bincount(label.ravel(), minlength=256)
         return index, None, every_head > 0, first_head
 
 
