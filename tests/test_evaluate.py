@@ -284,3 +284,19 @@ def test_scoring_the_road_probability_leaves_the_labels_as_they_are():
     scored = evaluate(model, data, 2, data.info.ignore_index, device="cpu", progress=False, positive_class=1)
     assert scored["confusion"] == plain["confusion"] and "binary" not in plain
     assert scored["binary"]["class"] == 1 and 0 < scored["binary"]["max_f"] <= 1
+
+
+def test_eval_limit_on_a_dataset_of_files(tmp_path, capsys):
+    # --limit below the split's size wraps the files in a Subset; eval once read .info from it (traceback).
+    from fcnseg.cli import main
+    from fcnseg.data.registry import build_dataset
+
+    from .helpers import folder_dataset
+
+    data = build_dataset("folder", folder_dataset(tmp_path / "data"), None)
+    save_model(build_model("fcn8s", backbone="vgg16", num_classes=8, width=1 / 16, geometry="fast"), data.info,
+               tmp_path / "net.pth")
+    common = ["eval", str(tmp_path / "net.pth"), "--dataset", "folder", "--root", str(tmp_path / "data"),
+              "--split", "all", "--threads", "1"]
+    assert main([*common, "--limit", "1"]) == 0
+    assert "folder all: 1 images" in capsys.readouterr().out

@@ -174,17 +174,3 @@ def test_listed_weights_must_match_the_classes(tmp_path):
         train(config)
     assert not (tmp_path / "run" / "last.pth").exists()
 
-
-def test_eval_limit_on_a_dataset_of_files(tmp_path, capsys):
-    # --limit below the split's size wraps the files in a Subset; eval once read .info from it (traceback).
-    from fcnseg.checkpoint import save_model
-    from fcnseg.cli import main
-    from fcnseg.models import build_model
-
-    data = build_dataset("folder", write_folder(tmp_path / "data"), None)
-    save_model(build_model("fcn8s", backbone="vgg16", num_classes=3, width=1 / 16, geometry="fast"), data.info,
-               tmp_path / "net.pth")
-    common = ["eval", str(tmp_path / "net.pth"), "--dataset", "folder", "--root", str(tmp_path / "data"),
-              "--split", "all", "--threads", "1"]
-    assert main([*common, "--limit", "1"]) == 0
-    assert "folder all: 1 images" in capsys.readouterr().out
