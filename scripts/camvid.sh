@@ -47,10 +47,10 @@ case $part in
         score $weights ${run}_tta --flip --scales 0.75 1 1.25
       fi
       if [[ $run == *_ema_* ]]; then  # the weights the average was taken of, as a checkpoint of their own
-        $PYTHON -c 'import sys, torch
-state = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
+        $PYTHON -c 'import sys; from fcnseg.checkpoint import read_checkpoint, write_checkpoint
+state = read_checkpoint(sys.argv[1])
 state["model_state_dict"] = state.pop("train_state_dict")
-torch.save(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.pth
+write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.pth
         score runs/camvid/${run}_train_weights.pth ${run}_train_weights
       fi
     done ;;
