@@ -58,6 +58,15 @@ def test_inverse_log_by_hand():
     assert weights.tolist() == pytest.approx([1 / math.log(1.02 + p) for p in (4 / 11, 2 / 11, 5 / 11)], rel=1e-12)
 
 
+def test_inverse_log_constant_flattens_the_weights():
+    counted = ClassPixels(np.array([4, 2, 5]), np.array([11, 5, 6]))
+    gentle = balancing_weights("inverse_log", counted, inverse_log_c=1.2)
+    # 1 / ln(1.2 + 4/11) = 1 / ln(1.5636) = 2.2371, and so on, worked out with a calculator
+    assert gentle.tolist() == pytest.approx([2.2371, 3.0921, 1.9860], abs=1e-4)
+    enet = balancing_weights("inverse_log", counted)
+    assert gentle.max() / gentle.min() < enet.max() / enet.min()  # rarest over commonest: 1.56 rather than 2.11
+
+
 def test_absent_class_weighs_nothing():
     # classes 0 and 2 of frequency 1/2 and 1/4; class 1 absent: left out of the median, weight 0
     weights = balancing_weights("median_frequency", ClassPixels(np.array([2, 0, 1]), np.array([4, 0, 4])))
@@ -71,6 +80,12 @@ def test_train_config_takes_a_method_or_numbers():
         TrainConfig.from_dict({"class_weights": "median"})
     with pytest.raises(ConfigError, match="class_weights expects a list of numbers or a string, got 3"):
         TrainConfig.from_dict({"class_weights": 3})
+    assert TrainConfig.from_dict({"class_weights": "inverse_log", "inverse_log_c": 1.1}).inverse_log_c == 1.1
+    with pytest.raises(ConfigError, match="inverse_log_c applies to class_weights: inverse_log only; "
+                                         "class_weights is 'median_frequency'"):
+        TrainConfig.from_dict({"class_weights": "median_frequency", "inverse_log_c": 1.1})
+    with pytest.raises(ConfigError, match="inverse_log_c must be above 1 .ENet: 1.02., got 1.0"):
+        TrainConfig.from_dict({"class_weights": "inverse_log", "inverse_log_c": 1.0})
 
 
 def test_class_map_merges_and_renames(tmp_path):
@@ -143,7 +158,11 @@ def test_training_and_eval_with_a_class_map_and_median_frequency(tmp_path, capsy
     assert binary["class_name"] == "road" and 0 <= binary["max_f"] <= 1
 
 
-def test_training_reads_the_split_once_for_its_weights(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("balancing", "printed"), [
+    ({"class_weights": "median_frequency"}, "class weights (median_frequency): a 1.1, b 1, c 0.48"),
+    ({"class_weights": "inverse_log", "inverse_log_c": 1.2}, "class weights (inverse_log): a 2.24, b 3.09, c 1.99"),
+])
+def test_training_reads_the_split_once_for_its_weights(tmp_path, monkeypatch, capsys, balancing, printed):
     # The weights come from the dataset check's scan: each training label is loaded once before
     # training starts, not once by the check and again to count classes.
     from fcnseg.data.folder import FolderDataset
@@ -159,8 +178,8 @@ def test_training_reads_the_split_once_for_its_weights(tmp_path, monkeypatch, ca
     train(TrainConfig.from_dict({
         "backbone": "vgg16", "width": 1 / 16, "geometry": "fast", "dataset": "folder",
         "root": str(tmp_path / "data"), "crop_size": None, "batch_size": 2, "workers": 0, "iterations": 1,
-        "threads": 1, "class_weights": "median_frequency", "out": str(tmp_path / "run")}))
-    assert "class weights (median_frequency): a 1.1, b 1, c 0.48" in capsys.readouterr().err
+        "threads": 1, **balancing, "out": str(tmp_path / "run")}))
+    assert printed in capsys.readouterr().err
     assert sorted(loads) == [0, 0, 1, 1]  # the training split (2 images) and the validation split (the same 2)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from fcnseg.data.balance import BALANCING
+from fcnseg.data.balance import BALANCING, ENET_C
 from fcnseg.errors import ConfigError
 from fcnseg.models import BACKBONES, MODELS
 from fcnseg.models.fcn import GEOMETRIES
@@ -81,6 +81,8 @@ class TrainConfig:
     class_weights: list[float] | str | None = option(
         None, "loss weight per class, in class order, or computed from the training labels: median_frequency, "
               "inverse_log")
+    inverse_log_c: float = option(ENET_C, "the constant c of inverse_log weights 1 / ln(c + share): ENet's 1.02, "
+                                          "larger is gentler")
     iterations: int = option(1000, "optimizer steps in all (a resumed run continues up to this)")
     grad_accum: int = option(1, "micro-batches accumulated per step")
     ema_decay: float | None = option(None, "keep an exponential moving average of the weights with this decay per "
@@ -141,6 +143,11 @@ class TrainConfig:
         if isinstance(self.class_weights, str) and self.class_weights not in BALANCING:
             raise ConfigError(f"{source}: class_weights must be a list of numbers or one of {', '.join(BALANCING)}; "
                               f"got {self.class_weights!r}")
+        if self.inverse_log_c != ENET_C and self.class_weights != "inverse_log":
+            raise ConfigError(f"{source}: inverse_log_c applies to class_weights: inverse_log only; "
+                              f"class_weights is {self.class_weights!r}")
+        if self.inverse_log_c <= 1:
+            raise ConfigError(f"{source}: inverse_log_c must be above 1 (ENet: 1.02), got {self.inverse_log_c}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"{source}: ema_decay must be between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
         if self.width <= 0 or not 0 <= self.dropout < 1:

@@ -125,7 +125,7 @@ def balanced_loss_weights(run: Run, counted: ClassPixels | None) -> torch.Tensor
     weights = torch.zeros(run.info.num_classes, dtype=torch.float32, device=run.runtime.device)
     if run.runtime.is_main:
         counted = counted if counted is not None else class_pixel_counts(run.train_set)
-        values = balancing_weights(run.config.class_weights, counted)
+        values = balancing_weights(run.config.class_weights, counted, run.config.inverse_log_c)
         weights.copy_(torch.from_numpy(values))
         if not is_quiet():
             shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(run.info.class_names, values, strict=True))
