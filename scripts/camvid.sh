@@ -3,6 +3,8 @@
 #   best        the best recipe: FCN-8s from scratch, inverse-log class weights, 16000 it., EMA of the weights
 #               (configs/camvid/fcn8s_il_ema_w8_16k.yaml)
 #   plain-ema   the same without class weights (fcn8s_plain_ema_w8_16k)
+#   il11, il12  the same with gentler inverse-log weights, 1 / ln(c + share) with c 1.1 / 1.2 rather than 1.02
+#               (fcn8s_il11_ema_w8_16k, fcn8s_il12_ema_w8_16k)
 #   il          inverse-log weights, 12000 it., no EMA (fcn8s_il_w8; the best recipe before the malloc saving)
 #   mf, plain   fcn8s_il_w8 with median-frequency weights / without class weights (fcn8s_mf_w8, fcn8s_plain_w8)
 #   w4          the median-frequency recipe at 1/4 width for the same time (configs/camvid/fcn8s_mf_w4.yaml)
@@ -23,6 +25,8 @@ train() { $FCNSEG train --config "configs/camvid/$1.yaml" --root "$ROOT" "${@:2}
 case $part in
   best) train $BEST "$@" ;;
   plain-ema) train fcn8s_plain_ema_w8_16k "$@" ;;
+  il11) train fcn8s_il11_ema_w8_16k "$@" ;;
+  il12) train fcn8s_il12_ema_w8_16k "$@" ;;
   il) train fcn8s_il_w8 "$@" ;;
   mf) train fcn8s_mf_w8 "$@" ;;
   plain) train fcn8s_plain_w8 "$@" ;;
@@ -35,7 +39,7 @@ case $part in
     # --overwrite: these reports are the tracked docs, regenerated on purpose
     score() { $FCNSEG eval "$1" --dataset camvid --root "$ROOT" --split val "${@:3}" --out "docs/camvid/$2" --overwrite; }
     for run in fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued fcn8s_mf_w8 fcn8s_mf_w4 fcn8s_plain_w8 fcn8s_il_w8 \
-        fcn8s_plain_ema_w8_16k fcn8s_il_ema_w8_16k short_mf short_plain short_plain_ema_warm road_fcn8s; do
+        fcn8s_plain_ema_w8_16k fcn8s_il_ema_w8_16k fcn8s_il11_ema_w8_16k fcn8s_il12_ema_w8_16k short_mf short_plain short_plain_ema_warm road_fcn8s; do
       weights=runs/camvid/$run/last.pth
       [[ -f $weights ]] || { echo "camvid.sh: no $weights; skipped" >&2; continue; }
       if [[ $run == road_fcn8s ]]; then
@@ -54,6 +58,6 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
         score runs/camvid/${run}_train_weights.pth ${run}_train_weights
       fi
     done ;;
-  *) echo "usage: scripts/camvid.sh best|plain-ema|il|mf|plain|w4|road|32s-16s-8s|atonce|control|eval [fcnseg train flags]" >&2
+  *) echo "usage: scripts/camvid.sh best|plain-ema|il11|il12|il|mf|plain|w4|road|32s-16s-8s|atonce|control|eval [fcnseg train flags]" >&2
      exit 2 ;;
 esac
