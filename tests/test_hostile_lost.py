@@ -226,6 +226,21 @@ def test_resume_without_config_yaml_uses_the_checkpoints_own(finished_run, capsy
     assert "has finished" in capsys.readouterr().err  # the checkpoint's config: 2 iterations
 
 
+def test_resume_counts_an_option_newer_than_the_run_as_its_default(finished_run, capsys):
+    # A run started before fcnseg had an option (its checkpoint's config lacks the key) was trained with the
+    # option's default; asking for another value on --resume would change the run silently.
+    from fcnseg.checkpoint import read_checkpoint, write_checkpoint
+
+    state = read_checkpoint(finished_run / "last.pth")
+    del state["config"]["ema_decay"]
+    write_checkpoint(state, finished_run / "last.pth")
+    capsys.readouterr()
+    assert main(["train", "--out", str(finished_run), "--resume", "--iterations", "2", "--ema-decay", "0.99"]) == 2
+    assert "ema_decay None -> 0.99 would change it" in one_error_line(capsys, "train")
+    assert main(["train", "--out", str(finished_run), "--resume", "--threads", "1"]) == 0  # the default: resumes
+    assert "has finished" in capsys.readouterr().err
+
+
 def test_a_longer_poly_schedule_is_refused_with_the_command_that_does_it(finished_run, tmp_path, capsys):
     before = digests(finished_run)
     assert main(["train", "--out", str(finished_run), "--resume", "--iterations", "4", "--threads", "1"]) == 2

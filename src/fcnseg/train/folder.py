@@ -91,6 +91,8 @@ def open_run(config: TrainConfig, runtime: Runtime) -> dict[str, Any] | None:
 
 def check_resumable(started: dict[str, Any], config: TrainConfig) -> None:
     """Refuse options that would make the resumed run differ from the one ``started`` with."""
+    if started:  # options added to fcnseg after the run started: their defaults keep the old behaviour
+        started = {**TrainConfig().to_dict(), **started}
     asked = config.to_dict()
     changed = {k: (started[k], asked[k]) for k in started.keys() & asked.keys() if started[k] != asked[k]}
     out = config.out
