@@ -144,8 +144,9 @@ class TrainConfig:
             raise ConfigError(f"{source}: class_weights must be a list of numbers or one of {', '.join(BALANCING)}; "
                               f"got {self.class_weights!r}")
         if self.inverse_log_c != ENET_C and self.class_weights != "inverse_log":
+            weights = repr(self.class_weights) if self.class_weights else "not set"
             raise ConfigError(f"{source}: inverse_log_c applies to class_weights: inverse_log only; "
-                              f"class_weights is {self.class_weights!r}")
+                              f"class_weights is {weights}")
         if self.inverse_log_c <= 1:
             raise ConfigError(f"{source}: inverse_log_c must be above 1 (ENet: 1.02), got {self.inverse_log_c}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
