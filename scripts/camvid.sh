@@ -39,7 +39,8 @@ case $part in
     # --overwrite: these reports are the tracked docs, regenerated on purpose
     score() { $FCNSEG eval "$1" --dataset camvid --root "$ROOT" --split val "${@:3}" --out "docs/camvid/$2" --overwrite; }
     for run in fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued fcn8s_mf_w8 fcn8s_mf_w4 fcn8s_plain_w8 fcn8s_il_w8 \
-        fcn8s_plain_ema_w8_16k fcn8s_il_ema_w8_16k fcn8s_il11_ema_w8_16k fcn8s_il12_ema_w8_16k short_mf short_plain short_plain_ema_warm road_fcn8s; do
+        fcn8s_plain_ema_w8_16k fcn8s_il_ema_w8_16k fcn8s_il11_ema_w8_16k fcn8s_il12_ema_w8_16k \
+        short_mf short_plain short_plain_ema_warm road_fcn8s; do
       weights=runs/camvid/$run/last.pth
       [[ -f $weights ]] || { echo "camvid.sh: no $weights; skipped" >&2; continue; }
       if [[ $run == road_fcn8s ]]; then

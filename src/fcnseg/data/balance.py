@@ -3,10 +3,10 @@
 ``median_frequency`` (Eigen & Fergus 2015, as SegNet trains CamVid): the frequency of class c is its
 pixels divided by the labelled pixels of the images in which c appears; its weight is the median of
 those frequencies divided by its own, so a class of median frequency weighs 1 and rarer ones more.
-``inverse_log`` (ENet): 1 / ln(c + p) with p the class's share of all labelled pixels and c = 1.02 (ENet's),
-a gentler boost bounded by 1 / ln(c) = 50.5; a larger c flattens the weights further (c = 1.1 puts the
-rarest CamVid class at 3.6 times the commonest rather than 13). Void pixels count nowhere; classes absent
-from the split get 0.
+``inverse_log`` (ENet): 1 / ln(c + p) with p the class's share of all labelled pixels and c ENet's 1.02
+unless the config's ``inverse_log_c`` says otherwise: a gentler boost bounded by 1 / ln(c) (50.5 for
+ENet's c); a larger c flattens the weights further (c = 1.2 puts the rarest CamVid class at 2.3 times the
+commonest rather than 13). Void pixels count nowhere; classes absent from the split get 0.
 """
 
 from __future__ import annotations
