@@ -31,17 +31,15 @@ from fcnseg.data.registry import build_dataset
 from fcnseg.errors import DataError, WeightsError
 from fcnseg.metrics import SCORE_KEYS, format_table
 
-STAGES = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce", "fcn8s_mf_w8", "fcn8s_mf_w4", "fcn8s_plain_w8", "fcn8s_il_w8",
-          "fcn8s_plain_ema_w8_16k", "fcn8s_il_ema_w8_16k", "fcn8s_il11_ema_w8_16k", "fcn8s_il12_ema_w8_16k",
-          "road_fcn8s")
+# The one-stage 11-class runs, each its own recipe on the time axis.
+ONE_STAGE = ("fcn8s_mf_w8", "fcn8s_mf_w4", "fcn8s_plain_w8", "fcn8s_il_w8", "fcn8s_plain_ema_w8_16k",
+             "fcn8s_il_ema_w8_16k", "fcn8s_il11_ema_w8_16k", "fcn8s_il12_ema_w8_16k")
+STAGED = ("fcn32s", "fcn16s", "fcn8s")
+STAGES = (*STAGED, "fcn8s_atonce", *ONE_STAGE, "road_fcn8s")
 PALETTE = ((214, 39, 40), (255, 127, 14), (44, 160, 44), (31, 119, 180), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 128), (0, 0, 0))
 # Recipes drawn against training time: runs one after the other (a staged recipe) share one time axis.
-RECIPES = {"before: staged fcn32s > fcn16s > fcn8s": ("fcn32s", "fcn16s", "fcn8s"),
-           "fcn8s_mf_w8": ("fcn8s_mf_w8",), "fcn8s_mf_w4": ("fcn8s_mf_w4",), "fcn8s_plain_w8": ("fcn8s_plain_w8",),
-           "fcn8s_il_w8": ("fcn8s_il_w8",), "fcn8s_plain_ema_w8_16k": ("fcn8s_plain_ema_w8_16k",),
-           "fcn8s_il_ema_w8_16k": ("fcn8s_il_ema_w8_16k",), "fcn8s_il11_ema_w8_16k": ("fcn8s_il11_ema_w8_16k",),
-           "fcn8s_il12_ema_w8_16k": ("fcn8s_il12_ema_w8_16k",)}
+RECIPES = {"before: staged fcn32s > fcn16s > fcn8s": STAGED, **{name: (name,) for name in ONE_STAGE}}
 FONT = ImageFont.load_default(size=13)
 SMOOTH = 5  # logged points in the loss moving average
 
