@@ -127,3 +127,28 @@ def overfit_config(root, out, iterations: int, log_interval: int):
         "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.0, "dropout": 0.0, "iterations": iterations,
         "val_interval": iterations, "checkpoint_interval": iterations, "log_interval": log_interval, "threads": 1,
         "out": str(out)})
+
+
+def one_line_error(err: str, *names: str, command: str | None = None) -> str:
+    """The single line a refused command or call printed: one line, no traceback, mentioning each of ``names``
+    (the file, the value, the option: what a user needs to fix it, not the sentence around them). With
+    ``command``, the line starts ``fcnseg COMMAND: error:``. Returns the line."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    if command is not None:
+        assert lines[0].startswith(f"fcnseg {command}: error: "), err
+    for name in names:
+        assert str(name) in lines[0], f"{name!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def refused(capsys, argv: list[str], *names: str) -> str:
+    """Run ``fcnseg ARGV`` in this process and check it was refused: exit code 2 and :func:`one_line_error`
+    naming each of ``names``. Returns the line."""
+    from fcnseg.cli import main
+
+    capsys.readouterr()  # what earlier calls printed is not this command's
+    code = main([str(arg) for arg in argv])
+    err = capsys.readouterr().err
+    assert code == 2, f"exit {code}: {err}"
+    return one_line_error(err, *names, command="eval" if argv[0] == "eval" else argv[0])
