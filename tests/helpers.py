@@ -152,3 +152,26 @@ def refused(capsys, argv: list[str], *names: str) -> str:
     err = capsys.readouterr().err
     assert code == 2, f"exit {code}: {err}"
     return one_line_error(err, *names, command="eval" if argv[0] == "eval" else argv[0])
+
+
+def error_names(excinfo, *names: str) -> str:
+    """The message of an exception caught by ``pytest.raises(...) as excinfo``: each of ``names`` (the file,
+    the value, the option) is in it, written as is (no regular expression). Returns the message."""
+    message = str(excinfo.value)
+    for name in names:
+        assert str(name) in message, f"{name!r} not in {message!r}"
+    return message
+
+
+# Options that make ``fcnseg train`` tiny: a width-1/16 net on eight 40x48 synthetic pictures, one thread.
+TINY_TRAIN = ["--width", "0.0625", "--geometry", "fast", "--batch-size", "4", "--workers", "0", "--threads", "1",
+              "--set", "dataset_options={num_images: 8, height: 40, width: 48}", "--quiet"]
+
+
+def write_png(path: Path, seed: int = 1, size: tuple[int, int] = (48, 64)) -> Path:
+    """A synthetic street scene of ``size`` (height, width) saved as a PNG at ``path`` (folders made)."""
+    from fcnseg.data.synthetic import render_scene
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(render_scene(seed, *size)[0]).save(path)
+    return path
