@@ -334,21 +334,37 @@ def read_depth(source: PathLike | bytes | np.ndarray, scale: float = 0.001,
     return depth
 
 
-def read_mat_array(path: PathLike, key: str) -> np.ndarray:
-    """The 2-D array ``key`` of a MATLAB .mat file (SIFT Flow's and NYUDv2's labels); DataError naming the file
-    when it cannot be read, lacks ``key`` or holds something else there."""
+def read_mat_array(path: PathLike, key: str, hint: str = "is it a label file of this dataset?") -> np.ndarray:
+    """The 2-D array ``key`` of a MATLAB .mat file as int64: the one reader of .mat labels (SBD, PASCAL-Context,
+    SIFT Flow, NYUDv2). A dotted ``key`` names a struct's field (SBD's ``GTcls.Segmentation``); ``hint`` ends the
+    message for a file without it. DataError naming the file when it is missing, cannot be read, lacks ``key``
+    or holds there anything but a 2-D array of whole numbers."""
     import scipy.io  # only the .mat datasets need it
     from scipy.io.matlab import MatReadError
 
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"label file not found: {path}")
     try:
-        array = np.asarray(scipy.io.loadmat(str(path))[key])
+        contents = scipy.io.loadmat(str(path), struct_as_record=False)
     except (MatReadError, ValueError, OSError, TypeError) as exc:
         raise DataError(f"truncated or corrupt .mat file {path}: {exc}") from None
-    except KeyError:
-        raise DataError(f"{path} holds no {key!r} array: is it a label file of this dataset?") from None
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
-        raise DataError(f"{path}: {key!r} should be a 2-D array of class numbers, got {array.dtype} {array.shape}")
-    return array
+    names = key.split(".")
+    value = contents.get(names[0])
+    for name in names[1:]:
+        # A MATLAB struct loads as a 1x1 object array holding it.
+        if isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:
+            value = value.item()
+        value = getattr(value, name, None)
+    if value is None:
+        raise DataError(f"{path} has no {key} array: {hint}")
+    array = np.asarray(value)
+    whole = np.issubdtype(array.dtype, np.integer) or (
+        np.issubdtype(array.dtype, np.floating) and bool(np.isfinite(array).all())
+        and bool((array == np.round(array)).all()))
+    if array.ndim != 2 or not whole:
+        raise DataError(f"{path}: {key} should be a 2-D array of class numbers, got {array.dtype} {array.shape}")
+    return array.astype(np.int64)
 
 
 def exif_orientation(path: PathLike) -> int:
