@@ -140,7 +140,7 @@ def test_camvid_road_not_road(tmp_path):
 
 
 def test_training_and_eval_with_a_class_map_and_median_frequency(tmp_path, capsys):
-    from fcnseg.checkpoint import read_checkpoint
+    from fcnseg.api import load
     from fcnseg.cli import main
     from fcnseg.train import TrainConfig, train
 
@@ -151,7 +151,7 @@ def test_training_and_eval_with_a_class_map_and_median_frequency(tmp_path, capsy
         "class_weights": "median_frequency", "out": str(tmp_path / "run")})
     train(config)  # workers 1: the mapped dataset travels to a loader process
     assert "class weights (median_frequency): road " in capsys.readouterr().err
-    assert read_checkpoint(tmp_path / "run" / "last.pth")["dataset"]["class_names"] == ["road", "not road"]
+    assert load(tmp_path / "run" / "last.pth", device="cpu").info.class_names == ("road", "not road")
     common = ["eval", str(tmp_path / "run" / "last.pth"), "--dataset", "synthetic", "--limit", "2", "--threads", "1"]
     assert main(common) == 2
     assert "with the --class-map it was trained with" in capsys.readouterr().err

@@ -30,11 +30,10 @@ def test_training_colour_and_hha_behind_a_class_map(tmp_path, capsys):
                  "--geometry", "fast", "--batch-size", "2", "--iterations", "2", "--val-interval", "2",
                  "--workers", "0", "--threads", "1", "--quiet", "--out", str(tmp_path / "run")])
     assert code == 0, capsys.readouterr().err
-    from fcnseg.checkpoint import read_checkpoint
+    from fcnseg.api import load
 
-    saved = read_checkpoint(tmp_path / "run" / "last.pth")
-    assert tuple(saved["model"]["inputs"]) == ("rgb", "hha")
-    assert saved["dataset"]["class_names"] == ["wall", "floor", "other"]
+    trained = load(tmp_path / "run" / "last.pth", device="cpu")
+    assert trained.inputs == ("rgb", "hha") and trained.info.class_names == ("wall", "floor", "other")
 
 
 def test_generated_data_behind_a_class_map_is_still_generated(monkeypatch):

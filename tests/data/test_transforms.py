@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.collate import PadCollate, pad_collate
+from fcnseg.data.info import DatasetInfo, voc_colormap
 from fcnseg.data.transforms import (
     CenterCrop,
     ColorJitter,
@@ -276,13 +277,20 @@ def test_pad_collate_class_is_picklable() -> None:
 class TinyDataset(SegmentationDataset):
     """Eight identical arange images of different sizes, so any difference comes from augmentation."""
 
+    def __init__(self, transform) -> None:
+        info = DatasetInfo("tiny", tuple(map(str, range(200))), tuple(voc_colormap(200)))
+        super().__init__(info=info, inputs=("rgb",), generated=True, transform=transform)
+
     def __len__(self) -> int:
         return 8
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         h, w = 12 + index % 2, 14
         index_map = (np.arange(h * w) % 200).astype(np.uint8).reshape(h, w)
         return np.repeat(index_map[..., None], 3, axis=2), index_map
+
+    def sample_name(self, index: int) -> str:
+        return str(index)
 
 
 def _batches(num_workers: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 
-from fcnseg.data.base import FilePairDataset, JointTransform, require_dir, unmatched_error
+from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, require_dir, unmatched_error
 from fcnseg.data.info import IGNORE_INDEX, DatasetInfo, voc_colormap
 from fcnseg.data.io import PathLike, read_remapped_label
 from fcnseg.errors import DataError
@@ -67,15 +68,11 @@ class ADE20K(FilePairDataset):
     are reduced by one: 0 ("other") becomes the ignore index 255 and classes 1..150 become 0..149.
     """
 
-    info: DatasetInfo = ADE20K_INFO
-
     def __init__(
         self,
         root: PathLike,
         split: str = "training",
-        transform: JointTransform | None = None,
-        normalization: str = "imagenet",
-        seed: int | None = None,
+        **pipeline: Unpack[PipelineOptions],
     ) -> None:
         if split not in ADE20K_SPLITS:
             raise DataError(f"unknown ADE20K split {split!r}; choose one of {sorted(ADE20K_SPLITS)}")
@@ -96,7 +93,4 @@ class ADE20K(FilePairDataset):
         if orphans := sorted(labels.keys() - images.keys()):
             raise unmatched_error(labels_dir, f"labels without an image in {images_dir}", orphans)
         pairs = [(images[stem], labels[stem]) for stem in sorted(images)]
-        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
-
-    def read_label_file(self, path: Path) -> np.ndarray:
-        return read_ade20k_label(path, self.info)
+        super().__init__(pairs, info=ADE20K_INFO, inputs=RGB, decode_label=read_ade20k_label, **pipeline)

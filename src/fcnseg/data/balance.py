@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fcnseg.data.base import SegmentationDataset
+from fcnseg.data.base import DatasetContract
 from fcnseg.errors import DataError
 from fcnseg.progress import bar as progress_bar
 
@@ -49,7 +49,7 @@ class ClassPixels:
         self.image_pixels[counts > 0] += counts.sum()
 
 
-def class_pixel_counts(dataset: SegmentationDataset) -> ClassPixels:
+def class_pixel_counts(dataset: DatasetContract) -> ClassPixels:
     """:class:`ClassPixels` of ``dataset``, its labels read without transforms (``load``).
 
     Training takes these from the dataset check's scan instead (:func:`fcnseg.data.check.check_dataset`);

@@ -1,10 +1,16 @@
-"""The dataset interface every reader implements, and the helpers the file-based readers share.
+"""The dataset contract every reader states, the one pipeline every sample goes through, and the helpers the
+file-based readers share.
 
-A dataset returns ``(image, label)`` pairs. ``load`` gives the raw pair (HxWx3 uint8 RGB array, HxW
-uint8 label array holding class indices or the ignore index; HxWxK for a dataset labelled for K heads,
-such as SIFT Flow's semantic and geometric classes); the dataset's joint transform runs on
-those arrays; ``__getitem__`` finally converts to tensors with the normalisation the model expects.
-Transform and normalisation are fixed when the dataset is built.
+The contract (:class:`DatasetContract`) is all that training, evaluation and the dataset check rely on:
+``info`` (the label set of the labels ``load`` gives), ``inputs`` (what the image channels hold, 3 each),
+``generated`` (made by code, correct by construction: nothing to check), ``len`` and ``load(index)``, the raw
+pair: HxWx3 uint8 image (HxWx6 for ``rgb+hha``), HxW uint8 labels holding class indices or the ignore index
+(HxWxK for a dataset labelled for K heads, such as SIFT Flow's semantic and geometric classes).
+
+:class:`SegmentationDataset` is the one pipeline: a reader subclasses it, states its ``info``, ``inputs`` and
+``generated`` in its constructor and implements ``read`` (the pair as its files hold it). The pipeline applies
+the class map (a lookup table on the label values, :mod:`fcnseg.data.class_map`) in ``load``, then in
+``__getitem__`` the joint transform and the normalisation, all fixed when the dataset is built.
 
 Random transforms draw from ``np.random.default_rng((seed, epoch, index))`` when the dataset has a
 ``seed``: the same sample in the same epoch is augmented the same way in any DataLoader worker, before
@@ -13,20 +19,26 @@ or after a resume (:meth:`SegmentationDataset.set_epoch` moves to the next epoch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fcnseg.data.class_map import mapped_info
 from fcnseg.data.info import IGNORE_INDEX, DatasetInfo
 from fcnseg.data.io import check_pair, read_image, read_label
 from fcnseg.errors import DataError
 from fcnseg.normalization import normalize
 
 JointTransform = Callable[..., tuple[np.ndarray, np.ndarray]]
+# A label file -> HxW (or HxWxK) uint8 class indices of ``info`` (or its ignore index); DataError naming the file.
+LabelDecoder = Callable[[Path, DatasetInfo], np.ndarray]
+RGB: tuple[str, ...] = ("rgb",)
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray, normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,39 +51,82 @@ def to_tensors(image: np.ndarray, label: np.ndarray, normalization: str) -> tupl
     return normalize(image, normalization), labels.permute(2, 0, 1).contiguous() if labels.dim() == 3 else labels
 
 
-class SegmentationDataset(Dataset):
-    """Base class: subclasses set ``info`` and implement ``__len__``, ``load`` and ``sample_name``.
+@runtime_checkable
+class DatasetContract(Protocol):
+    """What every dataset states and gives; training, evaluation and the dataset check rely on nothing else.
 
-    ``transform``: a joint transform ``(image, label) -> (image, label)``; with ``seed`` it is called
-    with ``rng=`` a generator of ``(seed, epoch, index)`` (see the module docstring). ``normalization``:
-    ``"imagenet"`` or ``"caffe"``, whichever the model's weights expect.
+    ``info``: the label set of the labels ``load`` gives. ``inputs``: what a sample's image holds, 3 channels
+    each (``("rgb",)``; NYUDv2 also ``("hha",)`` or ``("rgb", "hha")``). ``generated``: made by code and correct
+    by construction, so :mod:`fcnseg.data.check` does not read it. ``load``: sample ``index`` untransformed.
     """
 
     info: DatasetInfo
-    generated = False  # True for datasets made by code, correct by construction (no files to check)
-    inputs: tuple[str, ...] = ("rgb",)  # what a sample's image holds, 3 channels each (NYUDv2 adds "hha")
+    inputs: tuple[str, ...]
+    generated: bool
 
-    def __init__(self, transform: JointTransform | None = None, normalization: str = "imagenet",
-                 seed: int | None = None) -> None:
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def sample_name(self, index: int) -> str: ...
+
+
+class PipelineOptions(TypedDict, total=False):
+    """The options every reader passes on to :class:`SegmentationDataset` unchanged."""
+
+    transform: JointTransform | None
+    normalization: str
+    seed: int | None
+    class_map: Mapping[str, str | None] | None
+
+
+PIPELINE_OPTIONS = frozenset(PipelineOptions.__annotations__)
+
+
+class SegmentationDataset(Dataset, ABC):
+    """The one pipeline: a reader's samples, class-mapped, transformed and normalised (see the module docstring).
+
+    A reader subclasses it, states ``info`` (its files' label set), ``inputs`` and ``generated`` in its
+    constructor and implements ``__len__``, ``read`` and ``sample_name``. ``transform``: a joint transform
+    ``(image, label) -> (image, label)``; with ``seed`` it is called with ``rng=`` a generator of
+    ``(seed, epoch, index)``. ``normalization``: ``"imagenet"`` or ``"caffe"``, whichever the model's weights
+    expect. ``class_map``: merge, rename or drop classes by name; ``info`` is then the new label set and
+    ``source_info`` the reader's own.
+    """
+
+    def __init__(self, *, info: DatasetInfo, inputs: Sequence[str], generated: bool,
+                 transform: JointTransform | None = None, normalization: str = "imagenet", seed: int | None = None,
+                 class_map: Mapping[str, str | None] | None = None) -> None:
+        self.source_info = info
+        # A class map is a lookup on label values; None keeps the reader's labels as they are.
+        self.info, self.class_lut = (info, None) if class_map is None else mapped_info(info, class_map)
+        self.inputs = tuple(inputs)
+        self.generated = generated
         self.transform = transform
         self.normalization = normalization
         self.seed = seed
         self.epoch = 0
 
+    @abstractmethod
+    def __len__(self) -> int:
+        """The number of samples."""
+
+    @abstractmethod
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``index`` as the reader's files hold it: labels in ``source_info``'s classes."""
+
+    @abstractmethod
+    def sample_name(self, index: int) -> str:
+        """A short name for sample ``index`` (file stem), used for output files."""
+
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose augmentations ``__getitem__`` draws (with a ``seed``)."""
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        raise NotImplementedError
-
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The raw (image, label) pair: HxWx3 uint8 RGB and HxW uint8 labels."""
-        raise NotImplementedError
-
-    def sample_name(self, index: int) -> str:
-        """A short name for sample ``index`` (file stem), used for output files."""
-        return f"{index:06d}"
+        """The untransformed (image, label) pair, labels in ``info``'s classes (the class map applied)."""
+        image, label = self.read(index)
+        return image, label if self.class_lut is None else self.class_lut[label]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.load(index)
@@ -82,8 +137,6 @@ class SegmentationDataset(Dataset):
                 rng = np.random.default_rng((self.seed, self.epoch, index))
                 image, label = self.transform(image, label, rng=rng)
         return to_tensors(image, label, self.normalization)
-
-
 
 
 def split_ids(dataset: str, split: str) -> list[str]:
@@ -148,27 +201,24 @@ def unmatched_error(where: Path, what: str, names: Sequence[str]) -> DataError:
 
 
 class FilePairDataset(SegmentationDataset):
-    """A dataset given as a list of (image file, label file) pairs; subclasses set ``info``.
-
-    ``load`` reads both files, converts the label with ``read_label_file`` (override it for datasets
-    whose raw ids need remapping) and checks that the sizes match.
+    """A reader given as a list of (image file, label file) pairs: ``read`` reads the image, decodes the label
+    with ``decode_label`` (:func:`fcnseg.data.io.read_label` for class-index PNGs; a module-level function or
+    ``functools.partial`` of one, so the dataset pickles into loader workers) and checks that the sizes match.
     """
 
-    def __init__(self, pairs: Sequence[tuple[Path, Path]], transform: JointTransform | None = None,
-                 normalization: str = "imagenet", seed: int | None = None) -> None:
-        super().__init__(transform=transform, normalization=normalization, seed=seed)
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], *, info: DatasetInfo, inputs: Sequence[str],
+                 decode_label: LabelDecoder = read_label, **pipeline: Unpack[PipelineOptions]) -> None:
+        super().__init__(info=info, inputs=inputs, generated=False, **pipeline)
         self.pairs = list(pairs)
+        self.decode_label = decode_label
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def read_label_file(self, path: Path) -> np.ndarray:
-        return read_label(path, self.info)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
-        label = self.read_label_file(label_path)
+        label = self.decode_label(label_path, self.source_info)
         check_pair(image, label, image_path, label_path)
         return image, label
 

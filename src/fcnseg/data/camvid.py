@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 from fcnseg.data.base import (
+    RGB,
     FilePairDataset,
-    JointTransform,
+    PipelineOptions,
     raise_if_missing,
     read_list_file,
     require_dir,
     unmatched_error,
 )
-from fcnseg.data.info import CAMVID, DatasetInfo
+from fcnseg.data.info import CAMVID
 from fcnseg.data.io import PathLike
 from fcnseg.errors import DataError
 
@@ -31,15 +33,11 @@ class CamVid(FilePairDataset):
     partner is an error.
     """
 
-    info: DatasetInfo = CAMVID
-
     def __init__(
         self,
         root: PathLike,
         split: str = "train",
-        transform: JointTransform | None = None,
-        normalization: str = "imagenet",
-        seed: int | None = None,
+        **pipeline: Unpack[PipelineOptions],
     ) -> None:
         root = require_dir(Path(root), CAMVID_LAYOUT)
         if not (root / split).is_dir() and (root / "CamVid" / split).is_dir():
@@ -51,7 +49,7 @@ class CamVid(FilePairDataset):
             pairs = self._pairs_from_list(root, list_file)
         else:
             pairs = self._pairs_from_folders(root, split)
-        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
+        super().__init__(pairs, info=CAMVID, inputs=RGB, **pipeline)
 
     @staticmethod
     def _pairs_from_list(root: Path, list_file: Path) -> list[tuple[Path, Path]]:

@@ -13,6 +13,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fcnseg.data.balance import ClassPixels, label_value_counts
+from fcnseg.data.base import DatasetContract
 from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import DataError, user_message
 from fcnseg.progress import bar as progress_bar
@@ -36,7 +37,7 @@ class _Scan(Dataset):
     """Sample ``index`` of ``dataset`` read without transforms: (index, problem or None, label values present
     in any head, pixels of each value in the first head)."""
 
-    def __init__(self, dataset) -> None:
+    def __init__(self, dataset: DatasetContract) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -52,7 +53,7 @@ class _Scan(Dataset):
         return index, None, every_head > 0, first_head
 
 
-def check_dataset(dataset, what: str, workers: int = 0, limit: int | None = None,
+def check_dataset(dataset: DatasetContract, what: str, workers: int = 0, limit: int | None = None,
                   accept_only_class_zero: bool = False) -> ClassPixels | None:
     """Read every sample of ``dataset`` (the first ``limit``) and raise one DataError listing every problem.
 
@@ -61,7 +62,7 @@ def check_dataset(dataset, what: str, workers: int = 0, limit: int | None = None
     names the split in messages ("the training split"); ``accept_only_class_zero`` lets a split of only
     class 0 and ignored pixels through (for masks where 255 really means ignore).
     """
-    if getattr(dataset, "generated", False):
+    if dataset.generated:
         return None
     info: DatasetInfo = dataset.info
     count = len(dataset) if limit is None else min(limit, len(dataset))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 
-from fcnseg.data.base import FilePairDataset, JointTransform, require_dir, unmatched_error
+from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, require_dir, unmatched_error
 from fcnseg.data.info import CITYSCAPES, IGNORE_INDEX, DatasetInfo
 from fcnseg.data.io import PathLike, read_remapped_label
 from fcnseg.errors import DataError
@@ -46,15 +47,11 @@ class Cityscapes(FilePairDataset):
     """Cityscapes fine annotations: ``leftImg8bit/<split>/<city>/`` images with ``gtFine`` label ids,
     mapped to the 19 train ids. ``sample_name`` is the file stem without ``_leftImg8bit``."""
 
-    info: DatasetInfo = CITYSCAPES
-
     def __init__(
         self,
         root: PathLike,
         split: str = "train",
-        transform: JointTransform | None = None,
-        normalization: str = "imagenet",
-        seed: int | None = None,
+        **pipeline: Unpack[PipelineOptions],
     ) -> None:
         root = require_dir(Path(root), CITYSCAPES_LAYOUT)
         self.root = root
@@ -79,10 +76,7 @@ class Cityscapes(FilePairDataset):
         orphans = sorted(label_stems - {image.name[: -len("_leftImg8bit.png")] for image in images})
         if orphans:
             raise unmatched_error(labels_dir, f"label files without an image in {images_dir}", orphans)
-        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
-
-    def read_label_file(self, path: Path) -> np.ndarray:
-        return read_cityscapes_label(path, self.info)
+        super().__init__(pairs, info=CITYSCAPES, inputs=RGB, decode_label=read_cityscapes_label, **pipeline)
 
     def sample_name(self, index: int) -> str:
         return self.pairs[index][0].name[: -len("_leftImg8bit.png")]

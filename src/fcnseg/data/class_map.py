@@ -7,6 +7,10 @@ numbered in the order the map first names them; void stays void. Road / not road
     dataset_options: {class_map: {road: road, "*": not road}}
 
 gives class 0 "road" (CamVid's road) and class 1 "not road" (its ten other classes).
+
+A map is a pure label lookup: :func:`mapped_info` gives the new label set and a 256-entry table from old label
+values to new ones, which the dataset pipeline (:class:`fcnseg.data.base.SegmentationDataset`) applies to every
+label it loads. Everything else about the dataset (its images, ``inputs``, ``generated``) stays as it is.
 """
 
 from __future__ import annotations
@@ -17,41 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from fcnseg.data.base import JointTransform, SegmentationDataset
 from fcnseg.data.info import DatasetInfo, voc_colormap
 from fcnseg.errors import ConfigError
 
 EVERY_OTHER = "*"
-
-
-class ClassMapped(SegmentationDataset):
-    """``source``'s samples with their labels sent through a class map; ``info`` is the new label set.
-
-    ``source`` is read raw (its own transform unused): this dataset applies the map, then ``transform``.
-    Whatever else is asked of it (``inputs``, ``generated``, ``pairs``...) is ``source``'s.
-    """
-
-    def __init__(self, source: SegmentationDataset, class_map: Mapping[str, str | None],
-                 transform: JointTransform | None = None, normalization: str = "imagenet",
-                 seed: int | None = None) -> None:
-        super().__init__(transform=transform, normalization=normalization, seed=seed)
-        self.source = source
-        self.info, self.lut = mapped_info(source.info, class_map)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "source":  # not set yet (e.g. while unpickling in a DataLoader worker)
-            raise AttributeError(name)
-        return getattr(self.source, name)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image, label = self.source.load(index)
-        return image, self.lut[label]
-
-    def sample_name(self, index: int) -> str:
-        return self.source.sample_name(index)
 
 
 def mapped_info(info: DatasetInfo, class_map: Mapping[str, str | None]) -> tuple[DatasetInfo, np.ndarray]:

@@ -15,15 +15,15 @@ are compared without spaces, as the reference does.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
-import scipy.io
-from scipy.io.matlab import MatReadError
 
-from fcnseg.data.base import FilePairDataset, JointTransform, raise_if_missing, read_list_file, require_dir
+from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, raise_if_missing, read_list_file, require_dir
 from fcnseg.data.info import PASCAL_CONTEXT, DatasetInfo
-from fcnseg.data.io import PathLike, validate_label
+from fcnseg.data.io import PathLike, read_mat_array, validate_label
 from fcnseg.errors import DataError
 
 CONTEXT_LAYOUT = ("<root>/VOC2010/JPEGImages/<id>.jpg, <root>/VOC2010/ImageSets/Main/<split>.txt and "
@@ -56,13 +56,18 @@ def context_lut(full_labels: Path, task_labels: Path) -> np.ndarray:
     return lut
 
 
+def read_context_label(path: Path, info: DatasetInfo, lut: np.ndarray) -> np.ndarray:
+    """A ``trainval/<id>.mat`` LabelMap (indices into labels.txt) mapped through ``lut`` (:func:`context_lut`)."""
+    label_map = read_mat_array(path, "LabelMap")
+    if label_map.size and (label_map.min() < 0 or label_map.max() >= len(lut)):
+        raise DataError(f"{path}: LabelMap values must be indices of labels.txt (0..{len(lut) - 1})")
+    return validate_label(lut[label_map], info, path)
+
+
 class PascalContext(FilePairDataset):
     """PASCAL-Context, 59 classes + background (see the module docstring for the layout)."""
 
-    info: DatasetInfo = PASCAL_CONTEXT
-
-    def __init__(self, root: PathLike, split: str = "val", transform: JointTransform | None = None,
-                 normalization: str = "imagenet", seed: int | None = None) -> None:
+    def __init__(self, root: PathLike, split: str = "val", **pipeline: Unpack[PipelineOptions]) -> None:
         root = require_dir(Path(root), CONTEXT_LAYOUT)
         voc, context = root / "VOC2010", require_dir(root / "pascal-context", CONTEXT_LAYOUT)
         list_file = voc / "ImageSets" / "Main" / f"{split}.txt"
@@ -72,15 +77,7 @@ class PascalContext(FilePairDataset):
         pairs = [(voc / "JPEGImages" / f"{i}.jpg", context / "trainval" / f"{i}.mat") for i in ids]
         raise_if_missing((p for p, _ in pairs), "images", str(list_file))
         raise_if_missing((p for _, p in pairs), "labels", str(list_file))
-        self.lut = context_lut(context / "labels.txt", context / "59_labels.txt")
+        lut = context_lut(context / "labels.txt", context / "59_labels.txt")
         self.root, self.split = root, split
-        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
-
-    def read_label_file(self, path: Path) -> np.ndarray:
-        try:
-            label_map = np.asarray(scipy.io.loadmat(str(path))["LabelMap"])
-        except (MatReadError, ValueError, OSError, TypeError, KeyError) as exc:
-            raise DataError(f"cannot read the LabelMap of {path}: {exc}") from None
-        if label_map.ndim != 2 or label_map.size and (label_map.min() < 0 or label_map.max() >= len(self.lut)):
-            raise DataError(f"{path}: LabelMap values must be indices of labels.txt (0..{len(self.lut) - 1})")
-        return validate_label(self.lut[label_map.astype(np.int64)], self.info, path)
+        super().__init__(pairs, info=PASCAL_CONTEXT, inputs=RGB, decode_label=partial(read_context_label, lut=lut),
+                         **pipeline)

@@ -18,10 +18,11 @@ masks without an image: nothing is skipped silently.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 from PIL import Image
 
-from fcnseg.data.base import FilePairDataset, JointTransform, read_list_file, require_dir, unmatched_error
+from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, read_list_file, require_dir, unmatched_error
 from fcnseg.data.info import IGNORE_INDEX, DatasetInfo, voc_colormap
 from fcnseg.data.io import IMAGE_SUFFIXES, PathLike
 from fcnseg.errors import DataError
@@ -93,9 +94,7 @@ class FolderDataset(FilePairDataset):
         split: str | None = None,
         class_names: list[str] | tuple[str, ...] | None = None,
         ignore_index: int | None = None,
-        transform: JointTransform | None = None,
-        normalization: str = "imagenet",
-        seed: int | None = None,
+        **pipeline: Unpack[PipelineOptions],
     ) -> None:
         root = require_dir(Path(root), FOLDER_LAYOUT)
         self.root = root
@@ -139,8 +138,8 @@ class FolderDataset(FilePairDataset):
         pairs = [(images[s], masks[s]) for s in stems]
 
         palette = _mask_palette(pairs[0][1], len(class_names)) or tuple(voc_colormap(len(class_names)))
-        self.info = DatasetInfo(root.name or "folder", tuple(class_names), palette, ignore_index=ignore_index)
-        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
+        info = DatasetInfo(root.name or "folder", tuple(class_names), palette, ignore_index=ignore_index)
+        super().__init__(pairs, info=info, inputs=RGB, **pipeline)
 
     @staticmethod
     def _split_stems(splits_dir: Path, split: str, images: dict[str, Path]) -> list[str]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Unpack
 
-import numpy as np
-
-from fcnseg.data.base import FilePairDataset, JointTransform, require_dir, unmatched_error
-from fcnseg.data.info import IGNORE_INDEX, KITTI_ROAD, DatasetInfo
+from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, require_dir, unmatched_error
+from fcnseg.data.info import IGNORE_INDEX, KITTI_ROAD
 from fcnseg.data.io import PathLike, read_label
 from fcnseg.errors import DataError
 
@@ -37,15 +37,11 @@ class KittiRoad(FilePairDataset):
     ``val``, the rest ``train``; ``trainval`` is all of them. Lane masks (``*_lane_*``) are not used.
     """
 
-    info: DatasetInfo = KITTI_ROAD
-
     def __init__(
         self,
         root: PathLike,
         split: str = "train",
-        transform: JointTransform | None = None,
-        normalization: str = "imagenet",
-        seed: int | None = None,
+        **pipeline: Unpack[PipelineOptions],
     ) -> None:
         if split not in KITTI_SPLITS:
             raise DataError(f"unknown KITTI road split {split!r}; choose one of {KITTI_SPLITS}")
@@ -80,7 +76,5 @@ class KittiRoad(FilePairDataset):
             raise DataError(
                 f"KITTI road split {split!r} of {images_dir} is empty (too few images for a holdout)"
             )
-        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
-
-    def read_label_file(self, path: Path) -> np.ndarray:
-        return read_label(path, self.info, color_map=KITTI_COLORS)
+        super().__init__(pairs, info=KITTI_ROAD, inputs=RGB, decode_label=partial(read_label, color_map=KITTI_COLORS),
+                         **pipeline)

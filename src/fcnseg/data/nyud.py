@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 
-from fcnseg.data.base import FilePairDataset, JointTransform, listed_ids, raise_if_missing, require_dir, shift_labels
+from fcnseg.data.base import FilePairDataset, PipelineOptions, listed_ids, raise_if_missing, require_dir, shift_labels
 from fcnseg.data.hha import hha_from_depth, intrinsics_for
 from fcnseg.data.info import NYUD, DatasetInfo
 from fcnseg.data.io import PathLike, check_pair, read_depth, read_image, read_mat_array
@@ -30,41 +31,43 @@ from fcnseg.errors import DataError
 NYUD_LAYOUT = ("<root>/data/images/img_<id>.png, <root>/data/hha/img_<id>.png (or <root>/data/depth/img_<id>.png) "
                "and <root>/segmentation/img_<id>.mat (the authors' nyud.tar.gz unpacked)")
 NYUD_INPUTS = {"rgb": ("rgb",), "hha": ("hha",), "rgb+hha": ("rgb", "hha")}
+SPLITS = {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]}
+
+
+def read_nyud_label(path: Path, info: DatasetInfo = NYUD) -> np.ndarray:
+    """A ``segmentation/img_<id>.mat`` file: 1..40 become classes 0..39, 0 (void) becomes 255."""
+    return shift_labels(read_mat_array(path, "segmentation"), info.num_classes, path, (0,))
 
 
 class NYUDv2(FilePairDataset):
     """NYUDv2, 40 classes; see the module docstring for the layout, splits and ``inputs``."""
 
-    info: DatasetInfo = NYUD
-
-    def __init__(self, root: PathLike, split: str = "trainval", transform: JointTransform | None = None,
-                 normalization: str = "imagenet", seed: int | None = None, inputs: str = "rgb",
-                 split_file: PathLike | None = None, intrinsics: Sequence[float] | None = None) -> None:
+    def __init__(self, root: PathLike, split: str = "trainval", inputs: str = "rgb", split_file: PathLike | None = None,
+                 intrinsics: Sequence[float] | None = None, **pipeline: Unpack[PipelineOptions]) -> None:
         root = require_dir(Path(root), NYUD_LAYOUT)
         if inputs not in NYUD_INPUTS:
             raise DataError(f"NYUDv2 inputs are {', '.join(NYUD_INPUTS)}, not {inputs!r}")
-        splits = {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]}
-        ids, listed = listed_ids("nyud", split, splits, split_file)
-        self.inputs = NYUD_INPUTS[inputs]
+        ids, listed = listed_ids("nyud", split, SPLITS, split_file)
         self.intrinsics = tuple(intrinsics) if intrinsics is not None else None
         self.hha_from_png = (root / "data" / "hha").is_dir()
         pairs = [(root / "data" / "images" / f"img_{i}.png", root / "segmentation" / f"img_{i}.mat") for i in ids]
         raise_if_missing((label for _, label in pairs), "labels", listed)
-        if "rgb" in self.inputs:
+        if "rgb" in NYUD_INPUTS[inputs]:
             raise_if_missing((image for image, _ in pairs), "colour images", listed)
-        if "hha" in self.inputs:
+        if "hha" in NYUD_INPUTS[inputs]:
             raise_if_missing((self._depth_file(image) for image, _ in pairs),
                              "HHA images" if self.hha_from_png else "depth maps (and no data/hha folder)", listed)
         self.root, self.split = root, split
-        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
+        super().__init__(pairs, info=NYUD, inputs=NYUD_INPUTS[inputs], decode_label=read_nyud_label, **pipeline)
 
     def _depth_file(self, image: Path) -> Path:
         """The HHA image of a colour image's frame, or its depth map where the dataset has no HHA images."""
         return image.parents[1] / ("hha" if self.hha_from_png else "depth") / image.name
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The channels ``inputs`` names, side by side (colour, then HHA), and the label."""
         image_path, label_path = self.pairs[index]
-        label = shift_labels(read_mat_array(label_path, "segmentation"), NYUD.num_classes, label_path, (0,))
+        label = self.decode_label(label_path, self.source_info)
         parts = []
         for name in self.inputs:
             path = image_path if name == "rgb" else self._depth_file(image_path)

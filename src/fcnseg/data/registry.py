@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
 from fcnseg.data.ade20k import ADE20K
-from fcnseg.data.base import JointTransform, SegmentationDataset
+from fcnseg.data.base import PIPELINE_OPTIONS, JointTransform, PipelineOptions, SegmentationDataset
 from fcnseg.data.camvid import CamVid
 from fcnseg.data.cityscapes import Cityscapes
-from fcnseg.data.class_map import ClassMapped
 from fcnseg.data.context import PascalContext
 from fcnseg.data.folder import FolderDataset
 from fcnseg.data.io import PathLike
@@ -22,15 +21,14 @@ from fcnseg.data.voc import SBDSegmentation, VOCSegmentation
 from fcnseg.errors import ConfigError
 
 
-def synthetic(root: PathLike | None = None, split: str = "train", transform: JointTransform | None = None,
-              normalization: str = "imagenet", seed: int | None = None, num_images: int = 200,
-              height: int = 128, width: int = 160) -> SyntheticRoads:
+def synthetic(root: PathLike | None = None, split: str = "train", num_images: int = 200, height: int = 128,
+              width: int = 160, **pipeline: Unpack[PipelineOptions]) -> SyntheticRoads:
     """The built-in road scenes (generated, so ``root`` is not used); options: num_images, height, width."""
-    return SyntheticRoads(num_images=num_images, split=split, height=height, width=width, transform=transform,
-                          normalization=normalization, seed=seed)
+    return SyntheticRoads(num_images=num_images, split=split, height=height, width=width, **pipeline)
 
 
-# name -> reader; every reader takes (root, split=..., transform=..., normalization=..., seed=..., **options).
+# name -> reader; every reader takes (root, split=..., its options..., **pipeline): the pipeline's options
+# (transform, normalization, seed, class_map: fcnseg.data.base.PipelineOptions) go to SegmentationDataset.
 DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "synthetic": synthetic,
     "voc": VOCSegmentation,
@@ -44,12 +42,13 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "nyud": NYUDv2,
     "folder": FolderDataset,
 }
-_COMMON = {"root", "split", "transform", "normalization", "seed"}
+_COMMON = {"self", "root", "split", *PIPELINE_OPTIONS}
 
 
 def dataset_options(name: str) -> list[str]:
     """The reader-specific options of dataset ``name`` (``dataset_options`` in a training config)."""
-    return [p for p in inspect.signature(DATASETS[name]).parameters if p not in _COMMON and p != "self"]
+    parameters = inspect.signature(DATASETS[name]).parameters.values()
+    return [p.name for p in parameters if p.name not in _COMMON and p.kind != p.VAR_KEYWORD]
 
 
 def build_dataset(name: str, root: PathLike | None, split: str, transform: JointTransform | None = None,
@@ -58,7 +57,8 @@ def build_dataset(name: str, root: PathLike | None, split: str, transform: Joint
 
     ``transform`` and ``normalization`` are fixed from construction; ``seed`` makes the random transforms
     a function of (seed, epoch, index) (see :mod:`fcnseg.data.base`). Every reader also takes
-    ``class_map`` (merge or rename classes, :mod:`fcnseg.data.class_map`).
+    ``class_map`` (merge or rename classes, :mod:`fcnseg.data.class_map`): the pipeline maps the labels it loads,
+    and the dataset keeps its ``inputs`` and ``generated``.
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
@@ -70,8 +70,5 @@ def build_dataset(name: str, root: PathLike | None, split: str, transform: Joint
         raise ConfigError(f"dataset {name} has no option(s) {', '.join(unknown)}{hint}; its options: {known}")
     if root is None and name != "synthetic":
         raise ConfigError(f"dataset {name!r} needs a root: the folder holding its files (--root)")
-    if class_map is None:
-        return DATASETS[name](root, split=split, transform=transform, normalization=normalization, seed=seed,
-                              **options)
-    source = DATASETS[name](root, split=split, normalization=normalization, **options)
-    return ClassMapped(source, class_map, transform=transform, normalization=normalization, seed=seed)
+    return DATASETS[name](root, split=split, transform=transform, normalization=normalization, seed=seed,
+                          class_map=class_map, **options)

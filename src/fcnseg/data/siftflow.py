@@ -18,12 +18,22 @@ without ground truth out of the means, as the paper does.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 
-from fcnseg.data.base import FilePairDataset, JointTransform, listed_ids, raise_if_missing, require_dir, shift_labels
+from fcnseg.data.base import (
+    RGB,
+    FilePairDataset,
+    PipelineOptions,
+    listed_ids,
+    raise_if_missing,
+    require_dir,
+    shift_labels,
+)
 from fcnseg.data.info import SIFTFLOW, SIFTFLOW_GEOMETRIC, DatasetInfo
-from fcnseg.data.io import PathLike, check_pair, read_image, read_mat_array
+from fcnseg.data.io import PathLike, read_mat_array
+from fcnseg.errors import DataError
 
 CATEGORY = "spatial_envelope_256x256_static_8outdoorcategories"
 SIFTFLOW_LAYOUT = (f"<root>/Images/{CATEGORY}/<id>.jpg, <root>/SemanticLabels/{CATEGORY}/<id>.mat and "
@@ -31,36 +41,35 @@ SIFTFLOW_LAYOUT = (f"<root>/Images/{CATEGORY}/<id>.jpg, <root>/SemanticLabels/{C
 SPLITS = {"train": ["train"], "trainval": ["train"], "test": ["test"]}  # the authors call their training list trainval
 
 
+def geometric_path(semantic: Path) -> Path:
+    """The GeoLabels file of a SemanticLabels file: the same name in the sibling folder."""
+    return semantic.parents[1].parent / "GeoLabels" / CATEGORY / semantic.name
+
+
+def read_siftflow_labels(semantic_path: Path, info: DatasetInfo = SIFTFLOW) -> np.ndarray:
+    """An image's semantic and geometric labels (the GeoLabels file next to ``semantic_path``) as HxWx2 uint8."""
+    semantic = shift_labels(read_mat_array(semantic_path, "S"), info.num_classes, semantic_path, (0,))
+    other = geometric_path(semantic_path)
+    geometric = shift_labels(read_mat_array(other, "S"), SIFTFLOW_GEOMETRIC.num_classes, other, (-1, 0))
+    if semantic.shape != geometric.shape:
+        raise DataError(f"{semantic_path} is {semantic.shape[1]}x{semantic.shape[0]} (WxH) but {other} is "
+                        f"{geometric.shape[1]}x{geometric.shape[0]}: an image's two label maps must match")
+    return np.stack([semantic, geometric], axis=2)
+
+
 class SiftFlow(FilePairDataset):
     """SIFT Flow with both label sets: ``load`` gives a 256x256x3 image and a 256x256x2 label (semantic,
     geometric). ``split``: train (also trainval) or test; see the module docstring for the layout.
     ``split_file``: a file of image ids (one per line) to read instead of the authors' list."""
 
-    info: DatasetInfo = SIFTFLOW
-
-    def __init__(self, root: PathLike, split: str = "train", transform: JointTransform | None = None,
-                 normalization: str = "imagenet", seed: int | None = None, split_file: PathLike | None = None) -> None:
+    def __init__(self, root: PathLike, split: str = "train", split_file: PathLike | None = None,
+                 **pipeline: Unpack[PipelineOptions]) -> None:
         root = require_dir(Path(root), SIFTFLOW_LAYOUT)
         ids, listed = listed_ids("siftflow", split, SPLITS, split_file)
         pairs = [(root / "Images" / CATEGORY / f"{i}.jpg", root / "SemanticLabels" / CATEGORY / f"{i}.mat")
                  for i in ids]
         raise_if_missing((image for image, _ in pairs), "images", listed)
         raise_if_missing((label for _, label in pairs), "semantic labels", listed)
-        raise_if_missing((self._geometric(label) for _, label in pairs), "geometric labels", listed)
+        raise_if_missing((geometric_path(label) for _, label in pairs), "geometric labels", listed)
         self.root, self.split = root, split
-        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
-
-    @staticmethod
-    def _geometric(semantic: Path) -> Path:
-        return semantic.parents[1].parent / "GeoLabels" / CATEGORY / semantic.name
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image_path, semantic_path = self.pairs[index]
-        image = read_image(image_path)
-        geometric_path = self._geometric(semantic_path)
-        semantic = shift_labels(read_mat_array(semantic_path, "S"), SIFTFLOW.num_classes, semantic_path, (0,))
-        geometric = shift_labels(read_mat_array(geometric_path, "S"), SIFTFLOW_GEOMETRIC.num_classes,
-                                 geometric_path, (-1, 0))
-        check_pair(image, semantic, image_path, semantic_path)
-        check_pair(image, geometric, image_path, geometric_path)
-        return image, np.stack([semantic, geometric], axis=2)
+        super().__init__(pairs, info=SIFTFLOW, inputs=RGB, decode_label=read_siftflow_labels, **pipeline)

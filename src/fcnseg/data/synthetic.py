@@ -15,9 +15,11 @@ Classes follow :data:`fcnseg.data.info.SYNTHETIC_ROADS`.
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import numpy as np
 
-from fcnseg.data.base import JointTransform, SegmentationDataset
+from fcnseg.data.base import RGB, PipelineOptions, SegmentationDataset
 from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.errors import ConfigError
 
@@ -343,13 +345,10 @@ class SyntheticRoads(SegmentationDataset):
     splits use seed ranges a million apart, so they never share a scene.
     """
 
-    info = SYNTHETIC_ROADS
-    generated = True  # correct by construction: fcnseg.data.check need not read it
-
     def __init__(self, num_images: int = 200, split: str = "train", height: int = 128, width: int = 160,
-                 transform: JointTransform | None = None, normalization: str = "imagenet",
-                 seed: int | None = None) -> None:
-        super().__init__(transform=transform, normalization=normalization, seed=seed)
+                 **pipeline: Unpack[PipelineOptions]) -> None:
+        # generated: correct by construction, so fcnseg.data.check need not read it.
+        super().__init__(info=SYNTHETIC_ROADS, inputs=RGB, generated=True, **pipeline)
         if split not in SPLIT_SEED_OFFSETS:
             raise ConfigError(f"unknown split {split!r}; choose one of {tuple(SPLIT_SEED_OFFSETS)}")
         if not 0 < num_images <= MAX_IMAGES_PER_SPLIT:
@@ -370,7 +369,7 @@ class SyntheticRoads(SegmentationDataset):
             raise IndexError(f"index {index} out of range for {self.num_images} {self.split} images")
         return SPLIT_SEED_OFFSETS[self.split] + index
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return render_scene(self.scene_seed(index), self.height, self.width)
 
     def sample_name(self, index: int) -> str:

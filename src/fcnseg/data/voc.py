@@ -10,21 +10,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
-import scipy.io
-from scipy.io.matlab import MatReadError
 
 from fcnseg.data.base import (
+    RGB,
     FilePairDataset,
-    JointTransform,
+    PipelineOptions,
     raise_if_missing,
     read_list_file,
     require_dir,
     unmatched_error,
 )
 from fcnseg.data.info import VOC, DatasetInfo
-from fcnseg.data.io import PathLike, validate_label
+from fcnseg.data.io import PathLike, read_mat_array, validate_label
 from fcnseg.errors import DataError
 
 VOC_LAYOUT = (
@@ -88,8 +88,6 @@ class VOCSegmentation(FilePairDataset):
     a label in ``SegmentationClass`` is used, for any split name: train and val are then the SAME images.
     """
 
-    info: DatasetInfo = VOC
-
     def __init__(
         self,
         root: PathLike,
@@ -97,9 +95,7 @@ class VOCSegmentation(FilePairDataset):
         year: str = "2012",
         sbd_root: PathLike | None = None,
         split_file: PathLike | None = None,
-        transform: JointTransform | None = None,
-        normalization: str = "imagenet",
-        seed: int | None = None,
+        **pipeline: Unpack[PipelineOptions],
     ) -> None:
         base = find_voc_dir(root, year)
         self.root = base
@@ -125,7 +121,7 @@ class VOCSegmentation(FilePairDataset):
         pairs = [(images / f"{i}.jpg", labels / f"{i}.png") for i in ids]
         raise_if_missing((p for p, _ in pairs), "images", source)
         raise_if_missing((p for _, p in pairs), "labels", source)
-        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
+        super().__init__(pairs, info=VOC, inputs=RGB, **pipeline)
 
     @staticmethod
     def _seg11valid(lists: Path, sbd_root: PathLike | None) -> list[str]:
@@ -161,39 +157,20 @@ def read_sbd_label(path: PathLike, info: DatasetInfo = VOC) -> np.ndarray:
 
     SBD labels have no void (255) band at object boundaries, unlike VOC's PNGs.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"label file not found: {path}")
-    try:
-        mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
-    except (MatReadError, ValueError, OSError, TypeError) as exc:
-        raise DataError(f"truncated or corrupt .mat file {path}: {exc}") from None
-    segmentation = getattr(mat.get("GTcls"), "Segmentation", None)
-    if segmentation is None:
-        raise DataError(
-            f"{path} has no GTcls.Segmentation field: SBD class labels are the cls/*.mat files "
-            "(inst/*.mat hold instance labels)"
-        )
-    segmentation = np.asarray(segmentation)
-    if segmentation.ndim != 2 or not np.issubdtype(segmentation.dtype, np.integer):
-        raise DataError(f"{path}: GTcls.Segmentation should be a 2-D integer array, got {segmentation.dtype} "
-                        f"with shape {segmentation.shape}")
-    return validate_label(segmentation.astype(np.int64), info, path)
+    segmentation = read_mat_array(path, "GTcls.Segmentation",
+                                  "SBD class labels are the cls/*.mat files (inst/*.mat hold instance labels)")
+    return validate_label(segmentation, info, path)
 
 
 class SBDSegmentation(FilePairDataset):
     """The Semantic Boundaries Dataset (Hariharan et al. 2011): VOC's 21 classes, ``train`` (8498) and
     ``val`` (2857) lists, labels in ``cls/<id>.mat``."""
 
-    info: DatasetInfo = VOC
-
     def __init__(
         self,
         root: PathLike,
         split: str = "train",
-        transform: JointTransform | None = None,
-        normalization: str = "imagenet",
-        seed: int | None = None,
+        **pipeline: Unpack[PipelineOptions],
     ) -> None:
         base = find_sbd_dir(root)
         self.root = base
@@ -205,7 +182,4 @@ class SBDSegmentation(FilePairDataset):
         pairs = [(base / "img" / f"{i}.jpg", base / "cls" / f"{i}.mat") for i in ids]
         raise_if_missing((p for p, _ in pairs), "images", str(list_file))
         raise_if_missing((p for _, p in pairs), "labels", str(list_file))
-        super().__init__(pairs, transform=transform, normalization=normalization, seed=seed)
-
-    def read_label_file(self, path: Path) -> np.ndarray:
-        return read_sbd_label(path, self.info)
+        super().__init__(pairs, info=VOC, inputs=RGB, decode_label=read_sbd_label, **pipeline)
