@@ -11,7 +11,7 @@ from fcnseg.data.synthetic import render_scene
 from fcnseg.errors import DataError, user_message
 from fcnseg.runtime import worker_init
 
-from .helpers import folder_dataset
+from .helpers import folder_dataset, refused
 
 COMPUTING = ("train", "eval", "predict", "export", "serve", "demo")
 
@@ -40,20 +40,17 @@ def test_quiet_drops_the_progress_lines_not_the_result(tiny_checkpoint, tmp_path
     Image.fromarray(render_scene(1, 48, 64)[0]).save(tmp_path / "a.png")
     argv = ["predict", str(tiny_checkpoint), str(tmp_path / "a.png"), "--threads", "1"]
     assert main([*argv, "--out", str(tmp_path / "loud")]) == 0
-    assert "[1/1] a.png 64x48" in capsys.readouterr().err
+    loud = capsys.readouterr().err.strip().splitlines()
+    assert any("a.png" in line and "64x48" in line for line in loud), loud  # a progress line for the image
     assert main([*argv, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
-    assert capsys.readouterr().err.strip().splitlines() == [f"fcnseg predict: wrote results for 1 images to "
-                                                            f"{tmp_path / 'quiet'}"]
+    quiet = capsys.readouterr().err.strip().splitlines()
+    assert len(quiet) == 1 and str(tmp_path / "quiet") in quiet[0] and "a.png" not in quiet[0], quiet  # the result
 
 
 def test_an_error_in_a_dataloader_worker_is_one_line(tiny_checkpoint, tmp_path, capsys):
     root = folder_dataset(tmp_path / "data", broken=["2"])
-    code = main(["eval", str(tiny_checkpoint), "--dataset", "folder", "--root", str(root), "--split", "all",
-                 "--workers", "2", "--threads", "1", "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.splitlines() == [f"fcnseg eval: error: cannot read image {root / 'images' / '2.png'}: not an image "
-                                "format PIL recognises (is it really an image file?)"]
+    refused(capsys, ["eval", tiny_checkpoint, "--dataset", "folder", "--root", root, "--split", "all", "--workers",
+                     "2", "--threads", "1", "--device", "cpu"], root / "images" / "2.png")
 
 
 def test_user_message_unwraps_what_a_worker_raised():
@@ -88,21 +85,19 @@ def test_class_weights_flag_takes_numbers_or_a_method():
         build_parser().parse_args(["train", "--class-weights", "1", "inverse_log"])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--set", "lr=abc"], "options: lr expects a number, got 'abc' (str)"),
-    (["--iterations", "0"], "options: iterations must be at least 1, got 0"),
-    (["--set", "crop_size=[1, 2, 3]"], "options: crop_size takes 2 values, got [1, 2, 3]"),
-    (["--set", "flip=maybe"], "options: flip expects true or false, got 'maybe' (str)"),
-    (["--set", "modle=fcn8s"], "options: unknown option(s) modle; known: accept_only_class_zero, amp,"),
-    (["--backbone", "vgg19"], "options: backbone must be one of vgg16, vgg16_bn, alexnet"),
-    (["--dataset-options", "{colour: red}"], "dataset synthetic has no option(s) colour; its options: num_images"),
-    (["--class-weights", "median"], "options: class_weights must be a list of numbers or one of median_frequency"),
-    (["--dataset-options", "{class_map: {road: road}}"], "class_map does not say where sky, building"),
+@pytest.mark.parametrize("argv, names", [  # the option, the value given, and what it takes where that is the fix
+    (["--set", "lr=abc"], ("lr", "'abc'")),
+    (["--iterations", "0"], ("iterations", "at least 1")),
+    (["--set", "crop_size=[1, 2, 3]"], ("crop_size", "[1, 2, 3]")),
+    (["--set", "flip=maybe"], ("flip", "'maybe'")),
+    (["--set", "modle=fcn8s"], ("modle", "model")),  # the typo, and the known option it meant
+    (["--backbone", "vgg19"], ("backbone", "'vgg19'", "vgg16")),
+    (["--dataset-options", "{colour: red}"], ("synthetic", "colour", "num_images")),
+    (["--class-weights", "median"], ("class_weights", "'median'", "median_frequency")),
+    (["--dataset-options", "{class_map: {road: road}}"], ("class_map", "sky", "building")),  # the unmapped classes
 ])
-def test_training_options_are_checked_with_one_line(tmp_path, capsys, argv, message):
-    assert main(["train", *argv, "--out", str(tmp_path / "run"), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and err.startswith(f"fcnseg train: error: {message}")
+def test_training_options_are_checked_with_one_line(tmp_path, capsys, argv, names):
+    refused(capsys, ["train", *argv, "--out", tmp_path / "run", "--quiet"], *names)
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
@@ -115,4 +110,4 @@ def test_a_yaml_flag_that_does_not_parse_is_a_usage_error(capsys, argv):
         main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
-    assert "is not valid YAML: expected" in err.splitlines()[-1]
+    assert all(name in err.splitlines()[-1] for name in (argv[-2], argv[-1], "YAML")), err  # the flag, its value
