@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from fcnseg.data.base import DatasetContract, SegmentationDataset
 from fcnseg.data.check import check_dataset
-from fcnseg.data.registry import build_dataset
+from fcnseg.data.registry import DATASETS, build_dataset
+from fcnseg.errors import ConfigError
 
-from ..helpers import nyud_folder
+from ..helpers import folder_dataset, nyud_folder, siftflow_folder
 
 WALLS = {"wall": "wall", "floor": "floor", "*": "other"}
 
@@ -46,3 +49,33 @@ def test_generated_data_behind_a_class_map_is_still_generated(monkeypatch):
     assert check_dataset(data, "the synthetic split") is None
     assert loads == []  # correct by construction: nothing read to check it
     assert set(np.unique(data.load(0)[1])) <= {0, 1}
+
+
+def test_every_reader_states_its_contract(tmp_path):
+    # Nothing to inherit: a reader that forgot to say what it holds cannot be built.
+    for reader in {SegmentationDataset, *(r for r in DATASETS.values() if isinstance(r, type))}:
+        assert not {"info", "inputs", "generated"} & set(vars(reader)), reader
+    built = [build_dataset("synthetic", None, "val", num_images=2, height=40, width=48),
+             build_dataset("folder", folder_dataset(tmp_path / "folder"), "all"),
+             build_dataset("siftflow", siftflow_folder(tmp_path / "sf"), "train",
+                           split_file=tmp_path / "sf" / "ids.txt"),
+             build_dataset("nyud", nyud_folder(tmp_path / "nyud"), "train", inputs="hha",
+                           split_file=tmp_path / "nyud" / "ids.txt")]
+    for data in built:
+        assert isinstance(data, DatasetContract)
+        assert {"info", "inputs", "generated"} <= set(vars(data)), type(data)
+    assert [d.inputs for d in built] == [("rgb",), ("rgb",), ("rgb",), ("hha",)]
+    assert [d.generated for d in built] == [True, False, False, False]
+
+
+def test_a_class_map_is_a_lookup_on_the_labels_the_reader_gives(tmp_path):
+    root = nyud_folder(tmp_path / "nyud")
+    raw = build_dataset("nyud", root, "train", split_file=root / "ids.txt")
+    mapped = build_dataset("nyud", root, "train", split_file=root / "ids.txt", class_map={"wall": "wall", "*": None})
+    assert mapped.source_info == raw.info and mapped.info.class_names == ("wall",)
+    image, label = mapped.load(1)
+    np.testing.assert_array_equal(image, raw.load(1)[0])
+    np.testing.assert_array_equal(label, np.where(raw.load(1)[1] == 0, 0, 255))
+    with pytest.raises(ConfigError, match="class_map works on datasets with one label set; siftflow has 2"):
+        build_dataset("siftflow", siftflow_folder(tmp_path / "sf"), "train", split_file=tmp_path / "sf" / "ids.txt",
+                      class_map={"sky": "sky", "*": None})

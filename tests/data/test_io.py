@@ -16,6 +16,7 @@ from fcnseg.data.io import (
     read_image,
     read_label,
     read_label_indices,
+    read_mat_array,
 )
 
 H, W = 6, 8
@@ -226,3 +227,19 @@ def test_check_pair_names_both_files() -> None:
     check_pair(image, np.zeros((H, W), dtype=np.uint8), "a.jpg", "a.png")
     with pytest.raises(DataError, match=r"image a\.jpg is 8x6 .*label a\.png is 6x8"):
         check_pair(image, np.zeros((W, H), dtype=np.uint8), "a.jpg", "a.png")
+
+
+def test_mat_labels_are_read_one_way(tmp_path: Path) -> None:
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / "plain.mat", {"S": np.array([[0.0, 1.0], [33.0, 2.0]])})  # MATLAB's doubles
+    scipy.io.savemat(tmp_path / "struct.mat", {"GTcls": {"Segmentation": np.array([[3, 4]], np.uint8)}})
+    scipy.io.savemat(tmp_path / "half.mat", {"S": np.array([[0.5, 1.0]])})
+    assert read_mat_array(tmp_path / "plain.mat", "S").tolist() == [[0, 1], [33, 2]]
+    assert read_mat_array(tmp_path / "struct.mat", "GTcls.Segmentation").tolist() == [[3, 4]]  # one row stays 2-D
+    with pytest.raises(DataError, match=r"struct\.mat has no GTcls\.Boundaries array: the hint"):
+        read_mat_array(tmp_path / "struct.mat", "GTcls.Boundaries", "the hint")
+    with pytest.raises(DataError, match=r"half\.mat: S should be a 2-D array of class numbers"):
+        read_mat_array(tmp_path / "half.mat", "S")
+    with pytest.raises(DataError, match=r"label file not found: .*absent\.mat"):
+        read_mat_array(tmp_path / "absent.mat", "S")
