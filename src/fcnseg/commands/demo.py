@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fcnseg.api import load
 from fcnseg.commands.options import add_quiet, positive_int
+from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.data.synthetic import SyntheticRoads
 from fcnseg.errors import ConfigError
 from fcnseg.metrics import format_per_class, format_table
@@ -124,7 +125,7 @@ def _report(results: dict[str, dict]) -> None:
     names = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s"}
     print("\nSynthetic road scenes, validation (100 images, 128x160):\n")
     print(format_table({names[k]: v for k, v in results.items()}))
-    class_names = SyntheticRoads.info.class_names
+    class_names = SYNTHETIC_ROADS.class_names  # the data set's own record, not a reader's attribute
     print()
     for stage, scores in results.items():
         print(f"{names[stage]} per-class IoU:")
