@@ -2,17 +2,25 @@
 
 Errors a user can fix (every :class:`~fcnseg.errors.FcnsegError`) are printed as one line and exit with
 code 2; anything else is a bug and keeps its traceback.
+
+Messages: the library logs notes and warnings on loggers under ``fcnseg`` (``fcnseg.train.folder``, ...). For
+the duration of one call :func:`main` puts one handler on the ``fcnseg`` logger that prints each message as
+``fcnseg COMMAND: MESSAGE`` on stderr, at level INFO, or WARNING with ``--quiet``; the logger stops
+propagating meanwhile, so a program that configured the root logger does not see the lines twice.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
+from collections.abc import Iterator
 
 from fcnseg.commands import COMMANDS
 from fcnseg.errors import FcnsegError, user_message
-from fcnseg.progress import is_quiet, set_quiet
+from fcnseg.progress import is_quiet, set_quiet, write
 from fcnseg.runtime import finish
 
 
@@ -39,14 +47,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CommandHandler(logging.Handler):
+    """Prints fcnseg's messages as ``fcnseg COMMAND: MESSAGE`` on the ``sys.stderr`` of the moment (tests and
+    notebooks swap it), above any progress bar."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter(f"fcnseg {command.replace('%', '%%')}: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            write(self.format(record))
+        except Exception:  # logging's own policy: a failing handler reports, never raises
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def messages(command: str, quiet: bool) -> Iterator[None]:
+    """fcnseg's log messages printed for ``command`` while inside: notes (INFO) unless ``quiet``, warnings always.
+
+    Everything is put back on the way out: :func:`main` may run many times in one process.
+    """
+    logger = logging.getLogger("fcnseg")
+    handler = _CommandHandler(command)
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False  # printed here; the root logger's handlers (if any) would print it again
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run one subcommand; user errors become one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     was_quiet = is_quiet()
-    set_quiet(getattr(args, "quiet", False))
+    quiet = getattr(args, "quiet", False)
+    set_quiet(quiet)
     try:
-        code = int(args.func(args) or 0)
-        finish()
+        with messages(args.command, quiet):
+            code = int(args.func(args) or 0)
+            finish()
         return code
     except FcnsegError as error:
         print(f"fcnseg {args.command}: error: {user_message(error)}", file=sys.stderr)

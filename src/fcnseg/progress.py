@@ -1,4 +1,8 @@
-"""The one progress helper: a tqdm bar with rate and ETA on a terminal, nothing in logs or with ``--quiet``."""
+"""The one progress helper: a tqdm bar with rate and ETA on a terminal, nothing in logs or with ``--quiet``.
+
+``set_quiet`` switches progress bars and progress lines only; fcnseg's messages (notes, warnings) go through
+:mod:`logging` (loggers under ``fcnseg``), whose levels decide what is shown.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,14 @@ def set_quiet(quiet: bool) -> None:
 
 
 def is_quiet() -> bool:
+    """Whether progress bars and progress lines are off (``--quiet``)."""
     return _quiet
+
+
+def write(line: str) -> None:
+    """``line`` on the current ``sys.stderr``, above any progress bar there (tqdm redraws the bar below it)."""
+    tqdm.write(line, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def bar(total: int | float | None = None, desc: str = "", unit: str = "it", enabled: bool = True,

@@ -4,7 +4,7 @@ authors' trained nets (a .caffemodel for ``fcnseg convert``)."""
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
 from fcnseg.commands.options import add_quiet
@@ -12,6 +12,8 @@ from fcnseg.data.archives import ARCHIVES, download_dataset
 from fcnseg.errors import ConfigError
 from fcnseg.models.zoo import CAFFE_NETS
 from fcnseg.transfer import download_file
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     if args.name in CAFFE_NETS:
         url = CAFFE_NETS[args.name]["url"]
         print(download_file(url, args.root / url.rsplit("/", 1)[1]))
-        print(f"fcnseg download: note: the authors published no checksum for {args.name}, so the file is not "
-              f"verified; convert it with: fcnseg convert FILE --model {args.name} --out {args.name}.pth",
-              file=sys.stderr)
+        # A warning, not a note: shown with --quiet too, since the file is unverified.
+        log.warning("note: the authors published no checksum for %s, so the file is not verified; convert it "
+                    "with: fcnseg convert FILE --model %s --out %s.pth", args.name, args.name, args.name)
         return 0
     if args.name not in ARCHIVES:
         raise ConfigError(f"unknown name {args.name!r}; datasets: {', '.join(sorted(ARCHIVES))}; the authors' "

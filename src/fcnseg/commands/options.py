@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
+import logging
 import types
 import typing
 from collections.abc import Callable
@@ -21,7 +21,6 @@ from fcnseg.data.io import DEFAULT_MAX_PIXELS
 from fcnseg.errors import ConfigError
 from fcnseg.inference import InferenceOptions
 from fcnseg.memory import parse_size
-from fcnseg.progress import is_quiet
 from fcnseg.runtime import DEVICE_CHOICES
 
 
@@ -92,14 +91,19 @@ def memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def notes(command: str) -> Callable[[str], None]:
-    """A reporter that prints each distinct note once (``fcnseg COMMAND: note: ...``), unless quiet."""
+def notes(command: str = "") -> Callable[[str], None]:
+    """A :class:`~fcnseg.api.Segmenter` ``report`` callback that logs each distinct note once, at INFO on
+    ``fcnseg.api`` (the CLI prints it as ``fcnseg COMMAND: note: ...``, not with ``--quiet``).
+
+    ``command`` is unused (the CLI's handler names the command); this goes once the Segmenter logs itself.
+    """
     seen: set[str] = set()
+    log = logging.getLogger("fcnseg.api")
 
     def report(note: str) -> None:
-        if note not in seen and not is_quiet():
+        if note not in seen:
             seen.add(note)
-            print(f"fcnseg {command}: note: {note}", file=sys.stderr, flush=True)
+            log.info("note: %s", note)
 
     return report
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import sys
+import logging
 
 from fcnseg.api import load
 from fcnseg.commands.options import add_inference, add_max_memory, add_max_pixels, add_runtime, inference_options, notes
 from fcnseg.errors import ConfigError
 from fcnseg.runtime import start
 from fcnseg.serve import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, make_server
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -63,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"fcnseg serve: {segmenter.info.name} model from {args.checkpoint} at {server.url} (Ctrl+C to stop)",
           flush=True)
     if not _is_loopback(args.host):
-        print(f"fcnseg serve: warning: listening on {args.host}, so other machines can reach this page; "
-              "it has no authentication.", file=sys.stderr, flush=True)
+        log.warning("warning: listening on %s, so other machines can reach this page; it has no authentication.",
+                    args.host)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ exactly the run that was started.
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,10 @@ import yaml
 from fcnseg.checkpoint import read_checkpoint
 from fcnseg.errors import ConfigError, TrainingError
 from fcnseg.outputs import Outputs, folder_lock
-from fcnseg.progress import is_quiet
 from fcnseg.runtime import Runtime
 from fcnseg.train.config import TrainConfig
 
+log = logging.getLogger(__name__)
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pth", "best.pth")
 NET_KEYS = ("model", "backbone", "width", "geometry", "learnable_upsampling")
 # Options a resumed run may change: they do not change what is computed.
@@ -85,7 +85,7 @@ def open_run(config: TrainConfig, runtime: Runtime) -> dict[str, Any] | None:
         raise TrainingError(f"--resume: there is no checkpoint at {last}; start without --resume")
     state = read_checkpoint(last)
     check_resumable(state.get("config", {}), config)
-    _say(f"resuming {out} from {last} at iteration {state['iteration']} of {config.iterations}")
+    log.info("resuming %s from %s at iteration %d of %d", out, last, state["iteration"], config.iterations)
     return state
 
 
@@ -122,12 +122,7 @@ def finished(state: dict[str, Any], config: TrainConfig) -> bool:
     """Whether the resumed run has nothing left to do (and say so)."""
     if state["iteration"] < config.iterations:
         return False
-    _say(f"{config.out} has finished: {state['iteration']} of {config.iterations} iterations are done, nothing to "
-         f"train. To train on from its final weights: fcnseg train --config {config.out}/config.yaml --init-from "
-         f"{config.out}/last.pth --out NEW_FOLDER --iterations N")
+    log.info("%s has finished: %d of %d iterations are done, nothing to train. To train on from its final weights: "
+             "fcnseg train --config %s/config.yaml --init-from %s/last.pth --out NEW_FOLDER --iterations N",
+             config.out, state["iteration"], config.iterations, config.out, config.out)
     return True
-
-
-def _say(message: str) -> None:
-    if not is_quiet():
-        print(f"fcnseg train: {message}", file=sys.stderr, flush=True)

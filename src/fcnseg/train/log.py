@@ -4,6 +4,7 @@ and one line per validation."""
 from __future__ import annotations
 
 import csv
+import logging
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
 from fcnseg.train.run import Run
 
+log = logging.getLogger(__name__)
 SCORES = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
 
 
@@ -44,8 +46,8 @@ def _tensorboard(out: Path, enabled: bool):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # optional: CSV logs always exist
-        print("fcnseg train: tensorboard is not installed, logging to metrics.csv only "
-              "(pip install tensorboard for TensorBoard logs)", file=sys.stderr)
+        log.warning("tensorboard is not installed, logging to metrics.csv only (pip install tensorboard for "
+                    "TensorBoard logs)")
         return None
     return SummaryWriter(str(out / "tensorboard"))
 
