@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,7 +131,7 @@ def export_int8(source: str | Path | nn.Module, path: str | Path, calibration: C
     with tempfile.TemporaryDirectory(prefix=".fcnseg-int8-", dir=path.parent if path.parent.is_dir() else None) as work:
         fp32 = export_onnx(model, Path(work) / "fp32.onnx", opset=opset, info=info)
         prepared, int8 = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
-        with _quiet_quantizer():
+        with _quiet_quantizer(Path(quantization.__file__).parent):
             # Batch norms folded into their convolutions and shapes inferred first, as ONNX Runtime advises:
             # a folded convolution is quantised once instead of a convolution and a scale.
             quantization.shape_inference.quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
@@ -150,15 +151,50 @@ def export_int8(source: str | Path | nn.Module, path: str | Path, calibration: C
 
 
 @contextmanager
-def _quiet_quantizer() -> Iterator[None]:
-    """ONNX Runtime's quantiser logs advice on the root logger (pre-processing, which is done here)."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet_quantizer(package: Path) -> Iterator[None]:
+    """Drop ONNX Runtime's quantiser advice below ERROR (pre-processing, which is done here) while it runs.
+
+    It logs through the root logger itself (``logging.warning``), so a filter on the root logger drops the
+    records logged from files under ``package``; the root logger's level, and everything else logged
+    meanwhile, are left alone. Its modules' own loggers sit under ``onnxruntime.quantization``.
+    """
+    root, own = logging.getLogger(), logging.getLogger("onnxruntime.quantization")
+    advice = _FromFolder(package)
+    # logging.warning() configures a stderr handler on a root logger that has none (basicConfig): a
+    # stand-in keeps the caller's logging as it was.
+    stand_in = None if root.handlers else _LastResort()
+    saved = own.level
+    root.addFilter(advice)
+    own.setLevel(logging.ERROR)
+    if stand_in is not None:
+        root.addHandler(stand_in)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+        own.setLevel(saved)
+        root.removeFilter(advice)
+
+
+class _FromFolder(logging.Filter):
+    """Drops records below ERROR logged from a file under ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = os.path.join(str(folder), "")  # with its separator: not a sibling named alike
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.pathname.startswith(self.folder)
+
+
+class _LastResort(logging.Handler):
+    """Does what logging does when no handler is configured: passes the record to ``logging.lastResort``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        last = logging.lastResort
+        if last is not None and record.levelno >= last.level:
+            last.handle(record)
 
 
 def _agreement(fp32: Path, int8: Path, batches: list[np.ndarray], info: DatasetInfo) -> float:
