@@ -206,7 +206,7 @@ def _iter_strips(forward: Forward, x: Tensor, options: InferenceOptions) -> Iter
         return
     streams = []
     for scale in options.scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        size = scaled_size(height, width, scale)
         scaled = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         streams.append(_RowResampler(strips_at(scaled), size[0], height, width))
     # Output rows per step: a window stride keeps every scale's buffers small in slide mode.
@@ -217,6 +217,12 @@ def _iter_strips(forward: Forward, x: Tensor, options: InferenceOptions) -> Iter
         for stream in streams[1:]:
             total += stream.rows(start, stop)
         yield start, total / len(streams)
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size an image of ``height x width`` is resized to at ``scale`` (rounded, at least 1 pixel): what
+    inference runs the net on, and so what the memory estimate counts."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def _probs(forward: Forward, x: Tensor, flip: bool) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fcnseg.errors import ConfigError, LimitError
-from fcnseg.inference import InferenceOptions, tile, tile_step
+from fcnseg.inference import InferenceOptions, scaled_size, tile, tile_step
 from fcnseg.models import build_model
 
 BUDGET_FRACTION = 0.8
@@ -130,7 +130,7 @@ def inference_bytes(config: dict, num_classes: int, batch: int, height: int, wid
     normalised), the net, the engine's buffers, and the label map (and probabilities with ``probs``)."""
     pixels, classes, channels = batch * height * width, num_classes, 3 * len(config.get("inputs", ("rgb",)))
     base = pixels * (channels + channels * 4 + 8) + (pixels * classes * 4 if probs else 0)
-    sizes = [(max(1, round(height * s)), max(1, round(width * s))) for s in options.scales]
+    sizes = [scaled_size(height, width, s) for s in options.scales]
     resized = sum(batch * channels * h * w * 4 for h, w in sizes if (h, w) != (height, width))
     flips = 2 if options.flip else 1
     if options.mode == "whole":
