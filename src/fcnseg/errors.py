@@ -8,6 +8,8 @@ on), so ``except ValueError`` keeps working for library callers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class FcnsegError(Exception):
     """Base class: a problem with the user's input, files or environment; the message says how to fix it."""
@@ -52,6 +54,16 @@ class RequestError(FcnsegError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def listing(items: Sequence[object], shown: int = 10, sep: str = ", ") -> str:
+    """The first ``shown`` of ``items`` for a message, then how many more: ``a, b and 3 more``; with a
+    line-break separator (``"\n  "``) one per line, then ``... and 3 more`` on a line of its own."""
+    text = sep.join(str(item) for item in items[:shown])
+    rest = len(items) - shown
+    if rest <= 0:
+        return text
+    return f"{text}{sep}... and {rest} more" if "\n" in sep else f"{text} and {rest} more"
 
 
 _WORKER_PREFIX = "Caught "

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fcnseg.atomic import atomic_open, check_writable, make_folder, remove_temporaries
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, listing
 
 RECORD = ".fcnseg-outputs.json"
 LOCK = ".fcnseg.lock"
@@ -80,9 +80,7 @@ class Outputs:
         entries = self._entries()
         foreign = [p for p in paths if p.exists() and not self.owned(p, entries)]
         if foreign:
-            shown = ", ".join(str(p) for p in foreign[:_SHOWN]) + (f" and {len(foreign) - _SHOWN} more"
-                                                                    if len(foreign) > _SHOWN else "")
-            raise ConfigError(f"{shown} already exist{'s' if len(foreign) == 1 else ''} and "
+            raise ConfigError(f"{listing(foreign, _SHOWN)} already exist{'s' if len(foreign) == 1 else ''} and "
                               f"{'was' if len(foreign) == 1 else 'were'} not written by an earlier fcnseg "
                               f"{self.command}: choose another --out, or pass --overwrite to replace "
                               f"{'it' if len(foreign) == 1 else 'them'}")
@@ -128,9 +126,8 @@ class Outputs:
         """Delete every file this command wrote here; refuse (deleting nothing) if anything else is here."""
         foreign = self.foreign()
         if foreign:
-            shown = ", ".join(str(p) for p in foreign[:_SHOWN])
-            raise ConfigError(f"{self.folder} holds files fcnseg {self.command} did not write ({shown}"
-                              f"{' ...' if len(foreign) > _SHOWN else ''}): move them, or choose another --out")
+            raise ConfigError(f"{self.folder} holds files fcnseg {self.command} did not write "
+                              f"({listing(foreign, _SHOWN)}): move them, or choose another --out")
         for path in self._files():
             path.unlink()
         for folder in sorted((p for p in self.folder.rglob("*") if p.is_dir()), reverse=True):

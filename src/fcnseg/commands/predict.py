@@ -34,7 +34,7 @@ from fcnseg.commands.options import (
 from fcnseg.data.hha import check_intrinsics
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import IMAGE_SUFFIXES, decode_image
-from fcnseg.errors import ConfigError, DataError
+from fcnseg.errors import ConfigError, DataError, listing
 from fcnseg.outputs import Outputs
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
@@ -202,7 +202,7 @@ def depth_files(args: argparse.Namespace, files: list[Path], inputs: tuple[str, 
     missing = [path.stem for path, matches in found.items() if not matches]
     if missing:
         raise DataError(f"{where} holds no {kind} image for {len(missing)} of the inputs: "
-                        f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} (expected STEM.png)")
+                        f"{listing(missing)} (expected STEM.png)")
     return {path: {kind: matches[0]} for path, matches in found.items()}
 
 
