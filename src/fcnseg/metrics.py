@@ -25,6 +25,7 @@ from fcnseg.data.info import IGNORE_INDEX
 from fcnseg.errors import DataError
 from fcnseg.runtime import all_reduce_sum
 
+# The four scores' names, in the paper's order: keys of every scores dict, metrics.csv's and the tables' columns.
 SCORE_KEYS = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
 TABLE_COLUMNS = ("pixel acc.", "mean acc.", "mean IU", "f.w. IU")
 

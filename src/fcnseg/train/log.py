@@ -10,18 +10,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fcnseg.metrics import SCORE_KEYS
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
 from fcnseg.train.run import Run
 
 log = logging.getLogger(__name__)
-SCORES = ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")
 
 
 class CsvLog:
     """Append-only CSV log (iteration, loss, lr, img/s, and validation metrics when present)."""
 
-    FIELDS = ["iteration", "epoch", "loss", "lr", "images_per_s", *SCORES]
+    FIELDS = ["iteration", "epoch", "loss", "lr", "images_per_s", *SCORE_KEYS]
 
     def __init__(self, path: Path, enabled: bool, resume_from: int | None = None) -> None:
         self.path, self.enabled = path, enabled
@@ -90,10 +90,10 @@ class RunLog:
         """The validation scores: CSV row, TensorBoard, and one line on stderr (unless quiet). The CSV holds
         the first head's scores (which choose best.pth); further heads go to TensorBoard and the line."""
         run = self.run
-        self.csv.write(iteration=run.iteration, epoch=epoch, **{k: f"{scores[k]:.6f}" for k in SCORES})
+        self.csv.write(iteration=run.iteration, epoch=epoch, **{k: f"{scores[k]:.6f}" for k in SCORE_KEYS})
         heads = scores.get("extra_heads", {})
         if self.board:
-            for key in SCORES:
+            for key in SCORE_KEYS:
                 self.board.add_scalar(f"val/{key}", scores[key], run.iteration)
                 for task, head_scores in heads.items():
                     self.board.add_scalar(f"val_{task}/{key}", head_scores[key], run.iteration)
