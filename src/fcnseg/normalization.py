@@ -26,8 +26,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
 
-NORMALIZATIONS = ("imagenet", "caffe", "caffe:B,G,R", "hha:A,B,C", "KIND+KIND")
-
 
 def caffe_normalization(bgr_mean: tuple[float, float, float]) -> str:
     """The normalisation string of Caffe-style input with the BGR mean ``bgr_mean``."""
