@@ -7,7 +7,7 @@ from typing import Unpack
 
 import numpy as np
 
-from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, require_dir, unmatched_error
+from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, pair_by_key, require_dir
 from fcnseg.data.info import IGNORE_INDEX, DatasetInfo, voc_colormap
 from fcnseg.data.io import PathLike, read_remapped_label
 from fcnseg.errors import DataError
@@ -88,9 +88,5 @@ class ADE20K(FilePairDataset):
         labels = {p.stem: p for p in labels_dir.glob("*.png")}
         if not images:
             raise DataError(f"no .jpg images in {images_dir}. Expected layout: {ADE20K_LAYOUT}")
-        if unlabelled := sorted(images.keys() - labels.keys()):
-            raise unmatched_error(images_dir, f"images without a label in {labels_dir}", unlabelled)
-        if orphans := sorted(labels.keys() - images.keys()):
-            raise unmatched_error(labels_dir, f"labels without an image in {images_dir}", orphans)
-        pairs = [(images[stem], labels[stem]) for stem in sorted(images)]
+        pairs = pair_by_key(images, labels, (images_dir, labels_dir))  # same stem
         super().__init__(pairs, info=ADE20K_INFO, inputs=RGB, decode_label=read_ade20k_label, **pipeline)

@@ -200,6 +200,34 @@ def unmatched_error(where: Path, what: str, names: Sequence[str]) -> DataError:
     return DataError(f"{len(names)} {what} in {where}: {shown}")
 
 
+def listed_pairs(ids: Iterable[str], image: Path, label: Path, listed: str,
+                 labels_named: str = "labels") -> list[tuple[Path, Path]]:
+    """The (image, label) files of ``ids`` by the pairing rule ``image`` and ``label``: paths whose file name
+    holds ``{}`` for the id (only the name is formatted: a folder may hold braces). A DataError lists the files
+    that do not exist (``listed``: who listed the ids; ``labels_named``: what the labels are called there)."""
+    pairs = [(image.parent / image.name.format(i), label.parent / label.name.format(i)) for i in ids]
+    raise_if_missing((p for p, _ in pairs), "images", listed)
+    raise_if_missing((p for _, p in pairs), labels_named, listed)
+    return pairs
+
+
+def pair_by_key(images: Mapping[str, Path], labels: Mapping[str, Path], folders: tuple[Path, Path],
+                label: str = "a label", labels_named: str = "labels") -> list[tuple[Path, Path]]:
+    """(image, label) pairs of the files that share a key (the pairing rule: file name, stem...), in key order.
+
+    A DataError lists the images without ``label`` and the ``labels_named`` without an image, each file named by
+    its path below its folder (``folders``: the images' and the labels'): nothing is skipped silently.
+    """
+    images_dir, labels_dir = folders
+    if unlabelled := sorted(images.keys() - labels.keys()):
+        raise unmatched_error(images_dir, f"images without {label} in {labels_dir}",
+                              [str(images[k].relative_to(images_dir)) for k in unlabelled])
+    if orphans := sorted(labels.keys() - images.keys()):
+        raise unmatched_error(labels_dir, f"{labels_named} without an image in {images_dir}",
+                              [str(labels[k].relative_to(labels_dir)) for k in orphans])
+    return [(images[key], labels[key]) for key in sorted(images)]
+
+
 class FilePairDataset(SegmentationDataset):
     """A reader given as a list of (image file, label file) pairs: ``read`` reads the image, decodes the label
     with ``decode_label`` (:func:`fcnseg.data.io.read_label` for class-index PNGs; a module-level function or

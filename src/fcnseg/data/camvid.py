@@ -9,10 +9,10 @@ from fcnseg.data.base import (
     RGB,
     FilePairDataset,
     PipelineOptions,
+    pair_by_key,
     raise_if_missing,
     read_list_file,
     require_dir,
-    unmatched_error,
 )
 from fcnseg.data.info import CAMVID
 from fcnseg.data.io import PathLike
@@ -77,12 +77,8 @@ class CamVid(FilePairDataset):
                 f"CamVid split {split!r} not found in {root}: need {images_dir} and {labels_dir} "
                 f"(or {root / (split + '.txt')}). Expected layout: {CAMVID_LAYOUT}"
             )
-        images = {p.name for p in images_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
-        labels = {p.name for p in labels_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
+        images, labels = ({p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+                          for folder in (images_dir, labels_dir))
         if not images:
             raise DataError(f"no images in {images_dir}. Expected layout: {CAMVID_LAYOUT}")
-        if unlabelled := sorted(images - labels):
-            raise unmatched_error(images_dir, f"images without a label in {labels_dir}", unlabelled)
-        if orphans := sorted(labels - images):
-            raise unmatched_error(labels_dir, f"labels without an image in {images_dir}", orphans)
-        return [(images_dir / name, labels_dir / name) for name in sorted(images)]
+        return pair_by_key(images, labels, (images_dir, labels_dir))  # same file name

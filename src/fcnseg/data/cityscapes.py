@@ -7,7 +7,7 @@ from typing import Unpack
 
 import numpy as np
 
-from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, require_dir, unmatched_error
+from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, pair_by_key, require_dir
 from fcnseg.data.info import CITYSCAPES, IGNORE_INDEX, DatasetInfo
 from fcnseg.data.io import PathLike, read_remapped_label
 from fcnseg.errors import DataError
@@ -17,6 +17,7 @@ CITYSCAPES_LAYOUT = (
     "<root>/gtFine/<split>/<city>/*_gtFine_labelIds.png"
 )
 
+IMAGE_SUFFIX, LABEL_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
 # The official label id -> train id table (cityscapesScripts labels.py); every id not listed -> 255.
 LABEL_ID_TO_TRAIN_ID: dict[int, int] = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
@@ -43,6 +44,11 @@ def read_cityscapes_label(path: PathLike, info: DatasetInfo = CITYSCAPES) -> np.
                                "*_trainIds, *_color or *_instanceIds)")
 
 
+def _by_frame(folder: Path, suffix: str) -> dict[str, Path]:
+    """``folder``'s ``<city>/*<suffix>`` files by frame, ``<city>/<city>_<seq>_<frame>``: the pairing rule."""
+    return {str(p.relative_to(folder))[: -len(suffix)]: p for p in folder.glob(f"*/*{suffix}")}
+
+
 class Cityscapes(FilePairDataset):
     """Cityscapes fine annotations: ``leftImg8bit/<split>/<city>/`` images with ``gtFine`` label ids,
     mapped to the 19 train ids. ``sample_name`` is the file stem without ``_leftImg8bit``."""
@@ -58,25 +64,13 @@ class Cityscapes(FilePairDataset):
         self.split = split
         images_dir = require_dir(root / "leftImg8bit" / split, CITYSCAPES_LAYOUT)
         labels_dir = require_dir(root / "gtFine" / split, CITYSCAPES_LAYOUT)
-        images = sorted(images_dir.glob("*/*_leftImg8bit.png"))
+        images, labels = _by_frame(images_dir, IMAGE_SUFFIX), _by_frame(labels_dir, LABEL_SUFFIX)
         if not images:
             raise DataError(
-                f"no *_leftImg8bit.png images in {images_dir}/<city>/. Expected layout: {CITYSCAPES_LAYOUT}"
+                f"no *{IMAGE_SUFFIX} images in {images_dir}/<city>/. Expected layout: {CITYSCAPES_LAYOUT}"
             )
-        pairs = []
-        for image in images:
-            stem = image.name[: -len("_leftImg8bit.png")]
-            pairs.append((image, labels_dir / image.parent.name / f"{stem}_gtFine_labelIds.png"))
-        unmatched = [str(image.relative_to(images_dir)) for image, label in pairs if not label.is_file()]
-        if unmatched:
-            raise unmatched_error(images_dir, f"images without a *_gtFine_labelIds.png in {labels_dir}",
-                                  unmatched)
-        label_files = labels_dir.glob("*/*_gtFine_labelIds.png")
-        label_stems = {p.name[: -len("_gtFine_labelIds.png")] for p in label_files}
-        orphans = sorted(label_stems - {image.name[: -len("_leftImg8bit.png")] for image in images})
-        if orphans:
-            raise unmatched_error(labels_dir, f"label files without an image in {images_dir}", orphans)
+        pairs = pair_by_key(images, labels, (images_dir, labels_dir), f"a *{LABEL_SUFFIX}", "label files")
         super().__init__(pairs, info=CITYSCAPES, inputs=RGB, decode_label=read_cityscapes_label, **pipeline)
 
     def sample_name(self, index: int) -> str:
-        return self.pairs[index][0].name[: -len("_leftImg8bit.png")]
+        return self.pairs[index][0].name[: -len(IMAGE_SUFFIX)]

@@ -21,7 +21,7 @@ from typing import Unpack
 
 import numpy as np
 
-from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, raise_if_missing, read_list_file, require_dir
+from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, listed_pairs, read_list_file, require_dir
 from fcnseg.data.info import PASCAL_CONTEXT, DatasetInfo
 from fcnseg.data.io import PathLike, read_mat_array, validate_label
 from fcnseg.errors import DataError
@@ -74,9 +74,7 @@ class PascalContext(FilePairDataset):
         if not list_file.is_file():
             raise DataError(f"no split list {list_file}. Expected layout: {CONTEXT_LAYOUT}")
         ids = [line.split()[0] for line in read_list_file(list_file)]
-        pairs = [(voc / "JPEGImages" / f"{i}.jpg", context / "trainval" / f"{i}.mat") for i in ids]
-        raise_if_missing((p for p, _ in pairs), "images", str(list_file))
-        raise_if_missing((p for _, p in pairs), "labels", str(list_file))
+        pairs = listed_pairs(ids, voc / "JPEGImages" / "{}.jpg", context / "trainval" / "{}.mat", str(list_file))
         lut = context_lut(context / "labels.txt", context / "59_labels.txt")
         self.root, self.split = root, split
         super().__init__(pairs, info=PASCAL_CONTEXT, inputs=RGB, decode_label=partial(read_context_label, lut=lut),

@@ -22,7 +22,15 @@ from typing import Unpack
 
 from PIL import Image
 
-from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, read_list_file, require_dir, unmatched_error
+from fcnseg.data.base import (
+    RGB,
+    FilePairDataset,
+    PipelineOptions,
+    pair_by_key,
+    read_list_file,
+    require_dir,
+    unmatched_error,
+)
 from fcnseg.data.info import IGNORE_INDEX, DatasetInfo, voc_colormap
 from fcnseg.data.io import IMAGE_SUFFIXES, PathLike
 from fcnseg.errors import DataError
@@ -125,17 +133,10 @@ class FolderDataset(FilePairDataset):
         masks = _files_by_stem(masks_dir, MASK_EXTENSIONS, "PNG masks")
         if not images:
             raise DataError(f"no images in {images_dir}. Expected layout: {FOLDER_LAYOUT}")
-        if images.keys() - masks.keys():
-            missing = sorted(images[s].name for s in images.keys() - masks.keys())
-            raise unmatched_error(images_dir, f"images without a mask (<name>.png) in {masks_dir}", missing)
-        if masks.keys() - images.keys():
-            orphans = sorted(masks[s].name for s in masks.keys() - images.keys())
-            raise unmatched_error(masks_dir, f"masks without an image in {images_dir}", orphans)
-
-        stems = sorted(images)
+        pairs = pair_by_key(images, masks, (images_dir, masks_dir), "a mask (<name>.png)", "masks")  # same stem
         if split is not None and split != "all":
-            stems = self._split_stems(root / "splits", split, images)
-        pairs = [(images[s], masks[s]) for s in stems]
+            listed = self._split_stems(root / "splits", split, images)
+            pairs = [(images[s], masks[s]) for s in listed]
 
         palette = _mask_palette(pairs[0][1], len(class_names)) or tuple(voc_colormap(len(class_names)))
         info = DatasetInfo(root.name or "folder", tuple(class_names), palette, ignore_index=ignore_index)

@@ -6,7 +6,7 @@ from functools import partial
 from pathlib import Path
 from typing import Unpack
 
-from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, require_dir, unmatched_error
+from fcnseg.data.base import RGB, FilePairDataset, PipelineOptions, pair_by_key, require_dir
 from fcnseg.data.info import IGNORE_INDEX, KITTI_ROAD
 from fcnseg.data.io import PathLike, read_label
 from fcnseg.errors import DataError
@@ -52,26 +52,20 @@ class KittiRoad(FilePairDataset):
         self.split = split
         images_dir = require_dir(root / "training" / "image_2", KITTI_LAYOUT)
         labels_dir = require_dir(root / "training" / "gt_image_2", KITTI_LAYOUT)
-        images = sorted(p.name for p in images_dir.glob("*.png"))
+        images = {p.name: p for p in images_dir.glob("*.png")}
         if not images:
             raise DataError(f"no PNG images in {images_dir}. Expected layout: {KITTI_LAYOUT}")
-        road_masks = {p.name for p in labels_dir.glob("*_road_*.png")}
-        expected = {name: "{}_road_{}".format(*name.split("_", 1)) for name in images if "_" in name}
-        unmatched = sorted(name for name in images if expected.get(name) not in road_masks)
-        if unmatched:
-            raise unmatched_error(images_dir, f"images without a road mask in {labels_dir}", unmatched)
-        orphans = sorted(road_masks - set(expected.values()))
-        if orphans:
-            raise unmatched_error(labels_dir, f"road masks without an image in {images_dir}", orphans)
-
+        # um_000000.png is paired with um_road_000000.png (its lane mask, um_lane_000000.png, is not used).
+        masks = {p.name.replace("_road_", "_", 1): p for p in labels_dir.glob("*_road_*.png")}
+        every = pair_by_key(images, masks, (images_dir, labels_dir), "a road mask", "road masks")
         position: dict[str, int] = {}
         pairs = []
-        for name in images:
-            category = _category(name)
+        for image, mask in every:  # in name order, so the holdout is the same on any machine
+            category = _category(image.name)
             is_val = position.get(category, 0) % VAL_EVERY == VAL_EVERY - 1
             position[category] = position.get(category, 0) + 1
             if split == "trainval" or (split == "val") == is_val:
-                pairs.append((images_dir / name, labels_dir / expected[name]))
+                pairs.append((image, mask))
         if not pairs:
             raise DataError(
                 f"KITTI road split {split!r} of {images_dir} is empty (too few images for a holdout)"

@@ -27,6 +27,7 @@ from fcnseg.data.base import (
     FilePairDataset,
     PipelineOptions,
     listed_ids,
+    listed_pairs,
     raise_if_missing,
     require_dir,
     shift_labels,
@@ -66,10 +67,8 @@ class SiftFlow(FilePairDataset):
                  **pipeline: Unpack[PipelineOptions]) -> None:
         root = require_dir(Path(root), SIFTFLOW_LAYOUT)
         ids, listed = listed_ids("siftflow", split, SPLITS, split_file)
-        pairs = [(root / "Images" / CATEGORY / f"{i}.jpg", root / "SemanticLabels" / CATEGORY / f"{i}.mat")
-                 for i in ids]
-        raise_if_missing((image for image, _ in pairs), "images", listed)
-        raise_if_missing((label for _, label in pairs), "semantic labels", listed)
+        pairs = listed_pairs(ids, root / "Images" / CATEGORY / "{}.jpg", root / "SemanticLabels" / CATEGORY / "{}.mat",
+                             listed, "semantic labels")
         raise_if_missing((geometric_path(label) for _, label in pairs), "geometric labels", listed)
         self.root, self.split = root, split
         super().__init__(pairs, info=SIFTFLOW, inputs=RGB, decode_label=read_siftflow_labels, **pipeline)

@@ -18,7 +18,7 @@ from fcnseg.data.base import (
     RGB,
     FilePairDataset,
     PipelineOptions,
-    raise_if_missing,
+    listed_pairs,
     read_list_file,
     require_dir,
     unmatched_error,
@@ -118,9 +118,7 @@ class VOCSegmentation(FilePairDataset):
         else:
             ids = self._labelled_ids(images, labels)
             source = str(labels)
-        pairs = [(images / f"{i}.jpg", labels / f"{i}.png") for i in ids]
-        raise_if_missing((p for p, _ in pairs), "images", source)
-        raise_if_missing((p for _, p in pairs), "labels", source)
+        pairs = listed_pairs(ids, images / "{}.jpg", labels / "{}.png", source)
         super().__init__(pairs, info=VOC, inputs=RGB, **pipeline)
 
     @staticmethod
@@ -179,7 +177,5 @@ class SBDSegmentation(FilePairDataset):
         if not list_file.is_file():
             raise DataError(f"no split list {list_file}; available splits: {_available_splits(base)}")
         ids = _split_ids(list_file)
-        pairs = [(base / "img" / f"{i}.jpg", base / "cls" / f"{i}.mat") for i in ids]
-        raise_if_missing((p for p, _ in pairs), "images", str(list_file))
-        raise_if_missing((p for _, p in pairs), "labels", str(list_file))
+        pairs = listed_pairs(ids, base / "img" / "{}.jpg", base / "cls" / "{}.mat", str(list_file))
         super().__init__(pairs, info=VOC, inputs=RGB, decode_label=read_sbd_label, **pipeline)
