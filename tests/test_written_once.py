@@ -34,3 +34,30 @@ def test_inference_runs_each_scale_at_the_size_the_memory_estimate_counts():
 
     predict_probs(forward, torch.zeros(1, 3, 37, 50), InferenceOptions(scales=(0.5, 0.013, 1.5)))
     assert seen == [scaled_size(37, 50, s) for s in (0.5, 0.013, 1.5)] == [(18, 25), (1, 1), (56, 75)]
+
+
+def test_a_new_run_checks_its_folder_once(tmp_path, monkeypatch):
+    import fcnseg.train.folder as folder
+    import fcnseg.train.loop as loop
+    from fcnseg.train.config import TrainConfig
+
+    calls = []
+    check = folder.check_new_run
+
+    def counted(config):
+        calls.append(config.out)
+        return check(config)
+
+    def stop(*args):
+        raise RuntimeError("stop before building the run")
+
+    monkeypatch.setattr(folder, "check_new_run", counted)
+    monkeypatch.setattr(loop, "check_new_run", counted)
+    monkeypatch.setattr(loop, "build_run", stop)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("left by a killed start\n")
+    with pytest.raises(RuntimeError, match="stop before"):
+        loop.train(TrainConfig(out=str(out), device="cpu", threads=1, overwrite=True))
+    assert calls == [str(out)]
+    assert not (out / "metrics.csv").exists()  # what a new run replaces is still cleared

@@ -3,18 +3,19 @@ exactly the run that was started.
 
 * :func:`hold` locks the folder for the main process (another ``fcnseg train --out`` there is refused,
   naming the holder) and removes temporary files a killed run left behind.
-* :func:`open_run` decides between starting and resuming before any data or model is built: a new run
-  refuses a folder holding a run (``--resume`` or ``--overwrite``) or files fcnseg train did not write;
-  ``--resume`` reads ``last.pth`` and refuses options that would make the resumed run differ from the
-  run that was started (the net, the data, the recipe, or the length of a poly schedule), with the
-  command that does what was meant.
+* :func:`check_new_run`, before the folder is held, refuses for a new run a folder holding a run
+  (``--resume`` or ``--overwrite``) or files fcnseg train did not write.
+* :func:`open_run`, before any data or model is built, clears what a new run replaces; with ``--resume``
+  it reads ``last.pth`` and refuses options that would make the resumed run differ from the run that was
+  started (the net, the data, the recipe, or the length of a poly schedule), with the command that does
+  what was meant.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,15 @@ def check_new_run(config: TrainConfig) -> list[Path]:
     return files
 
 
-def open_run(config: TrainConfig, runtime: Runtime) -> dict[str, Any] | None:
-    """Check the folder for a new run (returns None) or read the checkpoint to resume (returns it)."""
+def open_run(config: TrainConfig, runtime: Runtime, replaced: Sequence[Path] = ()) -> dict[str, Any] | None:
+    """Clear the folder for a new run (returns None) or read the checkpoint to resume (returns it).
+
+    ``replaced``: the files :func:`check_new_run` (called before :func:`hold`) said a new run replaces.
+    """
     out, last = Path(config.out), Path(config.out) / "last.pth"
     if not config.resume:
-        files = check_new_run(config)
         if runtime.is_main:  # leftovers of an earlier start: fcnseg train's own, or replaced with --overwrite
-            for path in files:
+            for path in replaced:
                 path.unlink(missing_ok=True)
         return None
     if not last.is_file():

@@ -33,11 +33,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """
     runtime = start(config.device, config.threads)
     keep_freed_memory()  # the same buffers every step: reused, not mapped and zero-filled again
-    if not config.resume and runtime.is_main:  # before the lock file is made: a refused folder stays as it was
-        refuse_if_held(config.out)
-        check_new_run(config)
+    replaced: list[Path] = []
+    if not config.resume:  # before the lock file is made: a refused folder stays as it was
+        if runtime.is_main:
+            refuse_if_held(config.out)
+        replaced = check_new_run(config)  # every rank: each stops here rather than wait for a main that stopped
     with hold(config, runtime):
-        resumed = open_run(config, runtime)
+        resumed = open_run(config, runtime, replaced)
         if resumed is not None and finished(resumed, config):
             return {"scores": {}, "best_mean_iu": resumed["best_mean_iu"], "last": str(Path(config.out) / "last.pth"),
                     "best": str(Path(config.out) / "best.pth"), "iterations": resumed["iteration"]}
