@@ -14,6 +14,8 @@ from fcnseg.metrics import (
     scores_from_confusion,
 )
 
+from .helpers import error_names
+
 nan = float("nan")
 
 # Four classes: 0 and 1 in the ground truth, 2 absent everywhere that counts (it is predicted only on an
@@ -94,8 +96,9 @@ def test_all_zero_matrix_gives_nan_not_a_crash():
 
 
 def test_scores_refuse_non_square_matrix():
-    with pytest.raises(ValueError, match=r"square \[C, C\], got shape \(2, 3\)"):
+    with pytest.raises(ValueError) as caught:
         scores_from_confusion(torch.zeros(2, 3, dtype=torch.int64))
+    error_names(caught, "square", "(2, 3)")
 
 
 def test_logits_are_argmaxed_over_dim_1():
@@ -109,8 +112,9 @@ def test_logits_are_argmaxed_over_dim_1():
 
 def test_logits_with_wrong_channel_count_are_refused():
     metric = ConfusionMatrix(5)
-    with pytest.raises(ValueError, match="4 channels at dim 1 but num_classes is 5"):
+    with pytest.raises(ValueError) as caught:
         metric.update(torch.zeros(1, 4, 3, 4), TARGET.unsqueeze(0))
+    error_names(caught, "4 channels", "num_classes", "5")
 
 
 def test_accumulating_rows_equals_one_update():
@@ -135,32 +139,35 @@ def test_reset_clears_counts():
 def test_bad_target_values_are_listed():
     target = torch.tensor([[0, 3], [7, 255], [1, 7]])
     pred = torch.zeros(3, 2, dtype=torch.int64)
-    expected = r"label values \{3, 7\} are not classes 0\.\.1 nor the ignore index 255"
-    with pytest.raises(ValueError, match=expected):
+    with pytest.raises(ValueError) as caught:
         confusion_matrix(pred, target, num_classes=2)
+    error_names(caught, "label", "{3, 7}", "0..1", "255")  # each bad value once, the classes, the ignore index
 
 
 def test_bad_pred_values_are_listed():
     target = torch.tensor([0, 1, 0])
-    with pytest.raises(ValueError, match=r"predicted values \{-1, 2\} are not classes 0\.\.1"):
+    with pytest.raises(ValueError) as caught:
         confusion_matrix(torch.tensor([-1, 2, 0]), target, num_classes=2)
+    error_names(caught, "predicted", "{-1, 2}", "0..1")
 
 
 def test_float_pred_is_refused():
-    with pytest.raises(ValueError, match="integer class indices"):
+    with pytest.raises(ValueError, match="integer"):
         confusion_matrix(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.int64), num_classes=2)
 
 
 def test_shape_mismatch_is_refused():
-    with pytest.raises(ValueError, match=r"pred has shape \(2, 3\) but target has shape \(3, 2\)"):
+    with pytest.raises(ValueError) as caught:
         confusion_matrix(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(3, 2, dtype=torch.int64), 2)
+    error_names(caught, "(2, 3)", "(3, 2)")
 
 
 def test_binary_masks_saved_as_0_255_are_caught():
     metric = ConfusionMatrix(2)
     metric.update(torch.tensor([[0, 1], [1, 0]]), torch.tensor([[0, 255], [255, 0]]))
-    with pytest.raises(DataError, match=r"masks saved as 0/255 .*\(np.array\(mask\) > 127\)"):
+    with pytest.raises(DataError) as caught:
         metric.compute()
+    error_names(caught, "0/255", "np.array(mask) > 127")  # the cause, and the fix
     three = ConfusionMatrix(3)  # any class count: all labelled pixels class 0, the rest ignored
     three.update(torch.tensor([0, 0]), torch.tensor([0, 255]))
     with pytest.raises(DataError, match="0/255"):
@@ -220,8 +227,9 @@ def test_format_table():
 
 
 def test_format_table_refuses_incomplete_scores():
-    with pytest.raises(ValueError, match=r"'net' lack \['mean_iu', 'fw_iu'\]"):
+    with pytest.raises(ValueError) as caught:
         format_table({"net": {"pixel_acc": 0.5, "mean_acc": 0.5}})
+    error_names(caught, "'net'", "'mean_iu', 'fw_iu'")  # the row, and the scores it lacks
 
 
 def test_format_per_class():
@@ -234,8 +242,9 @@ def test_format_per_class():
         "| c | - | - |\n"
         "| d | 0.0 | - |"
     )
-    with pytest.raises(ValueError, match="3 class names for 4 classes"):
+    with pytest.raises(ValueError) as caught:
         format_per_class(scores, ["a", "b", "c"])
+    error_names(caught, "3", "4")  # the names given, the classes scored
 
 
 def test_binary_curve_max_f_by_hand():

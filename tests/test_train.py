@@ -17,7 +17,7 @@ from fcnseg.train import TrainConfig, train
 from fcnseg.train.data import EpochSampler
 from fcnseg.train.run import build_optimizer, lr_factor
 
-from .helpers import overfit_config, shapes_dataset
+from .helpers import error_names, overfit_config, shapes_dataset
 
 TINY = {"backbone": "vgg16", "width": 1 / 16, "geometry": "fast", "dataset": "synthetic",
         "dataset_options": {"num_images": 12, "height": 48, "width": 64}, "batch_size": 4, "workers": 0,
@@ -117,8 +117,9 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypat
         return loss * float("nan") if steps["n"] == 3 else loss
 
     monkeypatch.setattr(loop, "segmentation_loss", poisoned)
-    with pytest.raises(TrainingError, match=r"became nan at iteration 3.*last good checkpoint is .*last\.pth"):
+    with pytest.raises(TrainingError) as caught:
         train(_config(tmp_path))
+    error_names(caught, "nan", "iteration 3", tmp_path / "run" / "last.pth")  # what, when, and what is left
     state = read_checkpoint(tmp_path / "run" / "last.pth")
     assert state["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in state["model_state_dict"].values() if v.is_floating_point())
@@ -153,10 +154,12 @@ def test_config_file_and_errors(tmp_path):
     config = TrainConfig.from_yaml(path, width=0.25)
     assert (config.model, config.backbone, config.width) == ("fcn16s", "alexnet", 0.25)
     path.write_text("modle: fcn16s\n")
-    with pytest.raises(ValueError, match="unknown option.*modle"):
+    with pytest.raises(ValueError) as caught:
         TrainConfig.from_yaml(path)
-    with pytest.raises(ValueError, match="amp must be one of"):
+    error_names(caught, path, "modle", "model")  # the file, the unknown key, the known one it meant
+    with pytest.raises(ValueError) as caught:
         TrainConfig.from_dict({"amp": "fp8"})
+    error_names(caught, "amp", "'fp8'", "bf16")  # the option, the value, the values it takes
 
 
 def test_epoch_sampler_shards_and_resumes():
@@ -235,8 +238,9 @@ def test_bf16_channels_last_accumulation_and_tensorboard(tmp_path):
 def test_fp16_needs_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(TrainingError, match="fp16 needs a CUDA GPU"):
+    with pytest.raises(TrainingError) as caught:
         train(_config(tmp_path, amp="fp16"))
+    error_names(caught, "fp16", "GPU")
 
 
 def test_cli_resume_uses_the_runs_own_config(tmp_path):
@@ -279,9 +283,8 @@ def test_fine_tuning_a_checkpoint_to_another_class_set(tiny_checkpoint, tmp_path
             "--geometry", "fast", "--iterations", "1", "--batch-size", "2", "--workers", "0", "--threads", "1",
             "--out", str(tmp_path / "run")]
     assert main(argv) == 0
-    err = capsys.readouterr().err
-    assert "the starting net scored 8 classes, this one 3" in err
-    assert "the 2 class(es) both share: road, sky" in err
+    err = capsys.readouterr().err  # a note: the two class counts, and the classes whose weights carry over
+    assert all(name in err for name in ("8 classes", "3", "road, sky")), err
     assert read_checkpoint(tmp_path / "run" / "last.pth")["dataset"]["class_names"] == ["road", "water", "sky"]
 
 
