@@ -58,7 +58,8 @@ def fraction(text: str) -> float:
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars, progress lines or notes (warnings, errors and results still show)")
 
 
 def add_runtime(parser: argparse.ArgumentParser, device: bool = True) -> None:
