@@ -58,7 +58,7 @@ def main() -> None:
             path = export_onnx(model, Path(tmp) / f"{geometry}.onnx", info=INFO)
             print(f"{geometry:<10} export + verification {time.perf_counter() - start:.1f} s, "
                   f"{path.stat().st_size / 2**20:.1f} MiB")
-            forward, _, _ = load_onnx(path, threads=args.threads)
+            forward, _ = load_onnx(path, threads=args.threads)
             for height, width in SIZES:
                 diff, _ = parity(forward, model, (1, 3, height, width))
                 x = torch.randn(1, 3, height, width)

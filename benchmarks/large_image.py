@@ -45,7 +45,7 @@ def child(args: argparse.Namespace) -> None:
     mode, *rest = args.config.split(":")
     options = InferenceOptions(mode=mode, window=(int(rest[0]),) * 2 if rest else (512, 512),
                                overlap=float(rest[1]) if rest else 1 / 3)
-    segmenter = Segmenter(model, VOC, "imagenet", device="cpu", options=options, max_memory=2**40)
+    segmenter = Segmenter(model, model.spec.with_classes(VOC), device="cpu", options=options, max_memory=2**40)
     segmenter.predict(image[:256, :256])  # warm-up
     start = time.perf_counter()
     labels = segmenter.predict(image)

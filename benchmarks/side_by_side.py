@@ -105,9 +105,8 @@ def fcnseg_paths(fcn8s: torch.nn.Module, x: torch.Tensor, threads: int, work: Pa
                  images: int) -> dict[str, Path_]:
     """fcnseg's paths on pytorch-fcn's FCN8s weights."""
     reference = fcn_from_pytorch_fcn(fcn8s.state_dict(), name="fcn8s").eval()
-    fast = build_model("fcn8s", num_classes=21, geometry="fast").eval()
+    fast = build_model(reference.spec, geometry="fast").eval()  # the same weights and Caffe input, fast geometry
     fast.load_state_dict(reference.state_dict())
-    fast.backbone.input_normalization = "caffe"
     last = build_model("fcn8s", num_classes=21, geometry="fast").eval().to(memory_format=torch.channels_last)
     last.load_state_dict(reference.state_dict())
     with torch.no_grad():

@@ -13,11 +13,13 @@ from fcnseg.models import build_model
 
 
 def random_fcn(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int = 8, width: float = 1 / 16,
-               geometry: str = "fast", seed: int = 2):
+               geometry: str = "fast", seed: int = 2, **spec_fields):
     """A small FCN with random (Kaiming) convolutions, score layers included: since score layers start at
-    zero (every pixel would tie at class 0), this gives labels that vary across the image."""
+    zero (every pixel would tie at class 0), this gives labels that vary across the image. ``spec_fields``:
+    more of build_model's fields (inputs, extra_heads, normalization, classes, ...)."""
     torch.manual_seed(seed)
-    model = build_model(name, backbone=backbone, num_classes=num_classes, width=width, geometry=geometry)
+    model = build_model(name, backbone=backbone, num_classes=num_classes, width=width, geometry=geometry,
+                        **spec_fields)
     with torch.no_grad():
         for weight in model.parameters():
             if weight.dim() == 4 and weight.requires_grad:

@@ -22,9 +22,10 @@ ROADS = DatasetInfo("my_roads", ("void", "road", "lane"), ((0, 0, 0), (128, 64, 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_model(name="fcn8s", geometry="fast", backbone="vgg16", seed=0):
+def tiny_model(name="fcn8s", geometry="fast", backbone="vgg16", seed=0, **spec_fields):
     # Random score layers too: at zero (as built) every output would be 0 and any comparison would pass.
-    return random_fcn(name, backbone=backbone, num_classes=ROADS.num_classes, geometry=geometry, seed=seed)
+    return random_fcn(name, backbone=backbone, num_classes=ROADS.num_classes, geometry=geometry, seed=seed,
+                      **spec_fields)
 
 
 def assert_matches(forward, model, shapes=UNTRACED_SHAPES):
@@ -47,18 +48,16 @@ def assert_matches(forward, model, shapes=UNTRACED_SHAPES):
 def test_onnx_matches_torch_at_untraced_sizes(tmp_path, name, geometry, backbone):
     model = tiny_model(name, geometry, backbone)
     path = export.export_onnx(save_model(model, ROADS, tmp_path / "model.pth"), tmp_path / "model.onnx")
-    forward, _, _ = export.load_onnx(path, threads=1)
+    forward, _ = export.load_onnx(path, threads=1)
     assert_matches(forward, model)
 
 
 def test_onnx_metadata_round_trip(tmp_path):
-    model = tiny_model()
-    model.backbone.input_normalization = "caffe"  # as for the authors' converted weights
+    model = tiny_model(normalization="caffe")  # as for the authors' converted weights
     path = export.export_onnx(save_model(model, ROADS, tmp_path / "model.pth"), tmp_path / "out" / "model.onnx")
-    forward, info, normalization = export.load_onnx(path)
-    assert info == ROADS
-    assert normalization == "caffe"
-    assert forward.config == model.config
+    forward, spec = export.load_onnx(path)
+    assert spec == model.spec.replace(classes=ROADS) and forward.spec == spec
+    assert spec.normalization == ("caffe",)
     proto = onnx.load(str(path))
     assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logits"]
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
@@ -68,16 +67,17 @@ def test_onnx_metadata_round_trip(tmp_path):
 
 def test_onnx_export_of_a_module_needs_info_and_overrides(tmp_path):
     model = tiny_model(geometry="reference")
-    with pytest.raises(ValueError, match="info="):
+    with pytest.raises(ValueError, match="info="):  # the module's spec names no classes
         export.export_onnx(model, tmp_path / "model.onnx")
     with pytest.raises(ValueError) as caught:
         export.export_onnx(model, tmp_path / "model.onnx", info=DatasetInfo("two", ("a", "b"), ((0, 0, 0),) * 2))
     error_names(caught, "two", "2", "3")  # the dataset, its classes and the model's
     model.train()
-    path = export.export_onnx(model, tmp_path / "model.onnx", info=ROADS, normalization="caffe")
+    path = export.export_onnx(model, tmp_path / "model.onnx", info=ROADS)
     assert model.training  # the caller's mode is restored
-    forward, info, normalization = export.load_onnx(path)
-    assert (info, normalization) == (ROADS, "caffe")
+    forward, spec = export.load_onnx(path)
+    assert (spec.classes, spec.normalization_text) == (ROADS, "imagenet")
+    assert model.spec.classes is None  # the caller's net keeps its own spec
     assert_matches(forward, model.eval(), UNTRACED_SHAPES[:1])
 
 
@@ -108,8 +108,8 @@ def test_export_refuses_a_graph_that_bakes_in_the_traced_size(tmp_path, monkeypa
 def test_torchscript_matches_torch_at_untraced_sizes(tmp_path, geometry):
     model = tiny_model("fcn8s", geometry)
     path = export.export_torchscript(save_model(model, ROADS, tmp_path / "model.pth"), tmp_path / "model.ts")
-    module, info, normalization = export.load_torchscript(path)
-    assert (info, normalization) == (ROADS, "imagenet")
+    module, spec = export.load_torchscript(path)
+    assert spec == model.spec.replace(classes=ROADS)
     assert isinstance(module, torch.jit.ScriptModule) and not module.training
     assert_matches(module, model, UNTRACED_SHAPES[:3])
 
@@ -144,7 +144,7 @@ def test_load_errors(tmp_path):
 
 
 def test_onnx_forward_checks_its_input(tmp_path):
-    forward, _, _ = export.load_onnx(export.export_onnx(tiny_model(), tmp_path / "m.onnx", info=ROADS))
+    forward, _ = export.load_onnx(export.export_onnx(tiny_model(), tmp_path / "m.onnx", info=ROADS))
     with pytest.raises(ValueError, match="N x 3 x H x W"):
         forward(torch.zeros(3, 8, 8))
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fcnseg.api import load
-from fcnseg.checkpoint import read_checkpoint, save_model
+from fcnseg.checkpoint import checkpoint_spec, read_checkpoint, save_model
 from fcnseg.cli import main
 from fcnseg.data.info import SIFTFLOW, SIFTFLOW_GEOMETRIC
 from fcnseg.inference import predict_labels, predict_probs
@@ -102,8 +102,8 @@ def test_training_on_siftflow_sums_both_heads_losses(tmp_path, capsys):
     assert "geometric" in result["scores"]["extra_heads"]
     assert "; geometric mean IU" in capsys.readouterr().err
     checkpoint = read_checkpoint(tmp_path / "run" / "best.pth")
-    assert checkpoint["model"]["extra_heads"] == (3,)
-    assert checkpoint["dataset"]["extra_heads"][0]["task"] == "geometric"
+    spec = checkpoint_spec(checkpoint)
+    assert spec.extra_heads == (3,) and spec.classes.extra_heads[0].task == "geometric"
     weights = checkpoint["model_state_dict"]  # both heads learnt (they start at zero)
     assert weights["score_fr.weight"].abs().sum() > 0 and weights["extra_heads.0.score_fr.weight"].abs().sum() > 0
 

@@ -117,7 +117,7 @@ def test_predict_batch_groups_equal_sizes_and_matches_single_predictions(checkpo
         batch_sizes.append(x.shape[0])
         return seg.model(x)
 
-    counted = Segmenter(None, seg.info, seg.normalization, device="cpu", forward=counting_forward)
+    counted = Segmenter(None, seg.spec, device="cpu", forward=counting_forward)
     images = [scene(3), scene(4, 48, 64), scene(5), scene(6)]
     results = counted.predict_batch(images, batch_size=2)
     assert sorted(batch_sizes) == [1, 1, 2]  # the three 64x80 images as 2 + 1, the 48x64 one alone
@@ -127,7 +127,7 @@ def test_predict_batch_groups_equal_sizes_and_matches_single_predictions(checkpo
 
 
 def test_class_count_mismatch_is_a_clear_error(segmenter):
-    five = Segmenter(None, SYNTHETIC_ROADS, "imagenet", device="cpu", forward=lambda x: segmenter.model(x)[:, :5])
+    five = Segmenter(None, segmenter.spec, device="cpu", forward=lambda x: segmenter.model(x)[:, :5])
     with pytest.raises(WeightsError) as caught:
         five.predict(scene(1))
     error_names(caught, "5", "8 classes", "synthetic_roads")  # the scores' classes, and the metadata's
@@ -140,7 +140,7 @@ def test_bf16_autocast(segmenter):
     # bfloat16 keeps ~3 significant digits: most pixels keep their class, not all probabilities.
     assert (segmenter.predict(scene(1), bf16=True) == segmenter.predict(scene(1))).mean() > 0.9
     assert np.abs(probs - segmenter.predict_probs(scene(1))).max() > 1e-4
-    onnx_like = Segmenter(None, SYNTHETIC_ROADS, "imagenet", device="cpu", forward=segmenter.model)
+    onnx_like = Segmenter(None, segmenter.spec, device="cpu", forward=segmenter.model)
     with pytest.raises(ConfigError, match="bf16"):
         onnx_like.predict(scene(1), bf16=True)
 
@@ -192,7 +192,7 @@ def test_pixel_limit_refuses_before_decoding_and_restores_pil(segmenter, tmp_pat
         error_names(caught, "bytes", f"{H * W:,}", f"{limit:,}", "--max-pixels")
         assert Image.MAX_IMAGE_PIXELS == before
     np.testing.assert_array_equal(decode_image(path, max_pixels=H * W), scene(1))
-    small = Segmenter(segmenter.model, segmenter.info, segmenter.normalization, device="cpu", max_pixels=100)
+    small = Segmenter(segmenter.model, segmenter.spec, device="cpu", max_pixels=100)
     with pytest.raises(LimitError) as caught:
         small.predict(Image.open(path))
     error_names(caught, "PIL", f"{W}x{H}", f"{H * W:,}", "100")

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from fcnseg.api import load
-from fcnseg.checkpoint import read_checkpoint, save_model
+from fcnseg.checkpoint import checkpoint_spec, read_checkpoint, save_model
 from fcnseg.cli import main
 from fcnseg.data.hha import hha_from_depth
 from fcnseg.data.info import NYUD
@@ -109,7 +109,7 @@ def test_predict_with_a_depth_map(tmp_path, one_thread):
     root = nyud_folder(tmp_path / "nyud", ids=("5001",))
     checkpoint = save_model(random_net(), NYUD, tmp_path / "rgbd.pth")
     data = read_checkpoint(checkpoint)
-    data["normalization"] = COLOR_HHA
+    data["spec"]["normalization"] = COLOR_HHA.split("+")
     torch.save(data, checkpoint)
     segmenter = load(checkpoint, device="cpu")
     segmenter.intrinsics = CAMERA
@@ -172,7 +172,7 @@ def test_train_and_eval_on_rgbd(tmp_path, capsys):
               "log_interval": 1, "crop_size": [24, 24], "threads": 1, "out": str(tmp_path / "run")}
     train(TrainConfig.from_dict(config))
     checkpoint = read_checkpoint(tmp_path / "run" / "best.pth")
-    assert checkpoint["model"]["inputs"] == ("rgb", "hha")
+    assert checkpoint_spec(checkpoint).inputs == ("rgb", "hha")
     assert {k.split(".")[2] for k in checkpoint["model_state_dict"] if k.startswith("backbone.")} == {"rgb", "hha"}
     with pytest.raises(ConfigError, match="color_jitter.*hha"):  # the option, and the images it cannot change
         train(TrainConfig.from_dict({**config, "dataset_options": {**config["dataset_options"], "inputs": "hha"},

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 import fcnseg.train.loop as loop
-from fcnseg.checkpoint import read_checkpoint, save_model
+from fcnseg.checkpoint import checkpoint_spec, read_checkpoint, save_model
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.errors import TrainingError
@@ -254,7 +254,8 @@ def test_cli_resume_uses_the_runs_own_config(tmp_path):
     # No model options this time: they come from the run's config.yaml.
     assert main(["train", "--out", out, "--resume", "--iterations", "3"]) == 0
     state = read_checkpoint(tmp_path / "cli" / "last.pth")
-    assert state["iteration"] == 3 and state["model"]["name"] == "fcn16s" and state["model"]["width"] == 0.0625
+    spec = checkpoint_spec(state)
+    assert state["iteration"] == 3 and spec.name == "fcn16s" and spec.width == 0.0625
 
 
 
@@ -285,7 +286,8 @@ def test_fine_tuning_a_checkpoint_to_another_class_set(tiny_checkpoint, tmp_path
     assert main(argv) == 0
     err = capsys.readouterr().err  # a note: the two class counts, and the classes whose weights carry over
     assert all(name in err for name in ("8 classes", "3", "road, sky")), err
-    assert read_checkpoint(tmp_path / "run" / "last.pth")["dataset"]["class_names"] == ["road", "water", "sky"]
+    trained = checkpoint_spec(read_checkpoint(tmp_path / "run" / "last.pth"))
+    assert trained.classes.class_names == ("road", "water", "sky")
 
 
 def test_ema_update_by_hand():

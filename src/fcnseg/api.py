@@ -7,11 +7,11 @@
     maps = seg.predict_heads("scene.jpg")                      # a net with several heads: {task: HxW labels}
     rgbd = seg.predict("room.png", depth="room_depth.png")     # a NYUDv2 colour-HHA net: colour + depth
 
-Checkpoints carry the architecture, class names, palette and input normalisation, so nothing has to be
-restated. Images come through :func:`fcnseg.data.io.decode_image` (a path, image bytes, a PIL image or
-an HxWx3 uint8 array; files over ``max_pixels`` are refused before decoding); inference itself (whole
-image or sliding window, flips, scales) is :mod:`fcnseg.inference`. Nets that read depth (the authors'
-NYUDv2 HHA and colour-HHA nets) take a depth map (:func:`fcnseg.data.io.read_depth`), encoded as HHA
+Checkpoints and exports carry the net's spec (architecture, inputs and their normalisation, class names,
+palette), so nothing has to be restated. Images come through :func:`fcnseg.data.io.decode_image` (a path,
+image bytes, a PIL image or an HxWx3 uint8 array; files over ``max_pixels`` are refused before decoding);
+inference itself (whole image or sliding window, flips, scales) is :mod:`fcnseg.inference`. Nets that read
+depth (the authors' NYUDv2 HHA and colour-HHA nets) take a depth map (:func:`fcnseg.data.io.read_depth`), encoded as HHA
 (:mod:`fcnseg.data.hha`) with ``intrinsics`` (NYUDv2's Kinect by default), or an HHA image.
 """
 
@@ -33,8 +33,9 @@ from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image, read_d
 from fcnseg.errors import ConfigError, DataError, WeightsError
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
 from fcnseg.memory import default_budget, fit
+from fcnseg.models.spec import ModelSpec
 from fcnseg.models.weights import file_kind
-from fcnseg.normalization import check_normalization, normalize
+from fcnseg.normalization import normalize
 from fcnseg.runtime import native_bf16, resolve_device
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -46,28 +47,27 @@ class Segmenter:
     """A model ready for inference, with everything needed to read its inputs and show its outputs.
 
     Attributes: ``model`` (the torch module, or None for an export), ``forward`` (callable mapping
-    a normalised N x 3 x h x w tensor to N x C x h x w logits), ``config`` (the net's build_model
-    arguments, when known), ``info`` (class names, palette),
-    ``normalization`` ("imagenet" or "caffe"), ``device``, ``options`` (the default
+    a normalised N x 3 x h x w tensor, 3 channels per input, to N x C x h x w logits), ``spec`` (the net's
+    :class:`~fcnseg.models.spec.ModelSpec`: architecture, inputs and their normalisation, classes) and what
+    follows from it: ``info`` (class names, palette), ``normalization``, ``inputs`` (``("rgb",)``, ``("hha",)``
+    or ``("rgb", "hha")``) and ``config`` (the architecture); ``device``, ``options`` (the default
     :class:`~fcnseg.inference.InferenceOptions`; every call may override fields by keyword),
     ``max_pixels`` (image files larger than this are refused before decoding) and ``max_memory`` (bytes a
     prediction may use; None: 80% of the memory available when it runs). A prediction whose estimate
     (:mod:`fcnseg.memory`) exceeds it runs in sliding windows instead, which ``report`` (a warning by
     default) mentions, or is refused with a :class:`~fcnseg.errors.LimitError` when nothing fits.
-    ``inputs`` (what the net reads: ``("rgb",)``, ``("hha",)`` or ``("rgb", "hha")``), and for depth
-    ``intrinsics`` (fx, fy, cx, cy; None: NYUDv2's camera, by frame size) and ``depth_scale`` (metres per
-    unit of a depth image file: 0.001 for millimetres).
+    For depth: ``intrinsics`` (fx, fy, cx, cy; None: NYUDv2's camera, by frame size) and ``depth_scale``
+    (metres per unit of a depth image file: 0.001 for millimetres).
     """
 
-    def __init__(self, model: torch.nn.Module | None, info: DatasetInfo, normalization: str,
-                 device: str | torch.device = "auto", forward: Forward | None = None,
-                 options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 config: dict | None = None, max_memory: int | None = None) -> None:
-        check_normalization(normalization)
+    def __init__(self, model: torch.nn.Module | None, spec: ModelSpec, device: str | torch.device = "auto",
+                 forward: Forward | None = None, options: InferenceOptions | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_memory: int | None = None) -> None:
         if model is None and forward is None:
             raise ConfigError("Segmenter needs a model or a forward callable")
         if max_pixels < 1:
             raise ConfigError(f"max_pixels must be positive, got {max_pixels}")
+        self.spec = spec.with_classes(None)
         self.device = resolve_device(device)
         self.model = model
         self.forward: Forward = forward if forward is not None else model
@@ -77,19 +77,34 @@ class Segmenter:
         self.channels_last = model is not None and forward is None
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.config = config if config is not None else getattr(model, "config", None)
-        self.info = info
-        self.normalization = normalization
         self.options = options or InferenceOptions()
         self.max_pixels = max_pixels
         self.max_memory = max_memory
         self.report: Callable[[str], None] = lambda note: warnings.warn(note, stacklevel=3)
-        self.inputs: tuple[str, ...] = tuple((self.config or {}).get("inputs", ("rgb",)))
         self._told_bf16 = False
-        check_normalization(normalization, len(self.inputs))
         self.intrinsics: Sequence[float] | None = None
         self.depth_scale = 0.001
         self._options({})  # bf16 needs a torch model
+
+    @property
+    def info(self) -> DatasetInfo:
+        """The classes the net scores (names, palette, ignore index; one label set per head)."""
+        return self.spec.classes
+
+    @property
+    def normalization(self) -> str:
+        """How images are normalised for the net (one ``+``-joined part per input)."""
+        return self.spec.normalization_text
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """What the net reads: ``("rgb",)``, ``("hha",)`` or ``("rgb", "hha")``."""
+        return self.spec.inputs
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The net's architecture (build_model's arguments)."""
+        return self.spec.architecture()
 
     @property
     def label_dtype(self) -> type:
@@ -133,10 +148,8 @@ class Segmenter:
     def plan(self, batch: int, height: int, width: int, options: InferenceOptions | None = None,
              probs: bool = False, name: str = "the image") -> InferenceOptions:
         """``options`` made to fit the memory budget (see :func:`fcnseg.memory.fit`) for ``batch`` images of
-        ``height x width``; unchanged when the net is unknown (an export without its config)."""
+        ``height x width``."""
         options = options or self.options
-        if self.config is None:
-            return options
         budget = self.max_memory if self.max_memory is not None else default_budget(self.device)
         fitted, note = fit(self.config, sum(self.info.head_classes), batch, height, width, options, budget, probs,
                            name, channels_last=self.channels_last)
@@ -254,9 +267,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: 
     if kind in ("onnx", "torchscript"):
         from fcnseg.export import load_export  # onnxruntime is optional: imported only when asked for
 
-        forward, info, normalization, config = load_export(path, threads=torch.get_num_threads())
-        return Segmenter(None, info, normalization, device=device, forward=forward, options=options,
-                         max_pixels=max_pixels, config=config, max_memory=max_memory)
-    model, info = model_from_checkpoint(path)
-    return Segmenter(model, info, model.backbone.input_normalization, device=device, options=options,
-                     max_pixels=max_pixels, config=model.config, max_memory=max_memory)
+        forward, spec = load_export(path, threads=torch.get_num_threads())
+        return Segmenter(None, spec, device=device, forward=forward, options=options, max_pixels=max_pixels,
+                         max_memory=max_memory)
+    model, _ = model_from_checkpoint(path)
+    return Segmenter(model, model.spec, device=device, options=options, max_pixels=max_pixels, max_memory=max_memory)

@@ -1,16 +1,17 @@
-"""Checkpoints that carry everything inference needs: architecture, classes, palette, normalisation.
+"""Checkpoints that carry everything inference needs: the net's :class:`~fcnseg.models.spec.ModelSpec`.
 
 A checkpoint is a plain dict of tensors and basic Python values (loadable with ``weights_only=True``):
 
-    format: "fcnseg-checkpoint", version: 1,
-    model: {"name", "backbone", "num_classes", "width", "geometry", "learnable_upsampling"},
-    normalization: "imagenet" | "caffe",
-    dataset: {"name", "class_names", "palette", "ignore_index"},
+    format: "fcnseg-checkpoint", version: 2,
+    spec: ModelSpec.to_dict() (architecture, inputs and their normalisation, input transform, classes),
     model_state_dict: {...},
-    and for training runs: optimizer, scheduler, scaler, rng, epoch, iteration, best_mean_iu, config.
+    and for training runs: optimizer, scheduler, scaler, rng, epoch, iteration, best_mean_iu, config,
+    train_state_dict (the training weights, when model_state_dict holds their moving average).
 
-Writes are atomic (a temporary file in the same folder, then a rename), so a crash never leaves a
-half-written checkpoint in place of a good one.
+Version 1 (``model``: build_model's arguments, ``normalization``, ``dataset``) is still read. A checkpoint is
+refused in one line when its weights disagree with its own spec (a missing, extra or mis-shaped tensor) or
+are not finite. Writes are atomic (a temporary file in the same folder, then a rename), so a crash never
+leaves a half-written checkpoint in place of a good one.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.errors import WeightsError
 from fcnseg.models import build_model
 from fcnseg.models.fcn import FCN
-from fcnseg.models.weights import load_torch_file
+from fcnseg.models.spec import ModelSpec, dataset_meta, info_from_meta, spec_from_v1
+from fcnseg.models.weights import check_fit, load_torch_file
 
 FORMAT = "fcnseg-checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 def write_checkpoint(data: dict, path: str | Path) -> Path:
@@ -46,35 +48,12 @@ def unwrap(model: nn.Module) -> FCN:
     return model
 
 
-def dataset_meta(info: DatasetInfo) -> dict:
-    """``info`` as plain values (the fields of several heads and scoring only where they are set)."""
-    meta = {"name": info.name, "class_names": list(info.class_names), "palette": [list(c) for c in info.palette],
-            "ignore_index": info.ignore_index}
-    if info.task != "semantic":
-        meta["task"] = info.task
-    if info.extra_heads:
-        meta["extra_heads"] = [dataset_meta(head) for head in info.extra_heads]
-    if info.exclude_absent:
-        meta["exclude_absent"] = True
-    return meta
-
-
-def info_from_meta(meta: dict) -> DatasetInfo:
-    return DatasetInfo(meta["name"], tuple(meta["class_names"]), tuple(tuple(c) for c in meta["palette"]),
-                       meta.get("ignore_index", 255), task=meta.get("task", "semantic"),
-                       extra_heads=tuple(info_from_meta(head) for head in meta.get("extra_heads", ())),
-                       exclude_absent=meta.get("exclude_absent", False))
-
-
-def model_checkpoint(model: nn.Module, info: DatasetInfo, **extra: Any) -> dict:
-    """The inference part of a checkpoint (plus any training state passed in ``extra``)."""
-    fcn = unwrap(model)
-    if info.head_classes != fcn.head_classes:
-        raise WeightsError(f"dataset {info.name} has {count_text(info.head_classes)} classes, the model "
-                           f"{count_text(fcn.head_classes)}")
-    return {"format": FORMAT, "version": VERSION, "model": dict(fcn.config),
-            "normalization": fcn.backbone.input_normalization, "dataset": dataset_meta(info),
-            "model_state_dict": fcn.state_dict(), **extra}
+def model_checkpoint(model: nn.Module, info: DatasetInfo | None = None, **extra: Any) -> dict:
+    """The inference part of a checkpoint (plus any training state passed in ``extra``); ``info`` replaces the
+    classes of the net's spec (same class counts)."""
+    spec = unwrap(model).spec.with_classes(info)
+    state = unwrap(model).state_dict()
+    return {"format": FORMAT, "version": VERSION, "spec": spec.to_dict(), "model_state_dict": state, **extra}
 
 
 def save_model(model: nn.Module, info: DatasetInfo, path: str | Path, **extra: Any) -> Path:
@@ -94,15 +73,44 @@ def read_checkpoint(path: str | Path) -> dict:
             hint = (" It looks like a pytorch-fcn file: load it with "
                     "fcnseg.models.weights.fcn_from_pytorch_fcn or `fcnseg convert`.")
         raise WeightsError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' header).{hint}")
-    if data.get("version", 0) > VERSION:
+    if not isinstance(data.get("version", 0), int) or data.get("version", 0) > VERSION:
         raise WeightsError(f"{path} was written by a newer fcnseg (checkpoint version {data['version']})")
     return data
 
 
+def checkpoint_spec(data: dict, source: object = "the checkpoint") -> ModelSpec:
+    """The spec a checkpoint dict carries (version 2), or that its version-1 entries describe."""
+    if data.get("version", 0) >= 2:
+        return ModelSpec.from_dict(data.get("spec"), source)
+    return spec_from_v1(data.get("model"), data.get("normalization", "imagenet"), data.get("dataset"), source)
+
+
 def model_from_checkpoint(source: str | Path | dict) -> tuple[FCN, DatasetInfo]:
-    """Rebuild the model a checkpoint describes and load its weights; returns (model in eval mode, info)."""
+    """Rebuild the net a checkpoint's spec describes and load its weights, each checked against the spec and
+    for finite values; returns (model in eval mode with its ``spec``, its classes)."""
     data = source if isinstance(source, dict) else read_checkpoint(source)
-    model = build_model(**data["model"])
-    model.load_state_dict(data["model_state_dict"])
-    model.backbone.input_normalization = data.get("normalization", "imagenet")
-    return model.eval(), info_from_meta(data["dataset"])
+    name = "the checkpoint" if isinstance(source, dict) else Path(source)
+    spec = checkpoint_spec(data, name)
+    if spec.classes is None:
+        raise WeightsError(f"{name} has no classes in its model spec (class names and palette)")
+    state = data.get("model_state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{name} holds no weights (model_state_dict is not a mapping of names to tensors)")
+    model = build_model(spec)
+    check_fit(model.state_dict(), state, f"{name}: the weights", f"its own spec ({describe(spec)})")
+    bad = next((key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()), None)
+    if bad is not None:
+        raise WeightsError(f"{name}: weight {bad} holds NaN or infinite values (a diverged training or a damaged "
+                           "file); use an earlier checkpoint")
+    model.load_state_dict(state, strict=False)  # check_fit allows only BatchNorm's step counters to be absent
+    return model.eval(), spec.classes
+
+
+def describe(spec: ModelSpec) -> str:
+    """A few words on a net: ``fcn8s vgg16 width 0.25 reference, 11 classes``."""
+    return (f"{spec.name} {spec.backbone} width {spec.width:g} {spec.geometry}, "
+            f"{count_text(spec.head_classes)} classes")
+
+
+__all__ = ["FORMAT", "VERSION", "checkpoint_spec", "dataset_meta", "describe", "info_from_meta", "model_checkpoint",
+           "model_from_checkpoint", "read_checkpoint", "save_model", "unwrap", "write_checkpoint"]

@@ -1,11 +1,12 @@
 """Deployment: export an FCN to ONNX or TorchScript with everything inference needs, and load it back.
 
 An exported file maps a normalised ``N x 3 x H x W`` float32 ``image`` to ``N x C x H x W`` ``logits`` for
-any batch size and any ``H, W >= 1``, exactly as the PyTorch model does, and carries the dataset metadata
-(class names, palette, ignore index), the input normalisation and the model config: ONNX files as
-``metadata_props`` (JSON strings under ``fcnseg.*`` keys), TorchScript archives as the extra file
-``fcnseg.json``. ``load_onnx`` / ``load_torchscript`` rebuild the ``(forward, info, normalization)`` triple that
-``fcnseg.api.Segmenter`` takes (``fcnseg.load(path, backend="onnxruntime")``).
+any batch size and any ``H, W >= 1``, exactly as the PyTorch model does (``3 x H x W`` is ``6 x H x W``
+for a colour+HHA net: 3 channels per input), and carries the net's :class:`~fcnseg.models.spec.ModelSpec`
+(architecture, inputs and their normalisation, classes): ONNX files as ``metadata_props`` (JSON strings
+under ``fcnseg.*`` keys), TorchScript archives as the extra file ``fcnseg.json``. ``load_onnx`` /
+``load_torchscript`` give ``(forward, spec)``, which ``fcnseg.api.Segmenter`` takes
+(``fcnseg.load(path, backend="onnxruntime")``). Version-1 exports (no spec) are still read.
 
 Which ONNX exporter, and why: the TorchScript-based one (``torch.onnx.export(..., dynamo=False)``).
 Both exporters give outputs equal to PyTorch's (< 1e-6) at untraced sizes for every backbone, head and
@@ -34,15 +35,15 @@ import torch
 from torch import nn
 
 from fcnseg.atomic import atomic_open, atomic_path
-from fcnseg.checkpoint import dataset_meta, info_from_meta, model_from_checkpoint, unwrap
-from fcnseg.data.info import DatasetInfo, count_text
+from fcnseg.checkpoint import model_from_checkpoint, unwrap
+from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, ExportError, WeightsError
 from fcnseg.models.fcn import FCN
+from fcnseg.models.spec import ModelSpec, spec_from_v1
 from fcnseg.models.weights import file_kind
-from fcnseg.normalization import check_normalization
 
 FORMAT = "fcnseg-export"
-VERSION = 1
+VERSION = 2
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 TORCHSCRIPT_EXTRA_FILE = "fcnseg.json"
 # Traced at one size and batch, verified at another: a size or batch baked into the graph shows up as a
@@ -72,44 +73,32 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def _resolve(source: str | Path | nn.Module, info: DatasetInfo | None,
-             normalization: str | None) -> tuple[FCN, DatasetInfo, str]:
-    """(model, info, normalization) from a checkpoint path or an FCN module."""
+def _resolve(source: str | Path | nn.Module, info: DatasetInfo | None) -> tuple[FCN, ModelSpec]:
+    """The FCN of a checkpoint path or module, and its spec with the classes ``info`` (when given)."""
     if isinstance(source, nn.Module):
-        if info is None:
-            raise ConfigError("exporting a module needs info=DatasetInfo(...) (class names and palette); "
-                             "or export a checkpoint file, which carries them")
         model = unwrap(source)
-        if not isinstance(model, FCN):
-            raise ConfigError(f"expected an fcnseg FCN, got {type(model).__name__}")
+        if not isinstance(model, FCN) or not hasattr(model, "spec"):
+            raise ConfigError(f"expected an fcnseg FCN (from fcnseg.build_model), got {type(model).__name__}")
     else:
-        model, checkpoint_info = model_from_checkpoint(source)
-        info = info or checkpoint_info
-    if not hasattr(model, "config"):
-        raise ConfigError("the model has no .config (build it with fcnseg.models.build_model) so the export "
-                         "could not record its architecture")
-    if info.head_classes != model.head_classes:
-        raise ConfigError(f"dataset {info.name} has {count_text(info.head_classes)} classes, the model "
-                          f"{count_text(model.head_classes)}")
-    normalization = normalization or model.backbone.input_normalization
-    check_normalization(normalization)
-    return model, info, normalization
+        model, _ = model_from_checkpoint(source)
+    return model, model.spec.with_classes(info)
 
 
-def _metadata(model: FCN, info: DatasetInfo, normalization: str) -> dict[str, Any]:
-    return {"format": FORMAT, "version": VERSION, "model": dict(model.config), "normalization": normalization,
-            "dataset": dataset_meta(info)}
+def _metadata(spec: ModelSpec) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "spec": spec.to_dict()}
 
 
-def _from_metadata(meta: dict[str, Any], path: Path) -> tuple[DatasetInfo, str, dict]:
+def _from_metadata(meta: dict[str, Any], path: Path) -> ModelSpec:
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path} has no fcnseg metadata: export it with `fcnseg export CHECKPOINT ...`")
-    if meta.get("version", 0) > VERSION:
-        raise WeightsError(f"{path} was written by a newer fcnseg (export version {meta['version']})")
-    try:
-        return info_from_meta(meta["dataset"]), meta["normalization"], meta["model"]
-    except (KeyError, TypeError, ValueError) as error:
-        raise WeightsError(f"{path} has damaged fcnseg metadata ({error!r}); export it again") from None
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise WeightsError(f"{path} was written by a newer fcnseg (export version {version!r})")
+    spec = ModelSpec.from_dict(meta.get("spec"), path) if version >= 2 else spec_from_v1(
+        meta.get("model"), meta.get("normalization"), meta.get("dataset"), path)
+    if spec.classes is None:
+        raise WeightsError(f"{path} has no classes in its fcnseg metadata; export it again")
+    return spec
 
 
 # --------------------------------------------------------------------------------------------- parity
@@ -117,9 +106,13 @@ def _inputs(shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+def input_shape(spec: ModelSpec, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """The shape of a normalised input batch of the net ``spec``: 3 channels per input (colour, HHA)."""
+    return batch, spec.channels, height, width
+
+
 def _shape(model: FCN, shape: Sequence[int]) -> tuple[int, ...]:
-    """``shape`` with the channels of the net's input: 3 per input (colour, HHA)."""
-    return (shape[0], 3 * len(getattr(model, "config", {}).get("inputs", ("rgb",))), *shape[2:])
+    return input_shape(model.spec, shape[0], *shape[2:])
 
 
 def parity(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, shape: Sequence[int],
@@ -169,19 +162,19 @@ def _quiet_jit():
 
 
 # ----------------------------------------------------------------------------------------------- ONNX
-def export_onnx(source: str | Path | nn.Module, path: str | Path, opset: int = 18, info: DatasetInfo | None = None,
-                normalization: str | None = None) -> Path:
-    """Export a checkpoint (path) or an FCN module (then ``info`` is required) to an ONNX file.
+def export_onnx(source: str | Path | nn.Module, path: str | Path, opset: int = 18,
+                info: DatasetInfo | None = None) -> Path:
+    """Export a checkpoint (path) or an FCN module (``info``: its classes, if its spec has none) to an ONNX file.
 
     Input ``image`` (N x 3 x H x W float32, normalised), output ``logits`` (N x C x H x W); batch, height and
-    width are dynamic. Dataset metadata, normalisation and model config go into ``metadata_props``. The file
+    width are dynamic. The net's spec goes into ``metadata_props``. The file
     is checked with ONNX Runtime against the PyTorch model at an untraced size and batch before it replaces
     ``path`` (atomically); a mismatch raises :class:`ExportError` and leaves ``path`` untouched.
     """
     path = Path(path)
     onnx = require_module("onnx", "ONNX export")
-    model, info, normalization = _resolve(source, info, normalization)
-    meta = _metadata(model, info, normalization)
+    model, spec = _resolve(source, info)
+    meta = _metadata(spec)
     buffer = io.BytesIO()
     dynamic = {0: "batch", 2: "height", 3: "width"}
     with _eval_mode(model), torch.no_grad(), _quiet_jit():
@@ -197,13 +190,13 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, opset: int = 1
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = f"fcnseg.{key}", json.dumps(value)
-    proto.doc_string = (f"fcnseg {model.config['name']} ({model.config['backbone']}, {model.config['geometry']} "
-                        f"geometry) for {info.name}: {INPUT_NAME} N x 3 x H x W ({normalization}-normalised) -> "
-                        f"{OUTPUT_NAME} N x {info.num_classes} x H x W")
+    proto.doc_string = (f"fcnseg {spec.name} ({spec.backbone}, {spec.geometry} geometry) for {spec.classes.name}: "
+                        f"{INPUT_NAME} N x {spec.channels} x H x W ({spec.normalization_text}-normalised) -> "
+                        f"{OUTPUT_NAME} N x {sum(spec.head_classes)} x H x W")
 
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
-        forward, _, _ = load_onnx(tmp)
+        forward, _ = load_onnx(tmp)
         _verify(forward, model, "ONNX", path)
     return path
 
@@ -212,10 +205,10 @@ class OnnxForward:
     """``forward(x)``: run an ONNX Runtime session on a float32 N x 3 x H x W tensor, return a tensor on x's
     device. Thread-safe (ONNX Runtime sessions are), so one instance can serve concurrent requests."""
 
-    def __init__(self, session: Any, path: Path, config: dict) -> None:
+    def __init__(self, session: Any, path: Path, spec: ModelSpec) -> None:
         self.session = session
         self.path = path
-        self.config = config
+        self.spec = spec
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] % 3 or not x.shape[1]:
@@ -229,8 +222,8 @@ class OnnxForward:
         return f"OnnxForward({str(self.path)!r})"
 
 
-def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxForward, DatasetInfo, str]:
-    """Open an fcnseg ONNX export with ONNX Runtime (CPU): ``(forward, info, normalization)``.
+def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxForward, ModelSpec]:
+    """Open an fcnseg ONNX export with ONNX Runtime (CPU): ``(forward, spec)``.
 
     ``threads``: ONNX Runtime's intra-op threads (None: its default, one per core).
     """
@@ -253,56 +246,51 @@ def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxForward
                 if key.startswith("fcnseg.")}
     except json.JSONDecodeError:
         raise WeightsError(f"{path} has damaged fcnseg metadata; export it again with `fcnseg export`") from None
-    info, normalization, config = _from_metadata(meta, path)
+    spec = _from_metadata(meta, path)
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if names != ([INPUT_NAME], [OUTPUT_NAME]):
         raise WeightsError(f"{path} has inputs/outputs {names}, expected ['{INPUT_NAME}'] -> ['{OUTPUT_NAME}']")
-    return OnnxForward(session, path, config), info, normalization
+    return OnnxForward(session, path, spec), spec
 
 
 # ---------------------------------------------------------------------------------------------- TorchScript
-def export_torchscript(source: str | Path | nn.Module, path: str | Path, info: DatasetInfo | None = None,
-                       normalization: str | None = None) -> Path:
-    """Export a checkpoint (path) or an FCN module (then ``info`` is required) as a TorchScript archive.
+def export_torchscript(source: str | Path | nn.Module, path: str | Path, info: DatasetInfo | None = None) -> Path:
+    """Export a checkpoint (path) or an FCN module (``info``: its classes, if its spec has none) as a TorchScript
+    archive.
 
     ``torch.jit.script`` is tried first; FCNs do not script (their geometry planning is plain Python), so in
     practice the net is traced (``torch.jit.trace``) through the same traceable padding as the ONNX export.
     Either way the result is checked against the model at an untraced size and batch before it is written;
-    the metadata goes into the archive's extra file ``fcnseg.json``.
+    the spec goes into the archive's extra file ``fcnseg.json``.
     """
     path = Path(path)
-    model, info, normalization = _resolve(source, info, normalization)
+    model, spec = _resolve(source, info)
     with _eval_mode(model), torch.no_grad(), _quiet_jit():
         try:
             compiled = torch.jit.script(model)
         except Exception:  # noqa: BLE001 - scripting rejects much ordinary Python: fall back to tracing
             compiled = torch.jit.trace(model, _inputs(_shape(model, TRACE_SHAPE)), check_trace=False)
         _verify(compiled, model, "TorchScript", path)
-    extra = {TORCHSCRIPT_EXTRA_FILE: json.dumps(_metadata(model, info, normalization))}
+    extra = {TORCHSCRIPT_EXTRA_FILE: json.dumps(_metadata(spec))}
     # Written through a file handle: given a path, torch.jit.save names the archive's inner folder after it.
     with atomic_open(path) as handle, _quiet_jit():
         torch.jit.save(compiled, handle, _extra_files=extra)
     return path
 
 
-def load_export(path: str | Path, threads: int | None = None) -> tuple[Callable, DatasetInfo, str, dict]:
-    """An fcnseg ONNX or TorchScript export, told apart by its content: ``(forward, info, normalization,
-    model config)``. ``threads``: ONNX Runtime's intra-op threads."""
+def load_export(path: str | Path, threads: int | None = None) -> tuple[Callable, ModelSpec]:
+    """An fcnseg ONNX or TorchScript export, told apart by its content: ``(forward, spec)``.
+    ``threads``: ONNX Runtime's intra-op threads."""
     if file_kind(path) == "onnx":
-        forward, info, normalization = load_onnx(path, threads)
-        return forward, info, normalization, forward.config
-    return _load_torchscript(path)
+        return load_onnx(path, threads)
+    return load_torchscript(path)
 
 
-def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, DatasetInfo, str]:
-    """Load an fcnseg TorchScript export on the CPU: ``(module in eval mode, info, normalization)``.
+def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelSpec]:
+    """Load an fcnseg TorchScript export on the CPU: ``(module in eval mode, spec)``.
 
     A TorchScript archive holds code as well as weights: load only files from sources you trust.
     """
-    return _load_torchscript(path)[:3]
-
-
-def _load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, DatasetInfo, str, dict]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"TorchScript model not found: {path}")
@@ -318,6 +306,6 @@ def _load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, Dataset
         meta = json.loads(extra[TORCHSCRIPT_EXTRA_FILE] or "{}")
     except json.JSONDecodeError:
         meta = {}
-    info, normalization, config = _from_metadata(meta, path)
+    spec = _from_metadata(meta if isinstance(meta, dict) else {}, path)
     module.eval()
-    return module, info, normalization, config
+    return module, spec

@@ -32,10 +32,15 @@ def caffe_normalization(bgr_mean: tuple[float, float, float]) -> str:
     return "caffe:" + ",".join(f"{v:g}" for v in bgr_mean)
 
 
+def split_normalization(kind: str) -> tuple[str, ...]:
+    """The per-input parts of a normalisation string (``"caffe+hha:1,2,3"`` -> two)."""
+    return tuple(kind.split("+")) if isinstance(kind, str) else (kind,)
+
+
 def check_normalization(kind: str, inputs: int | None = None) -> str:
     """``kind`` if it is a normalisation fcnseg knows (for a net of ``inputs`` inputs, when given), else a
     ConfigError saying which are."""
-    kinds = kind.split("+") if isinstance(kind, str) else [kind]
+    kinds = split_normalization(kind)
     for single in kinds:
         _parse(single)
     if inputs is not None:
@@ -63,7 +68,7 @@ def _parse(kind: str) -> tuple[str, tuple[float, ...], tuple[float, ...] | None]
 
 def _groups(kind: str, channels: int) -> list[str]:
     """One normalisation per 3-channel input of a ``channels``-channel image."""
-    kinds = kind.split("+") if isinstance(kind, str) else [kind]
+    kinds = list(split_normalization(kind))
     for single in kinds:
         _parse(single)
     if channels % 3:

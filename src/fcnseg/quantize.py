@@ -119,17 +119,12 @@ def export_int8(source: str | Path | nn.Module, path: str | Path, calibration: C
     onnx = require_module("onnx", "ONNX export")
     quantization = require_module("onnxruntime.quantization", "int8 export")
     require_module("onnxruntime.quantization.shape_inference", "int8 export")
-    if isinstance(source, nn.Module):
-        if info is None:
-            raise ConfigError("exporting a module needs its DatasetInfo (info=...)")
-        model = source
-    else:
-        model, info = model_from_checkpoint(source)
-    normalization = model.backbone.input_normalization
-    batches = calibration_batches(calibration, normalization, tuple(model.config.get("inputs", ("rgb",))))
+    model = source if isinstance(source, nn.Module) else model_from_checkpoint(source)[0]
+    spec = model.spec.with_classes(info)
+    batches = calibration_batches(calibration, spec.normalization_text, spec.inputs)
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix=".fcnseg-int8-", dir=path.parent if path.parent.is_dir() else None) as work:
-        fp32 = export_onnx(model, Path(work) / "fp32.onnx", opset=opset, info=info)
+        fp32 = export_onnx(model, Path(work) / "fp32.onnx", opset=opset, info=spec.classes)
         prepared, int8 = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
         with _quiet_quantizer(Path(quantization.__file__).parent):
             # Batch norms folded into their convolutions and shapes inferred first, as ONNX Runtime advises:
@@ -140,7 +135,7 @@ def export_int8(source: str | Path | nn.Module, path: str | Path, calibration: C
                 per_channel=True, reduce_range=True, activation_type=quantization.QuantType.QUInt8,
                 weight_type=quantization.QuantType.QInt8, calibrate_method=quantization.CalibrationMethod.MinMax)
         report = {"precision": "int8", "method": METHOD, "calibration": asdict(calibration)}
-        report["agreement_with_fp32"] = _agreement(fp32, int8, batches, info)
+        report["agreement_with_fp32"] = _agreement(fp32, int8, batches, spec.classes)
         proto = onnx.load(str(int8))
         entry = proto.metadata_props.add()
         entry.key, entry.value = "fcnseg.int8", json.dumps(report)
@@ -201,8 +196,8 @@ def _agreement(fp32: Path, int8: Path, batches: list[np.ndarray], info: DatasetI
     """Share of pixels (first head) where the int8 model's label equals the fp32 model's."""
     heads = info.head_classes
     same = total = 0
-    exact, _, _ = load_onnx(fp32)
-    quantised, _, _ = load_onnx(int8)
+    exact, _ = load_onnx(fp32)
+    quantised, _ = load_onnx(int8)
     for batch in batches:
         x = torch.from_numpy(batch)
         a = exact(x)[:, :heads[0]].argmax(1)

@@ -205,7 +205,7 @@ def test_converted_nets_compute_the_oracles_function(tmp_path, name, form):
     means = {"nyud-fcn32s-color": "caffe:116.19,97.203,92.318", "nyud-fcn32s-hha": "hha:132.431,94.076,118.477",
              "nyud-fcn32s-color-hha": "caffe:116.19,97.203,92.318+hha:132.431,94.076,118.477"}
     expected = means.get(name, "caffe:114.578,115.294,108.353" if name.startswith("siftflow") else "caffe")
-    assert model.backbone.input_normalization == expected
+    assert model.spec.normalization_text == expected and model.spec.classes == info
     for size in [(1, 1), (37, 45), (64, 64)]:
         x = torch.randn(1, 3 * len(inputs), *size, generator=torch.Generator().manual_seed(sum(size))) * 50
         with torch.no_grad():

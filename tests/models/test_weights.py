@@ -101,7 +101,7 @@ def test_pytorch_fcn_weights_reproduce_its_outputs(tmp_path, kind):
     torch.save({"model_state_dict": reference.state_dict(), "epoch": 3, "arch": arch}, path)
     name = "fcn" + kind
     model = fcn_from_pytorch_fcn(path).eval()
-    assert model.backbone.input_normalization == "caffe"
+    assert model.spec.normalization == ("caffe",)
     assert model.config["name"] == name
     for size in [(1, 1), (64, 64), (97, 75)]:
         x = torch.randn(1, 3, *size) * 50

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fcnseg.checkpoint import model_from_checkpoint
+from fcnseg.checkpoint import describe, model_from_checkpoint
 from fcnseg.commands.options import add_runtime
 from fcnseg.errors import ConfigError
-from fcnseg.export import export_onnx, export_torchscript, load_onnx, load_torchscript, parity
+from fcnseg.export import export_onnx, export_torchscript, input_shape, load_onnx, load_torchscript, parity
+from fcnseg.models.fcn import FCN
 from fcnseg.outputs import output_file
 from fcnseg.quantize import Calibration, export_int8, parse_calibration
 from fcnseg.runtime import set_threads
@@ -52,23 +53,27 @@ def run(args: argparse.Namespace) -> int:
     if calibration is not None:
         return _int8(args, model, info, calibration, outputs)
     if args.format == "onnx":
-        out = export_onnx(model, args.out, opset=args.opset, info=info)
-        forward, _, _ = load_onnx(out, threads=threads)
+        out = export_onnx(model, args.out, opset=args.opset)
+        forward, _ = load_onnx(out, threads=threads)
     else:
-        out = export_torchscript(model, args.out, info=info)
-        forward, _, _ = load_torchscript(out)
+        out = export_torchscript(model, args.out)
+        forward, _ = load_torchscript(out)
     outputs.record([out], flush=True)
-    config = model.config
-    print(f"wrote {out} ({args.format}; {config['name']} {config['backbone']} {config['geometry']}, "
-          f"{info.num_classes} classes of {info.name}; {model.backbone.input_normalization} normalisation)")
+    print(f"wrote {out} ({args.format}; {describe(model.spec)} of {info.name}; {model.spec.normalization_text} "
+          "normalisation)")
+    return 0 if _check_sizes(args.check_sizes, forward, model) else 1
+
+
+def _check_sizes(sizes: list[tuple[int, int]], forward, model: FCN) -> bool:
+    """Print the export's largest difference from PyTorch at each size; True when every one is within tolerance."""
     ok = True
-    if args.check_sizes:
+    if sizes:
         print(f"{'size':>11}  max abs diff vs PyTorch")
-        for height, width in args.check_sizes:
-            diff, tolerance = parity(forward, model, (1, 3, height, width))
-            ok = ok and diff <= tolerance
-            print(f"{height:>5}x{width:<5}  {diff:.3g}{'' if diff <= tolerance else f'  > {tolerance:.3g} MISMATCH'}")
-    return 0 if ok else 1
+    for height, width in sizes:
+        diff, tolerance = parity(forward, model, input_shape(model.spec, 1, height, width))
+        ok = ok and diff <= tolerance
+        print(f"{height:>5}x{width:<5}  {diff:.3g}{'' if diff <= tolerance else f'  > {tolerance:.3g} MISMATCH'}")
+    return ok
 
 
 def _calibration(args: argparse.Namespace) -> Calibration | None:
@@ -87,11 +92,9 @@ def _calibration(args: argparse.Namespace) -> Calibration | None:
 def _int8(args: argparse.Namespace, model, info, calibration: Calibration, outputs) -> int:
     out, report = export_int8(model, args.out, calibration, info=info, opset=args.opset)
     outputs.record([out], flush=True)
-    config = model.config
-    print(f"wrote {out} (onnx int8; {config['name']} {config['backbone']} {config['geometry']}, {info.num_classes} "
-          f"classes of {info.name}; calibrated on {calibration.images} images of {calibration.dataset} "
-          f"{calibration.split}); labels agree with fp32 on {100 * report['agreement_with_fp32']:.2f}% of their "
-          "pixels")
+    print(f"wrote {out} (onnx int8; {describe(model.spec)} of {info.name}; calibrated on {calibration.images} "
+          f"images of {calibration.dataset} {calibration.split}); labels agree with fp32 on "
+          f"{100 * report['agreement_with_fp32']:.2f}% of their pixels")
     if args.check_sizes:
         print("(--check-sizes compares logits to 1e-4: not applicable to int8, skipped)")
     return 0

@@ -1,35 +1,24 @@
-"""Model zoo: ``build_model(name, backbone=..., num_classes=...)`` over plain dicts."""
+"""Model zoo: ``build_model(name, backbone=..., num_classes=...)`` or ``build_model(spec)``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
-from fcnseg.errors import ConfigError
 from fcnseg.models.backbones import BACKBONES, LateFusion
-from fcnseg.models.fcn import FCN, GEOMETRIES, HEADS
-
-# What a net can read: a colour image, and the HHA encoding of a depth map (fcnseg.data.hha).
-INPUTS = ("rgb", "hha")
-
-# Model name -> head. The at-once FCN-8s is the same graph with scaled skip inputs.
-MODELS = {
-    "fcn32s": "32s",
-    "fcn16s": "16s",
-    "fcn8s": "8s",
-    "fcn8s_atonce": "8s_atonce",
-}
+from fcnseg.models.fcn import FCN, HEADS
+from fcnseg.models.spec import INPUTS, MODELS, ModelSpec
 
 
-def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int = 21, width: float = 1.0,
-                geometry: str = "reference", learnable_upsampling: bool = False, dropout: float = 0.5,
-                extra_heads: Sequence[int] = (), inputs: Sequence[str] = ("rgb",)) -> FCN:
-    """Build an FCN, e.g. ``build_model("fcn8s", backbone="vgg16", num_classes=21)``.
+def build_model(name: str | ModelSpec = "fcn8s", **fields: Any) -> FCN:
+    """Build an FCN, e.g. ``build_model("fcn8s", backbone="vgg16", num_classes=21)``, or from a spec:
+    ``build_model(spec)`` (``fields`` then change it). The net's ``spec`` attribute is the spec it was built
+    from (read-only: a changed net is a new spec and a new build).
 
-    Args:
+    Fields (those of :class:`~fcnseg.models.spec.ModelSpec`):
         name: one of ``MODELS`` (fcn32s, fcn16s, fcn8s, fcn8s_atonce).
-        backbone: one of ``BACKBONES`` (vgg16, vgg16_bn, alexnet, googlenet, resnet50, resnet101).
+        backbone: one of ``BACKBONES`` (vgg16, vgg16_bn, alexnet, caffenet, googlenet, resnet50, resnet101).
         num_classes: output channels (2 for road / not road, 21 for PASCAL VOC, 11 for CamVid).
         width: channel multiplier of the backbone (0.25 trains on a CPU).
         geometry: ``"reference"`` (the authors' pad-100-and-crop nets) or ``"fast"`` (minimal padding).
@@ -42,37 +31,21 @@ def build_model(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int =
         inputs: what the net reads, from ``INPUTS``: ``("rgb",)`` a colour image; ``("hha",)`` the HHA encoding
             of a depth map; ``("rgb", "hha")`` both, stacked as 6 channels, one backbone each, fused before the
             score layers (:class:`~fcnseg.models.backbones.LateFusion`, the NYUDv2 colour-HHA net).
+        normalization: how each input is normalised (:mod:`fcnseg.normalization`; default ImageNet's).
+        transform_input: GoogLeNet only: torchvision's re-normalisation for its ImageNet weights.
+        classes: the :class:`~fcnseg.data.info.DatasetInfo` the net scores (names, palette), if known.
     """
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    if backbone not in BACKBONES:
-        raise ConfigError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
-    if geometry not in GEOMETRIES:
-        raise ConfigError(f"unknown geometry {geometry!r}; choose one of {GEOMETRIES}")
-    if width <= 0:
-        raise ConfigError(f"width must be positive, got {width}")
-    if not 0 <= dropout < 1:
-        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-    extra_heads = tuple(int(c) for c in extra_heads)
-    if min((num_classes, *extra_heads)) < 1:
-        raise ConfigError(f"every head needs at least one class, got {(num_classes, *extra_heads)}")
-    inputs = tuple(inputs)
-    if not inputs or len(set(inputs)) != len(inputs) or not set(inputs) <= set(INPUTS):
-        raise ConfigError(f"inputs must be distinct names from {INPUTS}, got {inputs}")
-    make = lambda: BACKBONES[backbone](width, reference=geometry == "reference")  # noqa: E731
-    net = make() if len(inputs) == 1 else LateFusion({name: make() for name in inputs})
-    model = FCN(net, num_classes, head=MODELS[name], geometry=geometry,
-                learnable_upsampling=learnable_upsampling, extra_heads=extra_heads)
+    spec = name.replace(**fields) if isinstance(name, ModelSpec) else ModelSpec(name, **fields)
+    options = {"transform_input": True} if spec.transform_input else {}
+    make = lambda: BACKBONES[spec.backbone](spec.width, reference=spec.geometry == "reference", **options)  # noqa: E731
+    net = make() if len(spec.inputs) == 1 else LateFusion({name: make() for name in spec.inputs})
+    model = FCN(net, spec.num_classes, head=MODELS[spec.name], geometry=spec.geometry,
+                learnable_upsampling=spec.learnable_upsampling, extra_heads=spec.extra_heads)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
-            module.p = dropout
-    model.config = {"name": name, "backbone": backbone, "num_classes": num_classes, "width": width,
-                    "geometry": geometry, "learnable_upsampling": learnable_upsampling, "dropout": dropout}
-    if extra_heads:  # recorded only when present, so single-task configs stay as they were
-        model.config["extra_heads"] = extra_heads
-    if inputs != ("rgb",):
-        model.config["inputs"] = inputs
+            module.p = spec.dropout
+    model.spec = spec
     return model
 
 
-__all__ = ["BACKBONES", "FCN", "HEADS", "INPUTS", "MODELS", "build_model"]
+__all__ = ["BACKBONES", "FCN", "HEADS", "INPUTS", "MODELS", "ModelSpec", "build_model"]

@@ -52,7 +52,6 @@ class Backbone(nn.Module):
     """Base class: subclasses build their layers and list them, in order, in three stages."""
 
     out_channels: tuple[int, int, int]  # channels at strides 8, 16, 32
-    input_normalization = "imagenet"
 
     def stages(self) -> list[list[nn.Module]]:
         raise NotImplementedError
@@ -395,8 +394,8 @@ def caffenet(width: float = 1.0, reference: bool = True) -> CaffeNet:
     return CaffeNet(width, reference=reference)
 
 
-def googlenet(width: float = 1.0, reference: bool = True) -> GoogLeNet:
-    return GoogLeNet(width, reference=reference)
+def googlenet(width: float = 1.0, reference: bool = True, transform_input: bool = False) -> GoogLeNet:
+    return GoogLeNet(width, reference=reference, transform_input=transform_input)
 
 
 def resnet50(width: float = 1.0, reference: bool = False) -> ResNet:

@@ -20,6 +20,7 @@ Geometry modes:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,11 @@ class FCN(nn.Module):
     """A fully convolutional network: ``backbone`` features -> class scores at the input's size.
 
     ``forward(x)`` maps N x 3 x H x W to N x num_classes x H x W logits for any H, W >= 1.
+    ``spec``: what the net is (:class:`~fcnseg.models.spec.ModelSpec`), given by
+    :func:`fcnseg.models.build_model`, the one way nets are made.
     """
+
+    spec: Any  # a ModelSpec (fcnseg.models.spec, which imports this module), given by build_model
 
     def __init__(self, backbone: Backbone, num_classes: int, head: str = "8s", geometry: str = "reference",
                  learnable_upsampling: bool = False, extra_heads: Sequence[int] = ()) -> None:
@@ -173,6 +178,11 @@ class FCN(nn.Module):
         raise ValueError(f"no input padding makes {type(self.backbone).__name__} fit the {self.head} head")
 
     # ------------------------------------------------------------------------------------------ forward
+    @property
+    def config(self) -> dict[str, Any]:
+        """build_model's arguments, every key: ``spec.architecture()`` (read-only)."""
+        return self.spec.architecture()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2], x.shape[-1]
         top = self.pad_top_left

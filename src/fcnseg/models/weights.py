@@ -18,9 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from fcnseg.data.info import VOC
 from fcnseg.errors import WeightsError
 from fcnseg.models.backbones import VGG, AlexNet, Backbone, CaffeNet, GoogLeNet, LateFusion, ResNet
 from fcnseg.models.fcn import FCN
+from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
 from fcnseg.models.upsample import Upsample
 
 # torchvision's ImageNet weights; the 8 hex digits in each file name are the start of its SHA-256.
@@ -171,8 +173,10 @@ def convolutionalize(state_dict: Mapping[str, torch.Tensor], backbone: Backbone)
     return converted
 
 
-def _check_fit(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """Raise a readable report of missing, unexpected and mis-shaped entries."""
+def check_fit(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], what: str,
+              target: str = "this model", hint: str = "Check the backbone and width.") -> None:
+    """Raise one readable line listing the missing, unexpected and mis-shaped entries of ``state_dict``
+    against ``own`` (BatchNorm's step counters may be missing)."""
     missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
@@ -181,31 +185,50 @@ def _check_fit(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.T
              for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
              if items]
     if parts:
-        raise WeightsError(f"{what} do not fit this model: " + "; ".join(parts) + ". Check the backbone and width.")
+        raise WeightsError(f"{what} do not fit {target}: " + "; ".join(parts) + (f". {hint}" if hint else ""))
+
+
+def imagenet_spec(spec: ModelSpec) -> ModelSpec:
+    """``spec`` for a net started from torchvision's ImageNet weights: ImageNet normalisation for every input,
+    and for GoogLeNet torchvision's re-normalisation of its input (its weights were trained on mean 0.5 /
+    std 0.5 inputs), so that the spec, and every checkpoint of the net, says so."""
+    return spec.replace(normalization="imagenet", transform_input=spec.backbone in TRANSFORM_INPUT_BACKBONES)
+
+
+def fcn_from_imagenet(spec: ModelSpec, source: str | Path | None = None) -> FCN:
+    """The net of ``imagenet_spec(spec)`` with its backbone's ImageNet classifier weights (the score layers
+    as a new net has them). ``source``: a local file, a URL, or None for torchvision's official file of the
+    backbone (downloaded once into torch hub's cache; offline machines get a message saying where to put it).
+    """
+    from fcnseg.models import build_model  # the zoo builds nets; weights only fill them
+
+    model = build_model(imagenet_spec(spec))
+    load_imagenet_weights(model, source)
+    return model
 
 
 def load_imagenet_weights(model: FCN | Backbone, source: str | Path | None = None) -> None:
-    """Load torchvision ImageNet classifier weights into a backbone (or an FCN's backbone).
-
-    ``source``: a local file, a URL, or None for torchvision's official file of the backbone (downloaded
-    once into torch hub's cache; offline machines get a message saying where to put the file).
-    """
+    """Load torchvision ImageNet classifier weights into a backbone (or an FCN's backbone), which must already
+    read its input as they expect (an FCN built from :func:`imagenet_spec`; :func:`fcn_from_imagenet` does
+    both). ``source`` as :func:`fcn_from_imagenet`'s."""
     backbone = model.backbone if isinstance(model, FCN) else model
+    trunks = list(backbone.trunks.values()) if isinstance(backbone, LateFusion) else [backbone]
+    if isinstance(model, FCN) and model.spec != imagenet_spec(model.spec) or any(
+            isinstance(trunk, GoogLeNet) and not trunk.transform_input for trunk in trunks):
+        raise WeightsError("ImageNet weights need the input the classifier was trained on (ImageNet normalisation; "
+                           "GoogLeNet's transform_input): build the net with fcn_from_imagenet(spec)")
     if source is None:
-        name = getattr(model, "config", {}).get("backbone")
+        name = model.spec.backbone if isinstance(model, FCN) else None
         if name not in TORCHVISION_URLS:
             raise WeightsError("pass the ImageNet weights file or URL: the backbone's name is unknown")
         source = TORCHVISION_URLS[name]
     sha = _sha_prefix_from_url(str(source)) if str(source).startswith("http") else None
     state_dict = load_state_dict_file(resolve_weights(source, sha256=sha))
     # A late-fusion net starts each input's trunk (colour and HHA alike) from the same ImageNet weights.
-    for trunk in backbone.trunks.values() if isinstance(backbone, LateFusion) else [backbone]:
+    for trunk in trunks:
         converted = convolutionalize(state_dict, trunk)
-        _check_fit(trunk.state_dict(), converted, f"ImageNet weights from {source}")
+        check_fit(trunk.state_dict(), converted, f"ImageNet weights from {source}")
         trunk.load_state_dict(converted, strict=False)
-        if isinstance(trunk, GoogLeNet):
-            trunk.transform_input = True  # torchvision's GoogLeNet weights expect its own re-normalisation
-    backbone.input_normalization = "imagenet"
 
 
 def imagenet_classifier_layer(state_dict: Mapping[str, torch.Tensor], backbone: Backbone) -> nn.Conv2d:
@@ -251,16 +274,16 @@ def infer_pytorch_fcn_head(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 def load_authors_state(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load the authors' weights, named as in their Caffe nets (pytorch-fcn kept the names), into a
-    matching fcnseg FCN (VGG16, reference geometry) so that it computes the same outputs; the input
-    normalisation becomes Caffe's. The tensors are assigned, not copied: build the model on the ``meta``
-    device (:func:`build_on_meta`) and a 500 MB net is held once."""
+    matching fcnseg FCN (VGG16 or CaffeNet, reference geometry, its spec saying the authors' input
+    normalisation) so that it computes the same outputs. The tensors are assigned, not copied: build the
+    model on the ``meta`` device (:func:`build_on_meta`) and a 500 MB net is held once."""
     renamed = _authors_names_to_fcnseg(model.backbone, state_dict)
     if model.geometry != "reference":
         raise WeightsError("the authors' weights need geometry='reference' to give the authors' outputs")
     upsamplers = {name: m for name, m in model.named_modules() if isinstance(m, Upsample)}
     kernels = {k: renamed.pop(k) for k in list(renamed) if k.rsplit(".", 1)[0] in upsamplers}
     own = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] not in upsamplers}
-    _check_fit(own, renamed, "the weights")
+    check_fit(own, renamed, "the weights")
     missing = set(upsamplers) - {k.rsplit(".", 1)[0] for k in kernels}
     if missing:
         raise WeightsError(f"the weights lack the upsampling kernels {sorted(missing)}: another head?")
@@ -270,7 +293,6 @@ def load_authors_state(model: FCN, state_dict: Mapping[str, torch.Tensor]) -> No
     empty = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
     if empty:
         raise WeightsError(f"the weights left {', '.join(empty[:5])} without values")
-    model.backbone.input_normalization = "caffe"
 
 
 def _authors_names_to_fcnseg(backbone: Backbone, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -292,14 +314,13 @@ def _authors_names_to_fcnseg(backbone: Backbone, state_dict: Mapping[str, torch.
     raise WeightsError("the authors' weights are for the VGG16 (without batch norm) and CaffeNet backbones")
 
 
-def build_on_meta(name: str, num_classes: int, width: float = 1.0, backbone: str = "vgg16",
-                  extra_heads: Sequence[int] = (), inputs: Sequence[str] = ("rgb",)) -> FCN:
-    """A reference-geometry FCN whose weights take no memory until they are assigned."""
+def build_on_meta(spec: ModelSpec) -> FCN:
+    """The net of ``spec`` (reference geometry, as the authors' weights need) whose weights take no memory
+    until they are assigned."""
     from fcnseg.models import build_model
 
     with torch.device("meta"):
-        return build_model(name, backbone=backbone, num_classes=num_classes, width=width, geometry="reference",
-                           extra_heads=extra_heads, inputs=inputs)
+        return build_model(spec.replace(geometry="reference"))
 
 
 def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: str | None = None) -> FCN:
@@ -329,7 +350,8 @@ def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: 
         raise WeightsError(f"the weights are an {inferred} but {name} was asked for")
     num_classes = state_dict["score_fr.weight"].shape[0]
     width = state_dict["conv1_1.weight"].shape[0] / 64  # 1.0 for the authors' nets
-    model = build_on_meta(name, num_classes, width)
+    classes = VOC if num_classes == VOC.num_classes else None  # pytorch-fcn's nets are the authors' VOC nets
+    model = build_on_meta(ModelSpec(name, "vgg16", num_classes, width, normalization="caffe", classes=classes))
     load_authors_state(model, state_dict)
     return model
 

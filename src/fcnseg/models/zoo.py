@@ -27,6 +27,7 @@ from fcnseg.data.info import NYUD, PASCAL_CONTEXT, SIFTFLOW, VOC, DatasetInfo, c
 from fcnseg.errors import ConfigError, WeightsError
 from fcnseg.models.caffe import open_caffemodel
 from fcnseg.models.fcn import ATONCE_SCALES, FCN
+from fcnseg.models.spec import ModelSpec
 from fcnseg.models.weights import build_on_meta, load_authors_state
 from fcnseg.normalization import caffe_normalization
 
@@ -96,13 +97,14 @@ def fcn_from_caffemodel(path: str | Path, name: str) -> tuple[FCN, DatasetInfo]:
     first, channels = ("conv1", 96) if backbone == "caffenet" else ("conv1_1", 64)
     first = next((k for k in state if k.endswith(f"{first}.weight")), "")  # a trunk's first layer in a fused net
     width = state[first].shape[0] / channels if first else 1.0  # 1.0: the authors' nets
-    model = build_on_meta(entry["model"], info.num_classes, width, backbone, extra_heads=info.head_classes[1:],
-                          inputs=entry.get("inputs", ("rgb",)))
+    spec = ModelSpec(entry["model"], backbone, info.num_classes, width, extra_heads=info.head_classes[1:],
+                     inputs=entry.get("inputs", ("rgb",)), normalization=entry.get("normalization", "caffe"),
+                     classes=info)
+    model = build_on_meta(spec)
     try:
         load_authors_state(model, state)
     except WeightsError as error:
         raise WeightsError(f"{path} does not hold {name}: {error}") from None
-    model.backbone.input_normalization = entry.get("normalization", "caffe")
     return model.eval(), info
 
 

@@ -13,14 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnseg.checkpoint import read_checkpoint
+from fcnseg.checkpoint import checkpoint_spec, read_checkpoint
 from fcnseg.data.balance import ClassPixels, balancing_weights, class_pixel_counts
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, TrainingError
 from fcnseg.models import build_model
 from fcnseg.models.fcn import FCN
-from fcnseg.models.weights import init_from_coarser, load_imagenet_weights, matching_classes
+from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
+from fcnseg.models.weights import fcn_from_imagenet, imagenet_spec, init_from_coarser, matching_classes
 from fcnseg.outputs import Outputs
 from fcnseg.progress import is_quiet
 from fcnseg.runtime import Runtime, broadcast_from_main, native_bf16
@@ -75,24 +76,22 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
-    init = read_checkpoint(resolve_init_checkpoint(config.init_from)) if config.init_from else None
+    init_path = resolve_init_checkpoint(config.init_from) if config.init_from else None
+    init = read_checkpoint(init_path) if init_path else None
+    init_spec = checkpoint_spec(init, init_path) if init else None
     # The data must be normalised as the starting weights expect (Caffe BGR for the authors' weights).
-    normalization = init.get("normalization", "imagenet") if init else "imagenet"
-    train_set, val_set = build_datasets(config, normalization)
-    start_inputs = tuple(init["model"].get("inputs", ("rgb",))) if init else train_set.inputs
-    if start_inputs != train_set.inputs:
-        raise ConfigError(f"the starting net reads {'+'.join(start_inputs)} but the dataset's images are "
+    train_set, val_set = build_datasets(config, init_spec.normalization_text if init_spec else "imagenet")
+    if init_spec and init_spec.inputs != train_set.inputs:
+        raise ConfigError(f"the starting net reads {'+'.join(init_spec.inputs)} but the dataset's images are "
                           f"{'+'.join(train_set.inputs)}: give the dataset the net's inputs (dataset_options: "
-                          f"{{inputs: {'+'.join(start_inputs)}}})")
+                          f"{{inputs: {'+'.join(init_spec.inputs)}}})")
     info = train_set.info
     per_process = -(-len(train_set) // runtime.world_size)
     if config.batch_size > per_process and runtime.is_main and not is_quiet():
         print(f"fcnseg train: note: batch_size {config.batch_size} is larger than the {per_process} training images "
               "each process has: every step sees them all (a smaller batch would take more steps per epoch)",
               file=sys.stderr)
-    model = build_training_model(config, info.num_classes, init, info.class_names,
-                                 extra_heads=tuple(head.num_classes for head in info.extra_heads),
-                                 inputs=train_set.inputs)
+    model = build_training_model(config, info, init, inputs=train_set.inputs)
     model.to(runtime.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -155,27 +154,37 @@ def resolve_init_checkpoint(path: str) -> Path:
     return candidate
 
 
-def build_training_model(config: TrainConfig, num_classes: int, init: dict[str, Any] | None = None,
-                         class_names: tuple[str, ...] | None = None, extra_heads: tuple[int, ...] = (),
+def training_spec(config: TrainConfig, info: DatasetInfo, inputs: tuple[str, ...] = ("rgb",),
+                  start: ModelSpec | None = None) -> ModelSpec:
+    """The spec of the net ``config`` trains on ``info``'s classes (one head per label set, one trunk per
+    input): ImageNet's input for ImageNet weights, the starting net's (``start``) when there is one."""
+    spec = ModelSpec(config.model, config.backbone, info.num_classes, config.width, config.geometry,
+                     config.learnable_upsampling, config.dropout, extra_heads=info.head_classes[1:], inputs=inputs,
+                     classes=info)
+    if start is not None:
+        return spec.replace(normalization=start.normalization,
+                            transform_input=start.transform_input and spec.backbone in TRANSFORM_INPUT_BACKBONES)
+    return imagenet_spec(spec) if config.imagenet_weights else spec
+
+
+def build_training_model(config: TrainConfig, info: DatasetInfo, init: dict[str, Any] | None = None,
                          inputs: tuple[str, ...] = ("rgb",)) -> FCN:
-    """The net of ``config`` (with one more head per ``extra_heads`` entry, for datasets labelled for several
-    tasks, and one trunk per input, for datasets of colour and depth), with ImageNet weights and/or a coarser
-    net's weights (``init``) loaded."""
-    model = build_model(config.model, backbone=config.backbone, num_classes=num_classes, width=config.width,
-                        geometry=config.geometry, learnable_upsampling=config.learnable_upsampling,
-                        dropout=config.dropout, extra_heads=extra_heads, inputs=inputs)
-    if config.imagenet_weights:
-        load_imagenet_weights(model, None if config.imagenet_weights == "default" else config.imagenet_weights)
-    if init is not None:
-        old = tuple(init["dataset"]["class_names"])
-        new = class_names or old
-        init_from_coarser(model, init["model_state_dict"], classes=(old, new))
-        if tuple(new) != old and not is_quiet():
-            carried = [new[j] for _, j in matching_classes(old, new)]
-            print(f"fcnseg train: the starting net scored {len(old)} classes, this one {len(new)}: its backbone is "
-                  f"kept, the score layers start at zero except for the {len(carried)} class(es) both share"
-                  f"{': ' + ', '.join(carried) if carried else ''}", file=sys.stderr)
-        model.backbone.input_normalization = init.get("normalization", model.backbone.input_normalization)
+    """The net of ``config`` for ``info`` (see :func:`training_spec`) with ImageNet weights or a starting
+    net's weights (``init``, a checkpoint dict: its backbone, and the score rows of the classes both share)."""
+    start = checkpoint_spec(init) if init is not None else None
+    spec = training_spec(config, info, inputs, start)
+    if start is None:
+        imagenet = config.imagenet_weights
+        return fcn_from_imagenet(spec, None if imagenet == "default" else imagenet) if imagenet else build_model(spec)
+    # The starting net's whole backbone replaces ImageNet weights, so they are not read.
+    model = build_model(spec)
+    old, new = start.classes.class_names, info.class_names
+    init_from_coarser(model, init["model_state_dict"], classes=(old, new))
+    if new != old and not is_quiet():
+        carried = [new[j] for _, j in matching_classes(old, new)]
+        print(f"fcnseg train: the starting net scored {len(old)} classes, this one {len(new)}: its backbone is "
+              f"kept, the score layers start at zero except for the {len(carried)} class(es) both share"
+              f"{': ' + ', '.join(carried) if carried else ''}", file=sys.stderr)
     return model
 
 
