@@ -177,3 +177,37 @@ def write_png(path: Path, seed: int = 1, size: tuple[int, int] = (48, 64)) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(render_scene(seed, *size)[0]).save(path)
     return path
+
+
+def torchvision_file(path: Path, backbone: str, width: float = 1 / 16, seed: int = 0) -> Path:
+    """A torchvision-layout ImageNet classifier file of ``backbone`` at ``width``: the backbone's own layers
+    (random), its fc6 / fc7 as the classifier's fully connected layers (VGG: classifier.0 / .3, AlexNet:
+    classifier.1 / .4), and the 1000-way ``fc`` (GoogLeNet, ResNet) or ``classifier.6``."""
+    from fcnseg.models.backbones import BACKBONES
+
+    torch.manual_seed(seed)
+    trunk = BACKBONES[backbone](width)
+    state = trunk.state_dict()
+    fc = {"vgg16": ("classifier.0", "classifier.3"), "vgg16_bn": ("classifier.0", "classifier.3"),
+          "alexnet": ("classifier.1", "classifier.4")}.get(backbone)
+    if fc:
+        for layer, name in zip(("fc6", "fc7"), fc, strict=True):
+            weight, bias = state.pop(f"{layer}.weight"), state.pop(f"{layer}.bias")
+            state[f"{name}.weight"], state[f"{name}.bias"] = weight.reshape(weight.shape[0], -1), bias
+        state["classifier.6.weight"] = torch.randn(1000, trunk.out_channels[2])
+        state["classifier.6.bias"] = torch.zeros(1000)
+    else:
+        state["fc.weight"], state["fc.bias"] = torch.randn(1000, trunk.out_channels[2]) * 0.01, torch.zeros(1000)
+    torch.save(state, path)
+    return path
+
+
+def randomize_scores(model, seed: int = 3):
+    """``model`` with random score layers (as built they are zero, and every pixel would tie): its outputs then
+    depend on every layer, so comparing them compares the whole net."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "score" in name and parameter.requires_grad:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    return model.eval()

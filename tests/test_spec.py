@@ -16,23 +16,12 @@ from PIL import Image
 from fcnseg.checkpoint import read_checkpoint, save_model
 from fcnseg.data.info import NYUD, SYNTHETIC_ROADS
 from fcnseg.errors import WeightsError
-from fcnseg.models.backbones import BACKBONES
 from fcnseg.models.spec import ModelSpec
 
-from .helpers import random_fcn, refused
+from .helpers import random_fcn, refused, torchvision_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCHITECTURE = ("name", "backbone", "num_classes", "width", "geometry", "learnable_upsampling", "dropout")
-
-
-def torchvision_file(path, backbone: str, width: float = 1 / 16):
-    """A torchvision-layout classifier file of ``backbone`` at ``width`` (its own layers, random, plus ``fc``)."""
-    torch.manual_seed(0)
-    trunk = BACKBONES[backbone](width)
-    state = trunk.state_dict()
-    state["fc.weight"], state["fc.bias"] = torch.randn(1000, trunk.out_channels[2]) * 0.01, torch.zeros(1000)
-    torch.save(state, path)
-    return path
 
 
 def test_a_googlenet_started_from_imagenet_scores_the_same_after_reloading(tmp_path, capsys):

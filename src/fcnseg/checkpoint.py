@@ -56,8 +56,9 @@ def model_checkpoint(model: nn.Module, info: DatasetInfo | None = None, **extra:
     return {"format": FORMAT, "version": VERSION, "spec": spec.to_dict(), "model_state_dict": state, **extra}
 
 
-def save_model(model: nn.Module, info: DatasetInfo, path: str | Path, **extra: Any) -> Path:
-    """Write a self-describing checkpoint atomically."""
+def save_model(model: nn.Module, info: DatasetInfo | None, path: str | Path, **extra: Any) -> Path:
+    """Write a self-describing checkpoint atomically (``info``: the classes, if the net's spec has none or
+    others of the same counts)."""
     return write_checkpoint(model_checkpoint(model, info, **extra), path)
 
 

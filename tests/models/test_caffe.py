@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fcnseg.checkpoint import model_from_checkpoint, save_model
 from fcnseg.cli import main
 from fcnseg.errors import WeightsError
 from fcnseg.models.caffe import open_caffemodel
@@ -206,6 +207,8 @@ def test_converted_nets_compute_the_oracles_function(tmp_path, name, form):
              "nyud-fcn32s-color-hha": "caffe:116.19,97.203,92.318+hha:132.431,94.076,118.477"}
     expected = means.get(name, "caffe:114.578,115.294,108.353" if name.startswith("siftflow") else "caffe")
     assert model.spec.normalization_text == expected and model.spec.classes == info
+    reloaded, _ = model_from_checkpoint(save_model(model, None, tmp_path / "net.pth"))  # the spec travels with it
+    assert reloaded.spec == model.spec
     for size in [(1, 1), (37, 45), (64, 64)]:
         x = torch.randn(1, 3 * len(inputs), *size, generator=torch.Generator().manual_seed(sum(size))) * 50
         with torch.no_grad():
