@@ -17,8 +17,8 @@ depth (the authors' NYUDv2 HHA and colour-HHA nets) take a depth map (:func:`fcn
 
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from fcnseg.models.weights import file_kind
 from fcnseg.normalization import normalize
 from fcnseg.runtime import native_bf16, resolve_device
 
+log = logging.getLogger(__name__)
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = ("auto", "torch", "onnxruntime")
 DepthSource = str | os.PathLike | bytes | np.ndarray  # a depth image file (or its bytes), or HxW metres
@@ -54,8 +55,8 @@ class Segmenter:
     :class:`~fcnseg.inference.InferenceOptions`; every call may override fields by keyword),
     ``max_pixels`` (image files larger than this are refused before decoding) and ``max_memory`` (bytes a
     prediction may use; None: 80% of the memory available when it runs). A prediction whose estimate
-    (:mod:`fcnseg.memory`) exceeds it runs in sliding windows instead, which ``report`` (a warning by
-    default) mentions, or is refused with a :class:`~fcnseg.errors.LimitError` when nothing fits.
+    (:mod:`fcnseg.memory`) exceeds it runs in sliding windows instead, which a note logged on ``fcnseg.api``
+    says (:meth:`note`), or is refused with a :class:`~fcnseg.errors.LimitError` when nothing fits.
     For depth: ``intrinsics`` (fx, fy, cx, cy; None: NYUDv2's camera, by frame size) and ``depth_scale``
     (metres per unit of a depth image file: 0.001 for millimetres).
     """
@@ -80,8 +81,7 @@ class Segmenter:
         self.options = options or InferenceOptions()
         self.max_pixels = max_pixels
         self.max_memory = max_memory
-        self.report: Callable[[str], None] = lambda note: warnings.warn(note, stacklevel=3)
-        self._told_bf16 = False
+        self._told: set[str] = set()  # notes already logged: each once per Segmenter
         self.intrinsics: Sequence[float] | None = None
         self.depth_scale = 0.001
         self._options({})  # bf16 needs a torch model
@@ -105,6 +105,13 @@ class Segmenter:
     def config(self) -> dict[str, Any]:
         """The net's architecture (build_model's arguments)."""
         return self.spec.architecture()
+
+    def note(self, text: str) -> None:
+        """Log ``text`` once (INFO on the ``fcnseg.api`` logger; ``fcnseg`` commands print it, ``--quiet`` hides
+        it; a program routes or silences it with :mod:`logging`)."""
+        if text not in self._told:
+            self._told.add(text)
+            log.info("note: %s", text)
 
     @property
     def label_dtype(self) -> type:
@@ -154,7 +161,7 @@ class Segmenter:
         fitted, note = fit(self.config, sum(self.info.head_classes), batch, height, width, options, budget, probs,
                            name, channels_last=self.channels_last)
         if note:
-            self.report(note)
+            self.note(note)
         return fitted
 
     def predict_batch(self, images: Sequence[ImageSource | None], names: Sequence[str] | None = None,
@@ -197,9 +204,8 @@ class Segmenter:
         options = self.options.replace(**changes)
         if options.bf16 and self.model is None:
             raise ConfigError("bf16 applies to checkpoints only; an export runs in the precision it was exported in")
-        if options.bf16 and not native_bf16(self.device) and not self._told_bf16:
-            self._told_bf16 = True
-            self.report(f"bf16 is emulated on this {self.device.type.upper()} (no AVX512-BF16 or AMX): it runs "
+        if options.bf16 and not native_bf16(self.device):
+            self.note(f"bf16 is emulated on this {self.device.type.upper()} (no AVX512-BF16 or AMX): it runs "
                         "slower than float32 here (0.23x measured on an AVX2 CPU); leave --bf16 out")
         return options
 

@@ -139,7 +139,7 @@ def test_camvid_road_not_road(tmp_path):
     assert np.array_equal(mapped == 1, (label != 3) & (label != 11))
 
 
-def test_training_and_eval_with_a_class_map_and_median_frequency(tmp_path, capsys):
+def test_training_and_eval_with_a_class_map_and_median_frequency(tmp_path, capsys, caplog):
     from fcnseg.api import load
     from fcnseg.cli import main
     from fcnseg.train import TrainConfig, train
@@ -149,8 +149,9 @@ def test_training_and_eval_with_a_class_map_and_median_frequency(tmp_path, capsy
         "backbone": "vgg16", "width": 1 / 16, "dataset": "synthetic", "dataset_options": synthetic,
         "batch_size": 2, "workers": 1, "lr": 0.01, "iterations": 2, "val_interval": 2, "threads": 1,
         "class_weights": "median_frequency", "out": str(tmp_path / "run")})
+    caplog.set_level("INFO", logger="fcnseg")
     train(config)  # workers 1: the mapped dataset travels to a loader process
-    assert "class weights (median_frequency): road " in capsys.readouterr().err
+    assert "class weights (median_frequency): road " in caplog.text  # a note logged on fcnseg.train.run
     assert load(tmp_path / "run" / "last.pth", device="cpu").info.class_names == ("road", "not road")
     common = ["eval", str(tmp_path / "run" / "last.pth"), "--dataset", "synthetic", "--limit", "2", "--threads", "1"]
     assert main(common) == 2
@@ -165,7 +166,7 @@ def test_training_and_eval_with_a_class_map_and_median_frequency(tmp_path, capsy
     ({"class_weights": "median_frequency"}, "class weights (median_frequency): a 1.1, b 1, c 0.48"),
     ({"class_weights": "inverse_log", "inverse_log_c": 1.2}, "class weights (inverse_log): a 2.24, b 3.09, c 1.99"),
 ])
-def test_training_reads_the_split_once_for_its_weights(tmp_path, monkeypatch, capsys, balancing, printed):
+def test_training_reads_the_split_once_for_its_weights(tmp_path, monkeypatch, caplog, balancing, printed):
     # The weights come from the dataset check's scan: each training label is loaded once before
     # training starts, not once by the check and again to count classes.
     from fcnseg.data.folder import FolderDataset
@@ -174,6 +175,7 @@ def test_training_reads_the_split_once_for_its_weights(tmp_path, monkeypatch, ca
     (write_folder(tmp_path / "data") / "splits").mkdir()
     for split in ("train", "val"):
         (tmp_path / "data" / "splits" / f"{split}.txt").write_text("0\n1\n")
+    caplog.set_level("INFO", logger="fcnseg")
     loads = []
     original = FolderDataset.load
     monkeypatch.setattr(FolderDataset, "load", lambda self, index: loads.append(index) or original(self, index))
@@ -182,7 +184,7 @@ def test_training_reads_the_split_once_for_its_weights(tmp_path, monkeypatch, ca
         "backbone": "vgg16", "width": 1 / 16, "geometry": "fast", "dataset": "folder",
         "root": str(tmp_path / "data"), "crop_size": None, "batch_size": 2, "workers": 0, "iterations": 1,
         "threads": 1, **balancing, "out": str(tmp_path / "run")}))
-    assert printed in capsys.readouterr().err
+    assert printed in caplog.text
     assert sorted(loads) == [0, 0, 1, 1]  # the training split (2 images) and the validation split (the same 2)
 
 

@@ -13,7 +13,6 @@ from fcnseg.commands.options import (
     add_max_memory,
     add_runtime,
     inference_options,
-    notes,
     positive_int,
     yaml_flag,
 )
@@ -68,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
         outputs.claim([args.out / REPORT_FILES[0], args.out / REPORT_FILES[1]], inputs=[args.checkpoint])
     runtime = start(args.device, args.threads)  # under torchrun: one shard per process, counts summed
     segmenter = load(args.checkpoint, device=runtime.device, options=options, max_memory=args.max_memory)
-    segmenter.report = notes("eval")
     info = segmenter.info
     # Synthetic scenes are rendered from seeds: only as many as will be scored.
     extra = {"num_images": args.limit} if args.dataset == "synthetic" and args.limit else {}

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import types
 import typing
-from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -90,23 +88,6 @@ def memory_size(text: str) -> int:
         return parse_size(text)
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def notes(command: str = "") -> Callable[[str], None]:
-    """A :class:`~fcnseg.api.Segmenter` ``report`` callback that logs each distinct note once, at INFO on
-    ``fcnseg.api`` (the CLI prints it as ``fcnseg COMMAND: note: ...``, not with ``--quiet``).
-
-    ``command`` is unused (the CLI's handler names the command); this goes once the Segmenter logs itself.
-    """
-    seen: set[str] = set()
-    log = logging.getLogger("fcnseg.api")
-
-    def report(note: str) -> None:
-        if note not in seen:
-            seen.add(note)
-            log.info("note: %s", note)
-
-    return report
 
 
 def add_inference(parser: argparse.ArgumentParser, **defaults: Any) -> None:

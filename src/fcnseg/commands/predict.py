@@ -28,7 +28,6 @@ from fcnseg.commands.options import (
     add_runtime,
     fraction,
     inference_options,
-    notes,
     positive_float,
 )
 from fcnseg.data.hha import check_intrinsics
@@ -138,7 +137,6 @@ def run(args: argparse.Namespace) -> int:
     runtime = start(args.device, args.threads)
     segmenter = load(args.checkpoint, device=runtime.device, backend=args.backend, options=options,
                      max_pixels=args.max_pixels, max_memory=args.max_memory)
-    segmenter.report = notes("predict")
     segmenter.intrinsics, segmenter.depth_scale = args.intrinsics, args.depth_scale
     companions = depth_files(args, files, segmenter.inputs)
     if max(segmenter.info.head_classes) > 256:

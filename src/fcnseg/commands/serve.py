@@ -7,7 +7,7 @@ import ipaddress
 import logging
 
 from fcnseg.api import load
-from fcnseg.commands.options import add_inference, add_max_memory, add_max_pixels, add_runtime, inference_options, notes
+from fcnseg.commands.options import add_inference, add_max_memory, add_max_pixels, add_runtime, inference_options
 from fcnseg.errors import ConfigError
 from fcnseg.runtime import start
 from fcnseg.serve import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, make_server
@@ -52,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     runtime = start(args.device, args.threads)
     segmenter = load(args.checkpoint, device=runtime.device, options=inference_options(args),
                      max_pixels=args.max_pixels, max_memory=args.max_memory)
-    segmenter.report = notes("serve")
     if segmenter.inputs != ("rgb",):
         raise ConfigError(f"{args.checkpoint} reads {'+'.join(segmenter.inputs)} (depth), but the page uploads colour "
                           "images only: use fcnseg predict --depth for this net")

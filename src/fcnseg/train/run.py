@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,12 @@ from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
 from fcnseg.models.weights import fcn_from_imagenet, imagenet_spec, init_from_coarser, matching_classes
 from fcnseg.outputs import Outputs
-from fcnseg.progress import is_quiet
 from fcnseg.runtime import Runtime, broadcast_from_main, native_bf16
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import EpochSampler, build_datasets
 from fcnseg.train.ema import ema_copy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,9 +71,9 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
     """Seed every RNG, build and check the data, build the model and the optimisation around it."""
     if config.amp == "fp16" and runtime.device.type != "cuda":
         raise TrainingError("amp fp16 needs a CUDA GPU (use --amp bf16 on the CPU)")
-    if config.amp == "bf16" and not native_bf16(runtime.device) and runtime.is_main and not is_quiet():
-        print(f"fcnseg train: note: bf16 is emulated on this {runtime.device.type.upper()} (no AVX512-BF16 or AMX): "
-              "slower than float32 here; --amp none is faster", file=sys.stderr)
+    if config.amp == "bf16" and not native_bf16(runtime.device) and runtime.is_main:
+        log.info(f"note: bf16 is emulated on this {runtime.device.type.upper()} (no AVX512-BF16 or AMX): "
+                 "slower than float32 here; --amp none is faster")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -87,10 +88,9 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
                           f"{{inputs: {'+'.join(init_spec.inputs)}}})")
     info = train_set.info
     per_process = -(-len(train_set) // runtime.world_size)
-    if config.batch_size > per_process and runtime.is_main and not is_quiet():
-        print(f"fcnseg train: note: batch_size {config.batch_size} is larger than the {per_process} training images "
-              "each process has: every step sees them all (a smaller batch would take more steps per epoch)",
-              file=sys.stderr)
+    if config.batch_size > per_process and runtime.is_main:
+        log.info(f"note: batch_size {config.batch_size} is larger than the {per_process} training images "
+                 "each process has: every step sees them all (a smaller batch would take more steps per epoch)")
     model = build_training_model(config, info, init, inputs=train_set.inputs)
     model.to(runtime.device)
     if config.channels_last:
@@ -126,9 +126,8 @@ def balanced_loss_weights(run: Run, counted: ClassPixels | None) -> torch.Tensor
         counted = counted if counted is not None else class_pixel_counts(run.train_set)
         values = balancing_weights(run.config.class_weights, counted, run.config.inverse_log_c)
         weights.copy_(torch.from_numpy(values))
-        if not is_quiet():
-            shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(run.info.class_names, values, strict=True))
-            print(f"fcnseg train: class weights ({run.config.class_weights}): {shown}", file=sys.stderr)
+        shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(run.info.class_names, values, strict=True))
+        log.info(f"class weights ({run.config.class_weights}): {shown}")
     return broadcast_from_main(weights, run.runtime)
 
 
@@ -180,11 +179,11 @@ def build_training_model(config: TrainConfig, info: DatasetInfo, init: dict[str,
     model = build_model(spec)
     old, new = start.classes.class_names, info.class_names
     init_from_coarser(model, init["model_state_dict"], classes=(old, new))
-    if new != old and not is_quiet():
+    if new != old:
         carried = [new[j] for _, j in matching_classes(old, new)]
-        print(f"fcnseg train: the starting net scored {len(old)} classes, this one {len(new)}: its backbone is "
-              f"kept, the score layers start at zero except for the {len(carried)} class(es) both share"
-              f"{': ' + ', '.join(carried) if carried else ''}", file=sys.stderr)
+        log.info(f"the starting net scored {len(old)} classes, this one {len(new)}: its backbone is "
+                 f"kept, the score layers start at zero except for the {len(carried)} class(es) both share"
+                 f"{': ' + ', '.join(carried) if carried else ''}")
     return model
 
 
