@@ -18,7 +18,7 @@ from fcnseg.data.info import NYUD, SYNTHETIC_ROADS
 from fcnseg.errors import WeightsError
 from fcnseg.models.spec import ModelSpec
 
-from .helpers import random_fcn, refused, torchvision_file
+from .helpers import TINY_TRAIN, random_fcn, refused, torchvision_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCHITECTURE = ("name", "backbone", "num_classes", "width", "geometry", "learnable_upsampling", "dropout")
@@ -110,6 +110,16 @@ def test_a_checkpoint_that_disagrees_with_itself_is_refused_in_one_line(v1, tmp_
         change(data)
 
     predict_refuses(capsys, tmp_path, edited(v1, tmp_path, change_copy), "edited.pth", *names)
+
+
+def test_training_from_a_damaged_checkpoint_is_refused_before_it_starts(v1, tmp_path, capsys):
+    def nan(data):
+        weights = data["model_state_dict"]
+        weights["score_fr.bias"] = torch.full_like(weights["score_fr.bias"], float("nan"))
+
+    refused(capsys, ["train", "--init-from", edited(v1, tmp_path, nan), *TINY_TRAIN, "--out", tmp_path / "run"],
+            "edited.pth", "score_fr.bias", "NaN")
+    assert not (tmp_path / "run" / "last.pth").exists()
 
 
 @pytest.mark.parametrize("change, names", [

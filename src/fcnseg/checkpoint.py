@@ -86,23 +86,32 @@ def checkpoint_spec(data: dict, source: object = "the checkpoint") -> ModelSpec:
     return spec_from_v1(data.get("model"), data.get("normalization", "imagenet"), data.get("dataset"), source)
 
 
-def model_from_checkpoint(source: str | Path | dict) -> tuple[FCN, DatasetInfo]:
-    """Rebuild the net a checkpoint's spec describes and load its weights, each checked against the spec and
-    for finite values; returns (model in eval mode with its ``spec``, its classes)."""
-    data = source if isinstance(source, dict) else read_checkpoint(source)
-    name = "the checkpoint" if isinstance(source, dict) else Path(source)
-    spec = checkpoint_spec(data, name)
+def checked_checkpoint(data: dict, source: object = "the checkpoint") -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """(spec, weights) of a checkpoint dict, the weights checked against the spec (names and shapes, on a net
+    built on the meta device: no memory) and for finite values; a WeightsError names what disagrees."""
+    spec = checkpoint_spec(data, source)
     if spec.classes is None:
-        raise WeightsError(f"{name} has no classes in its model spec (class names and palette)")
+        raise WeightsError(f"{source} has no classes in its model spec (class names and palette)")
     state = data.get("model_state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{name} holds no weights (model_state_dict is not a mapping of names to tensors)")
-    model = build_model(spec)
-    check_fit(model.state_dict(), state, f"{name}: the weights", f"its own spec ({describe(spec)})")
+        raise WeightsError(f"{source} holds no weights (model_state_dict is not a mapping of names to tensors)")
+    with torch.device("meta"):
+        shapes = build_model(spec).state_dict()
+    check_fit(shapes, state, f"{source}: the weights", f"its own spec ({describe(spec)})",
+              hint="Was the file edited, or written by another tool?")
     bad = next((key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()), None)
     if bad is not None:
-        raise WeightsError(f"{name}: weight {bad} holds NaN or infinite values (a diverged training or a damaged "
+        raise WeightsError(f"{source}: weight {bad} holds NaN or infinite values (a diverged training or a damaged "
                            "file); use an earlier checkpoint")
+    return spec, state
+
+
+def model_from_checkpoint(source: str | Path | dict) -> tuple[FCN, DatasetInfo]:
+    """Rebuild the net a checkpoint's spec describes and load its weights (see :func:`checked_checkpoint`);
+    returns (model in eval mode with its ``spec``, its classes)."""
+    data = source if isinstance(source, dict) else read_checkpoint(source)
+    spec, state = checked_checkpoint(data, "the checkpoint" if isinstance(source, dict) else Path(source))
+    model = build_model(spec)
     model.load_state_dict(state, strict=False)  # check_fit allows only BatchNorm's step counters to be absent
     return model.eval(), spec.classes
 
@@ -113,5 +122,5 @@ def describe(spec: ModelSpec) -> str:
             f"{count_text(spec.head_classes)} classes")
 
 
-__all__ = ["FORMAT", "VERSION", "checkpoint_spec", "dataset_meta", "describe", "info_from_meta", "model_checkpoint",
-           "model_from_checkpoint", "read_checkpoint", "save_model", "unwrap", "write_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "checked_checkpoint", "checkpoint_spec", "dataset_meta", "describe", "info_from_meta",
+           "model_checkpoint", "model_from_checkpoint", "read_checkpoint", "save_model", "unwrap", "write_checkpoint"]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnseg.checkpoint import checkpoint_spec, read_checkpoint
+from fcnseg.checkpoint import checked_checkpoint, checkpoint_spec, read_checkpoint
 from fcnseg.data.balance import ClassPixels, balancing_weights, class_pixel_counts
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.info import DatasetInfo
@@ -79,7 +79,7 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
     np.random.seed(config.seed)
     init_path = resolve_init_checkpoint(config.init_from) if config.init_from else None
     init = read_checkpoint(init_path) if init_path else None
-    init_spec = checkpoint_spec(init, init_path) if init else None
+    init_spec = checked_checkpoint(init, init_path)[0] if init else None  # refused here if damaged
     # The data must be normalised as the starting weights expect (Caffe BGR for the authors' weights).
     train_set, val_set = build_datasets(config, init_spec.normalization_text if init_spec else "imagenet")
     if init_spec and init_spec.inputs != train_set.inputs:
@@ -210,7 +210,11 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 def lr_factor(config: TrainConfig, iteration: int) -> float:
-    """Linear warm-up, then poly decay (1 - t/T)^power or constant."""
+    """Linear warm-up, then poly decay (1 - t/T)^power or constant.
+
+    The closed form, through LambdaLR: torch's PolynomialLR updates the rate multiplicatively (its chainable
+    form), and on 16000 iterations at power 0.9 it gives 15161 rates that differ from this one in their last
+    bits, which would change every run's numbers (and needs SequentialLR for the warm-up)."""
     if iteration < config.warmup_iterations:
         return (iteration + 1) / config.warmup_iterations
     if config.schedule == "constant":
