@@ -1,15 +1,16 @@
 """fcnseg: Fully Convolutional Networks for semantic segmentation.
 
-``fcnseg.build_model("fcn8s", backbone="vgg16", num_classes=21)`` builds a net;
+``fcnseg.build_model("fcn8s", backbone="vgg16", num_classes=21)`` builds a net (``net.spec``, a
+:class:`fcnseg.ModelSpec`, says what it is; ``fcnseg.build_model(spec)`` builds it again);
 ``fcnseg.load("model.pth").predict("photo.jpg")`` segments an image with a trained checkpoint.
 Every error a user can fix is a :class:`fcnseg.FcnsegError` (see :mod:`fcnseg.errors`).
 """
 
 from fcnseg.errors import FcnsegError
-from fcnseg.models import BACKBONES, MODELS, build_model
+from fcnseg.models import BACKBONES, MODELS, ModelSpec, build_model
 
 __version__ = "0.1.0"
-__all__ = ["BACKBONES", "MODELS", "FcnsegError", "Segmenter", "build_model", "load", "__version__"]
+__all__ = ["BACKBONES", "MODELS", "FcnsegError", "ModelSpec", "Segmenter", "build_model", "load", "__version__"]
 
 
 def __getattr__(name: str):
