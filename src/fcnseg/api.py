@@ -140,6 +140,11 @@ class Segmenter:
         maps = labels if labels.ndim == 3 else labels[None]
         return {head.task: head_map for head, head_map in zip(self.info.heads, maps, strict=True)}
 
+    def labels_from_probs(self, probs: np.ndarray) -> list[np.ndarray]:
+        """Each head's HxW label map from :meth:`predict_probs`' C x H x W output (the argmax of its channels)."""
+        parts = np.split(probs, np.cumsum(self.info.head_classes)[:-1])
+        return [part.argmax(0).astype(self.label_dtype) for part in parts]
+
     def predict_probs(self, image: ImageSource | None, name: str | None = None, depth: DepthSource | None = None,
                       hha: ImageSource | None = None, **options: Any) -> np.ndarray:
         """The C x H x W float32 softmax probabilities of one image; their argmax is :meth:`predict`. For a
@@ -220,9 +225,8 @@ class Segmenter:
             raise ConfigError("this net reads a colour image: pass one")
         parts = [decode_image(image, self.max_pixels) if kind == "rgb" else self._hha(depth, hha, name)
                  for kind in self.inputs]
-        if len({part.shape[:2] for part in parts}) > 1:
-            raise DataError(f"the colour image of {name} is {parts[0].shape[1]}x{parts[0].shape[0]} but its depth "
-                            f"{parts[1].shape[1]}x{parts[1].shape[0]}: they must be of the same frame")
+        if len(parts) > 1:
+            check_same_frame(parts[0].shape, parts[1].shape, f"the colour image of {name}")
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
 
     def _hha(self, depth: DepthSource | None, hha: ImageSource | None, name: str) -> np.ndarray:
@@ -247,6 +251,13 @@ class Segmenter:
                 f"{count_text(self.info.head_classes)} classes ({self.info.name}) at the input size were expected: "
                 "the model and its class metadata do not match")
         return logits
+
+
+def check_same_frame(colour: Sequence[int], depth: Sequence[int], name: str) -> None:
+    """A DataError unless a colour image and its depth (or the labels drawn on it) have one height and width."""
+    if tuple(colour[:2]) != tuple(depth[:2]):
+        raise DataError(f"{name} is {colour[1]}x{colour[0]} but its depth {depth[1]}x{depth[0]}: they must be of the "
+                        "same frame")
 
 
 def _name(image: ImageSource | None) -> str:

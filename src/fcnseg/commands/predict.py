@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fcnseg import viz
-from fcnseg.api import BACKENDS, Segmenter, load
+from fcnseg.api import BACKENDS, Segmenter, check_same_frame, load
 from fcnseg.atomic import atomic_open
 from fcnseg.commands.options import (
     add_inference,
@@ -215,15 +215,12 @@ def _segment(segmenter: Segmenter, image: np.ndarray, name: str, probs: bool,
         return maps, None
     probabilities = segmenter.predict_probs(image, name=name, **depth)
     _check_frame(shown, probabilities[0], name)
-    parts = np.split(probabilities, np.cumsum(segmenter.info.head_classes)[:-1])
-    return [part.argmax(0).astype(segmenter.label_dtype) for part in parts], probabilities
+    return segmenter.labels_from_probs(probabilities), probabilities
 
 
 def _check_frame(image: np.ndarray, labels: np.ndarray, name: str) -> None:
     """A net that reads only depth still draws on the colour image: they must be of one frame."""
-    if labels.shape != image.shape[:2]:
-        raise DataError(f"{name} is {image.shape[1]}x{image.shape[0]} but its depth {labels.shape[1]}x"
-                        f"{labels.shape[0]}: they must be of the same frame")
+    check_same_frame(image.shape, labels.shape, name)
 
 
 @contextlib.contextmanager
