@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fcnseg.data.info import IGNORE_INDEX
+from fcnseg.data.info import IGNORE_INDEX, masks_saved_as_zero_ignore
 from fcnseg.errors import DataError
 from fcnseg.runtime import all_reduce_sum
 
@@ -195,9 +195,8 @@ class ConfusionMatrix:
         if strict and self.num_classes >= 2 and int(self.matrix[1:].sum()) == 0 and int(self.ignored) > 0:
             raise DataError(
                 f"no ground-truth pixel of a class other than 0 was seen, but {int(self.ignored):,} pixels equal "
-                f"to the ignore index {self.ignore_index} were: masks saved as 0/255 make every foreground pixel "
-                "'ignored' and the scores meaningless. Save the masks as class indices (foreground 1, ...), e.g. "
-                "(np.array(mask) > 127).astype(np.uint8) for binary masks.")
+                f"to the ignore index {self.ignore_index} were: "
+                f"{masks_saved_as_zero_ignore(self.ignore_index, self.num_classes)}")
         return scores_from_confusion(self.matrix, exclude_absent)
 
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from fcnseg.data.balance import ClassPixels, label_value_counts
 from fcnseg.data.base import DatasetContract
-from fcnseg.data.info import DatasetInfo
+from fcnseg.data.info import DatasetInfo, masks_saved_as_zero_ignore
 from fcnseg.errors import DataError, user_message
 from fcnseg.progress import bar as progress_bar
 from fcnseg.runtime import worker_init
@@ -25,12 +25,8 @@ _SHOWN = 20
 def only_class_zero_message(info: DatasetInfo, what: str, ignored_pixels: int | None = None) -> str:
     """The explanation for a split whose labelled pixels are all class 0 and the rest ignored."""
     count = f" ({ignored_pixels:,} pixels)" if ignored_pixels is not None else ""
-    mask_kind = "0/255" if info.ignore_index == 255 else f"0/{info.ignore_index}"
     return (f"every labelled pixel of {what} is class 0 ({info.class_names[0]}) and the others{count} hold the "
-            f"ignore value {info.ignore_index}: this is how masks saved as {mask_kind} look, and with them every "
-            f"foreground pixel is ignored, so the scores would be meaningless. Save the masks as class indices "
-            f"(foreground 1, ... up to {info.num_classes - 1}), e.g. (np.array(mask) > 127).astype(np.uint8) for "
-            "a binary mask")
+            f"ignore value {info.ignore_index}: {masks_saved_as_zero_ignore(info.ignore_index, info.num_classes)}")
 
 
 class _Scan(Dataset):

@@ -61,6 +61,15 @@ def count_text(classes: tuple[int, ...]) -> str:
     return " + ".join(str(c) for c in classes)
 
 
+def masks_saved_as_zero_ignore(ignore_index: int, num_classes: int | None = None) -> str:
+    """Why labels whose only class is 0 beside the ignore value are refused, and the fix: written once for
+    the dataset check and the scores."""
+    largest = f" up to {num_classes - 1}" if num_classes else ""
+    return (f"this is how masks saved as 0/{ignore_index} look: every foreground pixel equals the ignore value, so "
+            f"it is ignored and the scores would be meaningless. Save the masks as class indices (foreground 1, "
+            f"...{largest}), e.g. (np.array(mask) > 127).astype(np.uint8) for a binary mask")
+
+
 def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
     """The PASCAL VOC colour map (bits of the label index spread over R, G and B)."""
     colors = []
