@@ -22,6 +22,12 @@ from fcnseg.runtime import Runtime, worker_init
 from fcnseg.train.config import TrainConfig
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The random generator of one epoch of a run seeded ``seed`` (the sample order and the loader's own
+    draws), the same in every process and on every resume."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 class EpochSampler(Sampler[int]):
     """Shuffled order from ``(seed, epoch)``, sharded over ranks (padded by repeating, as training
     needs equal shard sizes), starting ``start`` samples into this rank's shard (for resuming)."""
@@ -35,7 +41,7 @@ class EpochSampler(Sampler[int]):
         self.epoch, self.start = epoch, start
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         order += order[: self.per_rank * self.world_size - self.size]
         return iter(order[self.rank::self.world_size][self.start:])
@@ -76,7 +82,7 @@ def micro_batches(dataset: SegmentationDataset, sampler: EpochSampler, config: T
         sampler.set_position(epoch, position * config.batch_size)
         # Its own generator: creating a loader must not draw from the global RNG that dropout uses, or a
         # resumed run (which creates one more loader, mid-epoch) would drift from the uninterrupted one.
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        generator = epoch_generator(config.seed, epoch)
         loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                             collate_fn=PadCollate(dataset.info.ignore_index), pin_memory=runtime.device.type == "cuda",
                             worker_init_fn=worker_init, generator=generator)
