@@ -13,7 +13,6 @@ from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.collate import PadCollate, pad_collate
 from fcnseg.data.info import DatasetInfo, voc_colormap
 from fcnseg.data.transforms import (
-    CenterCrop,
     ColorJitter,
     Compose,
     RandomCrop,
@@ -54,14 +53,6 @@ def test_crop_offsets_center_and_bounds() -> None:
     assert crop_offsets((4, 5), (4, 5)) == (0, 0)
     with pytest.raises(ValueError):
         crop_offsets((4, 5), (5, 5))
-
-
-def test_center_crop_exact_values() -> None:
-    image, label = arange_pair()
-    out_image, out_label = CenterCrop(2, 3)(image, label)
-    expected = np.array([[6, 7, 8], [11, 12, 13]], dtype=np.uint8)
-    np.testing.assert_array_equal(out_label, expected)
-    np.testing.assert_array_equal(out_image, np.repeat(expected[..., None], 3, axis=2))
 
 
 def test_random_crop_windows_match_source_and_cover_all_offsets() -> None:

@@ -7,7 +7,6 @@ from fcnseg import build_model
 from fcnseg.models.weights import (
     WeightsError,
     fcn_from_pytorch_fcn,
-    imagenet_classifier_layer,
     init_from_coarser,
     load_imagenet_weights,
     load_state_dict_file,
@@ -15,6 +14,16 @@ from fcnseg.models.weights import (
 
 from .classifier_oracles import AlexNetClassifier, VGGClassifier
 from .torchfcn_oracle import TorchFCN
+
+
+def imagenet_classifier_layer(state_dict, backbone) -> torch.nn.Conv2d:
+    """The 1000-way ImageNet layer (classifier.6) as a 1x1 convolution over the stride-32 output."""
+    weight, bias = state_dict["classifier.6.weight"], state_dict["classifier.6.bias"]
+    layer = torch.nn.Conv2d(weight.shape[1], weight.shape[0], 1)
+    with torch.no_grad():
+        layer.weight.copy_(weight.reshape(layer.weight.shape))
+        layer.bias.copy_(bias)
+    return layer
 
 
 @pytest.mark.parametrize(("backbone", "oracle"), [("vgg16", VGGClassifier), ("alexnet", AlexNetClassifier)])

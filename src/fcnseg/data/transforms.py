@@ -194,16 +194,6 @@ class RandomCrop(RandomTransform):
         return f"{type(self).__name__}({self.height}, {self.width}, ignore_index={self.ignore_index})"
 
 
-class CenterCrop(RandomCrop):
-    """Deterministic :class:`RandomCrop`: pads the same way, then takes the centred window."""
-
-    def __call__(
-        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        _check_pair(image, label)
-        return self.apply(image, label, None)  # never random: ignore any rng
-
-
 class RandomHorizontalFlip(RandomTransform):
     """Mirror image and label left-right together with probability ``p``."""
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from fcnseg.data.info import VOC
 from fcnseg.errors import WeightsError
-from fcnseg.models.backbones import VGG, AlexNet, Backbone, CaffeNet, GoogLeNet, LateFusion, ResNet
+from fcnseg.models.backbones import VGG, AlexNet, Backbone, CaffeNet, GoogLeNet, LateFusion
 from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
 from fcnseg.models.upsample import Upsample
@@ -229,19 +229,6 @@ def load_imagenet_weights(model: FCN | Backbone, source: str | Path | None = Non
         converted = convolutionalize(state_dict, trunk)
         check_fit(trunk.state_dict(), converted, f"ImageNet weights from {source}")
         trunk.load_state_dict(converted, strict=False)
-
-
-def imagenet_classifier_layer(state_dict: Mapping[str, torch.Tensor], backbone: Backbone) -> nn.Conv2d:
-    """The 1000-way ImageNet layer as a 1x1 convolution over the backbone's stride-32 output (VGG16:
-    classifier.6, AlexNet: classifier.6, GoogLeNet/ResNet: fc; the latter two need global pooling
-    before it, as in the classifier)."""
-    key = "fc" if isinstance(backbone, (GoogLeNet, ResNet)) else "classifier.6"
-    weight, bias = state_dict[f"{key}.weight"], state_dict[f"{key}.bias"]
-    layer = nn.Conv2d(weight.shape[1], weight.shape[0], 1)
-    with torch.no_grad():
-        layer.weight.copy_(weight.reshape(layer.weight.shape))
-        layer.bias.copy_(bias)
-    return layer
 
 
 # -------------------------------------------------------------------------------- pytorch-fcn (authors')
