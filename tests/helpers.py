@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -131,16 +132,25 @@ def overfit_config(root, out, iterations: int, log_interval: int):
         "out": str(out)})
 
 
+def mentions(text: str, name) -> bool:
+    """Whether ``text`` names ``name``: as written, and a number (``7``, ``2.7``, ``5,120``) as a number of its
+    own, not as digits inside another (``pytest-72``, ``0.0625``) or inside a file name (``test_x0/``)."""
+    name = str(name)
+    if not re.fullmatch(r"-?[\d.,]+", name):
+        return name in text
+    return re.search(rf"(?<![\w.,/-]){re.escape(name)}(?!\w|[.,]\d)", text) is not None
+
+
 def one_line_error(err: str, *names: str, command: str | None = None) -> str:
     """The single line a refused command or call printed: one line, no traceback, mentioning each of ``names``
-    (the file, the value, the option: what a user needs to fix it, not the sentence around them). With
-    ``command``, the line starts ``fcnseg COMMAND: error:``. Returns the line."""
+    (the file, the value, the option: what a user needs to fix it, not the sentence around them; see
+    :func:`mentions`). With ``command``, the line starts ``fcnseg COMMAND: error:``. Returns the line."""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     if command is not None:
         assert lines[0].startswith(f"fcnseg {command}: error: "), err
     for name in names:
-        assert str(name) in lines[0], f"{name!r} not in {lines[0]!r}"
+        assert mentions(lines[0], name), f"{str(name)!r} not in {lines[0]!r}"
     return lines[0]
 
 
@@ -153,15 +163,16 @@ def refused(capsys, argv: list[str], *names: str) -> str:
     code = main([str(arg) for arg in argv])
     err = capsys.readouterr().err
     assert code == 2, f"exit {code}: {err}"
-    return one_line_error(err, *names, command="eval" if argv[0] == "eval" else argv[0])
+    return one_line_error(err, *names, command=str(argv[0]))
 
 
 def error_names(excinfo, *names: str) -> str:
     """The message of an exception caught by ``pytest.raises(...) as excinfo``: each of ``names`` (the file,
-    the value, the option) is in it, written as is (no regular expression). Returns the message."""
+    the value, the option) is in it, written as is (no regular expression; numbers as in :func:`mentions`).
+    Returns the message."""
     message = str(excinfo.value)
     for name in names:
-        assert str(name) in message, f"{name!r} not in {message!r}"
+        assert mentions(message, name), f"{str(name)!r} not in {message!r}"
     return message
 
 

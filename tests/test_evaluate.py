@@ -251,7 +251,7 @@ def test_cli_refuses_a_dataset_with_other_classes(tmp_path):
     checkpoint = save_model(model, VOC, tmp_path / "voc.pth")
     with pytest.raises(DataError) as caught:
         _cli(["eval", str(checkpoint), "--dataset", "synthetic", "--limit", "1", "--workers", "0"])
-    error_names(caught, checkpoint, "21", "synthetic", "3")  # the net, its classes, the dataset and its classes
+    error_names(caught, checkpoint, "21", "synthetic", "8")  # the net, its classes, the dataset and its classes
     with pytest.raises(ConfigError, match="--root"):
         _cli(["eval", str(checkpoint), "--dataset", "voc"])
 

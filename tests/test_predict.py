@@ -283,7 +283,7 @@ def test_cli_command_line_mistakes_stop_before_writing(checkpoint, tmp_path):
     error_names(caught, tmp_path / "a.png", tmp_path / "sub" / "a.jpg", "a_")
     with pytest.raises(ConfigError) as caught:
         cli([checkpoint, tmp_path / "a.png", "--out", out, "--overlap", "2"])
-    error_names(caught, "overlap", "2")
+    error_names(caught, "overlap", "[0, 1)")  # the option, and the values it takes
     with pytest.raises(SystemExit):  # argparse: "--opacity: expected a number from 0 to 1"
         cli([checkpoint, tmp_path / "a.png", "--out", out, "--opacity", "2"])
     assert not out.exists()

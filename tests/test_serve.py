@@ -278,4 +278,4 @@ def test_cli_reports_a_busy_port(checkpoint, capsys):
         busy.listen()
         port = busy.getsockname()[1]
         refused(capsys, ["serve", checkpoint, "--port", port], f"127.0.0.1:{port}")  # the address that is taken
-    refused(capsys, ["serve", checkpoint, "--max-upload-mb", "0"], "--max-upload-mb", "0")
+    refused(capsys, ["serve", checkpoint, "--max-upload-mb", "0"], "--max-upload-mb", "positive")
