@@ -30,8 +30,8 @@ options = InferenceOptions(mode=mode)
 before = status("VmRSS:")
 seg.predict(image, mode=mode)
 peak = status("VmHWM:")
-print(json.dumps({"measured": peak - before, "estimate": inference_bytes(seg.config, seg.info.num_classes, 1, h, w,
-                                                                          options, channels_last=seg.channels_last)}))
+print(json.dumps({"measured": peak - before,
+                  "estimate": inference_bytes(seg.spec, 1, h, w, options, channels_last=seg.channels_last)}))
 """
 
 

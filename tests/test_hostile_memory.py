@@ -15,11 +15,12 @@ from fcnseg.cli import main
 from fcnseg.errors import ConfigError, LimitError
 from fcnseg.inference import InferenceOptions
 from fcnseg.memory import fit, forward_bytes, inference_bytes, parse_size
+from fcnseg.models import ModelSpec
 from fcnseg.serve import make_server
 
 from .helpers import error_names, mentions, refused, write_png
 
-FULL_VGG = {"name": "fcn8s", "backbone": "vgg16", "num_classes": 21, "width": 1.0, "geometry": "fast"}
+FULL_VGG = ModelSpec("fcn8s", "vgg16", num_classes=21, width=1.0, geometry="fast")
 
 
 def test_the_estimate_follows_the_net_and_the_size():
@@ -32,29 +33,29 @@ def test_the_estimate_follows_the_net_and_the_size():
     conv1_2_last = 64 * 3008 * 4000 * 4 * 2 + 64 * 64 * 9 * 4
     assert forward_bytes(FULL_VGG, 1, 3000, 4000, channels_last=True) == \
         conv1_2_last + 3 * 3008 * 4000 * 4 + 21 * 3000 * 4000 * 4
-    whole = inference_bytes(FULL_VGG, 21, 1, 3000, 4000, InferenceOptions(), channels_last=True)
-    slide = inference_bytes(FULL_VGG, 21, 1, 3000, 4000, InferenceOptions(mode="slide"), channels_last=True)
+    whole = inference_bytes(FULL_VGG, 1, 3000, 4000, InferenceOptions(), channels_last=True)
+    slide = inference_bytes(FULL_VGG, 1, 3000, 4000, InferenceOptions(mode="slide"), channels_last=True)
     assert whole > 10 * 2**30 and slide < 3 * 2**30  # whole images need GBs; the default windows stay under 3 GB
     # A 1 x 1,000,000 image is padded to 32 rows: far more than its pixel count suggests.
-    assert inference_bytes(FULL_VGG, 21, 1, 1, 1_000_000, InferenceOptions()) > 20 * 2**30
+    assert inference_bytes(FULL_VGG, 1, 1, 1_000_000, InferenceOptions()) > 20 * 2**30
     # Scales run the net on the resized image: scale 3 of 500x500 needs a 1500x1500 forward pass.
-    assert inference_bytes(FULL_VGG, 21, 1, 500, 500, InferenceOptions(scales=(3.0,))) > \
+    assert inference_bytes(FULL_VGG, 1, 500, 500, InferenceOptions(scales=(3.0,))) > \
         forward_bytes(FULL_VGG, 1, 1500, 1500) > 8 * forward_bytes(FULL_VGG, 1, 500, 500) / 2
 
 
 def test_fit_slides_shrinks_or_refuses():
     options = InferenceOptions()
-    same, note = fit(FULL_VGG, 21, 1, 500, 500, options, budget=2**40)
+    same, note = fit(FULL_VGG, 1, 500, 500, options, budget=2**40)
     assert same is options and note is None
-    slid, note = fit(FULL_VGG, 21, 1, 3000, 4000, options, budget=4 * 2**30, name="photo.jpg")
+    slid, note = fit(FULL_VGG, 1, 3000, 4000, options, budget=4 * 2**30, name="photo.jpg")
     assert slid.mode == "slide" and slid.window == (1536, 1536)
     assert note.startswith("whole-image inference of photo.jpg (4000x3000) would need about")
-    windows = {size: inference_bytes(FULL_VGG, 21, 1, 3000, 4000, options.replace(mode="slide", window=(size, size)))
+    windows = {size: inference_bytes(FULL_VGG, 1, 3000, 4000, options.replace(mode="slide", window=(size, size)))
                for size in (384, 192)}  # halves of the default 1536
-    small, _ = fit(FULL_VGG, 21, 1, 3000, 4000, options, budget=(windows[384] + windows[192]) // 2)
+    small, _ = fit(FULL_VGG, 1, 3000, 4000, options, budget=(windows[384] + windows[192]) // 2)
     assert small.mode == "slide" and small.window == (192, 192)
     with pytest.raises(LimitError) as caught:
-        fit(FULL_VGG, 21, 1, 3000, 4000, options, budget=100 * 2**20, name="photo.jpg")
+        fit(FULL_VGG, 1, 3000, 4000, options, budget=100 * 2**20, name="photo.jpg")
     error_names(caught, "photo.jpg", "4000x3000", "64x64", "100 MB")  # the image, the smallest windows, the budget
 
 
@@ -68,10 +69,10 @@ def test_predict_switches_to_windows_and_says_so(tiny_checkpoint, tmp_path, caps
     image = write_png(tmp_path / "a.png", size=(240, 320))
     argv = ["predict", str(tiny_checkpoint), str(image), "--threads", "1"]
     assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
-    config = load(tiny_checkpoint, device="cpu").config
+    spec = load(tiny_checkpoint, device="cpu").spec
     cli = InferenceOptions(batch_size=4)  # fcnseg predict's default: 4 windows per forward pass
-    whole = inference_bytes(config, 8, 1, 240, 320, cli)
-    windows = inference_bytes(config, 8, 1, 240, 320, cli.replace(mode="slide", window=(64, 64)))
+    whole = inference_bytes(spec, 1, 240, 320, cli)
+    windows = inference_bytes(spec, 1, 240, 320, cli.replace(mode="slide", window=(64, 64)))
     assert windows < whole
     capsys.readouterr()
     assert main([*argv, "--out", str(tmp_path / "fit"), "--max-memory", str((whole + windows) // 2), "--window",

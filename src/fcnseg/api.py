@@ -163,7 +163,7 @@ class Segmenter:
         ``height x width``."""
         options = options or self.options
         budget = self.max_memory if self.max_memory is not None else default_budget(self.device)
-        fitted, note = fit(self.config, sum(self.info.head_classes), batch, height, width, options, budget, probs,
+        fitted, note = fit(self.spec, batch, height, width, options, budget, probs,
                            name, channels_last=self.channels_last)
         if note:
             self.note(note)

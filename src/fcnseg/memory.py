@@ -23,7 +23,7 @@ from torch import nn
 
 from fcnseg.errors import ConfigError, LimitError
 from fcnseg.inference import InferenceOptions, scaled_size, tile, tile_step
-from fcnseg.models import build_model
+from fcnseg.models import ModelSpec, build_model
 
 BUDGET_FRACTION = 0.8
 # Measured peaks (benchmarks/memory_estimate.py, docs/RELIABILITY.md) run up to 1.25x the layer-by-layer sum on
@@ -82,15 +82,15 @@ def format_bytes(count: float) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _meta_model(config: tuple) -> nn.Module:
+def _meta_model(architecture: ModelSpec) -> nn.Module:
     with torch.device("meta"):
-        return build_model(**dict(config)).eval()
+        return build_model(architecture).eval()
 
 
-def forward_bytes(config: dict, batch: int, height: int, width: int, channels_last: bool = False) -> int:
-    """Peak bytes of one forward pass of the net ``config`` (build_model's arguments) on an
-    ``batch x 3 x height x width`` float32 input, without autograd (``channels_last``: in that memory format)."""
-    model = _meta_model(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items())))
+def forward_bytes(spec: ModelSpec, batch: int, height: int, width: int, channels_last: bool = False) -> int:
+    """Peak bytes of one forward pass of the net ``spec`` on a ``batch x channels x height x width`` float32
+    input, without autograd (``channels_last``: in that memory format)."""
+    model = _meta_model(spec.replace(classes=None))  # the layers decide: nets of other classes share one
     trunks = getattr(model.backbone, "trunks", {"": model.backbone})  # a late-fusion net keeps every trunk's maps
     stage_ends = {id(stage[-1]) for trunk in trunks.values() for stage in trunk.stages()[:2]}
     kept, peak = 0, 0
@@ -116,39 +116,38 @@ def forward_bytes(config: dict, batch: int, height: int, width: int, channels_la
     handles.append(model.backbone.register_forward_pre_hook(lambda module, inputs: padded.append(inputs[0].numel())))
     try:
         with torch.no_grad():
-            channels = 3 * len(config.get("inputs", ("rgb",)))
-            output = model(torch.empty(batch, channels, height, width, device="meta"))
+            output = model(torch.empty(batch, spec.channels, height, width, device="meta"))
     finally:
         for handle in handles:
             handle.remove()
     return peak + padded[0] * 4 + output.numel() * 4
 
 
-def inference_bytes(config: dict, num_classes: int, batch: int, height: int, width: int,
-                    options: InferenceOptions, probs: bool = False, channels_last: bool = False) -> int:
+def inference_bytes(spec: ModelSpec, batch: int, height: int, width: int, options: InferenceOptions,
+                    probs: bool = False, channels_last: bool = False) -> int:
     """Peak bytes of inference on ``batch`` images of ``height x width`` with ``options``: the image (uint8 and
     normalised), the net, the engine's buffers, and the label map (and probabilities with ``probs``)."""
-    pixels, classes, channels = batch * height * width, num_classes, 3 * len(config.get("inputs", ("rgb",)))
+    pixels, classes, channels = batch * height * width, sum(spec.head_classes), spec.channels
     base = pixels * (channels + channels * 4 + 8) + (pixels * classes * 4 if probs else 0)
     sizes = [scaled_size(height, width, s) for s in options.scales]
     resized = sum(batch * channels * h * w * 4 for h, w in sizes if (h, w) != (height, width))
     flips = 2 if options.flip else 1
     if options.mode == "whole":
         held = sum(batch * classes * h * w * 4 for h, w in sizes) if len(sizes) > 1 else 0
-        work = max(forward_bytes(config, batch, h, w, channels_last) + (1 + flips) * batch * classes * h * w * 4
+        work = max(forward_bytes(spec, batch, h, w, channels_last) + (1 + flips) * batch * classes * h * w * 4
                    for h, w in sizes)
         return int(OVERHEAD + SAFETY * (base + resized + held + work))
     window_work, buffers = 0, 0
     for h, w in sizes:
         win_h, win_w = tile(h, options.window[0], options.overlap)[0], tile(w, options.window[1], options.overlap)[0]
-        window_work = max(window_work, forward_bytes(config, options.batch_size, win_h, win_w, channels_last)
+        window_work = max(window_work, forward_bytes(spec, options.batch_size, win_h, win_w, channels_last)
                           + (1 + flips) * options.batch_size * classes * win_h * win_w * 4)
         step = tile_step(h, options.window[0], options.overlap)
         buffers += classes * (win_h + 2 * step) * w * 4 + win_h * w * 4
     return int(OVERHEAD + SAFETY * (base + resized + buffers + window_work))
 
 
-def fit(config: dict, num_classes: int, batch: int, height: int, width: int, options: InferenceOptions,
+def fit(spec: ModelSpec, batch: int, height: int, width: int, options: InferenceOptions,
         budget: int, probs: bool = False, name: str = "the image",
         channels_last: bool = False) -> tuple[InferenceOptions, str | None]:
     """Options whose estimate fits ``budget``, and a note when they differ from ``options``.
@@ -157,13 +156,13 @@ def fit(config: dict, num_classes: int, batch: int, height: int, width: int, opt
     of it down to 64 pixels); a sliding window that does not fit is halved the same way. Raises LimitError
     naming the estimate when not even 64-pixel windows fit.
     """
-    needed = inference_bytes(config, num_classes, batch, height, width, options, probs, channels_last)
+    needed = inference_bytes(spec, batch, height, width, options, probs, channels_last)
     if needed <= budget:
         return options, None
     window = options.window
     while True:
         candidate = options.replace(mode="slide", window=window)
-        estimate = inference_bytes(config, num_classes, batch, height, width, candidate, probs, channels_last)
+        estimate = inference_bytes(spec, batch, height, width, candidate, probs, channels_last)
         if estimate <= budget:
             return candidate, (f"{options.mode}-image inference of {name} ({width}x{height}) would need about "
                                f"{format_bytes(needed)}, more than the budget of {format_bytes(budget)}: using "
