@@ -23,7 +23,7 @@ from fcnseg.models import ModelSpec, build_model
 from fcnseg.models.weights import fcn_from_imagenet, fcn_from_pytorch_fcn, init_from_coarser
 from fcnseg.normalization import normalize
 
-from .helpers import randomize_scores, torchvision_file
+from .helpers import nyud_folder, randomize_scores, siftflow_folder, torchvision_file
 from .models.torchfcn_oracle import TorchFCN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,5 +103,30 @@ def test_a_runs_last_validation_is_what_eval_of_last_pth_scores(tmp_path, way, t
     assert main(["eval", str(run / "last.pth"), "--limit", "4", "--out", str(report), *common]) == 0
     last = list(csv.DictReader((run / "metrics.csv").open()))[-1]
     scores = json.loads((report / "metrics.json").read_text())
+    for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
+        assert float(last[key]) == pytest.approx(scores[key], abs=1e-6), key
+
+
+@pytest.mark.parametrize("way", ["colour-hha", "extra-heads"])
+def test_a_runs_last_validation_is_what_the_reloaded_net_scores(tmp_path, way):
+    # fcnseg eval takes no dataset options (the split files these folders need): scored through the library.
+    from fcnseg.evaluate import evaluate
+    from fcnseg.train import TrainConfig, train
+    from fcnseg.train.data import build_datasets
+
+    root = nyud_folder(tmp_path / "nyud") if way == "colour-hha" else siftflow_folder(tmp_path / "sift")
+    options = {"split_file": str(root / "ids.txt"), **({"inputs": "rgb+hha"} if way == "colour-hha" else {})}
+    config = TrainConfig.from_dict({
+        "model": "fcn16s", "width": 1 / 16, "geometry": "fast", "root": str(root),
+        "dataset": "nyud" if way == "colour-hha" else "siftflow", "dataset_options": options, "batch_size": 2,
+        "workers": 0, "lr": 0.01, "iterations": 4, "val_interval": 4, "checkpoint_interval": 4,
+        "crop_size": [24, 24], "threads": 1, "out": str(tmp_path / "run")})
+    train(config)
+    segmenter = fcnseg.load(tmp_path / "run" / "last.pth", device="cpu")
+    _, val = build_datasets(config, segmenter.normalization)
+    info = segmenter.info
+    scores = evaluate(segmenter.model, val, info.num_classes, info.ignore_index, device="cpu", progress=False,
+                      exclude_absent=info.exclude_absent, extra_heads=info.extra_heads)
+    last = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))[-1]
     for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"):
         assert float(last[key]) == pytest.approx(scores[key], abs=1e-6), key

@@ -153,8 +153,7 @@ class SegmentServer(ThreadingHTTPServer):
         """The ``GET /api/info`` answer."""
         seg = self.segmenter
         info: DatasetInfo = seg.info
-        model = getattr(seg, "model", None)
-        config = getattr(model, "config", None)
+        config = getattr(seg, "config", None)  # the architecture from the spec: checkpoints and exports alike
         return {
             "dataset": info.name,
             "num_classes": info.num_classes,
