@@ -122,6 +122,11 @@ def test_training_from_a_damaged_checkpoint_is_refused_before_it_starts(v1, tmp_
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
+def test_training_from_a_net_of_another_backbone_names_both(tiny_checkpoint, tmp_path, capsys):
+    refused(capsys, ["train", "--init-from", tiny_checkpoint, "--backbone", "googlenet", *TINY_TRAIN, "--out",
+                     tmp_path / "run"], "vgg16", "googlenet", "--backbone vgg16")
+
+
 @pytest.mark.parametrize("change, names", [
     (lambda spec: spec.update(num_classes=5), ["8 classes", "5"]),
     (lambda spec: spec.update(inputs=["rgb", "hha"]), ["rgb", "backbone.trunks"]),
