@@ -6,6 +6,11 @@ are copied. The average starts as a copy of the initial net, so ``d`` warms up a
 ExponentialMovingAverage does with ``num_updates``: d = min(decay, (1 + n) / (10 + n)) at update n.
 Without that the random initial weights would keep a share of decay ** n (37% after 1000 steps at
 0.999, 5% after 3000).
+
+Not ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn``: it copies the net at its first
+update instead of averaging from the initial one with a warmed-up decay, averages integer buffers, and wraps
+the net (``module.`` names and ``n_averaged`` in the state), so its numbers and checkpoints differ from
+these, and exact resume of the runs already trained would be lost.
 """
 
 from __future__ import annotations
