@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from fcnseg.models.upsample import Upsample, bilinear_kernel
 
@@ -63,3 +64,14 @@ def test_frozen_layer_refuses_class_mixing_kernels():
     diagonal[0, 0], diagonal[1, 1] = 1.0, 2.0
     up.load_full_weight(diagonal)
     assert torch.equal(up.full_weight(), diagonal)
+
+
+@pytest.mark.parametrize("stride, padding", [(2, 0), (8, 0), (8, 4)])
+def test_the_dense_path_a_gpu_takes_is_the_depthwise_function(stride, padding):
+    # On CUDA a frozen upsampler convolves with its full kernel (cuDNN's grouped kernel is slow): the same sums.
+    torch.manual_seed(0)
+    layer = Upsample(5, stride, padding=padding)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand(5, 1, 1, 1) + 0.5)  # each class its own kernel: the diagonal must follow
+    x = torch.randn(2, 5, 7, 9)
+    torch.testing.assert_close(layer.dense_forward(x), nn.ConvTranspose2d.forward(layer, x), rtol=1e-5, atol=1e-5)

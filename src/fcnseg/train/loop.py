@@ -31,7 +31,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     Before iteration 1: the run folder is locked and checked (:mod:`fcnseg.train.folder`), and both
     splits are read once (:func:`fcnseg.data.check.check_dataset`), so bad data costs no training time.
     """
-    runtime = start(config.device, config.threads)
+    runtime = start(config.device, config.threads, reproducible=True)  # resume is exact on GPUs too
     keep_freed_memory()  # the same buffers every step: reused, not mapped and zero-filled again
     replaced: list[Path] = []
     if not config.resume:  # before the lock file is made: a refused folder stays as it was
