@@ -20,6 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("download", help="download a dataset archive or one of the authors' nets")
     parser.add_argument("name", help=f"a dataset ({', '.join(ARCHIVES)}) or a net ({', '.join(CAFFE_NETS)})")
     parser.add_argument("--root", required=True, type=Path, help="folder to download (and unpack) into")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="datasets: replace files in --root that differ from the archive's (without it, such a "
+                             "file stops the download before anything is unpacked into --root)")
     add_quiet(parser)
     parser.set_defaults(func=run)
 
@@ -35,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
     if args.name not in ARCHIVES:
         raise ConfigError(f"unknown name {args.name!r}; datasets: {', '.join(sorted(ARCHIVES))}; the authors' "
                           f"nets: {', '.join(CAFFE_NETS)}")
-    print(download_dataset(args.name, args.root))
+    print(download_dataset(args.name, args.root, overwrite=args.overwrite))
     return 0
