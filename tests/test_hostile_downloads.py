@@ -20,6 +20,7 @@ import torch
 
 from fcnseg.cli import main
 from fcnseg.data.archives import ARCHIVES
+from fcnseg.models.zoo import CAFFE_NETS
 from fcnseg.outputs import LOCK, folder_lock
 
 from .helpers import digests, random_fcn, refused
@@ -173,6 +174,7 @@ KILLED_DOWNLOAD = """
 import json, os, signal, sys, tarfile
 from fcnseg.cli import main
 from fcnseg.data.archives import ARCHIVES
+from fcnseg.models.zoo import CAFFE_NETS
 ARCHIVES["toy"] = [json.loads(sys.argv[1])]
 real, copied = tarfile.copyfileobj, []
 def dying(source, target, *args, **kwargs):
@@ -202,12 +204,17 @@ def test_kill_9_mid_extraction_leaves_no_half_file_and_the_next_run_finishes(pub
     assert leftovers(root, archive) == set()  # what the killed run left was cleaned up
 
 
-def test_a_second_download_into_a_root_in_use_is_refused(publish, tmp_path, capsys):
-    archive = publish("zip")
+def test_a_second_download_into_a_root_in_use_is_refused(publish, http_server, tmp_path, capsys, monkeypatch):
+    publish("zip")
+    net = http_server()
+    (net.folder / "fcn8s-heavy-pascal.caffemodel").write_bytes(b"weights")
+    monkeypatch.setitem(CAFFE_NETS["voc-fcn8s"], "url", f"{net.url}/fcn8s-heavy-pascal.caffemodel")
     root = tmp_path / "root"
     with folder_lock(root, "fcnseg download"):
-        refused(capsys, ["download", "toy", "--root", root, "--quiet"], root, "in use", "--root")
-    assert not (root / archive).exists() and not (root / "mydata").exists()
+        # Two at once would append to the same .part file (and unpack over each other).
+        for name in ("toy", "voc-fcn8s"):
+            refused(capsys, ["download", name, "--root", root, "--quiet"], root, "in use", "--root")
+    assert os.listdir(root) == [LOCK]
 
 
 @pytest.mark.parametrize("member", ["../evil.txt", "/tmp/fcnseg-hostile-evil.txt"], ids=["dotdot", "absolute"])

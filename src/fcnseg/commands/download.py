@@ -11,6 +11,7 @@ from fcnseg.commands.options import add_quiet
 from fcnseg.data.archives import ARCHIVES, download_dataset
 from fcnseg.errors import ConfigError
 from fcnseg.models.zoo import CAFFE_NETS
+from fcnseg.outputs import folder_lock
 from fcnseg.transfer import download_file
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.name in CAFFE_NETS:
         url = CAFFE_NETS[args.name]["url"]
-        print(download_file(url, args.root / url.rsplit("/", 1)[1]))
+        # One process at a time: two would append to the same .part file.
+        with folder_lock(args.root, "fcnseg download", option="--root"):
+            print(download_file(url, args.root / url.rsplit("/", 1)[1]))
         # A warning, not a note: shown with --quiet too, since the file is unverified.
         log.warning("note: the authors published no checksum for %s, so the file is not verified; convert it "
                     "with: fcnseg convert FILE --model %s --out %s.pth", args.name, args.name, args.name)
