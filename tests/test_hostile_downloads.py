@@ -189,6 +189,7 @@ main(["download", "toy", "--root", sys.argv[2], "--quiet"])
 """
 
 
+@pytest.mark.slow  # a second Python that imports torch: a few seconds
 def test_kill_9_mid_extraction_leaves_no_half_file_and_the_next_run_finishes(publish, tmp_path):
     archive = publish("tar")
     root = tmp_path / "root"
