@@ -161,8 +161,10 @@ def refuse_if_held(folder: str | os.PathLike) -> None:
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = ()) -> Iterator[None]:
-    """Hold ``folder`` for this process; another process gets a one-line refusal naming the holder's pid.
+def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
+                option: str = "--out") -> Iterator[None]:
+    """Hold ``folder`` for this process; another process gets a one-line refusal naming the holder's pid
+    (and ``option``, the command's flag that names the folder).
 
     On taking the lock, temporary files that atomic writes of the names in ``stale`` left behind (a run
     killed mid-write) are removed: no live writer can own them any more.
@@ -178,7 +180,7 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = ())
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise ConfigError(f"{folder} is in use by {holder}: wait for it to finish, or choose another "
-                              "--out") from None
+                              f"{option}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{what} (pid {os.getpid()})\n")

@@ -8,9 +8,15 @@ from pathlib import Path
 
 from fcnseg.checkpoint import save_model
 from fcnseg.data.info import VOC
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, WeightsError
 from fcnseg.models import MODELS
-from fcnseg.models.weights import fcn_from_pytorch_fcn
+from fcnseg.models.weights import (
+    fcn_from_pytorch_fcn,
+    file_kind,
+    load_torch_file,
+    refuse_fcnseg_checkpoint,
+    resolve_weights,
+)
 from fcnseg.models.zoo import CAFFE_NETS, fcn_from_caffemodel
 from fcnseg.outputs import output_file
 
@@ -31,6 +37,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _caffemodel(source: str) -> Path:
+    """The local .caffemodel file ``source`` names (an http(s) URL is downloaded); a PyTorch file is refused
+    here, by what it is, rather than as a protobuf that does not parse."""
+    path = resolve_weights(source)
+    if path.is_file() and file_kind(path) in ("checkpoint", "torchscript"):
+        refuse_fcnseg_checkpoint(load_torch_file(path), path)
+        raise WeightsError(f"{path} is a PyTorch file, not a .caffemodel: leave out --model to convert a "
+                           "pytorch-fcn file")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     local = [args.source] if Path(args.source).exists() else []
     outputs = output_file(args.out, "convert", args.overwrite, inputs=local)
@@ -38,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.model:
             raise ConfigError(f"{args.source} is a .caffemodel: say which net it holds with --model (one of "
                               f"{', '.join(CAFFE_NETS)})")
-        model, info = fcn_from_caffemodel(args.source, args.model)
+        model, info = fcn_from_caffemodel(_caffemodel(args.source), args.model)
     else:
         model, info = fcn_from_pytorch_fcn(args.source, name=args.name), VOC
     print(save_model(model, info, args.out))

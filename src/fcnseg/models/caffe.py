@@ -154,6 +154,8 @@ def open_caffemodel(path: str | Path) -> Iterator[tuple[str, list[CaffeLayer]]]:
     """``(net name, layers)`` of a .caffemodel file; the blobs are views on the mapped file, valid only
     inside the ``with`` block (copy what you keep)."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder, not a Caffe model: give the .caffemodel file inside it")
     if not path.is_file():
         raise WeightsError(f"Caffe model not found: {path}")
     with open(path, "rb") as handle:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import urllib.parse
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from fcnseg.data.info import VOC
-from fcnseg.errors import WeightsError
+from fcnseg.errors import ConfigError, WeightsError
 from fcnseg.models.backbones import VGG, AlexNet, Backbone, CaffeNet, GoogLeNet, LateFusion
 from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
@@ -77,20 +78,31 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
 
 
+_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, ValueError)
+
+
 def load_torch_file(path: str | Path) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; every failure a WeightsError saying what the file is.
 
     Files that need pickled code are refused, never run.
     """
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder, not a weights file: give the file inside it")
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4 in the checkpoint"
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, ValueError) as error:
+    except Exception as error:
         kind = file_kind(path)
+        # Bytes of no torch format make the unpickler fail in any way (a text file: IndexError); a file of a
+        # torch format that fails in an unexpected way is a bug, and keeps its traceback.
+        if kind != "unknown" and not isinstance(error, _LOAD_ERRORS):
+            raise
         if kind in ("checkpoint", "pickle") and isinstance(error, pickle.UnpicklingError):
             lines = [line.strip() for line in _plain(str(error)).splitlines()]
             detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0])
@@ -122,15 +134,27 @@ def _state_dict_of(data: Any, path: str | Path) -> dict[str, torch.Tensor]:
     return dict(data)
 
 
+URL_SCHEMES = ("http", "https")  # the URLs fcnseg downloads weights from
+
+
 def resolve_weights(source: str | Path, sha256: str | None = None, md5: str | None = None,
                     file_name: str | None = None) -> Path:
     """A local file path as is; an http(s) URL downloaded once into torch hub's cache (as ``file_name``, or
-    the URL's last part). A cached file is checked against ``sha256``/``md5`` every time it is used."""
+    the URL's last part). A cached file is checked against ``sha256``/``md5`` every time it is used. A URL of
+    another scheme (``file://``, ``ftp://``, ...) is refused: as a path it would be mangled ("file:/etc/x")."""
     text = str(source)
-    if text.startswith(("http://", "https://")):
+    # Two letters at least: "C://x" is a Windows path, not a URL.
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", text) if isinstance(source, str) else None
+    if scheme and scheme.group(1).lower() in URL_SCHEMES:
         from fcnseg.transfer import cached_download
 
         return cached_download(text, sha256=sha256, md5=md5, file_name=file_name)
+    if scheme:
+        local = urllib.parse.unquote(urllib.parse.urlparse(text).path)
+        hint = f"give the file's path instead ({local})" if scheme.group(1).lower() == "file" else \
+            "download the file another way and give its path"
+        raise ConfigError(f"{text}: {scheme.group(1)}:// URLs are not supported; fcnseg downloads "
+                          f"{' and '.join(f'{s}://' for s in URL_SCHEMES)} URLs: {hint}")
     return Path(source)
 
 
@@ -329,8 +353,10 @@ def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: 
             url, md5, file_name = PYTORCH_FCN_FILES[str(source)]
             source = resolve_weights(url, md5=md5, file_name=file_name)
         data = load_torch_file(resolve_weights(source))
+        refuse_fcnseg_checkpoint(data, source)
         arch = PYTORCH_FCN_ARCHS.get(data.get("arch")) if isinstance(data, Mapping) else None
         state_dict = _state_dict_of(data, source)
+    _check_pytorch_fcn_layers(state_dict, "the state dict" if isinstance(source, Mapping) else source)
     inferred = infer_pytorch_fcn_head(state_dict)
     name = name or arch or _name_from_file(source, inferred)
     if name.replace("_atonce", "") != inferred:
@@ -341,6 +367,24 @@ def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: 
     model = build_on_meta(ModelSpec(name, "vgg16", num_classes, width, normalization="caffe", classes=classes))
     load_authors_state(model, state_dict)
     return model
+
+
+def _check_pytorch_fcn_layers(state_dict: Mapping[str, torch.Tensor], source: object) -> None:
+    """Refuse, naming ``source``, a state dict without the layers every pytorch-fcn FCN has (and that
+    :func:`fcn_from_pytorch_fcn` reads its width and classes from)."""
+    lacking = [key.split(".")[0] for key in ("conv1_1.weight", "score_fr.weight") if key not in state_dict]
+    if lacking:
+        fcnseg = any(key.startswith("backbone.") for key in state_dict)
+        raise WeightsError(f"{source} is not a pytorch-fcn FCN: it has no {' or '.join(lacking)} layer"
+                           + (" (its layer names are fcnseg's: an fcnseg net's bare state dict?)" if fcnseg else ""))
+
+
+def refuse_fcnseg_checkpoint(data: Any, source: object) -> None:
+    """Refuse, in one line, an fcnseg checkpoint given where the authors' weights are expected."""
+    # The format tag of fcnseg.checkpoint.FORMAT (importing it from there would be an import cycle).
+    if isinstance(data, Mapping) and data.get("format") == "fcnseg-checkpoint":
+        raise WeightsError(f"{source} is already an fcnseg checkpoint: use it directly with fcnseg predict, eval, "
+                           "export or serve (convert reads the authors' .caffemodel and pytorch-fcn files)")
 
 
 def _name_from_file(source: object, inferred: str) -> str:
