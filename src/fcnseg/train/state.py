@@ -8,7 +8,9 @@ average (the net to use), and ``last.pth`` also holds the training weights (``tr
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ import yaml
 
 from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import model_checkpoint, write_checkpoint
+from fcnseg.errors import WriteError
 from fcnseg.runtime import gather_objects
 from fcnseg.train.run import Run
 
@@ -73,8 +76,24 @@ def save_last(run: Run) -> None:
                  "rng": rngs, "config": run.config.to_dict()}
         if run.ema is not None:
             state["train_state_dict"] = run.model.state_dict()
-        write_checkpoint(model_checkpoint(run.saved_model, run.info, **state), run.last_path)
+        with _checkpoint_write(run):
+            write_checkpoint(model_checkpoint(run.saved_model, run.info, **state), run.last_path)
         run.outputs.record([run.last_path], flush=True)
+
+
+@contextlib.contextmanager
+def _checkpoint_write(run: Run) -> Iterator[None]:
+    """A checkpoint that cannot be written (a full disk, a quota) stops the run in one line that says what is
+    left: the atomic writer leaves the previous file as it was, so the run can go on from it."""
+    try:
+        yield
+    except WriteError as error:
+        if run.last_path.is_file():
+            left = (f"{run.last_path} (the last checkpoint) is unchanged: make room, then continue the run with "
+                    f"fcnseg train --out {run.out} --resume")
+        else:
+            left = "no checkpoint of this run was written yet: make room, then start it again"
+        raise WriteError(f"{error}; {left}") from None
 
 
 def save_best(run: Run, mean_iu: float) -> None:
@@ -83,6 +102,7 @@ def save_best(run: Run, mean_iu: float) -> None:
         return
     run.best_mean_iu = mean_iu
     if run.runtime.is_main:
-        write_checkpoint(model_checkpoint(run.saved_model, run.info, iteration=run.iteration, mean_iu=mean_iu,
-                                          config=run.config.to_dict()), run.best_path)
+        with _checkpoint_write(run):
+            write_checkpoint(model_checkpoint(run.saved_model, run.info, iteration=run.iteration, mean_iu=mean_iu,
+                                              config=run.config.to_dict()), run.best_path)
         run.outputs.record([run.best_path], flush=True)
