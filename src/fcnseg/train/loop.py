@@ -115,13 +115,27 @@ def forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor) -> fl
                              run.info.head_classes)
     if not torch.isfinite(loss):
         last = run.last_path if run.last_path.exists() else "(none yet)"
-        raise TrainingError(
-            f"the loss became {loss.item()} at iteration {run.iteration + 1}; stopped before updating the "
-            f"weights. The last good checkpoint is {last}. Try a lower learning rate (now "
-            f"{run.optimizer.param_groups[0]['lr']:.3g}), --amp none, or check the labels (values outside the "
-            "classes?).")
+        weighted_out = unweighted_classes(run, labels)
+        fix = (f"Every labelled pixel of this batch is of a class that class_weights weighs 0 ({weighted_out}), "
+               "and a mean over no pixels is 0 / 0: give these classes a weight above 0" if weighted_out else
+               f"Try a lower learning rate (now {run.optimizer.param_groups[0]['lr']:.3g}), --amp none, or check "
+               "the labels (values outside the classes?).")
+        raise TrainingError(f"the loss became {loss.item()} at iteration {run.iteration + 1}; stopped before "
+                            f"updating the weights. The last good checkpoint is {last}. {fix}")
     run.scaler.scale(loss / config.grad_accum).backward()
     return loss.item()
+
+
+def unweighted_classes(run: Run, labels: torch.Tensor) -> str | None:
+    """The names of the classes in ``labels`` (the first head's) when class weights leave every labelled pixel
+    of them out of the loss (weight 0), which makes a mean loss 0 / 0; otherwise None."""
+    if run.class_weights is None or run.config.recipe == "paper":  # a summed loss is 0 there, not NaN
+        return None
+    first = labels if labels.dim() == 3 else labels[:, 0]
+    present = [int(v) for v in first.unique() if v != run.info.ignore_index and 0 <= v < len(run.class_weights)]
+    if not present or run.class_weights[present].sum() > 0:
+        return None
+    return ", ".join(run.info.class_names[v] for v in present)
 
 
 def optimizer_step(run: Run) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,7 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
                           f"{'+'.join(train_set.inputs)}: give the dataset the net's inputs (dataset_options: "
                           f"{{inputs: {'+'.join(init_spec.inputs)}}})")
     info = train_set.info
+    class_weights = listed_loss_weights(config, info, runtime)  # refused before the model is built
     per_process = -(-len(train_set) // runtime.world_size)
     if config.batch_size > per_process and runtime.is_main:
         log.info(f"note: batch_size {config.batch_size} is larger than the {per_process} training images "
@@ -97,7 +100,6 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
         model.to(memory_format=torch.channels_last)
     train_model = _distributed(model, runtime)
     optimizer = build_optimizer(model, config)
-    class_weights = listed_loss_weights(config, info, runtime)
     return Run(config=config, runtime=runtime, out=Path(config.out), info=info, train_set=train_set,
                val_set=val_set, sampler=EpochSampler(len(train_set), config.seed, runtime.rank, runtime.world_size),
                model=model, train_model=train_model, optimizer=optimizer,
@@ -114,7 +116,23 @@ def listed_loss_weights(config: TrainConfig, info: DatasetInfo, runtime: Runtime
         return None
     if len(config.class_weights) != info.num_classes:
         raise ConfigError(f"class_weights has {len(config.class_weights)} entries for {info.num_classes} classes")
+    check_class_weights(config.class_weights, info.class_names)
     return torch.tensor(config.class_weights, dtype=torch.float32, device=runtime.device)
+
+
+def check_class_weights(weights: list[float], class_names: Sequence[str]) -> None:
+    """Refuse loss weights that can only give a NaN or meaningless loss: not finite, negative (the loss would
+    reward getting a class wrong), or all 0 (every mean loss is 0 / 0)."""
+    named = list(zip(class_names, weights, strict=True))
+    bad = [f"{name} {weight:g}" for name, weight in named if not math.isfinite(weight)]
+    if bad:
+        raise ConfigError(f"class_weights must be finite numbers; got {', '.join(bad)}")
+    bad = [f"{name} {weight:g}" for name, weight in named if weight < 0]
+    if bad:
+        raise ConfigError(f"class_weights must be 0 or more (0 leaves a class out of the loss); got {', '.join(bad)}")
+    if not any(weights):
+        raise ConfigError(f"class_weights are all 0 ({' '.join(f'{w:g}' for w in weights)}): no pixel would count "
+                          "and every loss would be 0 / 0 (NaN); give the classes to learn a weight above 0")
 
 
 def balanced_loss_weights(run: Run, counted: ClassPixels | None) -> torch.Tensor:
