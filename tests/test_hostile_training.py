@@ -6,6 +6,7 @@ the files' hashes before and after.
 """
 
 import errno
+import importlib.util
 import io
 import os
 import re
@@ -20,6 +21,8 @@ import fcnseg.atomic
 from fcnseg.checkpoint import read_checkpoint, save_model
 from fcnseg.cli import main
 from fcnseg.data.info import SYNTHETIC_ROADS
+from fcnseg.memory import saved_activations, training_bytes
+from fcnseg.models import ModelSpec
 
 from .helpers import TINY_TRAIN, digests, folder_dataset, random_fcn, refused
 
@@ -124,3 +127,54 @@ def test_a_batch_of_only_zero_weighted_classes_names_the_weights_not_the_learnin
                             "--class-weights", "0", "1", "--out", out], "class_weights", "class0")
     assert "learning rate" not in line
     assert not (out / "last.pth").exists()
+
+
+# --- memory bounded by an estimate -------------------------------------------------------------------------
+
+
+def test_a_crop_size_no_memory_holds_is_one_line_before_any_data_is_read(tmp_path, capsys):
+    out = tmp_path / "run"
+    line = refused(capsys, ["train", *TINY_TRAIN, "--crop-size", "100000", "100000", "--iterations", "1",
+                            "--out", out], "100000x100000", "--crop-size", "--batch-size", "--max-memory", "TB")
+    assert "memory budget of" in line
+    assert not [path for path in out.iterdir() if path.name in ("config.yaml", "metrics.csv", "last.pth")]
+
+
+def test_the_memory_budget_is_max_memory_and_a_small_run_fits_the_default(tmp_path, capsys):
+    argv = ["train", *TINY_TRAIN, "--iterations", "1", "--schedule", "constant"]
+    crops = refused(capsys, [*argv, "--crop-size", "32", "32", "--max-memory", "50M", "--out", tmp_path / "a"],
+                    "--crop-size 32 32", "50 MB")
+    assert "4 crop(s) of 32x32" in crops
+    # Whole images: checked as the first batch arrives, before the net runs on it.
+    whole = refused(capsys, [*argv, "--max-memory", "50M", "--out", tmp_path / "b"], "40x48", "50 MB", "--crop-size")
+    assert "whole image(s)" in whole
+    assert not (tmp_path / "b" / "last.pth").exists()
+    refused(capsys, [*argv, "--max-memory", "lots", "--out", tmp_path / "c"], "max_memory", "'lots'")
+    assert not (tmp_path / "c").exists()  # refused before the run folder is made
+    assert main([*argv, "--crop-size", "32", "32", "--out", str(tmp_path / "d")]) == 0  # the default budget
+    assert main([*argv, "--max-memory", "2G", "--out", str(tmp_path / "e")]) == 0
+
+
+def test_the_training_estimate_grows_with_the_crop_as_the_net_does():
+    spec = ModelSpec("fcn8s", "vgg16", num_classes=8, width=1 / 16, geometry="fast")
+    small, large = (sum(training_bytes(spec, 2, size, size)) for size in (256, 512))
+    activations = saved_activations(spec, 2, 512, 512)[0] - saved_activations(spec, 2, 256, 256)[0]
+    assert large - small > activations > 0  # four times the pixels: every kept activation grows with them
+    sgd, adamw = (training_bytes(ModelSpec("fcn8s", "vgg16", num_classes=21), 1, 64, 64, optimizer_slots=slots)[0]
+                  for slots in (1, 2))
+    assert adamw - sgd > 400 * 2**20  # a full-width VGG16's 134M weights: a second moment of 537 MB, with margin
+
+
+@pytest.mark.slow
+def test_the_training_estimate_is_within_a_sane_factor_of_the_measured_peak():
+    # benchmarks/train_memory_estimate.py: one fresh process per crop size, its peak resident memory over two
+    # training steps (data loaded in the process) against training_bytes.
+    benchmark = importlib.util.spec_from_file_location(
+        "train_memory_estimate", Path(__file__).parents[1] / "benchmarks" / "train_memory_estimate.py")
+    module = importlib.util.module_from_spec(benchmark)
+    benchmark.loader.exec_module(module)
+    small, large = (module.measure(f"vgg16:0.0625:2:{size}x{size}", threads=1) for size in (256, 512))
+    for result in (small, large):
+        assert 0.7 < result["estimate"] / result["measured"] < 1.6, result
+    growth = (large["estimate"] - small["estimate"]) / (large["measured"] - small["measured"])
+    assert 0.5 < growth < 2.5, (small, large)

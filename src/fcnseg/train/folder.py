@@ -32,7 +32,7 @@ RUN_FILES = ("config.yaml", "metrics.csv", "last.pth", "best.pth")
 NET_KEYS = ("model", "backbone", "width", "geometry", "learnable_upsampling")
 # Options a resumed run may change: they do not change what is computed.
 FREE_KEYS = {"iterations", "val_interval", "checkpoint_interval", "log_interval", "val_limit", "workers", "device",
-             "threads", "out", "resume", "root", "init_from", "imagenet_weights", "overwrite"}
+             "threads", "max_memory", "out", "resume", "root", "init_from", "imagenet_weights", "overwrite"}
 
 
 @contextlib.contextmanager

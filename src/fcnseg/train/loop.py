@@ -14,6 +14,7 @@ from fcnseg.errors import TrainingError
 from fcnseg.evaluate import evaluate
 from fcnseg.outputs import refuse_if_held
 from fcnseg.runtime import keep_freed_memory, start
+from fcnseg.train.budget import check_step_memory, configured_budget
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import micro_batches
 from fcnseg.train.ema import update_ema
@@ -31,6 +32,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     Before iteration 1: the run folder is locked and checked (:mod:`fcnseg.train.folder`), and both
     splits are read once (:func:`fcnseg.data.check.check_dataset`), so bad data costs no training time.
     """
+    configured_budget(config)  # a max_memory that is not a size is refused before the run folder is touched
     runtime = start(config.device, config.threads)
     keep_freed_memory()  # the same buffers every step: reused, not mapped and zero-filled again
     replaced: list[Path] = []
@@ -78,6 +80,7 @@ def run_iterations(run: Run, log: RunLog) -> dict[str, Any]:
     run.train_model.train()
     for count, (epoch, images, labels) in enumerate(micro_batches(run.train_set, run.sampler, config,
                                                                   run.runtime, first), start=first + 1):
+        check_batch_memory(run, images)
         loss = forward_backward(run, images, labels)
         log.images(images.shape[0] * run.runtime.world_size)
         if count % config.grad_accum:
@@ -97,6 +100,16 @@ def run_iterations(run: Run, log: RunLog) -> dict[str, Any]:
 
 def _due(run: Run, interval: int) -> bool:
     return run.iteration % interval == 0 or run.iteration == run.config.iterations
+
+
+def check_batch_memory(run: Run, images: torch.Tensor) -> None:
+    """Refuse a batch larger than any before it (whole images vary in size) whose training step would not fit
+    the memory budget, before the net runs on it; crops were checked before the loader started."""
+    batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+    if batch * height * width <= run.checked_pixels:
+        return
+    check_step_memory(run.config, run.model.spec, run.runtime, batch, height, width)
+    run.checked_pixels = batch * height * width
 
 
 def forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor) -> float:

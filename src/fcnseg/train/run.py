@@ -26,6 +26,7 @@ from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
 from fcnseg.models.weights import fcn_from_imagenet, imagenet_spec, init_from_coarser, matching_classes
 from fcnseg.outputs import Outputs
 from fcnseg.runtime import Runtime, broadcast_from_main, native_bf16
+from fcnseg.train.budget import check_step_memory
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import EpochSampler, build_datasets
 from fcnseg.train.ema import ema_copy
@@ -54,6 +55,7 @@ class Run:
     ema: FCN | None = None  # the moving average of the weights (ema_decay), validated and saved instead
     iteration: int = 0
     best_mean_iu: float = -1.0
+    checked_pixels: int = 0  # the largest batch (samples x height x width) whose memory estimate fits the budget
 
     @property
     def saved_model(self) -> FCN:
@@ -91,6 +93,10 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
     info = train_set.info
     class_weights = listed_loss_weights(config, info, runtime)  # refused before the model is built
     per_process = -(-len(train_set) // runtime.world_size)
+    batch = min(config.batch_size, per_process)
+    if config.crop_size:  # before any loader starts: crops are padded in numpy there
+        check_step_memory(config, training_spec(config, info, train_set.inputs, init_spec), runtime, batch,
+                          *config.crop_size)
     if config.batch_size > per_process and runtime.is_main:
         log.info(f"note: batch_size {config.batch_size} is larger than the {per_process} training images "
                  "each process has: every step sees them all (a smaller batch would take more steps per epoch)")
@@ -106,7 +112,8 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
                scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(config, it)),
                scaler=torch.amp.GradScaler(runtime.device.type, enabled=config.amp == "fp16"),
                class_weights=class_weights, outputs=Outputs(config.out, "train", config.overwrite),
-               ema=ema_copy(model) if config.ema_decay else None)
+               ema=ema_copy(model) if config.ema_decay else None,
+               checked_pixels=batch * config.crop_size[0] * config.crop_size[1] if config.crop_size else 0)
 
 
 def listed_loss_weights(config: TrainConfig, info: DatasetInfo, runtime: Runtime) -> torch.Tensor | None:
