@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import fcnseg.atomic
+import fcnseg.train.log
 from fcnseg.checkpoint import read_checkpoint, save_model
 from fcnseg.cli import main
 from fcnseg.data.info import SYNTHETIC_ROADS
@@ -30,29 +31,37 @@ from .helpers import TINY_TRAIN, digests, folder_dataset, random_fcn, refused
 
 
 class _FillingDisk(io.FileIO):
-    """A file on a disk with ``room`` bytes left: the write that reaches the end goes through in part, the
-    next fails with ENOSPC, as a real full disk behaves."""
+    """A file on a disk with ``room`` bytes left: the write that reaches the end goes through in part, the next
+    fails with ENOSPC, as a real full disk behaves."""
 
-    room = 4096
+    def __init__(self, file, mode: str, room: int) -> None:
+        super().__init__(file, mode)
+        self.end = self.tell() + room
 
     def write(self, data) -> int:
-        left = self.room - self.tell()
+        left = self.end - self.tell()
         if left <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return super().write(bytes(data)[:left])
 
 
-def fill_the_disk_for_checkpoints(monkeypatch) -> None:
-    """Make checkpoint writes (the atomic writer's ``.last.pth.*.tmp`` / ``.best.pth.*.tmp``) hit a full disk;
-    torch.save then ends in "[enforce fail at inline_container.cc] unexpected pos", the ENOSPC chained inside."""
+def fill_the_disk(monkeypatch, module, pattern: str, room: int = 4096) -> None:
+    """Make the files ``module`` opens whose names match ``pattern`` sit on a disk with ``room`` bytes left."""
     real_open = open
 
     def opened(file, mode="r", *args, **kwargs):
-        if mode == "wb" and re.fullmatch(r"\.(last|best)\.pth\..*\.tmp", Path(file).name):
-            return io.BufferedWriter(_FillingDisk(file, "wb"))
+        if mode[0] in "wa" and re.fullmatch(pattern, Path(file).name):
+            raw = io.BufferedWriter(_FillingDisk(file, mode.replace("b", ""), room))
+            return raw if "b" in mode else io.TextIOWrapper(raw, newline=kwargs.get("newline"))
         return real_open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(fcnseg.atomic, "open", opened, raising=False)
+    monkeypatch.setattr(module, "open", opened, raising=False)
+
+
+def fill_the_disk_for_checkpoints(monkeypatch) -> None:
+    """Make checkpoint writes (the atomic writer's ``.last.pth.*.tmp`` / ``.best.pth.*.tmp``) hit a full disk;
+    torch.save then ends in "[enforce fail at inline_container.cc] unexpected pos", the ENOSPC chained inside."""
+    fill_the_disk(monkeypatch, fcnseg.atomic, r"\.(last|best)\.pth\..*\.tmp")
 
 
 def test_a_full_disk_while_a_checkpoint_is_written_is_one_line_and_keeps_the_last_one(tmp_path, capsys,
@@ -85,6 +94,24 @@ def test_a_full_disk_on_the_first_checkpoint_says_none_was_written(tmp_path, cap
     assert "no space left on device" in line.lower() and "no checkpoint" in line, line
     assert not (out / "last.pth").exists() and not (out / "best.pth").exists()
     assert not [path for path in out.iterdir() if path.name.endswith(".tmp")], line
+
+
+def test_a_full_disk_while_the_log_is_written_is_one_line_and_keeps_the_rows(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["train", *TINY_TRAIN, "--crop-size", "32", "32", "--schedule", "constant", "--log-interval", "1",
+            "--out", str(out)]
+    with monkeypatch.context() as patch:  # appending a row
+        fill_the_disk(patch, fcnseg.train.log, r"metrics\.csv", room=0)
+        line = refused(capsys, [*argv, "--iterations", "1"], out / "metrics.csv", "no checkpoint")
+    assert "no space left on device" in line.lower(), line
+    assert main([*argv, "--iterations", "2", "--overwrite"]) == 0
+    kept = ("metrics.csv", "last.pth", "best.pth")  # config.yaml is written again, with --iterations 3
+    before = {name: digest for name, digest in digests(out).items() if name in kept}
+    with monkeypatch.context() as patch:  # rewriting the log on --resume (rows after the checkpoint dropped)
+        fill_the_disk(patch, fcnseg.atomic, r"\.metrics\.csv\..*\.tmp", room=0)
+        line = refused(capsys, [*argv, "--iterations", "3", "--resume"], out / "metrics.csv")
+    assert "no space left on device" in line.lower(), line
+    assert {name: digest for name, digest in digests(out).items() if name in kept} == before  # rows, checkpoints
 
 
 # --- a NaN loss that is not the learning rate's fault --------------------------------------------------------

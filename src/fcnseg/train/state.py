@@ -21,6 +21,7 @@ from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import model_checkpoint, write_checkpoint
 from fcnseg.errors import WriteError
 from fcnseg.runtime import gather_objects
+from fcnseg.train.folder import left_after_a_failed_write
 from fcnseg.train.run import Run
 
 
@@ -88,12 +89,7 @@ def _checkpoint_write(run: Run) -> Iterator[None]:
     try:
         yield
     except WriteError as error:
-        if run.last_path.is_file():
-            left = (f"{run.last_path} (the last checkpoint) is unchanged: make room, then continue the run with "
-                    f"fcnseg train --out {run.out} --resume")
-        else:
-            left = "no checkpoint of this run was written yet: make room, then start it again"
-        raise WriteError(f"{error}; {left}") from None
+        raise WriteError(f"{error}; {left_after_a_failed_write(run.out)}") from None
 
 
 def save_best(run: Run, mean_iu: float) -> None:
