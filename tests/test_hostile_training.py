@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import fcnseg.atomic
+import fcnseg.outputs
 import fcnseg.train.log
 from fcnseg.checkpoint import read_checkpoint, save_model
 from fcnseg.cli import main
@@ -112,6 +113,14 @@ def test_a_full_disk_while_the_log_is_written_is_one_line_and_keeps_the_rows(tmp
         line = refused(capsys, [*argv, "--iterations", "3", "--resume"], out / "metrics.csv")
     assert "no space left on device" in line.lower(), line
     assert {name: digest for name, digest in digests(out).items() if name in kept} == before  # rows, checkpoints
+
+
+def test_a_full_disk_when_the_run_folder_is_taken_is_one_line(tmp_path, capsys, monkeypatch):
+    fill_the_disk(monkeypatch, fcnseg.outputs, r"\.fcnseg\.lock", room=0)  # the lock file names its holder
+    out = tmp_path / "run"
+    line = refused(capsys, ["train", *TINY_TRAIN, "--crop-size", "32", "32", "--iterations", "1", "--out", out],
+                   out / ".fcnseg.lock")
+    assert "no space left on device" in line.lower(), line
 
 
 # --- a NaN loss that is not the learning rate's fault --------------------------------------------------------
