@@ -202,6 +202,7 @@ def test_the_training_estimate_grows_with_the_crop_as_the_net_does():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures peak memory through Linux's /proc")
 def test_the_training_estimate_is_within_a_sane_factor_of_the_measured_peak():
     # benchmarks/train_memory_estimate.py: one fresh process per crop size, its peak resident memory over two
     # training steps (data loaded in the process) against training_bytes.
