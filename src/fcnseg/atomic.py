@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from fcnseg.errors import WriteError
+from fcnseg.errors import FcnsegError, WriteError
 
 
 @contextmanager
@@ -36,9 +36,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if isinstance(error, WriteError):
             raise
         raise WriteError(f"cannot write {path}: {error.strerror or error}") from None
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        cause = _failed_write(error)
+        if cause is not None:  # e.g. torch.save's "unexpected pos" RuntimeError after the disk filled up
+            raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from None
         raise
+
+
+def _failed_write(error: BaseException) -> OSError | None:
+    """The OSError (a full disk, a quota, an I/O error) that ``error`` was raised in the wake of, if any: writers
+    such as torch.save report a failed write as their own RuntimeError with the OSError chained inside."""
+    if not isinstance(error, Exception) or isinstance(error, FcnsegError):  # Ctrl-C; a message for people already
+        return None
+    chained, seen = error.__cause__ or error.__context__, set()
+    while chained is not None and id(chained) not in seen:
+        if isinstance(chained, OSError) and chained.errno is not None:
+            return chained
+        seen.add(id(chained))
+        chained = chained.__cause__ or chained.__context__
+    return None
 
 
 def check_writable(folder: str | os.PathLike) -> Path:

@@ -78,6 +78,8 @@ def default_budget(device: torch.device | str = "cpu") -> int:
 
 
 def format_bytes(count: float) -> str:
+    if count >= 2**40:
+        return f"{count / 2**40:.1f} TB"
     return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"
 
 
@@ -177,3 +179,74 @@ def fit(spec: ModelSpec, batch: int, height: int, width: int, options: Inference
                              f"windows, more than the memory budget of {format_bytes(budget)}; use smaller scales "
                              "or a smaller image, or raise --max-memory if this machine has the memory")
         window = (max(_MIN_WINDOW, window[0] // 2), max(_MIN_WINDOW, window[1] // 2))
+
+
+def saved_activations(spec: ModelSpec, batch: int, height: int, width: int) -> tuple[int, int]:
+    """(bytes autograd keeps from the forward pass for the backward one, bytes of the largest layer input +
+    output) of the net ``spec`` on a ``batch x channels x height x width`` float32 input in training mode.
+
+    Every layer's output is kept (a convolution keeps its input, the previous layer's output; an in-place ReLU
+    keeps the tensor it overwrote), max pooling also keeps the int64 positions of its maxima, dropout its
+    mask; the padded input is kept by the first convolution."""
+    model = _meta_model(spec.replace(classes=None))
+    kept, largest = 0, 0
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal kept, largest
+        size_in = sum(t.numel() for t in inputs if isinstance(t, torch.Tensor)) * 4
+        size_out = output.numel() * 4 if isinstance(output, torch.Tensor) else 0
+        largest = max(largest, size_in + size_out)
+        if isinstance(module, nn.ReLU) and module.inplace:
+            return
+        kept += size_out + (2 * size_out if isinstance(module, nn.MaxPool2d) else 0) \
+            + (size_out // 4 if isinstance(module, nn.Dropout) else 0)
+
+    padded = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    handles.append(model.backbone.register_forward_pre_hook(lambda module, inputs: padded.append(inputs[0].numel())))
+    try:
+        with torch.no_grad():
+            model(torch.empty(batch, spec.channels, height, width, device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return kept + padded[0] * 4, largest
+
+
+def parameter_bytes(spec: ModelSpec, optimizer_slots: int = 1, ema: bool = False) -> int:
+    """Bytes of the net's weights in training: the weights (and their moving average with ``ema``), and for
+    the trained ones their gradients, ``optimizer_slots`` tensors of optimizer state each (SGD's momentum:
+    1, AdamW's moments: 2) and the one the optimizer's step makes on the way (SGD adds the weight decay to a
+    copy of the gradients, AdamW takes square roots into a new tensor)."""
+    model = _meta_model(spec.replace(classes=None))
+    weights = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 4 * (weights * (2 if ema else 1) + trained * (2 + optimizer_slots))
+
+
+def loader_bytes(channels: int, batch: int, height: int, width: int, workers: int = 0) -> int:
+    """Bytes the data pipeline holds for batches of ``batch`` samples of ``height x width``: each sample's
+    uint8 image and label with their padded and cropped copies, its float32 image and int64 label, the batch
+    they are stacked into, and the batches in flight (the one training, the next one; two per worker
+    process, DataLoader's prefetch)."""
+    pixels = height * width
+    sample = pixels * (2 * (channels + 1) + channels * 4 + 8)  # padded + cropped uint8, then the tensors
+    stacked = batch * pixels * (channels * 4 + 8)
+    in_flight = 2 + 2 * workers
+    return max(workers, 1) * (sample + stacked) + in_flight * stacked
+
+
+def training_bytes(spec: ModelSpec, batch: int, height: int, width: int, optimizer_slots: int = 1,
+                   ema: bool = False, workers: int = 0) -> tuple[int, int]:
+    """(bytes of the training device, bytes of the data pipeline) of one training step of the net ``spec`` on
+    batches of ``batch`` samples of ``height x width``: the weights with their gradients and optimizer state
+    (:func:`parameter_bytes`), the activations kept for the backward pass, the gradients flowing back through
+    the largest layer, the logits with their log-softmax and gradient, the batch; and :func:`loader_bytes`.
+    Both with the same safety margin as inference's estimate."""
+    kept, largest = saved_activations(spec, batch, height, width)
+    pixels = batch * height * width
+    logits = 3 * pixels * sum(spec.head_classes) * 4
+    inputs = pixels * (spec.channels * 4 + 8)
+    device = parameter_bytes(spec, optimizer_slots, ema) + kept + 2 * largest + logits + inputs
+    return int(OVERHEAD + SAFETY * device), int(SAFETY * loader_bytes(spec.channels, batch, height, width, workers))

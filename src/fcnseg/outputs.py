@@ -17,11 +17,11 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from fcnseg.atomic import atomic_open, check_writable, make_folder, remove_temporaries
-from fcnseg.errors import ConfigError, listing
+from fcnseg.errors import ConfigError, WriteError, listing
 
 RECORD = ".fcnseg-outputs.json"
 LOCK = ".fcnseg.lock"
@@ -183,10 +183,14 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
                               f"{option}") from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"{what} (pid {os.getpid()})\n")
-        handle.flush()
+        try:
+            handle.write(f"{what} (pid {os.getpid()})\n")
+            handle.flush()
+        except OSError as error:  # a full disk
+            raise WriteError(f"cannot write {folder / LOCK}: {error.strerror or error}") from None
         remove_temporaries(folder, stale)
         yield
     finally:
-        handle.close()  # closing releases the lock; the file stays (unlinking it could let two hold it)
+        with suppress(OSError):  # the unwritten pid of a full disk: the file is closed all the same
+            handle.close()  # closing releases the lock; the file stays (unlinking it could let two hold it)
 

@@ -96,6 +96,9 @@ class TrainConfig:
     val_limit: int | None = option(None, "validate on the first N images only")
     device: str = option("auto", "auto (a GPU when there is one), cpu, cuda or cuda:N")
     threads: int | None = option(None, "torch threads of each process (default: the usable cores)")
+    max_memory: str | int | None = option(None, "memory a training process may use, e.g. 12G (default: 80 percent "
+                                                "of what is available); a larger estimated step is refused",
+                                          metavar="SIZE")
     seed: int = option(0, "seed of the initialisation, sample order and augmentation")
     out: str = option("runs/exp", "the run's folder: checkpoints, metrics.csv, config.yaml")
     resume: bool = option(False, "continue the run in --out exactly where it stopped")

@@ -32,7 +32,7 @@ RUN_FILES = ("config.yaml", "metrics.csv", "last.pth", "best.pth")
 NET_KEYS = ("model", "backbone", "width", "geometry", "learnable_upsampling")
 # Options a resumed run may change: they do not change what is computed.
 FREE_KEYS = {"iterations", "val_interval", "checkpoint_interval", "log_interval", "val_limit", "workers", "device",
-             "threads", "out", "resume", "root", "init_from", "imagenet_weights", "overwrite"}
+             "threads", "max_memory", "out", "resume", "root", "init_from", "imagenet_weights", "overwrite"}
 
 
 @contextlib.contextmanager
@@ -129,3 +129,13 @@ def finished(state: dict[str, Any], config: TrainConfig) -> bool:
              "fcnseg train --config %s/config.yaml --init-from %s/last.pth --out NEW_FOLDER --iterations N",
              config.out, state["iteration"], config.iterations, config.out, config.out)
     return True
+
+
+def left_after_a_failed_write(out: str | Path) -> str:
+    """What a run that could not write a file (a full disk) leaves, and how to go on: the atomic writer keeps
+    the last checkpoint as it was."""
+    last = Path(out) / "last.pth"
+    if last.is_file():
+        return (f"{last} (the last checkpoint) is unchanged: make room, then continue the run with fcnseg train "
+                f"--out {out} --resume")
+    return "no checkpoint of this run was written yet: make room, then start it again"

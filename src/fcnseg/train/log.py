@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fcnseg.atomic import atomic_open
+from fcnseg.errors import WriteError
 from fcnseg.metrics import SCORE_KEYS
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
+from fcnseg.train.folder import left_after_a_failed_write
 from fcnseg.train.run import Run
 
 log = logging.getLogger(__name__)
@@ -31,13 +34,18 @@ class CsvLog:
         if resume_from is not None and path.exists():  # drop rows logged after the checkpoint resumed from
             with path.open(newline="") as handle:
                 kept = [row for row in list(csv.reader(handle))[1:] if row and int(row[0]) <= resume_from]
-        with path.open("w", newline="") as handle:
+        with atomic_open(path, "w", newline="") as handle:  # a full disk leaves the rows logged so far
             csv.writer(handle).writerows([self.FIELDS, *kept])
 
     def write(self, **row: Any) -> None:
-        if self.enabled:
-            with self.path.open("a", newline="") as handle:
+        if not self.enabled:
+            return
+        try:
+            with open(self.path, "a", newline="") as handle:
                 csv.writer(handle).writerow([row.get(name, "") for name in self.FIELDS])
+        except OSError as error:  # a full disk: one line, and what the run leaves
+            raise WriteError(f"cannot write {self.path}: {error.strerror or error}; "
+                             f"{left_after_a_failed_write(self.path.parent)}") from None
 
 
 def _tensorboard(out: Path, enabled: bool):

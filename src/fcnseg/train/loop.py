@@ -14,6 +14,7 @@ from fcnseg.errors import TrainingError
 from fcnseg.evaluate import evaluate
 from fcnseg.outputs import refuse_if_held
 from fcnseg.runtime import keep_freed_memory, start
+from fcnseg.train.budget import check_step_memory, configured_budget
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import micro_batches
 from fcnseg.train.ema import update_ema
@@ -31,6 +32,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     Before iteration 1: the run folder is locked and checked (:mod:`fcnseg.train.folder`), and both
     splits are read once (:func:`fcnseg.data.check.check_dataset`), so bad data costs no training time.
     """
+    configured_budget(config)  # a max_memory that is not a size is refused before the run folder is touched
     runtime = start(config.device, config.threads, reproducible=True)  # resume is exact on GPUs too
     keep_freed_memory()  # the same buffers every step: reused, not mapped and zero-filled again
     replaced: list[Path] = []
@@ -78,6 +80,7 @@ def run_iterations(run: Run, log: RunLog) -> dict[str, Any]:
     run.train_model.train()
     for count, (epoch, images, labels) in enumerate(micro_batches(run.train_set, run.sampler, config,
                                                                   run.runtime, first), start=first + 1):
+        check_batch_memory(run, images)
         loss = forward_backward(run, images, labels)
         log.images(images.shape[0] * run.runtime.world_size)
         if count % config.grad_accum:
@@ -99,6 +102,16 @@ def _due(run: Run, interval: int) -> bool:
     return run.iteration % interval == 0 or run.iteration == run.config.iterations
 
 
+def check_batch_memory(run: Run, images: torch.Tensor) -> None:
+    """Refuse a batch larger than any before it (whole images vary in size) whose training step would not fit
+    the memory budget, before the net runs on it; crops were checked before the loader started."""
+    batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+    if batch * height * width <= run.checked_pixels:
+        return
+    check_step_memory(run.config, run.model.spec, run.runtime, batch, height, width)
+    run.checked_pixels = batch * height * width
+
+
 def forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Loss and gradients of one micro-batch (scaled for accumulation); a non-finite loss stops the run
     before any weight changes."""
@@ -115,13 +128,27 @@ def forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor) -> fl
                              run.info.head_classes)
     if not torch.isfinite(loss):
         last = run.last_path if run.last_path.exists() else "(none yet)"
-        raise TrainingError(
-            f"the loss became {loss.item()} at iteration {run.iteration + 1}; stopped before updating the "
-            f"weights. The last good checkpoint is {last}. Try a lower learning rate (now "
-            f"{run.optimizer.param_groups[0]['lr']:.3g}), --amp none, or check the labels (values outside the "
-            "classes?).")
+        weighted_out = unweighted_classes(run, labels)
+        fix = (f"Every labelled pixel of this batch is of a class that class_weights weighs 0 ({weighted_out}), "
+               "and a mean over no pixels is 0 / 0: give these classes a weight above 0" if weighted_out else
+               f"Try a lower learning rate (now {run.optimizer.param_groups[0]['lr']:.3g}), --amp none, or check "
+               "the labels (values outside the classes?).")
+        raise TrainingError(f"the loss became {loss.item()} at iteration {run.iteration + 1}; stopped before "
+                            f"updating the weights. The last good checkpoint is {last}. {fix}")
     run.scaler.scale(loss / config.grad_accum).backward()
     return loss.item()
+
+
+def unweighted_classes(run: Run, labels: torch.Tensor) -> str | None:
+    """The names of the classes in ``labels`` (the first head's) when class weights leave every labelled pixel
+    of them out of the loss (weight 0), which makes a mean loss 0 / 0; otherwise None."""
+    if run.class_weights is None or run.config.recipe == "paper":  # a summed loss is 0 there, not NaN
+        return None
+    first = labels if labels.dim() == 3 else labels[:, 0]
+    present = [int(v) for v in first.unique() if v != run.info.ignore_index and 0 <= v < len(run.class_weights)]
+    if not present or run.class_weights[present].sum() > 0:
+        return None
+    return ", ".join(run.info.class_names[v] for v in present)
 
 
 def optimizer_step(run: Run) -> None:

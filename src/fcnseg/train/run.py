@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
 from fcnseg.models.weights import fcn_from_imagenet, imagenet_spec, init_from_coarser, matching_classes
 from fcnseg.outputs import Outputs
 from fcnseg.runtime import Runtime, broadcast_from_main, native_bf16
+from fcnseg.train.budget import check_step_memory
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import EpochSampler, build_datasets
 from fcnseg.train.ema import ema_copy
@@ -52,6 +55,7 @@ class Run:
     ema: FCN | None = None  # the moving average of the weights (ema_decay), validated and saved instead
     iteration: int = 0
     best_mean_iu: float = -1.0
+    checked_pixels: int = 0  # the largest batch (samples x height x width) whose memory estimate fits the budget
 
     @property
     def saved_model(self) -> FCN:
@@ -87,7 +91,12 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
                           f"{'+'.join(train_set.inputs)}: give the dataset the net's inputs (dataset_options: "
                           f"{{inputs: {'+'.join(init_spec.inputs)}}})")
     info = train_set.info
+    class_weights = listed_loss_weights(config, info, runtime)  # refused before the model is built
     per_process = -(-len(train_set) // runtime.world_size)
+    batch = min(config.batch_size, per_process)
+    if config.crop_size:  # before any loader starts: crops are padded in numpy there
+        check_step_memory(config, training_spec(config, info, train_set.inputs, init_spec), runtime, batch,
+                          *config.crop_size)
     if config.batch_size > per_process and runtime.is_main:
         log.info(f"note: batch_size {config.batch_size} is larger than the {per_process} training images "
                  "each process has: every step sees them all (a smaller batch would take more steps per epoch)")
@@ -97,14 +106,14 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
         model.to(memory_format=torch.channels_last)
     train_model = _distributed(model, runtime)
     optimizer = build_optimizer(model, config)
-    class_weights = listed_loss_weights(config, info, runtime)
     return Run(config=config, runtime=runtime, out=Path(config.out), info=info, train_set=train_set,
                val_set=val_set, sampler=EpochSampler(len(train_set), config.seed, runtime.rank, runtime.world_size),
                model=model, train_model=train_model, optimizer=optimizer,
                scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(config, it)),
                scaler=torch.amp.GradScaler(runtime.device.type, enabled=config.amp == "fp16"),
                class_weights=class_weights, outputs=Outputs(config.out, "train", config.overwrite),
-               ema=ema_copy(model) if config.ema_decay else None)
+               ema=ema_copy(model) if config.ema_decay else None,
+               checked_pixels=batch * config.crop_size[0] * config.crop_size[1] if config.crop_size else 0)
 
 
 def listed_loss_weights(config: TrainConfig, info: DatasetInfo, runtime: Runtime) -> torch.Tensor | None:
@@ -114,7 +123,23 @@ def listed_loss_weights(config: TrainConfig, info: DatasetInfo, runtime: Runtime
         return None
     if len(config.class_weights) != info.num_classes:
         raise ConfigError(f"class_weights has {len(config.class_weights)} entries for {info.num_classes} classes")
+    check_class_weights(config.class_weights, info.class_names)
     return torch.tensor(config.class_weights, dtype=torch.float32, device=runtime.device)
+
+
+def check_class_weights(weights: list[float], class_names: Sequence[str]) -> None:
+    """Refuse loss weights that can only give a NaN or meaningless loss: not finite, negative (the loss would
+    reward getting a class wrong), or all 0 (every mean loss is 0 / 0)."""
+    named = list(zip(class_names, weights, strict=True))
+    bad = [f"{name} {weight:g}" for name, weight in named if not math.isfinite(weight)]
+    if bad:
+        raise ConfigError(f"class_weights must be finite numbers; got {', '.join(bad)}")
+    bad = [f"{name} {weight:g}" for name, weight in named if weight < 0]
+    if bad:
+        raise ConfigError(f"class_weights must be 0 or more (0 leaves a class out of the loss); got {', '.join(bad)}")
+    if not any(weights):
+        raise ConfigError(f"class_weights are all 0 ({' '.join(f'{w:g}' for w in weights)}): no pixel would count "
+                          "and every loss would be 0 / 0 (NaN); give the classes to learn a weight above 0")
 
 
 def balanced_loss_weights(run: Run, counted: ClassPixels | None) -> torch.Tensor:

@@ -8,7 +8,9 @@ average (the net to use), and ``last.pth`` also holds the training weights (``tr
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,9 @@ import yaml
 
 from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import model_checkpoint, write_checkpoint
+from fcnseg.errors import WriteError
 from fcnseg.runtime import gather_objects
+from fcnseg.train.folder import left_after_a_failed_write
 from fcnseg.train.run import Run
 
 
@@ -73,8 +77,19 @@ def save_last(run: Run) -> None:
                  "rng": rngs, "config": run.config.to_dict()}
         if run.ema is not None:
             state["train_state_dict"] = run.model.state_dict()
-        write_checkpoint(model_checkpoint(run.saved_model, run.info, **state), run.last_path)
+        with _checkpoint_write(run):
+            write_checkpoint(model_checkpoint(run.saved_model, run.info, **state), run.last_path)
         run.outputs.record([run.last_path], flush=True)
+
+
+@contextlib.contextmanager
+def _checkpoint_write(run: Run) -> Iterator[None]:
+    """A checkpoint that cannot be written (a full disk, a quota) stops the run in one line that says what is
+    left: the atomic writer leaves the previous file as it was, so the run can go on from it."""
+    try:
+        yield
+    except WriteError as error:
+        raise WriteError(f"{error}; {left_after_a_failed_write(run.out)}") from None
 
 
 def save_best(run: Run, mean_iu: float) -> None:
@@ -83,6 +98,7 @@ def save_best(run: Run, mean_iu: float) -> None:
         return
     run.best_mean_iu = mean_iu
     if run.runtime.is_main:
-        write_checkpoint(model_checkpoint(run.saved_model, run.info, iteration=run.iteration, mean_iu=mean_iu,
-                                          config=run.config.to_dict()), run.best_path)
+        with _checkpoint_write(run):
+            write_checkpoint(model_checkpoint(run.saved_model, run.info, iteration=run.iteration, mean_iu=mean_iu,
+                                              config=run.config.to_dict()), run.best_path)
         run.outputs.record([run.best_path], flush=True)

@@ -1,0 +1,217 @@
+"""Hostile use of ``fcnseg train``: a disk that fills while a checkpoint is written, a crop size no memory
+holds, and starting points or class weights that can only give a NaN loss.
+
+Each case checks the exit code, the one line printed (no traceback) and, where something could be lost,
+the files' hashes before and after.
+"""
+
+import errno
+import importlib.util
+import io
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fcnseg.atomic
+import fcnseg.outputs
+import fcnseg.train.log
+from fcnseg.checkpoint import read_checkpoint, save_model
+from fcnseg.cli import main
+from fcnseg.data.info import SYNTHETIC_ROADS
+from fcnseg.memory import saved_activations, training_bytes
+from fcnseg.models import ModelSpec
+
+from .helpers import TINY_TRAIN, digests, folder_dataset, random_fcn, refused
+
+# --- a full disk while a checkpoint is written --------------------------------------------------------------
+
+
+class _FillingDisk(io.FileIO):
+    """A file on a disk with ``room`` bytes left: the write that reaches the end goes through in part, the next
+    fails with ENOSPC, as a real full disk behaves."""
+
+    def __init__(self, file, mode: str, room: int) -> None:
+        super().__init__(file, mode)
+        self.end = self.tell() + room
+
+    def write(self, data) -> int:
+        left = self.end - self.tell()
+        if left <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(bytes(data)[:left])
+
+
+def fill_the_disk(monkeypatch, module, pattern: str, room: int = 4096) -> None:
+    """Make the files ``module`` opens whose names match ``pattern`` sit on a disk with ``room`` bytes left."""
+    real_open = open
+
+    def opened(file, mode="r", *args, **kwargs):
+        if mode[0] in "wa" and re.fullmatch(pattern, Path(file).name):
+            raw = io.BufferedWriter(_FillingDisk(file, mode.replace("b", ""), room))
+            return raw if "b" in mode else io.TextIOWrapper(raw, newline=kwargs.get("newline"))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(module, "open", opened, raising=False)
+
+
+def fill_the_disk_for_checkpoints(monkeypatch) -> None:
+    """Make checkpoint writes (the atomic writer's ``.last.pth.*.tmp`` / ``.best.pth.*.tmp``) hit a full disk;
+    torch.save then ends in "[enforce fail at inline_container.cc] unexpected pos", the ENOSPC chained inside."""
+    fill_the_disk(monkeypatch, fcnseg.atomic, r"\.(last|best)\.pth\..*\.tmp")
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_is_one_line_and_keeps_the_last_one(tmp_path, capsys,
+                                                                                     monkeypatch):
+    out = tmp_path / "run"
+    argv = ["train", *TINY_TRAIN, "--crop-size", "32", "32", "--schedule", "constant", "--out", str(out)]
+    assert main([*argv, "--iterations", "1"]) == 0
+    checkpoints = {name: digest for name, digest in digests(out).items() if name.endswith(".pth")}
+    assert set(checkpoints) == {"last.pth", "best.pth"}
+
+    with monkeypatch.context() as patch:
+        fill_the_disk_for_checkpoints(patch)
+        line = refused(capsys, [*argv, "--iterations", "2", "--resume"])
+    assert "no space left on device" in line.lower(), line
+    written = re.search(rf"{re.escape(str(out))}/(last|best)\.pth", line)
+    assert written, line  # the file that could not be written
+    assert "--resume" in line  # and what to do about it
+    after = digests(out)
+    assert {name: after[name] for name in checkpoints} == checkpoints  # the previous checkpoints, intact
+    assert not [name for name in after if name.endswith(".tmp")]  # no half-written temporary left behind
+
+    assert main([*argv, "--iterations", "2", "--resume"]) == 0  # space again: the run goes on from last.pth
+    assert read_checkpoint(out / "last.pth")["iteration"] == 2
+
+
+def test_a_full_disk_on_the_first_checkpoint_says_none_was_written(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    fill_the_disk_for_checkpoints(monkeypatch)
+    line = refused(capsys, ["train", *TINY_TRAIN, "--crop-size", "32", "32", "--iterations", "1", "--out", out], out)
+    assert "no space left on device" in line.lower() and "no checkpoint" in line, line
+    assert not (out / "last.pth").exists() and not (out / "best.pth").exists()
+    assert not [path for path in out.iterdir() if path.name.endswith(".tmp")], line
+
+
+def test_a_full_disk_while_the_log_is_written_is_one_line_and_keeps_the_rows(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["train", *TINY_TRAIN, "--crop-size", "32", "32", "--schedule", "constant", "--log-interval", "1",
+            "--out", str(out)]
+    with monkeypatch.context() as patch:  # appending a row
+        fill_the_disk(patch, fcnseg.train.log, r"metrics\.csv", room=0)
+        line = refused(capsys, [*argv, "--iterations", "1"], out / "metrics.csv", "no checkpoint")
+    assert "no space left on device" in line.lower(), line
+    assert main([*argv, "--iterations", "2", "--overwrite"]) == 0
+    kept = ("metrics.csv", "last.pth", "best.pth")  # config.yaml is written again, with --iterations 3
+    before = {name: digest for name, digest in digests(out).items() if name in kept}
+    with monkeypatch.context() as patch:  # rewriting the log on --resume (rows after the checkpoint dropped)
+        fill_the_disk(patch, fcnseg.atomic, r"\.metrics\.csv\..*\.tmp", room=0)
+        line = refused(capsys, [*argv, "--iterations", "3", "--resume"], out / "metrics.csv")
+    assert "no space left on device" in line.lower(), line
+    assert {name: digest for name, digest in digests(out).items() if name in kept} == before  # rows, checkpoints
+
+
+def test_a_full_disk_when_the_run_folder_is_taken_is_one_line(tmp_path, capsys, monkeypatch):
+    fill_the_disk(monkeypatch, fcnseg.outputs, r"\.fcnseg\.lock", room=0)  # the lock file names its holder
+    out = tmp_path / "run"
+    line = refused(capsys, ["train", *TINY_TRAIN, "--crop-size", "32", "32", "--iterations", "1", "--out", out],
+                   out / ".fcnseg.lock")
+    assert "no space left on device" in line.lower(), line
+
+
+# --- a NaN loss that is not the learning rate's fault --------------------------------------------------------
+
+
+def test_init_from_a_checkpoint_with_nan_weights_names_the_file_and_the_weight(tmp_path, capsys):
+    model = random_fcn(width=1 / 16)
+    with torch.no_grad():
+        model.score_fr.weight[0, 0] = float("nan")
+    damaged = save_model(model, SYNTHETIC_ROADS, tmp_path / "diverged.pth")
+    out = tmp_path / "run"
+    line = refused(capsys, ["train", *TINY_TRAIN, "--crop-size", "32", "32", "--iterations", "1",
+                            "--init-from", damaged, "--out", out], damaged, "score_fr.weight", "NaN")
+    assert "learning rate" not in line
+    assert not (out / "last.pth").exists()
+
+
+@pytest.mark.parametrize(("weights", "named"), [
+    (["0"] * 8, ("class_weights", "all 0")),
+    (["1", "1", "-2", "1", "1", "1", "1", "1"], ("class_weights", "-2", "road")),
+    (["1", "nan", "1", "1", "1", "1", "1", "1"], ("class_weights", "nan")),
+    (["1", "inf", "1", "1", "1", "1", "1", "1"], ("class_weights", "inf")),
+])
+def test_class_weights_that_can_only_give_a_nan_loss_are_refused_before_training(tmp_path, capsys, weights, named):
+    out = tmp_path / "run"
+    line = refused(capsys, ["train", *TINY_TRAIN, "--crop-size", "32", "32", "--iterations", "1",
+                            "--class-weights", *weights, "--out", out], *named)
+    assert "learning rate" not in line
+    assert not (out / "last.pth").exists() and not (out / "metrics.csv").exists()
+
+
+def test_a_batch_of_only_zero_weighted_classes_names_the_weights_not_the_learning_rate(tmp_path, capsys):
+    # Every mask is class 0 ('class0') and class_weights weigh it 0: the mean loss of any batch is 0 / 0.
+    root = folder_dataset(tmp_path / "data", classes=2)
+    for mask in (root / "masks").iterdir():
+        Image.fromarray(np.zeros((40, 48), np.uint8)).save(mask)
+    out = tmp_path / "run"
+    line = refused(capsys, ["train", "--dataset", "folder", "--root", root, "--train-split", "all", "--val-split",
+                            "all", *TINY_TRAIN[:-3], "--quiet", "--crop-size", "32", "32", "--iterations", "1",
+                            "--class-weights", "0", "1", "--out", out], "class_weights", "class0")
+    assert "learning rate" not in line
+    assert not (out / "last.pth").exists()
+
+
+# --- memory bounded by an estimate -------------------------------------------------------------------------
+
+
+def test_a_crop_size_no_memory_holds_is_one_line_before_any_data_is_read(tmp_path, capsys):
+    out = tmp_path / "run"
+    line = refused(capsys, ["train", *TINY_TRAIN, "--crop-size", "100000", "100000", "--iterations", "1",
+                            "--out", out], "100000x100000", "--crop-size", "--batch-size", "--max-memory", "TB")
+    assert "memory budget of" in line
+    assert not [path for path in out.iterdir() if path.name in ("config.yaml", "metrics.csv", "last.pth")]
+
+
+def test_the_memory_budget_is_max_memory_and_a_small_run_fits_the_default(tmp_path, capsys):
+    argv = ["train", *TINY_TRAIN, "--iterations", "1", "--schedule", "constant"]
+    crops = refused(capsys, [*argv, "--crop-size", "32", "32", "--max-memory", "50M", "--out", tmp_path / "a"],
+                    "--crop-size 32 32", "50 MB")
+    assert "4 crop(s) of 32x32" in crops
+    # Whole images: checked as the first batch arrives, before the net runs on it.
+    whole = refused(capsys, [*argv, "--max-memory", "50M", "--out", tmp_path / "b"], "40x48", "50 MB", "--crop-size")
+    assert "whole image(s)" in whole
+    assert not (tmp_path / "b" / "last.pth").exists()
+    refused(capsys, [*argv, "--max-memory", "lots", "--out", tmp_path / "c"], "max_memory", "'lots'")
+    assert not (tmp_path / "c").exists()  # refused before the run folder is made
+    assert main([*argv, "--crop-size", "32", "32", "--out", str(tmp_path / "d")]) == 0  # the default budget
+    assert main([*argv, "--max-memory", "2G", "--out", str(tmp_path / "e")]) == 0
+
+
+def test_the_training_estimate_grows_with_the_crop_as_the_net_does():
+    spec = ModelSpec("fcn8s", "vgg16", num_classes=8, width=1 / 16, geometry="fast")
+    small, large = (sum(training_bytes(spec, 2, size, size)) for size in (256, 512))
+    activations = saved_activations(spec, 2, 512, 512)[0] - saved_activations(spec, 2, 256, 256)[0]
+    assert large - small > activations > 0  # four times the pixels: every kept activation grows with them
+    sgd, adamw = (training_bytes(ModelSpec("fcn8s", "vgg16", num_classes=21), 1, 64, 64, optimizer_slots=slots)[0]
+                  for slots in (1, 2))
+    assert adamw - sgd > 400 * 2**20  # a full-width VGG16's 134M weights: a second moment of 537 MB, with margin
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures peak memory through Linux's /proc")
+def test_the_training_estimate_is_within_a_sane_factor_of_the_measured_peak():
+    # benchmarks/train_memory_estimate.py: one fresh process per crop size, its peak resident memory over two
+    # training steps (data loaded in the process) against training_bytes.
+    benchmark = importlib.util.spec_from_file_location(
+        "train_memory_estimate", Path(__file__).parents[1] / "benchmarks" / "train_memory_estimate.py")
+    module = importlib.util.module_from_spec(benchmark)
+    benchmark.loader.exec_module(module)
+    small, large = (module.measure(f"vgg16:0.0625:2:{size}x{size}", threads=1) for size in (256, 512))
+    for result in (small, large):
+        assert 0.7 < result["estimate"] / result["measured"] < 1.6, result
+    growth = (large["estimate"] - small["estimate"]) / (large["measured"] - small["measured"])
+    assert 0.5 < growth < 2.5, (small, large)
