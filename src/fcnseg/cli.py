@@ -7,6 +7,12 @@ Messages: the library logs notes and warnings on loggers under ``fcnseg`` (``fcn
 the duration of one call :func:`main` puts one handler on the ``fcnseg`` logger that prints each message as
 ``fcnseg COMMAND: MESSAGE`` on stderr, at level INFO, or WARNING with ``--quiet``; the logger stops
 propagating meanwhile, so a program that configured the root logger does not see the lines twice.
+
+Under torchrun every process runs :func:`main`: what a run prints once (tables, notes) comes from rank 0 only;
+the other ranks print only warnings and errors, and a process of several names itself in them (``fcnseg train:
+error: [rank 1 on HOST] ...``), so that a failure on one machine of many says where it happened. A process
+that loses contact with the others (one of them stopped or was killed, a machine was lost) says so in one line
+and exits with code 1: the process that stopped first says why, and torchrun stops or restarts the rest.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ import argparse
 import contextlib
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Iterator
 
 from fcnseg.commands import COMMANDS
 from fcnseg.errors import FcnsegError, user_message
 from fcnseg.progress import is_quiet, set_quiet, write
-from fcnseg.runtime import finish
+from fcnseg.runtime import finish, is_main_process, lost_contact, process_label
 
 
 def _unavailable(command: str, error: ImportError):
@@ -53,7 +60,7 @@ class _CommandHandler(logging.Handler):
 
     def __init__(self, command: str) -> None:
         super().__init__()
-        self.setFormatter(logging.Formatter(f"fcnseg {command.replace('%', '%%')}: %(message)s"))
+        self.setFormatter(logging.Formatter(f"fcnseg {command}: {_where()}".replace("%", "%%") + "%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -72,7 +79,8 @@ def messages(command: str, quiet: bool) -> Iterator[None]:
     handler = _CommandHandler(command)
     saved = logger.level, logger.propagate
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # Notes are the same on every rank under torchrun: rank 0's are enough.
+    logger.setLevel(logging.WARNING if quiet or not is_main_process() else logging.INFO)
     logger.propagate = False  # printed here; the root logger's handlers (if any) would print it again
     try:
         yield
@@ -80,6 +88,12 @@ def messages(command: str, quiet: bool) -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+def _where() -> str:
+    """``[rank R on HOST] `` in a process of several under torchrun, else nothing."""
+    label = process_label()
+    return f"[{label}] " if label else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,11 +108,21 @@ def main(argv: list[str] | None = None) -> int:
             finish()
         return code
     except FcnsegError as error:
-        print(f"fcnseg {args.command}: error: {user_message(error)}", file=sys.stderr)
+        print(f"fcnseg {args.command}: error: {_where()}{user_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fcnseg: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as error:
+        if not lost_contact(error):
+            raise
+        # gloo's message: "[/path/pair.cc:537] Read error [ADDRESS]: Connection reset by peer. This is ... GLHF!"
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", (str(error).strip() or type(error).__name__).splitlines()[0])
+        detail = detail.split(". ")[0]
+        print(f"fcnseg {args.command}: error: {_where()}lost contact with the other processes of the run (one "
+              f"stopped, was killed or lost its machine; its own message, if any, is above): {detail}",
+              file=sys.stderr)
+        return 1
     finally:
         set_quiet(was_quiet)  # main() may be called again in the same process (tests, notebooks)
 
