@@ -1,12 +1,13 @@
 """fcnseg train beyond one process: torchrun's multi-node rendezvous, elastic restarts, a run folder every node
 must share, and what the processes print (docs/distributed.md).
 
-Each torchrun here runs a width-1/16 net for 4 iterations on gloo, one thread per process, in its own session
-with a time limit (the whole process group is killed if it hangs).
+Each torchrun here runs a width-1/16 net for 4 iterations on gloo, one thread per process, with a time limit
+(torchrun and its workers are killed if it hangs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -42,7 +43,16 @@ def _single_node(port: int, *extra: str) -> list[str]:
 
 def _start(command: list[str], cwd: Path | None = None, **env: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (torchrun starts each worker in a session of its own)."""
+    try:
+        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return children + [grandchild for child in children for grandchild in _descendants(child)]
 
 
 def _finish(process: subprocess.Popen) -> tuple[int, str]:
@@ -51,7 +61,9 @@ def _finish(process: subprocess.Popen) -> tuple[int, str]:
     try:
         output, _ = process.communicate(timeout=LIMIT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        for pid in [*_descendants(process.pid), process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         output, _ = process.communicate()
         pytest.fail(f"torchrun still running after {LIMIT_S} s:\n{output}")
     return process.returncode, output

@@ -96,6 +96,13 @@ def _where() -> str:
     return f"[{label}] " if label else ""
 
 
+def _error_line(line: str) -> None:
+    """``line`` on stderr in one write: the processes of a torchrun run share one terminal (unbuffered), and
+    print's two writes (the text, then the newline) let their lines run into each other."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run one subcommand; user errors become one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             finish()
         return code
     except FcnsegError as error:
-        print(f"fcnseg {args.command}: error: {_where()}{user_message(error)}", file=sys.stderr)
+        _error_line(f"fcnseg {args.command}: error: {_where()}{user_message(error)}")
         return 2
     except KeyboardInterrupt:
         print("fcnseg: interrupted", file=sys.stderr)
@@ -119,9 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         # gloo's message: "[/path/pair.cc:537] Read error [ADDRESS]: Connection reset by peer. This is ... GLHF!"
         detail = re.sub(r"^\[[^\]]*\]\s*", "", (str(error).strip() or type(error).__name__).splitlines()[0])
         detail = detail.split(". ")[0]
-        print(f"fcnseg {args.command}: error: {_where()}lost contact with the other processes of the run (one "
-              f"stopped, was killed or lost its machine; its own message, if any, is above): {detail}",
-              file=sys.stderr)
+        _error_line(f"fcnseg {args.command}: error: {_where()}lost contact with the other processes of the run "
+                    f"(one stopped, was killed or lost its machine; its own message, if any, is above): {detail}")
         return 1
     finally:
         set_quiet(was_quiet)  # main() may be called again in the same process (tests, notebooks)
