@@ -203,3 +203,33 @@ def test_losing_the_other_processes_is_one_line_not_a_traceback(capsys, monkeypa
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(RuntimeError, match="Connection reset"):
         main(["train"])
+
+
+def test_a_restart_continues_only_a_run_that_its_own_torchrun_wrote(tmp_path, monkeypatch, capsys):
+    # One process as torchrun starts it (no process group): the restart logic without the launch.
+    import fcnseg.train.elastic as elastic
+    from fcnseg.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--width", "0.0625", "--geometry", "fast", "--batch-size", "4", "--workers", "0", "--threads",
+            "1", "--iterations", "2", "--set", "dataset_options={num_images: 4, height: 40, width: 48}",
+            "--out", str(out)]
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert main(argv) == 0
+    assert len(read_checkpoint(out / "last.pth")["launchers"]) == 1
+    before = digests(out)
+    # torchrun's restart, by the agent that wrote last.pth: continued (here: nothing left to train).
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "torchrun restarted the run (restart 1)" in err and "has finished" in err, err
+    # Another launch's restart (its first start was refused): a new run over a folder holding one, refused.
+    monkeypatch.setattr(elastic, "launcher_id", lambda: "another torchrun")
+    refused(capsys, argv, str(out), "already holds a run", "--resume")
+    # The user's own re-run, without torchrun: refused as always.
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
+    refused(capsys, argv, str(out), "already holds a run")
+    assert digests(out) == before

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         _error_line(f"fcnseg {args.command}: error: {_where()}{user_message(error)}")
         return 2
     except KeyboardInterrupt:
-        print("fcnseg: interrupted", file=sys.stderr)
+        _error_line(f"fcnseg: {_where()}interrupted")
         return 130
     except RuntimeError as error:
         if not lost_contact(error):
