@@ -1,6 +1,6 @@
 """Hostile use of the output folders of ``fcnseg predict`` and ``fcnseg eval --out``: runs stopped halfway (Ctrl+C,
 SIGTERM, kill -9, a full disk) are continued by the next run without ``--overwrite``, two runs into one folder
-at once, and links of the user's in the output folder.
+at once, links of the user's in the output folder, and inputs that are symbolic links leading nowhere.
 
 Each case checks the exit code, the line printed, no traceback, and the hashes of the user's files before and
 after. docs/RELIABILITY.md lists the cases.
@@ -21,7 +21,7 @@ import pytest
 from fcnseg.cli import main
 from fcnseg.outputs import LOCK, RECORD, Outputs
 
-from .helpers import digests, one_line_error, refused, write_png
+from .helpers import digests, mentions, one_line_error, refused, write_png
 
 OUTPUTS = ("_mask.png", "_overlay.png", "_side_by_side.png", "_legend.png")
 
@@ -219,6 +219,29 @@ def test_eval_holds_its_out_folder_while_it_scores(tiny_checkpoint, tmp_path, ca
             "--out", str(out)]
     assert main(argv) == 0 and len(lines) == 1
     assert (out / "metrics.json").is_file()
+
+
+# --- inputs that are symbolic links leading nowhere ------------------------------------------------------
+
+
+@pytest.mark.parametrize("link", ["loop", "dangling"])
+def test_a_link_leading_nowhere_is_reported_not_skipped(tiny_checkpoint, tmp_path, capsys, link):
+    photos = tmp_path / "photos"
+    stems = _photos(photos, 4)
+    bad = photos / "bad.png"
+    os.symlink("bad.png" if link == "loop" else "gone.png", bad)  # ln -s bad.png bad.png: a link to itself
+    why = "symbolic link loop" if link == "loop" else "gone.png"
+    for given in (photos, bad, photos / "*.png"):  # in a folder, by name, by a pattern
+        out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
+        capsys.readouterr()
+        code = main(["predict", str(tiny_checkpoint), str(given), "--out", str(out), "--threads", "1", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1 and "Traceback" not in err, err  # as for any other unreadable input
+        heading, *report = err.strip().split("\n")[-2:]  # the report at the end: a heading, then one per input
+        assert heading.startswith("fcnseg predict: 1 of ") and "could not be segmented" in heading, err
+        assert mentions(report[0], str(bad)) and mentions(report[0], why), err  # which input, and why
+        written = stems if given != bad else []
+        assert sorted(p.name for p in out.glob("*_mask.png")) == [f"{stem}_mask.png" for stem in written]
 
 
 # --- links of the user's in the output folder -------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Failure policy: mistakes on the command line (a missing input path, a pattern matching nothing, two
 inputs that would write the same output names, bad options) stop the run with exit code 2 before
-anything is written. An input file that turns out to be unreadable does not stop the run: the other
-images are processed, every failure is reported with its file name at the end, and the exit code is 1.
+anything is written. An input file that turns out to be unreadable (a symbolic link that leads nowhere
+included) does not stop the run: the other images are processed, every failure is reported with its
+file name at the end, and the exit code is 1.
 
 One run at a time per output folder (:func:`fcnseg.outputs.folder_lock`); every file is claimed in the
 folder's journal before it lands (:meth:`fcnseg.outputs.Outputs.write`), so a run stopped in any way is
@@ -37,7 +38,7 @@ from fcnseg.commands.options import (
 )
 from fcnseg.data.hha import check_intrinsics
 from fcnseg.data.info import DatasetInfo
-from fcnseg.data.io import IMAGE_SUFFIXES, decode_image
+from fcnseg.data.io import IMAGE_SUFFIXES, decode_image, leads_nowhere
 from fcnseg.errors import ConfigError, DataError, WriteError, listing
 from fcnseg.outputs import Outputs, folder_lock, refuse_if_held
 from fcnseg.progress import bar as progress_bar
@@ -90,19 +91,22 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     """Files, folders (images inside, sorted, non-recursive) and glob patterns -> a list of files.
 
     Raises DataError for a path that does not exist, a folder without images or a pattern matching nothing.
+    A symbolic link that leads nowhere (a loop, a missing target) is listed like a file: reading it fails,
+    and the failure is reported with the others, never skipped silently.
     """
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or leads_nowhere(p)))
             if not found:
                 raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
-        elif path.is_file():
+        elif path.is_file() or leads_nowhere(path):
             files.append(path)
         elif any(char in item for char in "*?["):
-            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file() or leads_nowhere(Path(p)))
             if not found:
                 raise DataError(f"no files match the pattern {item!r}")
             files.extend(found)
