@@ -96,6 +96,7 @@ def test_a_predict_stopped_by_ctrl_c_is_continued(tiny_checkpoint, tmp_path, cap
     assert main(argv) == 130
     assert "Traceback" not in capsys.readouterr().err
     monkeypatch.undo()
+    (out / f".{RECORD}.k1ll3d_x.tmp").write_text("{")  # as a run killed while saving the record leaves it
     assert main(argv) == 0, capsys.readouterr().err
     _check_finished(out, stems, users)
 
@@ -128,14 +129,16 @@ for line in sys.stdin:
         descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(descriptor, 1)
         os.dup2(descriptor, 2)
+        code = 1
         try:
-            code = main(argv)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+            try:
+                code = main(argv)
+            except BaseException:
+                traceback.print_exc()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:  # a signal after main() returned is not the command's
+            os._exit(code)
     print(pid, flush=True)
     kill = int(sys.stdin.readline())
     if kill:

@@ -22,7 +22,7 @@ from fcnseg.data.registry import DATASETS, build_dataset, dataset_options
 from fcnseg.errors import DataError
 from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
 from fcnseg.inference import InferenceOptions
-from fcnseg.outputs import Outputs, folder_lock, refuse_if_held
+from fcnseg.outputs import RECORD, Outputs, folder_lock, refuse_if_held
 from fcnseg.runtime import Runtime, start
 
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = Subset(dataset, range(args.limit))
     with contextlib.ExitStack() as held:
         if outputs is not None and runtime.is_main:  # one run at a time per folder, from here to the report
-            held.enter_context(folder_lock(args.out, "fcnseg eval", stale=REPORT_FILES))
+            held.enter_context(folder_lock(args.out, "fcnseg eval", stale=(RECORD, *REPORT_FILES)))
             outputs.claim([args.out / name for name in REPORT_FILES], inputs=[args.checkpoint])  # ours alone now
         return _score(args, segmenter, dataset, data_info, options, runtime, outputs)
 

@@ -40,7 +40,7 @@ from fcnseg.data.hha import check_intrinsics
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import IMAGE_SUFFIXES, decode_image, leads_nowhere
 from fcnseg.errors import ConfigError, DataError, WriteError, listing
-from fcnseg.outputs import Outputs, folder_lock, refuse_if_held
+from fcnseg.outputs import RECORD, Outputs, folder_lock, refuse_if_held
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
 from fcnseg.runtime import start
@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out.is_dir():  # refused before anything is made in a folder another run is writing
         refuse_if_held(args.out)
     outputs.claim(planned, inputs=[*files, args.checkpoint])  # before the lock file is made, too
-    with folder_lock(args.out, "fcnseg predict", stale=[path.name for path in planned]):
+    # Temporaries a killed run left: of its outputs, and of the record (killed while saving it).
+    with folder_lock(args.out, "fcnseg predict", stale=[RECORD, *(path.name for path in planned)]):
         outputs.claim(planned, inputs=[*files, args.checkpoint])  # again: the folder is ours alone now
         failures = _predict_all(args, files, segmenter, companions, outputs)
     return _report(failures, len(files), args.out)
