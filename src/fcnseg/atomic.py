@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -87,9 +86,12 @@ def make_folder(folder: str | os.PathLike) -> Path:
 def remove_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
     """Delete the temporary files :func:`atomic_path` left in ``folder`` for the files ``names`` when a
     process was killed mid-write; call it only where no other process can be writing them."""
+    names = set(names)
     removed = []
-    for name in names:
-        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+    # One pass over the folder (a prediction may name thousands of files): ``.NAME.RANDOM.tmp``, where
+    # mkstemp's RANDOM holds no dot.
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.name[1:-len(".tmp")].rpartition(".")[0] in names:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

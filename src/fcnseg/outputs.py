@@ -6,6 +6,14 @@ says the same command wrote it and the file is unchanged since; any other existi
 and the command refuses before writing anything unless ``--overwrite`` is given. Input files are never
 outputs, ``--overwrite`` or not.
 
+A run may be stopped between any two instructions (Ctrl+C, SIGTERM, kill -9, a full disk), and the record
+is rewritten only now and then. So :meth:`Outputs.write` first claims each file in a journal next to the
+record, ``.fcnseg-outputs.pending`` (one line appended: name, command, size and sha256 of the content about
+to be written), and only then renames the file into place. Whenever the process dies, every file it made
+is either recorded or claimed; a claim counts only while the file holds exactly the claimed content
+(hashed when read), so a claim whose rename never happened, or a file the user changed since, is not
+taken for fcnseg's. The next run folds the claims into the record and removes the journal.
+
 :func:`folder_lock` holds a folder for one process at a time (``fcntl.flock``: the kernel lets go when
 the process ends, however it ends, so a killed run's folder is free again at once); the lock file names
 the holder's pid for the message the next process shows.
@@ -13,8 +21,10 @@ the holder's pid for the message the next process shows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat as stat_mode
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -24,6 +34,7 @@ from fcnseg.atomic import atomic_open, check_writable, make_folder, remove_tempo
 from fcnseg.errors import ConfigError, WriteError, listing
 
 RECORD = ".fcnseg-outputs.json"
+JOURNAL = ".fcnseg-outputs.pending"
 LOCK = ".fcnseg.lock"
 _FLUSH_SECONDS = 1.0
 _SHOWN = 8
@@ -36,16 +47,53 @@ class Outputs:
         self.folder, self.command, self.overwrite = Path(folder), command, overwrite
         self._pending: dict[str, dict] = {}
         self._flushed = time.monotonic()
+        self._claimed = False  # whether this object appended to the journal (and so may remove it)
 
     def _name(self, path: str | os.PathLike) -> str:
-        return str(Path(path).resolve().relative_to(self.folder.resolve()))
+        # The folder resolved, not the file: a symbolic link in the folder is a file there, wherever it leads.
+        path = Path(path)
+        return str((_real(path.parent) / path.name).relative_to(_real(self.folder)))
 
-    def _entries(self) -> dict[str, dict]:
+    def _entries(self, known: Iterable[str] = ()) -> dict[str, dict]:
+        """The record, with the journal's claims that the files bear out (those in ``known`` are not hashed)."""
         try:
             data = json.loads((self.folder / RECORD).read_text())
-            return data["files"] if isinstance(data.get("files"), dict) else {}
+            entries = data["files"] if isinstance(data.get("files"), dict) else {}
         except (OSError, ValueError, AttributeError):
-            return {}
+            entries = {}
+        return {**entries, **self._confirmed_claims(set(known))}
+
+    def _claims(self) -> list[dict]:
+        try:
+            lines = (self.folder / JOURNAL).read_bytes().splitlines()
+        except OSError:
+            return []
+        claims = []
+        for line in lines:
+            try:
+                claim = json.loads(line)
+            except ValueError:  # a line torn by a full disk: its file was never renamed into place
+                continue
+            if isinstance(claim, dict) and {"name", "command", "size", "sha256"} <= claim.keys():
+                claims.append(claim)
+        return claims
+
+    def _confirmed_claims(self, known: set[str]) -> dict[str, dict]:
+        """Record entries for the claimed files that hold the claimed content now."""
+        confirmed = {}
+        for claim in self._claims():
+            if claim["name"] in known:
+                continue
+            path = self.folder / claim["name"]
+            try:
+                found = path.lstat()
+            except OSError:
+                continue
+            if (stat_mode.S_ISREG(found.st_mode) and found.st_size == claim["size"]
+                    and _sha256(path) == claim["sha256"]):
+                confirmed[claim["name"]] = {"command": claim["command"], "size": found.st_size,
+                                            "mtime_ns": found.st_mtime_ns}
+        return confirmed
 
     def owned(self, path: str | os.PathLike, entries: dict[str, dict] | None = None) -> bool:
         """Whether ``path`` is as this command wrote it (recorded, same size and modification time), or lies
@@ -70,15 +118,15 @@ class Outputs:
         folder that cannot be written; nothing is created."""
         check_writable(self.folder)
         paths = [Path(p) for p in paths]
-        sources = {Path(p).resolve() for p in inputs}
-        clash = [p for p in paths if p.resolve() in sources]
+        sources = {_real(p) for p in inputs}
+        clash = [p for p in paths if _real(p) in sources]
         if clash:
             raise ConfigError(f"fcnseg {self.command} would write over its own input {clash[0]}: choose another "
                               "--out (inputs are never overwritten, even with --overwrite)")
         if self.overwrite:
             return
         entries = self._entries()
-        foreign = [p for p in paths if p.exists() and not self.owned(p, entries)]
+        foreign = [p for p in paths if os.path.lexists(p) and not self.owned(p, entries)]
         if foreign:
             raise ConfigError(f"{listing(foreign, _SHOWN)} already exist{'s' if len(foreign) == 1 else ''} and "
                               f"{'was' if len(foreign) == 1 else 'were'} not written by an earlier fcnseg "
@@ -99,23 +147,63 @@ class Outputs:
         if flush or time.monotonic() - self._flushed > _FLUSH_SECONDS:
             self.flush()
 
+    def write(self, path: str | os.PathLike, data: bytes) -> Path:
+        """Write ``data`` to ``path`` atomically, claimed in the journal before it lands, then recorded.
+
+        Why claim first: a record saved after the rename would miss the file when the process dies between the
+        two (kill -9, SIGTERM, a full disk), and the next run would take fcnseg's own file for the user's. The
+        claim is one ``write`` to a file opened for appending: once it returns, the kernel has the line even if
+        the process is killed the next instant. (It is not synced to the disk: after a power cut a lost claim
+        makes the next run refuse a file it wrote, asking for --overwrite; it never makes fcnseg replace a
+        user's file.)
+        """
+        path = Path(path)
+        self._claim({"name": self._name(path), "command": self.command, "size": len(data),
+                     "sha256": hashlib.sha256(data).hexdigest()})
+        with atomic_open(path) as handle:
+            handle.write(data)
+        self.record([path])
+        return path
+
+    def _claim(self, claim: dict) -> None:
+        journal = self.folder / JOURNAL
+        # A newline before the claim too: a line torn by a full disk cannot swallow the next one.
+        line = ("\n" + json.dumps(claim, sort_keys=True) + "\n").encode()
+        try:
+            make_folder(self.folder)
+            descriptor = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                written = os.write(descriptor, line)
+            finally:
+                os.close(descriptor)
+        except OSError as error:
+            raise WriteError(f"cannot write {journal}: {error.strerror or error}") from None
+        if written != len(line):
+            raise WriteError(f"cannot write {journal}: only part of a line was written (is the disk full?)")
+        self._claimed = True
+
     def record_folder(self, folder: str | os.PathLike) -> None:
         """Note that everything below ``folder`` is this command's (a log folder a library writes into)."""
         self._pending[self._name(folder)] = {"command": self.command, "folder": True}
         self.flush()
 
     def flush(self) -> None:
-        """Merge what was recorded into the folder's record file (atomically)."""
-        if not self._pending:
+        """Merge what was recorded, and the journal's claims the files bear out, into the folder's record file
+        (atomically); then remove the journal if this object wrote to it (no other run writes it meanwhile:
+        the commands that write claims hold the folder's lock)."""
+        journal = self.folder / JOURNAL
+        if not self._pending and not (self._claimed and journal.exists()):
             return
-        entries = {**self._entries(), **self._pending}
+        entries = {**self._entries(known=self._pending), **self._pending}
         with atomic_open(self.folder / RECORD, "w", encoding="utf-8") as handle:
             json.dump({"files": entries}, handle, indent=1, sort_keys=True)
+        if self._claimed:  # every claim in it is in the record now, or its file never landed
+            journal.unlink(missing_ok=True)
         self._pending.clear()
         self._flushed = time.monotonic()
 
     def _files(self) -> list[Path]:
-        return [p for p in sorted(self.folder.rglob("*")) if p.is_file() and p.name not in (RECORD, LOCK)]
+        return [p for p in sorted(self.folder.rglob("*")) if p.is_file() and p.name not in (RECORD, LOCK, JOURNAL)]
 
     def foreign(self) -> list[Path]:
         """Files in the folder (and below) that this command did not write, or that changed since."""
@@ -134,6 +222,23 @@ class Outputs:
             if not any(folder.iterdir()):
                 folder.rmdir()
         (self.folder / RECORD).unlink(missing_ok=True)
+        (self.folder / JOURNAL).unlink(missing_ok=True)
+
+
+def _real(path: str | os.PathLike) -> Path:
+    """``path`` with symbolic links resolved, as far as they lead (``Path.resolve`` raises on a loop)."""
+    return Path(os.path.realpath(path))
+
+
+def _sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def output_file(path: str | os.PathLike, command: str, overwrite: bool = False,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
-from fcnseg.api import load
+from fcnseg.api import Segmenter, load
 from fcnseg.commands.options import (
     add_inference,
     add_max_memory,
@@ -20,8 +21,9 @@ from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.registry import DATASETS, build_dataset, dataset_options
 from fcnseg.errors import DataError
 from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
-from fcnseg.outputs import Outputs
-from fcnseg.runtime import start
+from fcnseg.inference import InferenceOptions
+from fcnseg.outputs import RECORD, Outputs, folder_lock, refuse_if_held
+from fcnseg.runtime import Runtime, start
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     options = inference_options(args)
     outputs = None
     if args.out is not None:  # refused now, not after the evaluation
+        if args.out.is_dir():
+            refuse_if_held(args.out)
         outputs = Outputs(args.out, "eval", args.overwrite)
         outputs.claim([args.out / REPORT_FILES[0], args.out / REPORT_FILES[1]], inputs=[args.checkpoint])
     runtime = start(args.device, args.threads)  # under torchrun: one shard per process, counts summed
@@ -82,6 +86,17 @@ def run(args: argparse.Namespace) -> int:
     data_info = dataset.info  # a Subset (--limit) has no info
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, range(args.limit))
+    with contextlib.ExitStack() as held:
+        if outputs is not None and runtime.is_main:  # one run at a time per folder, from here to the report
+            held.enter_context(folder_lock(args.out, "fcnseg eval", stale=(RECORD, *REPORT_FILES)))
+            outputs.claim([args.out / name for name in REPORT_FILES], inputs=[args.checkpoint])  # ours alone now
+        return _score(args, segmenter, dataset, data_info, options, runtime, outputs)
+
+
+def _score(args: argparse.Namespace, segmenter: Segmenter, dataset: Dataset, data_info: DatasetInfo,
+           options: InferenceOptions, runtime: Runtime, outputs: Outputs | None) -> int:
+    """Score the split, print (and with --out write) the report."""
+    info = segmenter.info
     scores = evaluate(segmenter.scores, dataset, info.num_classes, data_info.ignore_index, options,
                       device=runtime.device, num_workers=args.workers, distributed=runtime.distributed,
                       planner=segmenter.plan, exclude_absent=data_info.exclude_absent,

@@ -2,8 +2,13 @@
 
 Failure policy: mistakes on the command line (a missing input path, a pattern matching nothing, two
 inputs that would write the same output names, bad options) stop the run with exit code 2 before
-anything is written. An input file that turns out to be unreadable does not stop the run: the other
-images are processed, every failure is reported with its file name at the end, and the exit code is 1.
+anything is written. An input file that turns out to be unreadable (a symbolic link that leads nowhere
+included) does not stop the run: the other images are processed, every failure is reported with its
+file name at the end, and the exit code is 1.
+
+One run at a time per output folder (:func:`fcnseg.outputs.folder_lock`); every file is claimed in the
+folder's journal before it lands (:meth:`fcnseg.outputs.Outputs.write`), so a run stopped in any way is
+continued by the next one without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -11,16 +16,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import io
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from fcnseg import viz
 from fcnseg.api import BACKENDS, Segmenter, check_same_frame, load
-from fcnseg.atomic import atomic_open
 from fcnseg.commands.options import (
     add_inference,
     add_max_memory,
@@ -32,9 +38,9 @@ from fcnseg.commands.options import (
 )
 from fcnseg.data.hha import check_intrinsics
 from fcnseg.data.info import DatasetInfo
-from fcnseg.data.io import IMAGE_SUFFIXES, decode_image
-from fcnseg.errors import ConfigError, DataError, listing
-from fcnseg.outputs import Outputs
+from fcnseg.data.io import IMAGE_SUFFIXES, decode_image, leads_nowhere
+from fcnseg.errors import ConfigError, DataError, WriteError, listing
+from fcnseg.outputs import RECORD, Outputs, folder_lock, refuse_if_held
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
 from fcnseg.runtime import start
@@ -85,19 +91,22 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     """Files, folders (images inside, sorted, non-recursive) and glob patterns -> a list of files.
 
     Raises DataError for a path that does not exist, a folder without images or a pattern matching nothing.
+    A symbolic link that leads nowhere (a loop, a missing target) is listed like a file: reading it fails,
+    and the failure is reported with the others, never skipped silently.
     """
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or leads_nowhere(p)))
             if not found:
                 raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
-        elif path.is_file():
+        elif path.is_file() or leads_nowhere(path):
             files.append(path)
         elif any(char in item for char in "*?["):
-            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file() or leads_nowhere(Path(p)))
             if not found:
                 raise DataError(f"no files match the pattern {item!r}")
             files.extend(found)
@@ -114,20 +123,33 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     return unique
 
 
-def write_outputs(out: Path, stem: str, image: np.ndarray, labels: np.ndarray, info: DatasetInfo,
+def write_outputs(outputs: Outputs, stem: str, image: np.ndarray, labels: np.ndarray, info: DatasetInfo,
                   opacity: float = 0.5, probs: np.ndarray | None = None) -> list[Path]:
-    """Write the mask, overlay, side-by-side, legend (and probabilities) of one image; returns the paths."""
+    """Write the mask, overlay, side-by-side, legend (and probabilities) of one image into ``outputs``' folder,
+    each claimed before it lands (:meth:`Outputs.write`); returns the paths."""
     overlaid = viz.overlay(image, labels, info, opacity)
-    paths = [out / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
-    viz.save_index_png(paths[0], labels, info)
-    viz.save_png(paths[1], overlaid)
-    viz.save_png(paths[2], viz.side_by_side([image, overlaid, viz.colorize(labels, info)]))
-    viz.save_png(paths[3], viz.legend(viz.present_classes(labels, info), info))
+    pictures = [viz.index_image(labels, info), overlaid,
+                viz.side_by_side([image, overlaid, viz.colorize(labels, info)]),
+                viz.legend(viz.present_classes(labels, info), info)]
+    paths = [outputs.folder / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+    for path, picture in zip(paths[:4], pictures, strict=True):
+        outputs.write(path, _png_bytes(picture))
     if probs is None:
         return paths[:4]
-    with atomic_open(paths[4]) as handle:
-        np.save(handle, probs.astype(np.float16))
+    buffer = io.BytesIO()
+    np.save(buffer, probs.astype(np.float16))
+    outputs.write(paths[4], buffer.getvalue())
     return paths
+
+
+def _png_bytes(picture: np.ndarray | Image.Image) -> bytes:
+    """A picture (an array as :func:`fcnseg.viz.save_png` takes, or a PIL image) encoded as PNG, in memory:
+    its hash is claimed before the file is written."""
+    if isinstance(picture, np.ndarray):
+        picture = Image.fromarray(np.ascontiguousarray(picture))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,9 +164,21 @@ def run(args: argparse.Namespace) -> int:
     if max(segmenter.info.head_classes) > 256:
         raise ConfigError(f"{segmenter.info.name} has {segmenter.info.num_classes} classes; mask PNGs and "
                           "overlays hold at most 256. Use the Python API (fcnseg.load) instead.")
+    planned = [path for file in files for path in output_paths(args.out, file.stem, segmenter.info, args.probs)]
     outputs = Outputs(args.out, "predict", args.overwrite)
-    outputs.claim([path for file in files for path in output_paths(args.out, file.stem, segmenter.info, args.probs)],
-                  inputs=[*files, args.checkpoint])
+    if args.out.is_dir():  # refused before anything is made in a folder another run is writing
+        refuse_if_held(args.out)
+    outputs.claim(planned, inputs=[*files, args.checkpoint])  # before the lock file is made, too
+    # Temporaries a killed run left: of its outputs, and of the record (killed while saving it).
+    with folder_lock(args.out, "fcnseg predict", stale=[RECORD, *(path.name for path in planned)]):
+        outputs.claim(planned, inputs=[*files, args.checkpoint])  # again: the folder is ours alone now
+        failures = _predict_all(args, files, segmenter, companions, outputs)
+    return _report(failures, len(files), args.out)
+
+
+def _predict_all(args: argparse.Namespace, files: list[Path], segmenter: Segmenter,
+                 companions: dict[Path, dict[str, Path]], outputs: Outputs) -> list[tuple[Path, str]]:
+    """Segment ``files`` into ``outputs``; returns the inputs that could not be read, with the reason."""
     failures: list[tuple[Path, str]] = []
     with progress_bar(total=len(files), desc="predict", unit="img") as bar, _flushing(outputs):
         for done, path in enumerate(files, start=1):
@@ -159,13 +193,13 @@ def run(args: argparse.Namespace) -> int:
                 continue
             for head, labels in zip(segmenter.info.heads, maps, strict=True):
                 stem = path.stem if head is segmenter.info else f"{path.stem}_{head.task}"
-                outputs.record(write_outputs(args.out, stem, image, labels, head, args.opacity,
-                                             probs if head is segmenter.info else None))
+                write_outputs(outputs, stem, image, labels, head, args.opacity,
+                              probs if head is segmenter.info else None)
             if not is_quiet():
                 bar.write(f"[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "
                           f"{time.perf_counter() - began:.2f} s", file=sys.stderr)
             bar.update(1)
-    return _report(failures, len(files), args.out)
+    return failures
 
 
 def output_paths(out: Path, stem: str, info: DatasetInfo, probs: bool) -> list[Path]:
@@ -225,10 +259,15 @@ def _check_frame(image: np.ndarray, labels: np.ndarray, name: str) -> None:
 
 @contextlib.contextmanager
 def _flushing(outputs: Outputs) -> Iterator[None]:
+    """The record saved on the way out, also when interrupted (the journal's claims stand in for it where
+    that is impossible: kill -9, or a full disk)."""
     try:
         yield
-    finally:  # also when interrupted: what was written is recorded as fcnseg predict's
-        outputs.flush()
+    except BaseException:
+        with contextlib.suppress(WriteError):  # a full disk: the first file that failed is the news
+            outputs.flush()
+        raise
+    outputs.flush()
 
 
 def _report(failures: list[tuple[Path, str]], total: int, out: Path) -> int:
