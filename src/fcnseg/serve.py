@@ -293,7 +293,7 @@ class Guard:
             await _error(*refusal, close=True)(scope, receive, send_guarded)
         else:
             await self.app(scope, receive, send_guarded)
-        if not self.quiet:
+        if not self.quiet and status[0] != 499:  # a client that went away has its own line
             client = (scope.get("client") or ("-",))[0]
             log.info('%s "%s %s" %d', client, scope["method"], scope["path"], status[0])
 
