@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import socket
 
 from fcnseg.api import load
 from fcnseg.commands.options import add_inference, add_max_memory, add_max_pixels, add_runtime, inference_options
@@ -73,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         server = make_server(segmenter, args.host, args.port, int(args.max_upload_mb * 2**20), args.max_pixels,
                              quiet=args.quiet, queue=args.queue, max_memory=args.max_memory)
+    except socket.gaierror as exc:  # a name that resolves to nothing
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. --host takes an "
+                          "address of this machine (127.0.0.1, 0.0.0.0 for every interface, or its name)") from None
     except OSError as exc:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. Is another server "
                           "using that port? Try --port 0 for a free one.") from None
@@ -82,9 +86,10 @@ def run(args: argparse.Namespace) -> int:
         log.warning("warning: listening on %s, so other machines can reach this page and make this one compute; it "
                     "has no authentication and no TLS.", args.host)
     try:
-        server.serve_forever()
+        server.serve_forever()  # uvicorn stops on Ctrl+C (work in progress stops before its next window)
     except KeyboardInterrupt:
-        print("\nfcnseg serve: stopped", flush=True)
+        pass  # uvicorn raises the signal again once it has shut down
     finally:
         server.server_close()
+    print("\nfcnseg serve: stopped", flush=True)
     return 0
