@@ -614,3 +614,29 @@ def test_cli_serves_until_ctrl_c(checkpoint):
         process.kill()
     assert process.returncode == 0 and "stopped" in out and "Traceback" not in err, err
     assert '"POST /api/segment" 200' in err  # one line per request, through fcnseg's log
+
+
+def test_memory_estimates_in_two_threads_do_not_mix():
+    # The server plans a request's memory in the event loop's thread while the worker's predict plans its own:
+    # both run fcnseg.memory.forward_bytes, which hooks the layers of one cached meta-device net.
+    from fcnseg.memory import _meta_model, forward_bytes
+    from fcnseg.models import ModelSpec
+
+    spec = ModelSpec("fcn8s", "vgg16", num_classes=8, width=1 / 16, geometry="fast")
+    small, large = forward_bytes(spec, 1, 64, 64), forward_bytes(spec, 1, 640, 640)
+    meta, other = _meta_model(spec), []
+
+    def run_the_other_one_meanwhile(module, args):
+        if not other:  # inside the small estimate's forward pass: the large one starts in another thread
+            other.append(None)
+            thread = threading.Thread(target=lambda: other.append(forward_bytes(spec, 1, 640, 640)))
+            thread.start()
+            thread.join(1.0)  # with the estimates serialised it waits for this one to finish: no result yet
+
+    handle = next(meta.modules()).register_forward_pre_hook(run_the_other_one_meanwhile)
+    try:
+        assert forward_bytes(spec, 1, 64, 64) == small
+    finally:
+        handle.remove()
+    wait_for(lambda: len(other) == 2, "the other estimate")
+    assert other[1] == large

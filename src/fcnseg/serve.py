@@ -504,7 +504,7 @@ class SegmentServer:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             body = await form_file(body, request)
         width, height = await anyio.to_thread.run_sync(image_size, body, self.max_pixels)
-        changes, charge = self._plan(width, height, len(body))
+        changes, charge = await anyio.to_thread.run_sync(self._plan, width, height, len(body))  # meta-device net
         self.admission.recharge(job, charge)
         return await self._predict(request, job, body, changes)
 
