@@ -471,6 +471,14 @@ def test_memory_is_charged_per_request_against_the_budget():
     finally:
         gate.set()
         running.close()
+    # A chunked upload has no length to charge up front: it is charged as it arrives, not as the largest upload.
+    chunked_fits = Running(FakeSegmenter(), max_memory=150_000)
+    head = b"POST /api/segment HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nTransfer-Encoding: chunked\r\nConnection: close" \
+           b"\r\n\r\n" % chunked_fits.port
+    try:
+        assert raw(chunked_fits.server, head + chunked(png, 100)).startswith(b"HTTP/1.1 200")
+    finally:
+        chunked_fits.close()
     small = Running(FakeSegmenter(), max_memory=50_000)  # too little for this image even alone: 413, not 503
     try:
         status, _, result = small.request("POST", "/api/segment", png)

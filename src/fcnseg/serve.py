@@ -467,7 +467,7 @@ class SegmentServer:
             return _error(413, self._too_large(int(length)), close=True)
         began, seconds = time.monotonic(), None
         try:
-            job = self.admission.enter(self.max_upload_bytes if length is None else int(length))
+            job = self.admission.enter(0 if length is None else int(length))  # chunked: charged as it arrives
         except RequestError as error:
             return self._refusal(error)
         try:
@@ -500,7 +500,7 @@ class SegmentServer:
                "larger --max-upload-mb)"
 
     async def _run(self, request: Request, job: Job) -> bytes:
-        body = await self._read_body(request)
+        body = await self._read_body(request, job)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             body = await form_file(body, request)
         width, height = await anyio.to_thread.run_sync(image_size, body, self.max_pixels)
@@ -508,8 +508,9 @@ class SegmentServer:
         self.admission.recharge(job, charge)
         return await self._predict(request, job, body, changes)
 
-    async def _read_body(self, request: Request) -> bytes:
-        """The request body, counted as it arrives (chunked bodies have no Content-Length to check first)."""
+    async def _read_body(self, request: Request, job: Job) -> bytes:
+        """The request body, counted (and charged) as it arrives: chunked bodies have no Content-Length to check
+        first."""
         chunks, size = [], 0
         while True:
             with anyio.move_on_after(self.timeout) as waited:
@@ -522,6 +523,8 @@ class SegmentServer:
             size += len(chunks[-1])
             if size > self.max_upload_bytes:
                 raise RequestError(413, self._too_large(size))
+            if size > job.charge:
+                self.admission.recharge(job, size)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
