@@ -119,7 +119,8 @@ class Segmenter:
         return np.uint8 if max(self.info.head_classes) <= 256 else np.int64
 
     def predict(self, image: ImageSource | None, name: str | None = None, depth: DepthSource | None = None,
-                hha: ImageSource | None = None, **options: Any) -> np.ndarray:
+                hha: ImageSource | None = None, on_forward: Callable[[], None] | None = None,
+                **options: Any) -> np.ndarray:
         """The HxW label map of one image (uint8 up to 256 classes, else int64); of its first head for a net
         with several (:meth:`predict_heads` gives them all).
 
@@ -127,9 +128,12 @@ class Segmenter:
         a net that reads only depth). ``depth``: for nets that read it, a depth map (an image file of depth
         values, ``depth_scale`` metres per unit, or an HxW array of metres) or ``hha``: its HHA image.
         ``options``: fields of :class:`~fcnseg.inference.InferenceOptions` for this call (mode, window,
-        overlap, flip, scales, batch_size, bf16). ``name`` names the image in notes and errors.
+        overlap, flip, scales, batch_size, bf16). ``name`` names the image in notes and errors. ``on_forward``
+        is called before each forward pass of the net (one per window in slide mode, per flip and scale); what
+        it raises stops the prediction there (``fcnseg serve`` stops the work of a client that went away).
         """
-        return self.predict_batch([image], names=[name] if name else None, depths=[depth], hhas=[hha], **options)[0]
+        return self.predict_batch([image], names=[name] if name else None, depths=[depth], hhas=[hha],
+                                  on_forward=on_forward, **options)[0]
 
     def predict_heads(self, image: ImageSource | None, name: str | None = None, depth: DepthSource | None = None,
                       hha: ImageSource | None = None, **options: Any) -> dict[str, np.ndarray]:
@@ -171,9 +175,10 @@ class Segmenter:
 
     def predict_batch(self, images: Sequence[ImageSource | None], names: Sequence[str] | None = None,
                       depths: Sequence[DepthSource | None] | None = None,
-                      hhas: Sequence[ImageSource | None] | None = None, **options: Any) -> list[np.ndarray]:
+                      hhas: Sequence[ImageSource | None] | None = None, on_forward: Callable[[], None] | None = None,
+                      **options: Any) -> list[np.ndarray]:
         """The label maps of several images, in order (of the first head, for a net with several).
-        ``depths`` / ``hhas``: one per image, for nets that read depth (see :meth:`predict`).
+        ``depths`` / ``hhas``: one per image, for nets that read depth; ``on_forward``: see :meth:`predict`.
 
         Images of equal size go through the network together, ``batch_size`` at a time; images of
         different sizes are never padded together (padding would change the predictions near borders).
@@ -186,10 +191,13 @@ class Segmenter:
         if not len(images) == len(depths) == len(hhas):
             raise ConfigError(f"{len(images)} images but {len(depths)} depth maps and {len(hhas)} HHA images")
         arrays = [self._decode(*sources) for sources in zip(images, depths, hhas, names, strict=True)]
-        return [labels if labels.ndim == 2 else labels[0] for labels in self._label_maps(arrays, names, chosen)]
+        maps = self._label_maps(arrays, names, chosen, on_forward)
+        return [labels if labels.ndim == 2 else labels[0] for labels in maps]
 
-    def _label_maps(self, arrays: list[np.ndarray], names: list[str], chosen: InferenceOptions) -> list[np.ndarray]:
+    def _label_maps(self, arrays: list[np.ndarray], names: list[str], chosen: InferenceOptions,
+                    on_forward: Callable[[], None] | None = None) -> list[np.ndarray]:
         """HxW label maps (K x H x W for K heads) of decoded images, equal sizes batched together."""
+        forward = self.scores if on_forward is None else _after(on_forward, self.scores)
         groups: dict[tuple[int, int], list[int]] = {}
         for index, array in enumerate(arrays):
             groups.setdefault(array.shape[:2], []).append(index)
@@ -199,7 +207,7 @@ class Segmenter:
                 for start in range(0, len(indices), chosen.batch_size):
                     chunk = indices[start:start + chosen.batch_size]
                     planned = self.plan(len(chunk), *arrays[chunk[0]].shape[:2], chosen, name=names[chunk[0]])
-                    labels = predict_labels(self.scores, self._tensor([arrays[i] for i in chunk]), planned,
+                    labels = predict_labels(forward, self._tensor([arrays[i] for i in chunk]), planned,
                                             heads=self.info.head_classes)
                     for i, label in zip(chunk, labels.cpu().numpy().astype(self.label_dtype), strict=True):
                         results[i] = label
@@ -258,6 +266,15 @@ def check_same_frame(colour: Sequence[int], depth: Sequence[int], name: str) -> 
     if tuple(colour[:2]) != tuple(depth[:2]):
         raise DataError(f"{name} is {colour[1]}x{colour[0]} but its depth {depth[1]}x{depth[0]}: they must be of the "
                         "same frame")
+
+
+def _after(first: Callable[[], None], forward: Forward) -> Forward:
+    """``forward`` that calls ``first()`` before each pass."""
+    def checked(x: torch.Tensor) -> torch.Tensor:
+        first()
+        return forward(x)
+
+    return checked
 
 
 def _name(image: ImageSource | None) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from pathlib import Path
 
 import torch
@@ -83,6 +84,11 @@ def format_bytes(count: float) -> str:
     return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"
 
 
+# forward_bytes hooks the layers of a shared, cached net: two estimates at once (fcnseg serve plans a request
+# while its worker's prediction plans another) would each count the other's layers.
+_META_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=8)
 def _meta_model(architecture: ModelSpec) -> nn.Module:
     with torch.device("meta"):
@@ -114,14 +120,16 @@ def forward_bytes(spec: ModelSpec, batch: int, height: int, width: int, channels
 
     padded = []
     leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    handles.append(model.backbone.register_forward_pre_hook(lambda module, inputs: padded.append(inputs[0].numel())))
-    try:
-        with torch.no_grad():
-            output = model(torch.empty(batch, spec.channels, height, width, device="meta"))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with _META_LOCK:
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        handles.append(model.backbone.register_forward_pre_hook(
+            lambda module, inputs: padded.append(inputs[0].numel())))
+        try:
+            with torch.no_grad():
+                output = model(torch.empty(batch, spec.channels, height, width, device="meta"))
+        finally:
+            for handle in handles:
+                handle.remove()
     return peak + padded[0] * 4 + output.numel() * 4
 
 
