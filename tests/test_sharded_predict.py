@@ -7,7 +7,6 @@ Each case checks the exit code, the lines printed, which inputs each process seg
 and the outputs' hashes against a run in one process. docs/RELIABILITY.md lists the cases.
 """
 
-import fcntl
 import json
 import os
 import re
@@ -100,27 +99,11 @@ def _wait_for(path: Path, process: subprocess.Popen) -> None:
     assert path.exists(), f"{path} never appeared (exit {process.poll()})"
 
 
-def _stopped(pid: int) -> bool:
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
-
-
-def _stop_outside_the_gate(process: subprocess.Popen, out: Path) -> None:
-    """SIGSTOP ``process`` at a moment it does not hold the gate (byte 0 of ``.fcnseg.shards.lock``, held while a
-    shard saves the record): stopped there, it would hold up every other shard, as a real stopped shard would."""
-    for _ in range(200):
-        process.send_signal(signal.SIGSTOP)
-        while not _stopped(process.pid):
-            time.sleep(0.001)
-        with open(out / SHARDS_LOCK, "a+") as handle:
-            try:
-                fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-            except OSError:
-                process.send_signal(signal.SIGCONT)
-                time.sleep(0.005)
-                continue
-            fcntl.lockf(handle.fileno(), fcntl.LOCK_UN, 1, 0)
-            return
-    raise AssertionError("the shard held the gate at every try")
+def _stop(process: subprocess.Popen) -> None:
+    """SIGSTOP ``process``, and wait until it is stopped."""
+    process.send_signal(signal.SIGSTOP)
+    while Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+        time.sleep(0.001)
 
 
 def _port() -> int:
@@ -153,6 +136,13 @@ def test_a_shard_that_does_not_exist_is_a_usage_error(tiny_checkpoint, tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_shard_without_inputs_says_so_and_writes_nothing(tiny_checkpoint, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_argv(tiny_checkpoint, photos, out, "--shard", "13/16")) == 0  # a SLURM array larger than needed
+    one_line_error(capsys.readouterr().err, "13/16", "12", "nothing to do")
+    assert _outputs(out) == {}
+
+
 def test_shard_under_torchrun_is_refused_since_the_ranks_share_the_inputs():
     with pytest.raises(ConfigError) as caught:
         _shard_of(Shard(0, 2), Runtime(torch.device("cpu"), 1, rank=1, world_size=2))
@@ -183,7 +173,7 @@ def test_other_runs_are_refused_while_shards_write_and_the_runs_other_shard_join
     first = _cli(_argv(tiny_checkpoint, photos, out, "--shard", "0/2", "--quiet"))
     try:
         _wait_for(out / "00_mask.png", first)
-        _stop_outside_the_gate(first, out)  # held still, halfway through its shard, holding its part of the folder
+        _stop(first)  # held still, halfway through its shard, holding its part of the folder
         assert not (out / "10_mask.png").exists(), "it finished before the test"
         during = digests(out)
         refused(capsys, _argv(tiny_checkpoint, photos, out), out, f"pid {first.pid}")  # a run of one process

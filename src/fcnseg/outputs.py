@@ -20,21 +20,23 @@ the holder's pid for the message the next process shows.
 
 One run may also be spread over several processes, each writing its own share of the outputs (a
 :class:`Shard`: ``fcnseg predict --shard I/N``, or the ranks torchrun starts). :func:`shard_lock` lets the
-shards of one run, and only those, into the folder together; each shard claims in a journal of its own
-(``.fcnseg-outputs.I-of-N.pending``), so no claim is lost to another process's writing, and the record,
-which all of them update, is rewritten by one process at a time.
+shards of one run, and only those, into the folder together. No file is written by two of them: each shard
+keeps a record and a journal of its own (``.fcnseg-outputs.I-of-N.json`` and ``.pending``), read with the
+folder's record, and a process alone in the folder (the first shard of a run, or any other command) folds
+them into the folder's record (:meth:`Outputs.settle`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import stat as stat_mode
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -46,7 +48,7 @@ RECORD = ".fcnseg-outputs.json"
 JOURNAL = ".fcnseg-outputs.pending"
 LOCK = ".fcnseg.lock"
 SHARDS_LOCK = ".fcnseg.shards.lock"  # which shards of the sharded run in the folder are running, and that run
-_SHARD_JOURNAL = re.compile(r"\.fcnseg-outputs\.(\d+)-of-(\d+)\.pending")
+_SHARD_FILE = re.compile(r"\.fcnseg-outputs\.\d+-of-\d+\.(json|pending)")  # a shard's record or journal
 _FLUSH_SECONDS = 1.0
 _SHOWN = 8
 T = TypeVar("T")
@@ -75,6 +77,10 @@ class Shard:
         return list(items[self.index::self.count])
 
     @property
+    def record(self) -> str:
+        return f".fcnseg-outputs.{self.index}-of-{self.count}.json"
+
+    @property
     def journal(self) -> str:
         return f".fcnseg-outputs.{self.index}-of-{self.count}.pending"
 
@@ -85,27 +91,31 @@ class Outputs:
     def __init__(self, folder: str | os.PathLike, command: str, overwrite: bool = False,
                  shard: Shard | None = None) -> None:
         self.folder, self.command, self.overwrite, self.shard = Path(folder), command, overwrite, shard
+        # Where this object records and claims: the folder's record and journal, or its shard's own.
+        self.record_file = self.folder / (RECORD if shard is None else shard.record)
         self.journal = self.folder / (JOURNAL if shard is None else shard.journal)
         self._pending: dict[str, dict] = {}
         self._flushed = time.monotonic()
         self._claimed = False  # whether this object appended to the journal (and so may remove it)
-        # Held while the record is rewritten: another shard's process may be rewriting it too (see shard_lock).
-        self.gate: Callable[[], AbstractContextManager] = nullcontext
 
     def _name(self, path: str | os.PathLike) -> str:
         # The folder resolved, not the file: a symbolic link in the folder is a file there, wherever it leads.
         path = Path(path)
         return str((_real(path.parent) / path.name).relative_to(_real(self.folder)))
 
-    def _entries(self, known: Iterable[str] = (), journals: Iterable[Path] | None = None) -> dict[str, dict]:
-        """The record, with the claims of ``journals`` (default: every journal in the folder) that the files
-        bear out (those in ``known`` are not hashed)."""
-        try:
-            data = json.loads((self.folder / RECORD).read_text())
-            entries = data["files"] if isinstance(data.get("files"), dict) else {}
-        except (OSError, ValueError, AttributeError):
-            entries = {}
-        journals = _journals(self.folder) if journals is None else journals
+    def _entries(self, known: Iterable[str] = (), own: bool = False) -> dict[str, dict]:
+        """The records, with the journals' claims that the files bear out (those in ``known`` are not hashed):
+        the folder's record and every shard's (a shard's entries are newer: any older ones were folded into the
+        folder's record before its run began), or with ``own`` only this object's record and journal."""
+        records = [self.record_file] if own else [self.folder / RECORD, *_shard_files(self.folder, ".json")]
+        entries: dict[str, dict] = {}
+        for record in records:
+            try:
+                data = json.loads(record.read_text())
+                entries.update(data["files"] if isinstance(data.get("files"), dict) else {})
+            except (OSError, ValueError, AttributeError):
+                continue
+        journals = [self.journal] if own else _journals(self.folder)
         return {**entries, **self._confirmed_claims(set(known), journals)}
 
     @staticmethod
@@ -248,39 +258,31 @@ class Outputs:
         self.flush()
 
     def flush(self) -> None:
-        """Merge what was recorded, and the claims of this object's journal that the files bear out, into the
-        folder's record file (atomically); then remove the journal if this object wrote to it (no other process
-        writes it meanwhile: the commands that write claims hold the folder, or their shard of it)."""
+        """Merge what was recorded, and the claims of this object's journal that the files bear out, into its
+        record file (atomically; a shard's own, which no other process writes); then remove the journal if this
+        object wrote to it (no other process writes it meanwhile: the commands that write claims hold the
+        folder, or their shard of it)."""
         if not self._pending and not (self._claimed and self.journal.exists()):
             return
-        with self.gate():
-            entries = {**self._entries(known=self._pending, journals=[self.journal]), **self._pending}
-            self._save(entries)
-            if self._claimed:  # every claim in it is in the record now, or its file never landed
-                self.journal.unlink(missing_ok=True)
+        self._save(self.record_file, {**self._entries(known=self._pending, own=True), **self._pending})
+        if self._claimed:  # every claim in it is in the record now, or its file never landed
+            self.journal.unlink(missing_ok=True)
         self._pending.clear()
         self._flushed = time.monotonic()
 
     def settle(self) -> None:
-        """Fold the journals no running process writes into the record and remove them: all of them for a
-        process alone in the folder; for a shard, its own (a killed run of the same shard left it) and those of
-        runs with another number of shards. Call it holding the folder (:func:`folder_lock`, :func:`shard_lock`)."""
-        with self.gate():
-            journals = [journal for journal in _journals(self.folder) if self._settles(journal)]
-            if not journals:
-                return
-            self._save(self._entries(journals=journals))
-            for journal in journals:
-                journal.unlink(missing_ok=True)
+        """Fold every journal, and the shards' records, into the folder's record, and remove them. Call it only
+        alone in the folder (holding :func:`folder_lock`, or first in it under :func:`shard_lock`)."""
+        folded = [path for path in [*_journals(self.folder), *_shard_files(self.folder, ".json")] if path.exists()]
+        if not folded:
+            return
+        self._save(self.folder / RECORD, self._entries())
+        for path in folded:
+            path.unlink(missing_ok=True)
 
-    def _settles(self, journal: Path) -> bool:
-        if self.shard is None or journal == self.journal:
-            return True
-        match = _SHARD_JOURNAL.fullmatch(journal.name)
-        return match is None or int(match[2]) != self.shard.count  # another shard of this run may be writing it
-
-    def _save(self, entries: dict[str, dict]) -> None:
-        with atomic_open(self.folder / RECORD, "w", encoding="utf-8") as handle:
+    @staticmethod
+    def _save(record: Path, entries: dict[str, dict]) -> None:
+        with atomic_open(record, "w", encoding="utf-8") as handle:
             json.dump({"files": entries}, handle, indent=1, sort_keys=True)
 
     def _files(self) -> list[Path]:
@@ -303,18 +305,23 @@ class Outputs:
             if not any(folder.iterdir()):
                 folder.rmdir()
         (self.folder / RECORD).unlink(missing_ok=True)
-        for journal in _journals(self.folder):
-            journal.unlink(missing_ok=True)
+        for path in [*_journals(self.folder), *_shard_files(self.folder, ".json")]:
+            path.unlink(missing_ok=True)
+
+
+def _shard_files(folder: Path, suffix: str) -> list[Path]:
+    """The shards' records (``suffix`` ``.json``) or journals (``.pending``) in ``folder``."""
+    return sorted(path for path in folder.glob(f".fcnseg-outputs.*-of-*{suffix}") if _SHARD_FILE.fullmatch(path.name))
 
 
 def _journals(folder: Path) -> list[Path]:
     """Every journal in ``folder``: a single process's, and those of the shards of sharded runs."""
-    return sorted(folder.glob(".fcnseg-outputs*.pending"))
+    return [folder / JOURNAL, *_shard_files(folder, ".pending")]
 
 
 def _bookkeeping(name: str) -> bool:
-    """Whether ``name`` is one of the files fcnseg keeps about a folder (the record, journals, locks)."""
-    return name in (RECORD, LOCK, JOURNAL, SHARDS_LOCK) or _SHARD_JOURNAL.fullmatch(name) is not None
+    """Whether ``name`` is one of the files fcnseg keeps about a folder (records, journals, locks)."""
+    return name in (RECORD, LOCK, JOURNAL, SHARDS_LOCK) or _SHARD_FILE.fullmatch(name) is not None
 
 
 def _source(entry: dict) -> dict:
@@ -411,11 +418,13 @@ def shard_lock(outputs: Outputs, what: str, run: str, stale: Iterable[str] = (),
     holds its own byte of ``.fcnseg.shards.lock`` (a POSIX record lock, let go when the process ends), so the
     same shard started twice is refused. The first shard writes ``run`` into that file; a process of another
     run (other inputs, options or number of shards, whose outputs could overlap) is refused. Byte 0 is a gate,
-    held for a moment while a shard joins and while one rewrites the record (:meth:`Outputs.flush`).
+    held for a moment while a shard joins.
 
-    Temporaries that atomic writes of ``stale`` (the shard's own outputs) left are removed on joining; those of
-    ``stale_alone`` (the record, other shards' outputs) only by a process that came first: no live writer can
-    own them then.
+    The process that comes first, alone in the folder behind the gate, folds what earlier runs left (journals,
+    shards' records) into the folder's record (:meth:`Outputs.settle`), and removes the temporaries atomic
+    writes of ``stale_alone`` (the record, other shards' outputs) left; every shard removes those of ``stale``
+    (its own outputs and record): no live writer can own them then. The last process to finish folds the
+    shards' records into the folder's.
     """
     import fcntl  # POSIX only, like the rest of the run-folder handling
 
@@ -434,14 +443,21 @@ def shard_lock(outputs: Outputs, what: str, run: str, stale: Iterable[str] = (),
             first = _join(held, shards, folder, what, shard, run)
             try:
                 fcntl.lockf(shards.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1 + shard.index)
-            except OSError:
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise _no_locks(shards, error) from None
                 raise ConfigError(f"shard {shard} of the run in {folder} is running already: each shard runs once; "
                                   "wait for it to finish") from None
-            remove_temporaries(folder, [*stale, *(stale_alone if first else ())])
-        outputs.gate = lambda: _byte_lock(shards, 0)
+            if first:
+                remove_temporaries(folder, stale_alone)
+                outputs.settle()
+            remove_temporaries(folder, [*stale, outputs.record_file.name])
         yield first
+        with _byte_lock(shards, 0):
+            if _alone(held):  # the last shard out: the shards' records, into the folder's
+                outputs.settle()
+            held.close()  # let go behind the gate: the next shard out then knows whether it is the last
     finally:
-        outputs.gate = nullcontext
         for handle in handles:
             with suppress(OSError):
                 handle.close()  # closing lets go of the locks; the files stay (unlinking could let two hold one)
@@ -478,6 +494,18 @@ def _join(held, shards, folder: Path, what: str, shard: Shard, run: str) -> bool
     return False
 
 
+def _alone(held) -> bool:
+    """Whether nobody but this process holds the folder's lock, which it holds shared (it then holds it alone;
+    when not, Linux lets go of it altogether: call it on the way out)."""
+    import fcntl
+
+    try:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def _holder(handle) -> str:
     handle.seek(0)
     return handle.read().strip() or "another process"
@@ -500,8 +528,16 @@ def _byte_lock(handle, offset: int) -> Iterator[None]:
     process, so another byte this process holds in the file stays held."""
     import fcntl
 
-    fcntl.lockf(handle.fileno(), fcntl.LOCK_EX, 1, offset)
+    try:
+        fcntl.lockf(handle.fileno(), fcntl.LOCK_EX, 1, offset)
+    except OSError as error:
+        raise _no_locks(handle, error) from None
     try:
         yield
     finally:
         fcntl.lockf(handle.fileno(), fcntl.LOCK_UN, 1, offset)
+
+
+def _no_locks(handle, error: OSError) -> WriteError:
+    return WriteError(f"cannot lock {handle.name}: {error.strerror or error} (shards need a file system with POSIX "
+                      "record locks: a local disk, or NFS with its lock service)")

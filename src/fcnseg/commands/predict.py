@@ -199,13 +199,14 @@ def run(args: argparse.Namespace) -> int:
         refuse_if_held(args.out)
     outputs.claim(every, inputs=[*files, args.checkpoint])  # before the lock file is made, too
     with _holding(args, outputs, files, every, segmenter.info):
-        outputs.settle()  # what runs killed before this one claimed, into the record
+        if shard is None:  # alone in the folder: what killed runs claimed, into the record (for shards: shard_lock)
+            outputs.settle()
         outputs.claim(every, inputs=[*files, args.checkpoint])  # again: these outputs are ours alone now
         job, entries = _job(args), outputs.entries()
         sources = {file: _source(job, file, companions[file]) for file in mine}
         todo = [file for file in mine if not outputs.written(planned[file], sources[file], entries)]
         failures = _predict_all(args, todo, segmenter, companions, outputs, sources, runtime.is_main)
-    return _report(failures, len(mine), len(mine) - len(todo), args.out, shard, runtime)
+    return _report(failures, len(mine), len(mine) - len(todo), len(files), args.out, shard, runtime)
 
 
 def _shard_of(given: Shard | None, runtime: Runtime) -> Shard | None:
@@ -358,21 +359,26 @@ def _flushing(outputs: Outputs) -> Iterator[None]:
     outputs.flush()
 
 
-def _report(failures: list[tuple[Path, str]], total: int, kept: int, out: Path, shard: Shard | None,
+def _report(failures: list[tuple[Path, str]], total: int, kept: int, inputs: int, out: Path, shard: Shard | None,
             runtime: Runtime) -> int:
-    """Print what was done (under torchrun: rank 0, for every rank); 1 when an input could not be segmented."""
+    """Print what was done (under torchrun: rank 0, for every rank); 1 when an input could not be segmented.
+    ``total``: this process's inputs, ``kept`` of them written by an earlier run; ``inputs``: the run's."""
     gathered = gather_objects((failures, total, kept), runtime)
     failures = [failure for rank_failures, _, _ in gathered for failure in rank_failures]
     total, kept = sum(count for _, count, _ in gathered), sum(count for _, _, count in gathered)
     if not runtime.is_main:
         return 1 if failures else 0
-    who = (f"{runtime.world_size} processes" if runtime.distributed else f"shard {shard}" if shard else "")
+    who = f"{runtime.world_size} processes" if runtime.distributed else f"shard {shard}" if shard else ""
     if failures:
         print(f"fcnseg predict: {who + ': ' if who else ''}{len(failures)} of {total} inputs could not be "
               "segmented:", file=sys.stderr)
         for path, message in failures:
             print(f"  {path}: {message}", file=sys.stderr)
         return 1
+    if total == 0:  # more shards than inputs
+        print(f"fcnseg predict: shard {shard} has none of the {inputs} inputs (shard I of N takes the inputs I, I+N, "
+              "...): nothing to do", file=sys.stderr)
+        return 0
     earlier = f" ({kept} of them written by an earlier run, and kept)" if kept else ""
     print(f"fcnseg predict: {who + ' ' if who else ''}wrote results for {total} images to {out}{earlier}",
           file=sys.stderr)
