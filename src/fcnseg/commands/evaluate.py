@@ -106,8 +106,8 @@ def _score(args: argparse.Namespace, segmenter: Segmenter, dataset: Dataset, dat
     config = segmenter.config or {}
     title = f"{config.get('name', args.checkpoint.stem)} ({config.get('backbone', 'export')})"
     if outputs is not None:
-        text = write_report(scores, info.class_names, args.out, title, info.extra_heads)
-        outputs.record([args.out / name for name in REPORT_FILES], flush=True)
+        text = write_report(scores, info.class_names, args.out, title, info.extra_heads, outputs)
+        outputs.flush()
         text += f"\n\nwrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}"
     else:
         text = report_text(scores, info.class_names, title, info.extra_heads)
