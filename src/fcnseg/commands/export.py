@@ -6,13 +6,16 @@ import argparse
 from pathlib import Path
 
 from fcnseg.checkpoint import describe, model_from_checkpoint
-from fcnseg.commands.options import add_runtime
+from fcnseg.commands.options import add_runtime, number
 from fcnseg.errors import ConfigError
 from fcnseg.export import export_onnx, export_torchscript, input_shape, load_onnx, load_torchscript, parity
 from fcnseg.models.fcn import FCN
 from fcnseg.outputs import output_file
 from fcnseg.quantize import Calibration, export_int8, parse_calibration
+from fcnseg.ranges import Range
 from fcnseg.runtime import set_threads
+
+OPSETS = Range(7, whole=True)  # the oldest opset torch.onnx writes; newer ones than it knows fail in one line
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -31,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", type=Path, help="fcnseg checkpoint (.pth)")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     parser.add_argument("--out", type=Path, required=True, help="output file (.onnx or .pt)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--opset", type=number(OPSETS), default=18, help="ONNX opset (default 18)")
     parser.add_argument("--check-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",
                         help="after exporting, compare the exported model with PyTorch at these input sizes")
     parser.add_argument("--overwrite", action="store_true", help="replace --out even if fcnseg export did not write it")

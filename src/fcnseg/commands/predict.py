@@ -76,7 +76,7 @@ def _add_depth_options(parser: argparse.ArgumentParser) -> None:
     depth.add_argument("--hha", type=Path, help="HHA images instead of depth maps (a file, or a folder, as --depth)")
     depth.add_argument("--depth-scale", type=positive_float, default=0.001,
                        help="metres per unit of a depth image (default 0.001: millimetres, as NYUDv2's)")
-    depth.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
+    depth.add_argument("--intrinsics", type=positive_float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
                        help="the depth camera in pixels (principal point 1-based); default: NYUDv2's Kinect, for its "
                             "640x480 frames and the authors' 560x425 crops")
 

@@ -7,8 +7,16 @@ import ipaddress
 import logging
 
 from fcnseg.api import load
-from fcnseg.commands.options import add_inference, add_max_memory, add_max_pixels, add_runtime, inference_options
+from fcnseg.commands.options import (
+    add_inference,
+    add_max_memory,
+    add_max_pixels,
+    add_runtime,
+    inference_options,
+    number,
+)
 from fcnseg.errors import ConfigError
+from fcnseg.ranges import PORT, POSITIVE
 from fcnseg.runtime import start
 from fcnseg.serve import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, make_server
 
@@ -24,8 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), or its ONNX or TorchScript export")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to your network)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 8000; 0 picks a free one)")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+    parser.add_argument("--port", type=number(PORT), default=DEFAULT_PORT,
+                        help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--max-upload-mb", type=number(POSITIVE), default=DEFAULT_MAX_UPLOAD_MB,
                         help="largest accepted upload in MB (default 20)")
     add_max_memory(parser)
     add_max_pixels(parser, DEFAULT_MAX_PIXELS)
@@ -45,10 +54,6 @@ def _is_loopback(host: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint and serve until Ctrl+C."""
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.max_upload_mb <= 0:
-        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     runtime = start(args.device, args.threads)
     segmenter = load(args.checkpoint, device=runtime.device, options=inference_options(args),
                      max_pixels=args.max_pixels, max_memory=args.max_memory)
