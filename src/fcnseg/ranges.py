@@ -34,18 +34,18 @@ class Range:
         return self.high is None or not (value > self.high or (self.below and value == self.high))
 
     def text(self) -> str:
-        """How the range reads in a message: "a whole number of at least 1", "a number above 0 and below 1"."""
+        """How the range reads in a message: "a whole number of at least 1", "a number in [0, 1)"."""
         kind = "a whole number" if self.whole else "a number"
-        if self.low is not None and self.high is not None and not (self.above or self.below):
-            return f"{kind} from {_number(self.low)} to {_number(self.high)}"
-        bounds = []
+        if self.low is not None and self.high is not None:
+            if not (self.above or self.below):
+                return f"{kind} from {_number(self.low)} to {_number(self.high)}"
+            return (f"{kind} in {'(' if self.above else '['}{_number(self.low)}, {_number(self.high)}"
+                    f"{')' if self.below else ']'}")
         if self.low is not None:
-            bounds.append(f"{'above' if self.above else 'at least'} {_number(self.low)}")
+            return f"{kind} {'above' if self.above else 'of at least'} {_number(self.low)}"
         if self.high is not None:
-            bounds.append(f"{'below' if self.below else 'at most'} {_number(self.high)}")
-        if not bounds:
-            return f"{kind} (not nan or inf)"
-        return f"{kind} {'of ' if bounds[0].startswith('at ') else ''}{' and '.join(bounds)}"
+            return f"{kind} {'below' if self.below else 'of at most'} {_number(self.high)}"
+        return f"{kind} (not nan or inf)"
 
     def check(self, value: Any, name: str) -> Any:
         """``value`` if it is in the range (each item of a list or tuple), else a ConfigError naming ``name``."""
