@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fcnseg.commands.options import add_quiet
 from fcnseg.data.archives import ARCHIVES, download_dataset
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, printable
 from fcnseg.models.zoo import CAFFE_NETS
 from fcnseg.transfer import download_file
 
@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.name in CAFFE_NETS:
         url = CAFFE_NETS[args.name]["url"]
-        print(download_file(url, args.root / url.rsplit("/", 1)[1]))
+        print(printable(download_file(url, args.root / url.rsplit("/", 1)[1])))
         # A warning, not a note: shown with --quiet too, since the file is unverified.
         log.warning("note: the authors published no checksum for %s, so the file is not verified; convert it "
                     "with: fcnseg convert FILE --model %s --out %s.pth", args.name, args.name, args.name)
@@ -35,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     if args.name not in ARCHIVES:
         raise ConfigError(f"unknown name {args.name!r}; datasets: {', '.join(sorted(ARCHIVES))}; the authors' "
                           f"nets: {', '.join(CAFFE_NETS)}")
-    print(download_dataset(args.name, args.root))
+    print(printable(download_dataset(args.name, args.root)))
     return 0

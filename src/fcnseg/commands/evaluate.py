@@ -19,7 +19,7 @@ from fcnseg.commands.options import (
 )
 from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.registry import DATASETS, build_dataset, dataset_options
-from fcnseg.errors import DataError
+from fcnseg.errors import DataError, printable
 from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
 from fcnseg.outputs import Outputs
 from fcnseg.ranges import NON_NEGATIVE_COUNT
@@ -97,6 +97,6 @@ def run(args: argparse.Namespace) -> int:
         text += f"\n\nwrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}"
     else:
         text = report_text(scores, info.class_names, title, info.extra_heads)
-    print(f"{args.dataset} {args.split}: {scores['num_images']} images")
-    print(text)
+    print(printable(f"{args.dataset} {args.split}: {scores['num_images']} images"))
+    print(printable(text, newlines=True))  # the tables escaped each name already; the title and paths too
     return 0

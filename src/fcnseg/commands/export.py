@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fcnseg.checkpoint import describe, model_from_checkpoint
 from fcnseg.commands.options import add_runtime, number
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, printable
 from fcnseg.export import export_onnx, export_torchscript, input_shape, load_onnx, load_torchscript, parity
 from fcnseg.models.fcn import FCN
 from fcnseg.outputs import output_file
@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         out = export_torchscript(model, args.out)
         forward, _ = load_torchscript(out)
     outputs.record([out], flush=True)
-    print(f"wrote {out} ({args.format}; {describe(model.spec)} of {info.name}; {model.spec.normalization_text} "
-          "normalisation)")
+    print(printable(f"wrote {out} ({args.format}; {describe(model.spec)} of {info.name}; "
+                    f"{model.spec.normalization_text} normalisation)"))
     return 0 if _check_sizes(args.check_sizes, forward, model) else 1
 
 
@@ -95,9 +95,9 @@ def _calibration(args: argparse.Namespace) -> Calibration | None:
 def _int8(args: argparse.Namespace, model, info, calibration: Calibration, outputs) -> int:
     out, report = export_int8(model, args.out, calibration, info=info, opset=args.opset)
     outputs.record([out], flush=True)
-    print(f"wrote {out} (onnx int8; {describe(model.spec)} of {info.name}; calibrated on {calibration.images} "
-          f"images of {calibration.dataset} {calibration.split}); labels agree with fp32 on "
-          f"{100 * report['agreement_with_fp32']:.2f}% of their pixels")
+    print(printable(f"wrote {out} (onnx int8; {describe(model.spec)} of {info.name}; calibrated on "
+                    f"{calibration.images} images of {calibration.dataset} {calibration.split}); labels agree with "
+                    f"fp32 on {100 * report['agreement_with_fp32']:.2f}% of their pixels"))
     if args.check_sizes:
         print("(--check-sizes compares logits to 1e-4: not applicable to int8, skipped)")
     return 0

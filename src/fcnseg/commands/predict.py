@@ -33,7 +33,7 @@ from fcnseg.commands.options import (
 from fcnseg.data.hha import check_intrinsics
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import IMAGE_SUFFIXES, decode_image
-from fcnseg.errors import ConfigError, DataError, listing
+from fcnseg.errors import ConfigError, DataError, listing, printable
 from fcnseg.outputs import Outputs
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
                 maps, probs = _segment(segmenter, image, str(path), args.probs, **companions[path])
             except DataError as exc:
                 failures.append((path, str(exc)))
-                bar.write(f"[{done}/{len(files)}] {path.name} FAILED: {exc}", file=sys.stderr)
+                bar.write(printable(f"[{done}/{len(files)}] {path.name} FAILED: {exc}"), file=sys.stderr)
                 bar.update(1)
                 continue
             for head, labels in zip(segmenter.info.heads, maps, strict=True):
@@ -162,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
                 outputs.record(write_outputs(args.out, stem, image, labels, head, args.opacity,
                                              probs if head is segmenter.info else None))
             if not is_quiet():
-                bar.write(f"[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "
-                          f"{time.perf_counter() - began:.2f} s", file=sys.stderr)
+                bar.write(printable(f"[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "
+                                    f"{time.perf_counter() - began:.2f} s"), file=sys.stderr)
             bar.update(1)
     return _report(failures, len(files), args.out)
 
@@ -235,7 +235,7 @@ def _report(failures: list[tuple[Path, str]], total: int, out: Path) -> int:
     if failures:
         print(f"fcnseg predict: {len(failures)} of {total} inputs could not be segmented:", file=sys.stderr)
         for path, message in failures:
-            print(f"  {path}: {message}", file=sys.stderr)
+            print(printable(f"  {path}: {message}"), file=sys.stderr)
         return 1
-    print(f"fcnseg predict: wrote results for {total} images to {out}", file=sys.stderr)
+    print(printable(f"fcnseg predict: wrote results for {total} images to {out}"), file=sys.stderr)
     return 0
