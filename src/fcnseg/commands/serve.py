@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
+import re
+import socket
 
 from fcnseg.api import load
 from fcnseg.commands.options import (
@@ -15,7 +18,7 @@ from fcnseg.commands.options import (
     inference_options,
     number,
 )
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, printable
 from fcnseg.ranges import PORT, POSITIVE
 from fcnseg.runtime import start
 from fcnseg.serve import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, make_server
@@ -52,8 +55,35 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_HOST_FIX = "use 127.0.0.1 (this machine only), 0.0.0.0 (every network) or another address of this machine"
+
+
+def _check_host(host: str) -> None:
+    """Refuse at once (before the model loads) what looks like an IPv4 address but is none, e.g. 999.1.1.1."""
+    if re.fullmatch(r"[\d.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(f"--host {host} is not an IP address (four numbers from 0 to 255); {_HOST_FIX}") from None
+
+
+def _listen_problem(host: str, port: int, error: OSError) -> str:
+    """Why ``host:port`` cannot be listened on: the cause the error number gives, and the fix."""
+    where = f"cannot listen on {host}:{port}"
+    if isinstance(error, socket.gaierror):
+        return f"{where}: --host {host} cannot be resolved ({error.strerror}); {_HOST_FIX}"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: --host {host} is not an address of this machine; {_HOST_FIX}"
+    if error.errno == errno.EADDRINUSE:
+        return f"{where}: the port is in use. Is another server using it? Try --port 0 for a free one."
+    if error.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need administrator rights); try --port 0 for a free one"
+    return f"{where}: {error.strerror or error}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint and serve until Ctrl+C."""
+    _check_host(args.host)
     runtime = start(args.device, args.threads)
     segmenter = load(args.checkpoint, device=runtime.device, options=inference_options(args),
                      max_pixels=args.max_pixels, max_memory=args.max_memory)
@@ -64,10 +94,9 @@ def run(args: argparse.Namespace) -> int:
         server = make_server(segmenter, args.host, args.port, int(args.max_upload_mb * 2**20), args.max_pixels,
                              quiet=args.quiet)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. Is another server "
-                          "using that port? Try --port 0 for a free one.") from None
-    print(f"fcnseg serve: {segmenter.info.name} model from {args.checkpoint} at {server.url} (Ctrl+C to stop)",
-          flush=True)
+        raise ConfigError(_listen_problem(args.host, args.port, exc)) from None
+    print(printable(f"fcnseg serve: {segmenter.info.name} model from {args.checkpoint} at {server.url} (Ctrl+C to "
+                    "stop)"), flush=True)
     if not _is_loopback(args.host):
         log.warning("warning: listening on %s, so other machines can reach this page; it has no authentication.",
                     args.host)

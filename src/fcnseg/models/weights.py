@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fcnseg.data.info import VOC
-from fcnseg.errors import WeightsError
+from fcnseg.errors import WeightsError, require_model_file
 from fcnseg.models.backbones import VGG, AlexNet, Backbone, CaffeNet, GoogLeNet, LateFusion
 from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
@@ -82,9 +82,7 @@ def load_torch_file(path: str | Path) -> Any:
 
     Files that need pickled code are refused, never run.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+    path = require_model_file(path, "weights file", (".pth", ".pt"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4 in the checkpoint"
