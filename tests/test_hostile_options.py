@@ -38,6 +38,11 @@ def terminal_safe(text: str) -> bool:
     return all(char == "\n" or unicodedata.category(char) not in UNSAFE_CATEGORIES for char in text)
 
 
+def _flags(value) -> str:
+    """Test ids: the flags and values given."""
+    return " ".join(value) if isinstance(value, list) else ""
+
+
 def usage_or_one_line(capsys, argv: list, *names) -> str:
     """``fcnseg ARGV`` refused with exit code 2 and no traceback: argparse's usage error (a usage, then
     ``fcnseg COMMAND: error: argument --FLAG: ...``) or the one line of a refused value; the last line names
@@ -139,7 +144,7 @@ def test_predict_escapes_the_names_of_images_that_fail(tiny_checkpoint, tmp_path
 # --- 7. every numeric option: nan, inf and out-of-range values are refused in one line --------------------
 
 
-@pytest.mark.parametrize("argv, names", [
+@pytest.mark.parametrize("argv, names", ids=_flags, argvalues=[
     (["--scales", "nan"], ("scales", "nan")),
     (["--scales", "inf"], ("scales", "inf")),
     (["--scales", "1", "1e400"], ("scales", "inf")),
@@ -160,7 +165,7 @@ def test_predict_options_out_of_range(tiny_checkpoint, tmp_path, capsys, argv, n
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("argv, names", [
+@pytest.mark.parametrize("argv, names", ids=_flags, argvalues=[
     (["--scales", "nan"], ("scales", "nan")),  # was accepted: every upload then failed
     (["--max-upload-mb", "nan"], ("--max-upload-mb", "nan")),
     (["--max-upload-mb", "inf"], ("--max-upload-mb", "inf")),
@@ -174,7 +179,7 @@ def test_serve_options_out_of_range_are_refused_at_start_up(tiny_checkpoint, cap
     usage_or_one_line(capsys, ["serve", tiny_checkpoint, *argv, "--threads", "1"], *names)
 
 
-@pytest.mark.parametrize("argv, names", [
+@pytest.mark.parametrize("argv, names", ids=_flags, argvalues=[
     (["--workers", "-1"], ("--workers", "-1")),
     (["--limit", "0"], ("--limit", "0")),
     (["--scales", "inf"], ("scales", "inf")),
@@ -183,7 +188,7 @@ def test_eval_options_out_of_range(tiny_checkpoint, capsys, argv, names):
     usage_or_one_line(capsys, ["eval", tiny_checkpoint, "--dataset", "synthetic", *argv], *names)
 
 
-@pytest.mark.parametrize("argv, names", [
+@pytest.mark.parametrize("argv, names", ids=_flags, argvalues=[
     (["--opset", "0"], ("--opset", "0")),
     (["--check-sizes", "0x10"], ("--check-sizes", "0x10")),
     (["--int8", "--calibrate", "dataset=synthetic", "images=0"], ("images", "0")),
@@ -218,7 +223,7 @@ TRAIN_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv, names", TRAIN_CASES)
+@pytest.mark.parametrize("argv, names", TRAIN_CASES, ids=_flags)
 def test_train_options_out_of_range(tmp_path, capsys, argv, names):
     usage_or_one_line(capsys, ["train", *TINY_TRAIN, "--iterations", "1", *argv, "--out", tmp_path / "run"], *names)
     assert not (tmp_path / "run").exists()
