@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.hha import hha_from_depth, intrinsics_for
 from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image, read_depth
-from fcnseg.errors import ConfigError, DataError, WeightsError
+from fcnseg.errors import ConfigError, DataError, WeightsError, require_model_file
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
 from fcnseg.memory import default_budget, fit
 from fcnseg.models.spec import ModelSpec
@@ -291,9 +290,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: 
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"model file not found: {path}")
+    path = require_model_file(path)
     kind = file_kind(path)
     if backend != "auto" and (kind == "onnx") != (backend == "onnxruntime"):
         raise ConfigError(f"{path} is {'an ONNX model' if kind == 'onnx' else 'not an ONNX model'}, so --backend "

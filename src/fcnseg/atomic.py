@@ -65,8 +65,18 @@ def check_writable(folder: str | os.PathLike) -> Path:
     if not existing.is_dir():
         raise WriteError(f"cannot write into {folder}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise WriteError(f"cannot write into {folder}: permission denied on {existing}")
+        raise WriteError(f"cannot write into {folder}: {_why_not_writable(existing)}")
     return folder
+
+
+def _why_not_writable(folder: Path) -> str:
+    """Why ``folder`` refuses writes: a read-only file system (a read-only mount: no permission helps), or
+    permissions."""
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        read_only = False
+    return f"{folder} is on a read-only file system" if read_only else f"permission denied on {folder}"
 
 
 def make_folder(folder: str | os.PathLike) -> Path:
@@ -79,7 +89,7 @@ def make_folder(folder: str | os.PathLike) -> Path:
     except OSError as error:
         raise WriteError(f"cannot create the folder {folder}: {error.strerror or error}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise WriteError(f"cannot write into {folder}: permission denied")
+        raise WriteError(f"cannot write into {folder}: {_why_not_writable(folder)}")
     return folder
 
 

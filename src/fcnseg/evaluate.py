@@ -28,7 +28,7 @@ from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import unwrap
 from fcnseg.data.collate import PadCollate
 from fcnseg.data.info import DatasetInfo
-from fcnseg.errors import ConfigError, DataError
+from fcnseg.errors import ConfigError, DataError, printable
 from fcnseg.inference import Forward, InferenceOptions, predict_labels, predict_probs
 from fcnseg.metrics import SCORE_KEYS, BinaryCurve, ConfusionMatrix, format_per_class, format_table
 from fcnseg.outputs import Outputs
@@ -192,7 +192,7 @@ def report_text(scores: dict, class_names: Sequence[str], title: str,
     text = format_table({title: scores}) + "\n\n" + format_per_class(scores, class_names)
     if "binary" in scores:
         curve, positive = scores["binary"], scores["binary"]["class"]
-        text += (f"\n\n{class_names[positive]}: max F {100 * curve['max_f']:.1f} (precision "
+        text += (f"\n\n{printable(class_names[positive])}: max F {100 * curve['max_f']:.1f} (precision "
                  f"{100 * curve['precision']:.1f}, recall {100 * curve['recall']:.1f}, at probability "
                  f"{curve['threshold']:.3f}); IoU {100 * scores['per_class_iou'][positive]:.1f}")
     for head in extra_heads:

@@ -79,9 +79,16 @@ def default_budget(device: torch.device | str = "cpu") -> int:
 
 
 def format_bytes(count: float) -> str:
-    if count >= 2**40:
-        return f"{count / 2**40:.1f} TB"
-    return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"
+    """A size for people, in the largest unit it reaches (``1 byte``, ``488 KB``, ``68 MB``, ``10.8 GB``): never
+    ``0 MB`` for a size that is not 0. Every size fcnseg prints goes through this."""
+    if count < 1024:
+        return "1 byte" if count == 1 else f"{count:.0f} bytes"
+    for unit in ("KB", "MB", "GB", "TB"):
+        count /= 1024
+        if count < 1024 or unit == "TB":
+            break
+    number = f"{count:.1f}".removesuffix(".0") if count < 100 else f"{count:.0f}"
+    return f"{number} {unit}"
 
 
 # forward_bytes hooks the layers of a shared, cached net: two estimates at once (fcnseg serve plans a request

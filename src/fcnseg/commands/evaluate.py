@@ -14,15 +14,17 @@ from fcnseg.commands.options import (
     add_max_memory,
     add_runtime,
     inference_options,
+    number,
     positive_int,
     yaml_flag,
 )
 from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.registry import DATASETS, build_dataset, dataset_options
-from fcnseg.errors import DataError
+from fcnseg.errors import DataError, printable
 from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
 from fcnseg.inference import InferenceOptions
 from fcnseg.outputs import RECORD, Outputs, folder_lock, refuse_if_held
+from fcnseg.ranges import NON_NEGATIVE_COUNT
 from fcnseg.runtime import Runtime, start
 
 
@@ -35,7 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="dataset reader")
     parser.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
-    parser.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
+    parser.add_argument("--workers", type=number(NON_NEGATIVE_COUNT), default=2,
+                        help="data loading processes (default: 2)")
     parser.add_argument("--out", type=Path, help="folder for metrics.json and confusion.png")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files in --out that an earlier fcnseg eval did not write")
@@ -60,8 +63,6 @@ def positive_class(info: DatasetInfo) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, score the split, print (and with --out write) the report."""
-    if args.workers < 0:
-        raise DataError(f"--workers must be >= 0, got {args.workers}")
     options = inference_options(args)
     outputs = None
     if args.out is not None:  # refused now, not after the evaluation
@@ -111,6 +112,6 @@ def _score(args: argparse.Namespace, segmenter: Segmenter, dataset: Dataset, dat
         text += f"\n\nwrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}"
     else:
         text = report_text(scores, info.class_names, title, info.extra_heads)
-    print(f"{args.dataset} {args.split}: {scores['num_images']} images")
-    print(text)
+    print(printable(f"{args.dataset} {args.split}: {scores['num_images']} images"))
+    print(printable(text, newlines=True))  # the tables escaped each name already; the title and paths too
     return 0

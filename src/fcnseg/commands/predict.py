@@ -48,7 +48,7 @@ from fcnseg.commands.options import (
 from fcnseg.data.hha import check_intrinsics
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import IMAGE_SUFFIXES, decode_image, leads_nowhere
-from fcnseg.errors import ConfigError, DataError, WriteError, listing
+from fcnseg.errors import ConfigError, DataError, WriteError, listing, printable
 from fcnseg.outputs import RECORD, Outputs, Shard, folder_lock, refuse_if_held, shard_lock
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
@@ -96,7 +96,7 @@ def _add_depth_options(parser: argparse.ArgumentParser) -> None:
     depth.add_argument("--hha", type=Path, help="HHA images instead of depth maps (a file, or a folder, as --depth)")
     depth.add_argument("--depth-scale", type=positive_float, default=0.001,
                        help="metres per unit of a depth image (default 0.001: millimetres, as NYUDv2's)")
-    depth.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
+    depth.add_argument("--intrinsics", type=positive_float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
                        help="the depth camera in pixels (principal point 1-based); default: NYUDv2's Kinect, for its "
                             "640x480 frames and the authors' 560x425 crops")
 
@@ -274,7 +274,7 @@ def _predict_all(args: argparse.Namespace, files: list[Path], segmenter: Segment
                 maps, probs = _segment(segmenter, image, str(path), args.probs, **companions[path])
             except DataError as exc:
                 failures.append((path, str(exc)))
-                bar.write(f"{shard}[{done}/{len(files)}] {path.name} FAILED: {exc}", file=sys.stderr)
+                bar.write(printable(f"{shard}[{done}/{len(files)}] {path.name} FAILED: {exc}"), file=sys.stderr)
                 bar.update(1)
                 continue
             for head, labels in zip(segmenter.info.heads, maps, strict=True):
@@ -282,8 +282,8 @@ def _predict_all(args: argparse.Namespace, files: list[Path], segmenter: Segment
                 write_outputs(outputs, stem, image, labels, head, args.opacity,
                               probs if head is segmenter.info else None, sources[path])
             if not is_quiet():
-                bar.write(f"{shard}[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "
-                          f"{time.perf_counter() - began:.2f} s", file=sys.stderr)
+                bar.write(printable(f"{shard}[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "
+                                    f"{time.perf_counter() - began:.2f} s"), file=sys.stderr)
             bar.update(1)
     return failures
 
@@ -373,13 +373,13 @@ def _report(failures: list[tuple[Path, str]], total: int, kept: int, inputs: int
         print(f"fcnseg predict: {who + ': ' if who else ''}{len(failures)} of {total} inputs could not be "
               "segmented:", file=sys.stderr)
         for path, message in failures:
-            print(f"  {path}: {message}", file=sys.stderr)
+            print(printable(f"  {path}: {message}"), file=sys.stderr)
         return 1
     if total == 0:  # more shards than inputs
         print(f"fcnseg predict: shard {shard} has none of the {inputs} inputs (shard I of N takes the inputs I, I+N, "
               "...): nothing to do", file=sys.stderr)
         return 0
     earlier = f" ({kept} of them written by an earlier run, and kept)" if kept else ""
-    print(f"fcnseg predict: {who + ' ' if who else ''}wrote results for {total} images to {out}{earlier}",
+    print(printable(f"fcnseg predict: {who + ' ' if who else ''}wrote results for {total} images to {out}{earlier}"),
           file=sys.stderr)
     return 0
