@@ -173,6 +173,7 @@ def test_predict_options_out_of_range(tiny_checkpoint, tmp_path, capsys, argv, n
     (["--max-upload-mb", "0"], ("--max-upload-mb", "0")),
     (["--port", "70000"], ("--port", "70000")),
     (["--port", "-1"], ("--port", "-1")),
+    (["--queue", "0"], ("--queue", "0")),
 ])
 def test_serve_options_out_of_range_are_refused_at_start_up(tiny_checkpoint, capsys, monkeypatch, argv, names):
     monkeypatch.setattr(serve_command, "make_server", lambda *a, **k: pytest.fail("it started serving"))
