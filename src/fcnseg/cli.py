@@ -14,6 +14,12 @@ while torch and the commands are imported (seconds); so this module imports noth
 commands and their libraries are imported inside :func:`main`. During those imports a first Ctrl+C is held
 until they end (:func:`_held_interrupt`): a KeyboardInterrupt raised inside them can abort the process
 (torch's C++ import code terminates on it) or be swallowed (a bare ``except`` around an optional import).
+
+Under torchrun every process runs :func:`main`: what a run prints once (tables, notes) comes from rank 0 only;
+the other ranks print only warnings and errors, and a process of several names itself in them (``fcnseg train:
+error: [rank 1 on HOST] ...``), so that a failure on one machine of many says where it happened. A process
+that loses contact with the others (one of them stopped or was killed, a machine was lost) says so in one line
+and exits with code 1: the process that stopped first says why, and torchrun stops or restarts the rest.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import re
 import signal
 import sys
 import threading
@@ -70,7 +77,7 @@ class _CommandHandler(logging.Handler):
 
     def __init__(self, command: str) -> None:
         super().__init__()
-        self.setFormatter(logging.Formatter(f"fcnseg {command.replace('%', '%%')}: %(message)s"))
+        self.setFormatter(logging.Formatter(f"fcnseg {command}: {_where()}".replace("%", "%%") + "%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         from fcnseg.progress import write  # tqdm: not imported before main() can answer Ctrl+C
@@ -91,7 +98,10 @@ def messages(command: str, quiet: bool) -> Iterator[None]:
     handler = _CommandHandler(command)
     saved = logger.level, logger.propagate
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    from fcnseg.runtime import is_main_process  # torch: not imported before main() can answer Ctrl+C
+
+    # Notes are the same on every rank under torchrun: rank 0's are enough.
+    logger.setLevel(logging.WARNING if quiet or not is_main_process() else logging.INFO)
     logger.propagate = False  # printed here; the root logger's handlers (if any) would print it again
     try:
         yield
@@ -99,6 +109,21 @@ def messages(command: str, quiet: bool) -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+def _where() -> str:
+    """``[rank R on HOST] `` in a process of several under torchrun, else nothing."""
+    from fcnseg.runtime import process_label  # torch: not imported before main() can answer Ctrl+C
+
+    label = process_label()
+    return f"[{label}] " if label else ""
+
+
+def _error_line(line: str) -> None:
+    """``line`` on stderr in one write: the processes of a torchrun run share one terminal (unbuffered), and
+    print's two writes (the text, then the newline) let their lines run into each other."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +176,20 @@ def _run(argv: list[str] | None) -> int:
             finish()
         return code
     except FcnsegError as error:
-        print(printable(f"fcnseg {args.command}: error: {user_message(error)}", newlines=True), file=sys.stderr)
+        _error_line(printable(f"fcnseg {args.command}: error: {_where()}{user_message(error)}", newlines=True))
         return 2
+    except RuntimeError as error:
+        from fcnseg.runtime import lost_contact
+
+        if not lost_contact(error):
+            raise
+        # gloo's message: "[/path/pair.cc:537] Read error [ADDRESS]: Connection reset by peer. This is ... GLHF!"
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", (str(error).strip() or type(error).__name__).splitlines()[0])
+        detail = detail.split(". ")[0]
+        _error_line(printable(f"fcnseg {args.command}: error: {_where()}lost contact with the other processes of the "
+                              f"run (one stopped, was killed or lost its machine; its own message, if any, is above): "
+                              f"{detail}"))
+        return 1
     finally:
         set_quiet(was_quiet)  # main() may be called again in the same process (tests, notebooks)
 

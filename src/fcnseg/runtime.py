@@ -9,9 +9,12 @@ oversubscribes the CPU (two busy processes with two threads each on two cores ru
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import socket
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +152,29 @@ def start(device: str | torch.device = "auto", threads: int | None = None, repro
         resolved = torch.device("cuda", local_rank)  # one GPU per process, by local rank
         torch.cuda.set_device(resolved)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+        store = _restart_store()
+        own = {"store": store, "rank": rank, "world_size": world_size} if store is not None else {}
+        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", **own)
     return Runtime(resolved, threads, rank, world_size, local_rank)
+
+
+def _restart_store() -> dist.Store | None:
+    """For a group that one torchrun restarted (one machine): torchrun's store under a name of this restart's own;
+    otherwise None (torch's default).
+
+    torchrun keeps one store for all its restarts, and the addresses the killed group left in it are read by the
+    restarted processes, which then fail to connect ("Connection refused") or hang: every restart failed so on
+    torch 2.13 (pytorch/pytorch#135712). One torchrun restarts every process of the group together, so its
+    restart count names the restart on every rank. Several machines' torchruns may count restarts differently
+    (a machine that joins later starts at 0): there, run the c10d rendezvous with
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, which gives each restart a new store (docs/distributed.md)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or restart_count() == 0:
+        return None
+    if os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE"):
+        return None
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(minutes=30))  # as torch's own: the slowest process may take long
+    return dist.PrefixStore(f"fcnseg/restart_{restart_count()}/", agent)
 
 
 def reproducible_cuda() -> None:
@@ -162,6 +186,69 @@ def reproducible_cuda() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any matmul
     torch.use_deterministic_algorithms(True, warn_only=True)
     warnings.filterwarnings("ignore", message="nll_loss2d_forward_out_cuda_template does not have a deterministic")
+
+
+def launched_rank() -> int | None:
+    """This process's rank when torchrun started it in a group of several (``RANK``, ``WORLD_SIZE``), else None;
+    known before the process group is joined."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Whether this process prints what a run prints once: a single process, or rank 0 under torchrun."""
+    return launched_rank() in (None, 0)
+
+
+def process_label() -> str:
+    """``rank R on HOST`` under torchrun with several processes (for messages that one process of many
+    prints), else empty."""
+    rank = launched_rank()
+    return "" if rank is None else f"rank {rank} on {socket.gethostname()}"
+
+
+# How gloo and NCCL report that a peer process went away (it stopped, was killed, or its machine was lost).
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "remote process exited",
+              "Connection refused")
+
+
+def lost_contact(error: BaseException) -> bool:
+    """Whether ``error`` is this process of several under torchrun losing contact with the others: not a bug of
+    its own, and the process that stopped first says why (torchrun stops or restarts the rest)."""
+    if launched_rank() is None or not isinstance(error, RuntimeError):
+        return False
+    return isinstance(error, dist.DistError) or any(sign in str(error) for sign in _LOST_PEER)
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this group of processes (``--max-restarts``); 0 on its first
+    start, and outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def launcher_id() -> str | None:
+    """Who started this process under torchrun: the torchrun agent (the parent process), by machine, boot, pid
+    and start time, which stay the same when the agent restarts its workers and differ between two launches
+    (hashed: checkpoints that keep it do not name machines); None outside torchrun."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    parent = os.getppid()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        started = Path(f"/proc/{parent}/stat").read_text().rpartition(")")[2].split()[19]  # field 22: start time
+    except (OSError, IndexError):  # not Linux: the pid alone
+        boot = started = "?"
+    return hashlib.sha256(f"{socket.gethostname()}/{boot}/{parent}/{started}".encode()).hexdigest()[:16]
+
+
+def broadcast_object(obj: Any, runtime: Runtime) -> Any:
+    """The main process's (rank 0's) ``obj``, on every rank (``obj`` itself in a single process)."""
+    if not runtime.distributed:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def gather_objects(obj: Any, runtime: Runtime) -> list[Any]:

@@ -12,6 +12,7 @@ import yaml
 from fcnseg.commands.options import add_dataclass_flags, add_quiet, yaml_problem
 from fcnseg.errors import ConfigError, printable
 from fcnseg.metrics import format_table
+from fcnseg.runtime import is_main_process
 from fcnseg.train import TrainConfig, train
 from fcnseg.train.folder import saved_config
 
@@ -56,6 +57,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     result = train(config)
+    if not is_main_process():  # under torchrun: the run's summary, once (rank 0's)
+        return 0
     if result["scores"]:
         print(format_table({f"{config.model} ({config.backbone})": result["scores"]}))
     print(printable(f"checkpoints: {result['last']} (last), {result['best']} (best)"))

@@ -2,7 +2,9 @@
 exactly the run that was started.
 
 * :func:`hold` locks the folder for the main process (another ``fcnseg train --out`` there is refused,
-  naming the holder) and removes temporary files a killed run left behind.
+  naming the holder) and removes temporary files a killed run left behind. Under torchrun rank 0 alone takes
+  the lock and writes the run's files; :func:`check_shared` then refuses a folder that some rank does not see
+  (a machine without the shared filesystem), since every rank reads ``last.pth`` to resume.
 * :func:`check_new_run`, before the folder is held, refuses for a new run a folder holding a run
   (``--resume`` or ``--overwrite``) or files fcnseg train did not write.
 * :func:`open_run`, before any data or model is built, clears what a new run replaces; with ``--resume``
@@ -15,20 +17,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import read_checkpoint
 from fcnseg.errors import ConfigError, TrainingError
 from fcnseg.outputs import Outputs, folder_lock
-from fcnseg.runtime import Runtime
+from fcnseg.runtime import Runtime, broadcast_object, gather_objects, process_label
 from fcnseg.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pth", "best.pth")
+SHARED_CHECK = ".fcnseg-shared-check"  # rank 0 writes it, every rank reads it back, rank 0 removes it
 NET_KEYS = ("model", "backbone", "width", "geometry", "learnable_upsampling")
 # Options a resumed run may change: they do not change what is computed.
 FREE_KEYS = {"iterations", "val_interval", "checkpoint_interval", "log_interval", "val_limit", "workers", "device",
@@ -41,8 +48,42 @@ def hold(config: TrainConfig, runtime: Runtime) -> Iterator[None]:
     if not runtime.is_main:
         yield
         return
-    with folder_lock(config.out, "fcnseg train", stale=RUN_FILES):
+    # The host too: on a shared filesystem the holder may run on another machine.
+    with folder_lock(config.out, f"fcnseg train on {socket.gethostname()}",
+                     stale=(*RUN_FILES, SHARED_CHECK)):
         yield
+
+
+def check_shared(config: TrainConfig, runtime: Runtime) -> None:
+    """Under torchrun: refuse, on every rank, a run folder that some rank does not see as rank 0 writes it.
+
+    Rank 0 (holding the folder) writes a token of its own (its host, pid and a random number) there; every
+    rank reads it back from its own ``--out`` (the same path, or another mount of the same folder) and says
+    what it saw; rank 0 removes the file. Every rank raises the same error, so none waits for another.
+    """
+    if not runtime.distributed:
+        return
+    path = Path(config.out) / SHARED_CHECK
+    token = f"{process_label()} pid {os.getpid()} {secrets.token_hex(8)}\n" if runtime.is_main else None
+    if runtime.is_main:
+        with atomic_open(path, "w") as handle:  # closed and synced: visible to NFS clients that open it next
+            handle.write(token)
+    token = broadcast_object(token, runtime)  # also waits for rank 0 to have written it
+    try:
+        seen = path.read_text() == token
+    except OSError:
+        seen = False
+    views = gather_objects((process_label(), str(Path(config.out).resolve()), seen), runtime)
+    if runtime.is_main:
+        path.unlink(missing_ok=True)
+    blind = [(label, folder) for label, folder, saw in views if not saw]
+    if blind:
+        main, folder = views[0][:2]
+        others = f" (and {len(blind) - 1} more process(es))" if len(blind) > 1 else ""
+        raise TrainingError(f"the run folder is not shared: {main} writes the run into {folder}, but {blind[0][0]} "
+                            f"does not see it in {blind[0][1]}{others}. Rank 0 writes the checkpoints and every "
+                            "rank reads last.pth to resume: give --out a folder that every machine sees, on a "
+                            "shared filesystem (NFS, Lustre, ...)")
 
 
 def saved_config(out: str | Path) -> dict[str, Any] | None:

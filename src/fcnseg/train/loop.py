@@ -17,8 +17,9 @@ from fcnseg.runtime import keep_freed_memory, start
 from fcnseg.train.budget import check_step_memory, configured_budget
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import micro_batches
+from fcnseg.train.elastic import after_restart, killed_for_a_test
 from fcnseg.train.ema import update_ema
-from fcnseg.train.folder import check_new_run, finished, hold, open_run
+from fcnseg.train.folder import check_new_run, check_shared, finished, hold, open_run
 from fcnseg.train.log import RunLog
 from fcnseg.train.run import Run, balanced_loss_weights, build_run, segmentation_loss
 from fcnseg.train.state import restore, save_best, save_last, write_config
@@ -31,16 +32,19 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Before iteration 1: the run folder is locked and checked (:mod:`fcnseg.train.folder`), and both
     splits are read once (:func:`fcnseg.data.check.check_dataset`), so bad data costs no training time.
+    Under torchrun, a restart after a process died continues the run (:mod:`fcnseg.train.elastic`).
     """
     configured_budget(config)  # a max_memory that is not a size is refused before the run folder is touched
     runtime = start(config.device, config.threads, reproducible=True)  # resume is exact on GPUs too
     keep_freed_memory()  # the same buffers every step: reused, not mapped and zero-filled again
+    config = after_restart(config, runtime)
     replaced: list[Path] = []
     if not config.resume:  # before the lock file is made: a refused folder stays as it was
         if runtime.is_main:
             refuse_if_held(config.out)
         replaced = check_new_run(config)  # every rank: each stops here rather than wait for a main that stopped
     with hold(config, runtime):
+        check_shared(config, runtime)
         resumed = open_run(config, runtime, replaced)
         if resumed is not None and finished(resumed, config):
             return {"scores": {}, "best_mean_iu": resumed["best_mean_iu"], "last": str(Path(config.out) / "last.pth"),
@@ -93,6 +97,7 @@ def run_iterations(run: Run, log: RunLog) -> dict[str, Any]:
             save_best(run, scores["mean_iu"])
         if _due(run, config.checkpoint_interval):
             save_last(run)
+        killed_for_a_test(run.runtime.rank, run.iteration)
         if run.iteration >= config.iterations:
             return scores
     raise AssertionError("micro_batches is endless")

@@ -20,7 +20,7 @@ import yaml
 from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import model_checkpoint, write_checkpoint
 from fcnseg.errors import WriteError
-from fcnseg.runtime import gather_objects
+from fcnseg.runtime import gather_objects, launcher_id
 from fcnseg.train.folder import left_after_a_failed_write
 from fcnseg.train.run import Run
 
@@ -69,12 +69,15 @@ def restore(run: Run, state: dict[str, Any]) -> None:
 
 
 def save_last(run: Run) -> None:
-    """Write ``last.pth``; every process contributes its RNG states, the main process writes."""
-    rngs = gather_objects(rng_state(), run.runtime)
+    """Write ``last.pth``; every process contributes its RNG states (and under torchrun the agent that started
+    it, which tells a restart of this run from another run: :mod:`fcnseg.train.elastic`), the main process
+    writes."""
+    gathered = gather_objects((rng_state(), launcher_id()), run.runtime)
     if run.runtime.is_main:
         state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "scaler": run.scaler.state_dict(), "iteration": run.iteration, "best_mean_iu": run.best_mean_iu,
-                 "rng": rngs, "config": run.config.to_dict()}
+                 "rng": [rng for rng, _ in gathered], "config": run.config.to_dict(),
+                 "launchers": sorted({agent for _, agent in gathered if agent is not None})}
         if run.ema is not None:
             state["train_state_dict"] = run.model.state_dict()
         with _checkpoint_write(run):
