@@ -240,7 +240,7 @@ def test_cli_glob_input_and_no_probs_by_default(checkpoint, tmp_path):
         write_png(tmp_path / name, scene(seed))
     out = tmp_path / "out"
     assert cli([checkpoint, str(tmp_path / "x*.png"), "--out", out, "--batch-size", "2"]) == 0
-    assert sorted(p.name for p in out.iterdir() if p.name != ".fcnseg-outputs.json") == sorted(
+    assert sorted(p.name for p in out.iterdir() if p.name not in (".fcnseg-outputs.json", ".fcnseg.lock")) == sorted(
         f"{stem}_{kind}.png" for stem in ("x1", "x2") for kind in ("mask", "overlay", "side_by_side", "legend"))
 
 

@@ -2,9 +2,15 @@ import base64
 import http.client
 import io
 import json
+import os
+import re
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -13,11 +19,12 @@ from PIL import Image
 
 from fcnseg import viz
 from fcnseg.api import load
-from fcnseg.cli import build_parser
+from fcnseg.cli import build_parser, main
 from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.data.io import read_image
 from fcnseg.data.synthetic import render_scene
-from fcnseg.serve import make_server
+from fcnseg.inference import InferenceOptions
+from fcnseg.serve import HostRule, SegmentServer, make_server
 
 from .helpers import refused
 
@@ -38,6 +45,7 @@ class Running:
 
     def __init__(self, segmenter, **options):
         self.server = make_server(segmenter, quiet=True, **options)
+        self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
@@ -68,14 +76,22 @@ def running(segmenter):
 
 
 class FakeSegmenter:
-    """Labels from a function of the image: no model needed for the request-handling tests."""
+    """Labels from a function of the image: no model needed for the request-handling tests. ``calls`` counts
+    predictions; with ``gate``, each prediction sets ``entered`` and waits for the gate to open."""
 
     info = SYNTHETIC_ROADS
 
-    def __init__(self, labels=lambda image: (image[:, :, 0] > 127).astype(np.uint8)):
+    def __init__(self, labels=lambda image: (image[:, :, 0] > 127).astype(np.uint8), gate=None):
         self.labels = labels
+        self.calls = 0
+        self.gate = gate
+        self.entered = threading.Event()
 
-    def predict(self, image):
+    def predict(self, image, on_forward=None):
+        self.calls += 1
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(30)
         return self.labels(image)
 
 
@@ -98,15 +114,19 @@ def test_default_host_is_loopback():
     finally:
         server.server_close()
     args = build_parser().parse_args(["serve", "model.pth"])
-    assert (args.host, args.port, args.max_upload_mb, args.device) == ("127.0.0.1", 8000, 20.0, "auto")
+    assert (args.host, args.port, args.max_upload_mb, args.device, args.queue) == ("127.0.0.1", 8000, 20.0, "auto", 16)
 
 
 def test_page_and_script(running):
     status, response, page = running.request("GET", "/")
     assert status == 200 and response.getheader("Content-Type") == "text/html; charset=utf-8"
     for element in (b'<script src="/app.js">', b'id="file"', b'id="overlay"', b'id="opacity"', b'id="legend"',
-                    b'id="download"', b'id="error"'):
+                    b'id="download"', b'id="error"', b'id="sample"', b'id="view-mask"', b'id="view-side"',
+                    b'id="pointer"', b'id="intro"'):
         assert element in page
+    status, response, sample = running.request("GET", "/sample.png")  # the image the empty page offers
+    assert status == 200 and response.getheader("Content-Type") == "image/png"
+    assert Image.open(io.BytesIO(sample)).size == (160, 128)
     status, response, script = running.request("GET", "/app.js")
     assert status == 200 and response.getheader("Content-Type").startswith("text/javascript")
     assert b'"/api/segment"' in script and b'"/api/info"' in script
@@ -121,6 +141,7 @@ def test_info(running, segmenter):
     assert [c["name"] for c in info["classes"]] == list(SYNTHETIC_ROADS.class_names)
     assert info["classes"][2]["color"] == "#804080"  # road (128, 64, 128)
     assert info["model"] == json.loads(json.dumps(segmenter.config))  # the architecture, as JSON has it
+    assert info["model_name"] == "fcn8s (vgg16)"
     assert info["normalization"] == "imagenet" and info["device"] == "cpu"
     assert info["max_upload_bytes"] == 20 * 2**20
 
@@ -138,6 +159,9 @@ def test_segment_png_matches_predict(running, segmenter):
     assert mask.getpalette()[: 3 * 8] == list(np.asarray(SYNTHETIC_ROADS.palette).ravel())
     np.testing.assert_array_equal(np.asarray(decode(result["color_png"])), viz.colorize(expected, SYNTHETIC_ROADS))
     np.testing.assert_array_equal(np.asarray(decode(result["image_png"])), image)
+    labels = decode(result["labels_png"])  # what the page reads the class under the pointer from
+    assert labels.mode == "L"
+    np.testing.assert_array_equal(np.asarray(labels), expected)
 
     counts = np.bincount(expected.ravel(), minlength=8)
     assert len(np.flatnonzero(counts)) >= 2, "the test model should predict several classes"
@@ -199,15 +223,10 @@ def test_oversize_upload_is_refused_and_the_server_carries_on():
         running.close()
 
 
-def test_missing_content_length_is_refused(fake):
-    with socket.create_connection(fake.server.server_address[:2], timeout=10) as sock:
-        sock.sendall(b"POST /api/segment HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        reply = b""
-        while chunk := sock.recv(4096):
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 411")
-    assert "Content-Length" in json.loads(body)["error"]
+def test_a_post_without_a_body_is_an_empty_upload(fake):
+    # No Content-Length and no Transfer-Encoding: an HTTP/1.1 request body of length 0 (was a 411 of our own).
+    status, _, result = fake.request("POST", "/api/segment", b"")
+    assert status == 400 and "empty" in result["error"]
 
 
 def png_header_only(width, height):
@@ -278,4 +297,354 @@ def test_cli_reports_a_busy_port(checkpoint, capsys):
         busy.listen()
         port = busy.getsockname()[1]
         refused(capsys, ["serve", checkpoint, "--port", port], f"127.0.0.1:{port}")  # the address that is taken
-    refused(capsys, ["serve", checkpoint, "--max-upload-mb", "0"], "--max-upload-mb", "positive")
+    # --max-upload-mb 0 (a usage error now, as every value out of an option's range): test_hostile_options.py
+
+
+# --- who may use it: Host and Origin ----------------------------------------------------------------------------
+
+
+def raw(server, data, timeout=10):
+    """Everything the server sends back on one connection for ``data``, up to the server closing it (a server
+    that keeps the connection open makes this raise TimeoutError)."""
+    with socket.create_connection(server.server_address[:2], timeout=timeout) as sock:
+        sock.sendall(data)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_a_foreign_host_is_refused_before_any_work():
+    fake = FakeSegmenter()
+    running = Running(fake)
+    port, png = running.port, encode(np.zeros((4, 5, 3), np.uint8))
+    try:
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}"):
+            status, _, _ = running.request("GET", "/api/info", headers={"Host": host})
+            assert status == 200, host
+        # DNS rebinding: a page of evil.example.com whose name now points at 127.0.0.1 sends its own name.
+        for host in ("evil.example.com", f"evil.example.com:{port}", f"127.0.0.1:{port + 1}", "localhost",
+                     f"127.0.0.1.evil.example:{port}", ""):
+            for method, path, body in (("GET", "/api/info", None), ("GET", "/", None), ("POST", "/api/segment", png)):
+                status, response, result = running.request(method, path, body, headers={"Host": host})
+                assert status == 421 and "DNS rebinding" in result["error"], (host, path)
+                assert f"localhost:{port}" in result["error"] and response.getheader("Connection") == "close"
+        assert fake.calls == 0
+        # HTTP/1.0 allows a request without Host: it names no allowed host either.
+        assert raw(running.server, b"GET /api/info HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 421")
+    finally:
+        running.close()
+
+
+def test_host_rule_for_a_named_host_and_for_all_interfaces(monkeypatch):
+    named = HostRule("mybox.lan", 8000)
+    assert named.allows("mybox.lan:8000") and named.allows("MyBox.lan:8000") and named.allows("127.0.0.1:8000")
+    assert not named.allows("192.168.1.20:8000") and not named.allows("other.lan:8000")
+    monkeypatch.setattr(socket, "gethostname", lambda: "workstation")
+    everywhere = HostRule("0.0.0.0", 8000)  # any IP address: rebinding needs a name, never an address
+    for host in ("192.168.1.20:8000", "[fe80::1]:8000", "workstation:8000", "localhost:8000"):
+        assert everywhere.allows(host), host
+    for host in ("evil.example.com:8000", "192.168.1.20:8001", "192.168.1.20", "0.0.0.0.evil:8000"):
+        assert not everywhere.allows(host), host
+    assert HostRule("127.0.0.1", 80).allows("localhost") and not HostRule("127.0.0.1", 81).allows("localhost")
+    assert HostRule("::1", 8000).allows("[::1]:8000")
+
+
+def test_a_post_from_a_foreign_origin_is_refused():
+    fake = FakeSegmenter()
+    running = Running(fake)
+    port, png = running.port, encode(np.zeros((4, 5, 3), np.uint8))
+    try:
+        for origin in ("http://evil.example.com", "null", f"https://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}",
+                       "http://localhost"):
+            status, response, result = running.request("POST", "/api/segment", png, {"Origin": origin})
+            assert status == 403 and origin in result["error"], origin
+            assert response.getheader("Connection") == "close"
+        assert fake.calls == 0  # nothing decoded, nothing computed
+        for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):  # the page itself
+            status, _, result = running.request("POST", "/api/segment", png, {"Origin": origin})
+            assert status == 200 and result["width"] == 5
+        # Reading is left to the browser: no CORS header, so a foreign page cannot read the answer.
+        status, response, _ = running.request("GET", "/api/info", headers={"Origin": "http://evil.example.com"})
+        assert status == 200 and response.getheader("Access-Control-Allow-Origin") is None
+    finally:
+        running.close()
+
+
+# --- HTTP framing ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [
+    b"Content-Length: abc", b"Content-Length: 0\r\nContent-Length: 44", b"Content-Length: 0, 44",
+    b"Content-Length: +0", b"Content-Length: 0_0", b"Content-Length: -0", b"Content-Length: 0x0",
+    b"Content-Length: 0\r\nTransfer-Encoding: chunked", b"Transfer-Encoding: gzip, chunked",
+], ids=["letters", "conflicting", "conflicting-list", "plus", "underscore", "minus", "hex", "length-and-chunked",
+        "gzip-chunked"])
+def test_bad_framing_is_a_400_and_the_connection_closes(fake, headers):
+    host = f"Host: 127.0.0.1:{fake.port}\r\n".encode()
+    # The body is a request of its own: a server that reads the length as 0 (Python's int() takes "+0", "0_0",
+    # "-0"; the first of two headers) or answers 400 and reads on would answer it too (request smuggling).
+    smuggled = b"GET /api/info HTTP/1.1\r\n" + host + b"\r\n"
+    reply = raw(fake.server, b"POST /api/segment HTTP/1.1\r\n" + host + headers + b"\r\n\r\n" + smuggled)
+    assert reply.startswith(b"HTTP/1.1 400") and reply.count(b"HTTP/1.1 ") == 1, reply  # raw() saw the close
+
+
+def test_identical_duplicate_lengths_are_one_length_and_keep_alive_works(fake):
+    # RFC 9110 8.6 lets a recipient take identical Content-Length values as one: no ambiguity to smuggle through.
+    host = f"Host: 127.0.0.1:{fake.port}\r\n".encode()
+    request = (b"POST /api/segment HTTP/1.1\r\n" + host + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
+               b"GET /api/info HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n")
+    reply = raw(fake.server, request)
+    assert reply.startswith(b"HTTP/1.1 400") and b"not an image" in reply  # "hello" was the body
+    assert reply.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200" in reply  # then the next request on the connection
+
+
+def chunked(data, size):
+    return b"".join(b"%x\r\n%s\r\n" % (len(data[i:i + size]), data[i:i + size]) for i in range(0, len(data), size)) \
+        + b"0\r\n\r\n"
+
+
+def test_chunked_uploads_are_read_and_counted():
+    running = Running(FakeSegmenter(), max_upload_bytes=2000)
+    host = f"Host: 127.0.0.1:{running.port}\r\n".encode()
+    head = b"POST /api/segment HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    try:
+        png = encode(np.zeros((6, 7, 3), np.uint8))
+        reply = raw(running.server, head + chunked(png, 10))
+        assert reply.startswith(b"HTTP/1.1 200") and b'"width": 7' in reply
+        # No Content-Length to check first: the body is counted as it arrives and refused past the limit.
+        reply = raw(running.server, head + chunked(b"x" * 3000, 500))
+        assert reply.startswith(b"HTTP/1.1 413") and b"--max-upload-mb" in reply
+    finally:
+        running.close()
+
+
+# --- bounded work: queue, memory, clients that go away -------------------------------------------------------------
+
+
+def wait_for(condition, what, seconds=30):
+    """Poll ``condition`` (not a timing assertion: a deadline against hanging forever)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+    running = Running(FakeSegmenter(), queue=1)
+    png = encode(np.zeros((6, 7, 3), np.uint8))
+    try:
+        with socket.create_connection(running.server.server_address[:2], timeout=30) as slow:
+            slow.sendall(b"POST /api/segment HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n" % (running.port, len(png)) + png[:10])
+            wait_for(lambda: len(running.server.admission.jobs) == 1, "the slow upload to be let in")
+            status, response, result = running.request("POST", "/api/segment", png)
+            assert status == 503 and "--queue" in result["error"]
+            assert int(response.getheader("Retry-After")) >= 1
+            slow.sendall(png[10:])  # the one let in is answered in full
+            reply = b""
+            while chunk := slow.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and b'"width": 7' in reply
+        status, _, _ = running.request("POST", "/api/segment", png)
+        assert status == 200 and running.server.admission.jobs == []
+    finally:
+        running.close()
+
+
+def test_memory_is_charged_per_request_against_the_budget():
+    gate = threading.Event()
+    fake = FakeSegmenter(gate=gate)
+    png = encode(np.zeros((64, 64, 3), np.uint8))
+    # A 64x64 upload is charged about 110 kB (decoded image, answer, upload): one fits in 150 kB, two do not.
+    running = Running(fake, max_memory=150_000)
+    try:
+        first = []
+        worker = threading.Thread(target=lambda: first.append(running.request("POST", "/api/segment", png)))
+        worker.start()
+        assert fake.entered.wait(30)
+        status, response, result = running.request("POST", "/api/segment", png)
+        assert status == 503 and "--max-memory" in result["error"] and int(response.getheader("Retry-After")) >= 1
+        gate.set()
+        worker.join(30)
+        assert first[0][0] == 200 and fake.calls == 1  # the refused one was never decoded nor predicted
+    finally:
+        gate.set()
+        running.close()
+    # A chunked upload has no length to charge up front: it is charged as it arrives, not as the largest upload.
+    chunked_fits = Running(FakeSegmenter(), max_memory=150_000)
+    head = b"POST /api/segment HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nTransfer-Encoding: chunked\r\nConnection: close" \
+           b"\r\n\r\n" % chunked_fits.port
+    try:
+        assert raw(chunked_fits.server, head + chunked(png, 100)).startswith(b"HTTP/1.1 200")
+    finally:
+        chunked_fits.close()
+    small = Running(FakeSegmenter(), max_memory=50_000)  # too little for this image even alone: 413, not 503
+    try:
+        status, _, result = small.request("POST", "/api/segment", png)
+        assert status == 413 and "--max-memory" in result["error"]
+    finally:
+        small.close()
+
+
+def test_a_client_that_goes_away_stops_its_work(checkpoint):
+    # 12 windows of 32x32 over a 64x96 image; the net's first forward pass waits for the test's go.
+    segmenter = load(checkpoint, device="cpu", options=InferenceOptions(mode="slide", window=(32, 32)))
+    go, entered = threading.Event(), threading.Event()
+    handle = segmenter.model.register_forward_pre_hook(lambda module, args: (entered.set(), go.wait(30)) and None)
+    running = Running(segmenter)
+    server, png = running.server, encode(render_scene(5, 64, 96)[0])
+    request = b"POST /api/segment HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %d\r\n\r\n" % (running.port,
+                                                                                                  len(png)) + png
+    try:
+        first = socket.create_connection(server.server_address[:2], timeout=30)
+        first.sendall(request)
+        assert entered.wait(30)  # computing its first window
+        second = socket.create_connection(server.server_address[:2], timeout=30)
+        second.sendall(request)  # waits for its turn
+        wait_for(lambda: len(server.admission.jobs) == 2, "the second request to be let in")
+        first.close()
+        second.close()
+        wait_for(lambda: server.counters["went_away"] == 1, "the waiting one to be dropped")
+        wait_for(lambda: all(job.cancel.is_set() for job in server.admission.jobs), "the first one's disconnect")
+        go.set()  # the first window finishes; the next one is never started
+        wait_for(lambda: server.counters["went_away"] == 2, "the computing one to stop")
+        assert server.counters["forward_passes"] == 1 and server.admission.jobs == []
+        status, _, result = running.request("POST", "/api/segment", png)  # a client that stays gets all 12
+        assert status == 200 and server.counters["forward_passes"] == 1 + 12
+    finally:
+        go.set()
+        handle.remove()
+        running.close()
+
+
+def test_on_forward_runs_before_every_pass_and_can_stop_the_work(segmenter):
+    image = render_scene(6, 64, 96)[0]
+    calls = []
+    labels = segmenter.predict(image, mode="slide", window=(32, 32), on_forward=lambda: calls.append(1))
+    assert len(calls) == 12
+    np.testing.assert_array_equal(labels, segmenter.predict(image, mode="slide", window=(32, 32)))
+    calls.clear()
+    segmenter.predict(image, flip=True, on_forward=lambda: calls.append(1))
+    assert len(calls) == 2  # whole image, and its mirror
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_third():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Stop
+
+    calls.clear()
+    with pytest.raises(Stop):
+        segmenter.predict(image, mode="slide", window=(32, 32), on_forward=stop_at_third)
+    assert len(calls) == 3
+
+
+def memory_kb(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def test_fifty_uploads_at_once_are_answered_or_503_within_the_memory_budget(segmenter):
+    # Each upload is charged about 65 MB (mostly fcnseg.memory's fixed 64 MB of library buffers): 3 fit in 200 MB.
+    budget = 200 * 2**20
+    running = Running(segmenter, max_memory=budget, queue=8)
+    images = [render_scene(seed, 64, 64)[0] for seed in range(5)]
+    bodies, expected = [encode(image) for image in images], [segmenter.predict(image) for image in images]
+    # The first forward pass waits until the server has refused someone: the 50 arrive while it computes.
+    handle = segmenter.model.register_forward_pre_hook(
+        lambda module, args: wait_for(lambda: running.server.counters["busy"] > 0, "a refusal") or None)
+    answers = [None] * 50
+
+    def upload(index):
+        connection = http.client.HTTPConnection(*running.server.server_address[:2], timeout=120)
+        try:
+            connection.request("POST", "/api/segment", bodies[index % 5], {"Content-Type": "image/png"})
+            response = connection.getresponse()
+            answers[index] = (response.status, response.getheader("Retry-After"), json.loads(response.read()))
+        except Exception as error:  # noqa: BLE001 - a lost request is a test failure, shown below
+            answers[index] = (error, None, None)
+        finally:
+            connection.close()
+
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # VmHWM starts again from the current RSS (Linux)
+        before = memory_kb("VmRSS") * 1024
+        threads = [threading.Thread(target=upload, args=(i,)) for i in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        peak = memory_kb("VmHWM") * 1024
+    finally:
+        handle.remove()
+        running.close()
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) == {200, 503}, statuses  # every one answered, some of each
+    for index, (status, retry_after, result) in enumerate(answers):
+        if status == 200:
+            np.testing.assert_array_equal(np.asarray(decode(result["mask_png"])), expected[index % 5])
+        else:
+            assert int(retry_after) >= 1 and "--max-memory" in result["error"] or "--queue" in result["error"]
+    assert running.server.admission.jobs == []
+    # The margin stated: the process as it was before the uploads; what they added stays within the budget.
+    assert peak - before <= budget, (peak - before) / 2**20
+
+
+def test_cli_warns_when_listening_beyond_this_machine(checkpoint, capsys, monkeypatch):
+    def interrupted(self, poll_interval=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SegmentServer, "serve_forever", interrupted)
+    for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
+        assert main(["serve", str(checkpoint), "--host", host, "--port", "0"]) == 0
+        captured = capsys.readouterr()
+        assert "stopped" in captured.out and ("no authentication" in captured.err) == warned, captured.err
+    # --queue 0: a usage error, as every value out of an option's range (test_hostile_options.py)
+
+
+def test_cli_serves_until_ctrl_c(checkpoint):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "fcnseg.cli", "serve", str(checkpoint), "--port", "0",
+                                "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", process.stdout.readline()).group(0)
+        connection = http.client.HTTPConnection(url[len("http://"):-1], timeout=30)
+        connection.request("POST", "/api/segment", encode(render_scene(1, 32, 40)[0]))
+        assert connection.getresponse().status == 200
+        connection.close()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "stopped" in out and "Traceback" not in err, err
+    assert '"POST /api/segment" 200' in err  # one line per request, through fcnseg's log
+
+
+def test_memory_estimates_in_two_threads_do_not_mix():
+    # The server plans a request's memory in the event loop's thread while the worker's predict plans its own:
+    # both run fcnseg.memory.forward_bytes, which hooks the layers of one cached meta-device net.
+    from fcnseg.memory import _meta_model, forward_bytes
+    from fcnseg.models import ModelSpec
+
+    spec = ModelSpec("fcn8s", "vgg16", num_classes=8, width=1 / 16, geometry="fast")
+    small, large = forward_bytes(spec, 1, 64, 64), forward_bytes(spec, 1, 640, 640)
+    meta, other = _meta_model(spec), []
+
+    def run_the_other_one_meanwhile(module, args):
+        if not other:  # inside the small estimate's forward pass: the large one starts in another thread
+            other.append(None)
+            thread = threading.Thread(target=lambda: other.append(forward_bytes(spec, 1, 640, 640)))
+            thread.start()
+            thread.join(1.0)  # with the estimates serialised it waits for this one to finish: no result yet
+
+    handle = next(meta.modules()).register_forward_pre_hook(run_the_other_one_meanwhile)
+    try:
+        assert forward_bytes(spec, 1, 64, 64) == small
+    finally:
+        handle.remove()
+    wait_for(lambda: len(other) == 2, "the other estimate")
+    assert other[1] == large

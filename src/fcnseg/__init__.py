@@ -7,14 +7,18 @@ Every error a user can fix is a :class:`fcnseg.FcnsegError` (see :mod:`fcnseg.er
 """
 
 from fcnseg.errors import FcnsegError
-from fcnseg.models import BACKBONES, MODELS, ModelSpec, build_model
 
 __version__ = "0.1.0"
 __all__ = ["BACKBONES", "MODELS", "FcnsegError", "ModelSpec", "Segmenter", "build_model", "load", "__version__"]
 
 
 def __getattr__(name: str):
-    # The inference API imports PIL and the data readers: load it on first use, not at `import fcnseg`.
+    # torch, PIL and the data readers load on first use, not at `import fcnseg`: the command line imports this
+    # package before it can answer Ctrl+C (fcnseg.cli), and `import fcnseg.errors` stays light.
+    if name in ("BACKBONES", "MODELS", "ModelSpec", "build_model"):
+        from fcnseg import models
+
+        return getattr(models, name)
     if name in ("load", "Segmenter"):
         from fcnseg import api
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.hha import hha_from_depth, intrinsics_for
 from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image, read_depth
-from fcnseg.errors import ConfigError, DataError, WeightsError
+from fcnseg.errors import ConfigError, DataError, WeightsError, require_model_file
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
 from fcnseg.memory import default_budget, fit
 from fcnseg.models.spec import ModelSpec
@@ -119,7 +118,8 @@ class Segmenter:
         return np.uint8 if max(self.info.head_classes) <= 256 else np.int64
 
     def predict(self, image: ImageSource | None, name: str | None = None, depth: DepthSource | None = None,
-                hha: ImageSource | None = None, **options: Any) -> np.ndarray:
+                hha: ImageSource | None = None, on_forward: Callable[[], None] | None = None,
+                **options: Any) -> np.ndarray:
         """The HxW label map of one image (uint8 up to 256 classes, else int64); of its first head for a net
         with several (:meth:`predict_heads` gives them all).
 
@@ -127,9 +127,12 @@ class Segmenter:
         a net that reads only depth). ``depth``: for nets that read it, a depth map (an image file of depth
         values, ``depth_scale`` metres per unit, or an HxW array of metres) or ``hha``: its HHA image.
         ``options``: fields of :class:`~fcnseg.inference.InferenceOptions` for this call (mode, window,
-        overlap, flip, scales, batch_size, bf16). ``name`` names the image in notes and errors.
+        overlap, flip, scales, batch_size, bf16). ``name`` names the image in notes and errors. ``on_forward``
+        is called before each forward pass of the net (one per window in slide mode, per flip and scale); what
+        it raises stops the prediction there (``fcnseg serve`` stops the work of a client that went away).
         """
-        return self.predict_batch([image], names=[name] if name else None, depths=[depth], hhas=[hha], **options)[0]
+        return self.predict_batch([image], names=[name] if name else None, depths=[depth], hhas=[hha],
+                                  on_forward=on_forward, **options)[0]
 
     def predict_heads(self, image: ImageSource | None, name: str | None = None, depth: DepthSource | None = None,
                       hha: ImageSource | None = None, **options: Any) -> dict[str, np.ndarray]:
@@ -171,9 +174,10 @@ class Segmenter:
 
     def predict_batch(self, images: Sequence[ImageSource | None], names: Sequence[str] | None = None,
                       depths: Sequence[DepthSource | None] | None = None,
-                      hhas: Sequence[ImageSource | None] | None = None, **options: Any) -> list[np.ndarray]:
+                      hhas: Sequence[ImageSource | None] | None = None, on_forward: Callable[[], None] | None = None,
+                      **options: Any) -> list[np.ndarray]:
         """The label maps of several images, in order (of the first head, for a net with several).
-        ``depths`` / ``hhas``: one per image, for nets that read depth (see :meth:`predict`).
+        ``depths`` / ``hhas``: one per image, for nets that read depth; ``on_forward``: see :meth:`predict`.
 
         Images of equal size go through the network together, ``batch_size`` at a time; images of
         different sizes are never padded together (padding would change the predictions near borders).
@@ -186,10 +190,13 @@ class Segmenter:
         if not len(images) == len(depths) == len(hhas):
             raise ConfigError(f"{len(images)} images but {len(depths)} depth maps and {len(hhas)} HHA images")
         arrays = [self._decode(*sources) for sources in zip(images, depths, hhas, names, strict=True)]
-        return [labels if labels.ndim == 2 else labels[0] for labels in self._label_maps(arrays, names, chosen)]
+        maps = self._label_maps(arrays, names, chosen, on_forward)
+        return [labels if labels.ndim == 2 else labels[0] for labels in maps]
 
-    def _label_maps(self, arrays: list[np.ndarray], names: list[str], chosen: InferenceOptions) -> list[np.ndarray]:
+    def _label_maps(self, arrays: list[np.ndarray], names: list[str], chosen: InferenceOptions,
+                    on_forward: Callable[[], None] | None = None) -> list[np.ndarray]:
         """HxW label maps (K x H x W for K heads) of decoded images, equal sizes batched together."""
+        forward = self.scores if on_forward is None else _after(on_forward, self.scores)
         groups: dict[tuple[int, int], list[int]] = {}
         for index, array in enumerate(arrays):
             groups.setdefault(array.shape[:2], []).append(index)
@@ -199,7 +206,7 @@ class Segmenter:
                 for start in range(0, len(indices), chosen.batch_size):
                     chunk = indices[start:start + chosen.batch_size]
                     planned = self.plan(len(chunk), *arrays[chunk[0]].shape[:2], chosen, name=names[chunk[0]])
-                    labels = predict_labels(self.scores, self._tensor([arrays[i] for i in chunk]), planned,
+                    labels = predict_labels(forward, self._tensor([arrays[i] for i in chunk]), planned,
                                             heads=self.info.head_classes)
                     for i, label in zip(chunk, labels.cpu().numpy().astype(self.label_dtype), strict=True):
                         results[i] = label
@@ -260,6 +267,15 @@ def check_same_frame(colour: Sequence[int], depth: Sequence[int], name: str) -> 
                         "same frame")
 
 
+def _after(first: Callable[[], None], forward: Forward) -> Forward:
+    """``forward`` that calls ``first()`` before each pass."""
+    def checked(x: torch.Tensor) -> torch.Tensor:
+        first()
+        return forward(x)
+
+    return checked
+
+
 def _name(image: ImageSource | None) -> str:
     return f"image {image}" if isinstance(image, str | os.PathLike) else "the image"
 
@@ -274,9 +290,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: 
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"model file not found: {path}")
+    path = require_model_file(path)
     kind = file_kind(path)
     if backend != "auto" and (kind == "onnx") != (backend == "onnxruntime"):
         raise ConfigError(f"{path} is {'an ONNX model' if kind == 'onnx' else 'not an ONNX model'}, so --backend "

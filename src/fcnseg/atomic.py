@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -66,8 +65,18 @@ def check_writable(folder: str | os.PathLike) -> Path:
     if not existing.is_dir():
         raise WriteError(f"cannot write into {folder}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise WriteError(f"cannot write into {folder}: permission denied on {existing}")
+        raise WriteError(f"cannot write into {folder}: {_why_not_writable(existing)}")
     return folder
+
+
+def _why_not_writable(folder: Path) -> str:
+    """Why ``folder`` refuses writes: a read-only file system (a read-only mount: no permission helps), or
+    permissions."""
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows)
+        read_only = False
+    return f"{folder} is on a read-only file system" if read_only else f"permission denied on {folder}"
 
 
 def make_folder(folder: str | os.PathLike) -> Path:
@@ -80,16 +89,19 @@ def make_folder(folder: str | os.PathLike) -> Path:
     except OSError as error:
         raise WriteError(f"cannot create the folder {folder}: {error.strerror or error}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise WriteError(f"cannot write into {folder}: permission denied")
+        raise WriteError(f"cannot write into {folder}: {_why_not_writable(folder)}")
     return folder
 
 
 def remove_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
     """Delete the temporary files :func:`atomic_path` left in ``folder`` for the files ``names`` when a
     process was killed mid-write; call it only where no other process can be writing them."""
+    names = set(names)
     removed = []
-    for name in names:
-        for tmp in Path(folder).glob(f".{glob.escape(name)}.*.tmp"):
+    # One pass over the folder (a prediction may name thousands of files): ``.NAME.RANDOM.tmp``, where
+    # mkstemp's RANDOM holds no dot.
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.name[1:-len(".tmp")].rpartition(".")[0] in names:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -24,7 +24,7 @@ from torch import nn
 
 from fcnseg.atomic import atomic_open
 from fcnseg.data.info import DatasetInfo, count_text
-from fcnseg.errors import WeightsError
+from fcnseg.errors import WeightsError, require_model_file
 from fcnseg.models import build_model
 from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import ModelSpec, dataset_meta, info_from_meta, spec_from_v1
@@ -64,9 +64,7 @@ def save_model(model: nn.Module, info: DatasetInfo | None, path: str | Path, **e
 
 def read_checkpoint(path: str | Path) -> dict:
     """Read an fcnseg checkpoint safely; other kinds of file get a message saying what they are."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
+    path = require_model_file(path, "checkpoint", (".pth",))
     data = load_torch_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         hint = ""

@@ -6,7 +6,14 @@ code 2; anything else is a bug and keeps its traceback.
 Messages: the library logs notes and warnings on loggers under ``fcnseg`` (``fcnseg.train.folder``, ...). For
 the duration of one call :func:`main` puts one handler on the ``fcnseg`` logger that prints each message as
 ``fcnseg COMMAND: MESSAGE`` on stderr, at level INFO, or WARNING with ``--quiet``; the logger stops
-propagating meanwhile, so a program that configured the root logger does not see the lines twice.
+propagating meanwhile, so a program that configured the root logger does not see the lines twice. Every line
+printed goes through :func:`~fcnseg.errors.printable`: names in it cannot drive the terminal.
+
+Ctrl+C: :func:`main` answers it from its first line on with ``fcnseg: interrupted`` and exit code 130, also
+while torch and the commands are imported (seconds); so this module imports nothing heavy at its top, the
+commands and their libraries are imported inside :func:`main`. During those imports a first Ctrl+C is held
+until they end (:func:`_held_interrupt`): a KeyboardInterrupt raised inside them can abort the process
+(torch's C++ import code terminates on it) or be swallowed (a bare ``except`` around an optional import).
 
 Under torchrun every process runs :func:`main`: what a run prints once (tables, notes) comes from rank 0 only;
 the other ranks print only warnings and errors, and a process of several names itself in them (``fcnseg train:
@@ -22,25 +29,35 @@ import contextlib
 import importlib
 import logging
 import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator
+from typing import NoReturn
 
 from fcnseg.commands import COMMANDS
-from fcnseg.errors import FcnsegError, user_message
-from fcnseg.progress import is_quiet, set_quiet, write
-from fcnseg.runtime import finish, is_main_process, lost_contact, process_label
+from fcnseg.errors import FcnsegError, printable, user_message
 
 
 def _unavailable(command: str, error: ImportError):
     def run(args: argparse.Namespace) -> int:
-        print(f"fcnseg {command}: error: this command cannot run here: {error}", file=sys.stderr)
+        print(printable(f"fcnseg {command}: error: this command cannot run here: {error}"), file=sys.stderr)
         return 2
 
     return run
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (subcommands' parsers are of its class too), its usage errors made safe for a terminal:
+    they quote what was typed."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(printable(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fcnseg", description="Fully Convolutional Networks for segmentation")
+    """The ``fcnseg`` parser with every command's (importing the commands: torch and the rest)."""
+    parser = _Parser(prog="fcnseg", description="Fully Convolutional Networks for segmentation")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:
@@ -63,8 +80,10 @@ class _CommandHandler(logging.Handler):
         self.setFormatter(logging.Formatter(f"fcnseg {command}: {_where()}".replace("%", "%%") + "%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        from fcnseg.progress import write  # tqdm: not imported before main() can answer Ctrl+C
+
         try:
-            write(self.format(record))
+            write(printable(self.format(record), newlines=True))
         except Exception:  # logging's own policy: a failing handler reports, never raises
             self.handleError(record)
 
@@ -79,6 +98,8 @@ def messages(command: str, quiet: bool) -> Iterator[None]:
     handler = _CommandHandler(command)
     saved = logger.level, logger.propagate
     logger.addHandler(handler)
+    from fcnseg.runtime import is_main_process  # torch: not imported before main() can answer Ctrl+C
+
     # Notes are the same on every rank under torchrun: rank 0's are enough.
     logger.setLevel(logging.WARNING if quiet or not is_main_process() else logging.INFO)
     logger.propagate = False  # printed here; the root logger's handlers (if any) would print it again
@@ -92,6 +113,8 @@ def messages(command: str, quiet: bool) -> Iterator[None]:
 
 def _where() -> str:
     """``[rank R on HOST] `` in a process of several under torchrun, else nothing."""
+    from fcnseg.runtime import process_label  # torch: not imported before main() can answer Ctrl+C
+
     label = process_label()
     return f"[{label}] " if label else ""
 
@@ -104,8 +127,46 @@ def _error_line(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run one subcommand; user errors become one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+    """Entry point: run one subcommand; user errors become one line on stderr and exit code 2, Ctrl+C (at any
+    moment, the imports included) ``fcnseg: interrupted`` and exit code 130."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        _error_line("fcnseg: interrupted")  # one write: torchrun's processes share the terminal
+        return 130
+
+
+@contextlib.contextmanager
+def _held_interrupt() -> Iterator[None]:
+    """A first Ctrl+C inside is raised as KeyboardInterrupt when the block ends, a second one at once (someone
+    insists). Only where Python's own handler is in place, in the main thread: a program's handler is left alone."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pressed = []
+
+    def hold(signum: int, frame: object) -> None:
+        pressed.append(signum)
+        if len(pressed) > 1:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pressed:
+        raise KeyboardInterrupt
+
+
+def _run(argv: list[str] | None) -> int:
+    with _held_interrupt():  # the imports: torch, the commands
+        from fcnseg.progress import is_quiet, set_quiet
+        from fcnseg.runtime import finish
+
+        parser = build_parser()
+    args = parser.parse_args(argv)
     was_quiet = is_quiet()
     quiet = getattr(args, "quiet", False)
     set_quiet(quiet)
@@ -115,19 +176,19 @@ def main(argv: list[str] | None = None) -> int:
             finish()
         return code
     except FcnsegError as error:
-        _error_line(f"fcnseg {args.command}: error: {_where()}{user_message(error)}")
+        _error_line(printable(f"fcnseg {args.command}: error: {_where()}{user_message(error)}", newlines=True))
         return 2
-    except KeyboardInterrupt:
-        _error_line(f"fcnseg: {_where()}interrupted")
-        return 130
     except RuntimeError as error:
+        from fcnseg.runtime import lost_contact
+
         if not lost_contact(error):
             raise
         # gloo's message: "[/path/pair.cc:537] Read error [ADDRESS]: Connection reset by peer. This is ... GLHF!"
         detail = re.sub(r"^\[[^\]]*\]\s*", "", (str(error).strip() or type(error).__name__).splitlines()[0])
         detail = detail.split(". ")[0]
-        _error_line(f"fcnseg {args.command}: error: {_where()}lost contact with the other processes of the run "
-                    f"(one stopped, was killed or lost its machine; its own message, if any, is above): {detail}")
+        _error_line(printable(f"fcnseg {args.command}: error: {_where()}lost contact with the other processes of the "
+                              f"run (one stopped, was killed or lost its machine; its own message, if any, is above): "
+                              f"{detail}"))
         return 1
     finally:
         set_quiet(was_quiet)  # main() may be called again in the same process (tests, notebooks)

@@ -8,7 +8,10 @@ on), so ``except ValueError`` keeps working for library callers.
 
 from __future__ import annotations
 
+import os
+import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class FcnsegError(Exception):
@@ -64,6 +67,50 @@ def listing(items: Sequence[object], shown: int = 10, sep: str = ", ") -> str:
     if rest <= 0:
         return text
     return f"{text}{sep}... and {rest} more" if "\n" in sep else f"{text} and {rest} more"
+
+
+def require_model_file(path: str | os.PathLike, what: str = "model file",
+                       suffixes: Sequence[str] = (".pth", ".onnx", ".pt")) -> Path:
+    """``path`` if it is a file; else a WeightsError saying it does not exist, or that it is a folder (a run's
+    folder, say) and which files of ``suffixes`` in it could be meant."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        inside = sorted(str(p) for p in path.iterdir() if p.suffix in suffixes and p.is_file())
+        files = " or ".join(suffixes).replace(" or ", ", ", len(suffixes) - 2)
+        raise WeightsError(f"{path} is a folder, not the {what}: give the {files} file itself"
+                           + (f", e.g. {listing(inside, 3, ' or ')}" if inside else ""))
+    raise WeightsError(f"{what} not found: {path}")
+
+
+# Control characters (C0, DEL, C1), format characters (bidi overrides, zero-width ones), lone surrogates (file
+# names that are not UTF-8) and the Unicode line and paragraph separators: a terminal acts on them (clears the
+# screen, sets the title, reverses the line) or cannot print them.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable(text: object, newlines: bool = False) -> str:
+    """``text`` safe to print on a terminal: each control or format character as a visible escape (``\\x1b``,
+    ``\\u202e``), every other character as it is; with ``newlines``, line breaks stay (messages of several lines).
+
+    Every name fcnseg prints (class names, dataset names, file names, values in messages) goes through this;
+    files keep the real names.
+    """
+    text = str(text)
+    if text.isprintable():  # the common case, fast
+        return text
+    return "".join(_escaped(char, newlines) for char in text)
+
+
+def _escaped(char: str, newlines: bool) -> str:
+    if (char == "\n" and newlines) or unicodedata.category(char) not in _UNPRINTABLE:
+        return char
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 _WORKER_PREFIX = "Caught "

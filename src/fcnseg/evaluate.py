@@ -10,14 +10,17 @@ across ranks, so each image counts exactly once. ``fcnseg eval`` is the command-
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -25,12 +28,13 @@ from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import unwrap
 from fcnseg.data.collate import PadCollate
 from fcnseg.data.info import DatasetInfo
-from fcnseg.errors import ConfigError, DataError
+from fcnseg.errors import ConfigError, DataError, printable
 from fcnseg.inference import Forward, InferenceOptions, predict_labels, predict_probs
 from fcnseg.metrics import SCORE_KEYS, BinaryCurve, ConfusionMatrix, format_per_class, format_table
+from fcnseg.outputs import Outputs
 from fcnseg.progress import bar as progress_bar
 from fcnseg.runtime import all_reduce_sum, resolve_device, worker_init
-from fcnseg.viz import confusion_figure
+from fcnseg.viz import confusion_picture
 
 REPORT_FILES = ("metrics.json", "confusion.png")  # what write_report writes
 
@@ -188,7 +192,7 @@ def report_text(scores: dict, class_names: Sequence[str], title: str,
     text = format_table({title: scores}) + "\n\n" + format_per_class(scores, class_names)
     if "binary" in scores:
         curve, positive = scores["binary"], scores["binary"]["class"]
-        text += (f"\n\n{class_names[positive]}: max F {100 * curve['max_f']:.1f} (precision "
+        text += (f"\n\n{printable(class_names[positive])}: max F {100 * curve['max_f']:.1f} (precision "
                  f"{100 * curve['precision']:.1f}, recall {100 * curve['recall']:.1f}, at probability "
                  f"{curve['threshold']:.3f}); IoU {100 * scores['per_class_iou'][positive]:.1f}")
     for head in extra_heads:
@@ -211,13 +215,15 @@ def _metrics(scores: dict, class_names: Sequence[str]) -> dict:
 
 
 def write_report(scores: dict, class_names: Sequence[str], out_dir: str | os.PathLike, title: str,
-                 extra_heads: Sequence[DatasetInfo] = ()) -> str:
+                 extra_heads: Sequence[DatasetInfo] = (), outputs: Outputs | None = None) -> str:
     """Write ``metrics.json`` and ``confusion.png`` to ``out_dir``; returns the text of :func:`report_text`.
 
     ``metrics.json`` holds the title, the four scores (fractions; null where undefined), per-class IoU and
     accuracy by class name, and the confusion matrix (rows = ground truth, columns = prediction); the
     scores of ``extra_heads`` in the same form under ``extra_heads``, by task. ``confusion.png`` shows
-    the first head's matrix.
+    the first head's matrix. With ``outputs`` (the :class:`fcnseg.outputs.Outputs` of ``out_dir``) each file
+    is claimed in the folder's journal before it lands, so a run killed just after is not refused its own
+    files by the next one.
     """
     if "confusion" not in scores:
         raise ConfigError("scores lack 'confusion'; pass the dict returned by evaluate()")
@@ -232,8 +238,18 @@ def write_report(scores: dict, class_names: Sequence[str], out_dir: str | os.Pat
     if extra_heads:
         metrics["extra_heads"] = {head.task: _metrics(scores["extra_heads"][head.task], head.class_names)
                                   for head in extra_heads}
-    with atomic_open(out_dir / REPORT_FILES[0], "w", encoding="utf-8") as handle:
-        json.dump(metrics, handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    confusion_figure(scores["confusion"], class_names, out_dir / REPORT_FILES[1])
+    files = {REPORT_FILES[0]: (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode(),
+             REPORT_FILES[1]: _png(confusion_picture(scores["confusion"], class_names))}
+    for name, data in files.items():
+        if outputs is None:
+            with atomic_open(out_dir / name) as handle:
+                handle.write(data)
+        else:
+            outputs.write(out_dir / name, data)
     return text
+
+
+def _png(picture: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -37,7 +37,7 @@ from torch import nn
 from fcnseg.atomic import atomic_open, atomic_path
 from fcnseg.checkpoint import model_from_checkpoint, unwrap
 from fcnseg.data.info import DatasetInfo
-from fcnseg.errors import ConfigError, ExportError, WeightsError
+from fcnseg.errors import ConfigError, ExportError, WeightsError, require_model_file
 from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import ModelSpec, spec_from_v1
 from fcnseg.models.weights import file_kind
@@ -227,9 +227,7 @@ def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxForward
 
     ``threads``: ONNX Runtime's intra-op threads (None: its default, one per core).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"ONNX model not found: {path}")
+    path = require_model_file(path, "ONNX model", (".onnx",))
     ort = require_module("onnxruntime", "running ONNX models")
     try:
         options = ort.SessionOptions()
@@ -291,9 +289,7 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelSpe
 
     A TorchScript archive holds code as well as weights: load only files from sources you trust.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"TorchScript model not found: {path}")
+    path = require_model_file(path, "TorchScript model", (".pt",))
     extra = {TORCHSCRIPT_EXTRA_FILE: ""}
     try:
         with _quiet_jit():  # torch.jit's deprecation notice

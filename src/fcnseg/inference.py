@@ -58,6 +58,7 @@ from torch import Tensor
 
 from fcnseg.data.info import count_text
 from fcnseg.errors import ConfigError
+from fcnseg.ranges import BELOW_ONE, COUNT, POSITIVE, check_fields
 
 Forward = Callable[[Tensor], Tensor]
 MODES = ("whole", "slide")
@@ -76,13 +77,14 @@ class InferenceOptions:
     # Large windows with a small overlap (docs/performance.md): a 4000x3000 photo at full width in 1.2x the
     # whole-image time and 2.7 GB; the overlap changes little (larger windows, more context, matter more).
     window: tuple[int, int] = field(default=(1536, 1536), metadata={
-        "help": "largest sliding-window size in pixels (height width)", "metavar": ("H", "W")})
+        "help": "largest sliding-window size in pixels (height width)", "metavar": ("H", "W"), "range": COUNT})
     overlap: float = field(default=0.0625, metadata={
-        "help": "least fraction of a window its neighbours share, in [0, 1)"})
+        "help": "least fraction of a window its neighbours share, in [0, 1)", "range": BELOW_ONE})
     flip: bool = field(default=False, metadata={"help": "also predict the mirrored image and average"})
-    scales: tuple[float, ...] = field(default=(1.0,), metadata={"help": "average over these input scales"})
+    scales: tuple[float, ...] = field(default=(1.0,), metadata={"help": "average over these input scales",
+                                                               "range": POSITIVE})
     batch_size: int = field(default=1, metadata={
-        "help": "images per forward pass (whole mode), windows per forward pass (slide mode)"})
+        "help": "images per forward pass (whole mode), windows per forward pass (slide mode)", "range": COUNT})
     bf16: bool = field(default=False, metadata={
         "help": "run under bfloat16 autocast (torch backend; slow where the CPU has no native bf16)"})
 
@@ -92,19 +94,16 @@ class InferenceOptions:
         try:
             window = tuple(int(v) for v in self.window)
             scales = tuple(float(s) for s in self.scales)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"window must be two sizes and scales numbers; got {self.window!r}, "
                               f"{self.scales!r}") from None
-        if len(window) != 2 or min(window) < 1:
-            raise ConfigError(f"window must be two positive sizes (height, width), got {window}")
-        if not 0 <= self.overlap < 1:
-            raise ConfigError(f"overlap must be in [0, 1), got {self.overlap}")
-        if not scales or min(scales) <= 0:
-            raise ConfigError(f"scales must be one or more positive numbers, got {scales}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if len(window) != 2:
+            raise ConfigError(f"window must be two sizes (height, width), got {window}")
+        if not scales:
+            raise ConfigError("scales must be one or more numbers, got none")
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "scales", scales)
+        check_fields(self)  # the ranges of the fields: no nan, inf, zero or negative scale, ...
         object.__setattr__(self, "overlap", float(self.overlap))
 
     def replace(self, **changes) -> InferenceOptions:

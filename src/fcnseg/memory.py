@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from pathlib import Path
 
 import torch
@@ -78,9 +79,21 @@ def default_budget(device: torch.device | str = "cpu") -> int:
 
 
 def format_bytes(count: float) -> str:
-    if count >= 2**40:
-        return f"{count / 2**40:.1f} TB"
-    return f"{count / 2**30:.1f} GB" if count >= 2**30 else f"{count / 2**20:.0f} MB"
+    """A size for people, in the largest unit it reaches (``1 byte``, ``488 KB``, ``68 MB``, ``10.8 GB``): never
+    ``0 MB`` for a size that is not 0. Every size fcnseg prints goes through this."""
+    if count < 1024:
+        return "1 byte" if count == 1 else f"{count:.0f} bytes"
+    for unit in ("KB", "MB", "GB", "TB"):
+        count /= 1024
+        if count < 1024 or unit == "TB":
+            break
+    number = f"{count:.1f}".removesuffix(".0") if count < 100 else f"{count:.0f}"
+    return f"{number} {unit}"
+
+
+# forward_bytes hooks the layers of a shared, cached net: two estimates at once (fcnseg serve plans a request
+# while its worker's prediction plans another) would each count the other's layers.
+_META_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=8)
@@ -114,14 +127,16 @@ def forward_bytes(spec: ModelSpec, batch: int, height: int, width: int, channels
 
     padded = []
     leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    handles.append(model.backbone.register_forward_pre_hook(lambda module, inputs: padded.append(inputs[0].numel())))
-    try:
-        with torch.no_grad():
-            output = model(torch.empty(batch, spec.channels, height, width, device="meta"))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with _META_LOCK:
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        handles.append(model.backbone.register_forward_pre_hook(
+            lambda module, inputs: padded.append(inputs[0].numel())))
+        try:
+            with torch.no_grad():
+                output = model(torch.empty(batch, spec.channels, height, width, device="meta"))
+        finally:
+            for handle in handles:
+                handle.remove()
     return peak + padded[0] * 4 + output.numel() * 4
 
 

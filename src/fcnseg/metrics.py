@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from fcnseg.data.info import IGNORE_INDEX, masks_saved_as_zero_ignore
-from fcnseg.errors import DataError
+from fcnseg.errors import DataError, printable
 from fcnseg.runtime import all_reduce_sum
 
 # The four scores' names, in the paper's order: keys of every scores dict, metrics.csv's and the tables' columns.
@@ -205,7 +205,8 @@ def _percent(value: float) -> str:
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """A Markdown table in the layout of the paper's Table 2: one row per net, scores in percent.
+    """A Markdown table in the layout of the paper's Table 2: one row per net, scores in percent (names made
+    safe for a terminal: :func:`~fcnseg.errors.printable`).
 
     ``results`` maps a net's name to a scores dict as returned by ``scores_from_confusion``.
     """
@@ -219,12 +220,13 @@ def format_table(results: dict[str, dict]) -> str:
             raise ValueError(
                 f"results for {name!r} lack {missing}; pass the dict returned by scores_from_confusion"
             )
-        lines.append(f"| {name} | " + " | ".join(_percent(scores[key]) for key in SCORE_KEYS) + " |")
+        lines.append(f"| {printable(name)} | " + " | ".join(_percent(scores[key]) for key in SCORE_KEYS) + " |")
     return "\n".join(lines)
 
 
 def format_per_class(scores: dict, class_names: Sequence[str]) -> str:
-    """A Markdown table of per-class IoU and accuracy in percent, ``-`` where undefined."""
+    """A Markdown table of per-class IoU and accuracy in percent, ``-`` where undefined (names made safe for a
+    terminal: :func:`~fcnseg.errors.printable`; metrics.json keeps them as they are)."""
     iou, acc = scores["per_class_iou"], scores["per_class_acc"]
     if not len(class_names) == len(iou) == len(acc):
         raise ValueError(
@@ -233,7 +235,7 @@ def format_per_class(scores: dict, class_names: Sequence[str]) -> str:
         )
     lines = ["| class | IoU | acc. |", "|---|---:|---:|"]
     for name, class_iou, class_acc in zip(class_names, iou, acc, strict=True):
-        lines.append(f"| {name} | {_percent(class_iou)} | {_percent(class_acc)} |")
+        lines.append(f"| {printable(name)} | {_percent(class_iou)} | {_percent(class_acc)} |")
     return "\n".join(lines)
 
 

@@ -6,46 +6,150 @@ says the same command wrote it and the file is unchanged since; any other existi
 and the command refuses before writing anything unless ``--overwrite`` is given. Input files are never
 outputs, ``--overwrite`` or not.
 
+A run may be stopped between any two instructions (Ctrl+C, SIGTERM, kill -9, a full disk), and the record
+is rewritten only now and then. So :meth:`Outputs.write` first claims each file in a journal next to the
+record, ``.fcnseg-outputs.pending`` (one line appended: name, command, size and sha256 of the content about
+to be written), and only then renames the file into place. Whenever the process dies, every file it made
+is either recorded or claimed; a claim counts only while the file holds exactly the claimed content
+(hashed when read), so a claim whose rename never happened, or a file the user changed since, is not
+taken for fcnseg's. The next run folds the claims into the record and removes the journal.
+
 :func:`folder_lock` holds a folder for one process at a time (``fcntl.flock``: the kernel lets go when
 the process ends, however it ends, so a killed run's folder is free again at once); the lock file names
 the holder's pid for the message the next process shows.
+
+One run may also be spread over several processes, each writing its own share of the outputs (a
+:class:`Shard`: ``fcnseg predict --shard I/N``, or the ranks torchrun starts). :func:`shard_lock` lets the
+shards of one run, and only those, into the folder together. No file is written by two of them: each shard
+keeps a record and a journal of its own (``.fcnseg-outputs.I-of-N.json`` and ``.pending``), read with the
+folder's record, and a process alone in the folder (the first shard of a run, or any other command) folds
+them into the folder's record (:meth:`Outputs.settle`).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
+import stat as stat_mode
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from fcnseg.atomic import atomic_open, check_writable, make_folder, remove_temporaries
 from fcnseg.errors import ConfigError, WriteError, listing
 
 RECORD = ".fcnseg-outputs.json"
+JOURNAL = ".fcnseg-outputs.pending"
 LOCK = ".fcnseg.lock"
+SHARDS_LOCK = ".fcnseg.shards.lock"  # which shards of the sharded run in the folder are running, and that run
+_SHARD_FILE = re.compile(r"\.fcnseg-outputs\.\d+-of-\d+\.(json|pending)")  # a shard's record or journal
 _FLUSH_SECONDS = 1.0
 _SHOWN = 8
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (counted from 0) of a run spread over ``count`` processes: the items
+    ``index, index + count, index + 2 * count, ...`` of a list that every process sorts the same way."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ConfigError(f"shard {self.index}/{self.count}: a run has at least one shard (I/N with N >= 1)")
+        if not 0 <= self.index < self.count:
+            raise ConfigError(f"shard {self.index}/{self.count} does not exist: shards are counted from 0, "
+                              f"0/{self.count} to {self.count - 1}/{self.count}")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def take(self, items: Sequence[T]) -> list[T]:
+        """This shard's items of ``items``: no two shards share one, and together they take every one."""
+        return list(items[self.index::self.count])
+
+    @property
+    def record(self) -> str:
+        return f".fcnseg-outputs.{self.index}-of-{self.count}.json"
+
+    @property
+    def journal(self) -> str:
+        return f".fcnseg-outputs.{self.index}-of-{self.count}.pending"
 
 
 class Outputs:
     """The files one command writes into one folder, checked against and added to the folder's record."""
 
-    def __init__(self, folder: str | os.PathLike, command: str, overwrite: bool = False) -> None:
-        self.folder, self.command, self.overwrite = Path(folder), command, overwrite
+    def __init__(self, folder: str | os.PathLike, command: str, overwrite: bool = False,
+                 shard: Shard | None = None) -> None:
+        self.folder, self.command, self.overwrite, self.shard = Path(folder), command, overwrite, shard
+        # Where this object records and claims: the folder's record and journal, or its shard's own.
+        self.record_file = self.folder / (RECORD if shard is None else shard.record)
+        self.journal = self.folder / (JOURNAL if shard is None else shard.journal)
         self._pending: dict[str, dict] = {}
         self._flushed = time.monotonic()
+        self._claimed = False  # whether this object appended to the journal (and so may remove it)
 
     def _name(self, path: str | os.PathLike) -> str:
-        return str(Path(path).resolve().relative_to(self.folder.resolve()))
+        # The folder resolved, not the file: a symbolic link in the folder is a file there, wherever it leads.
+        path = Path(path)
+        return str((_real(path.parent) / path.name).relative_to(_real(self.folder)))
 
-    def _entries(self) -> dict[str, dict]:
-        try:
-            data = json.loads((self.folder / RECORD).read_text())
-            return data["files"] if isinstance(data.get("files"), dict) else {}
-        except (OSError, ValueError, AttributeError):
-            return {}
+    def _entries(self, known: Iterable[str] = (), own: bool = False) -> dict[str, dict]:
+        """The records, with the journals' claims that the files bear out (those in ``known`` are not hashed):
+        the folder's record and every shard's (a shard's entries are newer: any older ones were folded into the
+        folder's record before its run began), or with ``own`` only this object's record and journal."""
+        records = [self.record_file] if own else [self.folder / RECORD, *_shard_files(self.folder, ".json")]
+        entries: dict[str, dict] = {}
+        for record in records:
+            try:
+                data = json.loads(record.read_text())
+                entries.update(data["files"] if isinstance(data.get("files"), dict) else {})
+            except (OSError, ValueError, AttributeError):
+                continue
+        journals = [self.journal] if own else _journals(self.folder)
+        return {**entries, **self._confirmed_claims(set(known), journals)}
+
+    @staticmethod
+    def _claims(journals: Iterable[Path]) -> list[dict]:
+        lines = []
+        for journal in journals:
+            with suppress(OSError):
+                lines += journal.read_bytes().splitlines()
+        claims = []
+        for line in lines:
+            try:
+                claim = json.loads(line)
+            except ValueError:  # a line torn by a full disk: its file was never renamed into place
+                continue
+            if isinstance(claim, dict) and {"name", "command", "size", "sha256"} <= claim.keys():
+                claims.append(claim)
+        return claims
+
+    def _confirmed_claims(self, known: set[str], journals: Iterable[Path]) -> dict[str, dict]:
+        """Record entries for the claimed files that hold the claimed content now."""
+        confirmed = {}
+        for claim in self._claims(journals):
+            if claim["name"] in known:
+                continue
+            path = self.folder / claim["name"]
+            try:
+                found = path.lstat()
+            except OSError:
+                continue
+            if (stat_mode.S_ISREG(found.st_mode) and found.st_size == claim["size"]
+                    and _sha256(path) == claim["sha256"]):
+                confirmed[claim["name"]] = {"command": claim["command"], "size": found.st_size,
+                                            "mtime_ns": found.st_mtime_ns, **_source(claim)}
+        return confirmed
 
     def owned(self, path: str | os.PathLike, entries: dict[str, dict] | None = None) -> bool:
         """Whether ``path`` is as this command wrote it (recorded, same size and modification time), or lies
@@ -65,39 +169,88 @@ class Outputs:
         # Logs that keep growing are recorded without a size: they are this command's whatever they hold now.
         return entry.get("size") is None or (entry["size"], entry.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns)
 
+    def written(self, paths: Iterable[str | os.PathLike], source: str, entries: dict[str, dict] | None = None) -> bool:
+        """Whether every one of ``paths`` is as this command wrote it from ``source`` (a fingerprint of what the
+        files were made from, given to :meth:`write`): a run stopped halfway and run again leaves those alone."""
+        entries = self.entries() if entries is None else entries
+        return all(entries.get(self._name(path), {}).get("source") == source and self.owned(path, entries)
+                   for path in paths)
+
+    def entries(self) -> dict[str, dict]:
+        """The record of the folder, with the claims of every journal that the files bear out."""
+        return self._entries()
+
     def claim(self, paths: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = ()) -> None:
         """Refuse, before anything is written, outputs that are inputs or existing files of the user's, and a
         folder that cannot be written; nothing is created."""
         check_writable(self.folder)
         paths = [Path(p) for p in paths]
-        sources = {Path(p).resolve() for p in inputs}
-        clash = [p for p in paths if p.resolve() in sources]
+        sources = {_real(p) for p in inputs}
+        clash = [p for p in paths if _real(p) in sources]
         if clash:
             raise ConfigError(f"fcnseg {self.command} would write over its own input {clash[0]}: choose another "
                               "--out (inputs are never overwritten, even with --overwrite)")
         if self.overwrite:
             return
         entries = self._entries()
-        foreign = [p for p in paths if p.exists() and not self.owned(p, entries)]
+        foreign = [p for p in paths if os.path.lexists(p) and not self.owned(p, entries)]
         if foreign:
             raise ConfigError(f"{listing(foreign, _SHOWN)} already exist{'s' if len(foreign) == 1 else ''} and "
                               f"{'was' if len(foreign) == 1 else 'were'} not written by an earlier fcnseg "
                               f"{self.command}: choose another --out, or pass --overwrite to replace "
                               f"{'it' if len(foreign) == 1 else 'them'}")
 
-    def record(self, paths: Iterable[str | os.PathLike], growing: bool = False, flush: bool = False) -> None:
+    def record(self, paths: Iterable[str | os.PathLike], growing: bool = False, flush: bool = False,
+               source: str | None = None) -> None:
         """Note files this command has just written (the record is saved at most once a second, and by
         :meth:`flush`). ``growing`` files (logs appended to) are recorded by name only, and may be recorded
-        before they are made, so that a run killed at any moment leaves nothing unaccounted for."""
+        before they are made, so that a run killed at any moment leaves nothing unaccounted for. ``source``:
+        see :meth:`written`."""
         for path in paths:
             if growing:
                 self._pending[self._name(path)] = {"command": self.command, "size": None, "mtime_ns": None}
                 continue
             stat = Path(path).stat()
             self._pending[self._name(path)] = {"command": self.command, "size": stat.st_size,
-                                               "mtime_ns": stat.st_mtime_ns}
+                                               "mtime_ns": stat.st_mtime_ns, **_source({"source": source})}
         if flush or time.monotonic() - self._flushed > _FLUSH_SECONDS:
             self.flush()
+
+    def write(self, path: str | os.PathLike, data: bytes, source: str | None = None) -> Path:
+        """Write ``data`` to ``path`` atomically, claimed in the journal before it lands, then recorded
+        (``source``: see :meth:`written`).
+
+        Why claim first: a record saved after the rename would miss the file when the process dies between the
+        two (kill -9, SIGTERM, a full disk), and the next run would take fcnseg's own file for the user's. The
+        claim is one ``write`` to a file opened for appending: once it returns, the kernel has the line even if
+        the process is killed the next instant. (It is not synced to the disk: after a power cut a lost claim
+        makes the next run refuse a file it wrote, asking for --overwrite; it never makes fcnseg replace a
+        user's file.)
+        """
+        path = Path(path)
+        self._claim({"name": self._name(path), "command": self.command, "size": len(data),
+                     "sha256": hashlib.sha256(data).hexdigest(), **_source({"source": source})})
+        with atomic_open(path) as handle:
+            handle.write(data)
+        self.record([path], source=source)
+        return path
+
+    def _claim(self, claim: dict) -> None:
+        journal = self.journal
+        # A newline before the claim too: a line torn by a full disk cannot swallow the next one.
+        line = ("\n" + json.dumps(claim, sort_keys=True) + "\n").encode()
+        try:
+            make_folder(self.folder)
+            descriptor = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                written = os.write(descriptor, line)
+            finally:
+                os.close(descriptor)
+        except OSError as error:
+            raise WriteError(f"cannot write {journal}: {error.strerror or error}") from None
+        if written != len(line):
+            raise WriteError(f"cannot write {journal}: only part of a line was written (is the disk full?)")
+        self._claimed = True
 
     def record_folder(self, folder: str | os.PathLike) -> None:
         """Note that everything below ``folder`` is this command's (a log folder a library writes into)."""
@@ -105,17 +258,35 @@ class Outputs:
         self.flush()
 
     def flush(self) -> None:
-        """Merge what was recorded into the folder's record file (atomically)."""
-        if not self._pending:
+        """Merge what was recorded, and the claims of this object's journal that the files bear out, into its
+        record file (atomically; a shard's own, which no other process writes); then remove the journal if this
+        object wrote to it (no other process writes it meanwhile: the commands that write claims hold the
+        folder, or their shard of it)."""
+        if not self._pending and not (self._claimed and self.journal.exists()):
             return
-        entries = {**self._entries(), **self._pending}
-        with atomic_open(self.folder / RECORD, "w", encoding="utf-8") as handle:
-            json.dump({"files": entries}, handle, indent=1, sort_keys=True)
+        self._save(self.record_file, {**self._entries(known=self._pending, own=True), **self._pending})
+        if self._claimed:  # every claim in it is in the record now, or its file never landed
+            self.journal.unlink(missing_ok=True)
         self._pending.clear()
         self._flushed = time.monotonic()
 
+    def settle(self) -> None:
+        """Fold every journal, and the shards' records, into the folder's record, and remove them. Call it only
+        alone in the folder (holding :func:`folder_lock`, or first in it under :func:`shard_lock`)."""
+        folded = [path for path in [*_journals(self.folder), *_shard_files(self.folder, ".json")] if path.exists()]
+        if not folded:
+            return
+        self._save(self.folder / RECORD, self._entries())
+        for path in folded:
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _save(record: Path, entries: dict[str, dict]) -> None:
+        with atomic_open(record, "w", encoding="utf-8") as handle:
+            json.dump({"files": entries}, handle, indent=1, sort_keys=True)
+
     def _files(self) -> list[Path]:
-        return [p for p in sorted(self.folder.rglob("*")) if p.is_file() and p.name not in (RECORD, LOCK)]
+        return [p for p in sorted(self.folder.rglob("*")) if p.is_file() and not _bookkeeping(p.name)]
 
     def foreign(self) -> list[Path]:
         """Files in the folder (and below) that this command did not write, or that changed since."""
@@ -134,6 +305,45 @@ class Outputs:
             if not any(folder.iterdir()):
                 folder.rmdir()
         (self.folder / RECORD).unlink(missing_ok=True)
+        for path in [*_journals(self.folder), *_shard_files(self.folder, ".json")]:
+            path.unlink(missing_ok=True)
+
+
+def _shard_files(folder: Path, suffix: str) -> list[Path]:
+    """The shards' records (``suffix`` ``.json``) or journals (``.pending``) in ``folder``."""
+    return sorted(path for path in folder.glob(f".fcnseg-outputs.*-of-*{suffix}") if _SHARD_FILE.fullmatch(path.name))
+
+
+def _journals(folder: Path) -> list[Path]:
+    """Every journal in ``folder``: a single process's, and those of the shards of sharded runs."""
+    return [folder / JOURNAL, *_shard_files(folder, ".pending")]
+
+
+def _bookkeeping(name: str) -> bool:
+    """Whether ``name`` is one of the files fcnseg keeps about a folder (records, journals, locks)."""
+    return name in (RECORD, LOCK, JOURNAL, SHARDS_LOCK) or _SHARD_FILE.fullmatch(name) is not None
+
+
+def _source(entry: dict) -> dict:
+    """``{"source": ...}`` when ``entry`` has one, else nothing (entries without one were not made from a
+    fingerprinted source)."""
+    return {"source": entry["source"]} if isinstance(entry.get("source"), str) else {}
+
+
+def _real(path: str | os.PathLike) -> Path:
+    """``path`` with symbolic links resolved, as far as they lead (``Path.resolve`` raises on a loop)."""
+    return Path(os.path.realpath(path))
+
+
+def _sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def output_file(path: str | os.PathLike, command: str, overwrite: bool = False,
@@ -194,3 +404,140 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
         with suppress(OSError):  # the unwritten pid of a full disk: the file is closed all the same
             handle.close()  # closing releases the lock; the file stays (unlinking it could let two hold it)
 
+
+
+@contextmanager
+def shard_lock(outputs: Outputs, what: str, run: str, stale: Iterable[str] = (),
+               stale_alone: Iterable[str] = ()) -> Iterator[bool]:
+    """Hold ``outputs.folder`` for the shard ``outputs.shard`` of the sharded run ``run`` (a fingerprint every
+    process of that run computes alike: its inputs, options and number of shards); yields whether this process
+    came first (found nobody in the folder).
+
+    The shards of one run hold the folder's lock, ``.fcnseg.lock``, shared: any other command (which holds it
+    alone, :func:`folder_lock`) is refused while they run, and refuses them while it runs. Each shard also
+    holds its own byte of ``.fcnseg.shards.lock`` (a POSIX record lock, let go when the process ends), so the
+    same shard started twice is refused. The first shard writes ``run`` into that file; a process of another
+    run (other inputs, options or number of shards, whose outputs could overlap) is refused. Byte 0 is a gate,
+    held for a moment while a shard joins.
+
+    The process that comes first, alone in the folder behind the gate, folds what earlier runs left (journals,
+    shards' records) into the folder's record (:meth:`Outputs.settle`), and removes the temporaries atomic
+    writes of ``stale_alone`` (the record, other shards' outputs) left; every shard removes those of ``stale``
+    (its own outputs and record): no live writer can own them then. The last process to finish folds the
+    shards' records into the folder's.
+    """
+    import fcntl  # POSIX only, like the rest of the run-folder handling
+
+    if outputs.shard is None:
+        raise ValueError("shard_lock needs the Outputs of a shard (Outputs(..., shard=Shard(i, n)))")
+    folder, shard = make_folder(outputs.folder), outputs.shard
+    handles = []
+    try:
+        for name in (SHARDS_LOCK, LOCK):
+            try:
+                handles.append(open(folder / name, "a+"))  # noqa: SIM115 - held open for the lifetime of the lock
+            except OSError as error:
+                raise WriteError(f"cannot write {folder / name}: {error.strerror or error}") from None
+        shards, held = handles
+        with _byte_lock(shards, 0):
+            first = _join(held, shards, folder, what, shard, run)
+            try:
+                fcntl.lockf(shards.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1 + shard.index)
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise _no_locks(shards, error) from None
+                raise ConfigError(f"shard {shard} of the run in {folder} is running already: each shard runs once; "
+                                  "wait for it to finish") from None
+            if first:
+                remove_temporaries(folder, stale_alone)
+                outputs.settle()
+            remove_temporaries(folder, [*stale, outputs.record_file.name])
+        yield first
+        with _byte_lock(shards, 0):
+            if _alone(held):  # the last shard out: the shards' records, into the folder's
+                outputs.settle()
+            held.close()  # let go behind the gate: the next shard out then knows whether it is the last
+    finally:
+        for handle in handles:
+            with suppress(OSError):
+                handle.close()  # closing lets go of the locks; the files stay (unlinking could let two hold one)
+
+
+def _join(held, shards, folder: Path, what: str, shard: Shard, run: str) -> bool:
+    """Behind the gate: hold ``.fcnseg.lock`` shared with the other processes of ``run``, or refuse; True when
+    this process came first (then it names the run in the lock files)."""
+    import fcntl
+
+    try:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        first = False
+    else:  # nobody in the folder: the run starts here
+        _rewrite(held, f"{what} --shard {shard} and the other shards of its run (pid {os.getpid()})\n")
+        _rewrite(shards, json.dumps({"run": run, "shards": shard.count}) + "\n")
+        first = True
+    try:
+        fcntl.flock(held.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # from alone to shared, when first
+    except BlockingIOError:  # a command that holds the folder alone
+        raise ConfigError(f"{folder} is in use by {_holder(held)}: wait for it to finish, or choose another "
+                          "--out") from None
+    if first:
+        return True
+    shards.seek(0)
+    try:
+        running = json.loads(shards.read()).get("run")
+    except (ValueError, AttributeError):
+        running = None
+    if running != run:
+        raise ConfigError(f"{folder} is in use by {_holder(held)}, a sharded run of other inputs, options or number "
+                          "of shards: wait for it to finish, or choose another --out")
+    return False
+
+
+def _alone(held) -> bool:
+    """Whether nobody but this process holds the folder's lock, which it holds shared (it then holds it alone;
+    when not, Linux lets go of it altogether: call it on the way out)."""
+    import fcntl
+
+    try:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder(handle) -> str:
+    handle.seek(0)
+    return handle.read().strip() or "another process"
+
+
+def _rewrite(handle, text: str) -> None:
+    """Replace what the lock file ``handle`` says (who holds it)."""
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(text)
+        handle.flush()
+    except OSError as error:  # a full disk
+        raise WriteError(f"cannot write {handle.name}: {error.strerror or error}") from None
+
+
+@contextmanager
+def _byte_lock(handle, offset: int) -> Iterator[None]:
+    """Hold byte ``offset`` of the open file ``handle`` (waiting for it): POSIX record locks belong to the
+    process, so another byte this process holds in the file stays held."""
+    import fcntl
+
+    try:
+        fcntl.lockf(handle.fileno(), fcntl.LOCK_EX, 1, offset)
+    except OSError as error:
+        raise _no_locks(handle, error) from None
+    try:
+        yield
+    finally:
+        fcntl.lockf(handle.fileno(), fcntl.LOCK_UN, 1, offset)
+
+
+def _no_locks(handle, error: OSError) -> WriteError:
+    return WriteError(f"cannot lock {handle.name}: {error.strerror or error} (shards need a file system with POSIX "
+                      "record locks: a local disk, or NFS with its lock service)")

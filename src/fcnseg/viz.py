@@ -175,6 +175,12 @@ def confusion_figure(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: 
     Each cell is shaded from white (0) to dark blue (all of the class's pixels); rows of classes absent
     from the ground truth are grey. Percentages are written into the cells when they are large enough.
     """
+    save_png(path, confusion_picture(matrix, class_names))
+    return Path(path)
+
+
+def confusion_picture(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """The picture :func:`confusion_figure` saves, as an HxWx3 uint8 array."""
     counts = np.asarray(matrix, dtype=np.float64)
     n = len(class_names)
     if counts.shape != (n, n):
@@ -223,6 +229,5 @@ def confusion_figure(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: 
     axis = Image.new("RGB", _text_size(draw, "ground truth", font), _WHITE)
     ImageDraw.Draw(axis).text((0, 0), "ground truth", fill=_INK, font=font)
     canvas.paste(axis.rotate(90, expand=True), (pad, top))
-    save_png(path, np.asarray(canvas))
-    return Path(path)
+    return np.asarray(canvas)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fcnseg.checkpoint import save_model
 from fcnseg.data.info import VOC
-from fcnseg.errors import ConfigError, WeightsError
+from fcnseg.errors import ConfigError, WeightsError, printable
 from fcnseg.models import MODELS
 from fcnseg.models.weights import (
     fcn_from_pytorch_fcn,
@@ -58,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
         model, info = fcn_from_caffemodel(_caffemodel(args.source), args.model)
     else:
         model, info = fcn_from_pytorch_fcn(args.source, name=args.name), VOC
-    print(save_model(model, info, args.out))
+    print(printable(save_model(model, info, args.out)))
     outputs.record([args.out], flush=True)
     return 0

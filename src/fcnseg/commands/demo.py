@@ -14,7 +14,7 @@ from fcnseg.api import load
 from fcnseg.commands.options import add_quiet, positive_int
 from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.data.synthetic import SyntheticRoads
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, printable
 from fcnseg.metrics import format_per_class, format_table
 from fcnseg.outputs import LOCK, RECORD, Outputs, folder_lock, refuse_if_held
 from fcnseg.train import TrainConfig, train
@@ -82,7 +82,8 @@ def run_demo(out: Path, iterations: int | None = None, threads: int | None = Non
         if iterations:
             options.update(iterations=iterations, val_interval=iterations, checkpoint_interval=iterations)
         started = time.perf_counter()
-        print(f"== {stage}" + (f" (initialised from {previous})" if previous else " (from scratch)"), flush=True)
+        print(printable(f"== {stage}" + (f" (initialised from {previous})" if previous else " (from scratch)")),
+              flush=True)
         result = train(TrainConfig.from_dict(options))
         print(f"   {stage}: mean IU {100 * result['scores']['mean_iu']:.1f} in {time.perf_counter() - started:.0f} s")
         results[stage] = result["scores"]
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         results = run_demo(out, args.iterations, args.threads)
         _report(results)
         paths = write_overlays(out)
-    print(f"overlays (image | truth | FCN-32s | FCN-16s | FCN-8s): {paths[0].parent}")
+    print(printable(f"overlays (image | truth | FCN-32s | FCN-16s | FCN-8s): {paths[0].parent}"))
     return 0
 
 

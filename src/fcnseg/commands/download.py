@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fcnseg.commands.options import add_quiet
 from fcnseg.data.archives import ARCHIVES, download_dataset
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, printable
 from fcnseg.models.zoo import CAFFE_NETS
 from fcnseg.outputs import folder_lock
 from fcnseg.transfer import download_file
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         url = CAFFE_NETS[args.name]["url"]
         # One process at a time: two would append to the same .part file.
         with folder_lock(args.root, "fcnseg download", option="--root"):
-            print(download_file(url, args.root / url.rsplit("/", 1)[1]))
+            print(printable(download_file(url, args.root / url.rsplit("/", 1)[1])))
         # A warning, not a note: shown with --quiet too, since the file is unverified.
         log.warning("note: the authors published no checksum for %s, so the file is not verified; convert it "
                     "with: fcnseg convert FILE --model %s --out %s.pth", args.name, args.name, args.name)
@@ -41,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
     if args.name not in ARCHIVES:
         raise ConfigError(f"unknown name {args.name!r}; datasets: {', '.join(sorted(ARCHIVES))}; the authors' "
                           f"nets: {', '.join(CAFFE_NETS)}")
-    print(download_dataset(args.name, args.root, overwrite=args.overwrite))
+    print(printable(download_dataset(args.name, args.root, overwrite=args.overwrite)))
     return 0

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
-from fcnseg.api import load
+from fcnseg.api import Segmenter, load
 from fcnseg.commands.options import (
     add_inference,
     add_max_memory,
     add_runtime,
     inference_options,
+    number,
     positive_int,
     yaml_flag,
 )
 from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.registry import DATASETS, build_dataset, dataset_options
-from fcnseg.errors import DataError
+from fcnseg.errors import DataError, printable
 from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
-from fcnseg.outputs import Outputs
-from fcnseg.runtime import start
+from fcnseg.inference import InferenceOptions
+from fcnseg.outputs import RECORD, Outputs, folder_lock, refuse_if_held
+from fcnseg.ranges import NON_NEGATIVE_COUNT
+from fcnseg.runtime import Runtime, start
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="dataset reader")
     parser.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
-    parser.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
+    parser.add_argument("--workers", type=number(NON_NEGATIVE_COUNT), default=2,
+                        help="data loading processes (default: 2)")
     parser.add_argument("--out", type=Path, help="folder for metrics.json and confusion.png")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files in --out that an earlier fcnseg eval did not write")
@@ -58,11 +63,11 @@ def positive_class(info: DatasetInfo) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, score the split, print (and with --out write) the report."""
-    if args.workers < 0:
-        raise DataError(f"--workers must be >= 0, got {args.workers}")
     options = inference_options(args)
     outputs = None
     if args.out is not None:  # refused now, not after the evaluation
+        if args.out.is_dir():
+            refuse_if_held(args.out)
         outputs = Outputs(args.out, "eval", args.overwrite)
         outputs.claim([args.out / REPORT_FILES[0], args.out / REPORT_FILES[1]], inputs=[args.checkpoint])
     runtime = start(args.device, args.threads)  # under torchrun: one shard per process, counts summed
@@ -82,6 +87,17 @@ def run(args: argparse.Namespace) -> int:
     data_info = dataset.info  # a Subset (--limit) has no info
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, range(args.limit))
+    with contextlib.ExitStack() as held:
+        if outputs is not None and runtime.is_main:  # one run at a time per folder, from here to the report
+            held.enter_context(folder_lock(args.out, "fcnseg eval", stale=(RECORD, *REPORT_FILES)))
+            outputs.claim([args.out / name for name in REPORT_FILES], inputs=[args.checkpoint])  # ours alone now
+        return _score(args, segmenter, dataset, data_info, options, runtime, outputs)
+
+
+def _score(args: argparse.Namespace, segmenter: Segmenter, dataset: Dataset, data_info: DatasetInfo,
+           options: InferenceOptions, runtime: Runtime, outputs: Outputs | None) -> int:
+    """Score the split, print (and with --out write) the report."""
+    info = segmenter.info
     scores = evaluate(segmenter.scores, dataset, info.num_classes, data_info.ignore_index, options,
                       device=runtime.device, num_workers=args.workers, distributed=runtime.distributed,
                       planner=segmenter.plan, exclude_absent=data_info.exclude_absent,
@@ -91,11 +107,11 @@ def run(args: argparse.Namespace) -> int:
     config = segmenter.config or {}
     title = f"{config.get('name', args.checkpoint.stem)} ({config.get('backbone', 'export')})"
     if outputs is not None:
-        text = write_report(scores, info.class_names, args.out, title, info.extra_heads)
-        outputs.record([args.out / name for name in REPORT_FILES], flush=True)
+        text = write_report(scores, info.class_names, args.out, title, info.extra_heads, outputs)
+        outputs.flush()
         text += f"\n\nwrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}"
     else:
         text = report_text(scores, info.class_names, title, info.extra_heads)
-    print(f"{args.dataset} {args.split}: {scores['num_images']} images")
-    print(text)
+    print(printable(f"{args.dataset} {args.split}: {scores['num_images']} images"))
+    print(printable(text, newlines=True))  # the tables escaped each name already; the title and paths too
     return 0

@@ -6,13 +6,16 @@ import argparse
 from pathlib import Path
 
 from fcnseg.checkpoint import describe, model_from_checkpoint
-from fcnseg.commands.options import add_runtime
-from fcnseg.errors import ConfigError
+from fcnseg.commands.options import add_runtime, number
+from fcnseg.errors import ConfigError, printable
 from fcnseg.export import export_onnx, export_torchscript, input_shape, load_onnx, load_torchscript, parity
 from fcnseg.models.fcn import FCN
 from fcnseg.outputs import output_file
 from fcnseg.quantize import Calibration, export_int8, parse_calibration
+from fcnseg.ranges import Range
 from fcnseg.runtime import set_threads
+
+OPSETS = Range(7, whole=True)  # the oldest opset torch.onnx writes; newer ones than it knows fail in one line
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -31,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", type=Path, help="fcnseg checkpoint (.pth)")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     parser.add_argument("--out", type=Path, required=True, help="output file (.onnx or .pt)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--opset", type=number(OPSETS), default=18, help="ONNX opset (default 18)")
     parser.add_argument("--check-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",
                         help="after exporting, compare the exported model with PyTorch at these input sizes")
     parser.add_argument("--overwrite", action="store_true", help="replace --out even if fcnseg export did not write it")
@@ -59,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         out = export_torchscript(model, args.out)
         forward, _ = load_torchscript(out)
     outputs.record([out], flush=True)
-    print(f"wrote {out} ({args.format}; {describe(model.spec)} of {info.name}; {model.spec.normalization_text} "
-          "normalisation)")
+    print(printable(f"wrote {out} ({args.format}; {describe(model.spec)} of {info.name}; "
+                    f"{model.spec.normalization_text} normalisation)"))
     return 0 if _check_sizes(args.check_sizes, forward, model) else 1
 
 
@@ -92,9 +95,9 @@ def _calibration(args: argparse.Namespace) -> Calibration | None:
 def _int8(args: argparse.Namespace, model, info, calibration: Calibration, outputs) -> int:
     out, report = export_int8(model, args.out, calibration, info=info, opset=args.opset)
     outputs.record([out], flush=True)
-    print(f"wrote {out} (onnx int8; {describe(model.spec)} of {info.name}; calibrated on {calibration.images} "
-          f"images of {calibration.dataset} {calibration.split}); labels agree with fp32 on "
-          f"{100 * report['agreement_with_fp32']:.2f}% of their pixels")
+    print(printable(f"wrote {out} (onnx int8; {describe(model.spec)} of {info.name}; calibrated on "
+                    f"{calibration.images} images of {calibration.dataset} {calibration.split}); labels agree with "
+                    f"fp32 on {100 * report['agreement_with_fp32']:.2f}% of their pixels"))
     if args.check_sizes:
         print("(--check-sizes compares logits to 1e-4: not applicable to int8, skipped)")
     return 0

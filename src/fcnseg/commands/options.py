@@ -3,6 +3,10 @@
 Flags are generated from dataclass fields (their ``help`` metadata is the help text), so a new option of
 :class:`~fcnseg.inference.InferenceOptions` or :class:`~fcnseg.train.TrainConfig` appears on every command
 that takes it, with the same name, type and help.
+
+Numbers: every numeric option has a :class:`~fcnseg.ranges.Range`. Plain options take theirs in their argparse
+``type`` (:func:`number`); the flags of a dataclass are checked by the dataclass itself against the
+``range`` of each field's metadata, so a config file, ``--set`` or the Python API meet the same bounds.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -19,40 +24,30 @@ from fcnseg.data.io import DEFAULT_MAX_PIXELS
 from fcnseg.errors import ConfigError
 from fcnseg.inference import InferenceOptions
 from fcnseg.memory import parse_size
+from fcnseg.ranges import COUNT, FRACTION, POSITIVE, Range
 from fcnseg.runtime import DEVICE_CHOICES
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
+def number(allowed: Range) -> Callable[[str], float]:
+    """argparse type of a numeric option: a number in ``allowed`` (a whole number where it says so); nan, inf
+    and values out of the range are usage errors naming the flag, the range and what was given."""
+
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if allowed.whole else float(text)
+        except ValueError:
+            value = None
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"expected {allowed.text()}, got {text!r}")
+        return value
+
+    parse.__name__ = allowed.text()  # argparse names the type in some messages
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value}")
-    return value
+positive_int = number(COUNT)
+positive_float = number(POSITIVE)
+fraction = number(FRACTION)
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:
@@ -83,11 +78,14 @@ def add_max_memory(parser: argparse.ArgumentParser) -> None:
 
 
 def memory_size(text: str) -> int:
-    """argparse type: '8G', '500M', or bytes."""
+    """argparse type: '8G', '500M', or bytes (more than 0)."""
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a size above 0 such as 8G or 500M, got {text!r}")
+    return size
 
 
 def add_inference(parser: argparse.ArgumentParser, **defaults: Any) -> None:

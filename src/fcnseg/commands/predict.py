@@ -2,8 +2,18 @@
 
 Failure policy: mistakes on the command line (a missing input path, a pattern matching nothing, two
 inputs that would write the same output names, bad options) stop the run with exit code 2 before
-anything is written. An input file that turns out to be unreadable does not stop the run: the other
-images are processed, every failure is reported with its file name at the end, and the exit code is 1.
+anything is written. An input file that turns out to be unreadable (a symbolic link that leads nowhere
+included) does not stop the run: the other images are processed, every failure is reported with its
+file name at the end, and the exit code is 1.
+
+One run at a time per output folder (:func:`fcnseg.outputs.folder_lock`); every file is claimed in the
+folder's journal before it lands (:meth:`fcnseg.outputs.Outputs.write`), so a run stopped in any way is
+continued by the next one without ``--overwrite``: inputs whose outputs an earlier run of the same job (the
+same checkpoint file, options and input file) wrote, and that are unchanged since, are not segmented again.
+
+One run may be spread over processes: ``--shard I/N`` (processes a scheduler starts, a SLURM array), or the
+ranks torchrun starts. Each process segments the inputs ``I, I + N, ...`` of the sorted list and they write
+into one folder together (:func:`fcnseg.outputs.shard_lock`); under torchrun rank 0 prints the summary.
 """
 
 from __future__ import annotations
@@ -11,16 +21,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import hashlib
+import io
+import json
+import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from fcnseg import viz
 from fcnseg.api import BACKENDS, Segmenter, check_same_frame, load
-from fcnseg.atomic import atomic_open
 from fcnseg.commands.options import (
     add_inference,
     add_max_memory,
@@ -32,12 +47,12 @@ from fcnseg.commands.options import (
 )
 from fcnseg.data.hha import check_intrinsics
 from fcnseg.data.info import DatasetInfo
-from fcnseg.data.io import IMAGE_SUFFIXES, decode_image
-from fcnseg.errors import ConfigError, DataError, listing
-from fcnseg.outputs import Outputs
+from fcnseg.data.io import IMAGE_SUFFIXES, decode_image, leads_nowhere
+from fcnseg.errors import ConfigError, DataError, WriteError, listing, printable
+from fcnseg.outputs import RECORD, Outputs, Shard, folder_lock, refuse_if_held, shard_lock
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
-from fcnseg.runtime import start
+from fcnseg.runtime import Runtime, gather_objects, start
 
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png", "_side_by_side.png", "_legend.png", "_probs.npy")
 
@@ -58,6 +73,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--probs", action="store_true", help="also write STEM_probs.npy (C x H x W float16)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files in --out that an earlier fcnseg predict did not write")
+    parser.add_argument("--shard", type=shard_spec, metavar="I/N",
+                        help="segment only the inputs I, I+N, I+2N, ... of the sorted list (I from 0 to N-1), as one "
+                             "of N processes writing into one --out: e.g. a SLURM array, --array=0-<N-1> and --shard "
+                             "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT (under torchrun the processes share the "
+                             "inputs without it)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto: by the file's content; torch: a checkpoint or TorchScript export; onnxruntime: "
                              "an ONNX export")
@@ -76,28 +96,42 @@ def _add_depth_options(parser: argparse.ArgumentParser) -> None:
     depth.add_argument("--hha", type=Path, help="HHA images instead of depth maps (a file, or a folder, as --depth)")
     depth.add_argument("--depth-scale", type=positive_float, default=0.001,
                        help="metres per unit of a depth image (default 0.001: millimetres, as NYUDv2's)")
-    depth.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
+    depth.add_argument("--intrinsics", type=positive_float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
                        help="the depth camera in pixels (principal point 1-based); default: NYUDv2's Kinect, for its "
                             "640x480 frames and the authors' 560x425 crops")
+
+
+def shard_spec(text: str) -> Shard:
+    """argparse type of ``--shard``: ``I/N``, shard I (from 0) of N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected I/N (shard I of N, counted from 0), got {text!r}")
+    try:
+        return Shard(int(match[1]), int(match[2]))
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     """Files, folders (images inside, sorted, non-recursive) and glob patterns -> a list of files.
 
     Raises DataError for a path that does not exist, a folder without images or a pattern matching nothing.
+    A symbolic link that leads nowhere (a loop, a missing target) is listed like a file: reading it fails,
+    and the failure is reported with the others, never skipped silently.
     """
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or leads_nowhere(p)))
             if not found:
                 raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
-        elif path.is_file():
+        elif path.is_file() or leads_nowhere(path):
             files.append(path)
         elif any(char in item for char in "*?["):
-            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file() or leads_nowhere(Path(p)))
             if not found:
                 raise DataError(f"no files match the pattern {item!r}")
             files.extend(found)
@@ -114,20 +148,34 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     return unique
 
 
-def write_outputs(out: Path, stem: str, image: np.ndarray, labels: np.ndarray, info: DatasetInfo,
-                  opacity: float = 0.5, probs: np.ndarray | None = None) -> list[Path]:
-    """Write the mask, overlay, side-by-side, legend (and probabilities) of one image; returns the paths."""
+def write_outputs(outputs: Outputs, stem: str, image: np.ndarray, labels: np.ndarray, info: DatasetInfo,
+                  opacity: float = 0.5, probs: np.ndarray | None = None, source: str | None = None) -> list[Path]:
+    """Write the mask, overlay, side-by-side, legend (and probabilities) of one image into ``outputs``' folder,
+    each claimed before it lands (:meth:`Outputs.write`; ``source``: what they are made from, see
+    :meth:`Outputs.written`); returns the paths."""
     overlaid = viz.overlay(image, labels, info, opacity)
-    paths = [out / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
-    viz.save_index_png(paths[0], labels, info)
-    viz.save_png(paths[1], overlaid)
-    viz.save_png(paths[2], viz.side_by_side([image, overlaid, viz.colorize(labels, info)]))
-    viz.save_png(paths[3], viz.legend(viz.present_classes(labels, info), info))
+    pictures = [viz.index_image(labels, info), overlaid,
+                viz.side_by_side([image, overlaid, viz.colorize(labels, info)]),
+                viz.legend(viz.present_classes(labels, info), info)]
+    paths = [outputs.folder / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+    for path, picture in zip(paths[:4], pictures, strict=True):
+        outputs.write(path, _png_bytes(picture), source)
     if probs is None:
         return paths[:4]
-    with atomic_open(paths[4]) as handle:
-        np.save(handle, probs.astype(np.float16))
+    buffer = io.BytesIO()
+    np.save(buffer, probs.astype(np.float16))
+    outputs.write(paths[4], buffer.getvalue(), source)
     return paths
+
+
+def _png_bytes(picture: np.ndarray | Image.Image) -> bytes:
+    """A picture (an array as :func:`fcnseg.viz.save_png` takes, or a PIL image) encoded as PNG, in memory:
+    its hash is claimed before the file is written."""
+    if isinstance(picture, np.ndarray):
+        picture = Image.fromarray(np.ascontiguousarray(picture))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,18 +183,90 @@ def run(args: argparse.Namespace) -> int:
     files = expand_inputs(args.inputs)
     options = inference_options(args)
     runtime = start(args.device, args.threads)
+    shard = _shard_of(args.shard, runtime)
+    mine = files if shard is None else shard.take(files)
     segmenter = load(args.checkpoint, device=runtime.device, backend=args.backend, options=options,
                      max_pixels=args.max_pixels, max_memory=args.max_memory)
     segmenter.intrinsics, segmenter.depth_scale = args.intrinsics, args.depth_scale
-    companions = depth_files(args, files, segmenter.inputs)
+    companions = depth_files(args, mine, segmenter.inputs, total=len(files))
     if max(segmenter.info.head_classes) > 256:
         raise ConfigError(f"{segmenter.info.name} has {segmenter.info.num_classes} classes; mask PNGs and "
                           "overlays hold at most 256. Use the Python API (fcnseg.load) instead.")
-    outputs = Outputs(args.out, "predict", args.overwrite)
-    outputs.claim([path for file in files for path in output_paths(args.out, file.stem, segmenter.info, args.probs)],
-                  inputs=[*files, args.checkpoint])
+    planned = {file: output_paths(args.out, file.stem, segmenter.info, args.probs) for file in mine}
+    every = [path for paths in planned.values() for path in paths]
+    outputs = Outputs(args.out, "predict", args.overwrite, shard)
+    if shard is None and args.out.is_dir():  # refused before anything is made in a folder another run is writing
+        refuse_if_held(args.out)
+    outputs.claim(every, inputs=[*files, args.checkpoint])  # before the lock file is made, too
+    with _holding(args, outputs, files, every, segmenter.info):
+        if shard is None:  # alone in the folder: what killed runs claimed, into the record (for shards: shard_lock)
+            outputs.settle()
+        outputs.claim(every, inputs=[*files, args.checkpoint])  # again: these outputs are ours alone now
+        job, entries = _job(args), outputs.entries()
+        sources = {file: _source(job, file, companions[file]) for file in mine}
+        todo = [file for file in mine if not outputs.written(planned[file], sources[file], entries)]
+        failures = _predict_all(args, todo, segmenter, companions, outputs, sources, runtime.is_main)
+    return _report(failures, len(mine), len(mine) - len(todo), len(files), args.out, shard, runtime)
+
+
+def _shard_of(given: Shard | None, runtime: Runtime) -> Shard | None:
+    """This process's shard: ``--shard``'s, or its rank's under torchrun; None for a run in one process."""
+    if not runtime.distributed:
+        return given
+    if given is not None:
+        raise ConfigError(f"--shard {given} under torchrun, whose {runtime.world_size} processes share the inputs "
+                          "already: leave out --shard")
+    return Shard(runtime.rank, runtime.world_size)
+
+
+def _holding(args: argparse.Namespace, outputs: Outputs, files: list[Path], every: list[Path],
+             info: DatasetInfo) -> contextlib.AbstractContextManager:
+    """The hold on ``--out`` for this process: the whole folder, or a shard's part in it."""
+    # Temporaries a killed run left: of its outputs, and of the record (killed while saving it).
+    if outputs.shard is None:
+        return folder_lock(args.out, "fcnseg predict", stale=[RECORD, *(path.name for path in every)])
+    others = [path.name for file in files for path in output_paths(args.out, file.stem, info, args.probs)]
+    run = _digest([_job(args), outputs.shard.count, [str(file.absolute()) for file in files]])
+    return shard_lock(outputs, "fcnseg predict", run, stale=[path.name for path in every],
+                      stale_alone=[RECORD, *others])
+
+
+# Options that change nothing in the outputs: a run that differs only in these is the same job.
+_NOT_IN_OUTPUTS = ("func", "command", "inputs", "out", "overwrite", "shard", "threads", "quiet")
+
+
+def _job(args: argparse.Namespace) -> str:
+    """A fingerprint of what makes the outputs what they are, but the inputs: the checkpoint file (path, size,
+    modification time) and every option."""
+    stat = os.stat(args.checkpoint)
+    options = {key: str(value) for key, value in vars(args).items() if key not in _NOT_IN_OUTPUTS}
+    return _digest({**options, "checkpoint": [os.path.realpath(args.checkpoint), stat.st_size, stat.st_mtime_ns]})
+
+
+def _source(job: str, file: Path, companions: dict[str, Path]) -> str:
+    """A fingerprint of what one input's outputs are made from: ``job``, the input and its depth or HHA image
+    (path, size, modification time)."""
+    files = []
+    for path in (file, *companions.values()):
+        try:
+            stat = os.stat(path)
+            files.append([os.path.realpath(path), stat.st_size, stat.st_mtime_ns])
+        except OSError:  # unreadable: it fails, and writes nothing
+            files.append([str(path)])
+    return _digest([job, files])
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _predict_all(args: argparse.Namespace, files: list[Path], segmenter: Segmenter,
+                 companions: dict[Path, dict[str, Path]], outputs: Outputs, sources: dict[Path, str],
+                 show_bar: bool = True) -> list[tuple[Path, str]]:
+    """Segment ``files`` into ``outputs``; returns the inputs that could not be read, with the reason."""
     failures: list[tuple[Path, str]] = []
-    with progress_bar(total=len(files), desc="predict", unit="img") as bar, _flushing(outputs):
+    shard = f"shard {outputs.shard}: " if outputs.shard else ""
+    with progress_bar(total=len(files), desc="predict", unit="img", enabled=show_bar) as bar, _flushing(outputs):
         for done, path in enumerate(files, start=1):
             began = time.perf_counter()
             try:  # an unreadable file, or one no memory plan fits, fails alone
@@ -154,18 +274,18 @@ def run(args: argparse.Namespace) -> int:
                 maps, probs = _segment(segmenter, image, str(path), args.probs, **companions[path])
             except DataError as exc:
                 failures.append((path, str(exc)))
-                bar.write(f"[{done}/{len(files)}] {path.name} FAILED: {exc}", file=sys.stderr)
+                bar.write(printable(f"{shard}[{done}/{len(files)}] {path.name} FAILED: {exc}"), file=sys.stderr)
                 bar.update(1)
                 continue
             for head, labels in zip(segmenter.info.heads, maps, strict=True):
                 stem = path.stem if head is segmenter.info else f"{path.stem}_{head.task}"
-                outputs.record(write_outputs(args.out, stem, image, labels, head, args.opacity,
-                                             probs if head is segmenter.info else None))
+                write_outputs(outputs, stem, image, labels, head, args.opacity,
+                              probs if head is segmenter.info else None, sources[path])
             if not is_quiet():
-                bar.write(f"[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "
-                          f"{time.perf_counter() - began:.2f} s", file=sys.stderr)
+                bar.write(printable(f"{shard}[{done}/{len(files)}] {path.name} {image.shape[1]}x{image.shape[0]} "
+                                    f"{time.perf_counter() - began:.2f} s"), file=sys.stderr)
             bar.update(1)
-    return _report(failures, len(files), args.out)
+    return failures
 
 
 def output_paths(out: Path, stem: str, info: DatasetInfo, probs: bool) -> list[Path]:
@@ -174,9 +294,12 @@ def output_paths(out: Path, stem: str, info: DatasetInfo, probs: bool) -> list[P
     return paths + [out / f"{stem}_{head.task}{suffix}" for head in info.extra_heads for suffix in OUTPUT_SUFFIXES[:4]]
 
 
-def depth_files(args: argparse.Namespace, files: list[Path], inputs: tuple[str, ...]) -> dict[Path, dict[str, Path]]:
+def depth_files(args: argparse.Namespace, files: list[Path], inputs: tuple[str, ...],
+                total: int | None = None) -> dict[Path, dict[str, Path]]:
     """Each input's depth map or HHA image (``{"depth": path}``, ``{"hha": path}`` or nothing), found before
-    anything runs: a net that reads depth needs one per input, a colour net none."""
+    anything runs: a net that reads depth needs one per input, a colour net none. ``total``: how many inputs
+    the run has, when ``files`` are one shard's."""
+    total = len(files) if total is None else total
     given = {kind: getattr(args, kind) for kind in ("depth", "hha") if getattr(args, kind) is not None}
     if "hha" not in inputs:
         if given:
@@ -189,10 +312,10 @@ def depth_files(args: argparse.Namespace, files: list[Path], inputs: tuple[str, 
         check_intrinsics(args.intrinsics)  # before any image, not once per image
     kind, where = next(iter(given.items()))
     if where.is_file():
-        if len(files) > 1:
-            raise ConfigError(f"--{kind} {where} is one file for {len(files)} inputs: give a folder of files named as "
+        if total > 1:
+            raise ConfigError(f"--{kind} {where} is one file for {total} inputs: give a folder of files named as "
                               "the inputs")
-        return {files[0]: {kind: where}}
+        return {file: {kind: where} for file in files}  # one input, or none in this shard
     if not where.is_dir():
         raise DataError(f"--{kind} {where} does not exist")
     found = {path: sorted(p for p in where.glob(f"{glob.escape(path.stem)}.*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -225,17 +348,38 @@ def _check_frame(image: np.ndarray, labels: np.ndarray, name: str) -> None:
 
 @contextlib.contextmanager
 def _flushing(outputs: Outputs) -> Iterator[None]:
+    """The record saved on the way out, also when interrupted (the journal's claims stand in for it where
+    that is impossible: kill -9, or a full disk)."""
     try:
         yield
-    finally:  # also when interrupted: what was written is recorded as fcnseg predict's
-        outputs.flush()
+    except BaseException:
+        with contextlib.suppress(WriteError):  # a full disk: the first file that failed is the news
+            outputs.flush()
+        raise
+    outputs.flush()
 
 
-def _report(failures: list[tuple[Path, str]], total: int, out: Path) -> int:
+def _report(failures: list[tuple[Path, str]], total: int, kept: int, inputs: int, out: Path, shard: Shard | None,
+            runtime: Runtime) -> int:
+    """Print what was done (under torchrun: rank 0, for every rank); 1 when an input could not be segmented.
+    ``total``: this process's inputs, ``kept`` of them written by an earlier run; ``inputs``: the run's."""
+    gathered = gather_objects((failures, total, kept), runtime)
+    failures = [failure for rank_failures, _, _ in gathered for failure in rank_failures]
+    total, kept = sum(count for _, count, _ in gathered), sum(count for _, _, count in gathered)
+    if not runtime.is_main:
+        return 1 if failures else 0
+    who = f"{runtime.world_size} processes" if runtime.distributed else f"shard {shard}" if shard else ""
     if failures:
-        print(f"fcnseg predict: {len(failures)} of {total} inputs could not be segmented:", file=sys.stderr)
+        print(f"fcnseg predict: {who + ': ' if who else ''}{len(failures)} of {total} inputs could not be "
+              "segmented:", file=sys.stderr)
         for path, message in failures:
-            print(f"  {path}: {message}", file=sys.stderr)
+            print(printable(f"  {path}: {message}"), file=sys.stderr)
         return 1
-    print(f"fcnseg predict: wrote results for {total} images to {out}", file=sys.stderr)
+    if total == 0:  # more shards than inputs
+        print(f"fcnseg predict: shard {shard} has none of the {inputs} inputs (shard I of N takes the inputs I, I+N, "
+              "...): nothing to do", file=sys.stderr)
+        return 0
+    earlier = f" ({kept} of them written by an earlier run, and kept)" if kept else ""
+    print(printable(f"fcnseg predict: {who + ' ' if who else ''}wrote results for {total} images to {out}{earlier}"),
+          file=sys.stderr)
     return 0

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from fcnseg.commands.options import add_dataclass_flags, add_quiet, yaml_problem
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, printable
 from fcnseg.metrics import format_table
 from fcnseg.runtime import is_main_process
 from fcnseg.train import TrainConfig, train
@@ -61,5 +61,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if result["scores"]:
         print(format_table({f"{config.model} ({config.backbone})": result["scores"]}))
-    print(f"checkpoints: {result['last']} (last), {result['best']} (best)")
+    print(printable(f"checkpoints: {result['last']} (last), {result['best']} (best)"))
     return 0

@@ -16,6 +16,7 @@ the rules live in one place:
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import threading
@@ -97,7 +98,7 @@ def open_image(source: PathLike | bytes, what: str = "image", max_pixels: int | 
         source = Path(source)
         name = name or f"{what} {source}"
         if not source.is_file():
-            raise DataError(f"{what} file not found: {source}")
+            raise DataError(not_a_file(source, what))
         handle = source
     with _pixel_limit(max_pixels):
         try:
@@ -117,6 +118,25 @@ def open_image(source: PathLike | bytes, what: str = "image", max_pixels: int | 
                             "(is it really an image file?)") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise DataError(f"{name} is truncated or corrupt ({exc}). Re-download or re-export the file.") from None
+
+
+def leads_nowhere(path: Path) -> bool:
+    """Whether ``path`` is a symbolic link that cannot be followed (a loop, or a missing target): an entry
+    a listing of files must not drop silently, since the user meant it as a file."""
+    return path.is_symlink() and not path.exists()
+
+
+def not_a_file(path: Path, what: str = "image") -> str:
+    """Why ``path`` cannot be read as a file, in one sentence naming it."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"{what} {path} is a symbolic link loop (following it leads back to where it started)"
+        if path.is_symlink():
+            return f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist"
+        return f"{what} file not found: {path}"
+    return f"{what} {path} is not a file" + (" but a folder" if path.is_dir() else "")
 
 
 def _check_format(img: Image.Image, formats: Collection[str] | Mapping[str, str] | None, name: str) -> None:

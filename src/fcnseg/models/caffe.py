@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fcnseg.errors import WeightsError
+from fcnseg.errors import WeightsError, require_model_file
 
 # Wire types of the protobuf encoding.
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
@@ -153,11 +153,7 @@ def _layer(buf: mmap.mmap, start: int, end: int, v1: bool) -> CaffeLayer:
 def open_caffemodel(path: str | Path) -> Iterator[tuple[str, list[CaffeLayer]]]:
     """``(net name, layers)`` of a .caffemodel file; the blobs are views on the mapped file, valid only
     inside the ``with`` block (copy what you keep)."""
-    path = Path(path)
-    if path.is_dir():
-        raise WeightsError(f"{path} is a folder, not a Caffe model: give the .caffemodel file inside it")
-    if not path.is_file():
-        raise WeightsError(f"Caffe model not found: {path}")
+    path = require_model_file(path, "Caffe model", (".caffemodel",))
     with open(path, "rb") as handle:
         if path.stat().st_size == 0:
             raise WeightsError(f"{path} is empty, not a Caffe model")

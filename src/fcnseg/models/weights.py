@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fcnseg.data.info import VOC
-from fcnseg.errors import ConfigError, WeightsError
+from fcnseg.errors import ConfigError, WeightsError, require_model_file
 from fcnseg.models.backbones import VGG, AlexNet, Backbone, CaffeNet, GoogLeNet, LateFusion
 from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
@@ -86,11 +86,7 @@ def load_torch_file(path: str | Path) -> Any:
 
     Files that need pickled code are refused, never run.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise WeightsError(f"{path} is a folder, not a weights file: give the file inside it")
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+    path = require_model_file(path, "weights file", (".pth", ".pt"))
     if path.stat().st_size == 0:
         raise WeightsError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again")
     try:

@@ -20,6 +20,18 @@ from fcnseg.data.balance import BALANCING, ENET_C
 from fcnseg.errors import ConfigError
 from fcnseg.models import BACKBONES, MODELS
 from fcnseg.models.fcn import GEOMETRIES
+from fcnseg.ranges import (
+    BELOW_ONE,
+    BETWEEN_ZERO_AND_ONE,
+    COUNT,
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_COUNT,
+    POSITIVE,
+    SEED,
+    Range,
+    check_fields,
+)
 
 # The authors' fixed learning rates for the summed loss at batch size 1 (reference VOC recipe).
 PAPER_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s_atonce": 1e-10}
@@ -28,7 +40,6 @@ CHOICES = {
     "recipe": ("modern", "paper"), "optimizer": ("sgd", "adamw"), "schedule": ("poly", "constant"),
     "amp": ("none", "bf16", "fp16"),
 }
-AT_LEAST_ONE = ("iterations", "batch_size", "grad_accum", "val_interval", "checkpoint_interval", "log_interval")
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:  # noqa: A002 - argparse's word
@@ -45,10 +56,10 @@ class TrainConfig:
     # model
     model: str = option("fcn8s", "the net: " + ", ".join(MODELS))
     backbone: str = option("vgg16", "the classification net turned into an FCN: " + ", ".join(BACKBONES))
-    width: float = option(1.0, "channel multiplier of the backbone (0.125 trains on a CPU)")
+    width: float = option(1.0, "channel multiplier of the backbone (0.125 trains on a CPU)", range=POSITIVE)
     geometry: str = option("fast", "reference: the authors' pad-100-and-crop nets; fast: minimal padding")
     learnable_upsampling: bool = option(False, "train the upsampling kernels instead of frozen bilinear ones")
-    dropout: float = option(0.5, "fc6/fc7 dropout probability (VGG16, AlexNet)")
+    dropout: float = option(0.5, "fc6/fc7 dropout probability (VGG16, AlexNet)", range=BELOW_ONE)
     init_from: str | None = option(None, "a coarser run's folder or .pth checkpoint to start from (staged)")
     imagenet_weights: str | None = option(None, "torchvision ImageNet weights: a .pth file, a URL or 'default'")
     # data
@@ -59,47 +70,48 @@ class TrainConfig:
     val_split: str = option("val", "split to validate on")
     dataset_options: dict[str, Any] = option({}, "reader options as a YAML mapping, e.g. '{num_images: 200}'")
     crop_size: list[int] | None = option(None, "random crop height and width (unset: whole images)",
-                                         metavar=("H", "W"), length=2)
+                                         metavar=("H", "W"), length=2, range=COUNT)
     scale_range: list[float] | None = option(None, "random rescaling range, e.g. 0.5 2.0", metavar=("MIN", "MAX"),
-                                             length=2)
+                                             length=2, range=POSITIVE)
     flip: bool = option(True, "random horizontal flips")
-    color_jitter: float = option(0.0, "brightness, contrast and saturation jitter (0: none)")
+    color_jitter: float = option(0.0, "brightness, contrast and saturation jitter, 0 to 1 (0: none)", range=FRACTION)
     accept_only_class_zero: bool = option(False, "train on labels whose only class is 0 besides ignored pixels "
                                                  "(0/255 masks are refused unless 255 really means ignore)")
-    batch_size: int = option(8, "images per step (per process under torchrun)")
-    workers: int = option(2, "data loading processes (one thread each)")
+    batch_size: int = option(8, "images per step (per process under torchrun)", range=COUNT)
+    workers: int = option(2, "data loading processes (one thread each)", range=NON_NEGATIVE_COUNT)
     # optimisation
     recipe: str = option("modern", "modern: mean loss, momentum 0.9; paper: summed loss, momentum 0.99, "
                                    "fixed tiny lr, biases at 2x lr")
     optimizer: str = option("sgd", "sgd or adamw")
-    lr: float | None = option(None, "learning rate (default: the recipe's)")
-    momentum: float = option(0.9, "SGD momentum (the paper recipe uses 0.99)")
-    weight_decay: float = option(5e-4, "weight decay (not applied to biases)")
+    lr: float | None = option(None, "learning rate (default: the recipe's)", range=POSITIVE)
+    momentum: float = option(0.9, "SGD momentum (the paper recipe uses 0.99)", range=BELOW_ONE)
+    weight_decay: float = option(5e-4, "weight decay (not applied to biases)", range=NON_NEGATIVE)
     schedule: str = option("poly", "poly: (1 - t/T)^power decay; constant")
-    poly_power: float = option(0.9, "power of the poly schedule")
-    warmup_iterations: int = option(0, "linear learning-rate warm-up iterations")
+    poly_power: float = option(0.9, "power of the poly schedule", range=NON_NEGATIVE)
+    warmup_iterations: int = option(0, "linear learning-rate warm-up iterations", range=NON_NEGATIVE_COUNT)
     class_weights: list[float] | str | None = option(
         None, "loss weight per class, in class order, or computed from the training labels: median_frequency, "
-              "inverse_log")
+              "inverse_log", range=NON_NEGATIVE)
     inverse_log_c: float = option(ENET_C, "the constant c of inverse_log weights 1 / ln(c + share): ENet's 1.02, "
-                                          "larger is gentler")
-    iterations: int = option(1000, "optimizer steps in all (a resumed run continues up to this)")
-    grad_accum: int = option(1, "micro-batches accumulated per step")
+                                          "larger is gentler", range=Range(1, above=True))
+    iterations: int = option(1000, "optimizer steps in all (a resumed run continues up to this)", range=COUNT)
+    grad_accum: int = option(1, "micro-batches accumulated per step", range=COUNT)
     ema_decay: float | None = option(None, "keep an exponential moving average of the weights with this decay per "
-                                           "step (e.g. 0.999); validation and checkpoints use the average")
+                                           "step (e.g. 0.999); validation and checkpoints use the average",
+                                     range=BETWEEN_ZERO_AND_ONE)
     amp: str = option("none", "mixed precision: none, bf16 (CPU or GPU) or fp16 (GPU, with a grad scaler)")
     channels_last: bool = option(False, "channels-last memory format")
     # bookkeeping
-    val_interval: int = option(200, "validate every N steps (and at the end)")
-    checkpoint_interval: int = option(200, "write last.pth every N steps (and at the end)")
-    log_interval: int = option(10, "log the loss to metrics.csv every N steps")
-    val_limit: int | None = option(None, "validate on the first N images only")
+    val_interval: int = option(200, "validate every N steps (and at the end)", range=COUNT)
+    checkpoint_interval: int = option(200, "write last.pth every N steps (and at the end)", range=COUNT)
+    log_interval: int = option(10, "log the loss to metrics.csv every N steps", range=COUNT)
+    val_limit: int | None = option(None, "validate on the first N images only", range=COUNT)
     device: str = option("auto", "auto (a GPU when there is one), cpu, cuda or cuda:N")
-    threads: int | None = option(None, "torch threads of each process (default: the usable cores)")
+    threads: int | None = option(None, "torch threads of each process (default: the usable cores)", range=COUNT)
     max_memory: str | int | None = option(None, "memory a training process may use, e.g. 12G (default: 80 percent "
                                                 "of what is available); a larger estimated step is refused",
                                           metavar="SIZE")
-    seed: int = option(0, "seed of the initialisation, sample order and augmentation")
+    seed: int = option(0, "seed of the initialisation, sample order and augmentation", range=SEED)
     out: str = option("runs/exp", "the run's folder: checkpoints, metrics.csv, config.yaml")
     resume: bool = option(False, "continue the run in --out exactly where it stopped")
     overwrite: bool = option(False, "replace a run, or files fcnseg train did not write, in --out")
@@ -134,15 +146,17 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{source}: {name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in AT_LEAST_ONE:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{source}: {name} must be at least 1, got {getattr(self, name)}")
         for item in dataclasses.fields(self):
             length, value = item.metadata.get("length"), getattr(self, item.name)
             if length and value is not None and len(value) != length:
                 raise ConfigError(f"{source}: {item.name} takes {length} values, got {value!r}")
-        if self.workers < 0 or (self.threads is not None and self.threads < 1):
-            raise ConfigError(f"{source}: workers must be >= 0 and threads >= 1, got {self.workers}, {self.threads}")
+        check_fields(self, f"{source}: ")  # each number in its range: no nan, inf, negative rate, ...
+        if self.scale_range is not None and self.scale_range[0] > self.scale_range[1]:
+            raise ConfigError(f"{source}: scale_range is MIN MAX, got {self.scale_range[0]:g} above "
+                              f"{self.scale_range[1]:g}")
+        if isinstance(self.class_weights, list) and self.class_weights and not any(self.class_weights):
+            raise ConfigError(f"{source}: class_weights are all 0, so no pixel would count in the loss; give the "
+                              "classes to learn a weight above 0")
         if isinstance(self.class_weights, str) and self.class_weights not in BALANCING:
             raise ConfigError(f"{source}: class_weights must be a list of numbers or one of {', '.join(BALANCING)}; "
                               f"got {self.class_weights!r}")
@@ -150,12 +164,6 @@ class TrainConfig:
             weights = repr(self.class_weights) if self.class_weights else "not set"
             raise ConfigError(f"{source}: inverse_log_c applies to class_weights: inverse_log only; "
                               f"class_weights is {weights}")
-        if self.inverse_log_c <= 1:
-            raise ConfigError(f"{source}: inverse_log_c must be above 1 (ENet: 1.02), got {self.inverse_log_c}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"{source}: ema_decay must be between 0 and 1 (e.g. 0.999), got {self.ema_decay}")
-        if self.width <= 0 or not 0 <= self.dropout < 1:
-            raise ConfigError(f"{source}: width must be > 0 and dropout in [0, 1); got {self.width}, {self.dropout}")
 
     def resolved_lr(self) -> float:
         if self.lr is not None:

@@ -1,0 +1,85 @@
+"""The values a numeric option may take, defined once next to the option and checked the same way whatever
+sets it (a command-line flag, a YAML config file, ``--set``, the Python API): a finite number (a whole one
+where counts are meant) within bounds. NaN and infinity are never in a range."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from fcnseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Range:
+    """Finite numbers from ``low`` to ``high`` (None: unbounded); ``above`` / ``below`` leave the bound itself
+    out; ``whole``: whole numbers only."""
+
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    below: bool = False
+    whole: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if self.whole else numbers.Real):
+            return False
+        if not isinstance(value, numbers.Integral) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.above and value == self.low)):
+            return False
+        return self.high is None or not (value > self.high or (self.below and value == self.high))
+
+    def text(self) -> str:
+        """How the range reads in a message: "a whole number of at least 1", "a number in [0, 1)"."""
+        kind = "a whole number" if self.whole else "a number"
+        if self.low is not None and self.high is not None:
+            if not (self.above or self.below):
+                return f"{kind} from {_number(self.low)} to {_number(self.high)}"
+            return (f"{kind} in {'(' if self.above else '['}{_number(self.low)}, {_number(self.high)}"
+                    f"{')' if self.below else ']'}")
+        if self.low is not None:
+            return f"{kind} {'above' if self.above else 'of at least'} {_number(self.low)}"
+        if self.high is not None:
+            return f"{kind} {'below' if self.below else 'of at most'} {_number(self.high)}"
+        return f"{kind} (not nan or inf)"
+
+    def check(self, value: Any, name: str) -> Any:
+        """``value`` if it is in the range (each item of a list or tuple), else a ConfigError naming ``name``."""
+        values = value if isinstance(value, list | tuple) else [value]
+        for item in values:
+            if item not in self:
+                raise ConfigError(f"{name} must be {self.text()}, got {_shown(item)}")
+        return value
+
+
+def check_fields(instance: Any, where: str = "") -> None:
+    """Check each field of dataclass ``instance`` that has a ``range`` in its metadata (None passes, and so does
+    a word where a field takes numbers or a word); errors name ``where`` then the field."""
+    for item in dataclasses.fields(instance):
+        allowed, value = item.metadata.get("range"), getattr(instance, item.name)
+        if allowed is not None and value is not None and not isinstance(value, str):
+            allowed.check(value, where + item.name)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _shown(value: object) -> str:
+    return _number(value) if isinstance(value, float) else repr(value)
+
+
+# The ranges options share.
+COUNT = Range(1, whole=True)  # iterations, images, threads, sizes in pixels
+NON_NEGATIVE_COUNT = Range(0, whole=True)  # workers, warm-up iterations
+POSITIVE = Range(0, above=True)  # scales, learning rates, sizes in MB
+NON_NEGATIVE = Range(0)  # weight decay, loss weights
+FRACTION = Range(0, 1)  # opacity, colour jitter
+BELOW_ONE = Range(0, 1, below=True)  # overlap, dropout, momentum
+BETWEEN_ZERO_AND_ONE = Range(0, 1, above=True, below=True)  # EMA decay
+PORT = Range(0, 65535, whole=True)
+SEED = Range(0, 2**32 - 1, whole=True)  # what numpy, torch and Python's random all take
