@@ -18,8 +18,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fcnseg demo --out demo_out
 
+# Two workers, one per core (most tests run one thread); a file's tests stay together (its fixtures are made once).
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile
 
 # fcnseg against the real pytorch-fcn, side by side (a few minutes; not part of `make test`). The peer is
 # installed for the benchmark only, without its dependencies (its models need none of them).
