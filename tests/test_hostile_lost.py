@@ -277,3 +277,15 @@ def test_an_output_folder_that_is_a_file_is_one_line_before_any_work(tiny_checkp
             "train": ["train", *TINY_TRAIN, "--iterations", "1", "--out", str(blocker)]}[command]
     refused(capsys, argv, blocker)
     assert blocker.read_text() == "a file where the output folder should be"
+
+
+def test_train_on_from_a_resumed_runs_config_starts_a_new_run(finished_run, tmp_path, capsys):
+    # A resumed run once wrote `resume: true` into config.yaml, so the README's "train on" command (--config
+    # RUN/config.yaml --init-from RUN/last.pth --out NEW) asked to resume a folder holding no checkpoint.
+    assert main(["train", "--out", str(finished_run), "--resume", "--threads", "1", "--quiet"]) == 0
+    saved = yaml.safe_load((finished_run / "config.yaml").read_text())
+    assert "resume" not in saved and "overwrite" not in saved
+    more = tmp_path / "more"
+    assert main(["train", "--config", str(finished_run / "config.yaml"), "--init-from", str(finished_run / "last.pth"),
+                 "--out", str(more), "--iterations", "2", "--threads", "1", "--quiet"]) == 0
+    assert (more / "last.pth").is_file()

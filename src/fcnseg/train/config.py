@@ -175,6 +175,15 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def run_options(self) -> dict[str, Any]:
+        """The options that make the run, as config.yaml and the checkpoints keep them: without the flags of one
+        invocation (``resume``, ``overwrite``), so that ``--config RUN/config.yaml`` starts a new run even after
+        the run was resumed."""
+        return {key: value for key, value in self.to_dict().items() if key not in PER_INVOCATION}
+
+
+# Flags that say how to treat the run folder this time, not what the run is.
+PER_INVOCATION = ("resume", "overwrite")
 
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
                dict: "a mapping", list: "a list"}

@@ -50,7 +50,7 @@ def write_config(run: Run) -> None:
     """The resolved options, next to the run's outputs (main process)."""
     if run.runtime.is_main:
         with atomic_open(run.out / "config.yaml", "w") as handle:
-            yaml.safe_dump(run.config.to_dict(), handle, sort_keys=False)
+            yaml.safe_dump(run.config.run_options(), handle, sort_keys=False)
         run.outputs.record([run.out / "config.yaml"], flush=True)
 
 
@@ -76,7 +76,7 @@ def save_last(run: Run) -> None:
     if run.runtime.is_main:
         state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "scaler": run.scaler.state_dict(), "iteration": run.iteration, "best_mean_iu": run.best_mean_iu,
-                 "rng": [rng for rng, _ in gathered], "config": run.config.to_dict(),
+                 "rng": [rng for rng, _ in gathered], "config": run.config.run_options(),
                  "launchers": sorted({agent for _, agent in gathered if agent is not None})}
         if run.ema is not None:
             state["train_state_dict"] = run.model.state_dict()
@@ -103,5 +103,5 @@ def save_best(run: Run, mean_iu: float) -> None:
     if run.runtime.is_main:
         with _checkpoint_write(run):
             write_checkpoint(model_checkpoint(run.saved_model, run.info, iteration=run.iteration, mean_iu=mean_iu,
-                                              config=run.config.to_dict()), run.best_path)
+                                              config=run.config.run_options()), run.best_path)
         run.outputs.record([run.best_path], flush=True)
