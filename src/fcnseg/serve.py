@@ -495,9 +495,9 @@ class SegmentServer:
         return _error(error.status, error.message, close=error.status in (408, 413))
 
     def _too_large(self, size: int) -> str:
-        limit = self.max_upload_bytes / 2**20
-        return f"the upload is {size / 2**20:.1f} MB; this server accepts at most {limit:g} MB (restart it with a " \
-               "larger --max-upload-mb)"
+        limit = format_bytes(self.max_upload_bytes)
+        return f"the upload is {format_bytes(size)}; this server accepts at most {limit} (restart it with a larger " \
+               "--max-upload-mb)"
 
     async def _run(self, request: Request, job: Job) -> bytes:
         body = await self._read_body(request, job)
