@@ -152,3 +152,13 @@ def test_a_batch_larger_than_the_dataset_is_said_once(tmp_path, capsys):
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert err.count("batch_size 8 is larger than the 3 training images") == 1
+
+
+def test_a_folder_without_split_lists_says_how_to_use_every_image_from_the_command_line(tmp_path, capsys):
+    # The message once said "use split=None", which no flag accepts: a newcomer's folder (images, masks,
+    # classes.txt) had no way out from the command line.
+    root = folder_dataset(tmp_path / "my_data", classes=2)
+    err = refused(capsys, ["train", "--dataset", "folder", "--root", str(root), "--out", str(tmp_path / "run"),
+                           "--width", "0.0625", "--iterations", "1"], "splits")
+    assert "--val-split all" in err
+    assert not (tmp_path / "run" / "last.pth").exists()

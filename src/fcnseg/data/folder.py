@@ -148,8 +148,9 @@ class FolderDataset(FilePairDataset):
         if not list_file.is_file():
             available = sorted(p.stem for p in splits_dir.glob("*.txt")) if splits_dir.is_dir() else []
             raise DataError(
-                f"no split list {list_file} (available: {', '.join(available) or 'none'}); "
-                "use split=None for all images, or write one image name (stem) per line there"
+                f"no split list {list_file} (available: {', '.join(available) or 'none'}): write one image name "
+                "(stem) per line there, or use split 'all' for every image (fcnseg train --val-split all, "
+                "fcnseg eval --split all)"
             )
         stems = []
         unknown = []
