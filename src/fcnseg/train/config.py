@@ -104,7 +104,8 @@ class TrainConfig:
     # bookkeeping
     val_interval: int = option(200, "validate every N steps (and at the end)", range=COUNT)
     checkpoint_interval: int = option(200, "write last.pth every N steps (and at the end)", range=COUNT)
-    log_interval: int = option(10, "log the loss to metrics.csv every N steps", range=COUNT)
+    log_interval: int = option(10, "log the loss to metrics.csv every N steps (and print a progress line then "
+                                   "when the output is not a terminal)", range=COUNT)
     val_limit: int | None = option(None, "validate on the first N images only", range=COUNT)
     device: str = option("auto", "auto (a GPU when there is one), cpu, cuda or cuda:N")
     threads: int | None = option(None, "torch threads of each process (default: the usable cores)", range=COUNT)

@@ -1,0 +1,83 @@
+"""What a newcomer meets first: progress in a log file (not only on a terminal), help that lists every dataset
+and says what each export format is, mismatch messages that name both nets, and ImageNet weights that cannot
+fit refused before they are downloaded."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fcnseg.progress
+from fcnseg.cli import main
+
+from .helpers import TINY_TRAIN
+
+LOUD_TRAIN = [arg for arg in TINY_TRAIN if arg != "--quiet"]
+TRAIN_LINE = re.compile(r"fcnseg train: it (\d+)/4, epoch (\d+): loss \d+\.\d{4}, lr \S+, \d+\.\d img/s, "
+                        r"elapsed \d\d:\d\d, ETA \d\d:\d\d")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _train_lines(text: str) -> list[re.Match]:
+    return [match for line in text.splitlines() if (match := TRAIN_LINE.fullmatch(line))]
+
+
+def test_training_into_a_log_prints_a_progress_line_with_each_metrics_row(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "fcnseg.cli", "train", *LOUD_TRAIN, "--iterations", "4",
+                           "--log-interval", "2", "--val-interval", "4", "--out", str(out)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)  # stderr a pipe, as under nohup, SLURM or CI
+    assert done.returncode == 0, done.stderr
+    lines = _train_lines(done.stderr)
+    with (out / "metrics.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row["loss"]]
+    assert [int(m[1]) for m in lines] == [int(row["iteration"]) for row in rows] == [2, 4], done.stderr
+    assert [m[2] for m in lines] == [row["epoch"] for row in rows]
+
+
+def test_quiet_training_prints_no_progress_lines(tmp_path, capsys):
+    assert main(["train", *TINY_TRAIN, "--iterations", "2", "--log-interval", "1", "--val-interval", "2",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert not _train_lines(capsys.readouterr().err)
+
+
+def test_training_on_a_terminal_draws_the_bar_without_progress_lines(tmp_path, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["train", *LOUD_TRAIN, "--iterations", "2", "--log-interval", "1", "--val-interval", "2",
+                 "--out", str(tmp_path / "run")]) == 0
+    printed = terminal.getvalue()
+    assert "train:" in printed and "it/s" in printed, printed  # tqdm's bar
+    assert not _train_lines(printed.replace("\r", "\n")), printed
+
+
+def test_eval_into_a_log_prints_progress_lines(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(fcnseg.progress, "LINE_SECONDS", 0.0)  # a line at every update, not every 30 s
+    assert main(["eval", str(tiny_checkpoint), "--dataset", "synthetic", "--split", "val", "--limit", "3",
+                 "--workers", "0", "--threads", "1", "--device", "cpu"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fcnseg eval: eval: ")]
+    assert [line.split()[3] for line in lines] == ["1/3", "2/3", "3/3"], lines
+    assert all(re.search(r"img/s, elapsed \d\d:\d\d, ETA \d\d:\d\d$", line) for line in lines), lines
+    assert main(["eval", str(tiny_checkpoint), "--dataset", "synthetic", "--split", "val", "--limit", "3",
+                 "--workers", "0", "--threads", "1", "--device", "cpu", "--quiet"]) == 0
+    assert "fcnseg eval: eval: " not in capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
