@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import fcnseg.progress
-from fcnseg.cli import main
+from fcnseg.cli import build_parser, main
+from fcnseg.data.registry import DATASETS
 
 from .helpers import TINY_TRAIN
 
@@ -73,6 +74,26 @@ def test_eval_into_a_log_prints_progress_lines(tiny_checkpoint, tmp_path, capsys
     assert main(["eval", str(tiny_checkpoint), "--dataset", "synthetic", "--split", "val", "--limit", "3",
                  "--workers", "0", "--threads", "1", "--device", "cpu", "--quiet"]) == 0
     assert "fcnseg eval: eval: " not in capsys.readouterr().err
+
+
+def _help_of(command: str, option: str) -> str:
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    return next(a.help for a in subparsers.choices[command]._actions if option in a.option_strings) or ""
+
+
+def test_train_help_lists_every_dataset(capsys):
+    listed = _help_of("train", "--dataset")
+    assert all(re.search(rf"\b{name}\b", listed) for name in DATASETS), listed
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert all(name in printed for name in DATASETS)
+
+
+def test_export_help_says_what_each_format_is():
+    text = _help_of("export", "--format")
+    assert "ONNX Runtime" in text and "torch.jit.load" in text and "LibTorch" in text, text
+
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from fcnseg.data.balance import BALANCING, ENET_C
+from fcnseg.data.registry import DATASETS
 from fcnseg.errors import ConfigError
 from fcnseg.models import BACKBONES, MODELS
 from fcnseg.models.fcn import GEOMETRIES
@@ -61,10 +62,10 @@ class TrainConfig:
     learnable_upsampling: bool = option(False, "train the upsampling kernels instead of frozen bilinear ones")
     dropout: float = option(0.5, "fc6/fc7 dropout probability (VGG16, AlexNet)", range=BELOW_ONE)
     init_from: str | None = option(None, "a coarser run's folder or .pth checkpoint to start from (staged)")
-    imagenet_weights: str | None = option(None, "torchvision ImageNet weights: a .pth file, a URL or 'default'")
+    imagenet_weights: str | None = option(None, "torchvision ImageNet weights: a .pth file, a URL or 'default' "
+                                                "(torchvision's file of the backbone, for width 1 only)")
     # data
-    dataset: str = option("synthetic", "dataset name (synthetic, camvid, voc, sbd, kitti_road, cityscapes, "
-                                       "ade20k, folder)")
+    dataset: str = option("synthetic", "dataset name: " + ", ".join(DATASETS))
     root: str | None = option(None, "the dataset's folder (not needed for synthetic)")
     train_split: str = option("train", "split to train on")
     val_split: str = option("val", "split to validate on")
