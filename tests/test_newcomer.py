@@ -17,8 +17,11 @@ import torch
 import fcnseg.progress
 from fcnseg.cli import build_parser, main
 from fcnseg.data.registry import DATASETS
+from fcnseg.errors import WeightsError
+from fcnseg.models import build_model
+from fcnseg.models.weights import init_from_coarser
 
-from .helpers import TINY_TRAIN
+from .helpers import TINY_TRAIN, error_names, refused
 
 LOUD_TRAIN = [arg for arg in TINY_TRAIN if arg != "--quiet"]
 TRAIN_LINE = re.compile(r"fcnseg train: it (\d+)/4, epoch (\d+): loss \d+\.\d{4}, lr \S+, \d+\.\d img/s, "
@@ -93,6 +96,29 @@ def test_train_help_lists_every_dataset(capsys):
 def test_export_help_says_what_each_format_is():
     text = _help_of("export", "--format")
     assert "ONNX Runtime" in text and "torch.jit.load" in text and "LibTorch" in text, text
+
+
+def test_training_from_a_net_of_another_width_names_both_nets_and_the_fix(tiny_checkpoint, tmp_path, capsys):
+    # tiny_checkpoint: an fcn8s on vgg16 of width 0.0625
+    wider = [arg if arg != "0.0625" else "0.125" for arg in TINY_TRAIN]
+    refused(capsys, ["train", "--init-from", tiny_checkpoint, "--model", "fcn16s", *wider, "--out", tmp_path / "run"],
+            tiny_checkpoint, "fcn8s on vgg16 of width 0.0625", "fcn16s is on vgg16 of width 0.125",
+            "--backbone vgg16 --width 0.0625")
+
+
+def test_staged_init_mismatches_name_both_nets():
+    coarse = build_model("fcn32s", backbone="vgg16", num_classes=5, width=1 / 16, geometry="fast")
+    wider = build_model("fcn8s", backbone="vgg16", num_classes=5, width=1 / 8, geometry="fast")
+    with pytest.raises(WeightsError) as caught:
+        init_from_coarser(wider, coarse)
+    error_names(caught, "fcn32s on vgg16 of width 0.0625", "fcn8s on vgg16 of width 0.125", "backbone and width")
+    with pytest.raises(WeightsError) as caught:  # a bare state dict: the entries that differ, with both shapes
+        init_from_coarser(wider, coarse.state_dict())
+    error_names(caught, "backbone.features.0.weight (4, 3, 3, 3) vs (8, 3, 3, 3)", "fcn8s on vgg16 of width 0.125")
+    other = build_model("fcn8s", backbone="vgg16", num_classes=6, width=1 / 16, geometry="fast")
+    with pytest.raises(WeightsError) as caught:
+        init_from_coarser(other, coarse)
+    error_names(caught, "scores 5 classes, this one 6", "classes=")
 
 
 

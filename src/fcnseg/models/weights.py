@@ -415,14 +415,32 @@ def init_from_coarser(fine: FCN, coarse: FCN | Mapping[str, torch.Tensor],
     shared = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
     backbone_keys = [k for k in target if k.startswith("backbone.")]
     if not all(k in shared for k in backbone_keys):
-        raise WeightsError("the starting net does not match this one (backbone or width differ)")
+        raise WeightsError(_backbone_mismatch(fine, coarse, source, target))
     if "score_fr.weight" not in shared:
         if classes is None:
-            raise WeightsError("the starting net scores another number of classes; give both class lists to "
-                               "carry over the classes they share")
+            counts = [len(d["score_fr.weight"]) if "score_fr.weight" in d else "?" for d in (source, target)]
+            raise WeightsError(f"the starting net scores {counts[0]} classes, this one {counts[1]}; give both class "
+                               "lists (classes=(its class names, this net's)) to carry over the classes they share")
         shared.update(_matching_score_rows(source, target, *classes))
     fine.load_state_dict(shared, strict=False)
     return sorted(shared)
+
+
+def _backbone_mismatch(fine: FCN, coarse: FCN | Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor],
+                       target: Mapping[str, torch.Tensor]) -> str:
+    """Why a starting net's backbone cannot be copied into ``fine``: both nets' backbone and width (the entries
+    that differ when the starting net is a bare state dict), and the fix."""
+    this = f"{fine.spec.name} on {fine.spec.backbone} of width {fine.spec.width:g}"
+    if isinstance(coarse, FCN):
+        start = f"is an {coarse.spec.name} on {coarse.spec.backbone} of width {coarse.spec.width:g}"
+    else:
+        differ = [f"{k} {tuple(source[k].shape) if k in source else 'missing'} vs {tuple(v.shape)}"
+                  for k, v in target.items()
+                  if k.startswith("backbone.") and (k not in source or source[k].shape != v.shape)]
+        more = " ..." if len(differ) > 3 else ""
+        start = f"differs in {len(differ)} backbone entries (its shape vs this one's: {', '.join(differ[:3])}{more})"
+    return (f"the starting net {start}; this one is an {this}: build this net with the starting net's backbone and "
+            "width (only the head may differ: fcn32s -> fcn16s -> fcn8s), or start from another net")
 
 
 def matching_classes(old: Sequence[str], new: Sequence[str]) -> list[tuple[int, int]]:
