@@ -15,11 +15,14 @@ import pytest
 import torch
 
 import fcnseg.progress
+import fcnseg.transfer
 from fcnseg.cli import build_parser, main
 from fcnseg.data.registry import DATASETS
 from fcnseg.errors import WeightsError
 from fcnseg.models import build_model
-from fcnseg.models.weights import init_from_coarser
+from fcnseg.models.spec import ModelSpec
+from fcnseg.models.weights import fcn_from_imagenet, init_from_coarser
+from fcnseg.train.config import TrainConfig
 
 from .helpers import TINY_TRAIN, error_names, refused
 
@@ -120,6 +123,32 @@ def test_staged_init_mismatches_name_both_nets():
         init_from_coarser(other, coarse)
     error_names(caught, "scores 5 classes, this one 6", "classes=")
 
+
+@pytest.fixture
+def no_download(monkeypatch):
+    def download(*args, **kwargs):
+        pytest.fail(f"downloaded {args} before refusing the weights")
+
+    monkeypatch.setattr(fcnseg.transfer, "cached_download", download)
+
+
+def test_default_imagenet_weights_for_a_narrow_net_are_refused_before_the_download(tmp_path, capsys, no_download):
+    out = tmp_path / "run"
+    refused(capsys, ["train", "--imagenet-weights", "default", *TINY_TRAIN, "--out", out],
+            "imagenet_weights", "width 1", "0.0625")
+    assert not out.exists()
+    refused(capsys, ["train", "--imagenet-weights", "default", "--backbone", "caffenet", *TINY_TRAIN, "--out", out],
+            "imagenet_weights", "caffenet", "alexnet")
+    spec = ModelSpec("fcn32s", "vgg16", 5, 1 / 16, "fast")
+    with pytest.raises(WeightsError) as caught:  # the Python API
+        fcn_from_imagenet(spec)
+    error_names(caught, "width 1", "0.0625")
+
+
+def test_default_imagenet_weights_stay_allowed_where_they_fit_or_are_not_read():
+    TrainConfig.from_dict({"imagenet_weights": "default", "backbone": "resnet50", "width": 1.0})
+    # With a starting net they are not read (its backbone replaces them): nothing to refuse.
+    TrainConfig.from_dict({"imagenet_weights": "default", "width": 0.0625, "init_from": "start.pth"})
 
 
 @pytest.fixture(autouse=True)

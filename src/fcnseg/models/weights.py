@@ -208,6 +208,20 @@ def check_fit(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Te
         raise WeightsError(f"{what} do not fit {target}: " + "; ".join(parts) + (f". {hint}" if hint else ""))
 
 
+def default_imagenet_problem(backbone: str, width: float) -> str | None:
+    """Why torchvision's own ImageNet weights (``imagenet_weights: default``) cannot start a ``backbone`` net of
+    ``width``, or None when they can: known before anything is downloaded."""
+    if backbone not in TORCHVISION_URLS:
+        return (f"torchvision has no ImageNet weights for {backbone} (it has them for {', '.join(TORCHVISION_URLS)}): "
+                "choose one of those backbones, give a weights file or URL, or train from scratch (no ImageNet "
+                "weights)")
+    if width != 1:
+        return (f"torchvision's ImageNet weights for {backbone} are for the full-width net (width 1), not width "
+                f"{width:g}: train at width 1, train from scratch (no ImageNet weights), or give a file or URL of "
+                f"weights for a {backbone} of width {width:g}")
+    return None
+
+
 def imagenet_spec(spec: ModelSpec) -> ModelSpec:
     """``spec`` for a net started from torchvision's ImageNet weights: ImageNet normalisation for every input,
     and for GoogLeNet torchvision's re-normalisation of its input (its weights were trained on mean 0.5 /
@@ -238,10 +252,12 @@ def load_imagenet_weights(model: FCN | Backbone, source: str | Path | None = Non
         raise WeightsError("ImageNet weights need the input the classifier was trained on (ImageNet normalisation; "
                            "GoogLeNet's transform_input): build the net with fcn_from_imagenet(spec)")
     if source is None:
-        name = model.spec.backbone if isinstance(model, FCN) else None
-        if name not in TORCHVISION_URLS:
+        if not isinstance(model, FCN):
             raise WeightsError("pass the ImageNet weights file or URL: the backbone's name is unknown")
-        source = TORCHVISION_URLS[name]
+        problem = default_imagenet_problem(model.spec.backbone, model.spec.width)
+        if problem:  # before the download (hundreds of MB) of weights that cannot fit
+            raise WeightsError(problem)
+        source = TORCHVISION_URLS[model.spec.backbone]
     sha = _sha_prefix_from_url(str(source)) if str(source).startswith("http") else None
     state_dict = load_state_dict_file(resolve_weights(source, sha256=sha))
     # A late-fusion net starts each input's trunk (colour and HHA alike) from the same ImageNet weights.

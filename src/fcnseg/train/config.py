@@ -21,6 +21,7 @@ from fcnseg.data.registry import DATASETS
 from fcnseg.errors import ConfigError
 from fcnseg.models import BACKBONES, MODELS
 from fcnseg.models.fcn import GEOMETRIES
+from fcnseg.models.weights import default_imagenet_problem
 from fcnseg.ranges import (
     BELOW_ONE,
     BETWEEN_ZERO_AND_ONE,
@@ -162,6 +163,9 @@ class TrainConfig:
         if isinstance(self.class_weights, str) and self.class_weights not in BALANCING:
             raise ConfigError(f"{source}: class_weights must be a list of numbers or one of {', '.join(BALANCING)}; "
                               f"got {self.class_weights!r}")
+        if self.imagenet_weights == "default" and self.init_from is None and \
+                (problem := default_imagenet_problem(self.backbone, self.width)):  # before the download
+            raise ConfigError(f"{source}: imagenet_weights default: {problem}")
         if self.inverse_log_c != ENET_C and self.class_weights != "inverse_log":
             weights = repr(self.class_weights) if self.class_weights else "not set"
             raise ConfigError(f"{source}: inverse_log_c applies to class_weights: inverse_log only; "
