@@ -32,7 +32,13 @@ def parse_size(text: str) -> tuple[int, int]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a checkpoint to ONNX or TorchScript, then check parity")
     parser.add_argument("checkpoint", type=Path, help="fcnseg checkpoint (.pth)")
-    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                        help="onnx (default): an .onnx file for ONNX Runtime, from Python, C++, C#, Java, "
+                             "JavaScript, ... (writing needs the onnx package, running onnxruntime: the 'export' "
+                             "extra installs both); torchscript: a .pt archive for PyTorch without fcnseg's code "
+                             "(torch.jit.load in Python, LibTorch in C++). fcnseg predict, eval and serve run both. "
+                             "Either maps a normalised image to class scores and keeps the net's classes and "
+                             "normalisation")
     parser.add_argument("--out", type=Path, required=True, help="output file (.onnx or .pt)")
     parser.add_argument("--opset", type=number(OPSETS), default=18, help="ONNX opset (default 18)")
     parser.add_argument("--check-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",

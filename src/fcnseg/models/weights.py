@@ -208,6 +208,20 @@ def check_fit(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Te
         raise WeightsError(f"{what} do not fit {target}: " + "; ".join(parts) + (f". {hint}" if hint else ""))
 
 
+def default_imagenet_problem(backbone: str, width: float) -> str | None:
+    """Why torchvision's own ImageNet weights (``imagenet_weights: default``) cannot start a ``backbone`` net of
+    ``width``, or None when they can: known before anything is downloaded."""
+    if backbone not in TORCHVISION_URLS:
+        return (f"torchvision has no ImageNet weights for {backbone} (it has them for {', '.join(TORCHVISION_URLS)}): "
+                "choose one of those backbones, give a weights file or URL, or train from scratch (no ImageNet "
+                "weights)")
+    if width != 1:
+        return (f"torchvision's ImageNet weights for {backbone} are for the full-width net (width 1), not width "
+                f"{width:g}: train at width 1, train from scratch (no ImageNet weights), or give a file or URL of "
+                f"weights for a {backbone} of width {width:g}")
+    return None
+
+
 def imagenet_spec(spec: ModelSpec) -> ModelSpec:
     """``spec`` for a net started from torchvision's ImageNet weights: ImageNet normalisation for every input,
     and for GoogLeNet torchvision's re-normalisation of its input (its weights were trained on mean 0.5 /
@@ -238,10 +252,12 @@ def load_imagenet_weights(model: FCN | Backbone, source: str | Path | None = Non
         raise WeightsError("ImageNet weights need the input the classifier was trained on (ImageNet normalisation; "
                            "GoogLeNet's transform_input): build the net with fcn_from_imagenet(spec)")
     if source is None:
-        name = model.spec.backbone if isinstance(model, FCN) else None
-        if name not in TORCHVISION_URLS:
+        if not isinstance(model, FCN):
             raise WeightsError("pass the ImageNet weights file or URL: the backbone's name is unknown")
-        source = TORCHVISION_URLS[name]
+        problem = default_imagenet_problem(model.spec.backbone, model.spec.width)
+        if problem:  # before the download (hundreds of MB) of weights that cannot fit
+            raise WeightsError(problem)
+        source = TORCHVISION_URLS[model.spec.backbone]
     sha = _sha_prefix_from_url(str(source)) if str(source).startswith("http") else None
     state_dict = load_state_dict_file(resolve_weights(source, sha256=sha))
     # A late-fusion net starts each input's trunk (colour and HHA alike) from the same ImageNet weights.
@@ -415,14 +431,32 @@ def init_from_coarser(fine: FCN, coarse: FCN | Mapping[str, torch.Tensor],
     shared = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
     backbone_keys = [k for k in target if k.startswith("backbone.")]
     if not all(k in shared for k in backbone_keys):
-        raise WeightsError("the starting net does not match this one (backbone or width differ)")
+        raise WeightsError(_backbone_mismatch(fine, coarse, source, target))
     if "score_fr.weight" not in shared:
         if classes is None:
-            raise WeightsError("the starting net scores another number of classes; give both class lists to "
-                               "carry over the classes they share")
+            counts = [len(d["score_fr.weight"]) if "score_fr.weight" in d else "?" for d in (source, target)]
+            raise WeightsError(f"the starting net scores {counts[0]} classes, this one {counts[1]}; give both class "
+                               "lists (classes=(its class names, this net's)) to carry over the classes they share")
         shared.update(_matching_score_rows(source, target, *classes))
     fine.load_state_dict(shared, strict=False)
     return sorted(shared)
+
+
+def _backbone_mismatch(fine: FCN, coarse: FCN | Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor],
+                       target: Mapping[str, torch.Tensor]) -> str:
+    """Why a starting net's backbone cannot be copied into ``fine``: both nets' backbone and width (the entries
+    that differ when the starting net is a bare state dict), and the fix."""
+    this = f"{fine.spec.name} on {fine.spec.backbone} of width {fine.spec.width:g}"
+    if isinstance(coarse, FCN):
+        start = f"is an {coarse.spec.name} on {coarse.spec.backbone} of width {coarse.spec.width:g}"
+    else:
+        differ = [f"{k} {tuple(source[k].shape) if k in source else 'missing'} vs {tuple(v.shape)}"
+                  for k, v in target.items()
+                  if k.startswith("backbone.") and (k not in source or source[k].shape != v.shape)]
+        more = " ..." if len(differ) > 3 else ""
+        start = f"differs in {len(differ)} backbone entries (its shape vs this one's: {', '.join(differ[:3])}{more})"
+    return (f"the starting net {start}; this one is an {this}: build this net with the starting net's backbone and "
+            "width (only the head may differ: fcn32s -> fcn16s -> fcn8s), or start from another net")
 
 
 def matching_classes(old: Sequence[str], new: Sequence[str]) -> list[tuple[int, int]]:

@@ -17,9 +17,11 @@ from typing import Any
 import yaml
 
 from fcnseg.data.balance import BALANCING, ENET_C
+from fcnseg.data.registry import DATASETS
 from fcnseg.errors import ConfigError
 from fcnseg.models import BACKBONES, MODELS
 from fcnseg.models.fcn import GEOMETRIES
+from fcnseg.models.weights import default_imagenet_problem
 from fcnseg.ranges import (
     BELOW_ONE,
     BETWEEN_ZERO_AND_ONE,
@@ -61,10 +63,10 @@ class TrainConfig:
     learnable_upsampling: bool = option(False, "train the upsampling kernels instead of frozen bilinear ones")
     dropout: float = option(0.5, "fc6/fc7 dropout probability (VGG16, AlexNet)", range=BELOW_ONE)
     init_from: str | None = option(None, "a coarser run's folder or .pth checkpoint to start from (staged)")
-    imagenet_weights: str | None = option(None, "torchvision ImageNet weights: a .pth file, a URL or 'default'")
+    imagenet_weights: str | None = option(None, "torchvision ImageNet weights: a .pth file, a URL or 'default' "
+                                                "(torchvision's file of the backbone, for width 1 only)")
     # data
-    dataset: str = option("synthetic", "dataset name (synthetic, camvid, voc, sbd, kitti_road, cityscapes, "
-                                       "ade20k, folder)")
+    dataset: str = option("synthetic", "dataset name: " + ", ".join(DATASETS))
     root: str | None = option(None, "the dataset's folder (not needed for synthetic)")
     train_split: str = option("train", "split to train on")
     val_split: str = option("val", "split to validate on")
@@ -104,7 +106,8 @@ class TrainConfig:
     # bookkeeping
     val_interval: int = option(200, "validate every N steps (and at the end)", range=COUNT)
     checkpoint_interval: int = option(200, "write last.pth every N steps (and at the end)", range=COUNT)
-    log_interval: int = option(10, "log the loss to metrics.csv every N steps", range=COUNT)
+    log_interval: int = option(10, "log the loss to metrics.csv every N steps (and print a progress line then "
+                                   "when the output is not a terminal)", range=COUNT)
     val_limit: int | None = option(None, "validate on the first N images only", range=COUNT)
     device: str = option("auto", "auto (a GPU when there is one), cpu, cuda or cuda:N")
     threads: int | None = option(None, "torch threads of each process (default: the usable cores)", range=COUNT)
@@ -160,6 +163,9 @@ class TrainConfig:
         if isinstance(self.class_weights, str) and self.class_weights not in BALANCING:
             raise ConfigError(f"{source}: class_weights must be a list of numbers or one of {', '.join(BALANCING)}; "
                               f"got {self.class_weights!r}")
+        if self.imagenet_weights == "default" and self.init_from is None and \
+                (problem := default_imagenet_problem(self.backbone, self.width)):  # before the download
+            raise ConfigError(f"{source}: imagenet_weights default: {problem}")
         if self.inverse_log_c != ENET_C and self.class_weights != "inverse_log":
             weights = repr(self.class_weights) if self.class_weights else "not set"
             raise ConfigError(f"{source}: inverse_log_c applies to class_weights: inverse_log only; "

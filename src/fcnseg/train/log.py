@@ -1,5 +1,6 @@
-"""What a run reports: a progress bar (loss, lr, img/s, ETA), ``metrics.csv``, TensorBoard when installed,
-and one line per validation."""
+"""What a run reports: a progress bar (loss, lr, img/s, ETA) on a terminal, or in a log (nohup, SLURM, CI) a
+progress line at each ``log_interval``; ``metrics.csv``, TensorBoard when installed, and one line per
+validation."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from fcnseg.atomic import atomic_open
 from fcnseg.errors import WriteError
 from fcnseg.metrics import SCORE_KEYS
 from fcnseg.progress import bar as progress_bar
-from fcnseg.progress import is_quiet
+from fcnseg.progress import format_seconds, is_quiet, lines_instead
 from fcnseg.train.folder import left_after_a_failed_write
 from fcnseg.train.run import Run
 
@@ -71,16 +72,20 @@ class RunLog:
             run.outputs.record_folder(run.out / "tensorboard")
         self.csv = CsvLog(run.out / "metrics.csv", main, run.iteration if run.config.resume else None)
         self.board = _tensorboard(run.out, main)
+        # On a terminal the bar; elsewhere no bar is drawn, and the main process logs a line with each CSV row.
         self.bar = progress_bar(total=run.config.iterations, initial=run.iteration, desc="train", unit="it",
-                                enabled=main)
+                                enabled=main, lines=False)
+        self.lines = lines_instead(enabled=main)
         self.window_start, self.window_images = time.perf_counter(), 0
+        self.started, self.first_iteration = self.window_start, run.iteration
 
     def images(self, count: int) -> None:
         """Count images seen (over all processes) for the throughput figure."""
         self.window_images += count
 
     def step(self, epoch: int, loss: float) -> None:
-        """After an optimizer step: progress bar, and every ``log_interval`` steps the CSV/TensorBoard row."""
+        """After an optimizer step: progress bar, and every ``log_interval`` steps the CSV/TensorBoard row (and
+        the progress line where no bar is drawn)."""
         run, lr = self.run, self.run.optimizer.param_groups[0]["lr"]
         now = time.perf_counter()
         throughput = self.window_images / max(now - self.window_start, 1e-9)
@@ -92,7 +97,18 @@ class RunLog:
             if self.board:
                 self.board.add_scalar("train/loss", loss, run.iteration)
                 self.board.add_scalar("train/lr", lr, run.iteration)
+            if self.lines:
+                log.info(self.progress_line(epoch, loss, lr, throughput, now))
             self.window_start, self.window_images = now, 0
+
+    def progress_line(self, epoch: int, loss: float, lr: float, throughput: float, now: float) -> str:
+        """``it 20/1000, epoch 1: loss 1.2345, lr 9.82e-03, 45.2 img/s, elapsed 01:02, ETA 50:40`` (the ETA
+        at the pace of this invocation so far, validations included)."""
+        run, elapsed = self.run, now - self.started
+        done, left = run.iteration - self.first_iteration, run.config.iterations - run.iteration
+        eta = f", ETA {format_seconds(elapsed / done * left)}" if done > 0 else ""
+        return (f"it {run.iteration}/{run.config.iterations}, epoch {epoch}: loss {loss:.4f}, lr {lr:.2e}, "
+                f"{throughput:.1f} img/s, elapsed {format_seconds(elapsed)}{eta}")
 
     def validation(self, epoch: int, scores: dict[str, Any]) -> None:
         """The validation scores: CSV row, TensorBoard, and one line on stderr (unless quiet). The CSV holds

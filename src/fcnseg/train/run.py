@@ -198,9 +198,11 @@ def build_training_model(config: TrainConfig, info: DatasetInfo, init: dict[str,
     start = checkpoint_spec(init) if init is not None else None
     spec = training_spec(config, info, inputs, start)
     if start is not None and (start.backbone, start.width) != (spec.backbone, spec.width):
-        raise ConfigError(f"the starting net (init_from) is a {start.backbone} of width {start.width:g}, this run's a "
-                          f"{spec.backbone} of width {spec.width:g}: give --backbone {start.backbone} --width "
-                          f"{start.width:g}, or start from another net")
+        raise ConfigError(f"the starting net (init_from {config.init_from}) is an {start.name} on {start.backbone} of "
+                          f"width {start.width:g}, this run's {spec.name} is on {spec.backbone} of width "
+                          f"{spec.width:g}: its weights fit only the same backbone and width (the model may differ: "
+                          f"fcn32s -> fcn16s -> fcn8s); give --backbone {start.backbone} --width {start.width:g}, "
+                          "or start from another net")
     if start is None:
         imagenet = config.imagenet_weights
         return fcn_from_imagenet(spec, None if imagenet == "default" else imagenet) if imagenet else build_model(spec)
