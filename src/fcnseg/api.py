@@ -1,6 +1,7 @@
 """The Python API: ``fcnseg.load(path)`` gives a :class:`Segmenter` that segments images.
 
     seg = fcnseg.load("runs/camvid/fcn8s/best.pth")           # or an .onnx file exported by fcnseg
+    seg = fcnseg.load("camvid-fcn8s")                          # the CamVid net shipped with fcnseg
     labels = seg.predict("street.jpg")                        # HxW class indices at the image's size
     probs = seg.predict_probs(pil_image, mode="slide")         # C x H x W float32 softmax probabilities
     many = seg.predict_batch(["a.png", "b.png"])               # one label map per image, in order
@@ -35,6 +36,7 @@ from fcnseg.memory import default_budget, fit
 from fcnseg.models.spec import ModelSpec
 from fcnseg.models.weights import file_kind
 from fcnseg.normalization import normalize
+from fcnseg.pretrained import resolve
 from fcnseg.runtime import native_bf16, resolve_device
 
 log = logging.getLogger(__name__)
@@ -283,14 +285,16 @@ def _name(image: ImageSource | None) -> str:
 def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: str = "auto",
          options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
          max_memory: int | None = None) -> Segmenter:
-    """Load an fcnseg checkpoint, or a TorchScript or ONNX export of one, as a :class:`Segmenter`.
+    """Load an fcnseg checkpoint, or a TorchScript or ONNX export of one, as a :class:`Segmenter`; ``path`` may
+    also name a net shipped with fcnseg (``fcnseg.load("camvid-fcn8s")``, see :mod:`fcnseg.pretrained`; a file
+    of that name wins).
 
     ``backend="auto"`` tells the three apart by content; ``"torch"`` takes checkpoints and TorchScript,
     ``"onnxruntime"`` ONNX files. Other files raise :class:`~fcnseg.errors.WeightsError` saying what they are.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    path = require_model_file(path)
+    path = require_model_file(resolve(path))
     kind = file_kind(path)
     if backend != "auto" and (kind == "onnx") != (backend == "onnxruntime"):
         raise ConfigError(f"{path} is {'an ONNX model' if kind == 'onnx' else 'not an ONNX model'}, so --backend "
