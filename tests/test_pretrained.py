@@ -134,6 +134,9 @@ def test_pack_refuses_to_overwrite_a_file_without_overwrite(tmp_path, packed):
         pretrained.pack(last, last, overwrite=True)
     error_names(caught, str(last))
     assert digests(last.parent) == before
+    with pytest.raises(WriteError) as caught:  # a folder: never replaced by a file
+        pretrained.pack(last, tmp_path, overwrite=True)
+    error_names(caught, str(tmp_path), "folder")
 
 
 def test_the_pack_script_prints_the_sha256_and_refuses_an_existing_output(tmp_path, packed, capsys, monkeypatch):

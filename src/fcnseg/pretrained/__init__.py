@@ -130,6 +130,8 @@ def pack(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dty
         raise ConfigError(f"pack casts weights to a floating-point type (float16, bfloat16, float32), not {dtype}")
     source = resolve(checkpoint)
     out = Path(out)
+    if out.is_dir():
+        raise WriteError(f"{out} is a folder: give the file to write in it, e.g. {out / 'net.pth'}")
     if out.exists() and os.path.realpath(out) == os.path.realpath(source):
         raise WriteError(f"{out} is the checkpoint being packed: give another output file")
     if out.exists() and not overwrite:
