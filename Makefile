@@ -29,7 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/side_by_side.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts hubconf.py
 
 clean:
 	rm -rf $(VENV) demo_out

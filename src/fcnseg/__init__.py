@@ -2,7 +2,8 @@
 
 ``fcnseg.build_model("fcn8s", backbone="vgg16", num_classes=21)`` builds a net (``net.spec``, a
 :class:`fcnseg.ModelSpec`, says what it is; ``fcnseg.build_model(spec)`` builds it again);
-``fcnseg.load("model.pth").predict("photo.jpg")`` segments an image with a trained checkpoint.
+``fcnseg.load("model.pth").predict("photo.jpg")`` segments an image with a trained checkpoint, and
+``fcnseg.load(NAME)`` with a net shipped inside fcnseg (:mod:`fcnseg.pretrained`).
 Every error a user can fix is a :class:`fcnseg.FcnsegError` (see :mod:`fcnseg.errors`).
 """
 

@@ -35,6 +35,7 @@ from fcnseg.memory import default_budget, fit
 from fcnseg.models.spec import ModelSpec
 from fcnseg.models.weights import file_kind
 from fcnseg.normalization import normalize
+from fcnseg.pretrained import resolve
 from fcnseg.runtime import native_bf16, resolve_device
 
 log = logging.getLogger(__name__)
@@ -283,14 +284,15 @@ def _name(image: ImageSource | None) -> str:
 def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: str = "auto",
          options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
          max_memory: int | None = None) -> Segmenter:
-    """Load an fcnseg checkpoint, or a TorchScript or ONNX export of one, as a :class:`Segmenter`.
+    """Load an fcnseg checkpoint, or a TorchScript or ONNX export of one, as a :class:`Segmenter`; ``path`` may
+    also name a net shipped with fcnseg (see :mod:`fcnseg.pretrained`; a file of that name wins).
 
     ``backend="auto"`` tells the three apart by content; ``"torch"`` takes checkpoints and TorchScript,
     ``"onnxruntime"`` ONNX files. Other files raise :class:`~fcnseg.errors.WeightsError` saying what they are.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    path = require_model_file(path)
+    path = require_model_file(resolve(path))
     kind = file_kind(path)
     if backend != "auto" and (kind == "onnx") != (backend == "onnxruntime"):
         raise ConfigError(f"{path} is {'an ONNX model' if kind == 'onnx' else 'not an ONNX model'}, so --backend "

@@ -8,7 +8,9 @@ A checkpoint is a plain dict of tensors and basic Python values (loadable with `
     and for training runs: optimizer, scheduler, scaler, rng, epoch, iteration, best_mean_iu, config,
     train_state_dict (the training weights, when model_state_dict holds their moving average).
 
-Version 1 (``model``: build_model's arguments, ``normalization``, ``dataset``) is still read. A checkpoint is
+A packed net (:func:`fcnseg.pretrained.pack`: the spec and ``model_state_dict`` alone) stores its weights in
+float16; they are read back as float32. Version 1 (``model``: build_model's arguments, ``normalization``,
+``dataset``) is still read. A checkpoint is
 refused in one line when its weights disagree with its own spec (a missing, extra or mis-shaped tensor) or
 are not finite. Writes are atomic (a temporary file in the same folder, then a rename), so a crash never
 leaves a half-written checkpoint in place of a good one.
@@ -74,7 +76,16 @@ def read_checkpoint(path: str | Path) -> dict:
         raise WeightsError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' header).{hint}")
     if not isinstance(data.get("version", 0), int) or data.get("version", 0) > VERSION:
         raise WeightsError(f"{path} was written by a newer fcnseg (checkpoint version {data['version']})")
+    if isinstance(data.get("model_state_dict"), dict):
+        data["model_state_dict"] = float32_weights(data["model_state_dict"])
     return data
+
+
+def float32_weights(state: dict) -> dict:
+    """``state`` with its floating-point tensors in float32: a packed net (fcnseg.pretrained.pack) stores
+    float16, and nets compute in float32 whatever their file holds. Other values are left as they are."""
+    return {key: value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+            for key, value in state.items()}
 
 
 def checkpoint_spec(data: dict, source: object = "the checkpoint") -> ModelSpec:
@@ -93,6 +104,7 @@ def checked_checkpoint(data: dict, source: object = "the checkpoint") -> tuple[M
     state = data.get("model_state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{source} holds no weights (model_state_dict is not a mapping of names to tensors)")
+    state = float32_weights(state)
     with torch.device("meta"):
         shapes = build_model(spec).state_dict()
     check_fit(shapes, state, f"{source}: the weights", f"its own spec ({describe(spec)})",
@@ -120,5 +132,6 @@ def describe(spec: ModelSpec) -> str:
             f"{count_text(spec.head_classes)} classes")
 
 
-__all__ = ["FORMAT", "VERSION", "checked_checkpoint", "checkpoint_spec", "dataset_meta", "describe", "info_from_meta",
-           "model_checkpoint", "model_from_checkpoint", "read_checkpoint", "save_model", "unwrap", "write_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "checked_checkpoint", "checkpoint_spec", "dataset_meta", "describe", "float32_weights",
+           "info_from_meta", "model_checkpoint", "model_from_checkpoint", "read_checkpoint", "save_model", "unwrap",
+           "write_checkpoint"]

@@ -24,6 +24,7 @@ from fcnseg.errors import DataError, printable
 from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
 from fcnseg.inference import InferenceOptions
 from fcnseg.outputs import RECORD, Outputs, folder_lock, refuse_if_held
+from fcnseg.pretrained import resolve
 from fcnseg.ranges import NON_NEGATIVE_COUNT
 from fcnseg.runtime import Runtime, start
 
@@ -33,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="score a checkpoint on a labelled dataset (pixel acc., mean acc., mean IU, f.w. IU)",
         description="Score a checkpoint on a dataset split; prints the paper's Table 2 line and per-class "
                     "IoU. With --out also writes metrics.json and confusion.png.")
-    parser.add_argument("checkpoint", type=Path, help="fcnseg checkpoint (.pth), or its ONNX or TorchScript export")
+    parser.add_argument("checkpoint", type=Path, help="fcnseg checkpoint (.pth), its ONNX or TorchScript export, "
+                                                   "or the name of a net shipped with fcnseg")
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="dataset reader")
     parser.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
@@ -64,6 +66,7 @@ def positive_class(info: DatasetInfo) -> int | None:
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, score the split, print (and with --out write) the report."""
     options = inference_options(args)
+    args.checkpoint = resolve(args.checkpoint)  # a shipped net's name: its file (an input --out must not replace)
     outputs = None
     if args.out is not None:  # refused now, not after the evaluation
         if args.out.is_dir():

@@ -11,6 +11,7 @@ from fcnseg.errors import ConfigError, printable
 from fcnseg.export import export_onnx, export_torchscript, input_shape, load_onnx, load_torchscript, parity
 from fcnseg.models.fcn import FCN
 from fcnseg.outputs import output_file
+from fcnseg.pretrained import resolve
 from fcnseg.quantize import Calibration, export_int8, parse_calibration
 from fcnseg.ranges import Range
 from fcnseg.runtime import set_threads
@@ -31,7 +32,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a checkpoint to ONNX or TorchScript, then check parity")
-    parser.add_argument("checkpoint", type=Path, help="fcnseg checkpoint (.pth)")
+    parser.add_argument("checkpoint", type=Path,
+                        help="fcnseg checkpoint (.pth), or the name of a net shipped with fcnseg")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
                         help="onnx (default): an .onnx file for ONNX Runtime, from Python, C++, C#, Java, "
                              "JavaScript, ... (writing needs the onnx package, running onnxruntime: the 'export' "
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     """0 when the export matches PyTorch at every --check-sizes size, 1 otherwise."""
     threads = set_threads(args.threads)
     calibration = _calibration(args)
+    args.checkpoint = resolve(args.checkpoint)  # a shipped net's name: its file (an input --out must not replace)
     outputs = output_file(args.out, "export", args.overwrite, inputs=[args.checkpoint])
     model, info = model_from_checkpoint(args.checkpoint)
     if calibration is not None:

@@ -50,6 +50,7 @@ from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import IMAGE_SUFFIXES, decode_image, leads_nowhere
 from fcnseg.errors import ConfigError, DataError, WriteError, listing, printable
 from fcnseg.outputs import RECORD, Outputs, Shard, folder_lock, refuse_if_held, shard_lock
+from fcnseg.pretrained import resolve
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
 from fcnseg.runtime import Runtime, gather_objects, start
@@ -65,7 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "with --probs STEM_probs.npy (C x H x W float16). Nets with several heads (SIFT Flow's) "
                     "write the others' maps as STEM_TASK_mask.png and so on (STEM_geometric_mask.png). "
                     "Unreadable images are reported at the end (exit code 1) after the others are processed.")
-    parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), or its ONNX or TorchScript export")
+    parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), its ONNX or TorchScript export, "
+                                        "or the name of a net shipped with fcnseg")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (their images, sorted, not recursive) or glob patterns")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
@@ -185,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     runtime = start(args.device, args.threads)
     shard = _shard_of(args.shard, runtime)
     mine = files if shard is None else shard.take(files)
+    args.checkpoint = resolve(args.checkpoint)  # a shipped net's name: its file, fingerprinted in _job
     segmenter = load(args.checkpoint, device=runtime.device, backend=args.backend, options=options,
                      max_pixels=args.max_pixels, max_memory=args.max_memory)
     segmenter.intrinsics, segmenter.depth_scale = args.intrinsics, args.depth_scale

@@ -41,7 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "shares, and download the mask. Binds to 127.0.0.1 (this machine only) unless --host says "
                     "otherwise; answers only to its own address (Host) and its own page (Origin); no TLS, no "
                     "authentication.")
-    parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), or its ONNX or TorchScript export")
+    parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), its ONNX or TorchScript export, "
+                                        "or the name of a net shipped with fcnseg")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to your network, "
                              "without authentication)")

@@ -62,7 +62,8 @@ class TrainConfig:
     geometry: str = option("fast", "reference: the authors' pad-100-and-crop nets; fast: minimal padding")
     learnable_upsampling: bool = option(False, "train the upsampling kernels instead of frozen bilinear ones")
     dropout: float = option(0.5, "fc6/fc7 dropout probability (VGG16, AlexNet)", range=BELOW_ONE)
-    init_from: str | None = option(None, "a coarser run's folder or .pth checkpoint to start from (staged)")
+    init_from: str | None = option(None, "a coarser run's folder or .pth checkpoint to start from (staged), or "
+                                          "a net shipped with fcnseg")
     imagenet_weights: str | None = option(None, "torchvision ImageNet weights: a .pth file, a URL or 'default' "
                                                 "(torchvision's file of the backbone, for width 1 only)")
     # data

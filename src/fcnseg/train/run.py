@@ -25,6 +25,7 @@ from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
 from fcnseg.models.weights import fcn_from_imagenet, imagenet_spec, init_from_coarser, matching_classes
 from fcnseg.outputs import Outputs
+from fcnseg.pretrained import resolve
 from fcnseg.runtime import Runtime, broadcast_from_main, native_bf16
 from fcnseg.train.budget import check_step_memory
 from fcnseg.train.config import TrainConfig
@@ -168,8 +169,9 @@ def _distributed(model: FCN, runtime: Runtime) -> nn.Module:
 
 
 def resolve_init_checkpoint(path: str) -> Path:
-    """A run folder (its best.pth, else last.pth) or a checkpoint file."""
-    candidate = Path(path)
+    """A run folder (its best.pth, else last.pth), a checkpoint file, or the name of a net shipped with fcnseg
+    (:func:`fcnseg.pretrained.resolve`; the config keeps the name, so a resumed run finds it again)."""
+    candidate = resolve(path)
     if candidate.is_dir():
         for name in ("best.pth", "last.pth"):
             if (candidate / name).is_file():
