@@ -239,7 +239,9 @@ def prediction_picture(image: np.ndarray, labels: np.ndarray, info: DatasetInfo,
                                                    colorize(labels, info))]
     font_size = max(TEXT_SIZE, (3 * width * factor) // 80)
     body = titled(panels, ["image", "overlay", "predicted classes"], gap, font_size)
-    key = legend_strip(present_classes(labels, info), info, body.shape[1], font_size, "classes in the prediction:")
+    # The legend may be wider than the panels of a narrow input, so that its names are not cut.
+    key = legend_strip(present_classes(labels, info), info, max(body.shape[1], MIN_PICTURE_WIDTH // 2), font_size,
+                       "classes in the prediction:")
     return stacked([body, key])
 
 
