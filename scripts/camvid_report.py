@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import statistics
@@ -36,10 +37,16 @@ ONE_STAGE = ("fcn8s_mf_w8", "fcn8s_mf_w4", "fcn8s_plain_w8", "fcn8s_il_w8", "fcn
              "fcn8s_il_ema_w8_16k", "fcn8s_il11_ema_w8_16k", "fcn8s_il12_ema_w8_16k")
 STAGED = ("fcn32s", "fcn16s", "fcn8s")
 STAGES = (*STAGED, "fcn8s_atonce", *ONE_STAGE, "road_fcn8s")
-PALETTE = ((214, 39, 40), (255, 127, 14), (44, 160, 44), (31, 119, 180), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 128), (0, 0, 0))
 # Recipes drawn against training time: runs one after the other (a staged recipe) share one time axis.
-RECIPES = {"before: staged fcn32s > fcn16s > fcn8s": STAGED, **{name: (name,) for name in ONE_STAGE}}
+RECIPES = {"staged": STAGED, **{name: (name,) for name in ONE_STAGE}}
+# Colour-blind-safe colours (Okabe and Ito), line styles (pixels on, off; None: solid) and marker shapes: run i
+# of a chart gets colour i % 7, dash i % 3 and marker i % 4, so no two of its first 84 runs look alike.
+COLOURS = ((0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (0, 114, 178), (213, 94, 0), (204, 121, 167))
+DASHES = (None, (10, 5), (2, 4))
+MARKERS = ("circle", "square", "triangle", "diamond")
+MODEL_WORDS = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s", "fcn8s_atonce": "FCN-8s at once"}
+WEIGHT_WORDS = {None: "no class weights", "median_frequency": "median-frequency weights"}
+MAIN_TASK = "CamVid's 11 classes"  # runs whose config maps no classes
 FONT = ImageFont.load_default(size=13)
 SMOOTH = 5  # logged points in the loss moving average
 
@@ -73,21 +80,65 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return [i * step for i in range(math.floor(lo / step), math.ceil(hi / step) + 1)]
 
 
+def x_axis(series: dict[str, tuple[list[float], list[float]]]) -> tuple[float, float, list[float]]:
+    """The x range of a chart, from 0 to the last x of its data (no empty stretch after it), and its ticks."""
+    end = max((x for xs, _ in series.values() for x in xs), default=1.0) or 1.0
+    return 0.0, end, [x for x in nice_ticks(0, end) if x <= end]
+
+
+def style(index: int) -> tuple[tuple[int, int, int], tuple[int, int] | None, str]:
+    """Colour, dash pattern and marker shape of the chart's ``index``-th run."""
+    return COLOURS[index % len(COLOURS)], DASHES[index % len(DASHES)], MARKERS[index % len(MARKERS)]
+
+
+def draw_line(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]], fill: tuple[int, int, int],
+              dash: tuple[int, int] | None, width: int = 2) -> None:
+    """A polyline, solid or dashed; the dash pattern runs on across the corners."""
+    if dash is None:
+        draw.line(points, fill=fill, width=width)
+        return
+    on, period, travelled = dash[0], sum(dash), 0.0
+    for (xa, ya), (xb, yb) in itertools.pairwise(points):
+        length, start = math.hypot(xb - xa, yb - ya), 0.0
+        while start < length:
+            phase = (travelled + start) % period
+            end = min(length, start + (on - phase if phase < on else period - phase))
+            if phase < on:
+                a, b = start / length, end / length
+                draw.line([(xa + a * (xb - xa), ya + a * (yb - ya)), (xa + b * (xb - xa), ya + b * (yb - ya))],
+                          fill=fill, width=width)
+            start = end
+        travelled += length
+
+
+def draw_marker(draw: ImageDraw.ImageDraw, x: float, y: float, shape: str, fill: tuple[int, int, int]) -> None:
+    r = 4
+    if shape == "circle":
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+    elif shape == "square":
+        draw.rectangle([x - r + 1, y - r + 1, x + r - 1, y + r - 1], fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(x, y - r), (x - r, y + r - 1), (x + r, y + r - 1)], fill=fill)
+    else:
+        draw.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=fill)
+
+
 def draw_panel(title: str, xlabel: str, series: dict[str, tuple[list[float], list[float]]], markers: bool,
                size: tuple[int, int] = (520, 380)) -> Image.Image:
-    """One line chart with axes, ticks and grid lines; ``series`` maps a run name to (xs, ys)."""
+    """One line chart with axes, ticks and grid lines; ``series`` maps a run name to (xs, ys), drawn in the
+    run's :func:`style` by its place in ``series``. The x axis ends where the data ends (:func:`x_axis`)."""
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    left, top, right, bottom = 60, 30, size[0] - 15, size[1] - 45
+    left, top, right, bottom = 60, 30, size[0] - 25, size[1] - 45
     draw.text((size[0] // 2, 8), title, fill="black", font=FONT, anchor="mt")
     draw.text(((left + right) // 2, size[1] - 8), xlabel, fill="black", font=FONT, anchor="mb")
     points = [(x, y) for xs, ys in series.values() for x, y in zip(xs, ys, strict=True)]
     if not points:
         draw.text((size[0] // 2, size[1] // 2), "no data yet", fill="gray", font=FONT, anchor="mm")
         return image
-    xticks = nice_ticks(0, max(x for x, _ in points))
+    x0, x1, xticks = x_axis(series)
     yticks = nice_ticks(min(y for _, y in points), max(y for _, y in points))
-    (x0, x1), (y0, y1) = (xticks[0], xticks[-1]), (yticks[0], yticks[-1])
+    y0, y1 = yticks[0], yticks[-1]
 
     def to_px(x: float, y: float) -> tuple[float, float]:
         return left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top)
@@ -101,51 +152,97 @@ def draw_panel(title: str, xlabel: str, series: dict[str, tuple[list[float], lis
         draw.line([(left, py), (right, py)], fill=(230, 230, 230))
         draw.text((left - 4, py), f"{y:g}", fill="black", font=FONT, anchor="rm")
     draw.rectangle([left, top, right, bottom], outline="black")
-    for name, (xs, ys) in series.items():
+    for index, (xs, ys) in enumerate(series.values()):
+        fill, dash, shape = style(index)
         pixels = [to_px(x, y) for x, y in zip(xs, ys, strict=True)]
         if len(pixels) > 1:
-            draw.line(pixels, fill=colour(series, name), width=2)
+            draw_line(draw, pixels, fill, dash)
         for px, py in pixels if markers else []:
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour(series, name))
+            draw_marker(draw, px, py, shape, fill)
     return image
 
 
-def colour(series: dict, name: str) -> tuple[int, int, int]:
-    return PALETTE[list(series).index(name) % len(PALETTE)]
-
-
 def legend_row(names: list[str], width: int, height: int = 24) -> np.ndarray:
-    """White rows with a coloured line and the name of each run, below the panels so they hide no data;
-    a name that would run past ``width`` starts a new row."""
+    """White rows with the line style (and marker) and the name of each run, in the order of the chart's
+    series, below the panels so they hide no data; a name that would run past ``width`` starts a new row."""
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     places, x, y = [], 60, 0
     for name in names:
-        entry = 30 + int(measure.textlength(name, font=FONT))
+        entry = 44 + int(measure.textlength(name, font=FONT))
         if x > 60 and x + entry > width:
             x, y = 60, y + height
         places.append((x, y + height // 2))
         x += entry + 30
     strip = Image.new("RGB", (width, y + height), "white")
     draw = ImageDraw.Draw(strip)
-    for i, (name, (x, middle)) in enumerate(zip(names, places, strict=True)):
-        draw.line([(x, middle), (x + 24, middle)], fill=PALETTE[i % len(PALETTE)], width=3)
-        draw.text((x + 30, middle), name, fill="black", font=FONT, anchor="lm")
+    for index, (name, (x, middle)) in enumerate(zip(names, places, strict=True)):
+        fill, dash, shape = style(index)
+        draw_line(draw, [(x, middle), (x + 36, middle)], fill, dash, width=3)
+        draw_marker(draw, x + 18, middle, shape, fill)
+        draw.text((x + 44, middle), name, fill="black", font=FONT, anchor="lm")
     return np.asarray(strip)
 
 
-def write_curves(logs: dict[str, tuple[list[dict], list[dict]]], path: Path) -> None:
-    loss, miou = {}, {}
-    for name, (train, val) in logs.items():
-        losses = [row["loss"] for row in train]
-        # Trailing moving average: the first points average over what has been logged so far.
-        smooth = [statistics.fmean(losses[max(0, i - SMOOTH + 1):i + 1]) for i in range(len(losses))]
-        loss[name] = ([row["iteration"] for row in train], smooth)
-        miou[name] = ([row["iteration"] for row in val], [100 * row["mean_iu"] for row in val])
-    xlabel = "iteration of each run (staged runs restart at 0 from the previous stage)"
-    panels = [draw_panel(f"training loss (moving average of {SMOOTH} logged points)", xlabel, loss, False),
-              draw_panel("validation mean IU (%)", xlabel, miou, True)]
+def recipe_words(configs: list[dict]) -> str:
+    """What a run (or runs trained one after the other) did, in words, from their config.yaml: for legends."""
+    models = " > ".join(MODEL_WORDS.get(c.get("model"), str(c.get("model"))) for c in configs)
+    config = configs[-1]
+    if len(configs) > 1:
+        models = f"staged {models}"
+    elif config.get("init_from"):  # a stage of a staged recipe, trained on from the named run's weights
+        models = f"{models} from run {Path(config['init_from']).parent.name}"
+    words = [models, f"1/{round(1 / config.get('width', 1))} width"]
+    weights = config.get("class_weights")
+    words.append(f"inverse-log weights 1/ln({config.get('inverse_log_c', 1.02):g} + share)" if weights == "inverse_log"
+                 else WEIGHT_WORDS.get(weights, f"{weights} weights"))
+    if config.get("ema_decay"):
+        words.append("EMA")
+    words.append(" + ".join(str(c.get("iterations", "?")) for c in configs) + " it.")
+    return ", ".join(words)
+
+
+def task_of(config: dict) -> str:
+    """The classes a run learns, in words: runs of different tasks get different charts."""
+    class_map = (config.get("dataset_options") or {}).get("class_map")
+    if not class_map:
+        return MAIN_TASK
+    targets = list(dict.fromkeys(class_map.values()))
+    return f"{' / '.join(targets)} ({len(targets)} classes)"
+
+
+def curve_rows(configs: dict[str, dict]) -> dict[str, list[str]]:
+    """The runs of each task, the main task (CamVid's 11 classes) first: each task gets its own row of charts,
+    so that a 2-class run's mean IU is never drawn on the 11-class axis."""
+    rows: dict[str, list[str]] = {MAIN_TASK: []}
+    for name, config in configs.items():
+        rows.setdefault(task_of(config), []).append(name)
+    return {task: names for task, names in rows.items() if names}
+
+
+def smoothed_loss(train: list[dict]) -> list[float]:
+    """Trailing moving average of the logged loss: the first points average over what has been logged so far."""
+    losses = [row["loss"] for row in train]
+    return [statistics.fmean(losses[max(0, i - SMOOTH + 1):i + 1]) for i in range(len(losses))]
+
+
+def chart_row(task: str, xlabel: str, loss: dict, miou: dict, names: list[str]) -> np.ndarray:
+    """Training loss and validation mean IU of one task side by side, with the legend below."""
+    panels = [draw_panel(f"{task}: training loss (moving average of {SMOOTH})", xlabel, loss, False),
+              draw_panel(f"{task}: validation mean IU (%)", xlabel, miou, True)]
     body = viz.side_by_side([np.asarray(p) for p in panels], gap=10)
-    viz.save_png(path, np.concatenate([body, legend_row(list(logs), body.shape[1])]))
+    return np.concatenate([body, legend_row(names, body.shape[1])])
+
+
+def write_curves(logs: dict[str, tuple[list[dict], list[dict]]], configs: dict[str, dict], path: Path) -> None:
+    """Loss and validation mean IU of each run by iteration, one row of charts per task."""
+    xlabel = "iteration of each run (staged runs restart at 0 from the previous stage)"
+    rows = []
+    for task, names in curve_rows({name: configs[name] for name in logs}).items():
+        loss = {name: ([row["iteration"] for row in logs[name][0]], smoothed_loss(logs[name][0])) for name in names}
+        miou = {name: ([row["iteration"] for row in logs[name][1]], [100 * row["mean_iu"] for row in logs[name][1]])
+                for name in names}
+        rows.append(chart_row(task, xlabel, loss, miou, [recipe_words([configs[name]]) for name in names]))
+    viz.save_png(path, viz.stacked(rows or [chart_row(MAIN_TASK, xlabel, {}, {}, [])]))
 
 
 def minutes_of(train: list[dict], val: list[dict], per_iteration: int, start: float) -> tuple[dict, dict]:
@@ -158,9 +255,9 @@ def minutes_of(train: list[dict], val: list[dict], per_iteration: int, start: fl
     return at, {row["iteration"]: at.get(row["iteration"], clock) for row in val}
 
 
-def write_time_curves(runs: Path, logs: dict[str, tuple[list[dict], list[dict]]], path: Path) -> None:
+def write_time_curves(logs: dict[str, tuple[list[dict], list[dict]]], configs: dict[str, dict], path: Path) -> None:
     """Loss and validation mean IU of each recipe against minutes of training on one core."""
-    loss, miou = {}, {}
+    loss, miou, words = {}, {}, []
     for recipe, names in RECIPES.items():
         if not all(name in logs for name in names):
             note(f"{recipe}: not every run of {', '.join(names)} has a log; not in {path.name}")
@@ -168,30 +265,16 @@ def write_time_curves(runs: Path, logs: dict[str, tuple[list[dict], list[dict]]]
         clock, loss[recipe], miou[recipe] = 0.0, ([], []), ([], [])
         for name in names:
             train, val = logs[name]
-            config = yaml.safe_load((runs / name / "config.yaml").read_text()) or {}
+            config = configs[name]
             at, val_at = minutes_of(train, val, config.get("batch_size", 0) * config.get("grad_accum", 1), clock)
-            losses = [row["loss"] for row in train]
             loss[recipe][0].extend(at.values())
-            loss[recipe][1].extend(statistics.fmean(losses[max(0, i - SMOOTH + 1):i + 1]) for i in range(len(losses)))
+            loss[recipe][1].extend(smoothed_loss(train))
             miou[recipe][0].extend(val_at.values())
             miou[recipe][1].extend(100 * row["mean_iu"] for row in val)
             clock = max(at.values(), default=clock)
+        words.append(recipe_words([configs[name] for name in names]))
     xlabel = "minutes of training, validation included (one thread)"
-    panels = [draw_panel(f"training loss (moving average of {SMOOTH} logged points)", xlabel, loss, False),
-              draw_panel("validation mean IU (%)", xlabel, miou, True)]
-    body = viz.side_by_side([np.asarray(p) for p in panels], gap=10)
-    viz.save_png(path, np.concatenate([body, legend_row(list(loss), body.shape[1])]))
-
-
-def captioned(panels: list[np.ndarray], captions: list[str], gap: int = 4, height: int = 18) -> np.ndarray:
-    """``viz.side_by_side`` of the panels with a white caption row naming each one above it."""
-    body = viz.side_by_side(panels, gap=gap)
-    strip = Image.new("RGB", (body.shape[1], height), "white")
-    draw, x = ImageDraw.Draw(strip), 0
-    for panel, caption in zip(panels, captions, strict=True):
-        draw.text((x + panel.shape[1] // 2, height // 2), caption, fill="black", font=FONT, anchor="mm")
-        x += panel.shape[1] + gap
-    return np.concatenate([np.asarray(strip), body])
+    viz.save_png(path, chart_row(MAIN_TASK, xlabel, loss, miou, words))
 
 
 def write_overlays(runs: Path, root: Path, out: Path, count: int, nets: list[str], prefix: str = "val",
@@ -209,7 +292,9 @@ def write_overlays(runs: Path, root: Path, out: Path, count: int, nets: list[str
         panels = [image, viz.colorize(label, dataset.info)]
         panels += [viz.overlay(image, s.predict(image), s.info, 0.7) for s in segmenters.values()]
         captions = [f"val #{index}: {dataset.sample_name(int(index))}", "ground truth", *segmenters]
-        viz.save_png(out / f"{prefix}_{k}.png", captioned(panels, captions))
+        body = viz.titled(panels, captions, font_size=13)
+        key = viz.legend_strip(range(dataset.info.num_classes), dataset.info, body.shape[1], font_size=13)
+        viz.save_png(out / f"{prefix}_{k}.png", viz.stacked([body, key]))
         print(f"wrote {out / f'{prefix}_{k}.png'}", file=sys.stderr)
 
 
@@ -281,16 +366,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    logs = {}
+    logs, configs = {}, {}
     for name in args.nets:
         if not (args.runs / name / "metrics.csv").is_file() or not (args.runs / name / "config.yaml").is_file():
             note(f"{name}: no metrics.csv and config.yaml in {args.runs / name}; run not started")
         else:
             logs[name] = read_log(args.runs / name / "metrics.csv")
+            configs[name] = yaml.safe_load((args.runs / name / "config.yaml").read_text()) or {}
             if not logs[name][1]:
                 note(f"{name}: no validation rows in metrics.csv yet")
-    write_curves(logs, args.docs / "curves.png")
-    write_time_curves(args.runs, logs, args.docs / "curves_time.png")
+    write_curves(logs, configs, args.docs / "curves.png")
+    write_time_curves(logs, configs, args.docs / "curves_time.png")
     print(f"wrote {args.docs / 'curves.png'} and {args.docs / 'curves_time.png'}", file=sys.stderr)
     if args.overlays > 0:
         write_overlays(args.runs, args.root, args.docs / "overlays", args.overlays, args.overlay_nets)

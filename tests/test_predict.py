@@ -224,7 +224,9 @@ def test_cli_writes_every_output(checkpoint, segmenter, tmp_path, capsys):
         assert mask.mode == "P"
         np.testing.assert_array_equal(np.asarray(mask), expected)
         assert Image.open(out / f"{stem}_overlay.png").size == (width, height)
-        assert Image.open(out / f"{stem}_side_by_side.png").size == (3 * width + 2 * 4, height)
+        side_by_side = np.asarray(Image.open(out / f"{stem}_side_by_side.png").convert("RGB"))
+        image = np.asarray(Image.open(folder / f"{stem}.png").convert("RGB"))
+        np.testing.assert_array_equal(side_by_side, viz.prediction_picture(image, expected, SYNTHETIC_ROADS, 0.3))
         legend = Image.open(out / f"{stem}_legend.png")
         assert legend.size[1] > 10 * len(np.unique(expected))  # one row per class present
         probs = np.load(out / f"{stem}_probs.npy")

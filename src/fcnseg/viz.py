@@ -7,6 +7,7 @@ of one dataset uses the same colours.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,6 +19,19 @@ from fcnseg.atomic import atomic_open
 from fcnseg.data.info import DatasetInfo
 
 WHITE = 255
+TEXT_SIZE = 15  # pixels: titles and legends readable at 100% zoom
+MIN_PICTURE_WIDTH = 960  # prediction pictures of small inputs are enlarged to at least this width
+
+
+def readable_font(size: int = TEXT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's built-in font at ``size`` pixels: no font file to ship.
+
+    Pillow before 10.1 (or without FreeType) only has its small bitmap font, which is used then.
+    """
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: load_default takes no size
+        return ImageFont.load_default()
 
 
 def _check_label(label: np.ndarray) -> np.ndarray:
@@ -93,13 +107,19 @@ def side_by_side(panels: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
     return out
 
 
-def legend(class_ids: Iterable[int], info: DatasetInfo, swatch: int = 12, padding: int = 3) -> np.ndarray:
-    """A white HxWx3 uint8 image with one row per class: its colour swatch and its name."""
+def _check_class_ids(class_ids: Iterable[int], info: DatasetInfo) -> list[int]:
     ids = [int(i) for i in class_ids]
     for class_id in ids:
         if not 0 <= class_id < info.num_classes:
             raise ValueError(f"class id {class_id} is not one of the {info.num_classes} {info.name} classes")
-    font = ImageFont.load_default()
+    return ids
+
+
+def legend(class_ids: Iterable[int], info: DatasetInfo, swatch: int = 14, padding: int = 4,
+           font_size: int = TEXT_SIZE) -> np.ndarray:
+    """A white HxWx3 uint8 image with one row per class: its colour swatch and its name."""
+    ids = _check_class_ids(class_ids, info)
+    font = readable_font(font_size)
     names = [info.class_names[i] for i in ids]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_boxes = [probe.textbbox((0, 0), name, font=font) for name in names]
@@ -124,6 +144,105 @@ def present_classes(label: np.ndarray, info: DatasetInfo) -> list[int]:
     """Sorted class ids that occur in ``label``, without the ignore index."""
     label = _check_label(label)
     return [int(i) for i in np.unique(label) if i != info.ignore_index]
+
+
+def upscale(picture: np.ndarray, factor: int) -> np.ndarray:
+    """``picture`` (HxW or HxWxC) enlarged ``factor`` times by repeating pixels: nearest neighbour, so a
+    label colour picture gains no new colours."""
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    return np.repeat(np.repeat(np.asarray(picture), factor, axis=0), factor, axis=1)
+
+
+def stacked(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """HxWx3 uint8 pictures placed top to bottom, narrower ones padded with white on the right."""
+    if not parts:
+        raise ValueError("stacked needs at least one picture")
+    width = max(part.shape[1] for part in parts)
+    padded = [np.pad(part, ((0, 0), (0, width - part.shape[1]), (0, 0)), constant_values=WHITE) for part in parts]
+    return np.concatenate(padded, axis=0)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: float, font) -> str:
+    """``text``, shortened with "..." until it is at most ``width`` pixels wide."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..." if text else ""
+
+
+def titled(panels: Sequence[np.ndarray], titles: Sequence[str], gap: int = 4,
+           font_size: int = TEXT_SIZE) -> np.ndarray:
+    """:func:`side_by_side` of ``panels`` under a white band naming each one (centred above it; a title
+    wider than its panel is shortened)."""
+    if len(titles) != len(panels):
+        raise ValueError(f"{len(panels)} panels but {len(titles)} titles")
+    body = side_by_side(panels, gap)
+    font = readable_font(font_size)
+    pad = max(3, font_size // 3)
+    band = Image.new("RGB", (body.shape[1], font_size + 2 * pad), (WHITE, WHITE, WHITE))
+    draw = ImageDraw.Draw(band)
+    x = 0
+    for panel, title in zip(panels, titles, strict=True):
+        width = np.asarray(panel).shape[1]
+        text = _fit(draw, title, width, font)
+        draw.text((x + (width - draw.textlength(text, font=font)) / 2, pad), text, fill=(0, 0, 0), font=font)
+        x += width + gap
+    return stacked([np.asarray(band), body])
+
+
+def legend_strip(class_ids: Iterable[int], info: DatasetInfo, width: int, font_size: int = TEXT_SIZE,
+                 label: str = "") -> np.ndarray:
+    """A white band ``width`` pixels wide with each class's colour swatch and name left to right, wrapped
+    into more rows when they do not fit (the legend drawn into a picture); ``label`` comes first."""
+    ids = _check_class_ids(class_ids, info)
+    font = readable_font(font_size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    swatch, pad = font_size, max(4, font_size // 3)
+    row_h = swatch + pad
+    entries = ([(None, label)] if label else []) + [(i, info.class_names[i]) for i in ids]
+    places, x, y = [], pad, pad
+    for class_id, name in entries:
+        entry_w = (0 if class_id is None else swatch + pad) + int(probe.textlength(name, font=font))
+        if x > pad and x + entry_w > width - pad:  # start a new row
+            x, y = pad, y + row_h
+        places.append((x, y))
+        x += entry_w + 2 * pad
+    canvas = Image.new("RGB", (width, y + row_h + pad), (WHITE, WHITE, WHITE))
+    draw = ImageDraw.Draw(canvas)
+    palette = info.palette_array()
+    for (class_id, name), (x, y) in zip(entries, places, strict=True):
+        if class_id is not None:
+            # A thin grey outline keeps white or very light class colours visible on the white background.
+            draw.rectangle([x, y, x + swatch - 1, y + swatch - 1], fill=tuple(int(c) for c in palette[class_id]),
+                           outline=(128, 128, 128))
+            x += swatch + pad
+        top, bottom = probe.textbbox((0, 0), name, font=font)[1::2]
+        draw.text((x, y + (swatch - top - bottom) // 2), name, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def prediction_picture(image: np.ndarray, labels: np.ndarray, info: DatasetInfo, opacity: float = 0.5,
+                       min_width: int = MIN_PICTURE_WIDTH) -> np.ndarray:
+    """image | overlay | predicted classes, titled, with the legend of the classes present below.
+
+    Inputs too small for the picture to be ``min_width`` pixels wide are enlarged an integer number of times
+    by repeating pixels (no new colours, the label edges stay sharp); text grows with wide pictures.
+    """
+    image, labels = _check_image(image), _check_label(labels)
+    gap = 4
+    height, width = max(1, image.shape[0]), max(1, image.shape[1])
+    factor = max(1, math.ceil((min_width - 2 * gap) / (3 * width)))
+    factor = min(factor, max(1, 1024 // height))  # a tall narrow input is not blown up past 1024 pixels
+    panels = [upscale(panel, factor) for panel in (image, overlay(image, labels, info, opacity),
+                                                   colorize(labels, info))]
+    font_size = max(TEXT_SIZE, (3 * width * factor) // 80)
+    body = titled(panels, ["image", "overlay", "predicted classes"], gap, font_size)
+    # The legend may be wider than the panels of a narrow input, so that its names are not cut.
+    key = legend_strip(present_classes(labels, info), info, max(body.shape[1], MIN_PICTURE_WIDTH // 2), font_size,
+                       "classes in the prediction:")
+    return stacked([body, key])
 
 
 def _write_png(path: str | os.PathLike, picture: Image.Image) -> None:
@@ -173,7 +292,8 @@ def confusion_figure(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: 
     """Draw the row-normalised confusion matrix (rows = ground truth) as a PNG; returns ``path``.
 
     Each cell is shaded from white (0) to dark blue (all of the class's pixels); rows of classes absent
-    from the ground truth are grey. Percentages are written into the cells when they are large enough.
+    from the ground truth are grey. Percentages are written into the cells when they are large enough, and
+    a few lines under the grid say how to read it.
     """
     save_png(path, confusion_picture(matrix, class_names))
     return Path(path)
@@ -229,5 +349,48 @@ def confusion_picture(matrix: Sequence[Sequence[int]] | np.ndarray, class_names:
     axis = Image.new("RGB", _text_size(draw, "ground truth", font), _WHITE)
     ImageDraw.Draw(axis).text((0, 0), "ground truth", fill=_INK, font=font)
     canvas.paste(axis.rotate(90, expand=True), (pad, top))
+    key = _confusion_key(max(width, 400), numbers=cell >= CELL_TEXT, absent=bool((totals == 0).any()))
+    return stacked([np.asarray(canvas), key])
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, width: float, font) -> list[str]:
+    """``text`` cut at spaces into lines at most ``width`` pixels wide (a longer word keeps its own line)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def confusion_notes(numbers: bool, absent: bool) -> list[str]:
+    """What the confusion picture's notes say: how to read its rows, shades, numbers (when ``numbers``: cells
+    large enough to hold them) and, when ``absent``, its grey rows."""
+    notes = ["Rows are the true classes, columns the predicted ones. Each row is normalised: a cell is the share "
+             "of that true class's pixels predicted as the column's class, so a row sums to 100%; darker blue = "
+             "a larger share."]
+    if numbers:
+        notes.append("Numbers are percent of the row. A blank cell: no pixel of that true class was predicted as "
+                     "that class; 0: some were, under 0.5%.")
+    else:
+        notes.append("A white cell: no pixel of that true class was predicted as that class.")
+    if absent:
+        notes.append("A grey row: that class has no pixels in the ground truth of the scored images, so it has "
+                     "no shares.")
+    return notes
+
+
+def _confusion_key(width: int, numbers: bool, absent: bool) -> np.ndarray:
+    """The notes (:func:`confusion_notes`) drawn as a white band ``width`` pixels wide."""
+    texts = confusion_notes(numbers, absent)
+    font, pad = readable_font(12), 6
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [line for text in texts for line in _wrap(probe, text, width - 2 * pad, font)]
+    line_h = 16
+    canvas = Image.new("RGB", (width, pad + line_h * len(lines) + pad), _WHITE)
+    draw = ImageDraw.Draw(canvas)
+    for row, line in enumerate(lines):
+        draw.text((pad, pad + row * line_h), line, fill=_INK, font=font)
     return np.asarray(canvas)
 

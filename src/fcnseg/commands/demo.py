@@ -18,7 +18,7 @@ from fcnseg.errors import ConfigError, printable
 from fcnseg.metrics import format_per_class, format_table
 from fcnseg.outputs import LOCK, RECORD, Outputs, folder_lock, refuse_if_held
 from fcnseg.train import TrainConfig, train
-from fcnseg.viz import colorize, overlay, save_png, side_by_side
+from fcnseg.viz import colorize, legend_strip, overlay, save_png, stacked, titled
 
 STAGES = ("fcn32s", "fcn16s", "fcn8s")
 # A CPU-sized net: VGG16 with batch norm at 1/8 width (2.1M parameters), fast geometry, channels-last (faster
@@ -31,6 +31,7 @@ DEMO_CONFIG = {
 }
 VAL_IMAGES = 100
 OVERLAY_IMAGES = 4
+NAMES = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -92,17 +93,21 @@ def run_demo(out: Path, iterations: int | None = None, threads: int | None = Non
 
 
 def write_overlays(out: Path, count: int = OVERLAY_IMAGES) -> list[Path]:
-    """image | ground truth | FCN-32s | FCN-16s | FCN-8s, one PNG per validation image."""
+    """image | ground truth | FCN-32s | FCN-16s | FCN-8s, titled, above the legend of every class; one PNG
+    per validation image."""
     outputs = Outputs(out / "overlays", "demo")
     segmenters = [load(out / stage / "last.pth", device="cpu") for stage in STAGES]
     dataset = SyntheticRoads(num_images=count, split="val")
+    titles = ["image", "ground truth", *(f"{NAMES[stage]} overlay" for stage in STAGES)]
     paths = []
     for index in range(count):
         image, label = dataset.load(index)
         panels = [image, colorize(label, dataset.info)]
         panels += [overlay(image, segmenter.predict(image), dataset.info, opacity=0.7) for segmenter in segmenters]
+        body = titled(panels, titles)
+        key = legend_strip(range(dataset.info.num_classes), dataset.info, body.shape[1])
         path = out / "overlays" / f"{dataset.sample_name(index)}.png"
-        save_png(path, side_by_side(panels))
+        save_png(path, stacked([body, key]))
         paths.append(path)
     outputs.record(paths, flush=True)
     return paths
@@ -123,12 +128,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(results: dict[str, dict]) -> None:
-    names = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s"}
     print("\nSynthetic road scenes, validation (100 images, 128x160):\n")
-    print(format_table({names[k]: v for k, v in results.items()}))
+    print(format_table({NAMES[k]: v for k, v in results.items()}))
     class_names = SYNTHETIC_ROADS.class_names  # the data set's own record, not a reader's attribute
     print()
     for stage, scores in results.items():
-        print(f"{names[stage]} per-class IoU:")
+        print(f"{NAMES[stage]} per-class IoU:")
         print(format_per_class(scores, class_names))
         print()

@@ -62,9 +62,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict", help="segment images with a trained model",
         description="Segment images and write, per input STEM: STEM_mask.png (palette PNG of class indices), "
-                    "STEM_overlay.png, STEM_side_by_side.png (image | overlay | mask), STEM_legend.png and "
-                    "with --probs STEM_probs.npy (C x H x W float16). Nets with several heads (SIFT Flow's) "
-                    "write the others' maps as STEM_TASK_mask.png and so on (STEM_geometric_mask.png). "
+                    "STEM_overlay.png, STEM_side_by_side.png (image | overlay | mask, titled, with the legend of "
+                    "the classes present; small inputs enlarged), STEM_legend.png and with --probs STEM_probs.npy "
+                    "(C x H x W float16). Nets with several heads (SIFT Flow's) write the others' maps as "
+                    "STEM_TASK_mask.png and so on (STEM_geometric_mask.png). "
                     "Unreadable images are reported at the end (exit code 1) after the others are processed.")
     parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), its ONNX or TorchScript export, "
                                         "or the name of a net shipped with fcnseg")
@@ -156,8 +157,7 @@ def write_outputs(outputs: Outputs, stem: str, image: np.ndarray, labels: np.nda
     each claimed before it lands (:meth:`Outputs.write`; ``source``: what they are made from, see
     :meth:`Outputs.written`); returns the paths."""
     overlaid = viz.overlay(image, labels, info, opacity)
-    pictures = [viz.index_image(labels, info), overlaid,
-                viz.side_by_side([image, overlaid, viz.colorize(labels, info)]),
+    pictures = [viz.index_image(labels, info), overlaid, viz.prediction_picture(image, labels, info, opacity),
                 viz.legend(viz.present_classes(labels, info), info)]
     paths = [outputs.folder / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
     for path, picture in zip(paths[:4], pictures, strict=True):
