@@ -145,10 +145,16 @@ def test_default_imagenet_weights_for_a_narrow_net_are_refused_before_the_downlo
     error_names(caught, "width 1", "0.0625")
 
 
-def test_default_imagenet_weights_stay_allowed_where_they_fit_or_are_not_read():
+def test_default_imagenet_weights_stay_allowed_where_they_fit_or_are_not_read(tmp_path):
+    from fcnseg.checkpoint import save_model
+    from fcnseg.data.info import SYNTHETIC_ROADS
+
+    from .helpers import random_fcn
+
     TrainConfig.from_dict({"imagenet_weights": "default", "backbone": "resnet50", "width": 1.0})
     # With a starting net they are not read (its backbone replaces them): nothing to refuse.
-    TrainConfig.from_dict({"imagenet_weights": "default", "width": 0.0625, "init_from": "start.pth"})
+    start = save_model(random_fcn(), SYNTHETIC_ROADS, tmp_path / "start.pth")
+    TrainConfig.from_dict({"imagenet_weights": "default", "width": 0.0625, "init_from": str(start)})
 
 
 @pytest.fixture(autouse=True)
@@ -157,3 +163,22 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def test_a_run_from_a_starting_net_takes_its_architecture_unless_told_otherwise(tmp_path):
+    # `fcnseg train --init-from NET --dataset folder ...` once built a full-width VGG16 (the defaults) and was
+    # refused as a mismatch: a newcomer fine-tuning a net had to restate its backbone and width.
+    from fcnseg.checkpoint import save_model
+    from fcnseg.data.info import SYNTHETIC_ROADS
+    from fcnseg.train import TrainConfig
+
+    from .helpers import random_fcn
+
+    start = save_model(random_fcn("fcn16s", backbone="vgg16_bn", geometry="reference"), SYNTHETIC_ROADS,
+                       tmp_path / "start.pth")
+    inherited = TrainConfig.from_dict({"init_from": str(start), "dataset": "folder"})
+    assert (inherited.model, inherited.backbone, inherited.width, inherited.geometry) == \
+        ("fcn16s", "vgg16_bn", 1 / 16, "reference")
+    staged = TrainConfig.from_dict({"init_from": str(start), "model": "fcn8s", "geometry": "fast"})
+    assert (staged.model, staged.backbone, staged.width, staged.geometry) == ("fcn8s", "vgg16_bn", 1 / 16, "fast")
+    assert TrainConfig.from_dict({}).backbone == "vgg16"  # without a starting net: the defaults

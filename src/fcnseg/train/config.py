@@ -8,6 +8,7 @@ and the value.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,12 +17,14 @@ from typing import Any
 
 import yaml
 
+from fcnseg.checkpoint import checkpoint_spec, read_checkpoint
 from fcnseg.data.balance import BALANCING, ENET_C
 from fcnseg.data.registry import DATASETS
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, TrainingError
 from fcnseg.models import BACKBONES, MODELS
 from fcnseg.models.fcn import GEOMETRIES
 from fcnseg.models.weights import default_imagenet_problem
+from fcnseg.pretrained import resolve
 from fcnseg.ranges import (
     BELOW_ONE,
     BETWEEN_ZERO_AND_ONE,
@@ -34,6 +37,12 @@ from fcnseg.ranges import (
     Range,
     check_fields,
 )
+
+log = logging.getLogger(__name__)
+
+# What a run takes from its starting net (init_from) unless the config or a flag says otherwise: what the
+# starting weights fit, so that `--init-from NET --dataset folder ...` fine-tunes NET without restating it.
+ARCHITECTURE = ("model", "backbone", "width", "geometry", "learnable_upsampling")
 
 # The authors' fixed learning rates for the summed loss at batch size 1 (reference VOC recipe).
 PAPER_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s_atonce": 1e-10}
@@ -63,7 +72,8 @@ class TrainConfig:
     learnable_upsampling: bool = option(False, "train the upsampling kernels instead of frozen bilinear ones")
     dropout: float = option(0.5, "fc6/fc7 dropout probability (VGG16, AlexNet)", range=BELOW_ONE)
     init_from: str | None = option(None, "a coarser run's folder or .pth checkpoint to start from (staged), or "
-                                          "a net shipped with fcnseg")
+                                          "a net shipped with fcnseg; the run takes its model, backbone, width and "
+                                          "geometry unless given")
     imagenet_weights: str | None = option(None, "torchvision ImageNet weights: a .pth file, a URL or 'default' "
                                                 "(torchvision's file of the backbone, for width 1 only)")
     # data
@@ -141,6 +151,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(hints))}")
         values = {key: check_type(value, hints[key], f"{source}: {key}") for key, value in data.items()}
+        if values.get("init_from") and not all(key in values for key in ARCHITECTURE):
+            values = {**starting_architecture(values["init_from"]), **values}
         config = cls(**values)
         config.validate(source)
         return config
@@ -194,6 +206,27 @@ PER_INVOCATION = ("resume", "overwrite")
 
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
                dict: "a mapping", list: "a list"}
+
+
+def resolve_init_checkpoint(path: str) -> Path:
+    """A run folder (its best.pth, else last.pth), a checkpoint file, or the name of a net shipped with fcnseg
+    (:func:`fcnseg.pretrained.resolve`; the config keeps the name, so a resumed run finds it again)."""
+    candidate = resolve(path)
+    if candidate.is_dir():
+        for name in ("best.pth", "last.pth"):
+            if (candidate / name).is_file():
+                return candidate / name
+        raise TrainingError(f"{candidate} holds no best.pth or last.pth to initialise from")
+    return candidate
+
+
+def starting_architecture(init_from: str) -> dict[str, Any]:
+    """The :data:`ARCHITECTURE` options of the net ``init_from`` names (read from its checkpoint's spec)."""
+    spec = checkpoint_spec(read_checkpoint(resolve_init_checkpoint(init_from)), init_from)
+    found = {"model": spec.name, "backbone": spec.backbone, "width": spec.width, "geometry": spec.geometry,
+             "learnable_upsampling": spec.learnable_upsampling}
+    log.debug(f"from the starting net {init_from}: {found}")
+    return found
 
 
 def type_name(hint: Any) -> str:

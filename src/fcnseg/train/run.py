@@ -25,10 +25,9 @@ from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
 from fcnseg.models.weights import fcn_from_imagenet, imagenet_spec, init_from_coarser, matching_classes
 from fcnseg.outputs import Outputs
-from fcnseg.pretrained import resolve
 from fcnseg.runtime import Runtime, broadcast_from_main, native_bf16
 from fcnseg.train.budget import check_step_memory
-from fcnseg.train.config import TrainConfig
+from fcnseg.train.config import TrainConfig, resolve_init_checkpoint
 from fcnseg.train.data import EpochSampler, build_datasets
 from fcnseg.train.ema import ema_copy
 
@@ -166,18 +165,6 @@ def _distributed(model: FCN, runtime: Runtime) -> nn.Module:
         nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-
-def resolve_init_checkpoint(path: str) -> Path:
-    """A run folder (its best.pth, else last.pth), a checkpoint file, or the name of a net shipped with fcnseg
-    (:func:`fcnseg.pretrained.resolve`; the config keeps the name, so a resumed run finds it again)."""
-    candidate = resolve(path)
-    if candidate.is_dir():
-        for name in ("best.pth", "last.pth"):
-            if (candidate / name).is_file():
-                return candidate / name
-        raise TrainingError(f"{candidate} holds no best.pth or last.pth to initialise from")
-    return candidate
 
 
 def training_spec(config: TrainConfig, info: DatasetInfo, inputs: tuple[str, ...] = ("rgb",),
