@@ -8,19 +8,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from fcnseg.checkpoint import save_model
 from fcnseg.data.balance import balancing_weights
+from fcnseg.data.base import to_tensors
 from fcnseg.data.camvid import CamVid, drive_of
 from fcnseg.data.check import check_dataset
+from fcnseg.data.collate import PadCollate
 from fcnseg.data.info import CAMVID
 from fcnseg.data.registry import build_dataset
+from fcnseg.data.transforms import (
+    ColorJitter,
+    Compose,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomScale,
+    hue_matrix,
+    train_transforms,
+)
 from fcnseg.errors import ConfigError, DataError
+from fcnseg.normalization import mean_color
 from fcnseg.train import TrainConfig
 from fcnseg.train.data import build_datasets
 
-from .helpers import error_names, folder_dataset, random_fcn, refused
+from .helpers import error_names, folder_dataset, nyud_folder, random_fcn, refused
 
 REPO = Path(__file__).resolve().parents[1]
 # A tiny CamVid: three drives in train (as SegNet's: 0001TP, 0006R0, 0016E5), one in val.
@@ -148,3 +162,142 @@ def test_eval_takes_a_drive_selection(camvid, tmp_path, capsys):
     assert "camvid train[0006R0]: 3 images" in capsys.readouterr().out
     refused(capsys, ["eval", checkpoint, "--dataset", "camvid", "--root", camvid, "--split", "train[0006R1]",
                      "--workers", "0"], "train[0006R1]", "0006R0 (3 frames)")
+
+
+# ---- photometric augmentation ------------------------------------------------------------------------------
+
+
+def _image(seed=0, size=(48, 64)):
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8), np.zeros(size, np.uint8)
+
+
+def test_gamma_keeps_black_and_white_and_moves_the_mid_tones():
+    image = np.array([[[0, 128, 255], [255, 128, 0]]], dtype=np.uint8)
+    label = np.zeros((1, 2), np.uint8)
+    mids = set()
+    for seed in range(8):
+        out, out_label = ColorJitter(gamma=1.0)(image, label, rng=np.random.default_rng(seed))
+        assert (out[image == 0] == 0).all() and (out[image == 255] == 255).all() and out_label is label
+        mids.add(int(out[0, 0, 1]))
+        # gamma in [1/2, 2]: 128 -> 255 * (128 / 255) ** g, from 64 to 181
+        assert 64 <= out[0, 0, 1] <= 181
+    assert min(mids) < 128 < max(mids)  # darker and lighter both happen
+
+
+def test_noise_has_mean_zero_and_the_spread_asked_for():
+    image = np.full((64, 64, 3), 128, np.uint8)
+    label = np.zeros((64, 64), np.uint8)
+    out, _ = ColorJitter(noise=16.0)(image, label, rng=np.random.default_rng(3))
+    difference = out.astype(np.float64) - 128
+    assert abs(difference.mean()) < 0.25 and 1 < difference.std() <= 16.5
+
+
+def test_blur_keeps_the_image_mean_and_smooths():
+    image, label = _image()
+    out, _ = ColorJitter(blur=3.0)(image, label, rng=np.random.default_rng(1))
+    assert abs(out.mean() - image.mean()) < 0.5
+    assert out.std() < 0.8 * image.std()
+
+
+def test_hue_keeps_greys_and_luma_and_turns_colours():
+    image = np.array([[[128, 128, 128], [200, 60, 60], [60, 60, 200]]], dtype=np.uint8)
+    label = np.zeros((1, 3), np.uint8)
+    out, _ = ColorJitter(hue=0.5)(image, label, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(out[0, 0], [128, 128, 128])
+    luma = np.array([0.299, 0.587, 0.114])
+    assert np.abs(out.astype(float) @ luma - image.astype(float) @ luma).max() < 1.5  # where nothing clips
+    assert not np.array_equal(out[0, 1:], image[0, 1:])
+    np.testing.assert_allclose(hue_matrix(1.0), np.eye(3), atol=1e-6)  # a whole turn is no turn
+
+
+def test_only_the_colour_channels_of_a_stacked_image_change():
+    colour, label = _image(0, (16, 16))
+    stacked = np.concatenate([colour, _image(1, (16, 16))[0]], axis=2)
+    out, _ = ColorJitter(0.3, 0.3, 0.3, hue=0.2, gamma=0.5, blur=1.0, noise=4.0)(
+        stacked, label, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(out[..., 3:], stacked[..., 3:])
+    assert not np.array_equal(out[..., :3], colour)
+
+
+def test_the_photometric_options_are_refused_on_hha_images(tmp_path):
+    root = nyud_folder(tmp_path / "nyud")
+    config = {"dataset": "nyud", "root": str(root), "dataset_options": {"split_file": str(root / "ids.txt"),
+                                                                        "inputs": "hha"}, "out": str(tmp_path / "r")}
+    for option, value in (("gamma", 0.5), ("blur", 1.0), ("noise", 4.0), ("hue", 0.1), ("brightness", 0.2)):
+        with pytest.raises(ConfigError) as caught:
+            build_datasets(TrainConfig.from_dict({**config, option: value}), "imagenet")
+        error_names(caught, option, "hha", "to 0")
+
+
+def test_each_amount_is_checked_against_its_range():
+    for option, value in (("hue", 0.6), ("gamma", -0.1), ("blur", 11), ("noise", float("nan")), ("brightness", 1.5)):
+        with pytest.raises(ConfigError) as caught:
+            TrainConfig.from_dict({option: value})
+        error_names(caught, option)
+
+
+def _old_color_jitter(image, rng, amount):
+    """ColorJitter(amount, amount, amount) as it was before the photometric options (commit 1cb5908)."""
+    x = image.astype(np.float32)
+    luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = np.clip(x * float(rng.uniform(max(0.0, 1.0 - amount), 1.0 + amount)), 0.0, 255.0)
+    mean = float((x @ luma).mean())
+    x = np.clip((x - mean) * float(rng.uniform(max(0.0, 1.0 - amount), 1.0 + amount)) + mean, 0.0, 255.0)
+    grey = (x @ luma)[..., None]
+    x = np.clip((x - grey) * float(rng.uniform(max(0.0, 1.0 - amount), 1.0 + amount)) + grey, 0.0, 255.0)
+    return np.rint(x).astype(np.uint8)
+
+
+def test_a_recipe_without_the_new_options_computes_the_batches_it_did_before(tmp_path):
+    # The best recipe's augmentation (scale, crop, flip, colour jitter 0.1) on synthetic scenes, against the
+    # pipeline as it was, drawn from the same (seed, epoch, index).
+    options = {"dataset_options": {"num_images": 4, "height": 40, "width": 48}, "crop_size": [24, 32],
+               "scale_range": [0.75, 1.5], "color_jitter": 0.1, "seed": 7, "out": str(tmp_path / "r")}
+    train, _ = build_datasets(TrainConfig.from_dict(options), "imagenet")
+    explicit, _ = build_datasets(TrainConfig.from_dict({**options, "brightness": 0.1, "contrast": 0.1,
+                                                        "saturation": 0.1, "hue": 0, "gamma": 0, "blur": 0,
+                                                        "noise": 0}), "imagenet")
+    before = Compose([RandomScale(0.75, 1.5), RandomCrop(24, 32, fill=mean_color("imagenet")),
+                      RandomHorizontalFlip()])
+    for epoch in (0, 3):
+        train.set_epoch(epoch)
+        explicit.set_epoch(epoch)
+        for index in range(len(train)):
+            rng = np.random.default_rng((7, epoch, index))
+            image, label = before(*train.load(index), rng=rng)
+            expected = to_tensors(_old_color_jitter(image, rng, 0.1), label, "imagenet")
+            for dataset in (train, explicit):
+                got = dataset[index]
+                assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), (epoch, index)
+
+
+def _augmented(seed=5):
+    config = TrainConfig.from_dict({"dataset_options": {"num_images": 4, "height": 40, "width": 48}, "seed": seed,
+                                    "crop_size": [32, 40], "color_jitter": 0.2, "hue": 0.1, "gamma": 0.5,
+                                    "blur": 1.5, "noise": 6.0, "out": "unused"})
+    return build_datasets(config, "imagenet")[0]
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index_whatever_the_workers():
+    first, again = _augmented(), _augmented()
+    first.set_epoch(2)
+    again.set_epoch(2)
+    samples = [first[i][0] for i in range(4)]
+    assert all(torch.equal(again[i][0], samples[i]) for i in (3, 1, 0, 2))  # any order, a fresh dataset
+    assert not torch.equal(samples[0], samples[1])
+    again.set_epoch(1)
+    assert not torch.equal(again[0][0], samples[0])  # another epoch, other draws
+    assert not torch.equal(_augmented(seed=6)[0][0], _augmented()[0][0])  # another seed, other draws
+    # Two loader workers, each with its own torch seed, give the same samples.
+    loader = DataLoader(first, batch_size=2, num_workers=2, collate_fn=PadCollate(first.info.ignore_index))
+    loaded = torch.cat([images for images, _ in loader])
+    assert all(torch.equal(loaded[i], samples[i]) for i in range(4))
+
+
+def test_train_transforms_gives_each_amount_to_colour_jitter():
+    jitter = train_transforms(None, None, False, color_jitter=0.1, brightness=0.5, hue=0.2, noise=3.0).transforms
+    assert [type(t).__name__ for t in jitter] == ["ColorJitter"]
+    assert (jitter[0].brightness, jitter[0].contrast, jitter[0].saturation) == (0.5, 0.1, 0.1)
+    assert (jitter[0].hue, jitter[0].gamma, jitter[0].blur, jitter[0].noise) == (0.2, 0, 0, 3.0)
+    assert train_transforms(None, None, False, color_jitter=0.3, brightness=0, contrast=0, saturation=0).transforms \
+        == []
