@@ -4,6 +4,7 @@ drive-held-out configs and script part, and the photometric augmentation for ano
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,42 @@ def test_eval_takes_a_drive_selection(camvid, tmp_path, capsys):
     assert "camvid train[0006R0]: 3 images" in capsys.readouterr().out
     refused(capsys, ["eval", checkpoint, "--dataset", "camvid", "--root", camvid, "--split", "train[0006R1]",
                      "--workers", "0"], "train[0006R1]", "0006R0 (3 frames)")
+
+
+# ---- the drive-held-out configs and script -----------------------------------------------------------------
+
+
+def test_the_held_out_configs_are_the_best_recipe_without_the_drive_they_validate_on():
+    best = TrainConfig.from_yaml(REPO / "configs" / "camvid" / "fcn8s_il12_ema_w8_16k.yaml").to_dict()
+    script = (REPO / "scripts" / "camvid.sh").read_text()
+    drive = re.search(r"^HELDOUT=(\w+)", script, re.MULTILINE).group(1)
+    named = re.findall(r"^\s*heldout[\w-]*\) heldout (\w+) ", script, re.MULTILINE)
+    assert sorted(named) == sorted(p.stem for p in (REPO / "configs" / "camvid" / "heldout").glob("*.yaml"))
+    for name in named:
+        config = TrainConfig.from_yaml(REPO / "configs" / "camvid" / "heldout" / f"{name}.yaml").to_dict()
+        assert (config["train_split"], config["val_split"]) == (f"train[-{drive}]", f"train[{drive}]")
+        changed = {key for key in config if config[key] != best[key]}
+        photometric = {"color_jitter", "brightness", "contrast", "saturation", "hue", "gamma", "blur", "noise"}
+        assert changed - photometric == {"train_split", "val_split", "out"}, (name, changed)
+
+
+def test_the_heldout_part_trains_then_scores_the_held_out_drive_and_val(tmp_path):
+    log = tmp_path / "calls"
+    stub = tmp_path / "fcnseg"
+    stub.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    stub.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "FCNSEG": str(stub), "CAMVID_ROOT": "/data/camvid"}
+    done = subprocess.run(["bash", "scripts/camvid.sh", "heldout", "--threads", "1", "--iterations", "20"], cwd=REPO,
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    train_call, drive_call, val_call = log.read_text().splitlines()
+    assert train_call == ("train --config configs/camvid/heldout/fcn8s_il12_ema_w8_16k.yaml --root /data/camvid "
+                          "--threads 1 --iterations 20")
+    weights = "runs/heldout/fcn8s_il12_ema_w8_16k/last.pth"
+    assert drive_call == (f"eval {weights} --dataset camvid --root /data/camvid --split train[0006R0] --threads 1 "
+                          "--out docs/camvid/heldout/fcn8s_il12_ema_w8_16k --overwrite")
+    assert val_call == (f"eval {weights} --dataset camvid --root /data/camvid --split val --threads 1 "
+                        "--out docs/camvid/heldout/fcn8s_il12_ema_w8_16k_val --overwrite")
 
 
 # ---- photometric augmentation ------------------------------------------------------------------------------
