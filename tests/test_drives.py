@@ -105,12 +105,17 @@ def test_an_unknown_drive_or_an_empty_selection_is_one_line_naming_the_drives(ca
     error_names(caught, "val[0006R0]", str(camvid / "val"), "0016E5 (2 frames)")
 
 
-@pytest.mark.parametrize("split", ["train[", "train]", "train[]", "train[0006R0,-0001TP]", "train[0006R0][x]",
-                                   "train[-]", "[0006R0]"])
+@pytest.mark.parametrize("split", ["train[", "train]", "train[]", "train[0006R0][x]", "train[-]", "[0006R0]"])
 def test_a_selection_that_does_not_say_which_drives_is_refused(camvid, split):
     with pytest.raises(ConfigError) as caught:
         CamVid(camvid, split)
     error_names(caught, repr(split), "SPLIT[DRIVE]", "SPLIT[-DRIVE]")
+
+
+def test_a_selection_that_keeps_some_drives_and_leaves_out_others_is_refused(camvid):
+    with pytest.raises(ConfigError) as caught:
+        CamVid(camvid, "train[0006R0, -0001TP,0016E5]")
+    error_names(caught, "'train[0006R0, -0001TP,0016E5]'", "mixes", "train[0006R0,0016E5]", "train[-0001TP]")
 
 
 def test_other_datasets_refuse_a_drive_selection(tmp_path):
@@ -338,3 +343,34 @@ def test_train_transforms_gives_each_amount_to_colour_jitter():
     assert (jitter[0].hue, jitter[0].gamma, jitter[0].blur, jitter[0].noise) == (0.2, 0, 0, 3.0)
     assert train_transforms(None, None, False, color_jitter=0.3, brightness=0, contrast=0, saturation=0).transforms \
         == []
+
+
+def test_a_run_with_every_photometric_option_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    # One loader worker: the augmentation must not hang on a worker's own random state, which a resumed loader,
+    # starting mid-epoch, does not share with the uninterrupted one.
+    import fcnseg.train.loop as loop
+    from fcnseg.checkpoint import read_checkpoint
+    from fcnseg.train import train
+
+    options = {"width": 1 / 16, "geometry": "fast", "dataset_options": {"num_images": 12, "height": 40, "width": 48},
+               "batch_size": 4, "workers": 1, "iterations": 3, "val_interval": 3, "checkpoint_interval": 1,
+               "crop_size": [32, 40], "color_jitter": 0.2, "hue": 0.1, "gamma": 0.5, "blur": 1.0, "noise": 6.0,
+               "threads": 1, "val_limit": 1}
+    train(TrainConfig.from_dict({**options, "out": str(tmp_path / "straight")}))
+    original = loop.micro_batches
+
+    def dying(*args, **kwargs):  # killed mid-epoch, reading the third step's batch, after the second's checkpoint
+        for count, batch in enumerate(original(*args, **kwargs)):
+            if count == 2:
+                raise KeyboardInterrupt("killed")
+            yield batch
+
+    monkeypatch.setattr(loop, "micro_batches", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig.from_dict({**options, "out": str(tmp_path / "killed")}))
+    assert read_checkpoint(tmp_path / "killed" / "last.pth")["iteration"] == 2
+    monkeypatch.setattr(loop, "micro_batches", original)
+    train(TrainConfig.from_dict({**options, "out": str(tmp_path / "killed"), "resume": True}))
+    straight, resumed = (read_checkpoint(tmp_path / name / "last.pth")["model_state_dict"]
+                         for name in ("straight", "killed"))
+    assert all(torch.equal(value, resumed[key]) for key, value in straight.items())

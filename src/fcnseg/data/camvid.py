@@ -59,7 +59,13 @@ class DriveSelection:
         items = [item.strip() for item in match.group("drives").split(",")] if match else []
         excluded = [item.startswith("-") for item in items]
         drives = tuple(item.removeprefix("-").strip() for item in items)
-        if not match or not all(drives) or len(set(excluded)) != 1:
+        if match and all(drives) and len(set(excluded)) == 2:
+            kept = [drive for drive, out in zip(drives, excluded, strict=True) if not out]
+            left_out = [drive for drive, out in zip(drives, excluded, strict=True) if out]
+            base = match.group("split").strip()
+            raise ConfigError(f"split {text!r} mixes drives to keep and drives to leave out: name the drives to keep "
+                              f"({base}[{','.join(kept)}]) or those to leave out ({base}[-{',-'.join(left_out)}])")
+        if not match or not all(drives):
             raise ConfigError(f"split {text!r} does not say which drives to take: write {_SYNTAX} "
                               "(train[0006R0], train[-0006R0], train[0001TP,0016E5]; all kept or all left out)")
         return cls(match.group("split").strip(), drives, excluded[0])
