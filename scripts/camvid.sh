@@ -10,10 +10,15 @@
 #   w4          the median-frequency recipe at 1/4 width for the same time (configs/camvid/fcn8s_mf_w4.yaml)
 #   road        road / not road FCN-8s (configs/camvid/road_fcn8s.yaml)
 #   32s-16s-8s  the earlier staged recipe; atonce; control (FCN-32s trained as long as the staged FCN-8s)
+#   heldout     the drive-held-out protocol: the best recipe trained without drive 0006R0 and validated on it
+#               (configs/camvid/heldout/fcn8s_il12_ema_w8_16k.yaml), then its last.pth scored on 0006R0
+#               (docs/camvid/heldout/<run>) and on val (docs/camvid/heldout/<run>_val)
+#   heldout-photo  the same with photometric augmentation (configs/camvid/heldout/fcn8s_il12_ema_w8_16k_photo.yaml)
 #   eval        score every run's last.pth on val into docs/camvid/<run> (the last iteration: nothing is
 #               chosen on val); the one-stage 11-class runs also with test-time flips and scales (<run>_tta),
 #               and the EMA runs' training weights (kept in last.pth beside the average) into <run>_train_weights
-# Flags after PART go to every fcnseg train, e.g. --threads 1 (as docs/camvid.md's runs were made).
+# Flags after PART go to every fcnseg train, e.g. --threads 1 (as docs/camvid.md's runs were made); heldout and
+# heldout-photo also pass --threads to their fcnseg eval.
 set -euo pipefail
 FCNSEG=${FCNSEG:-.venv/bin/fcnseg}
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -22,6 +27,22 @@ BEST=fcn8s_il12_ema_w8_16k  # the config (and run) of the best recipe
 part=${1:-}
 shift || true
 train() { $FCNSEG train --config "configs/camvid/$1.yaml" --root "$ROOT" "${@:2}"; }
+HELDOUT=0006R0  # the drive the held-out configs leave out of training and validate on
+heldout() {  # train configs/camvid/heldout/$1.yaml, then score its last.pth on the held-out drive and on val
+  train "heldout/$1" "${@:2}"
+  local threads=() previous='' arg
+  for arg in "${@:2}"; do  # fcnseg eval takes --threads, not the other training flags
+    [[ $previous == --threads ]] && threads=(--threads "$arg")
+    [[ $arg == --threads=* ]] && threads=("$arg")
+    previous=$arg
+  done
+  local weights=runs/heldout/$1/last.pth
+  # --overwrite: these reports are the tracked docs, regenerated on purpose
+  $FCNSEG eval "$weights" --dataset camvid --root "$ROOT" --split "train[$HELDOUT]" "${threads[@]}" \
+    --out "docs/camvid/heldout/$1" --overwrite
+  $FCNSEG eval "$weights" --dataset camvid --root "$ROOT" --split val "${threads[@]}" \
+    --out "docs/camvid/heldout/$1_val" --overwrite
+}
 case $part in
   best) train $BEST "$@" ;;
   plain-ema) train fcn8s_plain_ema_w8_16k "$@" ;;
@@ -35,6 +56,8 @@ case $part in
   32s-16s-8s) for stage in fcn32s fcn16s fcn8s; do train $stage "$@"; done ;;
   atonce) train fcn8s_atonce "$@" ;;
   control) train fcn32s_continued "$@" ;;
+  heldout) heldout fcn8s_il12_ema_w8_16k "$@" ;;
+  heldout-photo) heldout fcn8s_il12_ema_w8_16k_photo "$@" ;;
   eval)
     # --overwrite: these reports are the tracked docs, regenerated on purpose
     score() { $FCNSEG eval "$1" --dataset camvid --root "$ROOT" --split val "${@:3}" --out "docs/camvid/$2" --overwrite; }
@@ -59,6 +82,6 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
         score runs/camvid/${run}_train_weights.pth ${run}_train_weights
       fi
     done ;;
-  *) echo "usage: scripts/camvid.sh best|il11|il-ema|plain-ema|il|mf|plain|w4|road|32s-16s-8s|atonce|control|eval [fcnseg train flags]" >&2
+  *) echo "usage: scripts/camvid.sh best|il11|il-ema|plain-ema|il|mf|plain|w4|road|32s-16s-8s|atonce|control|heldout|heldout-photo|eval [fcnseg train flags]" >&2
      exit 2 ;;
 esac

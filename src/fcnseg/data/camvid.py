@@ -1,7 +1,17 @@
-"""CamVid road scenes in the 11-class SegNet layout (label 11 = void, ignored)."""
+"""CamVid road scenes in the 11-class SegNet layout (label 11 = void, ignored).
+
+A split name may select frames by the drive they were filmed on (the file name up to its first ``_``:
+``0001TP_006690.png`` is a frame of drive ``0001TP``): ``train[0006R0]`` is the training split's frames of
+drive 0006R0, ``train[-0006R0]`` the training split without them; several drives are separated by commas
+(``train[0001TP,0016E5]``, ``train[-0001TP,-0006R0]``). So a recipe can be chosen on a drive that no
+training frame comes from (docs/camvid.md, "Drive-held-out protocol").
+"""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Unpack
 
@@ -16,11 +26,67 @@ from fcnseg.data.base import (
 )
 from fcnseg.data.info import CAMVID
 from fcnseg.data.io import PathLike
-from fcnseg.errors import DataError
+from fcnseg.errors import ConfigError, DataError
 
 CAMVID_LAYOUT = (
     "<root>/{train,val,test}/*.png with labels in <root>/{train,val,test}annot/*.png, optional <split>.txt"
 )
+_SELECTION = re.compile(r"(?P<split>[^\[\]]+)\[(?P<drives>[^\[\]]*)\]")
+_SYNTAX = "SPLIT[DRIVE] for a drive's frames, SPLIT[-DRIVE] for the others, several drives separated by commas"
+
+
+def drive_of(frame: Path) -> str:
+    """The drive a CamVid frame was filmed on: its file name up to the first ``_`` (``0001TP_006690.png``:
+    ``0001TP``; a name without ``_``: its whole stem)."""
+    return frame.stem.split("_", 1)[0]
+
+
+@dataclass(frozen=True)
+class DriveSelection:
+    """Frames of ``split`` filmed on ``drives`` (``exclude``: on every other drive), from ``SPLIT[...]``."""
+
+    split: str
+    drives: tuple[str, ...]
+    exclude: bool
+
+    @classmethod
+    def parse(cls, text: str) -> DriveSelection | None:
+        """The selection ``text`` writes (``train[0006R0]``, ``train[-0006R0]``), None for a plain split name;
+        a ConfigError for brackets that do not say which drives."""
+        if "[" not in text and "]" not in text:
+            return None
+        match = _SELECTION.fullmatch(text.strip())
+        items = [item.strip() for item in match.group("drives").split(",")] if match else []
+        excluded = [item.startswith("-") for item in items]
+        drives = tuple(item.removeprefix("-").strip() for item in items)
+        if match and all(drives) and len(set(excluded)) == 2:
+            kept = [drive for drive, out in zip(drives, excluded, strict=True) if not out]
+            left_out = [drive for drive, out in zip(drives, excluded, strict=True) if out]
+            base = match.group("split").strip()
+            raise ConfigError(f"split {text!r} mixes drives to keep and drives to leave out: name the drives to keep "
+                              f"({base}[{','.join(kept)}]) or those to leave out ({base}[-{',-'.join(left_out)}])")
+        if not match or not all(drives):
+            raise ConfigError(f"split {text!r} does not say which drives to take: write {_SYNTAX} "
+                              "(train[0006R0], train[-0006R0], train[0001TP,0016E5]; all kept or all left out)")
+        return cls(match.group("split").strip(), drives, excluded[0])
+
+    def select(self, pairs: list[tuple[Path, Path]], text: str, source: str) -> list[tuple[Path, Path]]:
+        """The pairs of the selected drives; a DataError naming the split ``text``, the drives of ``source`` (the
+        list file or folder) with their frame counts, and the fix, for an unknown drive or an empty selection."""
+        counts = Counter(drive_of(image) for image, _ in pairs)
+        unknown = [drive for drive in self.drives if drive not in counts]
+        chosen = [(image, label) for image, label in pairs if (drive_of(image) in self.drives) != self.exclude]
+        if not unknown and chosen:
+            return chosen
+        problem, fix = ((f"no drive {', '.join(unknown)} among its frames", "name drives it holds") if unknown
+                        else ("the selection leaves none of its frames", "keep at least one of them"))
+        shown = ", ".join(f"{drive} ({count} frame{'s' if count != 1 else ''})"
+                          for drive, count in sorted(counts.items())[:30])
+        more = f" and {len(counts) - 30} more" if len(counts) > 30 else ""
+        example = min(counts) if counts else "DRIVE"
+        raise DataError(f"CamVid split {text!r}: {problem}; {source} holds the drives {shown}{more}: {fix} "
+                        f"({self.split}[{example}] for a drive's frames, {self.split}[-{example}] for the others, "
+                        "several drives separated by commas)")
 
 
 class CamVid(FilePairDataset):
@@ -30,8 +96,12 @@ class CamVid(FilePairDataset):
     the dataset was published on (``/SegNet/CamVid/train/x.png /SegNet/CamVid/trainannot/x.png``), so
     each path is resolved relative to ``root`` from its last two components (folder and file name).
     Without a list file, ``<split>/`` and ``<split>annot/`` are paired by file name; a file without a
-    partner is an error.
+    partner is an error. ``split`` may select drives (``train[-0006R0]``, see the module docstring): the
+    dataset then holds the selected frames only, so whatever reads it (the dataset check, the class weights
+    computed from the training labels, evaluation) sees those alone.
     """
+
+    selects_drives = True  # split names may say SPLIT[DRIVE] (fcnseg.data.registry refuses it elsewhere)
 
     def __init__(
         self,
@@ -40,15 +110,19 @@ class CamVid(FilePairDataset):
         **pipeline: Unpack[PipelineOptions],
     ) -> None:
         root = require_dir(Path(root), CAMVID_LAYOUT)
-        if not (root / split).is_dir() and (root / "CamVid" / split).is_dir():
+        selection = DriveSelection.parse(split)
+        files = selection.split if selection else split  # the split whose list file or folders hold the frames
+        if not (root / files).is_dir() and (root / "CamVid" / files).is_dir():
             root = root / "CamVid"  # the parent of SegNet's CamVid folder was given
         self.root = root
         self.split = split
-        list_file = root / f"{split}.txt"
+        list_file = root / f"{files}.txt"
         if list_file.is_file():
-            pairs = self._pairs_from_list(root, list_file)
+            pairs, source = self._pairs_from_list(root, list_file), str(list_file)
         else:
-            pairs = self._pairs_from_folders(root, split)
+            pairs, source = self._pairs_from_folders(root, files), str(root / files)
+        if selection is not None:
+            pairs = selection.select(pairs, split, source)
         super().__init__(pairs, info=CAMVID, inputs=RGB, **pipeline)
 
     @staticmethod

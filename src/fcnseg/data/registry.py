@@ -68,6 +68,10 @@ def build_dataset(name: str, root: PathLike | None, split: str, transform: Joint
         known = ", ".join([*dataset_options(name), "class_map"])
         hint = " (YAML needs a space after a colon: {num_images: 16})" if any(":" in key for key in unknown) else ""
         raise ConfigError(f"dataset {name} has no option(s) {', '.join(unknown)}{hint}; its options: {known}")
+    selects = isinstance(split, str) and ("[" in split or "]" in split)
+    if selects and not getattr(DATASETS[name], "selects_drives", False):
+        raise ConfigError(f"split {split!r}: selecting frames by drive (SPLIT[DRIVE]) is for camvid; dataset {name} "
+                          "takes a plain split name")
     if root is None and name != "synthetic":
         raise ConfigError(f"dataset {name!r} needs a root: the folder holding its files (--root)")
     return DATASETS[name](root, split=split, transform=transform, normalization=normalization, seed=seed,

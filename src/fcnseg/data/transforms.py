@@ -8,7 +8,8 @@ invent classes at boundaries.
 Randomness
 ----------
 Random transforms (subclasses of :class:`RandomTransform`) accept an optional ``rng`` argument, any
-object with the ``numpy.random.Generator`` methods they use (``uniform``, ``integers``, ``random``).
+object with the ``numpy.random.Generator`` methods they use (``uniform``, ``integers``, ``random``,
+``standard_normal``).
 When it is omitted, each call builds ``np.random.default_rng(seed)`` from a seed drawn from *torch's*
 global RNG (:func:`torch_seeded_rng`). Why torch and not numpy's global state: ``torch.manual_seed``
 is the one seed a training run sets, and it does not seed numpy; the DataLoader also derives each
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from fcnseg.data.base import JointTransform
 from fcnseg.data.info import IGNORE_INDEX
@@ -214,23 +216,51 @@ class RandomHorizontalFlip(RandomTransform):
         return f"RandomHorizontalFlip(p={self.p})"
 
 
-class ColorJitter(RandomTransform):
-    """Random brightness, contrast and saturation on the image only; the label passes through untouched.
-    Of a stacked image (colour + HHA) only the first three channels, the colour image, change.
+# RGB -> YIQ (NTSC): Y is the luma the other steps use, I and Q the colour; a hue shift turns (I, Q).
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float64)
+# The amounts ColorJitter takes, in the order it applies them (each 0, off, by default).
+PHOTOMETRIC = ("brightness", "contrast", "saturation", "hue", "gamma", "blur", "noise")
 
-    Each factor is drawn uniformly from ``[max(0, 1 - x), 1 + x]`` and applied in that fixed order
-    (brightness, contrast, saturation), clipping to [0, 255] after each step; a parameter of 0 skips
-    its step. Contrast blends with the mean grey level of the image, saturation with each pixel's grey
-    value (ITU-R 601 luma), as torchvision does. uint8 in, uint8 out.
+
+def hue_matrix(turn: float) -> np.ndarray:
+    """The 3x3 matrix (for ``pixels @ matrix``) that turns each pixel's hue by ``turn`` of the colour circle
+    in YIQ space: grey pixels and every pixel's luma stay as they are (up to clipping)."""
+    angle = 2 * np.pi * turn
+    rotate = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    return (np.linalg.inv(_YIQ) @ rotate @ _YIQ).T.astype(np.float32)
+
+
+class ColorJitter(RandomTransform):
+    """Random photometric changes on the image only (another day's light, another camera); the label passes
+    through untouched. Of a stacked image (colour + HHA) only the first three channels, the colour image, change.
+
+    In this fixed order, each step skipped when its amount is 0 and drawing nothing then (so adding a step
+    leaves the draws of the others as they were), clipping to [0, 255] after each:
+
+    * ``brightness``, ``contrast``, ``saturation`` x: a factor drawn uniformly from ``[max(0, 1 - x), 1 + x]``.
+      Contrast blends with the mean grey level of the image, saturation with each pixel's grey value (ITU-R 601
+      luma), as torchvision does.
+    * ``hue`` x (at most 0.5): the hue turned by a fraction of the colour circle drawn from ``[-x, x]``, in YIQ
+      space (a linear map: greys and luma are kept).
+    * ``gamma`` x: ``255 * (v / 255) ** g``, ``g`` log-uniform in ``[1 / (1 + x), 1 + x]``: mid-tones darker or
+      lighter, black and white kept.
+    * ``blur`` x: a Gaussian blur with a standard deviation drawn from ``[0, x]`` pixels (edges reflected).
+    * ``noise`` x: Gaussian noise per pixel and channel with a standard deviation drawn from ``[0, x]`` grey
+      levels.
+
+    uint8 in, uint8 out (rounded once, at the end).
     """
 
-    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0) -> None:
-        for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0,
+                 gamma: float = 0.0, blur: float = 0.0, noise: float = 0.0) -> None:
+        amounts = dict(zip(PHOTOMETRIC, (brightness, contrast, saturation, hue, gamma, blur, noise), strict=True))
+        for name, value in amounts.items():
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
-        self.brightness = brightness
-        self.contrast = contrast
-        self.saturation = saturation
+        if hue > 0.5:
+            raise ConfigError(f"hue must be at most 0.5 (half the colour circle), got {hue}")
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+        self.hue, self.gamma, self.blur, self.noise = hue, gamma, blur, noise
 
     @staticmethod
     def _factor(rng: np.random.Generator, amount: float) -> float:
@@ -239,7 +269,7 @@ class ColorJitter(RandomTransform):
     def apply(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        if self.brightness == 0 and self.contrast == 0 and self.saturation == 0:
+        if not any(getattr(self, name) for name in PHOTOMETRIC):
             return image, label
         if image.shape[2] > 3:
             colour, _ = self.apply(image[..., :3], label, rng)
@@ -254,10 +284,28 @@ class ColorJitter(RandomTransform):
         if self.saturation > 0:
             grey = (x @ luma)[..., None]
             x = np.clip((x - grey) * self._factor(rng, self.saturation) + grey, 0.0, 255.0)
-        return np.rint(x).astype(np.uint8), label
+        return np.rint(self._light_and_sensor(x, rng)).astype(np.uint8), label
+
+    def _light_and_sensor(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The steps after saturation (hue, gamma, blur, noise) on a float image in [0, 255]."""
+        if self.hue > 0:
+            x = np.clip(x @ hue_matrix(float(rng.uniform(-self.hue, self.hue))), 0.0, 255.0)
+        if self.gamma > 0:
+            bound = np.log1p(self.gamma)
+            x = 255.0 * (x / 255.0) ** np.float32(np.exp(rng.uniform(-bound, bound)))
+        if self.blur > 0:
+            sigma = float(rng.uniform(0.0, self.blur))
+            x = ndimage.gaussian_filter(x, sigma=(sigma, sigma, 0), mode="reflect")
+        if self.noise > 0:
+            std = float(rng.uniform(0.0, self.noise))
+            x = np.clip(x + rng.standard_normal(x.shape, dtype=np.float32) * np.float32(std), 0.0, 255.0)
+        return x
 
     def __repr__(self) -> str:
-        return f"ColorJitter({self.brightness}, {self.contrast}, {self.saturation})"
+        if not any((self.hue, self.gamma, self.blur, self.noise)):
+            return f"ColorJitter({self.brightness}, {self.contrast}, {self.saturation})"
+        shown = ", ".join(f"{name}={getattr(self, name)}" for name in PHOTOMETRIC if getattr(self, name))
+        return f"ColorJitter({shown})"
 
 
 class Resize:
@@ -283,14 +331,26 @@ def train_transforms(
     color_jitter: float = 0.0,
     ignore_index: int = IGNORE_INDEX,
     normalization: str = "imagenet",
+    *,
+    brightness: float | None = None,
+    contrast: float | None = None,
+    saturation: float | None = None,
+    hue: float = 0.0,
+    gamma: float = 0.0,
+    blur: float = 0.0,
+    noise: float = 0.0,
 ) -> Compose:
-    """The default training pipeline: random scale, random crop (padded), horizontal flip, colour jitter.
+    """The default training pipeline: random scale, random crop (padded), horizontal flip, photometric changes.
 
     ``crop_size=None`` keeps whole images (the paper's batch-size-1 training; batch them with
     :class:`fcnseg.data.collate.PadCollate`). ``scale_range=None`` or ``(1, 1)`` disables scaling;
-    ``color_jitter`` is used for brightness, contrast and saturation alike (0 disables it). Crops are
-    padded with the mean colour of ``normalization``, which the network sees as zero.
+    ``color_jitter`` is the amount of brightness, contrast and saturation alike (0 disables it) unless
+    ``brightness``, ``contrast`` or ``saturation`` give their own; ``hue``, ``gamma``, ``blur`` and ``noise``
+    are the other amounts of :class:`ColorJitter` (0: none). Crops are padded with the mean colour of
+    ``normalization``, which the network sees as zero.
     """
+    jitter = [color_jitter if amount is None else amount for amount in (brightness, contrast, saturation)]
+    amounts = dict(zip(PHOTOMETRIC, (*jitter, hue, gamma, blur, noise), strict=True))
     transforms: list[JointTransform] = []
     if scale_range is not None and tuple(scale_range) != (1.0, 1.0):
         transforms.append(RandomScale(*scale_range))
@@ -300,7 +360,7 @@ def train_transforms(
                                      fill=mean_color(normalization, channels=inputs)))
     if flip:
         transforms.append(RandomHorizontalFlip())
-    if color_jitter > 0:
-        # last: jittering the crop is cheaper than jittering the full image
-        transforms.append(ColorJitter(color_jitter, color_jitter, color_jitter))
+    if any(amounts.values()):
+        # last: changing the crop is cheaper than changing the full image
+        transforms.append(ColorJitter(**amounts))
     return Compose(transforms)

@@ -88,6 +88,20 @@ class TrainConfig:
                                              length=2, range=POSITIVE)
     flip: bool = option(True, "random horizontal flips")
     color_jitter: float = option(0.0, "brightness, contrast and saturation jitter, 0 to 1 (0: none)", range=FRACTION)
+    # Photometric changes for another day's light (fcnseg.data.transforms.ColorJitter, applied in this order).
+    brightness: float | None = option(None, "brightness jitter: pixels scaled by a factor from [1 - x, 1 + x], 0 to 1 "
+                                            "(default: color_jitter's)", range=FRACTION)
+    contrast: float | None = option(None, "contrast jitter: distances from the mean grey scaled by a factor from "
+                                          "[1 - x, 1 + x], 0 to 1 (default: color_jitter's)", range=FRACTION)
+    saturation: float | None = option(None, "saturation jitter: distances from each pixel's grey scaled by a factor "
+                                            "from [1 - x, 1 + x], 0 to 1 (default: color_jitter's)", range=FRACTION)
+    hue: float = option(0.0, "hue turned by up to x of the colour circle, 0 to 0.5 (0: none)", range=Range(0, 0.5))
+    gamma: float = option(0.0, "gamma from [1 / (1 + x), 1 + x], log-uniform: mid-tones darker or lighter, black and "
+                               "white kept, 0 to 3 (0: none)", range=Range(0, 3))
+    blur: float = option(0.0, "Gaussian blur of a standard deviation from [0, x] pixels, 0 to 10 (0: none)",
+                         range=Range(0, 10))
+    noise: float = option(0.0, "Gaussian pixel noise of a standard deviation from [0, x] grey levels (of 255), 0 to 64 "
+                               "(0: none)", range=Range(0, 64))
     accept_only_class_zero: bool = option(False, "train on labels whose only class is 0 besides ignored pixels "
                                                  "(0/255 masks are refused unless 255 really means ignore)")
     batch_size: int = option(8, "images per step (per process under torchrun)", range=COUNT)

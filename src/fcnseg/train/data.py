@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.collate import PadCollate
 from fcnseg.data.registry import build_dataset
-from fcnseg.data.transforms import train_transforms
+from fcnseg.data.transforms import PHOTOMETRIC, train_transforms
 from fcnseg.errors import ConfigError
 from fcnseg.runtime import Runtime, worker_init
 from fcnseg.train.config import TrainConfig
@@ -58,15 +58,18 @@ def build_datasets(config: TrainConfig, normalization: str) -> tuple[Segmentatio
     """
     options = dict(config.dataset_options)
     val = build_dataset(config.dataset, config.root, config.val_split, normalization=normalization, **options)
-    if config.color_jitter and val.inputs[0] != "rgb":
-        raise ConfigError(f"color_jitter changes colours, but this dataset's images are {'+'.join(val.inputs)} "
-                          "(depth encoded as HHA), not colour images: set color_jitter to 0")
+    photometric = {name: getattr(config, name) for name in PHOTOMETRIC}
+    changes = [name for name in ("color_jitter", *PHOTOMETRIC) if getattr(config, name)]  # None and 0: none
+    if changes and val.inputs[0] != "rgb":
+        raise ConfigError(f"{', '.join(changes)} change{'s' if len(changes) == 1 else ''} colour images only, but "
+                          f"this dataset's images are {'+'.join(val.inputs)} (depth encoded as HHA): set "
+                          f"{', '.join(changes)} to 0")
     transform = None
-    if config.crop_size or config.scale_range or config.flip or config.color_jitter:
+    if config.crop_size or config.scale_range or config.flip or changes:
         transform = train_transforms(tuple(config.crop_size) if config.crop_size else None,
                                      scale_range=tuple(config.scale_range) if config.scale_range else None,
                                      flip=config.flip, color_jitter=config.color_jitter,
-                                     ignore_index=val.info.ignore_index, normalization=normalization)
+                                     ignore_index=val.info.ignore_index, normalization=normalization, **photometric)
     train = build_dataset(config.dataset, config.root, config.train_split, transform=transform,
                           normalization=normalization, seed=config.seed, **options)
     return train, val
