@@ -165,7 +165,9 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(hints))}")
         values = {key: check_type(value, hints[key], f"{source}: {key}") for key, value in data.items()}
-        if values.get("init_from") and not all(key in values for key in ARCHITECTURE):
+        # Read the starting net only when the run leaves part of its shape unsaid (learnable_upsampling alone
+        # does not count: staged configs name the other four and stay readable before the starting run exists).
+        if values.get("init_from") and not all(key in values for key in ARCHITECTURE[:4]):
             values = {**starting_architecture(values["init_from"]), **values}
         config = cls(**values)
         config.validate(source)
