@@ -13,12 +13,12 @@ nothing of the training's state (``scripts/pack_pretrained.py`` is its command l
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fcnseg.errors import ConfigError, WeightsError, WriteError, listing
+from fcnseg.transfer import file_digest
 
 if TYPE_CHECKING:
     import torch
@@ -46,12 +46,8 @@ def _entry(name: str) -> dict[str, str]:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file, in hex (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The SHA-256 of a file, in hex (the downloader's digest: :func:`fcnseg.transfer.file_digest`)."""
+    return file_digest(path, "sha256")
 
 
 def path_of(name: str) -> Path:
@@ -141,5 +137,5 @@ def pack(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dty
     return file_sha256(out)
 
 
-__all__ = ["CAMVID_FCN8S_SHA256", "FOLDER", "SHIPPED", "card_of", "file_sha256", "names", "pack", "path_of",
+__all__ = ["FOLDER", "SHIPPED", "card_of", "file_sha256", "names", "pack", "path_of",
            "resolve"]
