@@ -119,6 +119,17 @@ def test_a_packed_net_computes_in_float32_as_the_net_with_float16_rounded_weight
     np.testing.assert_array_equal(segmenter.predict(image), reference.predict(image))
 
 
+def test_a_look_at_the_spec_maps_the_file_and_reads_legacy_files_whole(shipped, tmp_path):
+    """The starting net's architecture is read with the tensors mapped (run.prepare reads them later); a file of
+    torch's legacy format, which torch cannot map, is read whole and gives the same spec."""
+    mapped = read_checkpoint(shipped, mmap=True)
+    assert {v.dtype for k, v in mapped["model_state_dict"].items() if "num_batches" not in k} == {torch.float16}
+    assert mapped["spec"] == read_checkpoint(shipped)["spec"]
+    legacy = tmp_path / "legacy.pth"
+    torch.save(torch.load(shipped, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    assert read_checkpoint(legacy, mmap=True)["spec"] == mapped["spec"]
+
+
 def test_pack_refuses_to_overwrite_a_file_without_overwrite(tmp_path, packed):
     _, _, last = packed
     out = tmp_path / "out.pth"

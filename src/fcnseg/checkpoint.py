@@ -64,10 +64,11 @@ def save_model(model: nn.Module, info: DatasetInfo | None, path: str | Path, **e
     return write_checkpoint(model_checkpoint(model, info, **extra), path)
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Read an fcnseg checkpoint safely; other kinds of file get a message saying what they are."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """Read an fcnseg checkpoint safely; other kinds of file get a message saying what they are. ``mmap``: map
+    the tensors instead of reading them, and leave them in the file's precision (to read the metadata only)."""
     path = require_model_file(path, "checkpoint", (".pth",))
-    data = load_torch_file(path)
+    data = load_torch_file(path, mmap=mmap)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         hint = ""
         if isinstance(data, dict) and ("score_fr.weight" in data or "model_state_dict" in data):
@@ -76,7 +77,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise WeightsError(f"{path} is not an fcnseg checkpoint (no '{FORMAT}' header).{hint}")
     if not isinstance(data.get("version", 0), int) or data.get("version", 0) > VERSION:
         raise WeightsError(f"{path} was written by a newer fcnseg (checkpoint version {data['version']})")
-    if isinstance(data.get("model_state_dict"), dict):
+    if isinstance(data.get("model_state_dict"), dict) and not mmap:
         data["model_state_dict"] = float32_weights(data["model_state_dict"])
     return data
 

@@ -43,6 +43,7 @@ from typing import TypeVar
 
 from fcnseg.atomic import atomic_open, check_writable, make_folder, remove_temporaries
 from fcnseg.errors import ConfigError, WriteError, listing
+from fcnseg.transfer import file_digest
 
 RECORD = ".fcnseg-outputs.json"
 JOURNAL = ".fcnseg-outputs.pending"
@@ -336,14 +337,11 @@ def _real(path: str | os.PathLike) -> Path:
 
 
 def _sha256(path: Path) -> str | None:
-    digest = hashlib.sha256()
+    """The file's SHA-256, None when it cannot be read (then it is not the file recorded)."""
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return file_digest(path, "sha256")
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def output_file(path: str | os.PathLike, command: str, overwrite: bool = False,

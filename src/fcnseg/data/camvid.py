@@ -26,7 +26,7 @@ from fcnseg.data.base import (
 )
 from fcnseg.data.info import CAMVID
 from fcnseg.data.io import PathLike
-from fcnseg.errors import ConfigError, DataError
+from fcnseg.errors import ConfigError, DataError, listing
 
 CAMVID_LAYOUT = (
     "<root>/{train,val,test}/*.png with labels in <root>/{train,val,test}annot/*.png, optional <split>.txt"
@@ -57,18 +57,17 @@ class DriveSelection:
             return None
         match = _SELECTION.fullmatch(text.strip())
         items = [item.strip() for item in match.group("drives").split(",")] if match else []
-        excluded = [item.startswith("-") for item in items]
         drives = tuple(item.removeprefix("-").strip() for item in items)
-        if match and all(drives) and len(set(excluded)) == 2:
-            kept = [drive for drive, out in zip(drives, excluded, strict=True) if not out]
-            left_out = [drive for drive, out in zip(drives, excluded, strict=True) if out]
-            base = match.group("split").strip()
-            raise ConfigError(f"split {text!r} mixes drives to keep and drives to leave out: name the drives to keep "
-                              f"({base}[{','.join(kept)}]) or those to leave out ({base}[-{',-'.join(left_out)}])")
         if not match or not all(drives):
             raise ConfigError(f"split {text!r} does not say which drives to take: write {_SYNTAX} "
                               "(train[0006R0], train[-0006R0], train[0001TP,0016E5]; all kept or all left out)")
-        return cls(match.group("split").strip(), drives, excluded[0])
+        base = match.group("split").strip()
+        left_out = [drive for drive, item in zip(drives, items, strict=True) if item.startswith("-")]
+        kept = [drive for drive, item in zip(drives, items, strict=True) if not item.startswith("-")]
+        if kept and left_out:
+            raise ConfigError(f"split {text!r} mixes drives to keep and drives to leave out: name the drives to keep "
+                              f"({base}[{','.join(kept)}]) or those to leave out ({base}[-{',-'.join(left_out)}])")
+        return cls(base, drives, exclude=bool(left_out))
 
     def select(self, pairs: list[tuple[Path, Path]], text: str, source: str) -> list[tuple[Path, Path]]:
         """The pairs of the selected drives; a DataError naming the split ``text``, the drives of ``source`` (the
@@ -80,11 +79,10 @@ class DriveSelection:
             return chosen
         problem, fix = ((f"no drive {', '.join(unknown)} among its frames", "name drives it holds") if unknown
                         else ("the selection leaves none of its frames", "keep at least one of them"))
-        shown = ", ".join(f"{drive} ({count} frame{'s' if count != 1 else ''})"
-                          for drive, count in sorted(counts.items())[:30])
-        more = f" and {len(counts) - 30} more" if len(counts) > 30 else ""
+        shown = listing([f"{drive} ({count} frame{'s' if count != 1 else ''})"
+                         for drive, count in sorted(counts.items())], 30)
         example = min(counts) if counts else "DRIVE"
-        raise DataError(f"CamVid split {text!r}: {problem}; {source} holds the drives {shown}{more}: {fix} "
+        raise DataError(f"CamVid split {text!r}: {problem}; {source} holds the drives {shown}: {fix} "
                         f"({self.split}[{example}] for a drive's frames, {self.split}[-{example}] for the others, "
                         "several drives separated by commas)")
 

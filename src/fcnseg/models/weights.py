@@ -81,10 +81,11 @@ def _plain(text: str) -> str:
 _LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, ValueError)
 
 
-def load_torch_file(path: str | Path) -> Any:
+def load_torch_file(path: str | Path, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; every failure a WeightsError saying what the file is.
 
-    Files that need pickled code are refused, never run.
+    Files that need pickled code are refused, never run. ``mmap``: tensors are mapped, not read, until used
+    (for a look at a file's metadata; torch maps only its zip format, so other files are read whole).
     """
     path = require_model_file(path, "weights file", (".pth", ".pt"))
     if path.stat().st_size == 0:
@@ -92,7 +93,7 @@ def load_torch_file(path: str | Path) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4 in the checkpoint"
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as error:
         kind = file_kind(path)
         # Bytes of no torch format make the unpickler fail in any way (a text file: IndexError); a file of a

@@ -238,7 +238,8 @@ def resolve_init_checkpoint(path: str) -> Path:
 
 def starting_architecture(init_from: str) -> dict[str, Any]:
     """The :data:`ARCHITECTURE` options of the net ``init_from`` names (read from its checkpoint's spec)."""
-    spec = checkpoint_spec(read_checkpoint(resolve_init_checkpoint(init_from)), init_from)
+    # The spec alone is needed (run.prepare reads the weights): the tensors stay mapped, never read.
+    spec = checkpoint_spec(read_checkpoint(resolve_init_checkpoint(init_from), mmap=True), init_from)
     found = {"model": spec.name, "backbone": spec.backbone, "width": spec.width, "geometry": spec.geometry,
              "learnable_upsampling": spec.learnable_upsampling}
     log.debug(f"from the starting net {init_from}: {found}")
