@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from fcnseg.cli import build_parser
+from fcnseg.commands.train import config_from_args
+from fcnseg.errors import ConfigError
 from fcnseg.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,3 +34,18 @@ def test_every_config_the_camvid_script_trains_exists():
     named |= set(re.search(r"for stage in ([\w ]+);", script).group(1).split())
     missing = sorted(name for name in named if not (REPO / "configs" / "camvid" / f"{name}.yaml").is_file())
     assert not missing and len(named) >= 8, (missing, named)
+
+
+def test_numbers_in_exponent_form_are_numbers_in_files_flags_and_set(tmp_path):
+    """PyYAML alone reads ``lr: 1e-4`` as the string "1e-4" (YAML 1.1 wants 1.0e-4), and the option was
+    refused as "expects a number"; a quoted value stays a string."""
+    (tmp_path / "run.yaml").write_text("dataset: synthetic\nlr: 1e-4\nweight_decay: 5E-4\n")
+    assert TrainConfig.from_yaml(tmp_path / "run.yaml").lr == 1e-4
+    assert TrainConfig.from_yaml(tmp_path / "run.yaml").weight_decay == 5e-4
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "run.yaml"), "--set", "lr=1e-7",
+                                      "--dataset-options", "{num_images: 1e1}"])
+    config = config_from_args(args)
+    assert config.lr == 1e-7 and config.dataset_options == {"num_images": 10.0}
+    (tmp_path / "quoted.yaml").write_text("dataset: synthetic\nlr: '1e-4'\n")
+    with pytest.raises(ConfigError, match="expects a number"):
+        TrainConfig.from_yaml(tmp_path / "quoted.yaml")

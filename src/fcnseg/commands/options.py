@@ -24,8 +24,13 @@ from fcnseg.data.io import DEFAULT_MAX_PIXELS
 from fcnseg.errors import ConfigError
 from fcnseg.inference import InferenceOptions
 from fcnseg.memory import parse_size
+from fcnseg.pretrained import names as shipped_names
 from fcnseg.ranges import COUNT, FRACTION, POSITIVE, Range
 from fcnseg.runtime import DEVICE_CHOICES
+from fcnseg.train.config import load_yaml
+
+# For the help of commands that take a net: the names fcnseg.pretrained resolves.
+SHIPPED_NETS = ", ".join(shipped_names()) or "none"
 
 
 def number(allowed: Range) -> Callable[[str], float]:
@@ -159,7 +164,7 @@ def yaml_problem(error: yaml.YAMLError) -> str:
 def yaml_flag(text: str) -> Any:
     """argparse type of flags that take YAML (``--dataset-options '{num_images: 8}'``)."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as error:
         raise argparse.ArgumentTypeError(f"{text!r} is not valid YAML: {yaml_problem(error)}") from None
 

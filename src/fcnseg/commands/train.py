@@ -14,6 +14,7 @@ from fcnseg.errors import ConfigError, printable
 from fcnseg.metrics import format_table
 from fcnseg.runtime import is_main_process
 from fcnseg.train import TrainConfig, train
+from fcnseg.train.config import load_yaml
 from fcnseg.train.folder import saved_config
 
 
@@ -40,7 +41,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not sep:
             raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
         try:
-            overrides[key.strip().replace("-", "_")] = yaml.safe_load(value)
+            overrides[key.strip().replace("-", "_")] = load_yaml(value)
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML: {yaml_problem(error)}") from None
     if args.config:

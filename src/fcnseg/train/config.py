@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +59,21 @@ def option(default: Any, help: str, **metadata: Any) -> Any:  # noqa: A002 - arg
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
     return field(default=default, metadata={"help": help, **metadata})
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-4`` as a number: YAML 1.1 wants a dot (``1.0e-4``) and PyYAML reads
+    ``lr: 1e-4`` as the string "1e-4" otherwise, which YAML 1.2 and every user mean as a number."""
+
+
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                  re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML ``text`` as Python values (safe: no objects), numbers in exponent form included."""
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 @dataclass
@@ -149,7 +165,7 @@ class TrainConfig:
         """Read a flat YAML file, then apply ``overrides`` (a null value sets the option to null)."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
             raise ConfigError(f"cannot read config {path}: {error}") from None
         if not isinstance(data, dict):

@@ -31,7 +31,7 @@ from fcnseg.checkpoint import read_checkpoint
 from fcnseg.errors import ConfigError, TrainingError
 from fcnseg.outputs import Outputs, folder_lock
 from fcnseg.runtime import Runtime, broadcast_object, gather_objects, process_label
-from fcnseg.train.config import TrainConfig
+from fcnseg.train.config import TrainConfig, load_yaml
 
 log = logging.getLogger(__name__)
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pth", "best.pth")
@@ -91,7 +91,7 @@ def saved_config(out: str | Path) -> dict[str, Any] | None:
     out = Path(out)
     if (out / "config.yaml").is_file():
         try:
-            data = yaml.safe_load((out / "config.yaml").read_text())
+            data = load_yaml((out / "config.yaml").read_text())
         except (OSError, yaml.YAMLError) as error:
             raise ConfigError(f"cannot read {out / 'config.yaml'}: {error}") from None
         return data if isinstance(data, dict) else None
