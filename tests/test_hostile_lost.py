@@ -37,6 +37,7 @@ def test_demo_replaces_only_what_it_wrote(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--iterations", "1", "--threads", "1", "--quiet"]
     assert main(argv) == 0
+    assert (out / "shipped" / "street.png").is_file()  # the shipped net's picture comes first
     assert main(argv) == 0  # its own files: replaced
     (out / "overlays" / "mine.png").write_bytes(b"a user's picture")
     before = digests(out)

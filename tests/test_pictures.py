@@ -4,6 +4,7 @@ CamVid report's training curves; each says what it shows (titles, legends, notes
 import argparse
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 
 from fcnseg import viz
 from fcnseg.checkpoint import save_model
-from fcnseg.commands.demo import STAGES, write_overlays
+from fcnseg.commands.demo import STAGES, show_shipped_net, write_overlays
 from fcnseg.commands.predict import add_parser
 from fcnseg.data.info import SYNTHETIC_ROADS, VOC
 from fcnseg.data.synthetic import SyntheticRoads, render_scene
@@ -218,3 +219,13 @@ def test_curve_styles_differ_and_legends_say_the_recipe(report):
     staged = report.recipe_words([{"model": "fcn32s", "width": 0.125, "iterations": 2000},
                                   {"model": "fcn16s", "width": 0.125, "iterations": 600}])
     assert staged.startswith("staged FCN-32s > FCN-16s") and "2000 + 600 it." in staged
+
+
+def test_the_demo_starts_with_the_shipped_net_on_the_sample_scene(tmp_path, capsys, one_thread):
+    path = show_shipped_net(tmp_path)
+    picture = np.asarray(Image.open(path))
+    assert picture.shape[1] >= viz.MIN_PICTURE_WIDTH  # titled panels and the legend, enlarged from 160 px
+    said = capsys.readouterr().out
+    assert "camvid-fcn8s" in said and str(path) in said
+    shares = [int(share) for share in re.findall(r" (\d+)%", said)]
+    assert 90 <= sum(shares) <= 102 and shares == sorted(shares, reverse=True)

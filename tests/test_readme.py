@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import fcnseg
 from fcnseg.checkpoint import save_model
-from fcnseg.data.info import SYNTHETIC_ROADS
+from fcnseg.data.info import CAMVID, SYNTHETIC_ROADS
 
 from .helpers import random_fcn
 
@@ -33,7 +34,10 @@ NOT_RUN = {
     "make test": "this suite",
     ".venv/bin/fcnseg train --config configs/camvid/fcn8s_il12_ema_w8_16k.yaml --root ../shared/data/camvid":
         "the best CamVid recipe: about 2 CPU-hours (docs/camvid.md)",
-    ".venv/bin/fcnseg serve demo_out/fcn8s/last.pth": "a server that runs until stopped: tests/test_serve.py",
+    ".venv/bin/fcnseg serve camvid-fcn8s": "a server that runs until stopped: tests/test_serve.py",
+    ".venv/bin/fcnseg eval camvid-fcn8s --dataset camvid --root ../shared/data/camvid --split val --out eval/camvid":
+        "needs CamVid beside the clone: tests/test_shipped_net.py runs it where ../shared/data/camvid is",
+    "make install": "the set-up itself (tests/test_cli.py and CI run the installed tool)",
 }
 
 # Training commands run in the README's order (later ones read runs/quick) and 20 iterations long: the
@@ -64,11 +68,13 @@ def normalized(command: str) -> str:
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
     """A scratch folder with what the README's commands read on a fresh clone after `make demo`: the
-    sample image, the configs, and a small net on the synthetic classes where the demo's FCN-8s would be."""
+    sample image, the configs, hubconf.py, and a small net on the synthetic classes where the demo's FCN-8s
+    would be (the shipped net comes with the installed package)."""
     root = tmp_path_factory.mktemp("clone")
     (root / "docs" / "images").mkdir(parents=True)
     shutil.copy(REPO / "docs" / "images" / "street.png", root / "docs" / "images" / "street.png")
     shutil.copytree(REPO / "configs", root / "configs")
+    shutil.copy(REPO / "hubconf.py", root / "hubconf.py")  # torch.hub.load(".", ...) reads it
     save_model(random_fcn(backbone="vgg16_bn"), SYNTHETIC_ROADS, root / "demo_out" / "fcn8s" / "last.pth")
     rng = np.random.default_rng(0)
     for folder in ("images", "masks"):
@@ -118,6 +124,22 @@ def test_the_fast_commands_run_as_written(clone):
     assert (clone / "predictions" / "street_probs.npy").is_file()
     assert (clone / "eval" / "demo" / "metrics.json").is_file()
     assert (clone / "predictions-onnx" / "street_mask.png").is_file()
+
+
+def test_the_quick_start_segments_the_sample_with_the_shipped_net(tmp_path, one_thread):
+    quick_start = readme_blocks("bash")[1]  # the block after the set-up one
+    commands = [c for c in readme_commands() if c in {normalized(line) for line in quick_start.splitlines()
+                                                      if line.strip()}]
+    assert [c.split()[0] for c in commands] == ["make", ".venv/bin/fcnseg"] and "camvid-fcn8s" in commands[1]
+    (tmp_path / "docs" / "images").mkdir(parents=True)
+    shutil.copy(REPO / "docs" / "images" / "street.png", tmp_path / "docs" / "images" / "street.png")
+    run(commands[1], tmp_path)
+    mask = Image.open(tmp_path / "predictions" / "street_mask.png")
+    assert mask.mode == "P" and mask.getpalette()[:3] == list(CAMVID.palette[0])  # CamVid's classes: sky first
+    expected = fcnseg.load("camvid-fcn8s", device="cpu").predict(REPO / "docs" / "images" / "street.png")
+    np.testing.assert_array_equal(np.asarray(mask), expected)
+    assert (tmp_path / "predictions" / "street_overlay.png").is_file()
+    assert (tmp_path / "predictions" / "street_side_by_side.png").is_file()
 
 
 def test_the_python_quick_start_runs_as_written(clone, monkeypatch, capsys):

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset, Subset
 
 from fcnseg.api import Segmenter, load
 from fcnseg.commands.options import (
+    SHIPPED_NETS,
     add_inference,
     add_max_memory,
     add_runtime,
@@ -35,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Score a checkpoint on a dataset split; prints the paper's Table 2 line and per-class "
                     "IoU. With --out also writes metrics.json and confusion.png.")
     parser.add_argument("checkpoint", type=Path, help="fcnseg checkpoint (.pth), its ONNX or TorchScript export, "
-                                                   "or the name of a net shipped with fcnseg")
+                                                   f"or the name of a net shipped with fcnseg ({SHIPPED_NETS})")
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="dataset reader")
     parser.add_argument("--root", type=Path, help="dataset folder (not needed for synthetic)")
     parser.add_argument("--split", default="val", help="split to score (default: val)")

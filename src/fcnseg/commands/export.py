@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from fcnseg.checkpoint import describe, model_from_checkpoint
-from fcnseg.commands.options import add_runtime, number
+from fcnseg.commands.options import SHIPPED_NETS, add_runtime, number
 from fcnseg.errors import ConfigError, printable
 from fcnseg.export import export_onnx, export_torchscript, input_shape, load_onnx, load_torchscript, parity
 from fcnseg.models.fcn import FCN
@@ -33,7 +33,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a checkpoint to ONNX or TorchScript, then check parity")
     parser.add_argument("checkpoint", type=Path,
-                        help="fcnseg checkpoint (.pth), or the name of a net shipped with fcnseg")
+                        help=f"fcnseg checkpoint (.pth), or the name of a net shipped with fcnseg ({SHIPPED_NETS})")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
                         help="onnx (default): an .onnx file for ONNX Runtime, from Python, C++, C#, Java, "
                              "JavaScript, ... (writing needs the onnx package, running onnxruntime: the 'export' "

@@ -37,6 +37,7 @@ from PIL import Image
 from fcnseg import viz
 from fcnseg.api import BACKENDS, Segmenter, check_same_frame, load
 from fcnseg.commands.options import (
+    SHIPPED_NETS,
     add_inference,
     add_max_memory,
     add_max_pixels,
@@ -68,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "STEM_TASK_mask.png and so on (STEM_geometric_mask.png). "
                     "Unreadable images are reported at the end (exit code 1) after the others are processed.")
     parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), its ONNX or TorchScript export, "
-                                        "or the name of a net shipped with fcnseg")
+                                        f"or the name of a net shipped with fcnseg ({SHIPPED_NETS})")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (their images, sorted, not recursive) or glob patterns")
     parser.add_argument("--out", required=True, type=Path, help="output folder")

@@ -11,6 +11,7 @@ import socket
 
 from fcnseg.api import load
 from fcnseg.commands.options import (
+    SHIPPED_NETS,
     add_inference,
     add_max_memory,
     add_max_pixels,
@@ -42,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "otherwise; answers only to its own address (Host) and its own page (Origin); no TLS, no "
                     "authentication.")
     parser.add_argument("checkpoint", help="fcnseg checkpoint (.pth), its ONNX or TorchScript export, "
-                                        "or the name of a net shipped with fcnseg")
+                                        f"or the name of a net shipped with fcnseg ({SHIPPED_NETS})")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to your network, "
                              "without authentication)")
