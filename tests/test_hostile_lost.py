@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import yaml
 from PIL import Image
 
 from fcnseg.cli import main
+from fcnseg.outputs import Outputs
 
 from .helpers import TINY_TRAIN, digests, folder_dataset, mentions, refused, write_png
 
@@ -134,6 +136,24 @@ def test_a_second_training_in_the_same_folder_is_refused_until_the_first_is_gone
         first.send_signal(signal.SIGKILL)
         first.wait()
     # The holder is gone: the folder is free again, and the killed run left only train's own files.
+    assert main(["train", *TINY_TRAIN, "--iterations", "2", "--val-interval", "2", "--out", str(out)]) == 0
+
+
+def test_a_run_killed_just_after_writing_config_yaml_still_owns_it(tmp_path, monkeypatch):
+    """The race the test above hit under load: config.yaml renamed into place, the process killed before its
+    record was saved; the next run took it for the user's file and refused the folder."""
+    out = tmp_path / "run"
+    record = Outputs.record
+
+    def killed_after_the_rename(self, paths, *args, **kwargs):
+        if any(Path(p).name == "config.yaml" for p in paths):
+            raise KeyboardInterrupt  # as SIGKILL: nothing after this line runs
+        return record(self, paths, *args, **kwargs)
+
+    monkeypatch.setattr(Outputs, "record", killed_after_the_rename)
+    assert main(["train", *TINY_TRAIN, "--iterations", "2", "--out", str(out)]) != 0  # stopped there
+    assert (out / "config.yaml").is_file()
+    monkeypatch.setattr(Outputs, "record", record)
     assert main(["train", *TINY_TRAIN, "--iterations", "2", "--val-interval", "2", "--out", str(out)]) == 0
 
 

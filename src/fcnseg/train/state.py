@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import yaml
 
-from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import model_checkpoint, write_checkpoint
 from fcnseg.errors import WriteError
 from fcnseg.runtime import gather_objects, launcher_id
@@ -48,10 +47,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def write_config(run: Run) -> None:
     """The resolved options, next to the run's outputs (main process)."""
-    if run.runtime.is_main:
-        with atomic_open(run.out / "config.yaml", "w") as handle:
-            yaml.safe_dump(run.config.run_options(), handle, sort_keys=False)
-        run.outputs.record([run.out / "config.yaml"], flush=True)
+    if run.runtime.is_main:  # claimed before it lands: a run killed right after still owns it (Outputs.write)
+        text = yaml.safe_dump(run.config.run_options(), sort_keys=False)
+        run.outputs.write(run.out / "config.yaml", text.encode())
+        run.outputs.flush()
 
 
 def restore(run: Run, state: dict[str, Any]) -> None:
