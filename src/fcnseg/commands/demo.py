@@ -98,7 +98,9 @@ def show_shipped_net(out: Path, threads: int | None = None) -> Path:
     counts = np.bincount(labels.ravel(), minlength=segmenter.info.num_classes)
     shares = ", ".join(f"{segmenter.info.class_names[k]} {100 * counts[k] / labels.size:.0f}%"
                        for k in np.argsort(-counts) if counts[k] > 0.005 * labels.size)
-    print(printable(f"== the shipped net {SHIPPED_NET} on a street scene: {shares}\n   picture: {path}"), flush=True)
+    print(printable(f"== the shipped net {SHIPPED_NET} on the sample scene, a drawing (the net was trained on "
+                    f"photos: try one with fcnseg predict {SHIPPED_NET} PHOTO --out DIR): {shares}"), flush=True)
+    print(printable(f"   picture: {path}"), flush=True)
     return path
 
 
