@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -136,6 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _exit_at_once(code: int) -> NoReturn:
+    """End a torchrun process whose work is done and written, skipping the interpreter's teardown: there, gloo's
+    threads were destroyed while joinable now and then ("terminate called without an active exception", exit
+    -6), and torchrun reported a finished run as failed (docs/distributed.md)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 @contextlib.contextmanager
 def _held_interrupt() -> Iterator[None]:
     """A first Ctrl+C inside is raised as KeyboardInterrupt when the block ends, a second one at once (someone
@@ -173,7 +184,9 @@ def _run(argv: list[str] | None) -> int:
     try:
         with messages(args.command, quiet):
             code = int(args.func(args) or 0)
-            finish()
+            in_a_group = finish()
+        if in_a_group:
+            _exit_at_once(code)
         return code
     except FcnsegError as error:
         _error_line(printable(f"fcnseg {args.command}: error: {_where()}{user_message(error)}", newlines=True))

@@ -274,8 +274,11 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def finish() -> None:
-    """Under torchrun: wait for every rank, then tear the group down (gloo can abort at exit otherwise)."""
+def finish() -> bool:
+    """Under torchrun: wait for every rank, then tear the group down (gloo can abort at exit otherwise); whether
+    there was a group."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        return True
+    return False
