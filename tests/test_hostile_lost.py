@@ -310,14 +310,3 @@ def test_train_on_from_a_resumed_runs_config_starts_a_new_run(finished_run, tmp_
     assert main(["train", "--config", str(finished_run / "config.yaml"), "--init-from", str(finished_run / "last.pth"),
                  "--out", str(more), "--iterations", "2", "--threads", "1", "--quiet"]) == 0
     assert (more / "last.pth").is_file()
-
-
-def test_a_refused_training_leaves_no_folder_it_made(tmp_path, capsys):
-    out = tmp_path / "new"
-    refused(capsys, ["train", "--dataset", "synthetic", "--set", "dataset_options={bogus: 1}", "--iterations", "1",
-                     "--out", out], "bogus")
-    assert not out.exists()  # it held only the lock file
-    (tmp_path / "mine").mkdir()
-    refused(capsys, ["train", "--dataset", "synthetic", "--set", "dataset_options={bogus: 1}", "--iterations", "1",
-                     "--out", tmp_path / "mine"], "bogus")
-    assert (tmp_path / "mine").is_dir()  # a folder the user made stays

@@ -379,7 +379,6 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
     """
     import fcntl  # POSIX only, like the rest of the run-folder handling
 
-    created = not os.path.lexists(folder)
     folder = make_folder(folder)
     handle = open(folder / LOCK, "a+")  # noqa: SIM115 - held open for the lifetime of the lock
     try:
@@ -400,20 +399,8 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
         remove_temporaries(folder, stale)
         yield
     finally:
-        if created:
-            _remove_if_only_the_lock(folder)
         with suppress(OSError):  # the unwritten pid of a full disk: the file is closed all the same
             handle.close()  # closing releases the lock; the file stays (unlinking it could let two hold it)
-
-
-def _remove_if_only_the_lock(folder: Path) -> None:
-    """Remove a folder this command made and wrote nothing into (a refused command leaves no trace). Done while
-    the lock is held: a process that opened the lock file before gets refused; one that opens it after makes a
-    new one, and then the folder is not empty and stays."""
-    with suppress(OSError):
-        if os.listdir(folder) == [LOCK]:
-            os.unlink(folder / LOCK)
-            os.rmdir(folder)
 
 
 
