@@ -139,22 +139,26 @@ def test_a_second_training_in_the_same_folder_is_refused_until_the_first_is_gone
     assert main(["train", *TINY_TRAIN, "--iterations", "2", "--val-interval", "2", "--out", str(out)]) == 0
 
 
-def test_a_run_killed_just_after_writing_config_yaml_still_owns_it(tmp_path, monkeypatch):
-    """The race the test above hit under load: config.yaml renamed into place, the process killed before its
-    record was saved; the next run took it for the user's file and refused the folder."""
+@pytest.mark.parametrize("name", ["config.yaml", "last.pth", "best.pth"])
+def test_a_run_killed_just_after_writing_a_file_still_owns_it(tmp_path, monkeypatch, name):
+    """The race test_a_second_training... hit under load: a file renamed into place, the process killed before
+    its record was saved; the next run took fcnseg's own file for the user's and refused the folder."""
     out = tmp_path / "run"
     record = Outputs.record
 
     def killed_after_the_rename(self, paths, *args, **kwargs):
-        if any(Path(p).name == "config.yaml" for p in paths):
+        if any(Path(p).name == name for p in paths):
             raise KeyboardInterrupt  # as SIGKILL: nothing after this line runs
         return record(self, paths, *args, **kwargs)
 
     monkeypatch.setattr(Outputs, "record", killed_after_the_rename)
-    assert main(["train", *TINY_TRAIN, "--iterations", "2", "--out", str(out)]) != 0  # stopped there
-    assert (out / "config.yaml").is_file()
+    schedule = ["--iterations", "4", "--val-interval", "2", "--checkpoint-interval", "2"]
+    assert main(["train", *TINY_TRAIN, *schedule, "--out", str(out)]) != 0  # stopped there
+    assert (out / name).is_file()
     monkeypatch.setattr(Outputs, "record", record)
-    assert main(["train", *TINY_TRAIN, "--iterations", "2", "--val-interval", "2", "--out", str(out)]) == 0
+    again = ["--resume"] if (out / "last.pth").exists() else []  # best.pth comes before the first last.pth
+    assert main(["train", *TINY_TRAIN, *schedule, *again, "--out", str(out)]) == 0
+    assert Outputs(out, "train").foreign() == []
 
 
 # --- 4. bad data is found before iteration 1, every bad file at once -----------------------------------------

@@ -264,3 +264,19 @@ def test_a_users_link_named_like_an_output_is_refused(tiny_checkpoint, tmp_path,
     assert main([str(arg) for arg in [*argv, "--overwrite"]]) == 0  # asked for: the link is replaced, not its file
     assert not (out / "a_mask.png").is_symlink()
     assert (tmp_path / "elsewhere").read_text() == "the user's file, outside the folder\n"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_an_export_stopped_just_after_its_file_landed_is_redone_without_overwrite(tiny_checkpoint, tmp_path,
+                                                                                   capsys, monkeypatch, fmt):
+    # The file was renamed into place and the process stopped before its record was saved: the rerun took
+    # fcnseg's own export for the user's file and asked for --overwrite.
+    out = tmp_path / "exports"
+    out.mkdir()
+    command = ["export", str(tiny_checkpoint), "--format", fmt, "--out", str(out / f"tiny.{fmt}"), "--threads", "1"]
+    _failing_replace(monkeypatch, out, after=0, failure=KeyboardInterrupt())
+    assert main(command) != 0
+    assert (out / f"tiny.{fmt}").is_file()
+    monkeypatch.undo()
+    assert main(command) == 0, capsys.readouterr().err
+    assert Outputs(out, "export").foreign() == []

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import IO, Any
 
 from fcnseg.errors import FcnsegError, WriteError
+
+# Destination -> what to do with a finished temporary file just before it is renamed onto it (see before_landing).
+_LANDING: ContextVar[dict[str, Callable[[Path, Path], None]] | None] = ContextVar("fcnseg_landing", default=None)
 
 
 @contextmanager
@@ -29,6 +33,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the mode open() would
+        landing = (_LANDING.get() or {}).get(_destination(path))
+        if landing is not None:
+            landing(path, tmp)
         os.replace(tmp, path)
     except OSError as error:  # a full disk, a quota: the old file stays as it was
         tmp.unlink(missing_ok=True)
@@ -41,6 +48,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if cause is not None:  # e.g. torch.save's "unexpected pos" RuntimeError after the disk filled up
             raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from None
         raise
+
+
+@contextmanager
+def before_landing(paths: Iterable[str | os.PathLike], callback: Callable[[Path, Path], None]) -> Iterator[None]:
+    """Within the block (in this thread), :func:`atomic_path` calls ``callback(path, tmp)`` when a finished,
+    synced temporary file ``tmp`` is about to be renamed onto one of ``paths``, whoever writes it (a checkpoint
+    writer, an exporter): the last moment at which its content can be noted down before it is there to be seen.
+    An error from ``callback`` leaves ``path`` as it was."""
+    token = _LANDING.set({**(_LANDING.get() or {}), **{_destination(path): callback for path in paths}})
+    try:
+        yield
+    finally:
+        _LANDING.reset(token)
+
+
+def _destination(path: str | os.PathLike) -> str:
+    """One spelling per destination: the folder with links resolved (the file itself may not exist yet)."""
+    path = Path(path)
+    return os.path.join(os.path.realpath(path.parent), path.name)
 
 
 def _failed_write(error: BaseException) -> OSError | None:

@@ -29,7 +29,6 @@ them into the folder's record (:meth:`Outputs.settle`).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import re
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from fcnseg.atomic import atomic_open, check_writable, make_folder, remove_temporaries
+from fcnseg.atomic import atomic_open, before_landing, check_writable, make_folder, remove_temporaries
 from fcnseg.errors import ConfigError, WriteError, listing
 from fcnseg.transfer import file_digest
 
@@ -218,23 +217,41 @@ class Outputs:
             self.flush()
 
     def write(self, path: str | os.PathLike, data: bytes, source: str | None = None) -> Path:
-        """Write ``data`` to ``path`` atomically, claimed in the journal before it lands, then recorded
-        (``source``: see :meth:`written`).
+        """Write ``data`` to ``path`` atomically, claimed before it lands and then recorded (see :meth:`landing`;
+        ``source``: see :meth:`written`)."""
+        path = Path(path)
+        with self.landing([path], source=source), atomic_open(path) as handle:
+            handle.write(data)
+        return path
+
+    @contextmanager
+    def landing(self, paths: Iterable[str | os.PathLike], source: str | None = None,
+                flush: bool = False) -> Iterator[None]:
+        """Within the block, every one of ``paths`` written through the atomic writer (:mod:`fcnseg.atomic`, which
+        every writer of fcnseg uses: checkpoints, exports, pictures) is claimed in the journal just before its
+        temporary file is renamed into place, with the temporary file's size and SHA-256; each one written is
+        recorded when the block ends (``source``: see :meth:`written`; ``flush``: see :meth:`record`).
 
         Why claim first: a record saved after the rename would miss the file when the process dies between the
-        two (kill -9, SIGTERM, a full disk), and the next run would take fcnseg's own file for the user's. The
-        claim is one ``write`` to a file opened for appending: once it returns, the kernel has the line even if
-        the process is killed the next instant. (It is not synced to the disk: after a power cut a lost claim
-        makes the next run refuse a file it wrote, asking for --overwrite; it never makes fcnseg replace a
-        user's file.)
+        two (kill -9, SIGTERM, a full disk), and the next run would take fcnseg's own file for the user's and
+        refuse it. The claim is one ``write`` to a file opened for appending: once it returns, the kernel has the
+        line even if the process is killed the next instant. (It is not synced to the disk: after a power cut a
+        lost claim makes the next run refuse a file it wrote, asking for --overwrite; it never makes fcnseg
+        replace a user's file.) Hashing costs one read of the file, from the page cache.
         """
-        path = Path(path)
-        self._claim({"name": self._name(path), "command": self.command, "size": len(data),
-                     "sha256": hashlib.sha256(data).hexdigest(), **_source({"source": source})})
-        with atomic_open(path) as handle:
-            handle.write(data)
-        self.record([path], source=source)
-        return path
+        landed: list[Path] = []
+
+        def claim(path: Path, tmp: Path) -> None:
+            digest = _sha256(tmp)
+            if digest is None:
+                raise WriteError(f"cannot write {path}: its temporary file {tmp.name} cannot be read back")
+            self._claim({"name": self._name(path), "command": self.command, "size": tmp.stat().st_size,
+                         "sha256": digest, **_source({"source": source})})
+            landed.append(path)
+
+        with before_landing(paths, claim):
+            yield
+        self.record(landed, flush=flush, source=source)
 
     def _claim(self, claim: dict) -> None:
         journal = self.journal

@@ -58,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
         model, info = fcn_from_caffemodel(_caffemodel(args.source), args.model)
     else:
         model, info = fcn_from_pytorch_fcn(args.source, name=args.name), VOC
-    print(printable(save_model(model, info, args.out)))
-    outputs.record([args.out], flush=True)
+    with outputs.landing([args.out], flush=True):
+        print(printable(save_model(model, info, args.out)))
     return 0

@@ -93,8 +93,8 @@ def show_shipped_net(out: Path, threads: int | None = None) -> Path:
     image = decode_image((resources.files("fcnseg") / "web" / "sample.png").read_bytes())
     labels = segmenter.predict(image)
     path = out / SHIPPED_FOLDER / "street.png"
-    save_png(path, prediction_picture(image, labels, segmenter.info))
-    outputs.record([path], flush=True)
+    with outputs.landing([path], flush=True):
+        save_png(path, prediction_picture(image, labels, segmenter.info))
     counts = np.bincount(labels.ravel(), minlength=segmenter.info.num_classes)
     shares = ", ".join(f"{segmenter.info.class_names[k]} {100 * counts[k] / labels.size:.0f}%"
                        for k in np.argsort(-counts) if counts[k] > 0.005 * labels.size)
@@ -131,17 +131,16 @@ def write_overlays(out: Path, count: int = OVERLAY_IMAGES) -> list[Path]:
     segmenters = [load(out / stage / "last.pth", device="cpu") for stage in STAGES]
     dataset = SyntheticRoads(num_images=count, split="val")
     titles = ["image", "ground truth", *(f"{NAMES[stage]} overlay" for stage in STAGES)]
-    paths = []
-    for index in range(count):
-        image, label = dataset.load(index)
-        panels = [image, colorize(label, dataset.info)]
-        panels += [overlay(image, segmenter.predict(image), dataset.info, opacity=0.7) for segmenter in segmenters]
-        body = titled(panels, titles)
-        key = legend_strip(range(dataset.info.num_classes), dataset.info, body.shape[1])
-        path = out / "overlays" / f"{dataset.sample_name(index)}.png"
-        save_png(path, stacked([body, key]))
-        paths.append(path)
-    outputs.record(paths, flush=True)
+    paths = [out / "overlays" / f"{dataset.sample_name(index)}.png" for index in range(count)]
+    with outputs.landing(paths, flush=True):
+        for index, path in enumerate(paths):
+            image, label = dataset.load(index)
+            panels = [image, colorize(label, dataset.info)]
+            panels += [overlay(image, segmenter.predict(image), dataset.info, opacity=0.7)
+                       for segmenter in segmenters]
+            body = titled(panels, titles)
+            key = legend_strip(range(dataset.info.num_classes), dataset.info, body.shape[1])
+            save_png(path, stacked([body, key]))
     return paths
 
 

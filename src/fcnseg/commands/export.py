@@ -64,13 +64,10 @@ def run(args: argparse.Namespace) -> int:
     model, info = model_from_checkpoint(args.checkpoint)
     if calibration is not None:
         return _int8(args, model, info, calibration, outputs)
-    if args.format == "onnx":
-        out = export_onnx(model, args.out, opset=args.opset)
-        forward, _ = load_onnx(out, threads=threads)
-    else:
-        out = export_torchscript(model, args.out)
-        forward, _ = load_torchscript(out)
-    outputs.record([out], flush=True)
+    with outputs.landing([args.out], flush=True):
+        out = (export_onnx(model, args.out, opset=args.opset) if args.format == "onnx"
+               else export_torchscript(model, args.out))
+    forward, _ = load_onnx(out, threads=threads) if args.format == "onnx" else load_torchscript(out)
     print(printable(f"wrote {out} ({args.format}; {describe(model.spec)} of {info.name}; "
                     f"{model.spec.normalization_text} normalisation)"))
     return 0 if _check_sizes(args.check_sizes, forward, model) else 1
@@ -102,8 +99,8 @@ def _calibration(args: argparse.Namespace) -> Calibration | None:
 
 
 def _int8(args: argparse.Namespace, model, info, calibration: Calibration, outputs) -> int:
-    out, report = export_int8(model, args.out, calibration, info=info, opset=args.opset)
-    outputs.record([out], flush=True)
+    with outputs.landing([args.out], flush=True):
+        out, report = export_int8(model, args.out, calibration, info=info, opset=args.opset)
     print(printable(f"wrote {out} (onnx int8; {describe(model.spec)} of {info.name}; calibrated on "
                     f"{calibration.images} images of {calibration.dataset} {calibration.split}); labels agree with "
                     f"fp32 on {100 * report['agreement_with_fp32']:.2f}% of their pixels"))

@@ -79,9 +79,8 @@ def save_last(run: Run) -> None:
                  "launchers": sorted({agent for _, agent in gathered if agent is not None})}
         if run.ema is not None:
             state["train_state_dict"] = run.model.state_dict()
-        with _checkpoint_write(run):
+        with _checkpoint_write(run), run.outputs.landing([run.last_path], flush=True):
             write_checkpoint(model_checkpoint(run.saved_model, run.info, **state), run.last_path)
-        run.outputs.record([run.last_path], flush=True)
 
 
 @contextlib.contextmanager
@@ -100,7 +99,6 @@ def save_best(run: Run, mean_iu: float) -> None:
         return
     run.best_mean_iu = mean_iu
     if run.runtime.is_main:
-        with _checkpoint_write(run):
+        with _checkpoint_write(run), run.outputs.landing([run.best_path], flush=True):
             write_checkpoint(model_checkpoint(run.saved_model, run.info, iteration=run.iteration, mean_iu=mean_iu,
                                               config=run.config.run_options()), run.best_path)
-        run.outputs.record([run.best_path], flush=True)
