@@ -215,7 +215,8 @@ def test_a_second_download_into_a_root_in_use_is_refused(publish, http_server, t
         # Two at once would append to the same .part file (and unpack over each other).
         for name in ("toy", "voc-fcn8s"):
             refused(capsys, ["download", name, "--root", root, "--quiet"], root, "in use", "--root")
-    assert os.listdir(root) == [LOCK]
+        assert os.listdir(root) == [LOCK]  # the refused downloads wrote nothing
+    assert not root.exists()  # and the lock's holder, which made the root and wrote nothing, removed it
 
 
 @pytest.mark.parametrize("member", ["../evil.txt", "/tmp/fcnseg-hostile-evil.txt"], ids=["dotdot", "absolute"])

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from fcnseg.cli import main
-from fcnseg.outputs import Outputs
+from fcnseg.outputs import LOCK, Outputs, folder_lock
 
 from .helpers import TINY_TRAIN, digests, folder_dataset, mentions, refused, write_png
 
@@ -314,3 +314,39 @@ def test_train_on_from_a_resumed_runs_config_starts_a_new_run(finished_run, tmp_
     assert main(["train", "--config", str(finished_run / "config.yaml"), "--init-from", str(finished_run / "last.pth"),
                  "--out", str(more), "--iterations", "2", "--threads", "1", "--quiet"]) == 0
     assert (more / "last.pth").is_file()
+
+
+def test_a_refused_training_leaves_no_folder_it_made(tmp_path, capsys):
+    out = tmp_path / "new" / "run"
+    refused(capsys, ["train", "--dataset", "synthetic", "--set", "dataset_options={bogus: 1}", "--iterations", "1",
+                     "--out", out], "bogus")
+    assert not (tmp_path / "new").exists()  # it held only the lock file, in folders the command made
+    (tmp_path / "mine").mkdir()
+    refused(capsys, ["train", "--dataset", "synthetic", "--set", "dataset_options={bogus: 1}", "--iterations", "1",
+                     "--out", tmp_path / "mine"], "bogus")
+    assert os.listdir(tmp_path / "mine") == [".fcnseg.lock"]  # a folder the user made stays
+
+
+def test_a_lock_file_removed_while_waited_for_is_not_held(tmp_path, monkeypatch):
+    # The holder that made the folder removes it (lock file first) when it wrote nothing; a process that had
+    # opened the old lock file must not take a lock on a file that is gone, and so hold nothing.
+    import fcntl
+
+    import fcnseg.outputs
+
+    lost = []
+
+    def open_then_lose_the_race(path, *args, **kwargs):
+        handle = open(path, *args, **kwargs)
+        if not lost:
+            lost.append(path)
+            os.unlink(path)  # as the holder does between this open and our flock
+        return handle
+
+    monkeypatch.setattr(fcnseg.outputs, "open", open_then_lose_the_race, raising=False)
+    out = tmp_path / "run"
+    with folder_lock(out, "test"), open(out / LOCK) as other:
+        with pytest.raises(BlockingIOError):  # the file named .fcnseg.lock now is the one held
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert (out / LOCK).read_text() == f"test (pid {os.getpid()})\n"
+    assert lost == [out / LOCK] and not out.exists()

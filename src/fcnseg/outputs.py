@@ -392,20 +392,13 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
     (and ``option``, the command's flag that names the folder).
 
     On taking the lock, temporary files that atomic writes of the names in ``stale`` left behind (a run
-    killed mid-write) are removed: no live writer can own them any more.
+    killed mid-write) are removed: no live writer can own them any more. A folder this call made is removed
+    again if nothing but the lock file is in it at the end (a refused command leaves no trace).
     """
-    import fcntl  # POSIX only, like the rest of the run-folder handling
-
-    folder = make_folder(folder)
-    handle = open(folder / LOCK, "a+")  # noqa: SIM115 - held open for the lifetime of the lock
+    folder = Path(folder)
+    made = [path for path in (folder, *folder.parents) if not os.path.lexists(path)]  # innermost first
+    handle = _take_lock(folder, option)
     try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ConfigError(f"{folder} is in use by {holder}: wait for it to finish, or choose another "
-                              f"{option}") from None
         handle.seek(0)
         handle.truncate()
         try:
@@ -416,8 +409,57 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
         remove_temporaries(folder, stale)
         yield
     finally:
+        if made:
+            _remove_if_only_the_lock(made)
         with suppress(OSError):  # the unwritten pid of a full disk: the file is closed all the same
-            handle.close()  # closing releases the lock; the file stays (unlinking it could let two hold it)
+            handle.close()  # closing releases the lock
+
+
+def _take_lock(folder: Path, option: str):
+    """The lock file of ``folder``, opened and locked (the folder made if needed). The lock file is only ever
+    removed by its holder, with its folder (:func:`_remove_if_only_the_lock`): a lock taken on a file that
+    was removed meanwhile holds nothing, so it is let go and taken again on the file now there."""
+    import fcntl  # POSIX only, like the rest of the run-folder handling
+
+    for _ in range(100):
+        make_folder(folder)
+        try:
+            handle = open(folder / LOCK, "a+")  # noqa: SIM115 - held open for the lifetime of the lock
+        except FileNotFoundError:  # the folder went between the two calls: its maker let it go
+            continue
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(f"{folder} is in use by {holder}: wait for it to finish, or choose another "
+                              f"{option}") from None
+        if _same_file(handle, folder / LOCK):
+            return handle
+        handle.close()
+    raise WriteError(f"cannot lock {folder}: its lock file keeps being removed (is another program deleting it?)")
+
+
+def _same_file(handle, path: Path) -> bool:
+    """Whether the open ``handle`` is the file at ``path`` now."""
+    try:
+        found = path.stat()
+    except OSError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (held.st_dev, held.st_ino) == (found.st_dev, found.st_ino)
+
+
+def _remove_if_only_the_lock(made: list[Path]) -> None:
+    """Remove the folders this command made (``made``, innermost first) when it wrote nothing into them: the
+    lock file first, while the lock is held (a process that opened that file meanwhile finds it gone once it
+    has the lock, and starts again), then each folder that is empty."""
+    with suppress(OSError):
+        if os.listdir(made[0]) == [LOCK]:
+            os.unlink(made[0] / LOCK)
+            for folder in made:
+                os.rmdir(folder)  # stops at the first folder something else was put into
 
 
 
