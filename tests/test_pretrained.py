@@ -236,6 +236,11 @@ def test_a_damaged_shipped_file_is_refused_in_one_line_with_both_hashes(shipped,
     assert "reinstall" in line
     with pytest.raises(WeightsError):
         fcnseg.load(NAME)
+    (damaged / f"{NAME}.pth").write_bytes(shipped.read_bytes())
+    fcnseg.load(NAME)  # intact: found so once, then trusted while its size, time and inode stay
+    (damaged / f"{NAME}.pth").write_bytes(bytes(data))  # damaged in place after that
+    with pytest.raises(WeightsError):
+        fcnseg.load(NAME)
     shutil.rmtree(damaged)
     with pytest.raises(WeightsError) as caught:  # missing
         fcnseg.load(NAME)
@@ -295,7 +300,7 @@ def test_eval_and_serve_take_the_name(shipped, tmp_path, capsys, monkeypatch):
     refused(capsys, ["serve", "camvid-fcn9s"], "camvid-fcn9s", NAME)
 
 
-def test_init_from_a_shipped_net_into_other_classes(shipped, tmp_path, original):
+def test_init_from_a_shipped_net_into_other_classes(shipped, tmp_path, original, monkeypatch):
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -304,13 +309,17 @@ def test_init_from_a_shipped_net_into_other_classes(shipped, tmp_path, original)
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"{index}.png")
         Image.fromarray(rng.integers(0, 2, (32, 32), dtype=np.uint8)).save(root / "masks" / f"{index}.png")
     (root / "classes.txt").write_text("background\nroad\n")  # road is the shipped net's class 2
+    hashed = []
+    monkeypatch.setattr(pretrained, "file_sha256", lambda path: hashed.append(path) or pretrained.file_digest(path,
+                                                                                                            "sha256"))
     out = tmp_path / "run"
     config = TrainConfig.from_dict({
-        "model": "fcn8s", "backbone": "vgg16_bn", "width": 1 / 16, "geometry": "fast", "dataset": "folder",
+        "dataset": "folder",  # the architecture is the starting net's
         "root": str(root), "train_split": "all", "val_split": "all", "batch_size": 2, "workers": 0, "lr": 1e-12,
         "iterations": 1, "val_interval": 1, "checkpoint_interval": 1, "threads": 1, "init_from": NAME,
         "out": str(out)})
     train(config)
+    assert len(hashed) <= 1  # read for the architecture, then the weights: checked once (or once before)
     assert yaml.safe_load((out / "config.yaml").read_text())["init_from"] == NAME  # as written: resumes find it
     state = torch.load(out / "last.pth", weights_only=True)["model_state_dict"]
     start = _rounded(original).state_dict()

@@ -39,6 +39,11 @@ SHIPPED: dict[str, dict[str, str]] = {
 }
 
 
+# path -> (size, mtime_ns, inode) of a shipped file whose SHA-256 was found right: one process resolves a name
+# more than once (training's init_from reads the architecture, then the weights), and the file is hashed once.
+_INTACT: dict[Path, tuple[int, int, int]] = {}
+
+
 def names() -> list[str]:
     """The names of the nets shipped with fcnseg, sorted."""
     return sorted(SHIPPED)
@@ -67,10 +72,14 @@ def path_of(name: str) -> Path:
     if not path.is_file():
         raise WeightsError(f"{path}: the file of the shipped net {name} is missing (expected sha256 {expected}, "
                            f"found no file); {fix}")
+    stat = path.stat()
+    if _INTACT.get(path) == (stat.st_size, stat.st_mtime_ns, stat.st_ino):
+        return path
     found = file_sha256(path)
     if found != expected:
         raise WeightsError(f"{path} is damaged or not the file shipped as {name}: expected sha256 {expected}, "
                            f"found {found}; {fix}")
+    _INTACT[path] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
     return path
 
 
