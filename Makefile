@@ -6,12 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint install clean
 
+# The venv, one install at a time (scripts/install.sh says why and how).
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	# torch is pinned to the tested CPU build first: a bare `torch` pulls GBs of CUDA packages.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
-	touch $(STAMP)
+	$(PYTHON) scripts/locked.py $(VENV).lock sh scripts/install.sh "$(PYTHON)" $(VENV)
 
 install: $(STAMP)
 
@@ -32,4 +29,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts hubconf.py
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) $(VENV).lock demo_out

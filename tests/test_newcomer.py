@@ -182,3 +182,21 @@ def test_a_run_from_a_starting_net_takes_its_architecture_unless_told_otherwise(
     staged = TrainConfig.from_dict({"init_from": str(start), "model": "fcn8s", "geometry": "fast"})
     assert (staged.model, staged.backbone, staged.width, staged.geometry) == ("fcn8s", "vgg16_bn", 1 / 16, "fast")
     assert TrainConfig.from_dict({}).backbone == "vgg16"  # without a starting net: the defaults
+
+
+def test_two_installs_at_once_run_one_after_the_other(tmp_path):
+    # `make demo` and `make test` started together on a fresh clone ran two pips in one venv. The Makefile's
+    # install runs under scripts/locked.py: the second waits for the first, then (scripts/install.sh) finds
+    # the venv made and does nothing.
+    import fcntl
+
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "locked.py")
+    lock, log = tmp_path / "venv.lock", tmp_path / "log"
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = subprocess.Popen([sys.executable, script, str(lock), "sh", "-c", f"echo second >> {log}"],
+                                  stderr=subprocess.PIPE, text=True)
+        assert "waiting for another install" in second.stderr.readline()
+        log.write_text("first\n")  # the holder's work, done while the second waits
+    assert second.wait(timeout=60) == 0
+    assert log.read_text() == "first\nsecond\n"
