@@ -270,3 +270,21 @@ def test_convert_of_an_odd_local_source_is_one_line_naming_it(tmp_path, capsys, 
     refused(capsys, ["convert", source, *options, "--out", tmp_path / "out.pth"], source, said)
     assert digests(tmp_path) == before
 
+
+
+def test_a_full_disk_at_the_marker_is_one_line_and_the_next_run_finishes(publish, tmp_path, capsys, monkeypatch):
+    archive = publish("zip")
+    root = tmp_path / "root"
+    real_replace = os.replace
+
+    def full_disk_at_the_marker(source, target, *args, **kwargs):
+        if str(target).endswith(".extracted"):
+            raise OSError(28, "No space left on device")
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full_disk_at_the_marker)
+    refused(capsys, ["download", "toy", "--root", root, "--quiet"], f"{archive}.extracted", "No space left")
+    assert not (root / f"{archive}.extracted").exists() and leftovers(root, archive) == set()
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert main(["download", "toy", "--root", str(root), "--quiet"]) == 0
+    assert (root / f"{archive}.extracted").read_text().startswith("http://127.0.0.1")

@@ -30,6 +30,7 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from fcnseg.atomic import atomic_open
 from fcnseg.errors import ConfigError, DownloadError, listing
 from fcnseg.outputs import folder_lock
 from fcnseg.transfer import download_file
@@ -294,5 +295,6 @@ def download_dataset(name: str, root: str | Path, archives: dict | None = None, 
                     f"{archive} did not contain the expected folder {folder!r}: the archive layout has changed; "
                     "please report it"
                 )
-            marker.write_text(f"{entry['url']}\n")
+            with atomic_open(marker, "w") as handle:  # a full disk: a WriteError in one line, no empty marker
+                handle.write(f"{entry['url']}\n")
     return root / entries[0]["folder"]
