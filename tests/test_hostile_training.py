@@ -10,6 +10,7 @@ import importlib.util
 import io
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.memory import saved_activations, training_bytes
 from fcnseg.models import ModelSpec
 
-from .helpers import TINY_TRAIN, digests, folder_dataset, random_fcn, refused
+from .helpers import TINY_TRAIN, digests, folder_dataset, one_line_error, random_fcn, refused
 
 # --- a full disk while a checkpoint is written --------------------------------------------------------------
 
@@ -63,6 +64,31 @@ def fill_the_disk_for_checkpoints(monkeypatch) -> None:
     """Make checkpoint writes (the atomic writer's ``.last.pth.*.tmp`` / ``.best.pth.*.tmp``) hit a full disk;
     torch.save then ends in "[enforce fail at inline_container.cc] unexpected pos", the ENOSPC chained inside."""
     fill_the_disk(monkeypatch, fcnseg.atomic, r"\.(last|best)\.pth\..*\.tmp")
+
+
+@pytest.mark.parametrize("records", [0, 3], ids=["at-start", "later"])
+def test_a_full_disk_under_tensorboard_is_one_line_without_its_threads_traceback(tmp_path, capsys, monkeypatch,
+                                                                                 records):
+    # TensorBoard writes from a thread of its own: a full disk printed that thread's traceback, then the main
+    # thread's (the error handed over at the next call).
+    record_writer = pytest.importorskip("tensorboard.summary.writer.record_writer")
+    real_write, written = record_writer.RecordWriter.write, []
+
+    def write(self, data):
+        if len(written) >= records:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(data)
+        return real_write(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", write)
+    out = tmp_path / "run"
+    argv = ["train", *TINY_TRAIN, "--iterations", "8", "--log-interval", "1", "--out", out]
+    code = main([str(arg) for arg in argv])
+    for thread in threading.enumerate():  # the writing thread reports (or not) before it ends
+        if type(thread).__module__.startswith("tensorboard."):
+            thread.join(10)
+    assert code == 2
+    one_line_error(capsys.readouterr().err, str(out / "tensorboard"), os.strerror(errno.ENOSPC), command="train")
 
 
 def test_a_full_disk_while_a_checkpoint_is_written_is_one_line_and_keeps_the_last_one(tmp_path, capsys,

@@ -4,10 +4,13 @@ validation."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +52,60 @@ class CsvLog:
                              f"{left_after_a_failed_write(self.path.parent)}") from None
 
 
-def _tensorboard(out: Path, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # optional: CSV logs always exist
-        log.warning("tensorboard is not installed, logging to metrics.csv only (pip install tensorboard for "
-                    "TensorBoard logs)")
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
+class BoardLog:
+    """TensorBoard's event file (when tensorboard is installed). A full disk stops the run in one line, as it does
+    for metrics.csv: TensorBoard writes from a thread of its own and hands its error to the next call."""
+
+    def __init__(self, folder: Path, enabled: bool) -> None:
+        self.folder, self.writer = folder, None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # optional: CSV logs always exist
+            log.warning("tensorboard is not installed, logging to metrics.csv only (pip install tensorboard for "
+                        "TensorBoard logs)")
+            return
+        _quiet_tensorboard_thread()
+        with self._errors():
+            self.writer = SummaryWriter(str(folder))
+
+    def scalars(self, iteration: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            with self._errors():
+                for tag, value in values.items():
+                    self.writer.add_scalar(tag, value, iteration)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            with self._errors():
+                self.writer.flush()  # close() alone drops an error of the writing thread
+                self.writer.close()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:
+            self.writer = None  # its thread has stopped: nothing more can be written, or closed
+            raise WriteError(f"cannot write {self.folder}: {error.strerror or error}; "
+                             f"{left_after_a_failed_write(self.folder.parent)}") from None
+
+
+def _quiet_tensorboard_thread() -> None:
+    """Keep the traceback of TensorBoard's writing thread off the screen when it fails to write (a full disk):
+    the thread hands the error to the next TensorBoard call, which :class:`BoardLog` reports in one line. Every
+    other thread's exception goes to the hook that was there."""
+    previous = threading.excepthook
+    if getattr(previous, "fcnseg_quiet_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (type(args.thread).__module__.startswith("tensorboard.") and isinstance(args.exc_value, OSError)):
+            previous(args)
+
+    hook.fcnseg_quiet_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 class RunLog:
@@ -71,7 +118,7 @@ class RunLog:
             run.outputs.record([run.out / "metrics.csv"], growing=True)
             run.outputs.record_folder(run.out / "tensorboard")
         self.csv = CsvLog(run.out / "metrics.csv", main, run.iteration if run.config.resume else None)
-        self.board = _tensorboard(run.out, main)
+        self.board = BoardLog(run.out / "tensorboard", main)
         # On a terminal the bar; elsewhere no bar is drawn, and the main process logs a line with each CSV row.
         self.bar = progress_bar(total=run.config.iterations, initial=run.iteration, desc="train", unit="it",
                                 enabled=main, lines=False)
@@ -94,9 +141,7 @@ class RunLog:
         if run.iteration % run.config.log_interval == 0 or run.iteration == run.config.iterations:
             self.csv.write(iteration=run.iteration, epoch=epoch, loss=f"{loss:.6f}", lr=f"{lr:.6g}",
                            images_per_s=f"{throughput:.2f}")
-            if self.board:
-                self.board.add_scalar("train/loss", loss, run.iteration)
-                self.board.add_scalar("train/lr", lr, run.iteration)
+            self.board.scalars(run.iteration, {"train/loss": loss, "train/lr": lr})
             if self.lines:
                 log.info(self.progress_line(epoch, loss, lr, throughput, now))
             self.window_start, self.window_images = now, 0
@@ -116,11 +161,9 @@ class RunLog:
         run = self.run
         self.csv.write(iteration=run.iteration, epoch=epoch, **{k: f"{scores[k]:.6f}" for k in SCORE_KEYS})
         heads = scores.get("extra_heads", {})
-        if self.board:
-            for key in SCORE_KEYS:
-                self.board.add_scalar(f"val/{key}", scores[key], run.iteration)
-                for task, head_scores in heads.items():
-                    self.board.add_scalar(f"val_{task}/{key}", head_scores[key], run.iteration)
+        self.board.scalars(run.iteration, {
+            **{f"val/{key}": scores[key] for key in SCORE_KEYS},
+            **{f"val_{task}/{key}": head[key] for task, head in heads.items() for key in SCORE_KEYS}})
         if run.runtime.is_main and not is_quiet():
             more = "".join(f"; {task} mean IU {100 * s['mean_iu']:.1f}, pixel acc. {100 * s['pixel_acc']:.1f}"
                            for task, s in heads.items())
@@ -129,5 +172,4 @@ class RunLog:
 
     def close(self) -> None:
         self.bar.close()
-        if self.board:
-            self.board.close()
+        self.board.close()
