@@ -98,14 +98,14 @@ def test_the_cli_prints_a_note_once_with_its_prefix_and_puts_logging_back(finish
 
 
 def test_quiet_hides_notes_not_warnings(finished_run, capsys, monkeypatch):
-    from fcnseg.train.log import _tensorboard
+    from fcnseg.train.log import BoardLog
 
     capsys.readouterr()
     assert main(["train", "--out", str(finished_run), "--resume", "--threads", "1", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # its import fails: not installed
     with messages("train", quiet=True):
-        assert _tensorboard(finished_run, enabled=True) is None
+        assert BoardLog(finished_run / "tensorboard", enabled=True).writer is None
     assert capsys.readouterr().err.startswith("fcnseg train: tensorboard is not installed")
 
 
