@@ -350,3 +350,22 @@ def test_a_lock_file_removed_while_waited_for_is_not_held(tmp_path, monkeypatch)
             fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert (out / LOCK).read_text() == f"test (pid {os.getpid()})\n"
     assert lost == [out / LOCK] and not out.exists()
+
+
+def test_a_shard_that_locked_a_lock_file_removed_meanwhile_is_refused(tmp_path, monkeypatch):
+    # As above, for the shards of a sharded predict: a shared lock on a file that is gone holds nothing.
+    import fcnseg.outputs
+    from fcnseg.errors import ConfigError
+    from fcnseg.outputs import Shard, shard_lock
+
+    def open_then_lose_the_race(path, *args, **kwargs):
+        handle = open(path, *args, **kwargs)
+        if Path(path).name == LOCK:
+            os.unlink(path)  # as a command that made the folder and wrote nothing does on its way out
+        return handle
+
+    monkeypatch.setattr(fcnseg.outputs, "open", open_then_lose_the_race, raising=False)
+    out = tmp_path / "masks"
+    with pytest.raises(ConfigError, match="let go by another command while this shard joined: start it again"):
+        with shard_lock(Outputs(out, "predict", shard=Shard(0, 2)), "fcnseg predict", run="r"):
+            pass

@@ -280,3 +280,15 @@ def test_an_export_stopped_just_after_its_file_landed_is_redone_without_overwrit
     monkeypatch.undo()
     assert main(command) == 0, capsys.readouterr().err
     assert Outputs(out, "export").foreign() == []
+
+
+def test_an_export_into_a_folder_a_run_holds_is_refused(tiny_checkpoint, tmp_path, capsys):
+    # Two commands rewriting one folder's record at once could drop each other's entries (then a resumed
+    # training took its own last.pth for the user's file).
+    from fcnseg.outputs import folder_lock
+
+    run = tmp_path / "run"
+    with folder_lock(run, "fcnseg train"):
+        for command in (["export", tiny_checkpoint], ["convert", tiny_checkpoint]):
+            refused(capsys, [*command, "--out", run / "model.out"], str(run), "in use", "fcnseg train")
+        assert os.listdir(run) == [LOCK]

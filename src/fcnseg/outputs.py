@@ -363,8 +363,12 @@ def _sha256(path: Path) -> str | None:
 
 def output_file(path: str | os.PathLike, command: str, overwrite: bool = False,
                 inputs: Iterable[str | os.PathLike] = ()) -> Outputs:
-    """The :class:`Outputs` of a single-file output (``--out FILE``), already claimed."""
+    """The :class:`Outputs` of a single-file output (``--out FILE``), already claimed. A folder another command
+    holds (:func:`folder_lock`: a training run's) is refused: two commands would rewrite its record at once. The
+    folder itself is not held (a lock file would be left in the user's folder); two single-file commands into one
+    folder at once each claim their file before it lands (:meth:`Outputs.landing`), which the record keeps."""
     path = Path(path)
+    refuse_if_held(path.parent)
     outputs = Outputs(path.parent, command, overwrite)
     outputs.claim([path], inputs)
     return outputs
@@ -538,6 +542,8 @@ def _join(held, shards, folder: Path, what: str, shard: Shard, run: str) -> bool
     except BlockingIOError:  # a command that holds the folder alone
         raise ConfigError(f"{folder} is in use by {_holder(held)}: wait for it to finish, or choose another "
                           "--out") from None
+    if not _same_file(held, folder / LOCK):  # removed by a command that made the folder and let it go
+        raise ConfigError(f"{folder} was let go by another command while this shard joined: start it again")
     if first:
         return True
     shards.seek(0)
