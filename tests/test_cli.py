@@ -25,6 +25,17 @@ def test_every_computing_command_takes_threads_and_quiet():
         assert (args.threads, args.quiet) == (3, True), command
 
 
+def test_version_names_fcnseg_and_torch(capsys):
+    import importlib.metadata
+
+    import fcnseg
+
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"fcnseg {fcnseg.__version__} (torch {importlib.metadata.version('torch')})\n"
+
+
 def test_threads_are_set_before_the_work(tiny_checkpoint, tmp_path):
     before = torch.get_num_threads()
     Image.fromarray(render_scene(1, 48, 64)[0]).save(tmp_path / "a.png")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.metadata
 import logging
 import os
 import re
@@ -36,6 +37,7 @@ import threading
 from collections.abc import Iterator
 from typing import NoReturn
 
+from fcnseg import __version__
 from fcnseg.commands import COMMANDS
 from fcnseg.errors import FcnsegError, printable, user_message
 
@@ -59,6 +61,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The ``fcnseg`` parser with every command's (importing the commands: torch and the rest)."""
     parser = _Parser(prog="fcnseg", description="Fully Convolutional Networks for segmentation")
+    parser.add_argument("--version", action="version",
+                        version=f"fcnseg {__version__} (torch {importlib.metadata.version('torch')})")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:
