@@ -235,6 +235,26 @@ def test_bf16_channels_last_accumulation_and_tensorboard(tmp_path):
     assert rows[2].split(",")[:2] == ["2", "1"]
 
 
+def test_amp_auto_is_bf16_where_native_else_float32_and_a_resume_across_says_so(tmp_path, monkeypatch, caplog):
+    import fcnseg.train.run
+
+    caplog.set_level("INFO", logger="fcnseg")
+    monkeypatch.setattr(fcnseg.train.run, "native_bf16", lambda device: False)
+    short = {"iterations": 2, "val_interval": 2, "schedule": "constant"}  # a constant rate: it may go on longer
+    train(_config(tmp_path, "auto", amp="auto", **short))
+    train(_config(tmp_path, "none", amp="none", **short))
+    assert "amp auto: float32 on this CPU (no native bfloat16)" in caplog.text
+    auto, none = _weights(tmp_path / "auto" / "last.pth"), _weights(tmp_path / "none" / "last.pth")
+    assert all(torch.equal(auto[key], none[key]) for key in none)  # float32: the same run, bit for bit
+    assert read_checkpoint(tmp_path / "auto" / "last.pth")["amp"] == "none"
+    monkeypatch.setattr(fcnseg.train.run, "native_bf16", lambda device: True)  # the run moves to a bf16 machine
+    caplog.clear()
+    train(_config(tmp_path, "auto", amp="auto", **{**short, "iterations": 4}, resume=True))
+    assert "amp auto: bf16 on this CPU (native bfloat16)" in caplog.text
+    assert "computed in float32 up to iteration 2 and goes on in bf16 here (amp auto)" in caplog.text
+    assert read_checkpoint(tmp_path / "auto" / "last.pth")["amp"] == "bf16"
+
+
 def test_fp16_needs_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

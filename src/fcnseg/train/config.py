@@ -50,7 +50,7 @@ PAPER_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s_atonce": 1e
 CHOICES = {
     "model": tuple(MODELS), "backbone": tuple(BACKBONES), "geometry": GEOMETRIES,
     "recipe": ("modern", "paper"), "optimizer": ("sgd", "adamw"), "schedule": ("poly", "constant"),
-    "amp": ("none", "bf16", "fp16"),
+    "amp": ("none", "bf16", "fp16", "auto"),
 }
 
 
@@ -142,7 +142,9 @@ class TrainConfig:
     ema_decay: float | None = option(None, "keep an exponential moving average of the weights with this decay per "
                                            "step (e.g. 0.999); validation and checkpoints use the average",
                                      range=BETWEEN_ZERO_AND_ONE)
-    amp: str = option("none", "mixed precision: none, bf16 (CPU or GPU) or fp16 (GPU, with a grad scaler)")
+    amp: str = option("none", "mixed precision: none, bf16 (CPU or GPU) or fp16 (GPU, with a grad scaler); auto: bf16 "
+                              "where the device computes it natively (AVX512-BF16 or AMX CPUs, GPUs with bf16), else "
+                              "none. Weights, gradients and optimizer state stay float32")
     channels_last: bool = option(False, "channels-last memory format")
     # bookkeeping
     val_interval: int = option(200, "validate every N steps (and at the end)", range=COUNT)

@@ -125,7 +125,7 @@ def forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor) -> fl
     labels = labels.to(device, non_blocking=True)
     if config.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    dtype = AUTOCAST_DTYPES.get(config.amp)
+    dtype = AUTOCAST_DTYPES.get(run.amp)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         logits = run.train_model(images)
     reduction = "sum" if config.recipe == "paper" else "mean"

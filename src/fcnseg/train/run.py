@@ -53,6 +53,7 @@ class Run:
     class_weights: torch.Tensor | None
     outputs: Outputs  # the run folder's record of the files fcnseg train wrote
     ema: FCN | None = None  # the moving average of the weights (ema_decay), validated and saved instead
+    amp: str = "none"  # the precision the forward pass runs in: config.amp, with auto resolved for this device
     iteration: int = 0
     best_mean_iu: float = -1.0
     checked_pixels: int = 0  # the largest batch (samples x height x width) whose memory estimate fits the budget
@@ -73,11 +74,7 @@ class Run:
 
 def build_run(config: TrainConfig, runtime: Runtime) -> Run:
     """Seed every RNG, build and check the data, build the model and the optimisation around it."""
-    if config.amp == "fp16" and runtime.device.type != "cuda":
-        raise TrainingError("amp fp16 needs a CUDA GPU (use --amp bf16 on the CPU)")
-    if config.amp == "bf16" and not native_bf16(runtime.device) and runtime.is_main:
-        log.info(f"note: bf16 is emulated on this {runtime.device.type.upper()} (no AVX512-BF16 or AMX): "
-                 "slower than float32 here; --amp none is faster")
+    amp = resolved_amp(config.amp, runtime)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -110,10 +107,28 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
                val_set=val_set, sampler=EpochSampler(len(train_set), config.seed, runtime.rank, runtime.world_size),
                model=model, train_model=train_model, optimizer=optimizer,
                scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(config, it)),
-               scaler=torch.amp.GradScaler(runtime.device.type, enabled=config.amp == "fp16"),
+               scaler=torch.amp.GradScaler(runtime.device.type, enabled=amp == "fp16"), amp=amp,
                class_weights=class_weights, outputs=Outputs(config.out, "train", config.overwrite),
                ema=ema_copy(model) if config.ema_decay else None,
                checked_pixels=batch * config.crop_size[0] * config.crop_size[1] if config.crop_size else 0)
+
+
+def resolved_amp(amp: str, runtime: Runtime) -> str:
+    """The precision of the forward pass: ``amp`` as configured, with ``auto`` made bf16 where ``runtime``'s device
+    computes bfloat16 natively and none (float32) elsewhere; said once by the main process."""
+    native = native_bf16(runtime.device)
+    if amp == "fp16" and runtime.device.type != "cuda":
+        raise TrainingError("amp fp16 needs a CUDA GPU (use --amp bf16 on the CPU)")
+    if amp == "bf16" and not native and runtime.is_main:
+        log.info(f"note: bf16 is emulated on this {runtime.device.type.upper()} (no AVX512-BF16 or AMX): "
+                 "slower than float32 here; --amp none is faster")
+    if amp != "auto":
+        return amp
+    resolved = "bf16" if native else "none"
+    if runtime.is_main:
+        log.info(f"note: amp auto: {'bf16' if native else 'float32'} on this {runtime.device.type.upper()} "
+                 f"({'native' if native else 'no native'} bfloat16)")
+    return resolved
 
 
 def listed_loss_weights(config: TrainConfig, info: DatasetInfo, runtime: Runtime) -> torch.Tensor | None:

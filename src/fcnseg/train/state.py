@@ -9,6 +9,7 @@ average (the net to use), and ``last.pth`` also holds the training weights (``tr
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,8 @@ from fcnseg.errors import WriteError
 from fcnseg.runtime import gather_objects, launcher_id
 from fcnseg.train.folder import left_after_a_failed_write
 from fcnseg.train.run import Run
+
+log = logging.getLogger(__name__)
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,8 +66,17 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     run.iteration, run.best_mean_iu = state["iteration"], state["best_mean_iu"]
+    trained_in = state.get("amp", run.amp)  # files before amp auto: as configured
+    if trained_in != run.amp and run.runtime.is_main:
+        log.warning(f"the run computed in {_precision(trained_in)} up to iteration {run.iteration} and goes on in "
+                    f"{_precision(run.amp)} here (amp {run.config.amp}): it will not end with the weights an "
+                    "uninterrupted run would have")
     rngs = state["rng"]
     restore_rng_state(rngs[run.runtime.rank] if run.runtime.rank < len(rngs) else rngs[0])
+
+
+def _precision(amp: str) -> str:
+    return "float32" if amp == "none" else amp
 
 
 def save_last(run: Run) -> None:
@@ -75,7 +87,7 @@ def save_last(run: Run) -> None:
     if run.runtime.is_main:
         state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "scaler": run.scaler.state_dict(), "iteration": run.iteration, "best_mean_iu": run.best_mean_iu,
-                 "rng": [rng for rng, _ in gathered], "config": run.config.run_options(),
+                 "rng": [rng for rng, _ in gathered], "config": run.config.run_options(), "amp": run.amp,
                  "launchers": sorted({agent for _, agent in gathered if agent is not None})}
         if run.ema is not None:
             state["train_state_dict"] = run.model.state_dict()
