@@ -8,14 +8,13 @@ Usage: OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/photometric.py [
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import time
 
 import numpy as np
 
 from fcnseg.data.transforms import ColorJitter
+from fcnseg.runtime import cpu_model
 
 # Each step alone at the amount of configs/camvid/heldout/fcn8s_il12_ema_w8_16k_photo.yaml, then all of them.
 STEPS = {"brightness 0.5": {"brightness": 0.5}, "contrast 0.3": {"contrast": 0.3},
@@ -24,15 +23,6 @@ STEPS = {"brightness 0.5": {"brightness": 0.5}, "contrast 0.3": {"contrast": 0.3
          "color_jitter 0.1 (the best recipe)": {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1},
          "all (the _photo config)": {"brightness": 0.5, "contrast": 0.3, "saturation": 0.3, "hue": 0.02,
                                      "gamma": 0.5, "blur": 1.0, "noise": 4.0}}
-
-
-def cpu_model() -> str:
-    """The CPU's model name as lscpu gives it (else what Python knows)."""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown")
 
 
 def measure(amounts: dict[str, float], image: np.ndarray, label: np.ndarray, repeats: int) -> tuple[float, float]:

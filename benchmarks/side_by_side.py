@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import os
 import statistics
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from fcnseg.export import export_onnx, load_onnx
 from fcnseg.models.weights import fcn_from_pytorch_fcn
 from fcnseg.normalization import normalize
 from fcnseg.quantize import Calibration, export_int8
-from fcnseg.runtime import native_bf16
+from fcnseg.runtime import cpu_model, native_bf16
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 Path_ = Callable[[torch.Tensor], torch.Tensor]
@@ -192,7 +191,7 @@ def main() -> None:
     torchfcn = load_torchfcn()
     fcn8s, fcn32s = peers(torchfcn)
     x = photo(args.size)
-    cpu = _cpu_name()
+    cpu = cpu_model()
     fastest: dict[str, tuple[float, str]] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -215,17 +214,6 @@ def main() -> None:
           "borders)")
     ratio, name = fastest["same"]
     print(f"fastest fcnseg path vs pytorch-fcn FCN8s: {ratio:.2f}x ({name}, {args.threads[0]} thread(s))")
-
-
-def _cpu_name() -> str:
-    """The CPU's model name and how many cores this process may use."""
-    name = "CPU"
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
 if __name__ == "__main__":

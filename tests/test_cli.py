@@ -122,3 +122,13 @@ def test_a_yaml_flag_that_does_not_parse_is_a_usage_error(capsys, argv):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert all(name in err.splitlines()[-1] for name in (argv[-2], argv[-1], "YAML")), err  # the flag, its value
+
+
+def test_the_cpu_model_line_names_family_and_model_where_the_name_is_bare(tmp_path):
+    from fcnseg.runtime import cpu_model, usable_cores
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 49\n"
+                       "model name\t: AMD EPYC\nflags\t\t: fpu avx2\n\nprocessor\t: 1\nmodel name\t: other\n")
+    assert cpu_model(cpuinfo) == f"AMD EPYC (family 23, model 49), {usable_cores()} cores"
+    assert cpu_model(tmp_path / "absent").endswith(f", {usable_cores()} cores")  # not Linux: what Python knows

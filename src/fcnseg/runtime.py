@@ -8,9 +8,11 @@ oversubscribes the CPU (two busy processes with two threads each on two cores ru
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
+import platform
 import socket
 import warnings
 from dataclasses import dataclass
@@ -84,6 +86,23 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
     line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
     return frozenset(line.partition(":")[2].split())
+
+
+def cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The CPU's model name as Linux reports it, with its family and model numbers (a virtual machine may name
+    only the vendor, e.g. ``AMD EPYC``), and the cores this process may use; what Python knows elsewhere. For the
+    machine line of every measured figure."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(cpuinfo).read_text().splitlines():
+            if not line.strip():
+                break  # the first processor's block is enough
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return f"{name}, {usable_cores()} cores"
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:
