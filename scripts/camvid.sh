@@ -14,6 +14,8 @@
 #               (configs/camvid/heldout/fcn8s_il12_ema_w8_16k.yaml), then its last.pth scored on 0006R0
 #               (docs/camvid/heldout/<run>) and on val (docs/camvid/heldout/<run>_val)
 #   heldout-photo  the same with photometric augmentation (configs/camvid/heldout/fcn8s_il12_ema_w8_16k_photo.yaml)
+#   screen CONFIG SEED  a 3000-iteration screen of configs/camvid/heldout/CONFIG.yaml with --seed SEED, into
+#               runs/heldout/CONFIG_3k_sSEED, scored the same way (the seeds measure the spread between runs)
 #   eval        score every run's last.pth on val into docs/camvid/<run> (the last iteration: nothing is
 #               chosen on val); the one-stage 11-class runs also with test-time flips and scales (<run>_tta),
 #               and the EMA runs' training weights (kept in last.pth beside the average) into <run>_train_weights
@@ -28,20 +30,21 @@ part=${1:-}
 shift || true
 train() { $FCNSEG train --config "configs/camvid/$1.yaml" --root "$ROOT" "${@:2}"; }
 HELDOUT=0006R0  # the drive the held-out configs leave out of training and validate on
-heldout() {  # train configs/camvid/heldout/$1.yaml, then score its last.pth on the held-out drive and on val
-  train "heldout/$1" "${@:2}"
+heldout() {  # heldout CONFIG NAME [flags]: train configs/camvid/heldout/CONFIG.yaml into runs/heldout/NAME, then
+             # score its last.pth on the held-out drive (docs/camvid/heldout/NAME) and on val (NAME_val)
+  train "heldout/$1" --out "runs/heldout/$2" "${@:3}"
   local threads=() previous='' arg
-  for arg in "${@:2}"; do  # fcnseg eval takes --threads, not the other training flags
+  for arg in "${@:3}"; do  # fcnseg eval takes --threads, not the other training flags
     [[ $previous == --threads ]] && threads=(--threads "$arg")
     [[ $arg == --threads=* ]] && threads=("$arg")
     previous=$arg
   done
-  local weights=runs/heldout/$1/last.pth
+  local weights=runs/heldout/$2/last.pth
   # --overwrite: these reports are the tracked docs, regenerated on purpose
   $FCNSEG eval "$weights" --dataset camvid --root "$ROOT" --split "train[$HELDOUT]" "${threads[@]}" \
-    --out "docs/camvid/heldout/$1" --overwrite
+    --out "docs/camvid/heldout/$2" --overwrite
   $FCNSEG eval "$weights" --dataset camvid --root "$ROOT" --split val "${threads[@]}" \
-    --out "docs/camvid/heldout/$1_val" --overwrite
+    --out "docs/camvid/heldout/$2_val" --overwrite
 }
 case $part in
   best) train $BEST "$@" ;;
@@ -56,8 +59,13 @@ case $part in
   32s-16s-8s) for stage in fcn32s fcn16s fcn8s; do train $stage "$@"; done ;;
   atonce) train fcn8s_atonce "$@" ;;
   control) train fcn32s_continued "$@" ;;
-  heldout) heldout fcn8s_il12_ema_w8_16k "$@" ;;
-  heldout-photo) heldout fcn8s_il12_ema_w8_16k_photo "$@" ;;
+  heldout) heldout fcn8s_il12_ema_w8_16k fcn8s_il12_ema_w8_16k "$@" ;;
+  heldout-photo) heldout fcn8s_il12_ema_w8_16k_photo fcn8s_il12_ema_w8_16k_photo "$@" ;;
+  screen)  # screen CONFIG SEED [flags]: 3000 iterations of heldout/CONFIG with --seed SEED, scored as above
+    [[ $# -ge 2 && -f configs/camvid/heldout/$1.yaml && $2 =~ ^[0-9]+$ ]] || {
+      echo "usage: scripts/camvid.sh screen CONFIG SEED [fcnseg train flags], CONFIG one of:" \
+        $(cd configs/camvid/heldout && ls -- *.yaml | sed 's/\.yaml$//') >&2; exit 2; }
+    heldout "$1" "$1_3k_s$2" --iterations 3000 --seed "$2" "${@:3}" ;;
   eval)
     # --overwrite: these reports are the tracked docs, regenerated on purpose
     score() { $FCNSEG eval "$1" --dataset camvid --root "$ROOT" --split val "${@:3}" --out "docs/camvid/$2" --overwrite; }
@@ -82,6 +90,6 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
         score runs/camvid/${run}_train_weights.pth ${run}_train_weights
       fi
     done ;;
-  *) echo "usage: scripts/camvid.sh best|il11|il-ema|plain-ema|il|mf|plain|w4|road|32s-16s-8s|atonce|control|heldout|heldout-photo|eval [fcnseg train flags]" >&2
+  *) echo "usage: scripts/camvid.sh best|il11|il-ema|plain-ema|il|mf|plain|w4|road|32s-16s-8s|atonce|control|heldout|heldout-photo|screen CONFIG SEED|eval [fcnseg train flags]" >&2
      exit 2 ;;
 esac

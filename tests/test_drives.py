@@ -177,7 +177,7 @@ def test_the_held_out_configs_are_the_best_recipe_without_the_drive_they_validat
     best = TrainConfig.from_yaml(REPO / "configs" / "camvid" / "fcn8s_il12_ema_w8_16k.yaml").to_dict()
     script = (REPO / "scripts" / "camvid.sh").read_text()
     drive = re.search(r"^HELDOUT=(\w+)", script, re.MULTILINE).group(1)
-    named = re.findall(r"^\s*heldout[\w-]*\) heldout (\w+) ", script, re.MULTILINE)
+    named = re.findall(r"^\s*heldout[\w-]*\) heldout (\w+) \1 ", script, re.MULTILINE)
     assert sorted(named) == sorted(p.stem for p in (REPO / "configs" / "camvid" / "heldout").glob("*.yaml"))
     for name in named:
         config = TrainConfig.from_yaml(REPO / "configs" / "camvid" / "heldout" / f"{name}.yaml").to_dict()
@@ -187,23 +187,29 @@ def test_the_held_out_configs_are_the_best_recipe_without_the_drive_they_validat
         assert changed - photometric == {"train_split", "val_split", "out"}, (name, changed)
 
 
-def test_the_heldout_part_trains_then_scores_the_held_out_drive_and_val(tmp_path):
+@pytest.mark.parametrize(("part", "run", "more"), [
+    (["heldout"], "fcn8s_il12_ema_w8_16k", ""),
+    (["screen", "fcn8s_il12_ema_w8_16k_photo", "3"], "fcn8s_il12_ema_w8_16k_photo_3k_s3",
+     " --iterations 3000 --seed 3"),
+], ids=["heldout", "screen"])
+def test_the_heldout_parts_train_then_score_the_held_out_drive_and_val(tmp_path, part, run, more):
     log = tmp_path / "calls"
     stub = tmp_path / "fcnseg"
     stub.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
     stub.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "FCNSEG": str(stub), "CAMVID_ROOT": "/data/camvid"}
-    done = subprocess.run(["bash", "scripts/camvid.sh", "heldout", "--threads", "1", "--iterations", "20"], cwd=REPO,
+    done = subprocess.run(["bash", "scripts/camvid.sh", *part, "--threads", "1", "--iterations", "20"], cwd=REPO,
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     train_call, drive_call, val_call = log.read_text().splitlines()
-    assert train_call == ("train --config configs/camvid/heldout/fcn8s_il12_ema_w8_16k.yaml --root /data/camvid "
-                          "--threads 1 --iterations 20")
-    weights = "runs/heldout/fcn8s_il12_ema_w8_16k/last.pth"
+    config = run.removesuffix("_3k_s3")
+    assert train_call == (f"train --config configs/camvid/heldout/{config}.yaml --root /data/camvid "
+                          f"--out runs/heldout/{run}{more} --threads 1 --iterations 20")  # the last --iterations wins
+    weights = f"runs/heldout/{run}/last.pth"
     assert drive_call == (f"eval {weights} --dataset camvid --root /data/camvid --split train[0006R0] --threads 1 "
-                          "--out docs/camvid/heldout/fcn8s_il12_ema_w8_16k --overwrite")
+                          f"--out docs/camvid/heldout/{run} --overwrite")
     assert val_call == (f"eval {weights} --dataset camvid --root /data/camvid --split val --threads 1 "
-                        "--out docs/camvid/heldout/fcn8s_il12_ema_w8_16k_val --overwrite")
+                        f"--out docs/camvid/heldout/{run}_val --overwrite")
 
 
 # ---- photometric augmentation ------------------------------------------------------------------------------
