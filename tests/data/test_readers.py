@@ -321,9 +321,8 @@ def test_classes_txt_lines_end_at_newlines_only(tmp_path: Path) -> None:
     # str.splitlines also splits at U+2028 and its kind: one name became two, and the class count was wrong.
     make_folder(tmp_path, ["x1"], classes="\ufeffbackground\r\nroad\r\ncar\r\n")  # BOM and CRLF, as Notepad saves
     assert FolderDataset(tmp_path).info.class_names == ("background", "road", "car")
-    (tmp_path / "classes.txt").write_text("background\nroad\u2028side\ncar\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"classes\.txt, line 2: 'road\\u2028side' holds '\\u2028'"):
-        FolderDataset(tmp_path)
+    (tmp_path / "classes.txt").write_text("background\nroad\u2028side\nca\x1cr\n", encoding="utf-8")
+    assert FolderDataset(tmp_path).info.class_names == ("background", "road\u2028side", "ca\x1cr")  # as written
 
 
 def test_folder_bad_layouts(tmp_path: Path) -> None:

@@ -177,18 +177,13 @@ def require_dir(path: Path, layout: str) -> Path:
 
 
 def read_list_file(path: Path) -> list[str]:
-    """Non-empty, stripped lines of a list file (``#`` comments skipped). Lines end at a newline only (not at
-    the other separators ``str.splitlines`` knows, such as U+2028, which would make one class name two, silently);
-    a line holding a character that does not print is refused."""
+    """Non-empty, stripped lines of a list file (``#`` comments skipped). Lines end at a newline only, not at
+    the other separators ``str.splitlines`` knows (U+2028 and the like, which made one class name two, and the
+    class count wrong, silently); what a name holds is kept as written (messages escape it when they print it)."""
     try:
         lines = path.read_text(encoding="utf-8-sig").split("\n")  # -sig: a BOM (Notepad) is not part of a name
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read list file {path}: {exc}") from None
-    for number, line in enumerate(lines, start=1):
-        hidden = [char for char in line.strip() if not char.isprintable()]
-        if hidden:
-            raise DataError(f"{path}, line {number}: {line.strip()!r} holds {hidden[0]!r}, a character that does not "
-                            "print: write one name per line, in printable characters")
     return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
