@@ -255,6 +255,16 @@ def test_amp_auto_is_bf16_where_native_else_float32_and_a_resume_across_says_so(
     assert read_checkpoint(tmp_path / "auto" / "last.pth")["amp"] == "bf16"
 
 
+def test_amp_auto_refuses_machines_that_resolve_it_differently(tmp_path, monkeypatch):
+    import fcnseg.train.run
+
+    monkeypatch.setattr(fcnseg.train.run, "gather_objects", lambda resolved, runtime: [resolved, "bf16", "none"])
+    with pytest.raises(TrainingError) as caught:
+        train(_config(tmp_path, amp="auto"))
+    error_names(caught, "amp auto", "--amp bf16", "--amp none")
+    assert not (tmp_path / "run" / "last.pth").exists()
+
+
 def test_fp16_needs_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -25,7 +25,7 @@ from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
 from fcnseg.models.weights import fcn_from_imagenet, imagenet_spec, init_from_coarser, matching_classes
 from fcnseg.outputs import Outputs
-from fcnseg.runtime import Runtime, broadcast_from_main, native_bf16
+from fcnseg.runtime import Runtime, broadcast_from_main, gather_objects, native_bf16
 from fcnseg.train.budget import check_step_memory
 from fcnseg.train.config import TrainConfig, resolve_init_checkpoint
 from fcnseg.train.data import EpochSampler, build_datasets
@@ -125,6 +125,9 @@ def resolved_amp(amp: str, runtime: Runtime) -> str:
     if amp != "auto":
         return amp
     resolved = "bf16" if native else "none"
+    if len(set(gather_objects(resolved, runtime))) > 1:  # every process of the run computes alike
+        raise TrainingError("amp auto is bf16 on some of this run's machines and float32 on others (not all of their "
+                            "CPUs compute bfloat16 natively): give --amp bf16 or --amp none")
     if runtime.is_main:
         log.info(f"note: amp auto: {'bf16' if native else 'float32'} on this {runtime.device.type.upper()} "
                  f"({'native' if native else 'no native'} bfloat16)")
