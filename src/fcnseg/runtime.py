@@ -78,27 +78,29 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _first_cpu(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict[str, str]:
+    """The fields of the first processor's block of Linux's cpuinfo (empty elsewhere)."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(cpuinfo).read_text().splitlines():
+            if not line.strip():
+                break  # every processor of a machine is the same model with the same flags
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as Linux reports them (empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
-    return frozenset(line.partition(":")[2].split())
+    fields = _first_cpu()
+    return frozenset((fields.get("flags") or fields.get("Features", "")).split())
 
 
 def cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
     """The CPU's model name as Linux reports it, with its family and model numbers (a virtual machine may name
     only the vendor, e.g. ``AMD EPYC``), and the cores this process may use; what Python knows elsewhere. For the
     machine line of every measured figure."""
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(cpuinfo).read_text().splitlines():
-            if not line.strip():
-                break  # the first processor's block is enough
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
+    fields = _first_cpu(cpuinfo)
     name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']}, model {fields['model']})"

@@ -116,9 +116,11 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
 def resolved_amp(amp: str, runtime: Runtime) -> str:
     """The precision of the forward pass: ``amp`` as configured, with ``auto`` made bf16 where ``runtime``'s device
     computes bfloat16 natively and none (float32) elsewhere; said once by the main process."""
-    native = native_bf16(runtime.device)
     if amp == "fp16" and runtime.device.type != "cuda":
         raise TrainingError("amp fp16 needs a CUDA GPU (use --amp bf16 on the CPU)")
+    if amp not in ("bf16", "auto"):
+        return amp
+    native = native_bf16(runtime.device)
     if amp == "bf16" and not native and runtime.is_main:
         log.info(f"note: bf16 is emulated on this {runtime.device.type.upper()} (no AVX512-BF16 or AMX): "
                  "slower than float32 here; --amp none is faster")
