@@ -21,6 +21,7 @@ from fcnseg.data.camvid import CamVid, drive_of
 from fcnseg.data.check import check_dataset
 from fcnseg.data.collate import PadCollate
 from fcnseg.data.info import CAMVID
+from fcnseg.data.mix import cut_mix
 from fcnseg.data.registry import build_dataset
 from fcnseg.data.transforms import (
     ColorJitter,
@@ -354,7 +355,43 @@ def test_train_transforms_gives_each_amount_to_colour_jitter():
         == []
 
 
-def test_a_run_with_every_photometric_option_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+def test_cut_mix_pastes_a_box_of_the_next_image_of_the_batch_with_its_labels():
+    # Sample i is the constant i (image and labels): every pixel shows where it came from.
+    count, height, width = 5, 12, 16
+    images = torch.arange(count, dtype=torch.float32).view(count, 1, 1, 1).expand(count, 3, height, width).clone()
+    labels = torch.arange(count).view(count, 1, 1).expand(count, height, width).clone()
+    before = images.clone(), labels.clone()
+    mixed_images, mixed_labels = cut_mix(images, labels, 1.0, np.random.default_rng(3))
+    assert torch.equal(images, before[0]) and torch.equal(labels, before[1])  # the inputs are left alone
+    assert torch.equal(mixed_images, mixed_labels.unsqueeze(1).expand_as(images).float())  # pixels keep their labels
+    pasted = 0
+    for index in range(count):
+        source = (index + 1) % count
+        assert set(mixed_labels[index].unique().tolist()) <= {index, source}
+        rows, columns = torch.nonzero(mixed_labels[index] == source, as_tuple=True)
+        if len(rows):  # one filled rectangle
+            pasted += 1
+            box = mixed_labels[index, rows.min():rows.max() + 1, columns.min():columns.max() + 1]
+            assert bool((box == source).all())
+    assert pasted >= 3
+    # Two heads: the same box in each.
+    heads = torch.stack([labels, labels + 10], 1)
+    _, mixed_heads = cut_mix(images, heads, 1.0, np.random.default_rng(3))
+    assert torch.equal(mixed_heads[:, 0], mixed_labels) and torch.equal(mixed_heads[:, 1], mixed_labels + 10)
+
+
+def test_cut_mix_mixes_the_share_of_images_asked_and_leaves_single_images_and_zero_alone():
+    count = 400
+    images, labels = torch.zeros(count, 3, 20, 20), torch.arange(count).view(count, 1, 1).expand(count, 20, 20)
+    _, mixed = cut_mix(images, labels, 0.25, np.random.default_rng(0))
+    changed = (mixed != labels).flatten(1).any(1).float().mean().item()
+    assert 0.18 < changed < 0.3  # a few boxes round to nothing
+    assert cut_mix(images, labels, 0.0, np.random.default_rng(0))[1] is labels
+    single = labels[:1].clone()
+    assert torch.equal(cut_mix(images[:1], single, 1.0, np.random.default_rng(0))[1], single)
+
+
+def test_a_run_with_every_augmentation_option_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
     # One loader worker: the augmentation must not hang on a worker's own random state, which a resumed loader,
     # starting mid-epoch, does not share with the uninterrupted one.
     import fcnseg.train.loop as loop
@@ -364,7 +401,7 @@ def test_a_run_with_every_photometric_option_resumes_to_the_uninterrupted_weight
     options = {"width": 1 / 16, "geometry": "fast", "dataset_options": {"num_images": 12, "height": 40, "width": 48},
                "batch_size": 4, "workers": 1, "iterations": 3, "val_interval": 3, "checkpoint_interval": 1,
                "crop_size": [32, 40], "color_jitter": 0.2, "hue": 0.1, "gamma": 0.5, "blur": 1.0, "noise": 6.0,
-               "threads": 1, "val_limit": 1}
+               "cutmix": 0.5, "threads": 1, "val_limit": 1}
     train(TrainConfig.from_dict({**options, "out": str(tmp_path / "straight")}))
     original = loop.micro_batches
 

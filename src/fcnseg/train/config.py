@@ -118,6 +118,8 @@ class TrainConfig:
                          range=Range(0, 10))
     noise: float = option(0.0, "Gaussian pixel noise of a standard deviation from [0, x] grey levels (of 255), 0 to 64 "
                                "(0: none)", range=Range(0, 64))
+    cutmix: float = option(0.0, "probability that a training image gets a box of another image of its batch pasted "
+                                "in, with its labels (CutMix), 0 to 1 (0: none)", range=FRACTION)
     accept_only_class_zero: bool = option(False, "train on labels whose only class is 0 besides ignored pixels "
                                                  "(0/255 masks are refused unless 255 really means ignore)")
     batch_size: int = option(8, "images per step (per process under torchrun)", range=COUNT)

@@ -1,8 +1,9 @@
 """Training data: the datasets with their augmentation, a resumable sample order, and the batches.
 
-Augmentation draws from ``(seed, epoch, sample index)`` (see :mod:`fcnseg.data.base`) and the sample order
-from ``(seed, epoch)`` (see :class:`EpochSampler`), so a resumed run sees exactly the batches the
-uninterrupted run would have seen, whatever the number of loader workers.
+Augmentation draws from ``(seed, epoch, sample index)`` (see :mod:`fcnseg.data.base`), CutMix's boxes from
+``(seed, epoch, batch index, rank)`` (:mod:`fcnseg.data.mix`) and the sample order from ``(seed, epoch)`` (see
+:class:`EpochSampler`), so a resumed run sees exactly the batches the uninterrupted run would have seen,
+whatever the number of loader workers.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.collate import PadCollate
+from fcnseg.data.mix import cut_mix
 from fcnseg.data.registry import build_dataset
 from fcnseg.data.transforms import PHOTOMETRIC, train_transforms
 from fcnseg.errors import ConfigError
@@ -89,6 +92,9 @@ def micro_batches(dataset: SegmentationDataset, sampler: EpochSampler, config: T
         loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                             collate_fn=PadCollate(dataset.info.ignore_index), pin_memory=runtime.device.type == "cuda",
                             worker_init_fn=worker_init, generator=generator)
-        for images, labels in loader:
+        for batch, (images, labels) in enumerate(loader, start=position):
+            if config.cutmix:  # boxes from (seed, epoch, batch, rank): a resumed run draws the same ones
+                rng = np.random.default_rng((config.seed, epoch, batch, runtime.rank))
+                images, labels = cut_mix(images, labels, config.cutmix, rng)
             yield epoch, images, labels
         epoch, position = epoch + 1, 0
