@@ -389,6 +389,8 @@ def test_cut_mix_mixes_the_share_of_images_asked_and_leaves_single_images_and_ze
     assert cut_mix(images, labels, 0.0, np.random.default_rng(0))[1] is labels
     single = labels[:1].clone()
     assert torch.equal(cut_mix(images[:1], single, 1.0, np.random.default_rng(0))[1], single)
+    with pytest.raises(ConfigError, match="cutmix pastes boxes between the images of a batch, and batch_size is 1"):
+        TrainConfig.from_dict({"cutmix": 0.5, "batch_size": 1})
 
 
 def test_a_run_with_every_augmentation_option_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):

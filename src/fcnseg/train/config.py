@@ -215,6 +215,9 @@ class TrainConfig:
         if self.imagenet_weights == "default" and self.init_from is None and \
                 (problem := default_imagenet_problem(self.backbone, self.width)):  # before the download
             raise ConfigError(f"{source}: imagenet_weights default: {problem}")
+        if self.cutmix and self.batch_size < 2:
+            raise ConfigError(f"{source}: cutmix pastes boxes between the images of a batch, and batch_size is 1: "
+                              "set batch_size to 2 or more, or cutmix to 0")
         if self.inverse_log_c != ENET_C and self.class_weights != "inverse_log":
             weights = repr(self.class_weights) if self.class_weights else "not set"
             raise ConfigError(f"{source}: inverse_log_c applies to class_weights: inverse_log only; "
