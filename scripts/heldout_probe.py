@@ -92,16 +92,19 @@ def probe() -> None:
     print(f"{cpu_model()}; {args.weights}; held out: {config['val_split']} ({len(held)} frames)")
     print(f"colour mean / deviation: training frames {trained[0].round(1)} / {trained[1].round(1)}, "
           f"held-out frames {drive[0].round(1)} / {drive[1].round(1)}")
-    as_is, per_frame, per_drive = score(held, lambda image: [torch.as_tensor(seg.predict(image)) for image in (
-        image, match_colours(image, colour_stats([image]), trained), match_colours(image, drive, trained))],
-        3, classes, ignore)
-    print(f"mean IU as is {as_is:.1f}; colours matched per frame {per_frame:.1f}, per drive {per_drive:.1f}")
     weights = torch.as_tensor(balancing_weights(config["class_weights"], class_pixel_counts(train),
                                                 config["inverse_log_c"]), dtype=torch.float32)
+
+    def predictions(image: np.ndarray) -> list[torch.Tensor]:  # one pass: the frame's probabilities, once
+        probs = torch.as_tensor(seg.predict_probs(image))
+        matched = [torch.as_tensor(seg.predict(match_colours(image, stats, trained)))
+                   for stats in (colour_stats([image]), drive)]
+        return [*matched, *(adjusted_labels(probs, weights, tau) for tau in TAUS)]
+
+    per_frame, per_drive, *adjusted = score(held, predictions, 2 + len(TAUS), classes, ignore)
+    print(f"mean IU as is {adjusted[0]:.1f}; colours matched per frame {per_frame:.1f}, per drive {per_drive:.1f}")
     named = zip(seg.info.class_names, weights.tolist(), strict=True)
     print("class weights " + ", ".join(f"{name} {weight:.2f}" for name, weight in named))
-    adjusted = score(held, lambda image: [adjusted_labels(torch.as_tensor(seg.predict_probs(image)), weights, tau)
-                                          for tau in TAUS], len(TAUS), classes, ignore)
     print("class weights taken back: " + ", ".join(f"tau {t} {m:.1f}" for t, m in zip(TAUS, adjusted, strict=True)))
 
 
