@@ -27,7 +27,7 @@ import fcnseg
 from fcnseg.checkpoint import read_checkpoint
 from fcnseg.data.balance import balancing_weights, class_pixel_counts
 from fcnseg.data.camvid import CamVid
-from fcnseg.errors import FcnsegError
+from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.metrics import confusion_matrix, scores_from_confusion
 from fcnseg.runtime import cpu_model
 
@@ -83,7 +83,7 @@ def probe() -> None:
     torch.set_num_threads(args.threads)
     config = read_checkpoint(args.weights, mmap=True).get("config")
     if not isinstance(config, dict) or config.get("dataset") != "camvid":
-        sys.exit(f"heldout_probe: error: {args.weights} is not the last.pth of a CamVid training run (no such config)")
+        raise ConfigError(f"{args.weights} is not the last.pth of a CamVid training run (no such config)")
     held, train = (CamVid(args.root, split=config[key]) for key in ("val_split", "train_split"))
     seg = fcnseg.load(args.weights, device="cpu")
     classes, ignore = len(seg.info.class_names), seg.info.ignore_index

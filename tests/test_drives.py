@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fcnseg.checkpoint import save_model
+from fcnseg.checkpoint import save_model, write_checkpoint
 from fcnseg.data.balance import balancing_weights
 from fcnseg.data.base import to_tensors
 from fcnseg.data.camvid import CamVid, drive_of
@@ -453,3 +454,13 @@ def test_taking_class_weights_back_flips_a_pixel_where_the_weights_decided_it(pr
     weights = torch.tensor([2.0, 1.0])
     assert [int(probe.adjusted_labels(probs, weights, tau).max()) for tau in (0.0, 0.5, 0.75, 1.0)] == [0, 0, 1, 1]
     assert probe.adjusted_labels(probs, torch.ones(2), 1.0).shape == (2, 3)
+
+
+def test_probe_refuses_a_checkpoint_of_another_dataset_in_one_line(probe, tmp_path, monkeypatch, capsys):
+    path = write_checkpoint({"format": "fcnseg-checkpoint", "version": 2, "config": {"dataset": "voc"}},
+                            tmp_path / "last.pth")
+    monkeypatch.setattr(sys, "argv", ["heldout_probe.py", str(path)])
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main()
+    message = f"heldout_probe: error: {path} is not the last.pth of a CamVid training run (no such config)"
+    assert str(exit_info.value) == message

@@ -5,13 +5,11 @@ box's area. A segmentation label is per pixel, so the box's labels come along ex
 (as in French et al., 2020). The net then sees objects away from the streets they were photographed in,
 which is what a drive it never saw asks of it (docs/camvid.md, the drive-held-out protocol).
 
-It runs in the training process, after the loader: 5 ms per batch of eight 240x320 crops on one CPU thread.
-On a GPU the mixed batch is a new, unpinned tensor, so its copy to the device is not asynchronous (untested
-on a GPU).
-
-It works on collated batches (the training loop's, after :mod:`fcnseg.data.collate`), so a sample's own
-augmentation stays a function of its seed, epoch and index, and the boxes a function of the batch's
-position in the run (see :func:`fcnseg.train.data.micro_batches`).
+It runs in the training process on collated batches (after the loader and :mod:`fcnseg.data.collate`), so
+a sample's own augmentation stays a function of its seed, epoch and index, and the boxes a function of the
+batch's position in the run (see :func:`fcnseg.train.data.micro_batches`). Cost: 5 ms per batch of eight
+240x320 crops on one CPU thread. On a GPU the mixed batch is a new, unpinned tensor, so its copy to the
+device is not asynchronous (untested on a GPU).
 """
 
 from __future__ import annotations
