@@ -37,12 +37,27 @@ def conv_flops(module: nn.Module, output: torch.Tensor) -> float:
     return 0.0
 
 
+@contextlib.contextmanager
+def leaf_hooks(model: nn.Module, before, after):
+    """Hooks on every layer without children, for the time of the ``with``: ``before(name)`` and ``after(name)``
+    make its forward pre-hook and forward hook."""
+    handles = []
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            handles += [module.register_forward_pre_hook(before(name)), module.register_forward_hook(after(name))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def profile(model: nn.Module, x: torch.Tensor, runs: int,
             precision=contextlib.nullcontext) -> tuple[dict[str, list[float]], dict[str, float], float]:
     times: dict[str, list[float]] = defaultdict(list)
     flops: dict[str, float] = {}
     started: dict[str, float] = {}
-    handles = []
+
     def before(name: str):
         return lambda module, inputs: started.__setitem__(name, time.perf_counter())
 
@@ -52,20 +67,14 @@ def profile(model: nn.Module, x: torch.Tensor, runs: int,
             flops[name] = conv_flops(module, output)
         return hook
 
-    for name, module in model.named_modules():
-        if name and not list(module.children()):
-            handles.append(module.register_forward_pre_hook(before(name)))
-            handles.append(module.register_forward_hook(after(name)))
     totals = []
-    with torch.inference_mode(), precision():
+    with leaf_hooks(model, before, after), torch.inference_mode(), precision():
         model(x)
         times.clear()
         for _ in range(runs):
             start = time.perf_counter()
             model(x)
             totals.append(time.perf_counter() - start)
-    for handle in handles:
-        handle.remove()
     return times, flops, statistics.median(totals)
 
 
@@ -83,15 +92,10 @@ def layer_kernels(model: nn.Module, x: torch.Tensor, precision) -> dict[str, str
     def leave(module, inputs, output):
         scopes.pop().__exit__(None, None, None)
 
-    handles = []
-    for name, module in model.named_modules():
-        if name and not list(module.children()):
-            handles += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave)]
     cpu = [torch.profiler.ProfilerActivity.CPU]
-    with torch.inference_mode(), precision(), torch.profiler.profile(activities=cpu) as prof:
+    with leaf_hooks(model, enter, lambda name: leave), torch.inference_mode(), precision(), \
+            torch.profiler.profile(activities=cpu) as prof:
         model(x)
-    for handle in handles:
-        handle.remove()
     found = {}
     for event in prof.events():
         if event.name.startswith("layer:"):
