@@ -194,9 +194,10 @@ def test_the_held_out_configs_are_the_best_recipe_without_the_drive_they_validat
 
 @pytest.mark.parametrize(("part", "run", "more"), [
     (["heldout"], "fcn8s_il12_ema_w8_16k", ""),
+    (["heldout-cutmix"], "fcn8s_il12_ema_w8_16k_cutmix", ""),
     (["screen", "fcn8s_il12_ema_w8_16k_photo", "3"], "fcn8s_il12_ema_w8_16k_photo_3k_s3",
      " --iterations 3000 --seed 3"),
-], ids=["heldout", "screen"])
+], ids=["heldout", "heldout-cutmix", "screen"])
 def test_the_heldout_parts_train_then_score_the_held_out_drive_and_val(tmp_path, part, run, more):
     log = tmp_path / "calls"
     stub = tmp_path / "fcnseg"
