@@ -457,7 +457,7 @@ def test_taking_class_weights_back_flips_a_pixel_where_the_weights_decided_it(pr
     assert probe.adjusted_labels(probs, torch.ones(2), 1.0).shape == (2, 3)
 
 
-def test_probe_refuses_a_checkpoint_of_another_dataset_in_one_line(probe, tmp_path, monkeypatch, capsys):
+def test_probe_refuses_a_checkpoint_of_another_dataset_in_one_line(probe, tmp_path, monkeypatch):
     path = write_checkpoint({"format": "fcnseg-checkpoint", "version": 2, "config": {"dataset": "voc"}},
                             tmp_path / "last.pth")
     monkeypatch.setattr(sys, "argv", ["heldout_probe.py", str(path)])
