@@ -14,7 +14,7 @@ from fcnseg.errors import ConfigError, printable
 from fcnseg.metrics import format_table
 from fcnseg.runtime import is_main_process
 from fcnseg.train import TrainConfig, train
-from fcnseg.train.config import load_yaml
+from fcnseg.train.config import check_options, load_yaml
 from fcnseg.train.folder import saved_config
 
 
@@ -44,6 +44,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             overrides[key.strip().replace("-", "_")] = load_yaml(value)
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML: {yaml_problem(error)}") from None
+    check_options(overrides, "command line")
     if args.config:
         return TrainConfig.from_yaml(args.config, **overrides)
     out = Path(overrides.get("out", TrainConfig.out))

@@ -180,11 +180,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
         """Check names, types and ranges of ``data`` and build the config; errors name ``source`` and the key."""
-        hints = typing.get_type_hints(cls)
-        unknown = sorted(set(data) - set(hints))
-        if unknown:
-            raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(hints))}")
-        values = {key: check_type(value, hints[key], f"{source}: {key}") for key, value in data.items()}
+        values = check_options(data, source)
         # Read the starting net only when the run leaves part of its shape unsaid (learnable_upsampling alone
         # does not count: staged configs name the other four and stay readable before the starting run exists).
         if values.get("init_from") and not all(key in values for key in ARCHITECTURE[:4]):
@@ -245,6 +241,24 @@ PER_INVOCATION = ("resume", "overwrite")
 
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
                dict: "a mapping", list: "a list"}
+
+
+def check_options(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Each option of ``data`` alone, by name, type and range, as its type; errors name ``source`` and the key
+    (the command line's options are checked before they are merged into a config file's, so that a bad flag
+    is reported as the command line's)."""
+    fields = {item.name: item for item in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(TrainConfig)
+    values = {}
+    for key, value in data.items():
+        values[key] = check_type(value, hints[key], f"{source}: {key}")
+        allowed = fields[key].metadata.get("range")
+        if allowed is not None and values[key] is not None and not isinstance(values[key], str):
+            allowed.check(values[key], f"{source}: {key}")
+    return values
 
 
 def resolve_init_checkpoint(path: str) -> Path:
