@@ -60,9 +60,14 @@ def check_fields(instance: Any, where: str = "") -> None:
     """Check each field of dataclass ``instance`` that has a ``range`` in its metadata (None passes, and so does
     a word where a field takes numbers or a word); errors name ``where`` then the field."""
     for item in dataclasses.fields(instance):
-        allowed, value = item.metadata.get("range"), getattr(instance, item.name)
-        if allowed is not None and value is not None and not isinstance(value, str):
-            allowed.check(value, where + item.name)
+        check_field(item, getattr(instance, item.name), where + item.name)
+
+
+def check_field(item: dataclasses.Field, value: Any, name: str) -> None:
+    """``value`` against the ``range`` in field ``item``'s metadata, if it has one (see :func:`check_fields`)."""
+    allowed = item.metadata.get("range")
+    if allowed is not None and value is not None and not isinstance(value, str):
+        allowed.check(value, name)
 
 
 def _number(value: float) -> str:

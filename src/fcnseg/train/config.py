@@ -36,6 +36,7 @@ from fcnseg.ranges import (
     POSITIVE,
     SEED,
     Range,
+    check_field,
     check_fields,
 )
 
@@ -255,9 +256,7 @@ def check_options(data: dict[str, Any], source: str) -> dict[str, Any]:
     values = {}
     for key, value in data.items():
         values[key] = check_type(value, hints[key], f"{source}: {key}")
-        allowed = fields[key].metadata.get("range")
-        if allowed is not None and values[key] is not None and not isinstance(values[key], str):
-            allowed.check(values[key], f"{source}: {key}")
+        check_field(fields[key], values[key], f"{source}: {key}")
     return values
 
 
