@@ -75,3 +75,25 @@ def test_the_dense_path_a_gpu_takes_is_the_depthwise_function(stride, padding):
         layer.weight.mul_(torch.rand(5, 1, 1, 1) + 0.5)  # each class its own kernel: the diagonal must follow
     x = torch.randn(2, 5, 7, 9)
     torch.testing.assert_close(layer.dense_forward(x), nn.ConvTranspose2d.forward(layer, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("learnable, stride, padding", [(False, 8, 0), (False, 8, 4), (True, 2, 1)])
+def test_bf16_on_the_cpu_upsamples_in_float32(learnable, stride, padding):
+    # The CPU's bf16 transposed convolution has no fast kernel (10-50x slower than float32, AMX included), so
+    # under autocast the layer computes in float32 from the bf16 scores it is given, and says so by its dtype.
+    torch.manual_seed(0)
+    layer = Upsample(3, stride, learnable=learnable, padding=padding)
+    x = torch.randn(2, 3, 5, 6, requires_grad=True)
+    scores = x.bfloat16()  # what autocast's convolutions hand over
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(scores)
+    expected = nn.ConvTranspose2d.forward(layer, scores.detach().float())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    out.square().sum().backward()  # gradients still reach the input (and a learnable kernel, in float32)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert not learnable or layer.weight.grad.dtype == torch.float32
+    # A net cast to bf16 (no autocast) gets bf16 back, computed the same way.
+    half = Upsample(3, stride, learnable=learnable, padding=padding).bfloat16()
+    with torch.no_grad():
+        assert torch.equal(half(scores.detach()), expected.detach().bfloat16())

@@ -44,7 +44,25 @@ class Upsample(nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if self.groups != 1 and x.is_cuda and output_size is None:
             return self.dense_forward(x)
+        if x.device.type == "cpu" and (x.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")):
+            return self.float32_forward(x, output_size)
         return super().forward(x, output_size)
+
+    def float32_forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        """The upsampling in float32, for bfloat16 input or under CPU autocast.
+
+        The CPU's bfloat16 transposed convolution has no fast kernel, even with AMX: FCN-8s' x8 upsampling
+        of 1 x 21 x 80 x 80 scores took 101 ms in bf16 and 8 ms in float32, FCN-32s' x32 of 22 x 22 scores
+        717 ms and 13 ms (one thread, channels-last, Intel Xeon with AMX; docs/performance.md). Under
+        autocast the result stays float32 (as autocast's float32 ops do); a bfloat16 net gets bfloat16 back.
+        """
+        with torch.autocast("cpu", enabled=False):
+            weight = self.weight.float()
+            padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
+                                           self.dilation)
+            out = F.conv_transpose2d(x.float(), weight, None, self.stride, self.padding, padding, self.groups,
+                                     self.dilation)
+        return out if torch.is_autocast_enabled("cpu") else out.to(x.dtype)
 
     def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The frozen (depthwise) upsampling computed with the full ``channels x channels`` kernel.
