@@ -84,7 +84,10 @@ def photo(size: int) -> torch.Tensor:
 
     image = np.asarray(Image.open(files[0]).convert("RGB"))
     reps = (-(-size // image.shape[0]), -(-size // image.shape[1]), 1)
-    return normalize(np.ascontiguousarray(np.tile(image, reps)[:size, :size]), "caffe")[None]
+    # contiguous(): normalize gives a view in the image's HxWxC order, whose batch stride (3) no loader gives;
+    # oneDNN then takes it for neither layout and copies every activation of a contiguous net (issue 23's slow
+    # reference bf16 row). fcnseg.load and a DataLoader both stack images into a plain N x C x H x W batch.
+    return normalize(np.ascontiguousarray(np.tile(image, reps)[:size, :size]), "caffe")[None].contiguous()
 
 
 def onnx_paths(model: torch.nn.Module, label: str, threads: int, work: Path, images: int) -> dict[str, Path_]:
@@ -108,6 +111,8 @@ def fcnseg_paths(fcn8s: torch.nn.Module, x: torch.Tensor, threads: int, work: Pa
     fast.load_state_dict(reference.state_dict())
     last = build_model("fcn8s", num_classes=21, geometry="fast").eval().to(memory_format=torch.channels_last)
     last.load_state_dict(reference.state_dict())
+    # The reference net channels-last too, as fcnseg.load runs every checkpoint, for its bf16 row
+    reference_last = fcn_from_pytorch_fcn(fcn8s.state_dict(), name="fcn8s").eval().to(memory_format=torch.channels_last)
     with torch.no_grad():
         frozen = torch.jit.freeze(torch.jit.trace(last, x.contiguous(memory_format=torch.channels_last)))
     paths: dict[str, Path_] = {
@@ -118,7 +123,7 @@ def fcnseg_paths(fcn8s: torch.nn.Module, x: torch.Tensor, threads: int, work: Pa
     }
     if native_bf16():
         paths["fcnseg fast, channels_last, bf16 autocast"] = lambda t: _bf16(last, t)
-        paths["fcnseg reference, bf16 autocast"] = lambda t: _bf16(reference, t)
+        paths["fcnseg reference, channels_last, bf16 autocast"] = lambda t: _bf16(reference_last, t)
     paths.update(onnx_paths(reference, "reference", threads, work, images))
     paths.update(onnx_paths(fast, "fast", threads, work, images))
     return paths
