@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import functools
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
+from train_step import rounds
 
 from fcnseg.models.upsample import Upsample
 from fcnseg.runtime import cpu_model, native_bf16
@@ -27,18 +26,6 @@ from fcnseg.runtime import cpu_model, native_bf16
 CASES = (("FCN-8s x8, 500x500 reference", (1, 21, 70, 70), 8, 0),
          ("FCN-32s x32, 500x500 reference", (1, 21, 16, 16), 32, 0),
          ("CamVid recipe x8, batch 8", (8, 11, 32, 40), 8, 4))
-
-
-def milliseconds(forwards: dict[str, Callable[[], torch.Tensor]], rounds: int = 5) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in forwards}
-    for forward in forwards.values():
-        forward()
-    for _ in range(rounds):
-        for name, forward in forwards.items():
-            start = time.perf_counter()
-            forward()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 
 def autocast_forward(layer: Upsample, scores: torch.Tensor) -> torch.Tensor:
@@ -55,9 +42,10 @@ def main() -> None:
         half = Upsample(shape[1], stride, padding=padding).bfloat16()
         scores = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            times = milliseconds({"float32": functools.partial(autocast_forward, layer, scores),
-                                  "bf16": functools.partial(nn.ConvTranspose2d.forward, half, scores)})
-        print(f"| {what} | {times['float32']:.1f} | {times['bf16']:.1f} |")
+            times = rounds({"float32": functools.partial(autocast_forward, layer, scores),
+                            "bf16": functools.partial(nn.ConvTranspose2d.forward, half, scores)}, 5)
+        ms = {name: 1000 * statistics.median(values) for name, values in times.items()}
+        print(f"| {what} | {ms['float32']:.1f} | {ms['bf16']:.1f} |")
 
 if __name__ == "__main__":
     main()
