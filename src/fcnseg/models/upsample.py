@@ -51,10 +51,10 @@ class Upsample(nn.ConvTranspose2d):
     def float32_forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         """The upsampling in float32, for bfloat16 input or under CPU autocast.
 
-        The CPU's bfloat16 transposed convolution has no fast kernel, even with AMX: FCN-8s' x8 upsampling
-        of 1 x 21 x 80 x 80 scores took 101 ms in bf16 and 8 ms in float32, FCN-32s' x32 of 22 x 22 scores
-        717 ms and 13 ms (one thread, channels-last, Intel Xeon with AMX; docs/performance.md). Under
-        autocast the result stays float32 (as autocast's float32 ops do); a bfloat16 net gets bfloat16 back.
+        The CPU's bfloat16 transposed convolution has no fast kernel, even with AMX: the reference FCN-8s'
+        x8 upsampling at 500x500 took 77 ms in bf16 and 5 ms in float32, FCN-32s' x32 427 ms and 6 ms (one
+        thread, Intel Xeon with AMX; benchmarks/upsample_bf16.py, docs/performance.md). Under autocast the
+        result stays float32 (as autocast's float32 ops' does); a bfloat16 net gets bfloat16 back.
         """
         with torch.autocast("cpu", enabled=False):
             weight = self.weight.float()
