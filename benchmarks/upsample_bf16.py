@@ -47,5 +47,6 @@ def main() -> None:
         ms = {name: 1000 * statistics.median(values) for name, values in times.items()}
         print(f"| {what} | {ms['float32']:.1f} | {ms['bf16']:.1f} |")
 
+
 if __name__ == "__main__":
     main()

@@ -54,7 +54,7 @@ class Upsample(nn.ConvTranspose2d):
         The CPU's bfloat16 transposed convolution has no fast kernel, even with AMX: the reference FCN-8s'
         x8 upsampling at 500x500 took 77 ms in bf16 and 5 ms in float32, FCN-32s' x32 427 ms and 6 ms (one
         thread, Intel Xeon with AMX; benchmarks/upsample_bf16.py, docs/performance.md). Under autocast the
-        result stays float32 (as autocast's float32 ops' does); a bfloat16 net gets bfloat16 back.
+        result stays float32, as the results of autocast's float32 ops do; a bfloat16 net gets bfloat16 back.
         """
         with torch.autocast("cpu", enabled=False):
             weight = self.weight.float()
