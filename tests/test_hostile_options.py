@@ -243,6 +243,12 @@ def test_a_config_file_is_held_to_the_same_ranges(tmp_path, capsys, key, value, 
 # --- 10. Ctrl+C from the first instant: one line, exit code 130 ---------------------------------------------
 
 
+def default_ctrl_c() -> None:
+    """In the child: Ctrl+C as a terminal gives it. A shell started in the background starts its children with
+    SIGINT ignored, which exec keeps and which stops Python from installing its handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("delay", [0.01, 0.05, 0.2, 0.5])
 def test_ctrl_c_during_start_up_says_interrupted(tiny_checkpoint, tmp_path, delay):
     image = write_png(tmp_path / "a.png")
@@ -251,7 +257,7 @@ def test_ctrl_c_during_start_up_says_interrupted(tiny_checkpoint, tmp_path, dela
     run = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "fcnseg.cli", "predict", str(tiny_checkpoint),
                             str(image), "--out", str(tmp_path / "out"), "--threads", "1"],
                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+                           text=True, preexec_fn=default_ctrl_c)
     try:
         for line in run.stderr:
             if line.rstrip().endswith(" fcnseg.commands"):  # imported by fcnseg.cli at its top
@@ -303,10 +309,13 @@ def test_ctrl_c_that_a_library_swallows_while_the_commands_load_still_stops(caps
         return real(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", swallowing)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's, even if pytest's was ignored
     try:
         code = main(["predict", "model.pth", "a.png", "--out", "out"])
     except KeyboardInterrupt:
         pytest.fail("KeyboardInterrupt escaped main()")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 130 and capsys.readouterr().err.strip() == "fcnseg: interrupted"  # not run on as if not pressed
 
 
