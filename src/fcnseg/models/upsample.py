@@ -58,10 +58,10 @@ class Upsample(nn.ConvTranspose2d):
         """
         with torch.autocast("cpu", enabled=False):
             weight = self.weight.float()
-            padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
-                                           self.dilation)
-            out = F.conv_transpose2d(x.float(), weight, None, self.stride, self.padding, padding, self.groups,
-                                     self.dilation)
+            output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2,
+                                                  self.dilation)
+            out = F.conv_transpose2d(x.float(), weight, None, self.stride, self.padding, output_padding,
+                                     self.groups, self.dilation)
         return out if torch.is_autocast_enabled("cpu") else out.to(x.dtype)
 
     def dense_forward(self, x: torch.Tensor) -> torch.Tensor:
