@@ -176,9 +176,9 @@ def test_training_reads_the_split_once_for_its_weights(tmp_path, monkeypatch, ca
     for split in ("train", "val"):
         (tmp_path / "data" / "splits" / f"{split}.txt").write_text("0\n1\n")
     caplog.set_level("INFO", logger="fcnseg")
-    loads = []
-    original = FolderDataset.load
-    monkeypatch.setattr(FolderDataset, "load", lambda self, index: loads.append(index) or original(self, index))
+    loads = []  # the files read: training keeps the decoded training images and checks them from memory
+    original = FolderDataset.read
+    monkeypatch.setattr(FolderDataset, "read", lambda self, index: loads.append(index) or original(self, index))
     monkeypatch.setattr(loop, "run_iterations", lambda run, log: {})  # stop before the first iteration
     train(TrainConfig.from_dict({
         "backbone": "vgg16", "width": 1 / 16, "geometry": "fast", "dataset": "folder",

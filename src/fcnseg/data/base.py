@@ -47,7 +47,7 @@ def to_tensors(image: np.ndarray, label: np.ndarray, normalization: str) -> tupl
     A dataset labelled for several heads gives HxWxK labels (one map per head, channels last like the
     image); they become a K x H x W tensor.
     """
-    labels = torch.from_numpy(np.ascontiguousarray(label)).long()
+    labels = torch.from_numpy(np.array(label, dtype=np.int64, order="C"))  # a copy: the label may be read-only
     return normalize(image, normalization), labels.permute(2, 0, 1).contiguous() if labels.dim() == 3 else labels
 
 
@@ -106,6 +106,7 @@ class SegmentationDataset(Dataset, ABC):
         self.normalization = normalization
         self.seed = seed
         self.epoch = 0
+        self.kept: list[tuple[np.ndarray, np.ndarray]] | None = None  # see keep_loaded
 
     @abstractmethod
     def __len__(self) -> int:
@@ -125,16 +126,37 @@ class SegmentationDataset(Dataset, ABC):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The untransformed (image, label) pair, labels in ``info``'s classes (the class map applied)."""
+        if self.kept is not None:
+            return self.kept[index]
         image, label = self.read(index)
         return image, label if self.class_lut is None else self.class_lut[label]
 
+    def keep_loaded(self, samples: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Have ``load`` give these pairs, sample ``i`` the ``i``-th, instead of reading the files again.
+
+        Training reads every file once an epoch; decoding them (PNG, the label check) cost more CPU than
+        augmenting them. The pairs are made read-only: a transform that changed its input in place would
+        otherwise change the sample for every later epoch, so it fails instead.
+        """
+        kept = []
+        for image, label in samples:
+            image.flags.writeable = label.flags.writeable = False
+            kept.append((image, label))
+        if len(kept) != len(self):
+            raise ValueError(f"expected {len(self)} samples to keep, got {len(kept)}")
+        self.kept = kept
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sample(index, self.epoch)
+
+    def sample(self, index: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``index`` as epoch ``epoch`` augments it (with a ``seed``): the network's input and labels."""
         image, label = self.load(index)
         if self.transform is not None:
             if self.seed is None:
                 image, label = self.transform(image, label)
             else:
-                rng = np.random.default_rng((self.seed, self.epoch, index))
+                rng = np.random.default_rng((self.seed, epoch, index))
                 image, label = self.transform(image, label, rng=rng)
         return to_tensors(image, label, self.normalization)
 

@@ -125,6 +125,8 @@ class TrainConfig:
                                                  "(0/255 masks are refused unless 255 really means ignore)")
     batch_size: int = option(8, "images per step (per process under torchrun)", range=COUNT)
     workers: int = option(2, "data loading processes (one thread each)", range=NON_NEGATIVE_COUNT)
+    keep_decoded: bool = option(True, "keep the decoded training images in memory rather than read them every "
+                                      "epoch, where they take at most a quarter of the free memory")
     # optimisation
     recipe: str = option("modern", "modern: mean loss, momentum 0.9; paper: summed loss, momentum 0.99, "
                                    "fixed tiny lr, biases at 2x lr")

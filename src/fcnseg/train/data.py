@@ -8,21 +8,30 @@ whatever the number of loader workers.
 
 from __future__ import annotations
 
+import logging
 import math
+import multiprocessing
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.collate import PadCollate
 from fcnseg.data.mix import cut_mix
 from fcnseg.data.registry import build_dataset
 from fcnseg.data.transforms import PHOTOMETRIC, train_transforms
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, DataError
+from fcnseg.memory import available_bytes, format_bytes
+from fcnseg.progress import track
 from fcnseg.runtime import Runtime, worker_init
 from fcnseg.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+# The decoded training set is kept in memory where it takes at most this share of the free memory (each
+# process of a run on one machine keeps its own: the share leaves room for the others and for training).
+KEEP_SHARE = 0.25
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -78,23 +87,84 @@ def build_datasets(config: TrainConfig, normalization: str) -> tuple[Segmentatio
     return train, val
 
 
+def keep_decoded(dataset: SegmentationDataset, workers: int) -> bool:
+    """Decode the training set once and keep it in memory (:meth:`SegmentationDataset.keep_loaded`) where it
+    takes at most :data:`KEEP_SHARE` of the free memory; whether it was kept.
+
+    Workers forked from this process share the kept samples; workers started otherwise (spawn, forkserver)
+    would get a pickled copy at every epoch's start, so then nothing is kept. The estimate is the first sample's
+    size times the number of samples, plus a quarter for samples larger than the first.
+    """
+    if not len(dataset):
+        return False
+    start_method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    if workers and start_method != "fork":
+        log.info("reading the training images every epoch: loader workers started by %s would each get a copy of "
+                 "images kept in memory", start_method)
+        return False
+    try:  # a sample that cannot be read: nothing kept, and the dataset check lists every such sample
+        samples = [dataset.load(0)]
+        estimate = 1.25 * len(dataset) * sum(array.nbytes for array in samples[0])
+        room = KEEP_SHARE * available_bytes()
+        if estimate > room:
+            log.info("reading the training images every epoch: decoded, they would take about %s, more than a "
+                     "quarter of the free memory (%s)", format_bytes(estimate), format_bytes(room / KEEP_SHARE))
+            return False
+        rest = (dataset.load(index) for index in range(1, len(dataset)))
+        samples += track(rest, total=len(dataset) - 1, desc="decoding the training images", unit="image")
+    except DataError:
+        return False
+    dataset.keep_loaded(samples)
+    kept = sum(image.nbytes + label.nbytes for image, label in samples)
+    log.info("kept the %d decoded training images in memory (%s)", len(samples), format_bytes(kept))
+    return True
+
+
+class EpochBatches(Sampler[list[tuple[int, int]]]):
+    """The batches of a run from micro-batch ``first`` on, endlessly: lists of ``(epoch, sample index)``, each
+    epoch in ``sampler``'s order and ending with a short batch where the shard does not divide, as one
+    DataLoader per epoch would give them. The epoch travels with each index, so one set of loader workers
+    serves the whole run (starting workers every epoch cost CPU time and left the net waiting for the
+    first batches of each epoch)."""
+
+    def __init__(self, sampler: EpochSampler, batch_size: int, first: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+        self.per_epoch = math.ceil(sampler.per_rank / batch_size)
+        self.first = first
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, position = divmod(self.first, self.per_epoch)
+        while True:
+            self.sampler.set_position(epoch, position * self.batch_size)
+            order = list(self.sampler)
+            for start in range(0, len(order), self.batch_size):
+                yield [(epoch, index) for index in order[start:start + self.batch_size]]
+            epoch, position = epoch + 1, 0
+
+
+class EpochSamples(Dataset):
+    """``dataset``'s samples addressed by ``(epoch, index)``: as that epoch augments them."""
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        return self.dataset.sample(index, epoch)
+
+
 def micro_batches(dataset: SegmentationDataset, sampler: EpochSampler, config: TrainConfig, runtime: Runtime,
                   first: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """``(epoch, images, labels)`` forever, starting at micro-batch ``first`` of the run."""
-    per_epoch = math.ceil(sampler.per_rank / config.batch_size)
-    epoch, position = divmod(first, per_epoch)
-    while True:
-        dataset.set_epoch(epoch)
-        sampler.set_position(epoch, position * config.batch_size)
-        # Its own generator: creating a loader must not draw from the global RNG that dropout uses, or a
-        # resumed run (which creates one more loader, mid-epoch) would drift from the uninterrupted one.
-        generator = epoch_generator(config.seed, epoch)
-        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                            collate_fn=PadCollate(dataset.info.ignore_index), pin_memory=runtime.device.type == "cuda",
-                            worker_init_fn=worker_init, generator=generator)
-        for batch, (images, labels) in enumerate(loader, start=position):
-            if config.cutmix:  # boxes from (seed, epoch, batch, rank): a resumed run draws the same ones
-                rng = np.random.default_rng((config.seed, epoch, batch, runtime.rank))
-                images, labels = cut_mix(images, labels, config.cutmix, rng)
-            yield epoch, images, labels
-        epoch, position = epoch + 1, 0
+    batches = EpochBatches(sampler, config.batch_size, first)
+    # Its own generator: creating a loader must not draw from the global RNG that dropout uses, or a
+    # resumed run (which creates one more loader) would drift from the uninterrupted one.
+    loader = DataLoader(EpochSamples(dataset), batch_sampler=batches, num_workers=config.workers,
+                        collate_fn=PadCollate(dataset.info.ignore_index), pin_memory=runtime.device.type == "cuda",
+                        worker_init_fn=worker_init, generator=epoch_generator(config.seed, 0))
+    for count, (images, labels) in enumerate(loader, start=first):
+        epoch, batch = divmod(count, batches.per_epoch)
+        if config.cutmix:  # boxes from (seed, epoch, batch, rank): a resumed run draws the same ones
+            rng = np.random.default_rng((config.seed, epoch, batch, runtime.rank))
+            images, labels = cut_mix(images, labels, config.cutmix, rng)
+        yield epoch, images, labels

@@ -38,8 +38,9 @@ RUN_FILES = ("config.yaml", "metrics.csv", "last.pth", "best.pth")
 SHARED_CHECK = ".fcnseg-shared-check"  # rank 0 writes it, every rank reads it back, rank 0 removes it
 NET_KEYS = ("model", "backbone", "width", "geometry", "learnable_upsampling")
 # Options a resumed run may change: they do not change what is computed.
-FREE_KEYS = {"iterations", "val_interval", "checkpoint_interval", "log_interval", "val_limit", "workers", "device",
-             "threads", "max_memory", "out", "resume", "root", "init_from", "imagenet_weights", "overwrite"}
+FREE_KEYS = {"iterations", "val_interval", "checkpoint_interval", "log_interval", "val_limit", "workers",
+             "keep_decoded", "device", "threads", "max_memory", "out", "resume", "root", "init_from",
+             "imagenet_weights", "overwrite"}
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from fcnseg.outputs import refuse_if_held
 from fcnseg.runtime import keep_freed_memory, start
 from fcnseg.train.budget import check_step_memory, configured_budget
 from fcnseg.train.config import TrainConfig
-from fcnseg.train.data import micro_batches
+from fcnseg.train.data import keep_decoded, micro_batches
 from fcnseg.train.elastic import after_restart, killed_for_a_test
 from fcnseg.train.ema import update_ema
 from fcnseg.train.folder import check_new_run, check_shared, finished, hold, open_run
@@ -67,6 +67,8 @@ def check_data(run: Run) -> None:
     """Read both splits once before training (in the loader's workers) and report every bad sample at once;
     class weights to balance come from the training split's pixels counted on the way."""
     config, counted = run.config, None
+    if config.keep_decoded:  # first: the check then reads the samples from memory, each file decoded once
+        keep_decoded(run.train_set, config.workers)
     if run.runtime.is_main:  # one process reads; a DataError stops the others at the process group's end
         counted = check_dataset(run.train_set, "the training split", config.workers,
                                 accept_only_class_zero=config.accept_only_class_zero)
