@@ -269,11 +269,9 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: 
     A net with several ``heads`` (class counts; targets N x K x H x W) is trained on the sum of each head's
     loss, as the authors' SIFT Flow nets are; ``class_weights`` then weigh the first head's classes.
     """
-    # Contiguous: the CPU's cross-entropy is slower on a channels-last net's logits than on a copy (62 against
-    # 54 ms, copy included, forward and backward of a CamVid batch: benchmarks/loss_layout.py).
-    logits = logits.float().contiguous()
     if heads is None or len(heads) == 1:
-        return F.cross_entropy(logits, target, weight=class_weights, ignore_index=ignore_index, reduction=reduction)
-    parts = logits.split(heads, 1)
+        return F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index,
+                               reduction=reduction)
+    parts = logits.float().split(heads, 1)
     return sum(F.cross_entropy(part, target[:, k], weight=class_weights if k == 0 else None,
                                ignore_index=ignore_index, reduction=reduction) for k, part in enumerate(parts))
