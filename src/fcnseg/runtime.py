@@ -116,10 +116,14 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
+def local_processes() -> int:
+    """The processes of this run on this machine (torchrun's ``LOCAL_WORLD_SIZE``; 1 outside torchrun)."""
+    return max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+
+
 def default_threads() -> int:
     """The usable cores, shared out between the processes torchrun runs on this machine."""
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, usable_cores() // max(local_processes, 1))
+    return max(1, usable_cores() // local_processes())
 
 
 def set_threads(threads: int | None = None) -> int:

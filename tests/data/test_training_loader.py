@@ -99,7 +99,11 @@ def test_nothing_is_kept_where_it_would_take_over_a_quarter_of_the_free_memory(t
     caplog.set_level("INFO", logger="fcnseg")
     assert not keep_decoded(dataset, workers=0) and dataset.kept is None
     assert mentions(caplog.text, "37.5 KB") and "reading the training images every epoch" in caplog.text
-    monkeypatch.setattr(train_data, "available_bytes", lambda: 4 * 38400)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's second process on this machine keeps a copy too
+    monkeypatch.setattr(train_data, "available_bytes", lambda: 8 * 38400 - 8)
+    caplog.clear()
+    assert not keep_decoded(dataset, workers=0) and "shared by the 2 processes" in caplog.text
+    monkeypatch.setattr(train_data, "available_bytes", lambda: 8 * 38400)
     assert keep_decoded(dataset, workers=0) and len(dataset.kept) == 4
 
 

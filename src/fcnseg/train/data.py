@@ -25,12 +25,12 @@ from fcnseg.data.transforms import PHOTOMETRIC, train_transforms
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.memory import available_bytes, format_bytes
 from fcnseg.progress import track
-from fcnseg.runtime import Runtime, worker_init
+from fcnseg.runtime import Runtime, local_processes, worker_init
 from fcnseg.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
-# The decoded training set is kept in memory where it takes at most this share of the free memory (each
-# process of a run on one machine keeps its own: the share leaves room for the others and for training).
+# The decoded training set is kept in memory where it takes at most this share of the free memory, divided
+# between the run's processes on the machine (each keeps its own copy).
 KEEP_SHARE = 0.25
 
 
@@ -89,7 +89,8 @@ def build_datasets(config: TrainConfig, normalization: str) -> tuple[Segmentatio
 
 def keep_decoded(dataset: SegmentationDataset, workers: int) -> bool:
     """Decode the training set once and keep it in memory (:meth:`SegmentationDataset.keep_loaded`) where it
-    takes at most :data:`KEEP_SHARE` of the free memory; whether it was kept.
+    takes at most :data:`KEEP_SHARE` of the free memory (divided between the run's processes on this machine);
+    whether it was kept.
 
     Workers forked from this process share the kept samples; workers started otherwise (spawn, forkserver)
     would get a pickled copy at every epoch's start, so then nothing is kept. The estimate is the first sample's
@@ -105,10 +106,11 @@ def keep_decoded(dataset: SegmentationDataset, workers: int) -> bool:
     try:  # a sample that cannot be read: nothing kept, and the dataset check lists every such sample
         samples = [dataset.load(0)]
         estimate = 1.25 * len(dataset) * sum(array.nbytes for array in samples[0])
-        room = KEEP_SHARE * available_bytes()
-        if estimate > room:
+        free, processes = available_bytes(), local_processes()
+        if estimate > KEEP_SHARE * free / processes:
+            each = f", shared by the {processes} processes of this run on this machine" if processes > 1 else ""
             log.info("reading the training images every epoch: decoded, they would take about %s, more than a "
-                     "quarter of the free memory (%s)", format_bytes(estimate), format_bytes(room / KEEP_SHARE))
+                     "quarter of the free memory (%s%s)", format_bytes(estimate), format_bytes(free), each)
             return False
         rest = (dataset.load(index) for index in range(1, len(dataset)))
         samples += track(rest, total=len(dataset) - 1, desc="decoding the training images", unit="image")
