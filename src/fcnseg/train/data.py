@@ -93,7 +93,7 @@ def keep_decoded(dataset: SegmentationDataset, workers: int) -> bool:
     whether it was kept.
 
     Workers forked from this process share the kept samples; workers started otherwise (spawn, forkserver)
-    would get a pickled copy at every epoch's start, so then nothing is kept. The estimate is the first sample's
+    would each get a pickled copy, so then nothing is kept. The estimate is the first sample's
     size times the number of samples, plus a quarter for samples larger than the first.
     """
     if not len(dataset):
