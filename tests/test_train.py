@@ -371,3 +371,21 @@ print(default, kept_after_free())
     assert done.returncode == 0, done.stderr
     default, kept = map(int, done.stdout.split())
     assert default < 8 and kept >= 60, (default, kept)
+
+
+def test_training_flushes_denormal_numbers_to_zero_and_stops_after(tmp_path, monkeypatch):
+    # 1e-39 is below float32's smallest normal number: flushed, it computes as 0 (a slow microcode path on x86
+    # otherwise); training runs in that mode and leaves it as it found it (torch's default, off).
+    from fcnseg.runtime import flush_denormals
+    from fcnseg.train import loop
+
+    denormal = torch.tensor([1e-39])
+    with flush_denormals() as supported:
+        if not supported:
+            pytest.skip("this CPU has no flush-to-zero mode")
+        assert (denormal * 1.0).item() == 0.0
+    assert (denormal * 1.0).item() == pytest.approx(1e-39, rel=1e-3)
+    seen = []
+    monkeypatch.setattr(loop, "run_iterations", lambda run, log: seen.append((denormal * 1.0).item()) or {})
+    train(_config(tmp_path, "flushed", iterations=1))
+    assert seen == [0.0] and (denormal * 1.0).item() > 0

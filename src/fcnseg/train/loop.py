@@ -13,7 +13,7 @@ from fcnseg.data.check import check_dataset
 from fcnseg.errors import TrainingError
 from fcnseg.evaluate import evaluate
 from fcnseg.outputs import refuse_if_held
-from fcnseg.runtime import keep_freed_memory, start
+from fcnseg.runtime import flush_denormals, keep_freed_memory, start
 from fcnseg.train.budget import check_step_memory, configured_budget
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import keep_decoded, micro_batches
@@ -43,7 +43,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if runtime.is_main:
             refuse_if_held(config.out)
         replaced = check_new_run(config)  # every rank: each stops here rather than wait for a main that stopped
-    with hold(config, runtime):
+    with hold(config, runtime), flush_denormals():  # tiny gradients: slow arithmetic unless flushed to 0
         check_shared(config, runtime)
         resumed = open_run(config, runtime, replaced)
         if resumed is not None and finished(resumed, config):
