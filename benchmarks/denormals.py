@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from fcnseg.checkpoint import read_checkpoint
+from fcnseg.errors import FcnsegError
 from fcnseg.runtime import cpu_model
 
 TINY = torch.finfo(torch.float32).tiny
@@ -31,7 +33,13 @@ def main() -> None:
     parser.add_argument("checkpoint")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["optimizer"]["state"].values()
+    try:
+        checkpoint = read_checkpoint(args.checkpoint)
+    except FcnsegError as error:
+        raise SystemExit(f"denormals.py: {error}") from None
+    if "optimizer" not in checkpoint:
+        raise SystemExit(f"denormals.py: {args.checkpoint} holds no optimizer state: give a training run's last.pth")
+    state = checkpoint["optimizer"]["state"].values()
     averages = [entry["exp_avg"].clone() for entry in state]
     squares = [entry["exp_avg_sq"].clone() for entry in state]
     weights = [torch.randn(average.shape, generator=torch.Generator().manual_seed(0)) * 0.05 for average in averages]

@@ -1,10 +1,10 @@
 """Where one training step of the best CamVid recipe's net goes, op by op and shape by shape, on the CPU.
 
 The net of configs/camvid/fcn8s_il12_ema_w8_16k.yaml (FCN-8s, VGG16-BN at 1/8 width, fast geometry,
-channels-last), a batch of 8 random 240x320 crops and labels, class-weighted cross-entropy as training computes
-it (``segmentation_loss``), AdamW; bf16 autocast where the CPU computes bf16 natively, else float32 (or as
-``--amp`` says). ``torch.profiler`` over ``--steps`` steps after two warm-up steps; the table lists the ops with
-the most time of their own, per step, with their input shapes.
+channels-last), a batch of 8 random 240x320 crops and labels, mean cross-entropy, AdamW: the step
+``benchmarks/train_step.py`` times (``step_of``); bf16 autocast where the CPU computes bf16 natively, else
+float32 (or as ``--amp`` says). ``torch.profiler`` over ``--steps`` steps after two warm-up steps; the table
+lists the ops with the most time of their own, per step, with their input shapes.
 
 Usage: .venv/bin/python benchmarks/step_profile.py [--threads 1] [--steps 4] [--amp auto|bf16|none] [--rows 15]
 """
@@ -15,31 +15,21 @@ import argparse
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from train_step import step_of
 
 from fcnseg import build_model
 from fcnseg.runtime import cpu_model, native_bf16
-from fcnseg.train.run import segmentation_loss
 
 
 def recipe_step(bf16: bool):
-    """One optimizer step of the recipe's net on a fixed random batch."""
+    """One optimizer step of the recipe's net on a fixed random batch, as train_step.py times it."""
     torch.manual_seed(0)
     model = build_model("fcn8s", backbone="vgg16_bn", num_classes=11, width=0.125, geometry="fast").train()
-    model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(8, 3, 240, 320, generator=generator).contiguous(memory_format=torch.channels_last)
+    images = torch.randn(8, 3, 240, 320, generator=generator)
     labels = torch.randint(0, 11, (8, 240, 320), generator=generator)
-    weights = torch.rand(11, generator=generator) + 0.5
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(images)
-        segmentation_loss(logits, labels, 255, "mean", weights).backward()
-        optimizer.step()
-
-    return step
+    return step_of(model, images, labels, optimizer, channels_last=True, bf16=bf16, reduction="mean")
 
 
 def main() -> None:

@@ -55,6 +55,8 @@ def per_batch(workers: int, keep: bool) -> tuple[float, float, float]:
 
 
 def main() -> None:
+    if not (SHARED / "camvid").is_dir():
+        raise SystemExit(f"train_loader.py: CamVid is not at {SHARED / 'camvid'}")
     torch.set_num_threads(1)
     keep_freed_memory()  # as fcnseg train does
     print(f"{cpu_model()}, torch {torch.__version__}, {EPOCHS} epochs of the best CamVid recipe's batches")
