@@ -196,6 +196,20 @@ def test_the_held_out_configs_are_the_best_recipe_without_the_drive_they_validat
         assert {key for key, _ in changed} <= photometric or changed <= singles, (name, changed)
 
 
+def test_the_best_recipe_is_the_held_out_choice_trained_on_all_of_train():
+    """``scripts/camvid.sh best`` trains what the held-out drive chose (CutMix), on every training frame and
+    validated on val; the one other difference is ``amp: auto`` (bf16 only where the CPU computes it natively)."""
+    script = (REPO / "scripts" / "camvid.sh").read_text()
+    best_name = re.search(r"^BEST=(\w+)", script, re.MULTILINE).group(1)
+    assert re.search(r"^\s*best\) train \$BEST ", script, re.MULTILINE)
+    best = TrainConfig.from_yaml(REPO / "configs" / "camvid" / f"{best_name}.yaml").to_dict()
+    chosen = TrainConfig.from_yaml(REPO / "configs" / "camvid" / "heldout" / f"{best_name}.yaml").to_dict()
+    differing = {key: (best[key], chosen[key]) for key in best if best[key] != chosen[key]}
+    assert differing == {"train_split": ("train", "train[-0006R0]"), "val_split": ("val", "train[0006R0]"),
+                         "out": (f"runs/camvid/{best_name}", f"runs/heldout/{best_name}"), "amp": ("auto", "none")}
+    assert best["cutmix"] == 0.5
+
+
 @pytest.mark.parametrize(("part", "run", "more"), [
     (["heldout"], "fcn8s_il12_ema_w8_16k", ""),
     (["heldout-cutmix"], "fcn8s_il12_ema_w8_16k_cutmix", ""),
