@@ -5,10 +5,11 @@ Full width: pytorch-fcn's FCN8s (torchfcn 1.9.7, loaded as in side_by_side.py, r
 fcnseg's FCN-8s on the same weights, 500x500, batch 1, the paper's SGD (momentum 0.99, summed loss).
 CPU width: the CamVid recipe's net (VGG16-BN at 1/8 width, fast geometry, batch 8 of 240x320 crops, AdamW),
 which pytorch-fcn cannot build (it has neither widths nor batch norm), so fcnseg's settings are compared
-among themselves. Loader: the CamVid recipe's training loader alone (read, augment, normalise, collate),
-in images per second, to show it keeps ahead of the steps. Rounds alternate A B A B after a warm-up step.
+among themselves (``--widths`` times it at other widths too: what a wider net costs per step). Loader: the
+CamVid recipe's training loader alone (read, augment, normalise, collate), in images per second, to show it
+keeps ahead of the steps. Rounds alternate A B A B after a warm-up step.
 
-Usage: .venv/bin/python benchmarks/train_step.py [--threads 1] [--rounds 3] [--skip-full-width]
+Usage: .venv/bin/python benchmarks/train_step.py [--threads 1] [--rounds 3] [--skip-full-width] [--widths 0.125 0.25]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fcnseg.models.weights import fcn_from_pytorch_fcn
 from fcnseg.runtime import native_bf16
 
 Step = Callable[[], None]
+RECIPE_WIDTH = 0.125  # configs/camvid/fcn8s_il12_ema_w8_16k.yaml
 
 
 def step_of(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -70,18 +72,21 @@ def full_width_steps(size: int) -> dict[str, Step]:
     return steps
 
 
-def cpu_width_steps() -> dict[str, Step]:
+def cpu_width_steps(widths: list[float]) -> dict[str, Step]:
     x = torch.randn(8, 3, 240, 320, generator=torch.Generator().manual_seed(0))
     target = torch.randint(0, 11, (8, 240, 320), generator=torch.Generator().manual_seed(1))
     steps = {}
-    for label, channels_last, bf16 in (("fcnseg fast", False, False), ("fcnseg fast, channels_last", True, False),
-                                       ("fcnseg fast, channels_last, bf16", True, True)):
-        if bf16 and not native_bf16("cpu"):
-            continue
-        torch.manual_seed(0)
-        model = build_model("fcn8s", backbone="vgg16_bn", width=0.125, num_classes=11, geometry="fast").train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
-        steps[label] = step_of(model, x, target, optimizer, channels_last, bf16, reduction="mean")
+    for width in widths:
+        named = f"width {width}, " if widths != [RECIPE_WIDTH] else ""
+        for label, channels_last, bf16 in (("fcnseg fast", False, False),
+                                           ("fcnseg fast, channels_last", True, False),
+                                           ("fcnseg fast, channels_last, bf16", True, True)):
+            if bf16 and not native_bf16("cpu"):
+                continue
+            torch.manual_seed(0)
+            model = build_model("fcn8s", backbone="vgg16_bn", width=width, num_classes=11, geometry="fast").train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
+            steps[named + label] = step_of(model, x, target, optimizer, channels_last, bf16, reduction="mean")
     return steps
 
 
@@ -133,14 +138,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=500)
     parser.add_argument("--skip-full-width", action="store_true")
+    parser.add_argument("--widths", type=float, nargs="+", default=[RECIPE_WIDTH],
+                        help="widths of the CamVid recipe's net to time (what a wider net costs per step)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{args.threads} thread(s), torch {torch.__version__}, native bf16: {native_bf16('cpu')}")
     if not args.skip_full_width:
         print_table(f"Full width FCN-8s, {args.size}x{args.size}, batch 1, SGD (the paper's)",
                     rounds(full_width_steps(args.size), args.rounds), 1)
-    print_table("CamVid recipe net (VGG16-BN 1/8, fast), batch 8 of 240x320, AdamW",
-                rounds(cpu_width_steps(), args.rounds), 8)
+    print_table("CamVid recipe net (VGG16-BN, fast; 1/8 width unless named), batch 8 of 240x320, AdamW",
+                rounds(cpu_width_steps(args.widths), args.rounds), 8)
     if (SHARED / "camvid").is_dir():
         for workers in (0, 1):
             print(f"CamVid training loader alone, {workers} worker(s): {loader_rate(workers):.0f} images/s")

@@ -17,13 +17,15 @@
 #               (docs/camvid/heldout/<run>) and on val (docs/camvid/heldout/<run>_val)
 #   heldout-photo  the same with photometric augmentation (configs/camvid/heldout/fcn8s_il12_ema_w8_16k_photo.yaml)
 #   heldout-cutmix the same with CutMix (configs/camvid/heldout/fcn8s_il12_ema_w8_16k_cutmix.yaml)
+#   heldout-w4  CutMix at 1/4 width for 10000 it., about the same CPU time in bf16 (give --amp bf16 or auto;
+#               configs/camvid/heldout/fcn8s_il12_ema_w4_10k_cutmix.yaml)
 #   screen CONFIG SEED  a 3000-iteration screen of configs/camvid/heldout/CONFIG.yaml with --seed SEED, into
 #               runs/heldout/CONFIG_3k_sSEED, scored the same way (the seeds measure the spread between runs)
 #   eval        score every run's last.pth on val into docs/camvid/<run> (the last iteration: nothing is
 #               chosen on val); the one-stage 11-class runs also with test-time flips and scales (<run>_tta),
 #               and the EMA runs' training weights (kept in last.pth beside the average) into <run>_train_weights
-# Flags after PART go to every fcnseg train, e.g. --threads 1 (as docs/camvid.md's runs were made); heldout,
-# heldout-photo and heldout-cutmix also pass --threads to their fcnseg eval.
+# Flags after PART go to every fcnseg train, e.g. --threads 1 (as docs/camvid.md's runs were made);
+# the heldout parts also pass --threads to their fcnseg eval.
 set -euo pipefail
 FCNSEG=${FCNSEG:-.venv/bin/fcnseg}
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -66,6 +68,7 @@ case $part in
   heldout) heldout fcn8s_il12_ema_w8_16k fcn8s_il12_ema_w8_16k "$@" ;;
   heldout-photo) heldout fcn8s_il12_ema_w8_16k_photo fcn8s_il12_ema_w8_16k_photo "$@" ;;
   heldout-cutmix) heldout fcn8s_il12_ema_w8_16k_cutmix fcn8s_il12_ema_w8_16k_cutmix "$@" ;;
+  heldout-w4) heldout fcn8s_il12_ema_w4_10k_cutmix fcn8s_il12_ema_w4_10k_cutmix "$@" ;;
   screen)  # screen CONFIG SEED [flags]: 3000 iterations of heldout/CONFIG with --seed SEED, scored as above
     [[ $# -ge 2 && -f configs/camvid/heldout/$1.yaml && $2 =~ ^[0-9]+$ ]] || {
       echo "usage: scripts/camvid.sh screen CONFIG SEED [fcnseg train flags], CONFIG one of:" \
@@ -95,6 +98,6 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
         score runs/camvid/${run}_train_weights.pth ${run}_train_weights
       fi
     done ;;
-  *) echo "usage: scripts/camvid.sh best|il12|il11|il-ema|plain-ema|il|mf|plain|w4|road|32s-16s-8s|atonce|control|heldout|heldout-photo|heldout-cutmix|screen CONFIG SEED|eval [fcnseg train flags]" >&2
+  *) echo "usage: scripts/camvid.sh best|il12|il11|il-ema|plain-ema|il|mf|plain|w4|road|32s-16s-8s|atonce|control|heldout|heldout-photo|heldout-cutmix|heldout-w4|screen CONFIG SEED|eval [fcnseg train flags]" >&2
      exit 2 ;;
 esac
