@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg import inference
-from fcnseg.inference import predict_labels, predict_probs, tile
+from fcnseg.inference import class_argmax, predict_labels, predict_probs, tile
 
 from .helpers import random_fcn
 
@@ -90,6 +90,23 @@ def test_tiles_cover_the_axis_evenly_with_the_overlap_asked_for():
                     assert all(a + size - b >= shared - 1 for a, b in zip(starts, starts[1:], strict=False))
                     count = len(starts) - 1
                     assert count == 1 or count * window - (count - 1) * shared < length
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_class_argmax_is_torchs_argmax_with_its_ties_and_nans(layout):
+    # Scores of few distinct values tie often; the first of equal maxima wins, and a NaN counts as the largest.
+    scores = torch.randint(0, 3, (2, 11, 6, 7), generator=torch.Generator().manual_seed(0)).float()
+    scores[0, 4, 0, 0] = float("nan")
+    scores[1, 2, 3, 3] = scores[1, 9, 3, 3] = float("nan")  # the first NaN's class
+    if layout == "channels_last":
+        scores = scores.contiguous(memory_format=torch.channels_last)
+    labels = class_argmax(scores)
+    assert labels.dtype == torch.int64 and torch.equal(labels, scores.argmax(1))
+    assert labels[0, 0, 0] == 4 and labels[1, 3, 3] == 2
+    tied = (scores == scores.amax(1, keepdim=True)).sum(1) > 1
+    assert tied.sum() > 20  # the ties are there to be broken: by the lowest class
+    assert torch.equal(labels[tied], (scores == scores.amax(1, keepdim=True)).float().argmax(1)[tied])
+    assert torch.equal(class_argmax(scores[0], dim=0), scores[0].argmax(0))
 
 
 def test_whole_mode_is_softmax_of_the_logits():

@@ -29,7 +29,7 @@ from fcnseg.checkpoint import unwrap
 from fcnseg.data.collate import PadCollate
 from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, DataError, printable
-from fcnseg.inference import Forward, InferenceOptions, predict_labels, predict_probs
+from fcnseg.inference import Forward, InferenceOptions, class_argmax, predict_labels, predict_probs
 from fcnseg.metrics import SCORE_KEYS, BinaryCurve, ConfusionMatrix, format_per_class, format_table
 from fcnseg.outputs import Outputs
 from fcnseg.progress import bar as progress_bar
@@ -145,7 +145,7 @@ def _predict_and_count(forward: Forward, images: torch.Tensor, labels: torch.Ten
         predicted = predict_labels(forward, images, options, heads=heads)
     else:
         probs = predict_probs(forward, images, options)
-        predicted = probs.argmax(1)
+        predicted = class_argmax(probs)
         curve.update(probs[:, curve.positive], labels)
     _count(confusions, predicted, labels)
 

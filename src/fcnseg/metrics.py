@@ -23,6 +23,7 @@ from torch import Tensor
 
 from fcnseg.data.info import IGNORE_INDEX, masks_saved_as_zero_ignore
 from fcnseg.errors import DataError, printable
+from fcnseg.inference import class_argmax
 from fcnseg.runtime import all_reduce_sum
 
 # The four scores' names, in the paper's order: keys of every scores dict, metrics.csv's and the tables' columns.
@@ -165,7 +166,7 @@ class ConfusionMatrix:
                     f"logits have {pred_or_logits.shape[1]} channels at dim 1 but num_classes is "
                     f"{self.num_classes}"
                 )
-            pred = pred_or_logits.argmax(dim=1)
+            pred = class_argmax(pred_or_logits)
         else:
             pred = pred_or_logits
         counts = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
