@@ -10,25 +10,12 @@ Usage: .venv/bin/python benchmarks/argmax.py
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from train_step import rounds
 
 from fcnseg.inference import class_argmax
 from fcnseg.runtime import cpu_model
-
-
-def milliseconds(calls: dict[str, Callable[[], torch.Tensor]], repeats: int = 21) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for call in calls.values():
-        call()
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -39,7 +26,8 @@ def main() -> None:
         scores = torch.randn(1, classes, 360, 480, generator=torch.Generator().manual_seed(classes))
         for layout, x in (("NCHW", scores), ("channels-last", scores.contiguous(memory_format=torch.channels_last))):
             assert torch.equal(class_argmax(x), x.argmax(1))
-            times = milliseconds({"argmax": lambda x=x: x.argmax(1), "class_argmax": lambda x=x: class_argmax(x)})
+            times = {name: 1000 * statistics.median(values) for name, values in rounds(
+                {"argmax": lambda x=x: x.argmax(1), "class_argmax": lambda x=x: class_argmax(x)}, 21).items()}
             print(f"| {classes} | {layout} | {times['argmax']:.1f} | {times['class_argmax']:.1f} | "
                   f"{times['argmax'] / times['class_argmax']:.1f}x |", flush=True)
 
