@@ -51,6 +51,9 @@ heldout() {  # heldout CONFIG NAME [flags]: train configs/camvid/heldout/CONFIG.
   $FCNSEG eval "$weights" --dataset camvid --root "$ROOT" --split val "${threads[@]}" \
     --out "docs/camvid/heldout/$2_val" --overwrite
 }
+# The parts run from a function, called on the script's last line together with exit: bash has read all of it
+# before a part starts, so an edit saved while a long training runs cannot shift the lines it reads next.
+run_part() {
 case $part in
   best) train $BEST "$@" ;;
   il12) train fcn8s_il12_ema_w8_16k "$@" ;;
@@ -101,3 +104,5 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
   *) echo "usage: scripts/camvid.sh best|il12|il11|il-ema|plain-ema|il|mf|plain|w4|road|32s-16s-8s|atonce|control|heldout|heldout-photo|heldout-cutmix|heldout-w4|screen CONFIG SEED|eval [fcnseg train flags]" >&2
      exit 2 ;;
 esac
+}
+run_part "$@"; exit

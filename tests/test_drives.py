@@ -241,6 +241,25 @@ def test_the_heldout_parts_train_then_score_the_held_out_drive_and_val(tmp_path,
                         f"--out docs/camvid/heldout/{run}_val --overwrite")
 
 
+def test_the_script_finishes_its_part_when_its_file_changes_during_a_run(tmp_path):
+    # bash reads a script as it runs it: an edit saved in place during a two-hour training shifted the lines
+    # under the running part, which failed after the training with a syntax error instead of scoring the run.
+    script = tmp_path / "camvid.sh"
+    script.write_text((REPO / "scripts" / "camvid.sh").read_text())
+    log = tmp_path / "calls"
+    stub = tmp_path / "fcnseg"  # the training call rewrites the script in place, as an editor may
+    stub.write_text(f'#!/bin/sh\necho "$*" >> {log}\ncase "$1" in train) {{ printf "#!/usr/bin/env bash\\n'
+                    f'# a longer header than before, line after line of it\\n%.0s" 1 2 3 4 5 6; '
+                    f'tail -n +2 {script}; }} > {script}.new && cat {script}.new > {script} ;; esac\n')
+    stub.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "FCNSEG": str(stub), "CAMVID_ROOT": "/data/camvid"}
+    done = subprocess.run(["bash", str(script), "heldout", "--threads", "1"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert "a longer header" in script.read_text()  # the file did change under the run
+    assert done.returncode == 0, done.stderr
+    assert [call.split()[0] for call in log.read_text().splitlines()] == ["train", "eval", "eval"]
+
+
 # ---- photometric augmentation ------------------------------------------------------------------------------
 
 
