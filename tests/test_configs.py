@@ -51,13 +51,15 @@ def test_numbers_in_exponent_form_are_numbers_in_files_flags_and_set(tmp_path):
         TrainConfig.from_yaml(tmp_path / "quoted.yaml")
 
 
-@pytest.mark.parametrize("given", [["--threads", "0"], ["--set", "threads=0"], ["--set", "bogus=1"]])
+@pytest.mark.parametrize("given", [["--threads", "0"], ["--set", "threads=0"], ["--set", "bogus=1"],
+                                   ["--amp", "bogus"], ["--set", "optimizer=adam"]])
 def test_a_bad_flag_is_reported_as_the_command_lines_not_the_config_files(tmp_path, given):
     """``--threads 0`` with ``--config run.yaml`` was reported as "run.yaml: threads must be ...", sending the
     user to a file that holds no such value."""
     (tmp_path / "run.yaml").write_text("dataset: synthetic\n")
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "run.yaml"), *given])
-    with pytest.raises(ConfigError, match=r"^command line: (threads must be|unknown option)"):
+    with pytest.raises(ConfigError, match=r"^command line: (threads must be|unknown option|amp must be one of "
+                                          r"none|optimizer must be one of sgd)"):
         config_from_args(args)
     (tmp_path / "run.yaml").write_text("dataset: synthetic\nthreads: 0\n")  # the file's own value: the file
     with pytest.raises(ConfigError, match=r"run\.yaml: threads must be"):

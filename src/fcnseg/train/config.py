@@ -194,9 +194,8 @@ class TrainConfig:
 
     def validate(self, source: str = "config") -> None:
         """Range and choice checks (types are checked by :meth:`from_dict`)."""
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{source}: {name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in CHOICES:
+            check_choice(name, getattr(self, name), source)
         for item in dataclasses.fields(self):
             length, value = item.metadata.get("length"), getattr(self, item.name)
             if length and value is not None and len(value) != length:
@@ -259,7 +258,15 @@ def check_options(data: dict[str, Any], source: str) -> dict[str, Any]:
     for key, value in data.items():
         values[key] = check_type(value, hints[key], f"{source}: {key}")
         check_field(fields[key], values[key], f"{source}: {key}")
+        if key in CHOICES:
+            check_choice(key, values[key], source)
     return values
+
+
+def check_choice(name: str, value: Any, source: str) -> None:
+    """An option with a fixed set of values (``CHOICES``) holds one of them."""
+    if value not in CHOICES[name]:
+        raise ConfigError(f"{source}: {name} must be one of {', '.join(CHOICES[name])}; got {value!r}")
 
 
 def resolve_init_checkpoint(path: str) -> Path:
