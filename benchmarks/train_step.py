@@ -141,6 +141,8 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="+", default=[RECIPE_WIDTH],
                         help="widths of the CamVid recipe's net to time (what a wider net costs per step)")
     args = parser.parse_args()
+    if min(args.widths) <= 0:
+        parser.error(f"--widths must be above 0, got {min(args.widths):g}")
     torch.set_num_threads(args.threads)
     print(f"{args.threads} thread(s), torch {torch.__version__}, native bf16: {native_bf16('cpu')}")
     if not args.skip_full_width:
