@@ -20,7 +20,8 @@
 #   heldout-w4  CutMix at 1/4 width for 10000 it., about the same CPU time in bf16 (give --amp bf16 or auto;
 #               configs/camvid/heldout/fcn8s_il12_ema_w4_10k_cutmix.yaml)
 #   screen CONFIG SEED  a 3000-iteration screen of configs/camvid/heldout/CONFIG.yaml with --seed SEED, into
-#               runs/heldout/CONFIG_3k_sSEED, scored the same way (the seeds measure the spread between runs)
+#               runs/heldout/CONFIG_3k_sSEED, scored the same way (the seeds measure the spread between runs);
+#               with --amp bf16 (or auto), runs/heldout/CONFIG_3k_sSEED_bf16 (_auto)
 #   eval        score every run's last.pth on val into docs/camvid/<run> (the last iteration: nothing is
 #               chosen on val); the one-stage 11-class runs also with test-time flips and scales (<run>_tta),
 #               and the EMA runs' training weights (kept in last.pth beside the average) into <run>_train_weights
@@ -35,15 +36,21 @@ part=${1:-}
 shift || true
 train() { $FCNSEG train --config "configs/camvid/$1.yaml" --root "$ROOT" "${@:2}"; }
 HELDOUT=0006R0  # the drive the held-out configs leave out of training and validate on
+flag_value() {  # flag_value --NAME ARGS...: print the last value given to --NAME in ARGS (--NAME V or --NAME=V)
+  local name=$1 value='' found=1 previous='' arg
+  for arg in "${@:2}"; do
+    [[ $previous == "$name" ]] && value=$arg found=0
+    [[ $arg == "$name"=* ]] && value=${arg#"$name"=} found=0
+    previous=$arg
+  done
+  echo "$value"
+  return $found
+}
 heldout() {  # heldout CONFIG NAME [flags]: train configs/camvid/heldout/CONFIG.yaml into runs/heldout/NAME, then
              # score its last.pth on the held-out drive (docs/camvid/heldout/NAME) and on val (NAME_val)
   train "heldout/$1" --out "runs/heldout/$2" "${@:3}"
-  local threads=() previous='' arg
-  for arg in "${@:3}"; do  # fcnseg eval takes --threads, not the other training flags
-    [[ $previous == --threads ]] && threads=(--threads "$arg")
-    [[ $arg == --threads=* ]] && threads=("$arg")
-    previous=$arg
-  done
+  local threads=() value  # fcnseg eval takes --threads, not the other training flags
+  if value=$(flag_value --threads "${@:3}"); then threads=(--threads "$value"); fi
   local weights=runs/heldout/$2/last.pth
   # --overwrite: these reports are the tracked docs, regenerated on purpose
   $FCNSEG eval "$weights" --dataset camvid --root "$ROOT" --split "train[$HELDOUT]" "${threads[@]}" \
@@ -76,7 +83,9 @@ case $part in
     [[ $# -ge 2 && -f configs/camvid/heldout/$1.yaml && $2 =~ ^[0-9]+$ ]] || {
       echo "usage: scripts/camvid.sh screen CONFIG SEED [fcnseg train flags], CONFIG one of:" \
         $(cd configs/camvid/heldout && ls -- *.yaml | sed 's/\.yaml$//') >&2; exit 2; }
-    heldout "$1" "$1_3k_s$2" --iterations 3000 --seed "$2" "${@:3}" ;;
+    local amp  # a screen in bf16 is named for it, beside the float32 screens of the same config and seed
+    amp=$(flag_value --amp "${@:3}") && [[ $amp != none ]] && amp=_$amp || amp=''
+    heldout "$1" "$1_3k_s$2$amp" --iterations 3000 --seed "$2" "${@:3}" ;;
   eval)
     # --overwrite: these reports are the tracked docs, regenerated on purpose
     score() { $FCNSEG eval "$1" --dataset camvid --root "$ROOT" --split val "${@:3}" --out "docs/camvid/$2" --overwrite; }
