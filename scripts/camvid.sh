@@ -22,6 +22,8 @@
 #               configs/camvid/heldout/fcn8s_il12_ema_w4_10k_cutmix.yaml)
 #   heldout-w3of8  heldout-w4 at 3/8 width for 5500 it., about the same CPU time in bf16 (--amp bf16 or auto)
 #   heldout-w4-wd05  heldout-w4 with weight decay 0.05 (--amp bf16 or auto)
+#   heldout-w4-b4  heldout-w4 at batch 4 for 19000 it., about the same CPU time (--amp bf16 or auto)
+#   heldout-w4-crop336  heldout-w4 with 4 crops of 336x448 a batch, 11000 it., about the same CPU time (--amp bf16)
 #   screen CONFIG SEED  a 3000-iteration screen of configs/camvid/heldout/CONFIG.yaml with --seed SEED, into
 #               runs/heldout/CONFIG_3k_sSEED, scored the same way (the seeds measure the spread between runs);
 #               with --amp bf16 (or auto), runs/heldout/CONFIG_3k_sSEED_bf16 (_auto)
@@ -85,6 +87,8 @@ case $part in
   heldout-w4) heldout fcn8s_il12_ema_w4_10k_cutmix fcn8s_il12_ema_w4_10k_cutmix "$@" ;;
   heldout-w3of8) heldout fcn8s_il12_ema_w3of8_5500_cutmix fcn8s_il12_ema_w3of8_5500_cutmix "$@" ;;
   heldout-w4-wd05) heldout fcn8s_il12_ema_w4_10k_cutmix_wd05 fcn8s_il12_ema_w4_10k_cutmix_wd05 "$@" ;;
+  heldout-w4-b4) heldout fcn8s_il12_ema_w4_19k_b4_cutmix fcn8s_il12_ema_w4_19k_b4_cutmix "$@" ;;
+  heldout-w4-crop336) heldout fcn8s_il12_ema_w4_11k_b4_crop336_cutmix fcn8s_il12_ema_w4_11k_b4_crop336_cutmix "$@" ;;
   screen)  # screen CONFIG SEED [flags]: 3000 iterations of heldout/CONFIG with --seed SEED, scored as above
     [[ $# -ge 2 && -f configs/camvid/heldout/$1.yaml && $2 =~ ^[0-9]+$ ]] || {
       echo "usage: scripts/camvid.sh screen CONFIG SEED [fcnseg train flags], CONFIG one of:" \
@@ -116,7 +120,7 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
         score runs/camvid/${run}_train_weights.pth ${run}_train_weights
       fi
     done ;;
-  *) echo "usage: scripts/camvid.sh best|cutmix|il12|il11|il-ema|plain-ema|il|mf|plain|w4|road|32s-16s-8s|atonce|control|heldout|heldout-photo|heldout-cutmix|heldout-w4|heldout-w3of8|heldout-w4-wd05|screen CONFIG SEED|eval [fcnseg train flags]" >&2
+  *) echo "usage: scripts/camvid.sh best|cutmix|il12|il11|il-ema|plain-ema|il|mf|plain|w4|road|32s-16s-8s|atonce|control|heldout|heldout-photo|heldout-cutmix|heldout-w4|heldout-w3of8|heldout-w4-wd05|heldout-w4-b4|heldout-w4-crop336|screen CONFIG SEED|eval [fcnseg train flags]" >&2
      exit 2 ;;
 esac
 }
