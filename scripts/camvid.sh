@@ -99,9 +99,12 @@ case $part in
   eval)
     # --overwrite: these reports are the tracked docs, regenerated on purpose
     score() { $FCNSEG eval "$1" --dataset camvid --root "$ROOT" --split val "${@:3}" --out "docs/camvid/$2" --overwrite; }
-    for run in fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued fcn8s_mf_w8 fcn8s_mf_w4 fcn8s_plain_w8 fcn8s_il_w8 \
-        fcn8s_plain_ema_w8_16k fcn8s_il_ema_w8_16k fcn8s_il11_ema_w8_16k fcn8s_il12_ema_w8_16k fcn8s_il12_ema_w8_16k_cutmix $BEST \
-        short_mf short_plain short_plain_ema_warm road_fcn8s; do
+    local runs=(fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued  # staged and its controls
+      fcn8s_mf_w8 fcn8s_mf_w4 fcn8s_plain_w8 fcn8s_il_w8  # one stage, 11 classes
+      fcn8s_plain_ema_w8_16k fcn8s_il_ema_w8_16k fcn8s_il11_ema_w8_16k fcn8s_il12_ema_w8_16k  # EMA, 16000 it.
+      fcn8s_il12_ema_w8_16k_cutmix "$BEST"  # the recipes the held-out drive kept
+      short_mf short_plain short_plain_ema_warm road_fcn8s)
+    for run in "${runs[@]}"; do
       weights=runs/camvid/$run/last.pth
       [[ -f $weights ]] || { echo "camvid.sh: no $weights; skipped" >&2; continue; }
       if [[ $run == road_fcn8s ]]; then
@@ -120,7 +123,10 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
         score runs/camvid/${run}_train_weights.pth ${run}_train_weights
       fi
     done ;;
-  *) echo "usage: scripts/camvid.sh best|cutmix|il12|il11|il-ema|plain-ema|il|mf|plain|w4|road|32s-16s-8s|atonce|control|heldout|heldout-photo|heldout-cutmix|heldout-w4|heldout-w3of8|heldout-w4-wd05|heldout-w4-b4|heldout-w4-crop336|screen CONFIG SEED|eval [fcnseg train flags]" >&2
+  *) local parts=best\|cutmix\|il12\|il11\|il-ema\|plain-ema\|il\|mf\|plain\|w4\|road\|32s-16s-8s\|atonce\|control
+     parts+=\|heldout\|heldout-photo\|heldout-cutmix\|heldout-w4\|heldout-w3of8\|heldout-w4-wd05\|heldout-w4-b4
+     parts+=\|heldout-w4-crop336
+     echo "usage: scripts/camvid.sh $parts|screen CONFIG SEED|eval [fcnseg train flags]" >&2
      exit 2 ;;
 esac
 }
