@@ -24,6 +24,8 @@
 #   heldout-w4-wd05  heldout-w4 with weight decay 0.05 (--amp bf16 or auto)
 #   heldout-w4-b4  heldout-w4 at batch 4 for 19000 it., about the same CPU time (--amp bf16 or auto)
 #   heldout-w4-crop336  heldout-w4 with 4 crops of 336x448 a batch, 11000 it., about the same CPU time (--amp bf16)
+#   heldout-crop336-15k  heldout-w4-crop336 for 15000 it.: the 2 CPU-hours spent (--amp bf16 or auto)
+#   heldout-crop336-b2  heldout-w4-crop336 at batch 2 for 18000 it., about the same CPU time (--amp bf16 or auto)
 #   screen CONFIG SEED  a 3000-iteration screen of configs/camvid/heldout/CONFIG.yaml with --seed SEED, into
 #               runs/heldout/CONFIG_3k_sSEED, scored the same way (the seeds measure the spread between runs);
 #               with --amp bf16 (or auto), runs/heldout/CONFIG_3k_sSEED_bf16 (_auto)
@@ -89,6 +91,8 @@ case $part in
   heldout-w4-wd05) heldout fcn8s_il12_ema_w4_10k_cutmix_wd05 fcn8s_il12_ema_w4_10k_cutmix_wd05 "$@" ;;
   heldout-w4-b4) heldout fcn8s_il12_ema_w4_19k_b4_cutmix fcn8s_il12_ema_w4_19k_b4_cutmix "$@" ;;
   heldout-w4-crop336) heldout fcn8s_il12_ema_w4_11k_b4_crop336_cutmix fcn8s_il12_ema_w4_11k_b4_crop336_cutmix "$@" ;;
+  heldout-crop336-15k) heldout fcn8s_il12_ema_w4_15k_b4_crop336_cutmix fcn8s_il12_ema_w4_15k_b4_crop336_cutmix "$@" ;;
+  heldout-crop336-b2) heldout fcn8s_il12_ema_w4_18k_b2_crop336_cutmix fcn8s_il12_ema_w4_18k_b2_crop336_cutmix "$@" ;;
   screen)  # screen CONFIG SEED [flags]: 3000 iterations of heldout/CONFIG with --seed SEED, scored as above
     [[ $# -ge 2 && -f configs/camvid/heldout/$1.yaml && $2 =~ ^[0-9]+$ ]] || {
       echo "usage: scripts/camvid.sh screen CONFIG SEED [fcnseg train flags], CONFIG one of:" \
@@ -125,7 +129,7 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
     done ;;
   *) local parts=best\|cutmix\|il12\|il11\|il-ema\|plain-ema\|il\|mf\|plain\|w4\|road\|32s-16s-8s\|atonce\|control
      parts+=\|heldout\|heldout-photo\|heldout-cutmix\|heldout-w4\|heldout-w3of8\|heldout-w4-wd05\|heldout-w4-b4
-     parts+=\|heldout-w4-crop336
+     parts+=\|heldout-w4-crop336\|heldout-crop336-15k\|heldout-crop336-b2
      echo "usage: scripts/camvid.sh $parts|screen CONFIG SEED|eval [fcnseg train flags]" >&2
      exit 2 ;;
 esac
