@@ -43,6 +43,18 @@ part=${1:-}
 shift || true
 train() { $FCNSEG train --config "configs/camvid/$1.yaml" --root "$ROOT" "${@:2}"; }
 HELDOUT=0006R0  # the drive the held-out configs leave out of training and validate on
+HELDOUT_PARTS=(  # "PART CONFIG": scripts/camvid.sh PART runs heldout CONFIG CONFIG (below)
+  "heldout fcn8s_il12_ema_w8_16k"
+  "heldout-photo fcn8s_il12_ema_w8_16k_photo"
+  "heldout-cutmix fcn8s_il12_ema_w8_16k_cutmix"
+  "heldout-w4 fcn8s_il12_ema_w4_10k_cutmix"
+  "heldout-w3of8 fcn8s_il12_ema_w3of8_5500_cutmix"
+  "heldout-w4-wd05 fcn8s_il12_ema_w4_10k_cutmix_wd05"
+  "heldout-w4-b4 fcn8s_il12_ema_w4_19k_b4_cutmix"
+  "heldout-w4-crop336 fcn8s_il12_ema_w4_11k_b4_crop336_cutmix"
+  "heldout-crop336-15k fcn8s_il12_ema_w4_15k_b4_crop336_cutmix"
+  "heldout-crop336-b2 fcn8s_il12_ema_w4_18k_b2_crop336_cutmix"
+)
 flag_value() {  # flag_value --NAME ARGS...: print the last value given to --NAME in ARGS (--NAME V or --NAME=V)
   local name=$1 value='' found=1 previous='' arg
   for arg in "${@:2}"; do
@@ -68,6 +80,10 @@ heldout() {  # heldout CONFIG NAME [flags]: train configs/camvid/heldout/CONFIG.
 # The parts run from a function, called on the script's last line together with exit: bash has read all of it
 # before a part starts, so an edit saved while a long training runs cannot shift the lines it reads next.
 run_part() {
+local entry
+for entry in "${HELDOUT_PARTS[@]}"; do
+  if [[ $part == "${entry% *}" ]]; then heldout "${entry#* }" "${entry#* }" "$@"; return; fi
+done
 case $part in
   best) train $BEST "$@" ;;
   cutmix) train fcn8s_il12_ema_w8_16k_cutmix "$@" ;;
@@ -83,16 +99,6 @@ case $part in
   32s-16s-8s) for stage in fcn32s fcn16s fcn8s; do train $stage "$@"; done ;;
   atonce) train fcn8s_atonce "$@" ;;
   control) train fcn32s_continued "$@" ;;
-  heldout) heldout fcn8s_il12_ema_w8_16k fcn8s_il12_ema_w8_16k "$@" ;;
-  heldout-photo) heldout fcn8s_il12_ema_w8_16k_photo fcn8s_il12_ema_w8_16k_photo "$@" ;;
-  heldout-cutmix) heldout fcn8s_il12_ema_w8_16k_cutmix fcn8s_il12_ema_w8_16k_cutmix "$@" ;;
-  heldout-w4) heldout fcn8s_il12_ema_w4_10k_cutmix fcn8s_il12_ema_w4_10k_cutmix "$@" ;;
-  heldout-w3of8) heldout fcn8s_il12_ema_w3of8_5500_cutmix fcn8s_il12_ema_w3of8_5500_cutmix "$@" ;;
-  heldout-w4-wd05) heldout fcn8s_il12_ema_w4_10k_cutmix_wd05 fcn8s_il12_ema_w4_10k_cutmix_wd05 "$@" ;;
-  heldout-w4-b4) heldout fcn8s_il12_ema_w4_19k_b4_cutmix fcn8s_il12_ema_w4_19k_b4_cutmix "$@" ;;
-  heldout-w4-crop336) heldout fcn8s_il12_ema_w4_11k_b4_crop336_cutmix fcn8s_il12_ema_w4_11k_b4_crop336_cutmix "$@" ;;
-  heldout-crop336-15k) heldout fcn8s_il12_ema_w4_15k_b4_crop336_cutmix fcn8s_il12_ema_w4_15k_b4_crop336_cutmix "$@" ;;
-  heldout-crop336-b2) heldout fcn8s_il12_ema_w4_18k_b2_crop336_cutmix fcn8s_il12_ema_w4_18k_b2_crop336_cutmix "$@" ;;
   screen)  # screen CONFIG SEED [flags]: 3000 iterations of heldout/CONFIG with --seed SEED, scored as above
     [[ $# -ge 2 && -f configs/camvid/heldout/$1.yaml && $2 =~ ^[0-9]+$ ]] || {
       echo "usage: scripts/camvid.sh screen CONFIG SEED [fcnseg train flags], CONFIG one of:" \
@@ -128,8 +134,7 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
       fi
     done ;;
   *) local parts=best\|cutmix\|il12\|il11\|il-ema\|plain-ema\|il\|mf\|plain\|w4\|road\|32s-16s-8s\|atonce\|control
-     parts+=\|heldout\|heldout-photo\|heldout-cutmix\|heldout-w4\|heldout-w3of8\|heldout-w4-wd05\|heldout-w4-b4
-     parts+=\|heldout-w4-crop336\|heldout-crop336-15k\|heldout-crop336-b2
+     parts+=$(printf '|%s' "${HELDOUT_PARTS[@]% *}")
      echo "usage: scripts/camvid.sh $parts|screen CONFIG SEED|eval [fcnseg train flags]" >&2
      exit 2 ;;
 esac

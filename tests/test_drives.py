@@ -181,7 +181,11 @@ def test_the_held_out_configs_are_the_best_recipe_without_the_drive_they_validat
     best = TrainConfig.from_yaml(REPO / "configs" / "camvid" / "fcn8s_il12_ema_w8_16k.yaml").to_dict()
     script = (REPO / "scripts" / "camvid.sh").read_text()
     drive = re.search(r"^HELDOUT=(\w+)", script, re.MULTILINE).group(1)
-    named = re.findall(r"^\s*heldout[\w-]*\) heldout (\w+) \1 ", script, re.MULTILINE)
+    table = re.search(r"^HELDOUT_PARTS=\((.*?)^\)", script, re.MULTILINE | re.DOTALL).group(1)
+    parts = re.findall(r'^\s*"(heldout[\w-]*) (\w+)"$', table, re.MULTILINE)  # "PART CONFIG"
+    # every line of the table (after the comment on its first) is one part, and no part is named twice
+    assert len({part for part, _ in parts}) == len(parts) == len(table.splitlines()[1:]) >= 10
+    named = [config for _, config in parts]
     configs = sorted((REPO / "configs" / "camvid" / "heldout").glob("*.yaml"))
     assert "fcn8s_il12_ema_w8_16k" in named and set(named) <= {path.stem for path in configs}
     photometric = {"color_jitter", "brightness", "contrast", "saturation", "hue", "gamma", "blur", "noise"}
