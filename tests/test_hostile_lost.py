@@ -264,6 +264,17 @@ def test_a_new_run_over_an_existing_one_is_refused(finished_run, capsys):
 # --- what already held, kept: kill -9 mid-run, then --resume, gives the uninterrupted run's weights ------------
 
 
+def _wait_for_a_checkpoint(run: subprocess.Popen, out: Path, iteration: int) -> None:
+    """Until ``run`` has written ``out/last.pth`` at ``iteration`` or later (or ended, or two minutes passed)."""
+    from fcnseg.checkpoint import read_checkpoint
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None:
+        if (out / "last.pth").is_file() and read_checkpoint(out / "last.pth")["iteration"] >= iteration:
+            return
+        time.sleep(0.02)
+
+
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
     import torch
 
@@ -276,11 +287,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     run = subprocess.Popen([sys.executable, "-m", "fcnseg.cli", *argv, "--out", str(killed)],
                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and run.poll() is None:
-            if (killed / "last.pth").is_file() and read_checkpoint(killed / "last.pth")["iteration"] >= 2:
-                break
-            time.sleep(0.02)
+        _wait_for_a_checkpoint(run, killed, 2)
         run.send_signal(signal.SIGKILL)
     finally:
         run.wait()
@@ -290,6 +297,39 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     expected = read_checkpoint(tmp_path / "straight" / "last.pth")["model_state_dict"]
     actual = read_checkpoint(killed / "last.pth")["model_state_dict"]
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def _children(pid: int) -> set[int]:
+    """The processes ``pid`` started (Linux: /proc/PID/task/TID/children)."""
+    return {int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()}
+
+
+def test_sigterm_stops_a_training_as_ctrl_c_does_with_its_loader_workers_joined(tmp_path):
+    # SIGTERM's default ended the main process at once, and its data-loader worker lived on a few seconds,
+    # orphaned: its CPU time fell out of /usr/bin/time (two CamVid figures lost theirs) and the run said nothing.
+    from fcnseg.checkpoint import read_checkpoint
+
+    out = tmp_path / "run"
+    argv = ["train", *TINY_TRAIN, "--workers", "1", "--iterations", "40", "--val-interval", "40",
+            "--checkpoint-interval", "2", "--out", str(out)]
+    run = subprocess.Popen([sys.executable, "-m", "fcnseg.cli", *argv], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_a_checkpoint(run, out, 2)
+        workers = _children(run.pid)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert workers, "no loader worker was running when the signal was sent"
+    assert run.returncode == 143 and err.splitlines() == ["fcnseg: terminated"], (run.returncode, err)
+    lingering = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert not lingering, f"loader workers outlived the training: {lingering}"
+    stopped_at = read_checkpoint(out / "last.pth")["iteration"]
+    assert 2 <= stopped_at < 40, "the run ended before it could be stopped mid-way"
+    assert main(["train", "--out", str(out), "--resume", "--threads", "1", "--quiet"]) == 0
+    assert read_checkpoint(out / "last.pth")["iteration"] == 40
 
 
 @pytest.mark.parametrize("command", ["predict", "eval", "export", "train"])

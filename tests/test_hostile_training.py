@@ -21,7 +21,7 @@ from PIL import Image
 import fcnseg.atomic
 import fcnseg.outputs
 import fcnseg.train.log
-from fcnseg.checkpoint import read_checkpoint, save_model
+from fcnseg.checkpoint import read_checkpoint, save_model, write_checkpoint
 from fcnseg.cli import main
 from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.memory import saved_activations, training_bytes
@@ -47,13 +47,25 @@ class _FillingDisk(io.FileIO):
         return super().write(bytes(data)[:left])
 
 
-def fill_the_disk(monkeypatch, module, pattern: str, room: int = 4096) -> None:
-    """Make the files ``module`` opens whose names match ``pattern`` sit on a disk with ``room`` bytes left."""
+class _StoppedMidWrite(_FillingDisk):
+    """A file whose writer is stopped by Ctrl+C or SIGTERM after ``room`` bytes, in the middle of a write."""
+
+    def write(self, data) -> int:
+        left = self.end - self.tell()
+        if left < len(data):
+            io.FileIO.write(self, bytes(data)[:max(left, 0)])
+            raise KeyboardInterrupt
+        return io.FileIO.write(self, data)
+
+
+def fill_the_disk(monkeypatch, module, pattern: str, room: int = 4096, disk: type = _FillingDisk) -> None:
+    """Make the files ``module`` opens whose names match ``pattern`` sit on a disk with ``room`` bytes left (or
+    another ``disk``)."""
     real_open = open
 
     def opened(file, mode="r", *args, **kwargs):
         if mode[0] in "wa" and re.fullmatch(pattern, Path(file).name):
-            raw = io.BufferedWriter(_FillingDisk(file, mode.replace("b", ""), room))
+            raw = io.BufferedWriter(disk(file, mode.replace("b", ""), room))
             return raw if "b" in mode else io.TextIOWrapper(raw, newline=kwargs.get("newline"))
         return real_open(file, mode, *args, **kwargs)
 
@@ -64,6 +76,22 @@ def fill_the_disk_for_checkpoints(monkeypatch) -> None:
     """Make checkpoint writes (the atomic writer's ``.last.pth.*.tmp`` / ``.best.pth.*.tmp``) hit a full disk;
     torch.save then ends in "[enforce fail at inline_container.cc] unexpected pos", the ENOSPC chained inside."""
     fill_the_disk(monkeypatch, fcnseg.atomic, r"\.(last|best)\.pth\..*\.tmp")
+
+
+def test_ctrl_c_or_sigterm_while_a_checkpoint_is_written_is_a_stop_not_a_traceback(tmp_path, monkeypatch):
+    # torch.save's clean-up (writing the zip's end) reported an interrupt mid-write as its own RuntimeError
+    # ("unexpected pos ..."): fcnseg train printed a traceback and exited 1 instead of stopping (seen with SIGTERM).
+    path, data = tmp_path / "last.pth", {"weights": torch.zeros(4000), "iteration": 7}
+    write_checkpoint({"iteration": 6}, path)
+    before = path.read_bytes()
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    for room in range(0, len(buffer.getvalue()), 1000):
+        with monkeypatch.context() as patch:
+            fill_the_disk(patch, fcnseg.atomic, r"\.last\.pth\..*\.tmp", room, disk=_StoppedMidWrite)
+            with pytest.raises(KeyboardInterrupt):
+                write_checkpoint(data, path)
+        assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.pth"], room
 
 
 @pytest.mark.parametrize("records", [0, 3], ids=["at-start", "later"])

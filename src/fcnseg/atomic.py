@@ -47,6 +47,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         cause = _failed_write(error)
         if cause is not None:  # e.g. torch.save's "unexpected pos" RuntimeError after the disk filled up
             raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from None
+        interrupt = _in_chain(error, lambda chained: isinstance(chained, KeyboardInterrupt))
+        # Ctrl+C or SIGTERM mid-write, which the writer's clean-up then reported as its own failure (torch.save:
+        # "unexpected pos"): a stop, not a bug
+        if isinstance(error, Exception) and interrupt is not None:
+            raise interrupt from None
         raise
 
 
@@ -74,9 +79,15 @@ def _failed_write(error: BaseException) -> OSError | None:
     such as torch.save report a failed write as their own RuntimeError with the OSError chained inside."""
     if not isinstance(error, Exception) or isinstance(error, FcnsegError):  # Ctrl-C; a message for people already
         return None
+    return _in_chain(error, lambda chained: isinstance(chained, OSError) and chained.errno is not None)
+
+
+def _in_chain(error: BaseException, wanted: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception that ``error`` was raised in the wake of (its cause or context, theirs, ...) that is
+    ``wanted``, if any."""
     chained, seen = error.__cause__ or error.__context__, set()
     while chained is not None and id(chained) not in seen:
-        if isinstance(chained, OSError) and chained.errno is not None:
+        if wanted(chained):
             return chained
         seen.add(id(chained))
         chained = chained.__cause__ or chained.__context__

@@ -14,6 +14,8 @@ while torch and the commands are imported (seconds); so this module imports noth
 commands and their libraries are imported inside :func:`main`. During those imports a first Ctrl+C is held
 until they end (:func:`_held_interrupt`): a KeyboardInterrupt raised inside them can abort the process
 (torch's C++ import code terminates on it) or be swallowed (a bare ``except`` around an optional import).
+SIGTERM (``kill PID``, a scheduler or a container stopping) stops a command the same way once it runs
+(:func:`_terminate_as_interrupt`): ``fcnseg: terminated``, exit code 143.
 
 Under torchrun every process runs :func:`main`: what a run prints once (tables, notes) comes from rank 0 only;
 the other ranks print only warnings and errors, and a process of several names itself in them (``fcnseg train:
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     moment, the imports included) ``fcnseg: interrupted`` and exit code 130."""
     try:
         return _run(argv)
+    except _Terminated:
+        _error_line("fcnseg: terminated")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         _error_line("fcnseg: interrupted")  # one write: torchrun's processes share the terminal
         return 130
@@ -166,13 +171,47 @@ def _held_interrupt() -> Iterator[None]:
         if len(pressed) > 1:
             raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, hold)
+    with _handling(signal.SIGINT, hold, signal.default_int_handler):
+        yield
+    if pressed:
+        raise KeyboardInterrupt
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where the command is, as Ctrl+C raises KeyboardInterrupt."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Inside, SIGTERM stops the command as Ctrl+C does: as an exception, so that its ``finally`` blocks run. A
+    training's data-loader workers are then joined: by default SIGTERM ends the main process at once, and its
+    orphaned workers linger a few seconds, their CPU time lost to ``/usr/bin/time`` (how two documented CamVid
+    figures lost theirs). A second SIGTERM ends the process at once (someone insists). Only where SIGTERM has its
+    default action, in the main thread, and not in a torchrun group of several, whose agent stops its workers
+    itself (SIGTERM, then SIGKILL after its grace period) and where unwinding could wait on a collective."""
+    from fcnseg.runtime import launched_rank
+
+    if threading.current_thread() is not threading.main_thread() or launched_rank() is not None or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise _Terminated
+
+    with _handling(signal.SIGTERM, terminated, signal.SIG_DFL):
+        yield
+
+
+@contextlib.contextmanager
+def _handling(signum: int, handler: object, then: object) -> Iterator[None]:
+    """``handler`` answers signal ``signum`` inside; ``then`` after (Python's own, the checks above made sure)."""
+    signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if pressed:
-        raise KeyboardInterrupt
+        signal.signal(signum, then)
 
 
 def _run(argv: list[str] | None) -> int:
@@ -186,7 +225,7 @@ def _run(argv: list[str] | None) -> int:
     quiet = getattr(args, "quiet", False)
     set_quiet(quiet)
     try:
-        with messages(args.command, quiet):
+        with messages(args.command, quiet), _terminate_as_interrupt():
             code = int(args.func(args) or 0)
             in_a_group = finish()
         if in_a_group:
