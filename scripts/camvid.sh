@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce docs/camvid.md. Usage, from the repo root: scripts/camvid.sh PART [fcnseg train flags...]
 #   best        the best recipe: FCN-8s from scratch at 1/4 width, gentle inverse-log class weights
-#               1 / ln(1.2 + share), 10000 it., EMA of the weights, CutMix on half of the crops, bf16 where the
-#               CPU has it natively (configs/camvid/fcn8s_il12_ema_w4_10k_cutmix.yaml)
-#   cutmix      the best recipe before, at 1/8 width for 16000 it. (fcn8s_il12_ema_w8_16k_cutmix)
+#               1 / ln(1.2 + share), 15000 it. of 4 crops of 336x448, EMA of the weights, CutMix on half of the
+#               crops, bf16 where the CPU has it natively (configs/camvid/fcn8s_il12_ema_w4_15k_b4_crop336_cutmix.yaml)
+#   w4-cutmix   the best recipe before: 8 crops of 240x320 for 10000 it. (fcn8s_il12_ema_w4_10k_cutmix)
+#   cutmix      the best recipe before that, at 1/8 width for 16000 it. (fcn8s_il12_ema_w8_16k_cutmix)
 #   il12        the best recipe before CutMix, in float32 (fcn8s_il12_ema_w8_16k)
 #   il11        il12 with 1 / ln(1.1 + share) (fcn8s_il11_ema_w8_16k)
 #   il-ema      il12 with ENet's 1 / ln(1.02 + share) (fcn8s_il_ema_w8_16k; the best recipe before)
@@ -38,7 +39,7 @@ set -euo pipefail
 FCNSEG=${FCNSEG:-.venv/bin/fcnseg}
 PYTHON=${PYTHON:-.venv/bin/python}
 ROOT=${CAMVID_ROOT:-../shared/data/camvid}
-BEST=fcn8s_il12_ema_w4_10k_cutmix  # the config (and run) of the best recipe
+BEST=fcn8s_il12_ema_w4_15k_b4_crop336_cutmix  # the config (and run) of the best recipe
 part=${1:-}
 shift || true
 train() { $FCNSEG train --config "configs/camvid/$1.yaml" --root "$ROOT" "${@:2}"; }
@@ -86,6 +87,7 @@ for entry in "${HELDOUT_PARTS[@]}"; do
 done
 case $part in
   best) train $BEST "$@" ;;
+  w4-cutmix) train fcn8s_il12_ema_w4_10k_cutmix "$@" ;;
   cutmix) train fcn8s_il12_ema_w8_16k_cutmix "$@" ;;
   il12) train fcn8s_il12_ema_w8_16k "$@" ;;
   plain-ema) train fcn8s_plain_ema_w8_16k "$@" ;;
@@ -112,7 +114,7 @@ case $part in
     local runs=(fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued  # staged and its controls
       fcn8s_mf_w8 fcn8s_mf_w4 fcn8s_plain_w8 fcn8s_il_w8  # one stage, 11 classes
       fcn8s_plain_ema_w8_16k fcn8s_il_ema_w8_16k fcn8s_il11_ema_w8_16k fcn8s_il12_ema_w8_16k  # EMA, 16000 it.
-      fcn8s_il12_ema_w8_16k_cutmix "$BEST"  # the recipes the held-out drive kept
+      fcn8s_il12_ema_w8_16k_cutmix fcn8s_il12_ema_w4_10k_cutmix "$BEST"  # the recipes the held-out drive kept
       short_mf short_plain short_plain_ema_warm road_fcn8s)
     for run in "${runs[@]}"; do
       weights=runs/camvid/$run/last.pth
@@ -133,7 +135,7 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
         score runs/camvid/${run}_train_weights.pth ${run}_train_weights
       fi
     done ;;
-  *) local parts=best\|cutmix\|il12\|il11\|il-ema\|plain-ema\|il\|mf\|plain\|w4\|road\|32s-16s-8s\|atonce\|control
+  *) local parts=best\|w4-cutmix\|cutmix\|il12\|il11\|il-ema\|plain-ema\|il\|mf\|plain\|w4\|road\|32s-16s-8s\|atonce\|control
      parts+=$(printf '|%s' "${HELDOUT_PARTS[@]% *}")
      echo "usage: scripts/camvid.sh $parts|screen CONFIG SEED|eval [fcnseg train flags]" >&2
      exit 2 ;;

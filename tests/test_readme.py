@@ -32,7 +32,8 @@ BIN = Path(sys.executable).parent
 NOT_RUN = {
     "make demo": "trains three nets for about 2 minutes; its parts are tests/test_cli.py's demo tests",
     "make test": "this suite",
-    ".venv/bin/fcnseg train --config configs/camvid/fcn8s_il12_ema_w4_10k_cutmix.yaml --root ../shared/data/camvid":
+    ".venv/bin/fcnseg train --config configs/camvid/fcn8s_il12_ema_w4_15k_b4_crop336_cutmix.yaml --root "
+    "../shared/data/camvid":
         "the best CamVid recipe: about 2 CPU-hours (docs/camvid.md)",
     ".venv/bin/fcnseg serve camvid-fcn8s": "a server that runs until stopped: tests/test_serve.py",
     ".venv/bin/fcnseg eval camvid-fcn8s --dataset camvid --root ../shared/data/camvid --split val --out eval/camvid":
