@@ -135,7 +135,8 @@ def _error_line(line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run one subcommand; user errors become one line on stderr and exit code 2, Ctrl+C (at any
-    moment, the imports included) ``fcnseg: interrupted`` and exit code 130."""
+    moment, the imports included) ``fcnseg: interrupted`` and exit code 130, SIGTERM (once the command runs)
+    ``fcnseg: terminated`` and exit code 143."""
     try:
         return _run(argv)
     except _Terminated:
