@@ -137,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run one subcommand; user errors become one line on stderr and exit code 2, Ctrl+C (at any
     moment, the imports included) ``fcnseg: interrupted`` and exit code 130, SIGTERM (once the command runs)
     ``fcnseg: terminated`` and exit code 143."""
+    _TERMINATED.clear()
     try:
         return _run(argv)
-    except _Terminated:
-        _error_line("fcnseg: terminated")
-        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
+        if _TERMINATED.is_set():
+            _error_line("fcnseg: terminated")
+            return 128 + signal.SIGTERM
         _error_line("fcnseg: interrupted")  # one write: torchrun's processes share the terminal
         return 130
 
@@ -178,8 +179,9 @@ def _held_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread where the command is, as Ctrl+C raises KeyboardInterrupt."""
+# Set by SIGTERM's handler (:func:`_terminate_as_interrupt`): the KeyboardInterrupt that main() catches was SIGTERM.
+# A flag rather than an exception class of its own: an interrupt is not one of fcnseg's errors.
+_TERMINATED = threading.Event()
 
 
 @contextlib.contextmanager
@@ -199,7 +201,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
     def terminated(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise _Terminated
+        _TERMINATED.set()
+        raise KeyboardInterrupt
 
     with _handling(signal.SIGTERM, terminated, signal.SIG_DFL):
         yield
