@@ -114,7 +114,7 @@ case $part in
     local runs=(fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued  # staged and its controls
       fcn8s_mf_w8 fcn8s_mf_w4 fcn8s_plain_w8 fcn8s_il_w8  # one stage, 11 classes
       fcn8s_plain_ema_w8_16k fcn8s_il_ema_w8_16k fcn8s_il11_ema_w8_16k fcn8s_il12_ema_w8_16k  # EMA, 16000 it.
-      fcn8s_il12_ema_w8_16k_cutmix fcn8s_il12_ema_w4_10k_cutmix "$BEST"  # the recipes the held-out drive kept
+      fcn8s_il12_ema_w8_16k_cutmix fcn8s_il12_ema_w4_10k_cutmix "$BEST"  # kept on the held-out drive
       short_mf short_plain short_plain_ema_warm road_fcn8s)
     for run in "${runs[@]}"; do
       weights=runs/camvid/$run/last.pth
@@ -135,7 +135,8 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
         score runs/camvid/${run}_train_weights.pth ${run}_train_weights
       fi
     done ;;
-  *) local parts=best\|w4-cutmix\|cutmix\|il12\|il11\|il-ema\|plain-ema\|il\|mf\|plain\|w4\|road\|32s-16s-8s\|atonce\|control
+  *) local parts=best\|w4-cutmix\|cutmix\|il12\|il11\|il-ema\|plain-ema\|il\|mf\|plain\|w4\|road\|32s-16s-8s
+     parts+=\|atonce\|control
      parts+=$(printf '|%s' "${HELDOUT_PARTS[@]% *}")
      echo "usage: scripts/camvid.sh $parts|screen CONFIG SEED|eval [fcnseg train flags]" >&2
      exit 2 ;;

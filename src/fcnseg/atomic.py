@@ -47,10 +47,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         cause = _failed_write(error)
         if cause is not None:  # e.g. torch.save's "unexpected pos" RuntimeError after the disk filled up
             raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from None
-        interrupt = _in_chain(error, lambda chained: isinstance(chained, KeyboardInterrupt))
         # Ctrl+C or SIGTERM mid-write, which the writer's clean-up then reported as its own failure (torch.save:
         # "unexpected pos"): a stop, not a bug
-        if isinstance(error, Exception) and interrupt is not None:
+        interrupt = _in_chain(error, lambda chained: isinstance(chained, KeyboardInterrupt)) \
+            if isinstance(error, Exception) else None
+        if interrupt is not None:
             raise interrupt from None
         raise
 
