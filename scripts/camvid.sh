@@ -30,6 +30,8 @@
 #   screen CONFIG SEED  a 3000-iteration screen of configs/camvid/heldout/CONFIG.yaml with --seed SEED, into
 #               runs/heldout/CONFIG_3k_sSEED, scored the same way (the seeds measure the spread between runs);
 #               with --amp bf16 (or auto), runs/heldout/CONFIG_3k_sSEED_bf16 (_auto)
+#   seed CONFIG SEED  the whole schedule of configs/camvid/heldout/CONFIG.yaml with --seed SEED, into
+#               runs/heldout/CONFIG_sSEED, scored the same way: a second run of a recipe, for its spread
 #   eval        score every run's last.pth on val into docs/camvid/<run> (the last iteration: nothing is
 #               chosen on val); the one-stage 11-class runs also with test-time flips and scales (<run>_tta),
 #               and the EMA runs' training weights (kept in last.pth beside the average) into <run>_train_weights
@@ -108,6 +110,11 @@ case $part in
     local amp  # a screen in bf16 is named for it, beside the float32 screens of the same config and seed
     amp=$(flag_value --amp "${@:3}") && [[ $amp != none ]] && amp=_$amp || amp=''
     heldout "$1" "$1_3k_s$2$amp" --iterations 3000 --seed "$2" "${@:3}" ;;
+  seed)  # seed CONFIG SEED [flags]: the whole schedule of heldout/CONFIG with --seed SEED, scored as above
+    [[ $# -ge 2 && -f configs/camvid/heldout/$1.yaml && $2 =~ ^[0-9]+$ ]] || {
+      echo "usage: scripts/camvid.sh seed CONFIG SEED [fcnseg train flags], CONFIG one of:" \
+        $(cd configs/camvid/heldout && ls -- *.yaml | sed 's/\.yaml$//') >&2; exit 2; }
+    heldout "$1" "$1_s$2" --seed "$2" "${@:3}" ;;
   eval)
     # --overwrite: these reports are the tracked docs, regenerated on purpose
     score() { $FCNSEG eval "$1" --dataset camvid --root "$ROOT" --split val "${@:3}" --out "docs/camvid/$2" --overwrite; }

@@ -270,11 +270,14 @@ def test_the_best_and_former_best_parts_train_their_configs(tmp_path, part, conf
      " --iterations 3000 --seed 0 --amp bf16"),
     (["screen", "fcn8s_il12_w8_16k", "1", "--amp=none"], "fcn8s_il12_w8_16k_3k_s1",
      " --iterations 3000 --seed 1 --amp=none"),
+    (["seed", "fcn8s_il12_ema_w4_15k_b4_crop336_cutmix", "1"], "fcn8s_il12_ema_w4_15k_b4_crop336_cutmix_s1",
+     " --seed 1"),
 ], ids=["heldout", "heldout-cutmix", "heldout-w4", "heldout-w3of8", "heldout-w4-wd05", "heldout-w4-b4",
-        "heldout-w4-crop336", "heldout-crop336-15k", "heldout-crop336-b2", "screen", "screen-bf16", "screen-float32"])
+        "heldout-w4-crop336", "heldout-crop336-15k", "heldout-crop336-b2", "screen", "screen-bf16", "screen-float32",
+        "seed"])
 def test_the_heldout_parts_train_then_score_the_held_out_drive_and_val(tmp_path, part, run, more):
     train_call, drive_call, val_call = camvid_script_calls(tmp_path, *part, "--threads", "1", "--iterations", "20")
-    config = re.sub(r"_3k_s\d(_bf16)?$", "", run)
+    config = re.sub(r"(_3k)?_s\d(_bf16)?$", "", run)
     assert train_call == (f"train --config configs/camvid/heldout/{config}.yaml --root /data/camvid "
                           f"--out runs/heldout/{run}{more} --threads 1 --iterations 20")  # the last --iterations wins
     weights = f"runs/heldout/{run}/last.pth"
