@@ -99,3 +99,21 @@ def test_the_camvid_ablation_table_prints_what_its_reports_hold():
         metrics = json.loads((REPO / "docs" / "camvid" / report / "metrics.json").read_text())
         held = [f"{100 * metrics[key]:.1f}" for key in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu")]
         assert printed == held, (report, printed, held)
+
+
+def test_the_camvid_heldout_table_prints_what_its_reports_hold():
+    # Each row: the run's report on the held-out drive (docs/camvid/heldout/RUN) and on val (RUN_val); a bf16
+    # run of a config that also ran in float32 has its reports under RUN_bf16.
+    text = (REPO / "docs" / "camvid.md").read_text()
+    table = text.split("| run (16000 it.) | the one change |")[1].split("\n\n")[0]
+    rows = 0
+    for line in table.splitlines()[2:]:
+        cells = [re.sub(r"\*", "", cell.strip()) for cell in line.strip("|").split("|")]
+        run = re.match(r"`(\w+)`", cells[0]).group(1)
+        if cells[0].endswith(", bf16") and (REPO / "docs" / "camvid" / "heldout" / f"{run}_bf16").is_dir():
+            run = f"{run}_bf16"
+        for report, printed in ((run, cells[3]), (f"{run}_val", cells[4])):
+            metrics = json.loads((REPO / "docs" / "camvid" / "heldout" / report / "metrics.json").read_text())
+            assert printed == f"{100 * metrics['mean_iu']:.1f}", (report, printed)
+        rows += 1
+    assert rows >= 12
