@@ -80,6 +80,12 @@ heldout() {  # heldout CONFIG NAME [flags]: train configs/camvid/heldout/CONFIG.
   $FCNSEG eval "$weights" --dataset camvid --root "$ROOT" --split val "${threads[@]}" \
     --out "docs/camvid/heldout/$2_val" --overwrite
 }
+config_and_seed() {  # config_and_seed PART ARGS...: exit with PART's usage unless ARGS start with CONFIG SEED
+  [[ $# -ge 3 && -f configs/camvid/heldout/$2.yaml && $3 =~ ^[0-9]+$ ]] && return
+  echo "usage: scripts/camvid.sh $1 CONFIG SEED [fcnseg train flags], CONFIG one of:" \
+    $(cd configs/camvid/heldout && ls -- *.yaml | sed 's/\.yaml$//') >&2
+  exit 2
+}
 # The parts run from a function, called on the script's last line together with exit: bash has read all of it
 # before a part starts, so an edit saved while a long training runs cannot shift the lines it reads next.
 run_part() {
@@ -104,16 +110,12 @@ case $part in
   atonce) train fcn8s_atonce "$@" ;;
   control) train fcn32s_continued "$@" ;;
   screen)  # screen CONFIG SEED [flags]: 3000 iterations of heldout/CONFIG with --seed SEED, scored as above
-    [[ $# -ge 2 && -f configs/camvid/heldout/$1.yaml && $2 =~ ^[0-9]+$ ]] || {
-      echo "usage: scripts/camvid.sh screen CONFIG SEED [fcnseg train flags], CONFIG one of:" \
-        $(cd configs/camvid/heldout && ls -- *.yaml | sed 's/\.yaml$//') >&2; exit 2; }
+    config_and_seed screen "$@"
     local amp  # a screen in bf16 is named for it, beside the float32 screens of the same config and seed
     amp=$(flag_value --amp "${@:3}") && [[ $amp != none ]] && amp=_$amp || amp=''
     heldout "$1" "$1_3k_s$2$amp" --iterations 3000 --seed "$2" "${@:3}" ;;
   seed)  # seed CONFIG SEED [flags]: the whole schedule of heldout/CONFIG with --seed SEED, scored as above
-    [[ $# -ge 2 && -f configs/camvid/heldout/$1.yaml && $2 =~ ^[0-9]+$ ]] || {
-      echo "usage: scripts/camvid.sh seed CONFIG SEED [fcnseg train flags], CONFIG one of:" \
-        $(cd configs/camvid/heldout && ls -- *.yaml | sed 's/\.yaml$//') >&2; exit 2; }
+    config_and_seed seed "$@"
     heldout "$1" "$1_s$2" --seed "$2" "${@:3}" ;;
   eval)
     # --overwrite: these reports are the tracked docs, regenerated on purpose
@@ -145,7 +147,7 @@ write_checkpoint(state, sys.argv[2])' $weights runs/camvid/${run}_train_weights.
   *) local parts=best\|w4-cutmix\|cutmix\|il12\|il11\|il-ema\|plain-ema\|il\|mf\|plain\|w4\|road\|32s-16s-8s
      parts+=\|atonce\|control
      parts+=$(printf '|%s' "${HELDOUT_PARTS[@]% *}")
-     echo "usage: scripts/camvid.sh $parts|screen CONFIG SEED|eval [fcnseg train flags]" >&2
+     echo "usage: scripts/camvid.sh $parts|screen CONFIG SEED|seed CONFIG SEED|eval [fcnseg train flags]" >&2
      exit 2 ;;
 esac
 }

@@ -234,14 +234,20 @@ def test_the_best_recipe_is_the_held_out_choice_trained_on_all_of_train():
     assert best["cutmix"] == 0.5
 
 
-def camvid_script_calls(tmp_path: Path, *args: str) -> list[str]:
-    """The fcnseg command lines ``scripts/camvid.sh ARGS`` runs, through a stub fcnseg that only logs them."""
+def run_camvid_script(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """``scripts/camvid.sh ARGS`` run with a stub fcnseg that only logs its command lines, and that log."""
     log = tmp_path / "calls"
     stub = tmp_path / "fcnseg"
     stub.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
     stub.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "FCNSEG": str(stub), "CAMVID_ROOT": "/data/camvid"}
     done = subprocess.run(["bash", "scripts/camvid.sh", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    return done, log
+
+
+def camvid_script_calls(tmp_path: Path, *args: str) -> list[str]:
+    """The fcnseg command lines ``scripts/camvid.sh ARGS`` runs, through a stub fcnseg that only logs them."""
+    done, log = run_camvid_script(tmp_path, *args)
     assert done.returncode == 0, done.stderr
     return log.read_text().splitlines()
 
@@ -285,6 +291,16 @@ def test_the_heldout_parts_train_then_score_the_held_out_drive_and_val(tmp_path,
                           f"--out docs/camvid/heldout/{run} --overwrite")
     assert val_call == (f"eval {weights} --dataset camvid --root /data/camvid --split val --threads 1 "
                         f"--out docs/camvid/heldout/{run}_val --overwrite")
+
+
+@pytest.mark.parametrize("args", [["screen"], ["screen", "no_such_config", "1"],
+                                  ["seed", "fcn8s_il12_ema_w8_16k"], ["seed", "fcn8s_il12_ema_w8_16k", "one"],
+                                  ["no-such-part"]])
+def test_a_part_given_bad_arguments_prints_its_usage_and_trains_nothing(tmp_path, args):
+    done, log = run_camvid_script(tmp_path, *args)
+    usage = f"usage: scripts/camvid.sh {args[0]} CONFIG SEED" if args[0] in ("screen", "seed") else "seed CONFIG SEED|"
+    assert done.returncode == 2 and usage in done.stderr.splitlines()[0], done.stderr
+    assert not log.exists()
 
 
 def test_the_script_finishes_its_part_when_its_file_changes_during_a_run(tmp_path):

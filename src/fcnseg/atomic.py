@@ -49,10 +49,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from None
         # Ctrl+C or SIGTERM mid-write, which the writer's clean-up then reported as its own failure (torch.save:
         # "unexpected pos"): a stop, not a bug
-        interrupt = _in_chain(error, lambda chained: isinstance(chained, KeyboardInterrupt)) \
-            if isinstance(error, Exception) else None
-        if interrupt is not None:
-            raise interrupt from None
+        if isinstance(error, Exception):
+            interrupt = _in_chain(error, lambda chained: isinstance(chained, KeyboardInterrupt))
+            if interrupt is not None:
+                raise interrupt from None
         raise
 
 
