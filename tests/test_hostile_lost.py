@@ -305,20 +305,26 @@ def _children(pid: int) -> set[int]:
             for child in (task / "children").read_text().split()}
 
 
-def test_sigterm_stops_a_training_as_ctrl_c_does_with_its_loader_workers_joined(tmp_path):
+@pytest.mark.parametrize("to_the_group", [False, True], ids=["to-the-process", "to-its-process-group"])
+def test_sigterm_stops_a_training_as_ctrl_c_does_with_its_loader_workers_joined(tmp_path, to_the_group):
     # SIGTERM's default ended the main process at once, and its data-loader worker lived on a few seconds,
     # orphaned: its CPU time fell out of /usr/bin/time (two CamVid figures lost theirs) and the run said nothing.
+    # Sent to the whole process group (a scheduler, systemd, `kill -- -PGID`), it also ended the worker, and the
+    # main process then failed with "DataLoader worker ... is killed by signal: Terminated", a traceback, exit 1.
     from fcnseg.checkpoint import read_checkpoint
 
     out = tmp_path / "run"
     argv = ["train", *TINY_TRAIN, "--workers", "1", "--iterations", "40", "--val-interval", "40",
             "--checkpoint-interval", "2", "--out", str(out)]
     run = subprocess.Popen([sys.executable, "-m", "fcnseg.cli", *argv], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True, start_new_session=to_the_group)
     try:
         _wait_for_a_checkpoint(run, out, 2)
         workers = _children(run.pid)
-        run.send_signal(signal.SIGTERM)
+        if to_the_group:
+            os.killpg(run.pid, signal.SIGTERM)
+        else:
+            run.send_signal(signal.SIGTERM)
         _, err = run.communicate(timeout=60)
     finally:
         run.kill()

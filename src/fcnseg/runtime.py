@@ -13,10 +13,11 @@ import ctypes
 import hashlib
 import os
 import platform
+import signal
 import socket
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -178,13 +179,26 @@ def flush_denormals() -> Iterator[bool]:
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: one thread per worker, so workers never compete with the main process; and
-    no traceback from a worker when the main process stops while it takes a batch (:func:`_quiet_on_hang_up`)."""
+    """DataLoader ``worker_init_fn``: one thread per worker, so workers never compete with the main process; a
+    SIGTERM stops a worker as Ctrl+C does (:func:`_stop_as_on_ctrl_c`); and no traceback from a worker when the
+    main process stops while it takes a batch (:func:`_quiet_on_hang_up`)."""
     torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
     sys.excepthook = _quiet_on_hang_up(sys.excepthook)
 
 
-def _quiet_on_hang_up(report: Any) -> Any:
+def _stop_as_on_ctrl_c(signum: int, frame: object) -> None:
+    """A worker's SIGTERM handler: end its loop as Ctrl+C does, which torch's worker loop takes as a stop (exit 0).
+
+    torch's own handler let a SIGTERM from anyone but the main process kill the worker, so SIGTERM sent to the
+    whole process group (a scheduler, systemd, ``kill -- -PGID``) made the main process fail with "DataLoader
+    worker ... is killed by signal: Terminated" instead of stopping as the SIGTERM it also got says (cli.py).
+    torch's shutdown still ends a stuck worker with SIGTERM: this stops it too, at its next Python instruction.
+    """
+    raise KeyboardInterrupt
+
+
+def _quiet_on_hang_up(report: Callable[..., object]) -> Callable[..., None]:
     """``report`` (an excepthook), silent for the main process hanging up on the worker's resource sharer.
 
     A worker hands each batch's shared memory to the main process through multiprocessing's resource sharer, a
