@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,7 @@ def test_losing_the_other_processes_is_one_line_not_a_traceback(capsys, monkeypa
     monkeypatch.setattr(command, "run", peer_gone)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)  # outside torchrun: returns (under it, see below)
     assert main(["train"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
@@ -208,6 +210,51 @@ def test_losing_the_other_processes_is_one_line_not_a_traceback(capsys, monkeypa
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(RuntimeError, match="Connection reset"):
         main(["train"])
+
+
+LOSES_CONTACT = """
+import sys
+import fcnseg.cli as cli
+import fcnseg.commands.train as command
+
+def peer_gone(args):
+    raise RuntimeError("[pair.cc:537] Read error [127.0.0.1]:19841: Connection reset by peer. GLHF!")
+
+command.run = peer_gone
+cli.LOST_CONTACT_WAIT_S = float(sys.argv[1])
+sys.exit(cli.main(["train"]))
+"""
+
+
+def _losing_contact_under_torchrun(wait_s: float) -> subprocess.Popen:
+    """Rank 0 of 2 as torchrun starts it, whose training loses contact with the other process at once."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_RUN_ID": "test", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", LOSES_CONTACT, str(wait_s)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_process_that_lost_contact_under_torchrun_waits_for_torchrun_to_stop_it():
+    # torchrun names the failure it saw first; a process that left at once after losing contact was seen in the
+    # same look as the killed process and named in its place (rank 0's exit, not the killed rank's -9).
+    process = _losing_contact_under_torchrun(wait_s=LIMIT_S)
+    try:
+        line = process.stderr.readline()  # said before the wait
+        assert "lost contact with the other processes" in line, line
+        time.sleep(1.0)
+        assert process.poll() is None  # still there: waiting for torchrun's look
+        process.send_signal(signal.SIGTERM)  # what torchrun does once it has seen the failed process
+        assert process.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        process.kill()
+        process.communicate()
+
+
+def test_a_process_that_lost_contact_under_torchrun_and_was_not_stopped_leaves_with_code_1():
+    # The process that stopped ran on another machine: this machine's torchrun sees nothing, the wait ends.
+    process = _losing_contact_under_torchrun(wait_s=0.2)
+    out, err = process.communicate(timeout=LIMIT_S)
+    assert process.returncode == 1, err
+    assert err.count("\n") == 1 and "lost contact with the other processes" in err and "Traceback" not in err, err
 
 
 def test_a_restart_continues_only_a_run_that_its_own_torchrun_wrote(tmp_path, monkeypatch, capsys):

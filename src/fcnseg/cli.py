@@ -21,7 +21,8 @@ Under torchrun every process runs :func:`main`: what a run prints once (tables, 
 the other ranks print only warnings and errors, and a process of several names itself in them (``fcnseg train:
 error: [rank 1 on HOST] ...``), so that a failure on one machine of many says where it happened. A process
 that loses contact with the others (one of them stopped or was killed, a machine was lost) says so in one line
-and exits with code 1: the process that stopped first says why, and torchrun stops or restarts the rest.
+and exits with code 1: the process that stopped first says why, and torchrun stops or restarts the rest (under
+torchrun it first waits for torchrun's SIGTERM, so that torchrun names the process that stopped first).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -152,10 +154,32 @@ def _exit_at_once(code: int) -> NoReturn:
     """End a torchrun process whose work is done and written, skipping the interpreter's teardown: there, gloo's
     threads were destroyed while joinable now and then ("terminate called without an active exception", exit
     -6), and torchrun reported a finished run as failed (docs/distributed.md)."""
+    _flush_all()
+    os._exit(code)
+
+
+def _flush_all() -> None:
+    """Write out what logging handlers and the standard streams still hold: ``os._exit`` and a signal's default
+    action drop it."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+
+
+LOST_CONTACT_WAIT_S = 5.0  # torchrun's agent looks every 0.1 s (--monitor-interval); 50 looks, for a busy machine
+
+
+def _leave_after_torchrun_looks() -> NoReturn:
+    """End a torchrun process that lost contact with its group, after waiting for torchrun to see the process
+    that stopped first: torchrun names as the cause the failure it saw first, and of those it sees in one look,
+    the lowest rank (its timestamps are whole seconds). A process that left at once was seen in the same look as
+    the killed one and named in its place (rank 0 exit 1, hiding an out-of-memory kill, say). torchrun ends the
+    wait with SIGTERM, which has its default action here (:func:`_terminate_as_interrupt`); if it does not come
+    (the process that stopped ran on another machine), the process leaves with code 1, skipping the
+    interpreter's teardown where gloo aborted (:func:`_exit_at_once`)."""
+    _flush_all()
+    time.sleep(LOST_CONTACT_WAIT_S)
+    _exit_at_once(1)
 
 
 @contextlib.contextmanager
@@ -249,6 +273,8 @@ def _run(argv: list[str] | None) -> int:
         _error_line(printable(f"fcnseg {args.command}: error: {_where()}lost contact with the other processes of the "
                               f"run (one stopped, was killed or lost its machine; its own message, if any, is above): "
                               f"{detail}"))
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            _leave_after_torchrun_looks()
         return 1
     finally:
         set_quiet(was_quiet)  # main() may be called again in the same process (tests, notebooks)
