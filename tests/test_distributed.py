@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import socket
@@ -238,7 +239,8 @@ def test_a_process_that_lost_contact_under_torchrun_waits_for_torchrun_to_stop_i
     # same look as the killed process and named in its place (rank 0's exit, not the killed rank's -9).
     process = _losing_contact_under_torchrun(wait_s=LIMIT_S)
     try:
-        line = process.stderr.readline()  # said before the wait
+        assert select.select([process.stderr], [], [], LIMIT_S)[0], "nothing said"  # no test hangs on a read
+        line = process.stderr.readline()  # said before the wait, in one write
         assert "lost contact with the other processes" in line, line
         time.sleep(1.0)
         assert process.poll() is None  # still there: waiting for torchrun's look
