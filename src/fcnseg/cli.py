@@ -263,7 +263,7 @@ def _run(argv: list[str] | None) -> int:
         _error_line(printable(f"fcnseg {args.command}: error: {_where()}{user_message(error)}", newlines=True))
         return 2
     except RuntimeError as error:
-        from fcnseg.runtime import lost_contact
+        from fcnseg.runtime import lost_contact, under_torchrun
 
         if not lost_contact(error):
             raise
@@ -273,7 +273,7 @@ def _run(argv: list[str] | None) -> int:
         _error_line(printable(f"fcnseg {args.command}: error: {_where()}lost contact with the other processes of the "
                               f"run (one stopped, was killed or lost its machine; its own message, if any, is above): "
                               f"{detail}"))
-        if "TORCHELASTIC_RUN_ID" in os.environ:
+        if under_torchrun():
             _leave_after_torchrun_looks()
         return 1
     finally:

@@ -304,11 +304,16 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
+def under_torchrun() -> bool:
+    """Whether torchrun (its elastic agent) started this process: it sets ``TORCHELASTIC_RUN_ID`` for its workers."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
 def launcher_id() -> str | None:
     """Who started this process under torchrun: the torchrun agent (the parent process), by machine, boot, pid
     and start time, which stay the same when the agent restarts its workers and differ between two launches
     (hashed: checkpoints that keep it do not name machines); None outside torchrun."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
+    if not under_torchrun():
         return None
     parent = os.getppid()
     try:
