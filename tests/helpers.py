@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
 from pathlib import Path
 
@@ -11,6 +12,16 @@ import torch
 from PIL import Image
 
 from fcnseg.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: Path, name: str | None = None):
+    """Import a file that is not part of a package (a script, hubconf.py) as a module."""
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def random_fcn(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int = 8, width: float = 1 / 16,

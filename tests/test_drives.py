@@ -3,7 +3,6 @@ drive-held-out configs and script part, and the photometric augmentation for ano
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import re
 import subprocess
@@ -39,7 +38,7 @@ from fcnseg.normalization import mean_color
 from fcnseg.train import TrainConfig
 from fcnseg.train.data import build_datasets
 
-from .helpers import error_names, folder_dataset, nyud_folder, random_fcn, refused
+from .helpers import error_names, folder_dataset, load_script, nyud_folder, random_fcn, refused
 
 REPO = Path(__file__).resolve().parents[1]
 # A tiny CamVid: three drives in train (as SegNet's: 0001TP, 0006R0, 0016E5), one in val.
@@ -534,10 +533,7 @@ def test_a_run_with_every_augmentation_option_resumes_to_the_uninterrupted_weigh
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("heldout_probe", REPO / "scripts" / "heldout_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "heldout_probe.py")
 
 
 def test_colour_matching_moves_each_channel_to_the_target_mean_and_deviation(probe):

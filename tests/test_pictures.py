@@ -2,7 +2,6 @@
 CamVid report's training curves; each says what it shows (titles, legends, notes) and is large enough to read."""
 
 import argparse
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -18,7 +17,7 @@ from fcnseg.commands.predict import add_parser
 from fcnseg.data.info import SYNTHETIC_ROADS, VOC
 from fcnseg.data.synthetic import SyntheticRoads, render_scene
 
-from .helpers import random_fcn
+from .helpers import load_script, random_fcn
 
 INFO = SYNTHETIC_ROADS
 REPORT_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "camvid_report.py"
@@ -161,10 +160,7 @@ def test_confusion_picture_says_how_to_read_it():
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("camvid_report", REPORT_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPORT_SCRIPT)
 
 
 def synthetic_run(iterations, log_every, val_every, final_iu):

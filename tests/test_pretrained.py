@@ -28,7 +28,7 @@ from fcnseg.data.info import CAMVID, SYNTHETIC_ROADS, DatasetInfo
 from fcnseg.errors import WeightsError, WriteError
 from fcnseg.train import TrainConfig, train
 
-from .helpers import digests, error_names, one_line_error, random_fcn, randomize_scores, refused, write_png
+from .helpers import digests, error_names, load_script, one_line_error, random_fcn, randomize_scores, refused, write_png
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "camvid-fcn8s"
@@ -335,9 +335,7 @@ def test_hub_builders_and_the_shipped_net(shipped, original):
     net = torch.hub.load(str(REPO), "fcn8s", source="local", backbone="vgg16_bn", width=0.0625, num_classes=3)
     assert net.spec.name == "fcn8s" and net.spec.num_classes == 3 and net.spec.backbone == "vgg16_bn"
     assert torch.hub.load(str(REPO), "fcn32s", source="local", width=0.0625).spec.name == "fcn32s"
-    spec = importlib.util.spec_from_file_location("hubconf", REPO / "hubconf.py")
-    hubconf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hubconf)
+    hubconf = load_script(REPO / "hubconf.py")
     # torch.hub.list's rule: every public callable is an entry point (imports are kept private)
     entries = [name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")]
     assert entries == ["camvid_fcn8s", "fcn16s", "fcn32s", "fcn8s"]

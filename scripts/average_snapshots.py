@@ -1,0 +1,93 @@
+"""Average the training net's weights over a stretch of a run, from copies of its ``last.pth`` taken along the
+way (``scripts/keep_snapshots.sh``): an experiment of the drive-held-out protocol (docs/camvid.md) asking
+whether a longer average than the recipe's EMA (decay 0.999, about the last 1000 steps) copes better with an
+unseen drive, as averaging weights over a wide stretch did in domain generalisation (SWA, SWAD).
+
+    .venv/bin/python scripts/average_snapshots.py runs/snapshots/RUN/*.pth --from 10000 --out /tmp/avg.pth
+    .venv/bin/python scripts/average_snapshots.py runs/snapshots/RUN/*.pth --ema 0.9997 --out /tmp/ema.pth
+
+``--from N``: the plain mean of the snapshots at iteration N and later. ``--ema D``: snapshot k weighted by
+D ** (iterations from it to the last snapshot), so a snapshot every 500 steps stands for its 500 steps; an
+approximation of an EMA taken at every step. Floating-point entries (weights and BatchNorm's running
+statistics) are averaged as the trainer's EMA does; integer entries come from the last snapshot. The output is
+a net checkpoint that ``fcnseg eval`` reads, written atomically; an existing file is kept unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from fcnseg.checkpoint import model_from_checkpoint, read_checkpoint, save_model
+from fcnseg.errors import ConfigError, FcnsegError
+
+
+def snapshot_weights(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
+    """(iteration, the training net's weights) of one copy of a run's ``last.pth``."""
+    data = read_checkpoint(path)
+    if "iteration" not in data:
+        raise ConfigError(f"{path}: not a run's last.pth (no iteration); give the copies keep_snapshots.sh made")
+    return int(data["iteration"]), data.get("train_state_dict", data["model_state_dict"])
+
+
+def averaging_weights(iterations: list[int], start: int | None, decay: float | None) -> list[float]:
+    """Each snapshot's share of the average, summing to 1 (see the module's docstring)."""
+    last = max(iterations)
+    if decay is not None:
+        raw = [decay ** (last - it) for it in iterations]
+    else:
+        raw = [1.0 if it >= start else 0.0 for it in iterations]
+    if sum(raw) == 0:
+        raise ConfigError(f"no snapshot at iteration {start} or later (the last is at {last})")
+    return [w / sum(raw) for w in raw]
+
+
+def average_states(states: list[dict[str, torch.Tensor]], shares: list[float]) -> dict[str, torch.Tensor]:
+    """The weighted mean of the floating-point entries (in float64, stored as they were); integer entries of
+    the last state."""
+    averaged = {}
+    for name, last in states[-1].items():
+        if not last.is_floating_point():
+            averaged[name] = last.clone()
+            continue
+        total = sum(share * state[name].double() for state, share in zip(states, shares, strict=True) if share)
+        averaged[name] = total.to(last.dtype)
+    return averaged
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("snapshots", nargs="+", type=Path, help="copies of a run's last.pth")
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--from", dest="start", type=int, help="plain mean of the snapshots from this iteration on")
+    how.add_argument("--ema", type=float, help="exponential weights with this decay per iteration")
+    parser.add_argument("--out", type=Path, required=True, help="the averaged net's checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    args = parser.parse_args(argv)
+    try:
+        if args.out.exists() and not args.overwrite:
+            raise ConfigError(f"{args.out} exists; give another --out, or --overwrite to replace it")
+        if args.ema is not None and not 0 < args.ema < 1:
+            raise ConfigError(f"--ema must be in (0, 1), got {args.ema}")
+        # One snapshot per iteration: a resumed run rewrites the same iteration's weights exactly.
+        by_iteration = {it: (it, state, path) for it, state, path in
+                        (snapshot_weights(path) + (path,) for path in args.snapshots)}
+        found = [by_iteration[it] for it in sorted(by_iteration)]
+        iterations = [it for it, _, _ in found]
+        shares = averaging_weights(iterations, args.start, args.ema)
+        model, info = model_from_checkpoint(found[-1][2])
+        model.load_state_dict(average_states([state for _, state, _ in found], shares))
+        used = [f"{it}:{share:.3f}" for it, share in zip(iterations, shares, strict=True) if share > 5e-4]
+        save_model(model, info, args.out, iteration=iterations[-1], averaged=used)
+        print(f"averaged {len(used)} of {len(found)} snapshots (iteration:share) {' '.join(used)} -> {args.out}")
+    except FcnsegError as error:
+        print(f"average_snapshots: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# keep_snapshots.sh RUN_DIR SNAP_DIR: copy RUN_DIR/last.pth into SNAP_DIR each time training rewrites it
+# (every checkpoint_interval steps), until RUN_DIR/last.pth stops changing for STOP_AFTER_S seconds (default
+# 1800) after the run has ended. An experiment's tool (docs/camvid.md, "averaging the weights"): the copies hold
+# the training net's weights (train_state_dict) along the way, which scripts/average_snapshots.py averages.
+# last.pth is replaced by a rename, so a copy always reads one whole checkpoint.
+set -euo pipefail
+run_dir=${1:?usage: keep_snapshots.sh RUN_DIR SNAP_DIR}
+snap_dir=${2:?usage: keep_snapshots.sh RUN_DIR SNAP_DIR}
+stop_after_s=${STOP_AFTER_S:-1800}
+mkdir -p "$snap_dir"
+seen="" idle=0
+while (( idle < stop_after_s )); do
+  stamp=$(stat -c %Y.%s "$run_dir/last.pth" 2>/dev/null || true)
+  if [[ -n $stamp && $stamp != "$seen" ]]; then
+    cp "$run_dir/last.pth" "$snap_dir/.copy" && mv "$snap_dir/.copy" "$snap_dir/last_$(date +%s%N).pth"
+    seen=$stamp idle=0
+  else
+    idle=$((idle + 10))
+  fi
+  sleep 10
+done

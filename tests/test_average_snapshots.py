@@ -1,0 +1,65 @@
+"""scripts/average_snapshots.py: averaging a run's training weights over its copies of last.pth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fcnseg.checkpoint import model_checkpoint, model_from_checkpoint, write_checkpoint
+from fcnseg.data.info import CAMVID
+
+from .helpers import REPO, load_script, random_fcn
+
+
+@pytest.fixture(scope="module")
+def averaging():
+    return load_script(REPO / "scripts" / "average_snapshots.py")
+
+
+def write_snapshot(path: Path, iteration: int, fill: float) -> Path:
+    """A run's last.pth at ``iteration`` whose training net has every float entry equal to ``fill`` (and an
+    EMA net of random weights, which the average must not read)."""
+    ema, trained = random_fcn(num_classes=11, width=1 / 32), random_fcn(num_classes=11, width=1 / 32)
+    state = trained.state_dict()
+    for value in state.values():
+        value.fill_(fill) if value.is_floating_point() else value.fill_(iteration)
+    return write_checkpoint(model_checkpoint(ema, CAMVID, iteration=iteration, train_state_dict=state), path)
+
+
+def test_shares_of_a_plain_mean_and_of_exponential_weights(averaging):
+    assert averaging.averaging_weights([500, 1000, 1500, 2000], 1000, None) == [0, 1 / 3, 1 / 3, 1 / 3]
+    shares = averaging.averaging_weights([1000, 1500, 2000], None, 0.999)
+    raw = [0.999 ** 1000, 0.999 ** 500, 1]
+    assert shares == pytest.approx([w / sum(raw) for w in raw], rel=1e-12)
+    with pytest.raises(averaging.ConfigError, match="no snapshot at iteration 2500 or later"):
+        averaging.averaging_weights([500, 1000], 2500, None)
+
+
+def test_the_average_of_snapshots_from_an_iteration_on_is_their_mean(averaging, tmp_path):
+    paths = [write_snapshot(tmp_path / f"s{i}.pth", it, fill) for i, (it, fill) in
+             enumerate([(500, 100.0), (1000, 1.0), (1500, 2.0), (2000, 6.0)])]
+    copy_of_last = write_snapshot(tmp_path / "again.pth", 2000, 6.0)  # the same iteration copied twice counts once
+    out = tmp_path / "avg.pth"
+    assert averaging.main([*map(str, paths), str(copy_of_last), "--from", "1000", "--out", str(out)]) == 0
+    model, _ = model_from_checkpoint(out)
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            assert torch.equal(value, torch.full_like(value, 3.0)), name  # (1 + 2 + 6) / 3
+        else:
+            assert int(value.flatten()[0]) == 2000, name  # integer entries: the last snapshot's
+
+
+def test_an_existing_output_is_kept_and_a_bad_decay_refused_in_one_line(averaging, tmp_path, capsys):
+    snapshot = write_snapshot(tmp_path / "s.pth", 500, 1.0)
+    out = tmp_path / "mine.pth"
+    out.write_bytes(b"the user's file")
+    assert averaging.main([str(snapshot), "--from", "0", "--out", str(out)]) == 2
+    assert out.read_bytes() == b"the user's file"
+    refusal = f"average_snapshots: {out} exists; give another --out, or --overwrite to replace it\n"
+    assert capsys.readouterr().err == refusal
+    assert averaging.main([str(snapshot), "--ema", "1.5", "--out", str(tmp_path / "new.pth")]) == 2
+    assert capsys.readouterr().err == "average_snapshots: --ema must be in (0, 1), got 1.5\n"
+    assert averaging.main([str(snapshot), "--from", "0", "--out", str(out), "--overwrite"]) == 0
+    assert model_from_checkpoint(out)[0] is not None
