@@ -9,8 +9,11 @@ unseen drive, as averaging weights over a wide stretch did in domain generalisat
 ``--from N``: the plain mean of the snapshots at iteration N and later. ``--ema D``: snapshot k weighted by
 D ** (iterations from it to the last snapshot), so a snapshot every 500 steps stands for its 500 steps; an
 approximation of an EMA taken at every step. Floating-point entries (weights and BatchNorm's running
-statistics) are averaged as the trainer's EMA does; integer entries come from the last snapshot. The output is
-a net checkpoint that ``fcnseg eval`` reads, written atomically; an existing file is kept unless ``--overwrite``.
+statistics) are averaged as the trainer's EMA does; integer entries come from the last snapshot.
+``--recompute-bn`` then measures BatchNorm's running statistics again on the averaged net, as SWA does: the
+plain mean over one epoch of the run's training split, augmented as in training (CutMix aside), in batches of
+its batch size. The output is a net checkpoint that ``fcnseg eval`` reads, written atomically; an existing file
+is kept unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from fcnseg.checkpoint import model_from_checkpoint, read_checkpoint, save_model
+from fcnseg.data.collate import PadCollate
 from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.train.config import TrainConfig
+from fcnseg.train.data import build_datasets
 
 
 def snapshot_weights(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
@@ -58,6 +65,30 @@ def average_states(states: list[dict[str, torch.Tensor]], shares: list[float]) -
     return averaged
 
 
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, run_options: dict, root: str | None) -> int:
+    """Replace every BatchNorm's running statistics by their plain mean over one epoch of the run's training
+    split (epoch 0's augmentation, batches of the run's size); returns the number of batches."""
+    config = TrainConfig.from_dict({**run_options, **({"root": root} if root else {})}, "the snapshot's config")
+    train, _ = build_datasets(config, model.spec.normalization_text)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # None: a cumulative plain mean over the batches
+    collate, size = PadCollate(train.info.ignore_index), config.batch_size
+    model.train()
+    batches = 0
+    for start in range(0, len(train) - size + 1, size):
+        images, _ = collate([train.sample(index, 0) for index in range(start, start + size)])
+        model(images)
+        batches += 1
+    model.eval()
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    return batches
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("snapshots", nargs="+", type=Path, help="copies of a run's last.pth")
@@ -65,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--from", dest="start", type=int, help="plain mean of the snapshots from this iteration on")
     how.add_argument("--ema", type=float, help="exponential weights with this decay per iteration")
     parser.add_argument("--out", type=Path, required=True, help="the averaged net's checkpoint")
+    parser.add_argument("--recompute-bn", action="store_true", help="measure BatchNorm's statistics again")
+    parser.add_argument("--root", help="the dataset's folder for --recompute-bn (default: the run's)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
     try:
@@ -80,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         shares = averaging_weights(iterations, args.start, args.ema)
         model, info = model_from_checkpoint(found[-1][2])
         model.load_state_dict(average_states([state for _, state, _ in found], shares))
+        if args.recompute_bn:
+            config = read_checkpoint(found[-1][2], mmap=True)["config"]
+            print(f"BatchNorm statistics measured again over {recompute_batchnorm(model, config, args.root)} batches")
         used = [f"{it}:{share:.3f}" for it, share in zip(iterations, shares, strict=True) if share > 5e-4]
         save_model(model, info, args.out, iteration=iterations[-1], averaged=used)
         print(f"averaged {len(used)} of {len(found)} snapshots (iteration:share) {' '.join(used)} -> {args.out}")

@@ -63,3 +63,24 @@ def test_an_existing_output_is_kept_and_a_bad_decay_refused_in_one_line(averagin
     assert capsys.readouterr().err == "average_snapshots: --ema must be in (0, 1), got 1.5\n"
     assert averaging.main([str(snapshot), "--from", "0", "--out", str(out), "--overwrite"]) == 0
     assert model_from_checkpoint(out)[0] is not None
+
+
+def test_recomputed_batchnorm_statistics_are_the_plain_mean_over_the_training_batches(averaging):
+    config = {"dataset": "synthetic", "dataset_options": {"num_images": 6, "height": 48, "width": 64},
+              "crop_size": [32, 48], "scale_range": [0.75, 1.5], "batch_size": 2, "seed": 3}
+    model = random_fcn(backbone="vgg16_bn", num_classes=2, width=1 / 32)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen, inputs = [], []
+    hooks = [first.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().clone())),
+             model.register_forward_pre_hook(lambda _, args: inputs.append(args[0].shape))]
+    assert averaging.recompute_batchnorm(model, config, None) == 3  # 6 images in batches of 2
+    for hook in hooks:
+        hook.remove()
+    # The oracle: the mean over batches of each batch's channel means and unbiased channel variances.
+    means = torch.stack([x.mean((0, 2, 3)) for x in seen]).mean(0)
+    variances = torch.stack([x.transpose(0, 1).flatten(1).var(1) for x in seen]).mean(0)
+    torch.testing.assert_close(first.running_mean, means, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(first.running_var, variances, rtol=1e-4, atol=1e-5)
+    assert first.momentum == 0.1 and not model.training
+    # Augmented as in training: the crops are 32x48 (a whole 48x64 image would be seen otherwise).
+    assert inputs == [(2, 3, 32, 48)] * 3
