@@ -35,8 +35,9 @@ from fcnseg.train.data import build_datasets
 def snapshot_weights(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
     """(iteration, the training net's weights) of one copy of a run's ``last.pth``."""
     data = read_checkpoint(path)
-    if "iteration" not in data:
-        raise ConfigError(f"{path}: not a run's last.pth (no iteration); give the copies keep_snapshots.sh made")
+    if "iteration" not in data or "optimizer" not in data:
+        raise ConfigError(f"{path} is not a training run's last.pth (no training state); give the copies "
+                          "keep_snapshots.sh made")
     return int(data["iteration"]), data.get("train_state_dict", data["model_state_dict"])
 
 

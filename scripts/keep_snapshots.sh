@@ -8,6 +8,7 @@ set -euo pipefail
 run_dir=${1:?usage: keep_snapshots.sh RUN_DIR SNAP_DIR}
 snap_dir=${2:?usage: keep_snapshots.sh RUN_DIR SNAP_DIR}
 stop_after_s=${STOP_AFTER_S:-1800}
+[[ -d $run_dir ]] || { echo "keep_snapshots.sh: $run_dir is not a folder: start keep_snapshots.sh once the run has created it" >&2; exit 2; }
 mkdir -p "$snap_dir"
 seen="" idle=0
 while (( idle < stop_after_s )); do

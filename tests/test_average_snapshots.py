@@ -25,7 +25,8 @@ def write_snapshot(path: Path, iteration: int, fill: float) -> Path:
     state = trained.state_dict()
     for value in state.values():
         value.fill_(fill) if value.is_floating_point() else value.fill_(iteration)
-    return write_checkpoint(model_checkpoint(ema, CAMVID, iteration=iteration, train_state_dict=state), path)
+    return write_checkpoint(model_checkpoint(ema, CAMVID, iteration=iteration, train_state_dict=state, optimizer={}),
+                            path)
 
 
 def test_shares_of_a_plain_mean_and_of_exponential_weights(averaging):
@@ -61,6 +62,11 @@ def test_an_existing_output_is_kept_and_a_bad_decay_refused_in_one_line(averagin
     assert capsys.readouterr().err == refusal
     assert averaging.main([str(snapshot), "--ema", "1.5", "--out", str(tmp_path / "new.pth")]) == 2
     assert capsys.readouterr().err == "average_snapshots: --ema must be in (0, 1), got 1.5\n"
+    averaged = tmp_path / "averaged.pth"  # a net checkpoint (an average's output) is not a snapshot
+    assert averaging.main([str(snapshot), "--from", "0", "--out", str(averaged)]) == 0
+    assert averaging.main([str(averaged), "--from", "0", "--out", str(tmp_path / "again.pth")]) == 2
+    assert capsys.readouterr().err.endswith(f"{averaged} is not a training run's last.pth (no training state); "
+                                            "give the copies keep_snapshots.sh made\n")
     assert averaging.main([str(snapshot), "--from", "0", "--out", str(out), "--overwrite"]) == 0
     assert model_from_checkpoint(out)[0] is not None
 
