@@ -3,7 +3,8 @@
 # (every checkpoint_interval steps), until RUN_DIR/last.pth stops changing for STOP_AFTER_S seconds (default
 # 1800) after the run has ended. An experiment's tool (docs/camvid.md, "averaging the weights"): the copies hold
 # the training net's weights (train_state_dict) along the way, which scripts/average_snapshots.py averages.
-# last.pth is replaced by a rename, so a copy always reads one whole checkpoint.
+# last.pth is replaced by a rename, so a copy always reads one whole checkpoint; each watcher copies through a
+# temporary name of its own, so two watching one run only make duplicates, which the averaging counts once.
 set -euo pipefail
 run_dir=${1:?usage: keep_snapshots.sh RUN_DIR SNAP_DIR}
 snap_dir=${2:?usage: keep_snapshots.sh RUN_DIR SNAP_DIR}
@@ -14,7 +15,7 @@ seen="" idle=0
 while (( idle < stop_after_s )); do
   stamp=$(stat -c %Y.%s "$run_dir/last.pth" 2>/dev/null || true)
   if [[ -n $stamp && $stamp != "$seen" ]]; then
-    cp "$run_dir/last.pth" "$snap_dir/.copy" && mv "$snap_dir/.copy" "$snap_dir/last_$(date +%s%N).pth"
+    cp "$run_dir/last.pth" "$snap_dir/.copy.$$" && mv "$snap_dir/.copy.$$" "$snap_dir/last_$(date +%s%N)_$$.pth"
     seen=$stamp idle=0
   else
     idle=$((idle + 10))
