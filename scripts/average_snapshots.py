@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         by_iteration = {it: (it, state, path) for it, state, path in
                         (snapshot_weights(path) + (path,) for path in args.snapshots)}
         found = [by_iteration[it] for it in sorted(by_iteration)]
+        runs = {repr(read_checkpoint(path, mmap=True).get("config")) for _, _, path in found}
+        if len(runs) > 1:
+            raise ConfigError(f"the snapshots come from {len(runs)} runs of different configs; give one run's")
         iterations = [it for it, _, _ in found]
         shares = averaging_weights(iterations, args.start, args.ema)
         model, info = model_from_checkpoint(found[-1][2])

@@ -18,15 +18,15 @@ def averaging():
     return load_script(REPO / "scripts" / "average_snapshots.py")
 
 
-def write_snapshot(path: Path, iteration: int, fill: float) -> Path:
+def write_snapshot(path: Path, iteration: int, fill: float, seed: int = 0) -> Path:
     """A run's last.pth at ``iteration`` whose training net has every float entry equal to ``fill`` (and an
     EMA net of random weights, which the average must not read)."""
     ema, trained = random_fcn(num_classes=11, width=1 / 32), random_fcn(num_classes=11, width=1 / 32)
     state = trained.state_dict()
     for value in state.values():
         value.fill_(fill) if value.is_floating_point() else value.fill_(iteration)
-    return write_checkpoint(model_checkpoint(ema, CAMVID, iteration=iteration, train_state_dict=state, optimizer={}),
-                            path)
+    training = {"iteration": iteration, "train_state_dict": state, "optimizer": {}, "config": {"seed": seed}}
+    return write_checkpoint(model_checkpoint(ema, CAMVID, **training), path)
 
 
 def test_shares_of_a_plain_mean_and_of_exponential_weights(averaging):
@@ -64,6 +64,9 @@ def test_an_existing_output_is_kept_and_a_bad_decay_refused_in_one_line(averagin
     assert capsys.readouterr().err == "average_snapshots: --ema must be in (0, 1), got 1.5\n"
     averaged = tmp_path / "averaged.pth"  # a net checkpoint (an average's output) is not a snapshot
     assert averaging.main([str(snapshot), "--from", "0", "--out", str(averaged)]) == 0
+    other_run = write_snapshot(tmp_path / "other.pth", 1000, 2.0, seed=1)
+    assert averaging.main([str(snapshot), str(other_run), "--from", "0", "--out", str(tmp_path / "mixed.pth")]) == 2
+    assert capsys.readouterr().err.endswith("the snapshots come from 2 runs of different configs; give one run's\n")
     assert averaging.main([str(averaged), "--from", "0", "--out", str(tmp_path / "again.pth")]) == 2
     assert capsys.readouterr().err.endswith(f"{averaged} is not a training run's last.pth (no training state); "
                                             "give the copies keep_snapshots.sh made\n")
