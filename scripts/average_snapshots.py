@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from fcnseg.checkpoint import model_from_checkpoint, read_checkpoint, save_model
 from fcnseg.data.collate import PadCollate
@@ -32,13 +33,14 @@ from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import build_datasets
 
 
-def snapshot_weights(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
-    """(iteration, the training net's weights) of one copy of a run's ``last.pth``."""
-    data = read_checkpoint(path)
+def snapshot_weights(path: Path) -> tuple[int, dict, dict[str, torch.Tensor]]:
+    """(iteration, run options, the training net's weights) of one copy of a run's ``last.pth``; mapped, so
+    the optimizer's state is never read."""
+    data = read_checkpoint(path, mmap=True)
     if "iteration" not in data or "optimizer" not in data:
         raise ConfigError(f"{path} is not a training run's last.pth (no training state); give the copies "
                           "keep_snapshots.sh made")
-    return int(data["iteration"]), data.get("train_state_dict", data["model_state_dict"])
+    return int(data["iteration"]), data.get("config"), data.get("train_state_dict", data["model_state_dict"])
 
 
 def averaging_weights(iterations: list[int], start: int | None, decay: float | None) -> list[float]:
@@ -66,28 +68,16 @@ def average_states(states: list[dict[str, torch.Tensor]], shares: list[float]) -
     return averaged
 
 
-@torch.no_grad()
 def recompute_batchnorm(model: nn.Module, run_options: dict, root: str | None) -> int:
     """Replace every BatchNorm's running statistics by their plain mean over one epoch of the run's training
-    split (epoch 0's augmentation, batches of the run's size); returns the number of batches."""
+    split (epoch 0's augmentation, batches of the run's size), with torch's ``update_bn``; returns the number
+    of batches."""
     config = TrainConfig.from_dict({**run_options, **({"root": root} if root else {})}, "the snapshot's config")
     train, _ = build_datasets(config, model.spec.normalization_text)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # None: a cumulative plain mean over the batches
     collate, size = PadCollate(train.info.ignore_index), config.batch_size
-    model.train()
-    batches = 0
-    for start in range(0, len(train) - size + 1, size):
-        images, _ = collate([train.sample(index, 0) for index in range(start, start + size)])
-        model(images)
-        batches += 1
-    model.eval()
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    return batches
+    batches = [range(start, start + size) for start in range(0, len(train) - size + 1, size)]
+    update_bn((collate([train.sample(index, 0) for index in batch]) for batch in batches), model)
+    return len(batches)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,19 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.ema is not None and not 0 < args.ema < 1:
             raise ConfigError(f"--ema must be in (0, 1), got {args.ema}")
         # One snapshot per iteration: a resumed run rewrites the same iteration's weights exactly.
-        by_iteration = {it: (it, state, path) for it, state, path in
+        by_iteration = {it: (it, config, state, path) for it, config, state, path in
                         (snapshot_weights(path) + (path,) for path in args.snapshots)}
         found = [by_iteration[it] for it in sorted(by_iteration)]
-        runs = {repr(read_checkpoint(path, mmap=True).get("config")) for _, _, path in found}
+        runs = {repr(config) for _, config, _, _ in found}
         if len(runs) > 1:
             raise ConfigError(f"the snapshots come from {len(runs)} runs of different configs; give one run's")
-        iterations = [it for it, _, _ in found]
+        iterations = [it for it, _, _, _ in found]
         shares = averaging_weights(iterations, args.start, args.ema)
-        model, info = model_from_checkpoint(found[-1][2])
-        model.load_state_dict(average_states([state for _, state, _ in found], shares))
+        model, info = model_from_checkpoint(found[-1][3])
+        model.load_state_dict(average_states([state for _, _, state, _ in found], shares))
         if args.recompute_bn:
-            config = read_checkpoint(found[-1][2], mmap=True)["config"]
-            print(f"BatchNorm statistics measured again over {recompute_batchnorm(model, config, args.root)} batches")
+            batches = recompute_batchnorm(model, found[-1][1], args.root)
+            print(f"BatchNorm statistics measured again over {batches} batches")
         used = [f"{it}:{share:.3f}" for it, share in zip(iterations, shares, strict=True) if share > 5e-4]
         save_model(model, info, args.out, iteration=iterations[-1], averaged=used)
         print(f"averaged {len(used)} of {len(found)} snapshots (iteration:share) {' '.join(used)} -> {args.out}")
