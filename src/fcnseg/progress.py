@@ -60,6 +60,11 @@ class Bar(tqdm):
     """tqdm's bar; where no bar is drawn (:func:`lines_instead`) and ``lines`` is set, a log line at the first
     update after each :data:`LINE_SECONDS`: done of the total, rate, elapsed time and ETA."""
 
+    # No tqdm monitor thread (it only tunes how often a slow bar redraws). tqdm starts it for every bar,
+    # disabled ones included, and DataLoader workers are forked right after a bar is made: a thread alive
+    # at a fork is a chance for the child to hang (seen once, a worker stuck in threading's after-fork).
+    monitor_interval = 0
+
     def __init__(self, *args: Any, lines: bool = False, **options: Any) -> None:
         super().__init__(*args, **options)
         self.lines = lines
