@@ -96,23 +96,24 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.out} exists; give another --out, or --overwrite to replace it")
         if args.ema is not None and not 0 < args.ema < 1:
             raise ConfigError(f"--ema must be in (0, 1), got {args.ema}")
-        # One snapshot per iteration: a resumed run rewrites the same iteration's weights exactly.
-        by_iteration = {it: (it, config, state, path) for it, config, state, path in
-                        (snapshot_weights(path) + (path,) for path in args.snapshots)}
-        found = [by_iteration[it] for it in sorted(by_iteration)]
-        runs = {repr(config) for _, config, _, _ in found}
+        snapshots = {}  # one per iteration: a resumed run rewrites the same iteration's weights exactly
+        for path in args.snapshots:
+            iteration, config, state = snapshot_weights(path)
+            snapshots[iteration] = config, state, path
+        iterations = sorted(snapshots)
+        configs, states, paths = zip(*(snapshots[it] for it in iterations), strict=True)
+        runs = {repr(config) for config in configs}
         if len(runs) > 1:
             raise ConfigError(f"the snapshots come from {len(runs)} runs of different configs; give one run's")
-        iterations = [it for it, _, _, _ in found]
         shares = averaging_weights(iterations, args.start, args.ema)
-        model, info = model_from_checkpoint(found[-1][3])
-        model.load_state_dict(average_states([state for _, _, state, _ in found], shares))
+        model, info = model_from_checkpoint(paths[-1])
+        model.load_state_dict(average_states(list(states), shares))
         if args.recompute_bn:
-            batches = recompute_batchnorm(model, found[-1][1], args.root)
+            batches = recompute_batchnorm(model, configs[-1], args.root)
             print(f"BatchNorm statistics measured again over {batches} batches")
         used = [f"{it}:{share:.3f}" for it, share in zip(iterations, shares, strict=True) if share > 5e-4]
         save_model(model, info, args.out, iteration=iterations[-1], averaged=used)
-        print(f"averaged {len(used)} of {len(found)} snapshots (iteration:share) {' '.join(used)} -> {args.out}")
+        print(f"averaged {len(used)} of {len(iterations)} snapshots (iteration:share) {' '.join(used)} -> {args.out}")
     except FcnsegError as error:
         print(f"average_snapshots: {error}", file=sys.stderr)
         return 2
