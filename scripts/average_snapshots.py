@@ -96,15 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.out} exists; give another --out, or --overwrite to replace it")
         if args.ema is not None and not 0 < args.ema < 1:
             raise ConfigError(f"--ema must be in (0, 1), got {args.ema}")
-        snapshots = {}  # one per iteration: a resumed run rewrites the same iteration's weights exactly
+        snapshots, runs = {}, set()  # one per iteration: a resumed run rewrites the same iteration's weights
         for path in args.snapshots:
             iteration, config, state = snapshot_weights(path)
             snapshots[iteration] = config, state, path
-        iterations = sorted(snapshots)
-        configs, states, paths = zip(*(snapshots[it] for it in iterations), strict=True)
-        runs = {repr(config) for config in configs}
+            runs.add(repr(config))  # of every snapshot: two runs' copies at the same iterations would hide
         if len(runs) > 1:
             raise ConfigError(f"the snapshots come from {len(runs)} runs of different configs; give one run's")
+        iterations = sorted(snapshots)
+        configs, states, paths = zip(*(snapshots[it] for it in iterations), strict=True)
         shares = averaging_weights(iterations, args.start, args.ema)
         model, info = model_from_checkpoint(paths[-1])
         model.load_state_dict(average_states(list(states), shares))

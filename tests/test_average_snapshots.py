@@ -67,6 +67,10 @@ def test_an_existing_output_is_kept_and_a_bad_decay_refused_in_one_line(averagin
     other_run = write_snapshot(tmp_path / "other.pth", 1000, 2.0, seed=1)
     assert averaging.main([str(snapshot), str(other_run), "--from", "0", "--out", str(tmp_path / "mixed.pth")]) == 2
     assert capsys.readouterr().err.endswith("the snapshots come from 2 runs of different configs; give one run's\n")
+    # Two runs' copies at the same iteration are refused too, not one of them silently dropped.
+    same_iteration = write_snapshot(tmp_path / "other_500.pth", 500, 2.0, seed=1)
+    assert averaging.main([str(snapshot), str(same_iteration), "--from", "0", "--out", str(tmp_path / "m2.pth")]) == 2
+    assert capsys.readouterr().err.endswith("the snapshots come from 2 runs of different configs; give one run's\n")
     assert averaging.main([str(averaged), "--from", "0", "--out", str(tmp_path / "again.pth")]) == 2
     assert capsys.readouterr().err.endswith(f"{averaged} is not a training run's last.pth (no training state); "
                                             "give the copies keep_snapshots.sh made\n")
