@@ -1,6 +1,7 @@
 """The cost of each photometric augmentation (fcnseg.data.transforms.ColorJitter) on one 360x480 CamVid-sized
 image: the median over a few repetitions of the CPU time of this thread (so a machine busy with other work
-counts less than in wall-clock time; both are printed), one torch/numpy thread.
+counts less than in wall-clock time; both are printed), one torch/numpy thread. Then the whole training
+pipeline (rescaling, crop, flip, colour) of the kept held-out recipe and of its rescaling candidate.
 
 Usage: OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/photometric.py [--repeats 7]
 """
@@ -13,7 +14,7 @@ import time
 
 import numpy as np
 
-from fcnseg.data.transforms import ColorJitter
+from fcnseg.data.transforms import ColorJitter, train_transforms
 from fcnseg.runtime import cpu_model
 
 # Each step alone at the amount of configs/camvid/heldout/fcn8s_il12_ema_w8_16k_photo.yaml, then all of them.
@@ -23,17 +24,20 @@ STEPS = {"brightness 0.5": {"brightness": 0.5}, "contrast 0.3": {"contrast": 0.3
          "color_jitter 0.1 (the best recipe)": {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1},
          "all (the _photo config)": {"brightness": 0.5, "contrast": 0.3, "saturation": 0.3, "hue": 0.02,
                                      "gamma": 0.5, "blur": 1.0, "noise": 4.0}}
+# Whole pipelines: the kept held-out recipe's (fcn8s_il12_ema_w4_15k_b4_crop336_cutmix) and its candidate's
+# with rescaling over [0.5, 2.0] (_scale05to2); each draws its factor, crop and flip anew per repetition.
+PIPELINES = {f"crops 336x448, scale {low}-{high}, flip, color_jitter 0.1": (low, high)
+             for low, high in ((0.75, 1.5), (0.5, 2.0))}
 
 
-def measure(amounts: dict[str, float], image: np.ndarray, label: np.ndarray, repeats: int) -> tuple[float, float]:
+def measure(transform, image: np.ndarray, label: np.ndarray, repeats: int) -> tuple[float, float]:
     """Median (CPU ms, wall ms) of one call, each call with its own generator as training draws them."""
-    jitter = ColorJitter(**amounts)
-    jitter(image, label, rng=np.random.default_rng(0))  # warm-up
+    transform(image, label, rng=np.random.default_rng(0))  # warm-up
     cpu, wall = [], []
     for repeat in range(repeats):
         rng = np.random.default_rng((0, 0, repeat))
         start_cpu, start_wall = time.thread_time(), time.perf_counter()
-        jitter(image, label, rng=rng)
+        transform(image, label, rng=rng)
         cpu.append(time.thread_time() - start_cpu)
         wall.append(time.perf_counter() - start_wall)
     return 1000 * statistics.median(cpu), 1000 * statistics.median(wall)
@@ -49,7 +53,11 @@ def main() -> None:
     print(f"CPU: {cpu_model()}; numpy {np.__version__}; {args.repeats} repetitions, medians")
     print("| step | CPU ms | wall ms |\n|---|---:|---:|")
     for name, amounts in STEPS.items():
-        cpu, wall = measure(amounts, image, label, args.repeats)
+        cpu, wall = measure(ColorJitter(**amounts), image, label, args.repeats)
+        print(f"| {name} | {cpu:.1f} | {wall:.1f} |")
+    for name, scale_range in PIPELINES.items():
+        pipeline = train_transforms((336, 448), scale_range=scale_range, flip=True, color_jitter=0.1, ignore_index=11)
+        cpu, wall = measure(pipeline, image, label, args.repeats)
         print(f"| {name} | {cpu:.1f} | {wall:.1f} |")
 
 
