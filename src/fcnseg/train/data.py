@@ -21,7 +21,7 @@ from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.collate import PadCollate
 from fcnseg.data.mix import cut_mix
 from fcnseg.data.registry import build_dataset
-from fcnseg.data.transforms import PHOTOMETRIC, train_transforms
+from fcnseg.data.transforms import PHOTOMETRIC, Compose, train_transforms
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.memory import available_bytes, format_bytes
 from fcnseg.progress import track
@@ -70,21 +70,32 @@ def build_datasets(config: TrainConfig, normalization: str) -> tuple[Segmentatio
     """
     options = dict(config.dataset_options)
     val = build_dataset(config.dataset, config.root, config.val_split, normalization=normalization, **options)
-    photometric = {name: getattr(config, name) for name in PHOTOMETRIC}
-    changes = [name for name in ("color_jitter", *PHOTOMETRIC) if getattr(config, name)]  # None and 0: none
+    changes = colour_changes(config)
     if changes and val.inputs[0] != "rgb":
         raise ConfigError(f"{', '.join(changes)} change{'s' if len(changes) == 1 else ''} colour images only, but "
                           f"this dataset's images are {'+'.join(val.inputs)} (depth encoded as HHA): set "
                           f"{', '.join(changes)} to 0")
-    transform = None
-    if config.crop_size or config.scale_range or config.flip or changes:
-        transform = train_transforms(tuple(config.crop_size) if config.crop_size else None,
-                                     scale_range=tuple(config.scale_range) if config.scale_range else None,
-                                     flip=config.flip, color_jitter=config.color_jitter,
-                                     ignore_index=val.info.ignore_index, normalization=normalization, **photometric)
+    transform = training_transform(config, val.info.ignore_index, normalization)
     train = build_dataset(config.dataset, config.root, config.train_split, transform=transform,
                           normalization=normalization, seed=config.seed, **options)
     return train, val
+
+
+def colour_changes(config: TrainConfig) -> list[str]:
+    """The photometric options ``config`` turns on (None and 0: off)."""
+    return [name for name in ("color_jitter", *PHOTOMETRIC) if getattr(config, name)]
+
+
+def training_transform(config: TrainConfig, ignore_index: int, normalization: str) -> Compose | None:
+    """The augmentation of ``config``'s training samples (rescaling, crop, flip, colour); None where it asks
+    for none. Crops are padded with ``ignore_index``, the dataset's, in labels."""
+    if not (config.crop_size or config.scale_range or config.flip or colour_changes(config)):
+        return None
+    photometric = {name: getattr(config, name) for name in PHOTOMETRIC}
+    return train_transforms(tuple(config.crop_size) if config.crop_size else None,
+                            scale_range=tuple(config.scale_range) if config.scale_range else None,
+                            flip=config.flip, color_jitter=config.color_jitter,
+                            ignore_index=ignore_index, normalization=normalization, **photometric)
 
 
 def keep_decoded(dataset: SegmentationDataset, workers: int) -> bool:
