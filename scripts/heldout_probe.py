@@ -1,4 +1,4 @@
-"""What a net trained without a drive gets wrong on it: two test-time probes of the drive-held-out protocol
+"""What a net trained without a drive gets wrong on it: three test-time probes of the drive-held-out protocol
 (docs/camvid.md), each scoring the same net on the held-out frames with one thing changed.
 
 * **Colour statistics.** Each frame's channels shifted and scaled to the training frames' mean and standard
@@ -7,6 +7,11 @@
 * **Class weights.** The training loss weighted class c by w_c; the prediction argmax(log p - tau * log w)
   takes part of that weighting back (tau = 1: all of it, to first order). If the weights pushed uncertain
   pixels of the new drive into rare classes, this would raise the score.
+* **BatchNorm statistics of the new drive** (AdaBN). Every BatchNorm's running mean and variance replaced by
+  their plain mean over the held-out frames themselves, one full frame at a time, labels unused, the rest of
+  the net as at test time (dropout off). If the new drive's features are shifted in a way normalising them
+  again undoes, this raises the score; it needs the drive's frames before predicting them, so it is an
+  adaptation a user could make per drive, not part of a recipe.
 
     .venv/bin/python scripts/heldout_probe.py runs/heldout/fcn8s_il12_ema_w8_16k_3k_s0/last.pth \\
         --root ../shared/data/camvid --threads 1
@@ -18,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
+from torch import nn
 
 import fcnseg
 from fcnseg.checkpoint import read_checkpoint
@@ -29,6 +35,7 @@ from fcnseg.data.balance import balancing_weights, class_pixel_counts
 from fcnseg.data.camvid import CamVid
 from fcnseg.errors import ConfigError, FcnsegError
 from fcnseg.metrics import confusion_matrix, scores_from_confusion
+from fcnseg.normalization import normalize
 from fcnseg.runtime import cpu_model
 
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -52,6 +59,28 @@ def adjusted_labels(probs: torch.Tensor, class_weights: torch.Tensor, tau: float
     """argmax over classes of log p - tau * log w (C x H x W probabilities, C weights)."""
     shift = tau * class_weights.log().view(-1, 1, 1)
     return (probs.clamp_min(1e-12).log() - shift).argmax(0)
+
+
+def adapt_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Replace every BatchNorm's running statistics by their plain mean over ``batches`` (torch's cumulative
+    average, momentum None), with the rest of ``model`` in eval mode so that dropout stays off; returns the
+    number of batches. The net is left in eval mode with its BatchNorms' momentum as it was."""
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    count = 0
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+            count += 1
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()
+    return count
 
 
 def score(held: CamVid, predict: Callable[[np.ndarray], list[torch.Tensor]], count: int, classes: int,
@@ -102,10 +131,14 @@ def probe() -> None:
         return [*matched, *(adjusted_labels(probs, weights, tau) for tau in TAUS)]
 
     per_frame, per_drive, *adjusted = score(held, predictions, 2 + len(TAUS), classes, ignore)
-    print(f"mean IU as is {adjusted[0]:.1f}; colours matched per frame {per_frame:.1f}, per drive {per_drive:.1f}")
+    print(f"mean IU as is {adjusted[0]:.2f}; colours matched per frame {per_frame:.1f}, per drive {per_drive:.1f}")
     named = zip(seg.info.class_names, weights.tolist(), strict=True)
     print("class weights " + ", ".join(f"{name} {weight:.2f}" for name, weight in named))
     print("class weights taken back: " + ", ".join(f"tau {t} {m:.1f}" for t, m in zip(TAUS, adjusted, strict=True)))
+    frames = (normalize(held.load(i)[0], seg.normalization).unsqueeze(0) for i in range(len(held)))
+    adapt_batchnorm(seg.model, frames)
+    adapted, = score(held, lambda image: [torch.as_tensor(seg.predict(image))], 1, classes, ignore)
+    print(f"BatchNorm statistics measured on the {len(held)} held-out frames (AdaBN): mean IU {adapted:.2f}")
 
 
 if __name__ == "__main__":

@@ -113,3 +113,14 @@ def test_the_curve_gaps_the_docs_state_are_the_curve_tables(means):
     assert (f"{at(resnet, 11):.2f}", f"{at(kept, 11):.2f}") == ("43.75", "44.93")
     assert (f"{at(resnet, 15):.1f}", f"{at(kept, 15):.1f}") == ("43.7", "44.9")
     assert all(at(kept, k) > at(resnet, k) for k in range(2, 16))  # "at every validation from 2000 iterations on"
+
+
+def test_the_test_time_comparison_of_both_recipes_prints_what_its_reports_hold():
+    bullet = DOC.split("* **Both recipes at test time**", 1)[1].split(" * **", 1)[0]
+    runs = ["fcn8s_il12_ema_w8_16k_s1", f"{KEPT}_s2", f"{KEPT}_s3"]
+    one_scale, tta = ([100 * json.loads((HELDOUT / f"{run}{suffix}" / "metrics.json").read_text())["mean_iu"]
+                       for run in runs] for suffix in ("", "_tta"))
+    for value in [*one_scale, *tta]:
+        assert f"{value:.2f}" in bullet, value
+    lead = (tta[1] + tta[2]) / 2 - tta[0], (one_scale[1] + one_scale[2]) / 2 - one_scale[0]
+    assert f"leads by **{lead[1]:.2f} at one scale, {lead[0]:.2f} with flips and scales" in bullet

@@ -567,3 +567,18 @@ def test_probe_refuses_a_checkpoint_of_another_dataset_in_one_line(probe, tmp_pa
         probe.main()
     message = f"heldout_probe: error: {path} is not the last.pth of a CamVid training run (no such config)"
     assert str(exit_info.value) == message
+
+
+def test_adabn_sets_batchnorm_statistics_to_the_plain_mean_over_the_frames_with_dropout_off(probe):
+    # One channel through dropout (p = 0.9, which would zero most inputs if it were on) into BatchNorm.
+    # Frame 1 holds 1 and 3 (mean 2, unbiased variance 2), frame 2 holds 10, 10 (mean 10, variance 0):
+    # the plain means are 6 and 1, whatever the momentum was and whatever the statistics held before.
+    net = torch.nn.Sequential(torch.nn.Dropout(0.9), torch.nn.BatchNorm2d(1, momentum=0.3))
+    net[1].running_mean.fill_(-5.0)
+    net[1].num_batches_tracked.fill_(700)
+    frames = [torch.tensor([1.0, 3.0]).view(1, 1, 1, 2), torch.full((1, 1, 1, 2), 10.0)]
+    torch.manual_seed(0)
+    assert probe.adapt_batchnorm(net, iter(frames)) == 2
+    assert net[1].running_mean.item() == pytest.approx(6.0)
+    assert net[1].running_var.item() == pytest.approx(1.0)
+    assert net[1].momentum == 0.3 and not net.training and not net[0].training
