@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from fcnseg.commands.options import positive_int
 from fcnseg.data.info import DatasetInfo
 from fcnseg.export import export_onnx, load_onnx, parity
 from fcnseg.models import build_model
@@ -39,8 +40,8 @@ def median_ms(forward, x: torch.Tensor, runs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--runs", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="intra-op threads of both runtimes (1: reproducible on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -22,6 +22,7 @@ import torch
 from side_by_side import compare, load_torchfcn, peers, photo, speedup
 
 from fcnseg import build_model
+from fcnseg.commands.options import positive_int
 from fcnseg.models.weights import fcn_from_pytorch_fcn
 
 Path_ = Callable[[torch.Tensor], torch.Tensor]
@@ -78,9 +79,9 @@ def run_rounds(paths: dict[str, Path_], x: torch.Tensor, rounds: int) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--size", type=int, default=500)
+    parser.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=positive_int, default=20)
+    parser.add_argument("--size", type=positive_int, default=500)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU: benchmarks/side_by_side.py compares on the CPU")

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fcnseg.commands.options import positive_int
+
 CONFIGS = ["whole", "slide:512:0.333", "slide:1024:0.125", "slide:1536:0.0625"]
 
 
@@ -57,7 +59,7 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--size", default="3000x4000", help="HEIGHTxWIDTH")
     parser.add_argument("--configs", nargs="+", default=CONFIGS, help="whole, or slide:WINDOW:OVERLAP")
     parser.add_argument("--geometry", default="fast", choices=("fast", "reference"))

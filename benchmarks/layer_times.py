@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fcnseg import build_model
+from fcnseg.commands.options import positive_int
 from fcnseg.models.weights import VGG16_CONV_NAMES
 from fcnseg.runtime import cpu_flags, cpu_model, native_bf16
 
@@ -114,9 +115,9 @@ def layer_kernels(model: nn.Module, x: torch.Tensor, precision) -> dict[str, str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--geometry", default="fast", choices=("fast", "reference"))
-    parser.add_argument("--size", type=int, default=500)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--size", type=positive_int, default=500)
+    parser.add_argument("--runs", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as fcnseg predict --bf16 runs")
     parser.add_argument("--kernels", action="store_true", help="name the ATen kernel that took each layer's time")
     args = parser.parse_args()

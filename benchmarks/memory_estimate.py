@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 
+from fcnseg.commands.options import positive_int
+
 CHILD = r"""
 import json, sys, numpy as np, torch
 from fcnseg.api import load
@@ -38,7 +40,7 @@ print(json.dumps({"measured": peak - before,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--cases", nargs="+", default=["500x500:whole", "1000x1000:whole", "2000x1500:whole",
                                                        "1x200000:whole", "2000x1500:slide"])
     args = parser.parse_args()

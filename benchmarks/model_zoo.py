@@ -10,6 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fcnseg import BACKBONES, MODELS, build_model
+from fcnseg.commands.options import positive_int
 
 
 def measure(name: str, backbone: str, geometry: str, size: int, num_classes: int = 21) -> tuple[float, float]:
@@ -24,7 +25,7 @@ def measure(name: str, backbone: str, geometry: str, size: int, num_classes: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", type=int, default=500)
+    parser.add_argument("--size", type=positive_int, default=500)
     args = parser.parse_args()
     print("| backbone | head | params (M) | GFLOPs reference | GFLOPs fast | fast / reference |")
     print("|---|---|---:|---:|---:|---:|")

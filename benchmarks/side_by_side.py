@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from fcnseg import build_model
+from fcnseg.commands.options import positive_int
 from fcnseg.data.info import VOC
 from fcnseg.export import export_onnx, load_onnx
 from fcnseg.models.weights import fcn_from_pytorch_fcn
@@ -188,10 +189,11 @@ def faithful(fidelity: tuple[float, float] | None) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--size", type=int, default=500)
-    parser.add_argument("--calibration-images", type=int, default=16, help="int8 calibration images (CamVid train)")
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--size", type=positive_int, default=500)
+    parser.add_argument("--calibration-images", type=positive_int, default=16,
+                        help="int8 calibration images (CamVid train)")
     args = parser.parse_args()
     torchfcn = load_torchfcn()
     fcn8s, fcn32s = peers(torchfcn)

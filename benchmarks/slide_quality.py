@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fcnseg.api import load
+from fcnseg.commands.options import positive_int
 from fcnseg.data.registry import build_dataset
 from fcnseg.data.transforms import resize_pair
 from fcnseg.metrics import ConfusionMatrix
@@ -29,8 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--scale", type=float, default=3.0)
-    parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=positive_int, default=20)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--configs", nargs="+", default=CONFIGS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -21,6 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 from train_step import step_of
 
 from fcnseg import build_model
+from fcnseg.commands.options import positive_int
 from fcnseg.runtime import cpu_model, native_bf16
 
 NETS = {"il12": (0.125, 8, (240, 320)), "best": (0.25, 4, (336, 448))}  # width, batch, crop of each recipe
@@ -41,10 +42,10 @@ def recipe_step(bf16: bool, net: str = "il12"):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", choices=tuple(NETS), default="il12")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--steps", type=positive_int, default=4)
     parser.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto")
-    parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--rows", type=positive_int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bf16 = args.amp == "bf16" or (args.amp == "auto" and native_bf16("cpu"))

@@ -14,6 +14,8 @@ import json
 import subprocess
 import sys
 
+from fcnseg.commands.options import positive_int
+
 CHILD = r"""
 import json, sys, torch
 from fcnseg.memory import training_bytes
@@ -67,7 +69,7 @@ def measure(case: str, threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES)
     args = parser.parse_args()
     print("| backbone:width:batch:crop | measured | estimated | estimate / measured |\n|---|---:|---:|---:|")

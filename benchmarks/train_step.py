@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from side_by_side import SHARED, load_torchfcn, peers
 
 from fcnseg import build_model
+from fcnseg.commands.options import positive_int
 from fcnseg.models.weights import fcn_from_pytorch_fcn
 from fcnseg.runtime import native_bf16
 
@@ -134,9 +135,9 @@ def loader_rate(workers: int, batches: int = 20) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--size", type=int, default=500)
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--size", type=positive_int, default=500)
     parser.add_argument("--skip-full-width", action="store_true")
     parser.add_argument("--widths", type=float, nargs="+", default=[RECIPE_WIDTH],
                         help="widths of the CamVid recipe's net to time (what a wider net costs per step)")

@@ -31,6 +31,7 @@ from torch import nn
 
 import fcnseg
 from fcnseg.checkpoint import read_checkpoint
+from fcnseg.commands.options import positive_int
 from fcnseg.data.balance import balancing_weights, class_pixel_counts
 from fcnseg.data.camvid import CamVid
 from fcnseg.errors import ConfigError, FcnsegError
@@ -107,7 +108,7 @@ def probe() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("weights", help="last.pth of a drive-held-out run")
     parser.add_argument("--root", default="../shared/data/camvid")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = read_checkpoint(args.weights, mmap=True).get("config")

@@ -582,3 +582,13 @@ def test_adabn_sets_batchnorm_statistics_to_the_plain_mean_over_the_frames_with_
     assert net[1].running_mean.item() == pytest.approx(6.0)
     assert net[1].running_var.item() == pytest.approx(1.0)
     assert net[1].momentum == 0.3 and not net.training and not net[0].training
+
+
+def test_probe_refuses_a_thread_count_of_zero_as_a_usage_error(probe, monkeypatch, capsys):
+    # torch.set_num_threads(0) raised a RuntimeError with a traceback; the CLI's own type says it in one line.
+    monkeypatch.setattr(sys, "argv", ["heldout_probe.py", "last.pth", "--threads", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "heldout_probe.py: error: argument --threads: expected a whole number of at least 1, got '0'")
