@@ -124,3 +124,18 @@ def test_the_test_time_comparison_of_both_recipes_prints_what_its_reports_hold()
         assert f"{value:.2f}" in bullet, value
     lead = (tta[1] + tta[2]) / 2 - tta[0], (one_scale[1] + one_scale[2]) / 2 - one_scale[0]
     assert f"leads by **{lead[1]:.2f} at one scale, {lead[0]:.2f} with flips and scales" in bullet
+
+
+def test_the_seeds_needed_to_show_the_missing_points_follow_from_the_kept_recipes_spread():
+    scores = [100 * json.loads((HELDOUT / run / "metrics.json").read_text())["mean_iu"] for run in KEPT_SEEDS]
+    spread = statistics.stdev(scores)
+    z = statistics.NormalDist().inv_cdf(0.975) + statistics.NormalDist().inv_cdf(0.8)
+    baseline = [100 * json.loads((HELDOUT / run / "metrics.json").read_text())["mean_iu"]
+                for run in ("fcn8s_il12_ema_w8_16k", "fcn8s_il12_ema_w8_16k_s1")]
+    missing = 3 - (statistics.mean(scores) - statistics.mean(baseline))
+    assert f"(3 less the {3 - missing:.2f} measured)" in DOC
+    bullet = DOC.split("* **Issue 23's target", 1)[1].split(" * **", 1)[0].split("### ")[0]
+    assert f"standard deviation of {spread:.2f}" in bullet
+    assert f"worth the missing {missing:.2f}" in bullet
+    assert f"about {round(2 * (spread * z / missing) ** 2)} seeds a side" in bullet
+    assert f"changes of about {spread * z * (1 / 2 + 1 / 4) ** 0.5:.1f} points" in bullet
