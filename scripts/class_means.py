@@ -5,13 +5,15 @@ docs/camvid.md compares a candidate's seeds with the kept recipe's ("fence 23.1 
         --against docs/camvid/heldout/KEPT docs/camvid/heldout/KEPT_s1
 
 A report is a folder ``fcnseg eval --out`` wrote (its metrics.json). Prints one line a class, in percent,
-the candidate's mean, the other's, and their difference, the largest losses first, then the mean IU.
+the candidate's mean, the other's, and their difference, the largest losses first, then the mean IU. A class
+a report leaves undefined (null in metrics.json: absent from the frames scored) makes its means "-".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,12 +27,17 @@ def report_scores(folder: Path) -> dict[str, float]:
     path = Path(folder) / "metrics.json"
     try:
         metrics = json.loads(path.read_text())
-        scores = {name: 100 * entry["iou"] for name, entry in metrics["per_class"].items()}
-        scores[MEAN_IU] = 100 * metrics["mean_iu"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        scores = {name: percent(entry["iou"]) for name, entry in metrics["per_class"].items()}
+        scores[MEAN_IU] = percent(metrics["mean_iu"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ConfigError(f"{path} is not an fcnseg eval report ({error}); give folders `fcnseg eval --out` "
                           "wrote") from None
     return scores
+
+
+def percent(fraction: float | None) -> float:
+    """A report's fraction in percent; null (undefined: a class absent from the frames scored) is nan."""
+    return math.nan if fraction is None else 100 * fraction
 
 
 def mean_scores(folders: list[Path]) -> dict[str, float]:
@@ -44,11 +51,18 @@ def mean_scores(folders: list[Path]) -> dict[str, float]:
 
 
 def comparison_lines(candidate: dict[str, float], against: dict[str, float]) -> list[str]:
-    """``name candidate / against (difference)`` per class, the largest losses first, the mean IU last."""
+    """``name candidate / against (difference)`` per class, the largest losses first and undefined ones ("-")
+    after the rest, the mean IU last."""
     if candidate.keys() != against.keys():
         raise ConfigError("the two sets of reports score different classes; give reports of one dataset")
-    classes = sorted((name for name in candidate if name != MEAN_IU), key=lambda n: candidate[n] - against[n])
-    return [f"{name} {candidate[name]:.1f} / {against[name]:.1f} ({candidate[name] - against[name]:+.1f})"
+    difference = {name: candidate[name] - against[name] for name in candidate}
+    classes = sorted((name for name in candidate if name != MEAN_IU),
+                     key=lambda name: (math.isnan(difference[name]), difference[name]))
+
+    def text(value: float, sign: str = "") -> str:
+        return "-" if math.isnan(value) else f"{value:{sign}.1f}"
+
+    return [f"{name} {text(candidate[name])} / {text(against[name])} ({text(difference[name], '+')})"
             for name in [*classes, MEAN_IU]]
 
 

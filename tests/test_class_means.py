@@ -53,6 +53,25 @@ def test_reports_of_other_classes_or_no_report_are_refused_in_one_line(means, tm
     assert error.count("\n") == 1
 
 
+def test_a_class_a_report_leaves_undefined_is_shown_as_such_not_refused(means, tmp_path, capsys):
+    # fcnseg eval writes null for the IoU of a class absent from the frames it scored.
+    a = write_report(tmp_path / "a", 0.5, {"road": 0.9, "car": None, "sky": 0.2})
+    b = write_report(tmp_path / "b", 0.4, {"road": 0.6, "car": 0.3, "sky": 0.5})
+    assert means.main([str(a), "--against", str(b)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["sky 20.0 / 50.0 (-30.0)", "road 90.0 / 60.0 (+30.0)",
+                                                        "car - / 30.0 (-)", "mean IU 50.0 / 40.0 (+10.0)"]
+
+
+def test_a_metrics_file_of_another_shape_is_refused_in_one_line(means, tmp_path, capsys):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "metrics.json").write_text('{"mean_iu": 0.5, "per_class": [0.5]}')
+    assert means.main([str(folder), "--against", str(folder)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"class_means: error: {folder / 'metrics.json'} is not an fcnseg eval report (")
+    assert error.count("\n") == 1
+
+
 def stated_pairs(bullet_start: str, lead: str) -> dict[str, tuple[str, str]]:
     """The ``class a / b`` pairs of the sentence that follows ``lead`` in the bullet starting ``bullet_start``."""
     bullet = DOC.split(f"* {bullet_start}", 1)[1].split(" * **", 1)[0]
