@@ -84,12 +84,11 @@ def adapt_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     return count
 
 
-def score(held: CamVid, predict: Callable[[np.ndarray], list[torch.Tensor]], count: int, classes: int,
-          ignore: int) -> list[float]:
-    """Mean IU (percent) of each of the ``count`` label maps ``predict`` gives per held-out frame."""
+def score(held: list[tuple[np.ndarray, np.ndarray]], predict: Callable[[np.ndarray], list[torch.Tensor]], count: int,
+          classes: int, ignore: int) -> list[float]:
+    """Mean IU (percent) of each of the ``count`` label maps ``predict`` gives per held-out (image, label)."""
     totals = [torch.zeros(classes, classes, dtype=torch.int64) for _ in range(count)]
-    for index in range(len(held)):
-        image, label = held.load(index)
+    for image, label in held:
         target = torch.as_tensor(label).long()
         for total, labels in zip(totals, predict(image), strict=True):
             total += confusion_matrix(labels.long(), target, classes, ignore)
@@ -114,11 +113,12 @@ def probe() -> None:
     config = read_checkpoint(args.weights, mmap=True).get("config")
     if not isinstance(config, dict) or config.get("dataset") != "camvid":
         raise ConfigError(f"{args.weights} is not the last.pth of a CamVid training run (no such config)")
-    held, train = (CamVid(args.root, split=config[key]) for key in ("val_split", "train_split"))
+    held_split, train = (CamVid(args.root, split=config[key]) for key in ("val_split", "train_split"))
+    held = [held_split.load(i) for i in range(len(held_split))]  # decoded once: every probe scores these
     seg = fcnseg.load(args.weights, device="cpu")
     classes, ignore = len(seg.info.class_names), seg.info.ignore_index
     trained = colour_stats([train.load(i)[0] for i in range(len(train))])
-    drive = colour_stats([held.load(i)[0] for i in range(len(held))])
+    drive = colour_stats([image for image, _ in held])
     print(f"{cpu_model()}; {args.weights}; held out: {config['val_split']} ({len(held)} frames)")
     print(f"colour mean / deviation: training frames {trained[0].round(1)} / {trained[1].round(1)}, "
           f"held-out frames {drive[0].round(1)} / {drive[1].round(1)}")
@@ -136,8 +136,7 @@ def probe() -> None:
     named = zip(seg.info.class_names, weights.tolist(), strict=True)
     print("class weights " + ", ".join(f"{name} {weight:.2f}" for name, weight in named))
     print("class weights taken back: " + ", ".join(f"tau {t} {m:.1f}" for t, m in zip(TAUS, adjusted, strict=True)))
-    frames = (normalize(held.load(i)[0], seg.normalization).unsqueeze(0) for i in range(len(held)))
-    adapt_batchnorm(seg.model, frames)
+    adapt_batchnorm(seg.model, (normalize(image, seg.normalization).unsqueeze(0) for image, _ in held))
     adapted, = score(held, lambda image: [torch.as_tensor(seg.predict(image))], 1, classes, ignore)
     print(f"BatchNorm statistics measured on the {len(held)} held-out frames (AdaBN): mean IU {adapted:.2f}")
 
