@@ -292,3 +292,28 @@ def test_an_export_into_a_folder_a_run_holds_is_refused(tiny_checkpoint, tmp_pat
         for command in (["export", tiny_checkpoint], ["convert", tiny_checkpoint]):
             refused(capsys, [*command, "--out", run / "model.out"], str(run), "in use", "fcnseg train")
         assert os.listdir(run) == [LOCK]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_file_made_at_the_out_path_while_an_export_runs_is_kept(tiny_checkpoint, tmp_path, capsys, monkeypatch,
+                                                                   overwrite):
+    # The check that --out is free ran only at the start: a file the user (or a second export of the same
+    # --out) put there while the export ran was replaced at the end without a word.
+    import fcnseg.commands.export as export
+
+    out = tmp_path / "tiny.pt"
+    read = export.model_from_checkpoint
+
+    def read_then_the_user_writes(*args, **kwargs):
+        out.write_text("the user's file, made while the export ran\n")
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(export, "model_from_checkpoint", read_then_the_user_writes)
+    command = ["export", tiny_checkpoint, "--format", "torchscript", "--out", out, "--threads", 1]
+    if overwrite:  # asked for: replaced
+        assert main([str(arg) for arg in [*command, "--overwrite"]]) == 0, capsys.readouterr().err
+        assert out.read_bytes()[:2] == b"PK"
+        return
+    refused(capsys, command, str(out), "made by another process", "--overwrite")
+    assert out.read_text() == "the user's file, made while the export ran\n"
+    assert sorted(os.listdir(tmp_path)) == ["tiny.pt"]

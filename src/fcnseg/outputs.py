@@ -97,6 +97,8 @@ class Outputs:
         self._pending: dict[str, dict] = {}
         self._flushed = time.monotonic()
         self._claimed = False  # whether this object appended to the journal (and so may remove it)
+        # What each path claimed by claim() was then (None: absent), to find at landing one changed meanwhile.
+        self._found_at_claim: dict[str, tuple[int, int, int] | None] = {}
 
     def _name(self, path: str | os.PathLike) -> str:
         # The folder resolved, not the file: a symbolic link in the folder is a file there, wherever it leads.
@@ -192,6 +194,7 @@ class Outputs:
                               "--out (inputs are never overwritten, even with --overwrite)")
         if self.overwrite:
             return
+        self._found_at_claim.update({self._name(p): _identity(p) for p in paths})
         entries = self._entries()
         foreign = [p for p in paths if os.path.lexists(p) and not self.owned(p, entries)]
         if foreign:
@@ -245,13 +248,29 @@ class Outputs:
             digest = _sha256(tmp)
             if digest is None:
                 raise WriteError(f"cannot write {path}: its temporary file {tmp.name} cannot be read back")
+            self._refuse_if_changed(path)  # after the hashing: as near the rename as can be
             self._claim({"name": self._name(path), "command": self.command, "size": tmp.stat().st_size,
                          "sha256": digest, **_source({"source": source})})
             landed.append(path)
 
         with before_landing(paths, claim):
             yield
+        for path in landed:  # this command's own file now: writing it again is no change by another process
+            if self._name(path) in self._found_at_claim:
+                self._found_at_claim[self._name(path)] = _identity(path)
         self.record(landed, flush=flush, source=source)
+
+    def _refuse_if_changed(self, path: Path) -> None:
+        """Refuse to land ``path`` if, since :meth:`claim` let it through, something else made or replaced it
+        (the user, or another command writing the same --out): the check at the start cannot see what appears
+        while a long command runs. What it leaves open is the microseconds between this check and the rename: two
+        commands landing the same --out within them both pass, and the later rename wins."""
+        before = self._found_at_claim.get(self._name(path), _UNCLAIMED)
+        if before is _UNCLAIMED or _identity(path) == before:
+            return
+        raise ConfigError(f"{path} was {'made' if before is None else 'changed'} by another process while fcnseg "
+                          f"{self.command} ran, and was left as it is: choose another --out, or pass --overwrite "
+                          "to replace it")
 
     def _claim(self, claim: dict) -> None:
         journal = self.journal
@@ -327,6 +346,19 @@ class Outputs:
             path.unlink(missing_ok=True)
 
 
+_UNCLAIMED = object()
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """What tells a file apart from the one found earlier at ``path`` (None: nothing there): a rename onto it
+    gives another inode, a rewrite in place another size or modification time."""
+    try:
+        found = os.lstat(path)
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
 def _shard_files(folder: Path, suffix: str) -> list[Path]:
     """The shards' records (``suffix`` ``.json``) or journals (``.pending``) in ``folder``."""
     return sorted(path for path in folder.glob(f".fcnseg-outputs.*-of-*{suffix}") if _SHARD_FILE.fullmatch(path.name))
@@ -366,7 +398,8 @@ def output_file(path: str | os.PathLike, command: str, overwrite: bool = False,
     """The :class:`Outputs` of a single-file output (``--out FILE``), already claimed. A folder another command
     holds (:func:`folder_lock`: a training run's) is refused: two commands would rewrite its record at once. The
     folder itself is not held (a lock file would be left in the user's folder); two single-file commands into one
-    folder at once each claim their file before it lands (:meth:`Outputs.landing`), which the record keeps."""
+    folder at once each claim their file before it lands (:meth:`Outputs.landing`), which the record keeps; of two
+    into the same file, the second to finish is refused (a file made at ``path`` meanwhile is kept)."""
     path = Path(path)
     refuse_if_held(path.parent)
     outputs = Outputs(path.parent, command, overwrite)
