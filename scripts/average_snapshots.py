@@ -12,8 +12,9 @@ approximation of an EMA taken at every step. Floating-point entries (weights and
 statistics) are averaged as the trainer's EMA does; integer entries come from the last snapshot.
 ``--recompute-bn`` then measures BatchNorm's running statistics again on the averaged net, as SWA does: the
 plain mean over one epoch of the run's training split, augmented as in training (CutMix aside), in batches of
-its batch size. The output is a net checkpoint that ``fcnseg eval`` reads, written atomically; an existing file
-is kept unless ``--overwrite``.
+its batch size. The output is a net checkpoint that ``fcnseg eval`` reads, written atomically as fcnseg's own
+commands write theirs: a file of someone else's at ``--out``, there at the start or made while the script runs, is
+kept unless ``--overwrite``; the script's own earlier output is replaced.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch.optim.swa_utils import update_bn
 from fcnseg.checkpoint import model_from_checkpoint, read_checkpoint, save_model
 from fcnseg.data.collate import PadCollate
 from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.outputs import output_file
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import build_datasets
 
@@ -92,10 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
     try:
-        if args.out.exists() and not args.overwrite:
-            raise ConfigError(f"{args.out} exists; give another --out, or --overwrite to replace it")
         if args.ema is not None and not 0 < args.ema < 1:
             raise ConfigError(f"--ema must be in (0, 1), got {args.ema}")
+        outputs = output_file(args.out, "average_snapshots", args.overwrite, inputs=args.snapshots)
         snapshots, runs = {}, set()  # one per iteration: a resumed run rewrites the same iteration's weights
         for path in args.snapshots:
             iteration, config, state = snapshot_weights(path)
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             batches = recompute_batchnorm(model, configs[-1], args.root)
             print(f"BatchNorm statistics measured again over {batches} batches")
         used = [f"{it}:{share:.3f}" for it, share in zip(iterations, shares, strict=True) if share > 5e-4]
-        save_model(model, info, args.out, iteration=iterations[-1], averaged=used)
+        with outputs.landing([args.out], flush=True):
+            save_model(model, info, args.out, iteration=iterations[-1], averaged=used)
         print(f"averaged {len(used)} of {len(iterations)} snapshots (iteration:share) {' '.join(used)} -> {args.out}")
     except FcnsegError as error:
         print(f"average_snapshots: {error}", file=sys.stderr)

@@ -58,8 +58,11 @@ def test_an_existing_output_is_kept_and_a_bad_decay_refused_in_one_line(averagin
     out.write_bytes(b"the user's file")
     assert averaging.main([str(snapshot), "--from", "0", "--out", str(out)]) == 2
     assert out.read_bytes() == b"the user's file"
-    refusal = f"average_snapshots: {out} exists; give another --out, or --overwrite to replace it\n"
+    refusal = (f"average_snapshots: {out} already exists and was not written by an earlier fcnseg average_snapshots: "
+               "choose another --out, or pass --overwrite to replace it\n")
     assert capsys.readouterr().err == refusal
+    assert averaging.main([str(snapshot), "--from", "0", "--out", str(snapshot)]) == 2  # its own input
+    assert "would write over its own input" in capsys.readouterr().err
     assert averaging.main([str(snapshot), "--ema", "1.5", "--out", str(tmp_path / "new.pth")]) == 2
     assert capsys.readouterr().err == "average_snapshots: --ema must be in (0, 1), got 1.5\n"
     averaged = tmp_path / "averaged.pth"  # a net checkpoint (an average's output) is not a snapshot
@@ -97,3 +100,24 @@ def test_recomputed_batchnorm_statistics_are_the_plain_mean_over_the_training_ba
     assert first.momentum == 0.1 and not model.training
     # Augmented as in training: the crops are 32x48 (a whole 48x64 image would be seen otherwise).
     assert inputs == [(2, 3, 32, 48)] * 3
+
+
+def test_a_file_made_at_out_while_averaging_is_kept_and_a_rerun_replaces_its_own_output(averaging, tmp_path,
+                                                                                          capsys, monkeypatch):
+    # --out was checked only at the start; whatever appeared there during the averaging (the user's file, or a
+    # second average into the same --out) was replaced at the end.
+    snapshot = write_snapshot(tmp_path / "s.pth", 500, 1.0)
+    out = tmp_path / "avg.pth"
+    assert averaging.main([str(snapshot), "--from", "0", "--out", str(out)]) == 0
+    assert averaging.main([str(snapshot), "--ema", "0.9", "--out", str(out)]) == 0  # its own earlier output
+    average = averaging.average_states
+
+    def average_while_the_user_writes(*args):
+        out.write_bytes(b"the user's file, written meanwhile")
+        return average(*args)
+
+    monkeypatch.setattr(averaging, "average_states", average_while_the_user_writes)
+    capsys.readouterr()
+    assert averaging.main([str(snapshot), "--from", "0", "--out", str(out)]) == 2
+    assert out.read_bytes() == b"the user's file, written meanwhile"
+    assert "was changed by another process while fcnseg average_snapshots ran" in capsys.readouterr().err
