@@ -5,6 +5,7 @@ import importlib
 import importlib.util
 import inspect
 import pkgutil
+import re
 from pathlib import Path
 
 import fcnseg
@@ -93,3 +94,29 @@ def test_every_exception_class_is_an_fcnseg_error():
                     if cls.__module__ == info.name and issubclass(cls, BaseException)]
     assert len(classes) >= 8
     assert [cls.__name__ for cls in classes if not issubclass(cls, FcnsegError)] == []
+
+
+# `test_file.py::test_name` in the docs, and `::test_name` after it meaning the same file: the tests that show a
+# documented case (docs/RELIABILITY.md names one per row); a renamed or removed test would leave a dangling name.
+_NAMED_TEST = re.compile(r"`(?:tests/(?:models/)?)?(test_\w+\.py)?::(\w+)(?:\[[^\]]*\])?`")
+
+
+def _named_tests(text: str) -> list[tuple[str, str]]:
+    named, file = [], None
+    for match in _NAMED_TEST.finditer(text):
+        file = match.group(1) or file
+        named.append((file, match.group(2)))
+    return named
+
+
+def test_every_test_the_docs_name_exists():
+    tests = Path(__file__).parent
+    defined = {path.name: {node.name for node in ast.walk(ast.parse(path.read_text()))
+                           if isinstance(node, ast.FunctionDef | ast.ClassDef)}
+               for path in tests.rglob("test_*.py")}
+    docs = [tests.parent / "README.md", *sorted((tests.parent / "docs").rglob("*.md"))]
+    named = [(doc.name, *test) for doc in docs for test in _named_tests(doc.read_text())]
+    assert len(named) > 100  # the pattern still finds docs/RELIABILITY.md's names
+    dangling = [f"{doc}: {file}::{name}" for doc, file, name in named if name not in defined.get(file, ())]
+    assert dangling == []
+    assert _named_tests("`test_a.py::test_b[x]`, `::test_c`") == [("test_a.py", "test_b"), ("test_a.py", "test_c")]
