@@ -288,3 +288,30 @@ def test_a_full_disk_at_the_marker_is_one_line_and_the_next_run_finishes(publish
     monkeypatch.setattr(os, "replace", real_replace)
     assert main(["download", "toy", "--root", str(root), "--quiet"]) == 0
     assert (root / f"{archive}.extracted").read_text().startswith("http://127.0.0.1")
+
+
+def test_a_dataset_folder_on_another_file_system_is_filled_by_copies_that_land_whole(publish, tmp_path,
+                                                                                      monkeypatch):
+    # root/mydata a link to another disk: renaming out of the staging folder fails with EXDEV, and each file
+    # is then copied beside its target and renamed there (never a half file under its real name).
+    import errno
+
+    import fcnseg.data.archives as archives
+
+    archive = publish("zip")
+    root = users_root(tmp_path / "root")
+    rename, refused_renames = os.replace, []
+
+    def across_devices(source, target):
+        staged = any(folder.name.startswith(f"{archives.STAGING}{archive}.") for folder in Path(source).parents)
+        if staged:
+            refused_renames.append(Path(target).name)  # out of the staging folder: another file system
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        return rename(source, target)
+
+    monkeypatch.setattr(archives.os, "replace", across_devices)
+    assert main(["download", "toy", "--root", str(root), "--overwrite", "--quiet"]) == 0
+    assert refused_renames  # the copying path ran
+    assert all((root / name).read_bytes() == data for name, data in ARCHIVE_FILES.items())
+    assert (root / "mydata" / "notes.txt").read_bytes() == b"my notes"
+    assert leftovers(root, archive) == set()  # the staging folder and every side copy's folder are gone
