@@ -132,3 +132,25 @@ def test_the_cpu_model_line_names_family_and_model_where_the_name_is_bare(tmp_pa
                        "model name\t: AMD EPYC\nflags\t\t: fpu avx2\n\nprocessor\t: 1\nmodel name\t: other\n")
     assert cpu_model(cpuinfo) == f"AMD EPYC (family 23, model 49), {usable_cores()} cores"
     assert cpu_model(tmp_path / "absent").endswith(f", {usable_cores()} cores")  # not Linux: what Python knows
+
+
+@pytest.mark.parametrize("argv", [["serve"], ["serve", "camvid-fcn8s", "--port", "8001"], ["serve", "--port", "1"],
+                                  ["serve", "-h"]])
+def test_a_command_that_cannot_import_says_why_whatever_follows_it(monkeypatch, capsys, argv):
+    # Its stand-in parser took no arguments: `fcnseg serve NET --port 8001` answered "unrecognized arguments"
+    # and hid the reason (here a missing package).
+    import importlib
+
+    import_module = importlib.import_module
+
+    def without_the_server(name, *args):
+        if name == "fcnseg.commands.serve":
+            raise ImportError("No module named 'uvicorn'")
+        return import_module(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_the_server)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == ("fcnseg serve: error: this command cannot run here: No module named "
+                                       "'uvicorn'\n")
+    assert "(unavailable: No module named 'uvicorn')" in build_parser().format_help()
+    assert build_parser().parse_args(["predict", "c.pth", "x.png", "--out", "o"]).command == "predict"  # the others

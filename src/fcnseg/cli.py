@@ -73,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(f"fcnseg.commands.{name}")
         except ImportError as error:  # e.g. an optional dependency is missing: the other commands still work
             command = "eval" if name == "evaluate" else name
-            broken = subparsers.add_parser(command, help=f"(unavailable: {error})")
+            # Whatever follows the command is taken as plain words (no prefix character starts an option), so
+            # that `fcnseg serve NET --port 8001` gets the reason, not argparse's "unrecognized arguments".
+            broken = subparsers.add_parser(command, help=f"(unavailable: {error})", prefix_chars="\0",
+                                           add_help=False)
+            broken.add_argument("words", nargs="*", help=argparse.SUPPRESS)
             broken.set_defaults(func=_unavailable(command, error))
             continue
         module.add_parser(subparsers)
