@@ -240,6 +240,25 @@ def test_a_config_file_is_held_to_the_same_ranges(tmp_path, capsys, key, value, 
     assert not (tmp_path / "run").exists()
 
 
+
+@pytest.mark.parametrize("content, names", [
+    (b"\x89PNG\r\n\x1a\n\x00", ["not text"]),  # a picture given as the config: a UnicodeDecodeError traceback
+    (b"lr: [0.01\n", ["not valid YAML", "(line 2, column 1)"]),  # was PyYAML's message over seven lines
+    (None, ["Is a directory"]),  # was "[Errno 21] Is a directory: 'PATH'"
+])
+def test_a_config_file_that_cannot_be_read_is_one_line(tmp_path, capsys, content, names):
+    config = tmp_path / "config.yaml"
+    config.mkdir() if content is None else config.write_bytes(content)
+    line = refused(capsys, ["train", "--config", config, "--out", tmp_path / "run"], config, *names)
+    assert "Errno" not in line and "<unicode string>" not in line
+    assert not (tmp_path / "run").exists()
+    if content is not None:  # a run folder whose config.yaml was damaged, resumed: the same, naming the run's
+        run = tmp_path / "damaged_run"
+        run.mkdir()
+        (run / "config.yaml").write_bytes(content)
+        refused(capsys, ["train", "--resume", "--out", run], run / "config.yaml", "the run's config", *names)
+
+
 # --- 10. Ctrl+C from the first instant: one line, exit code 130 ---------------------------------------------
 
 

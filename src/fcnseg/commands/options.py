@@ -27,7 +27,7 @@ from fcnseg.memory import parse_size
 from fcnseg.pretrained import names as shipped_names
 from fcnseg.ranges import COUNT, FRACTION, POSITIVE, Range
 from fcnseg.runtime import DEVICE_CHOICES
-from fcnseg.train.config import load_yaml
+from fcnseg.train.config import load_yaml, yaml_problem
 
 # For the help of commands that take a net: the names fcnseg.pretrained resolves.
 SHIPPED_NETS = ", ".join(shipped_names()) or "none"
@@ -152,13 +152,6 @@ def _flag_options(hint: Any, metadata: Any, default: Any) -> dict[str, Any]:
     else:
         options["type"] = hint
     return options
-
-
-def yaml_problem(error: yaml.YAMLError) -> str:
-    """A YAML parse error on one line: what is wrong and where (PyYAML spreads it over several)."""
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    mark = getattr(error, "problem_mark", None)
-    return f"{problem} (column {mark.column + 1})" if mark is not None else problem
 
 
 def yaml_flag(text: str) -> Any:

@@ -9,12 +9,12 @@ from typing import Any
 
 import yaml
 
-from fcnseg.commands.options import add_dataclass_flags, add_quiet, yaml_problem
+from fcnseg.commands.options import add_dataclass_flags, add_quiet
 from fcnseg.errors import ConfigError, printable
 from fcnseg.metrics import format_table
 from fcnseg.runtime import is_main_process
 from fcnseg.train import TrainConfig, train
-from fcnseg.train.config import check_options, load_yaml
+from fcnseg.train.config import check_options, load_yaml, yaml_problem
 from fcnseg.train.folder import saved_config
 
 

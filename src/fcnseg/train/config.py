@@ -77,6 +77,30 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)
 
 
+def yaml_problem(error: yaml.YAMLError, line: bool = False) -> str:
+    """A YAML parse error on one line: what is wrong and where (PyYAML spreads it over several); ``line``: say
+    the line too (a file's text, not a flag's)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return problem
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if line else \
+        f"{problem} (column {mark.column + 1})"
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """The YAML file ``path`` as Python values; one line naming ``what`` and the file when it cannot be read or
+    parsed."""
+    try:
+        return load_yaml(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read {what} {path}: it is not text (a YAML file is)") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(error, line=True)}") from None
+
+
 @dataclass
 class TrainConfig:
     """Every training option. YAML config files hold these keys, flat; the command line overrides them."""
@@ -171,10 +195,7 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a flat YAML file, then apply ``overrides`` (a null value sets the option to null)."""
         path = Path(path)
-        try:
-            data = load_yaml(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"cannot read config {path}: {error}") from None
+        data = read_yaml_file(path, "config") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a mapping of option: value, got {type(data).__name__}")
         data.update(overrides)

@@ -24,14 +24,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import read_checkpoint
-from fcnseg.errors import ConfigError, TrainingError
+from fcnseg.errors import TrainingError
 from fcnseg.outputs import Outputs, folder_lock
 from fcnseg.runtime import Runtime, broadcast_object, gather_objects, process_label
-from fcnseg.train.config import TrainConfig, load_yaml
+from fcnseg.train.config import TrainConfig, read_yaml_file
 
 log = logging.getLogger(__name__)
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pth", "best.pth")
@@ -91,10 +89,7 @@ def saved_config(out: str | Path) -> dict[str, Any] | None:
     """The options a run in ``out`` was started with: its config.yaml, else the copy in its last.pth."""
     out = Path(out)
     if (out / "config.yaml").is_file():
-        try:
-            data = load_yaml((out / "config.yaml").read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"cannot read {out / 'config.yaml'}: {error}") from None
+        data = read_yaml_file(out / "config.yaml", "the run's config")
         return data if isinstance(data, dict) else None
     if (out / "last.pth").is_file():
         return dict(read_checkpoint(out / "last.pth").get("config", {}))
