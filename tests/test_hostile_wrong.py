@@ -52,6 +52,24 @@ def test_eval_refuses_to_score_0_255_masks(tmp_path, capsys):
                      "--threads", "1", "--quiet"], "0/255")
 
 
+
+def test_a_class_named_twice_is_refused_not_dropped_from_the_report(tmp_path, capsys):
+    # classes.txt "road, road, sky": eval's metrics.json keyed its per-class scores by name, so one road's IoU
+    # was silently dropped (the printed table showed both).
+    from fcnseg.checkpoint import save_model
+
+    root = folder_dataset(tmp_path / "data", classes=3)
+    checkpoint = save_model(random_fcn(num_classes=3), FolderDataset(root).info, tmp_path / "three.pth")
+    (root / "classes.txt").write_text("road\nsky\nRoad\n")
+    line = refused(capsys, ["eval", checkpoint, "--dataset", "folder", "--root", root, "--split", "all",
+                            "--out", tmp_path / "report", "--threads", "1", "--quiet"],
+                   root / "classes.txt", "class 0 'road'", "class 2 'Road'")
+    assert not (tmp_path / "report").exists(), line
+    (root / "classes.txt").write_text("road\nsky\ncar\n")
+    with pytest.raises(DataError, match="class 0 'a' and class 2 'a'"):  # names given in code: the same
+        FolderDataset(root, class_names=["a", "b", "a"])
+
+
 # --- 8. one orientation rule for images and masks -------------------------------------------------------------
 
 

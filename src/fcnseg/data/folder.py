@@ -17,6 +17,7 @@ masks without an image: nothing is skipped silently.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Unpack
 
@@ -56,6 +57,18 @@ def read_classes_file(path: Path) -> tuple[list[str], int | None]:
         else:
             names.append(line)
     return names, ignore_index
+
+
+def _refuse_repeated_names(names: Sequence[str], source: str) -> None:
+    """A class named twice is refused: reports and metrics.json name classes, and the second would hide the
+    first there (its IoU silently dropped). Whatever the case, as class_map matches names."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name.lower() in first:
+            earlier = first[name.lower()]
+            raise DataError(f"{source} names class {earlier} {names[earlier]!r} and class {index} {name!r}: give each "
+                            "class its own name (label values 0, 1, ... follow the order of the names)")
+        first[name.lower()] = index
 
 
 def _files_by_stem(folder: Path, extensions: tuple[str, ...], what: str) -> dict[str, Path]:
@@ -121,6 +134,9 @@ class FolderDataset(FilePairDataset):
             class_names, file_ignore = read_classes_file(classes_file)
             if not class_names:
                 raise DataError(f"{classes_file} lists no class names")
+            _refuse_repeated_names(class_names, str(classes_file))
+        else:
+            _refuse_repeated_names(class_names, f"the class_names given for {root}")
         if ignore_index is None:
             ignore_index = file_ignore if file_ignore is not None else IGNORE_INDEX
         if ignore_index < len(class_names):
