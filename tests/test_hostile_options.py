@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from fcnseg.checkpoint import save_model
 from fcnseg.cli import main, messages
 from fcnseg.data.folder import FolderDataset
 from fcnseg.data.info import DatasetInfo
+from fcnseg.errors import LimitError
+from fcnseg.inference import InferenceOptions
 
 from .helpers import TINY_TRAIN, folder_dataset, mentions, one_line_error, random_fcn, refused, write_png
 
@@ -375,6 +378,24 @@ def test_a_budget_of_one_byte_is_not_called_0_mb(tiny_checkpoint, tmp_path, caps
                  "--threads", "1", "--quiet"]) == 1  # the image fails: nothing fits in one byte
     err = capsys.readouterr().err
     assert "budget of 1 byte" in err and "0 MB" not in err and "Traceback" not in err, err
+
+
+
+def test_a_need_just_over_the_budget_does_not_read_as_the_budget():
+    # A 12000x12000 image under --max-memory 4GB was refused as needing "about 4 GB ..., more than the memory
+    # budget of 4 GB" (it needed 4.05 GB).
+    gib = 2**30
+    assert memory.format_apart(4.05 * gib, 4 * gib) == ("4.05 GB", "4 GB")
+    assert memory.format_apart(4.0012 * gib, 4 * gib) == ("4.001 GB", "4 GB")
+    assert memory.format_apart(4 * gib + 1, 4 * gib) == ("4,294,967,297 bytes", "4,294,967,296 bytes")
+    assert memory.format_apart(5 * gib, 4 * gib) == ("5 GB", "4 GB")  # one decimal when it is enough
+    assert memory.format_apart(150.4 * 2**20, 150 * 2**20) == ("150.4 MB", "150 MB")  # from 100 on: one fewer
+    spec = random_fcn().spec
+    budget = memory.inference_bytes(spec, 1, 64, 64, InferenceOptions(mode="slide", window=(64, 64))) - 1000
+    with pytest.raises(LimitError) as refusal:
+        memory.fit(spec, 1, 64, 64, InferenceOptions(mode="slide", window=(64, 64)), budget, name="a.png")
+    need, limit = re.search(r"needs about (.+?) even .* budget of (.+?);", str(refusal.value)).groups()
+    assert need != limit, str(refusal.value)
 
 
 @pytest.mark.parametrize("command", ["predict", "eval", "serve", "export"])

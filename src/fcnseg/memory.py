@@ -78,17 +78,30 @@ def default_budget(device: torch.device | str = "cpu") -> int:
     return int(BUDGET_FRACTION * available_bytes(device))
 
 
-def format_bytes(count: float) -> str:
+def format_bytes(count: float, decimals: int = 1) -> str:
     """A size for people, in the largest unit it reaches (``1 byte``, ``488 KB``, ``68 MB``, ``10.8 GB``): never
-    ``0 MB`` for a size that is not 0. Every size fcnseg prints goes through this."""
+    ``0 MB`` for a size that is not 0. Every size fcnseg prints goes through this. ``decimals``: below 100 of the
+    unit (one fewer from 100 on)."""
     if count < 1024:
         return "1 byte" if count == 1 else f"{count:.0f} bytes"
     for unit in ("KB", "MB", "GB", "TB"):
         count /= 1024
         if count < 1024 or unit == "TB":
             break
-    number = f"{count:.1f}".removesuffix(".0") if count < 100 else f"{count:.0f}"
+    shown = decimals if count < 100 else decimals - 1
+    number = f"{count:.{shown}f}".rstrip("0").removesuffix(".") if shown > 0 else f"{count:.0f}"
     return f"{number} {unit}"
+
+
+def format_apart(need: float, budget: float) -> tuple[str, str]:
+    """``need`` and ``budget`` for a message saying that one exceeds the other, with as many decimals as it takes
+    for them to read apart (up to 3): "about 4.02 GB, more than the budget of 4 GB", not "about 4 GB, more than
+    the budget of 4 GB"; in bytes where even 3 decimals read alike."""
+    for decimals in (1, 2, 3):
+        shown = format_bytes(need, decimals), format_bytes(budget, decimals)
+        if shown[0] != shown[1] or need == budget:
+            return shown
+    return f"{need:,.0f} bytes", f"{budget:,.0f} bytes"
 
 
 # forward_bytes hooks the layers of a shared, cached net: two estimates at once (fcnseg serve plans a request
@@ -181,17 +194,19 @@ def fit(spec: ModelSpec, batch: int, height: int, width: int, options: Inference
         candidate = options.replace(mode="slide", window=window)
         estimate = inference_bytes(spec, batch, height, width, candidate, probs, channels_last)
         if estimate <= budget:
+            over, limit = format_apart(needed, budget)
             return candidate, (f"{options.mode}-image inference of {name} ({width}x{height}) would need about "
-                               f"{format_bytes(needed)}, more than the budget of {format_bytes(budget)}: using "
+                               f"{over}, more than the budget of {limit}: using "
                                f"{window[0]}x{window[1]} sliding windows instead (about {format_bytes(estimate)})"
                                if options.mode == "whole" else
                                f"{options.window[0]}x{options.window[1]} windows on {name} would need about "
-                               f"{format_bytes(needed)}, more than the budget of {format_bytes(budget)}: using "
+                               f"{over}, more than the budget of {limit}: using "
                                f"{window[0]}x{window[1]} windows (about {format_bytes(estimate)})")
         if max(window) <= _MIN_WINDOW:
+            over, limit = format_apart(estimate, budget)
             raise LimitError(f"{name} ({width}x{height}, scales {', '.join(f'{s:g}' for s in options.scales)}) "
-                             f"needs about {format_bytes(estimate)} even with {window[0]}x{window[1]} sliding "
-                             f"windows, more than the memory budget of {format_bytes(budget)}; use smaller scales "
+                             f"needs about {over} even with {window[0]}x{window[1]} sliding "
+                             f"windows, more than the memory budget of {limit}; use smaller scales "
                              "or a smaller image, or raise --max-memory if this machine has the memory")
         window = (max(_MIN_WINDOW, window[0] // 2), max(_MIN_WINDOW, window[1] // 2))
 

@@ -79,7 +79,7 @@ from starlette.routing import Route
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import decode_image
 from fcnseg.errors import ConfigError, DataError, LimitError, RequestError
-from fcnseg.memory import default_budget, fit, format_bytes, inference_bytes
+from fcnseg.memory import default_budget, fit, format_apart, format_bytes, inference_bytes
 from fcnseg.viz import colorize, index_image
 
 log = logging.getLogger(__name__)
@@ -357,8 +357,9 @@ class Admission:
             job.charge = charge
             return
         if others == 0:
-            raise RequestError(413, f"this request needs about {format_bytes(charge)}, more than this server's memory "
-                                    f"budget of {format_bytes(self.budget)} (--max-memory); send a smaller image")
+            over, limit = format_apart(charge, self.budget)
+            raise RequestError(413, f"this request needs about {over}, more than this server's memory "
+                                    f"budget of {limit} (--max-memory); send a smaller image")
         raise Busy(f"the server's memory budget of {format_bytes(self.budget)} (--max-memory) is taken by requests "
                    f"in progress; this one needs about {format_bytes(charge)}; try again shortly", self.retry_after())
 

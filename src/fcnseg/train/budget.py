@@ -15,7 +15,7 @@ the data pipeline against the host's.
 from __future__ import annotations
 
 from fcnseg.errors import ConfigError, LimitError
-from fcnseg.memory import default_budget, format_bytes, parse_size, training_bytes
+from fcnseg.memory import default_budget, format_apart, format_bytes, parse_size, training_bytes
 from fcnseg.models.spec import ModelSpec
 from fcnseg.runtime import Runtime
 from fcnseg.train.config import TrainConfig
@@ -56,14 +56,16 @@ def check_step_memory(config: TrainConfig, spec: ModelSpec, runtime: Runtime, ba
             f"{height} {width})" if config.crop_size else
             f"a training step on a batch of {batch} whole image(s) padded to {height}x{width} (no --crop-size)")
     if on_cpu:
-        need = (f"about {format_bytes(device + data)} (net {format_bytes(device)}, data pipeline "
-                f"{format_bytes(data)}), more than the memory budget of {format_bytes(device_budget)}")
+        over, limit = format_apart(device + data, device_budget)
+        need = (f"about {over} (net {format_bytes(device)}, data pipeline "
+                f"{format_bytes(data)}), more than the memory budget of {limit}")
     elif device > device_budget:
-        need = (f"about {format_bytes(device)} of {runtime.device.type.upper()} memory, more than the budget of "
-                f"{format_bytes(device_budget)}")
+        over, limit = format_apart(device, device_budget)
+        need = f"about {over} of {runtime.device.type.upper()} memory, more than the budget of {limit}"
     else:
-        need = (f"about {format_bytes(data)} of host memory for the data pipeline ({config.workers} worker(s)), "
-                f"more than the budget of {format_bytes(host_budget)}")
+        over, limit = format_apart(data, host_budget)
+        need = (f"about {over} of host memory for the data pipeline ({config.workers} worker(s)), "
+                f"more than the budget of {limit}")
     smaller = "a smaller --crop-size or --batch-size" if config.crop_size else "--crop-size or a smaller --batch-size"
     raise LimitError(f"{step} would need {need}: use {smaller}, or raise --max-memory if this machine has the "
                      "memory")
