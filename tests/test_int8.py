@@ -68,9 +68,10 @@ def test_calibration_options_are_checked_before_any_work(trained, tmp_path, caps
         (["--int8", "--calibrate", "dataset=folder", "colour=red"], ("folder", "colour")),
         (["--int8", "--calibrate", "dataset=folder", "images=many"], ("images=", "whole number")),  # (not the value)
         (["--int8", "--calibrate", "dataset"], ("'dataset'", "KEY=VALUE")),
+        (["--int8", "--calibrate", "dataset=folder"], ("dataset=folder", "root=PATH")),  # it said "(--root)"
     ]
     for extra, names in cases:
-        refused(capsys, ["export", checkpoint, "--out", out, *extra], *names)
+        assert "--root" not in refused(capsys, ["export", checkpoint, "--out", out, *extra], *names)
     assert not (tmp_path / "x.onnx").exists()
     assert parse_calibration(["dataset=camvid", "root=/d", "images=8"]) == Calibration("camvid", "/d", "train", 8)
     with pytest.raises(ConfigError) as caught:
