@@ -34,7 +34,7 @@ from torch import nn
 from fcnseg.atomic import atomic_path
 from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.info import DatasetInfo
-from fcnseg.data.registry import DATASETS, build_dataset, dataset_options
+from fcnseg.data.registry import DATASETS, build_dataset, dataset_options, needs_root
 from fcnseg.errors import ConfigError, ExportError
 from fcnseg.export import INPUT_NAME, export_onnx, load_onnx, require_module
 
@@ -80,7 +80,7 @@ def parse_calibration(pairs: list[str]) -> Calibration:
         if unknown:
             raise ConfigError(f"--calibrate: dataset {dataset} has no option(s) {', '.join(unknown)}; its options: "
                               f"{', '.join(dataset_options(dataset)) or 'none'}")
-    if root is None and dataset != "synthetic":  # the reader's own refusal would point at --root, which export lacks
+    if root is None and needs_root(dataset):  # the reader's own refusal would point at --root, which export lacks
         raise ConfigError(f"--calibrate dataset={dataset} needs root=PATH: the folder holding its files")
     return Calibration(dataset, root, split, images, values)
 

@@ -45,6 +45,11 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
 _COMMON = {"self", "root", "split", *PIPELINE_OPTIONS}
 
 
+def needs_root(name: str) -> bool:
+    """Whether dataset ``name`` reads files (a root folder); the synthetic one draws its images."""
+    return name != "synthetic"
+
+
 def dataset_options(name: str) -> list[str]:
     """The reader-specific options of dataset ``name`` (``dataset_options`` in a training config)."""
     parameters = inspect.signature(DATASETS[name]).parameters.values()
@@ -72,7 +77,7 @@ def build_dataset(name: str, root: PathLike | None, split: str, transform: Joint
     if selects and not getattr(DATASETS[name], "selects_drives", False):
         raise ConfigError(f"split {split!r}: selecting frames by drive (SPLIT[DRIVE]) is for camvid; dataset {name} "
                           "takes a plain split name")
-    if root is None and name != "synthetic":
+    if root is None and needs_root(name):
         raise ConfigError(f"dataset {name!r} needs a root: the folder holding its files (--root)")
     return DATASETS[name](root, split=split, transform=transform, normalization=normalization, seed=seed,
                           class_map=class_map, **options)
