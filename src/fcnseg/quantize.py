@@ -80,8 +80,8 @@ def parse_calibration(pairs: list[str]) -> Calibration:
         if unknown:
             raise ConfigError(f"--calibrate: dataset {dataset} has no option(s) {', '.join(unknown)}; its options: "
                               f"{', '.join(dataset_options(dataset)) or 'none'}")
-    if root is None and needs_root(dataset):  # the reader's own refusal would point at --root, which export lacks
-        raise ConfigError(f"--calibrate dataset={dataset} needs root=PATH: the folder holding its files")
+        if root is None and needs_root(dataset):  # the reader's own refusal points at --root, which export lacks
+            raise ConfigError(f"--calibrate dataset={dataset} needs root=PATH: the folder holding its files")
     return Calibration(dataset, root, split, images, values)
 
 
