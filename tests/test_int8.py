@@ -69,6 +69,7 @@ def test_calibration_options_are_checked_before_any_work(trained, tmp_path, caps
         (["--int8", "--calibrate", "dataset=folder", "images=many"], ("images=", "whole number")),  # (not the value)
         (["--int8", "--calibrate", "dataset"], ("'dataset'", "KEY=VALUE")),
         (["--int8", "--calibrate", "dataset=folder"], ("dataset=folder", "root=PATH")),  # it said "(--root)"
+        (["--int8", "--calibrate", "dataset=foo", "root=x"], ("unknown dataset", "'foo'")),  # was a KeyError
     ]
     for extra, names in cases:
         assert "--root" not in refused(capsys, ["export", checkpoint, "--out", out, *extra], *names)

@@ -34,7 +34,7 @@ from torch import nn
 from fcnseg.atomic import atomic_path
 from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.info import DatasetInfo
-from fcnseg.data.registry import DATASETS, build_dataset, dataset_options, needs_root
+from fcnseg.data.registry import build_dataset, dataset_options, needs_root
 from fcnseg.errors import ConfigError, ExportError
 from fcnseg.export import INPUT_NAME, export_onnx, load_onnx, require_module
 
@@ -75,13 +75,12 @@ def parse_calibration(pairs: list[str]) -> Calibration:
     except ValueError:
         raise ConfigError("--calibrate images= takes a whole number") from None
     root, split = values.pop("root", None), values.pop("split", "train")
-    if dataset in DATASETS:
-        unknown = sorted(set(values) - set(dataset_options(dataset)))
-        if unknown:
-            raise ConfigError(f"--calibrate: dataset {dataset} has no option(s) {', '.join(unknown)}; its options: "
-                              f"{', '.join(dataset_options(dataset)) or 'none'}")
-        if root is None and needs_root(dataset):  # the reader's own refusal points at --root, which export lacks
-            raise ConfigError(f"--calibrate dataset={dataset} needs root=PATH: the folder holding its files")
+    unknown = sorted(set(values) - set(dataset_options(dataset)))  # dataset_options refuses an unknown dataset
+    if unknown:
+        raise ConfigError(f"--calibrate: dataset {dataset} has no option(s) {', '.join(unknown)}; its options: "
+                          f"{', '.join(dataset_options(dataset)) or 'none'}")
+    if root is None and needs_root(dataset):  # the reader's own refusal points at --root, which export lacks
+        raise ConfigError(f"--calibrate dataset={dataset} needs root=PATH: the folder holding its files")
     return Calibration(dataset, root, split, images, values)
 
 

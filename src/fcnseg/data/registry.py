@@ -50,8 +50,15 @@ def needs_root(name: str) -> bool:
     return name != "synthetic"
 
 
+def require_dataset(name: str) -> None:
+    """Refuse a dataset name fcnseg has no reader for, naming the ones it has."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+
+
 def dataset_options(name: str) -> list[str]:
     """The reader-specific options of dataset ``name`` (``dataset_options`` in a training config)."""
+    require_dataset(name)
     parameters = inspect.signature(DATASETS[name]).parameters.values()
     return [p.name for p in parameters if p.name not in _COMMON and p.kind != p.VAR_KEYWORD]
 
@@ -65,8 +72,7 @@ def build_dataset(name: str, root: PathLike | None, split: str, transform: Joint
     ``class_map`` (merge or rename classes, :mod:`fcnseg.data.class_map`): the pipeline maps the labels it loads,
     and the dataset keeps its ``inputs`` and ``generated``.
     """
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    require_dataset(name)
     class_map = options.pop("class_map", None)
     unknown = sorted(set(options) - set(dataset_options(name)))
     if unknown:
