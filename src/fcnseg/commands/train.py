@@ -38,7 +38,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                  if hasattr(args, f.name)}
     for item in args.set:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
         try:
             overrides[key.strip().replace("-", "_")] = load_yaml(value)
