@@ -8,6 +8,7 @@ and the value.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import re
 import types
@@ -273,7 +274,10 @@ def check_options(data: dict[str, Any], source: str) -> dict[str, Any]:
     fields = {item.name: item for item in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        guesses = [f"{close[0]} for {key}" for key in unknown if (close := difflib.get_close_matches(key, fields, 1))]
+        guess = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}{guess}; known: "
+                          f"{', '.join(sorted(fields))}")
     hints = typing.get_type_hints(TrainConfig)
     values = {}
     for key, value in data.items():
