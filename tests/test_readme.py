@@ -171,3 +171,44 @@ def test_every_relative_link_of_the_readme_and_docs_resolves():
 
 def test_the_readme_stays_short():
     assert len(README.read_text().splitlines()) < 200
+
+
+def docs_commands() -> list[tuple[str, list[str]]]:
+    """(page, words after `fcnseg`) of each fcnseg command in the docs' and model cards' code blocks, and of each
+    inline `.venv/bin/fcnseg ...`; commands holding a shell variable, a pipe or a placeholder left out."""
+    pages = [*sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "src" / "fcnseg" / "pretrained").glob("*.md"))]
+    found = []
+    for page in pages:
+        text = page.read_text()
+        lines = [line for block in re.findall(r"^```\w*\n(.*?)^```", text, flags=re.S | re.M)
+                 for line in block.replace("\\\n", " ").splitlines()]
+        lines += re.findall(r"`(\.venv/bin/fcnseg [^`\n]+)`", text)
+        for line in lines:
+            command = re.match(r"^\s*(?:\w+=\S+ )*(?:\.venv/bin/|/usr/bin/time -v )?fcnseg ([a-z]+ .*)", line)
+            if command is None:  # not a command, or an error line ("fcnseg train: error: ...") a page quotes
+                continue
+            words = shlex.split(command.group(1), comments=True)
+            if not any("$" in w or w in ("...", "|", "&&", ";", ">", "&") or w.startswith("<") for w in words):
+                found.append((str(page.relative_to(REPO)), words))
+    return found
+
+
+def test_the_docs_commands_name_options_and_values_fcnseg_has():
+    # A renamed flag or choice leaves the docs' commands stale without failing anything else: each one is parsed
+    # (not run) and must not be refused for an option or value fcnseg does not have.
+    import contextlib
+    import io
+
+    from fcnseg.cli import build_parser
+
+    parser = build_parser()
+    commands, stale = docs_commands(), []
+    for page, words in commands:
+        said = io.StringIO()
+        with contextlib.suppress(SystemExit), contextlib.redirect_stderr(said), \
+                contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args(words)
+        if "unrecognized arguments" in said.getvalue() or "invalid" in said.getvalue():
+            stale.append(f"{page}: fcnseg {shlex.join(words)}: {said.getvalue().strip().splitlines()[-1]}")
+    assert len(commands) >= 20
+    assert stale == []
