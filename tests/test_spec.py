@@ -15,10 +15,11 @@ from PIL import Image
 
 from fcnseg.checkpoint import read_checkpoint, save_model
 from fcnseg.data.info import NYUD, SYNTHETIC_ROADS
-from fcnseg.errors import WeightsError
+from fcnseg.errors import ConfigError, WeightsError
+from fcnseg.models import build_model
 from fcnseg.models.spec import ModelSpec
 
-from .helpers import TINY_TRAIN, random_fcn, refused, torchvision_file
+from .helpers import TINY_TRAIN, error_names, random_fcn, refused, torchvision_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCHITECTURE = ("name", "backbone", "num_classes", "width", "geometry", "learnable_upsampling", "dropout")
@@ -135,7 +136,9 @@ def test_training_from_a_net_of_another_backbone_names_both(tiny_checkpoint, tmp
     (lambda spec: spec.update(colour="red"), ["colour"]),
     (lambda spec: spec.update(normalization=["bgr"]), ["bgr"]),
     (lambda spec: spec.update(width="wide"), ["width", "wide"]),
-], ids=["num-classes", "inputs", "transform-on-vgg", "newer-version", "unknown-field", "normalization", "width-type"])
+    (lambda spec: spec.update(num_classes=8.0), ["num_classes", "8.0", "whole number"]),
+], ids=["num-classes", "inputs", "transform-on-vgg", "newer-version", "unknown-field", "normalization", "width-type",
+        "classes-type"])
 def test_an_edited_spec_is_refused_in_one_line(tmp_path, capsys, change, names):
     path = save_model(random_fcn(), SYNTHETIC_ROADS, tmp_path / "net.pth")
     data = read_checkpoint(path)
@@ -155,3 +158,16 @@ def test_the_spec_round_trips_through_plain_values_and_is_checked_on_creation():
         ModelSpec(inputs=("rgb", "hha"), normalization="imagenet+caffe+caffe")
     with pytest.raises(ValueError, match="has 8"):
         ModelSpec(num_classes=5, classes=SYNTHETIC_ROADS)
+
+
+@pytest.mark.parametrize("options, names", [
+    ({"num_classes": 21.5}, ["num_classes", "21.5", "whole number"]),  # was torch's "divisible by groups"
+    ({"num_classes": "21"}, ["num_classes", "'21'", "whole number"]),  # was a TypeError on '<'
+    ({"num_classes": True}, ["num_classes", "True"]),  # read as 1 class
+    ({"num_classes": 21, "dropout": "0.5"}, ["dropout", "'0.5'"]),  # was a TypeError on '<='
+])
+def test_build_model_refuses_values_of_the_wrong_type_in_one_line(options, names):
+    with pytest.raises(ConfigError) as refusal:
+        build_model("fcn8s", backbone="vgg16", width=0.0625, **options)
+    error_names(refusal, *names)
+

@@ -161,8 +161,8 @@ def _checked(cls: type[ModelSpec], kwargs: dict[str, Any], classes: DatasetInfo 
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
-    return "number" if isinstance(expected, tuple) else {"str": "string", "bool": "true/false"}.get(
-        expected.__name__, expected.__name__)
+    words = {"str": "string", "bool": "true/false", "int": "whole number"}  # "not a int" read badly
+    return "number" if isinstance(expected, tuple) else words.get(expected.__name__, expected.__name__)
 
 
 def _per_input(normalization: str | Sequence[str], inputs: int) -> tuple[str, ...]:
@@ -179,6 +179,11 @@ def _per_input(normalization: str | Sequence[str], inputs: int) -> tuple[str, ..
     return kinds
 
 
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool (True would read as 1) nor a string."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _check_architecture(spec: ModelSpec) -> None:
     """ConfigError for a name, backbone, geometry or number out of range."""
     if spec.name not in MODELS:
@@ -187,10 +192,13 @@ def _check_architecture(spec: ModelSpec) -> None:
         raise ConfigError(f"unknown backbone {spec.backbone!r}; choose one of {sorted(BACKBONES)}")
     if spec.geometry not in GEOMETRIES:
         raise ConfigError(f"unknown geometry {spec.geometry!r}; choose one of {GEOMETRIES}")
-    if not (isinstance(spec.width, int | float) and math.isfinite(spec.width) and spec.width > 0):
-        raise ConfigError(f"width must be positive, got {spec.width}")
-    if not 0 <= spec.dropout < 1:
-        raise ConfigError(f"dropout must be in [0, 1), got {spec.dropout}")
+    if not (_is_number(spec.width) and math.isfinite(spec.width) and spec.width > 0):
+        raise ConfigError(f"width must be positive, got {spec.width!r}")
+    if not (_is_number(spec.dropout) and 0 <= spec.dropout < 1):
+        raise ConfigError(f"dropout must be in [0, 1), got {spec.dropout!r}")
+    if not all(isinstance(count, int) and not isinstance(count, bool) for count in spec.head_classes):
+        # 21.5 reached the classifier's convolution ("out_channels must be divisible by groups"), "21" a comparison
+        raise ConfigError(f"num_classes must be a whole number, got {', '.join(map(repr, spec.head_classes))}")
     if min(spec.head_classes) < 1:
         raise ConfigError(f"every head needs at least one class, got {spec.head_classes}")
     if not spec.inputs or len(set(spec.inputs)) != len(spec.inputs) or not set(spec.inputs) <= set(INPUTS):
