@@ -313,3 +313,6 @@ def test_bad_arguments_are_refused_with_clear_messages():
         predict_probs(forward, x, mode="slide", window=(0, 4))
     with pytest.raises(ValueError, match="at the input's size"):
         predict_probs(lambda t: t[:, :, ::2], x)
+    for switch in ("flip", "bf16"):  # flip="no" is a true value: it flipped
+        with pytest.raises(ValueError, match=f"{switch} must be True or False, got 'no'"):
+            predict_probs(forward, x, **{switch: "no"})

@@ -101,6 +101,9 @@ class InferenceOptions:
             raise ConfigError(f"window must be two sizes (height, width), got {window}")
         if not scales:
             raise ConfigError("scales must be one or more numbers, got none")
+        for name in ("flip", "bf16"):  # flip="no" is a true value: it would flip
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "scales", scales)
         check_fields(self)  # the ranges of the fields: no nan, inf, zero or negative scale, ...
