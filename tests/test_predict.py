@@ -107,6 +107,23 @@ def test_default_options_come_from_load_and_calls_override_them(checkpoint, segm
     with pytest.raises(ConfigError) as caught:
         segmenter.predict(image, overlap=1.5)
     error_names(caught, "overlap", "1.5")
+    # Options as a plain mapping of their fields (it was an AttributeError: 'dict' has no 'replace').
+    as_dict = load(checkpoint, device="cpu", options={"mode": "slide", "window": (48, 64)})
+    np.testing.assert_array_equal(as_dict.predict(image), sliding.predict(image))
+    with pytest.raises(ConfigError) as caught:  # -5 bytes was taken, then every image refused as too large
+        load(checkpoint, device="cpu", max_memory=-5)
+    error_names(caught, "max_memory", "-5")
+
+
+def test_api_calls_with_mismatched_arguments_say_what_to_give(segmenter):
+    with pytest.raises(ConfigError) as caught:  # was zip()'s "argument 4 is longer than arguments 1-3"
+        segmenter.predict_batch([scene(1)], names=["a", "b"])
+    error_names(caught, "1 images", "2 names")
+    probs = segmenter.predict_probs(scene(1))
+    assert [labels.shape for labels in segmenter.labels_from_probs(probs)] == [probs.shape[1:]]
+    with pytest.raises(ConfigError) as caught:  # 2 channels for an 8-class net: argmax over the wrong scores
+        segmenter.labels_from_probs(probs[:2])
+    error_names(caught, "C = 8", "(2, 64, 80)")
 
 
 def test_predict_batch_groups_equal_sizes_and_matches_single_predictions(checkpoint):

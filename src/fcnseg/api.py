@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,8 +52,8 @@ class Segmenter:
     :class:`~fcnseg.models.spec.ModelSpec`: architecture, inputs and their normalisation, classes) and what
     follows from it: ``info`` (class names, palette), ``normalization``, ``inputs`` (``("rgb",)``, ``("hha",)``
     or ``("rgb", "hha")``) and ``config`` (the architecture); ``device``, ``options`` (the default
-    :class:`~fcnseg.inference.InferenceOptions`; every call may override fields by keyword),
-    ``max_pixels`` (image files larger than this are refused before decoding) and ``max_memory`` (bytes a
+    :class:`~fcnseg.inference.InferenceOptions`, or a mapping of its fields; every call may override fields by
+    keyword), ``max_pixels`` (image files larger than this are refused before decoding) and ``max_memory`` (bytes a
     prediction may use; None: 80% of the memory available when it runs). A prediction whose estimate
     (:mod:`fcnseg.memory`) exceeds it runs in sliding windows instead, which a note logged on ``fcnseg.api``
     says (:meth:`note`), or is refused with a :class:`~fcnseg.errors.LimitError` when nothing fits.
@@ -62,12 +62,14 @@ class Segmenter:
     """
 
     def __init__(self, model: torch.nn.Module | None, spec: ModelSpec, device: str | torch.device = "auto",
-                 forward: Forward | None = None, options: InferenceOptions | None = None,
+                 forward: Forward | None = None, options: InferenceOptions | Mapping[str, Any] | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_memory: int | None = None) -> None:
         if model is None and forward is None:
             raise ConfigError("Segmenter needs a model or a forward callable")
         if max_pixels < 1:
             raise ConfigError(f"max_pixels must be positive, got {max_pixels}")
+        if max_memory is not None and max_memory < 1:  # -5 was taken, then every image was refused as too large
+            raise ConfigError(f"max_memory must be a positive number of bytes (or None), got {max_memory}")
         self.spec = spec.with_classes(None)
         self.device = resolve_device(device)
         self.model = model
@@ -78,7 +80,8 @@ class Segmenter:
         self.channels_last = model is not None and forward is None
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.options = options or InferenceOptions()
+        # A plain mapping is read as the options' fields: {"flip": True} as InferenceOptions(flip=True).
+        self.options = InferenceOptions(**options) if isinstance(options, Mapping) else options or InferenceOptions()
         self.max_pixels = max_pixels
         self.max_memory = max_memory
         self._told: set[str] = set()  # notes already logged: each once per Segmenter
@@ -146,6 +149,9 @@ class Segmenter:
 
     def labels_from_probs(self, probs: np.ndarray) -> list[np.ndarray]:
         """Each head's HxW label map from :meth:`predict_probs`' C x H x W output (the argmax of its channels)."""
+        if np.ndim(probs) != 3 or len(probs) != sum(self.info.head_classes):
+            raise ConfigError(f"expected C x H x W probabilities with C = {sum(self.info.head_classes)} (this net's "
+                              f"classes), got shape {np.shape(probs)}")
         parts = np.split(probs, np.cumsum(self.info.head_classes)[:-1])
         return [part.argmax(0).astype(self.label_dtype) for part in parts]
 
@@ -188,8 +194,9 @@ class Segmenter:
         chosen = self._options(options)
         names = list(names) if names else [_name(image) for image in images]
         depths, hhas = depths or [None] * len(images), hhas or [None] * len(images)
-        if not len(images) == len(depths) == len(hhas):
-            raise ConfigError(f"{len(images)} images but {len(depths)} depth maps and {len(hhas)} HHA images")
+        if not len(images) == len(depths) == len(hhas) == len(names):
+            raise ConfigError(f"{len(images)} images but {len(names)} names, {len(depths)} depth maps and "
+                              f"{len(hhas)} HHA images: give one of each per image")
         arrays = [self._decode(*sources) for sources in zip(images, depths, hhas, names, strict=True)]
         maps = self._label_maps(arrays, names, chosen, on_forward)
         return [labels if labels.ndim == 2 else labels[0] for labels in maps]
@@ -282,7 +289,7 @@ def _name(image: ImageSource | None) -> str:
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: str = "auto",
-         options: InferenceOptions | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+         options: InferenceOptions | Mapping[str, Any] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
          max_memory: int | None = None) -> Segmenter:
     """Load an fcnseg checkpoint, or a TorchScript or ONNX export of one, as a :class:`Segmenter`; ``path`` may
     also name a net shipped with fcnseg (see :mod:`fcnseg.pretrained`; a file of that name wins).
