@@ -174,6 +174,15 @@ def test_a_batch_larger_than_the_dataset_is_said_once(tmp_path, capsys):
     assert err.count("batch_size 8 is larger than the 3 training images") == 1
 
 
+def test_a_warm_up_as_long_as_the_run_is_said_even_when_quiet(tmp_path, capsys):
+    # --warmup-iterations 50 with --iterations 2: the rate rose for the whole run (to 2/50 of lr), silently.
+    argv = ["train", *TINY_TRAIN, "--iterations", "2", "--val-interval", "2", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--warmup-iterations", "50"]) == 0
+    assert "warmup_iterations 50 is not shorter than the run's 2 iterations" in capsys.readouterr().err
+    assert main([*argv, "--warmup-iterations", "1", "--overwrite"]) == 0
+    assert "warmup_iterations" not in capsys.readouterr().err
+
+
 def test_a_folder_without_split_lists_says_how_to_use_every_image_from_the_command_line(tmp_path, capsys):
     # The message once said "use split=None", which no flag accepts: a newcomer's folder (images, masks,
     # classes.txt) had no way out from the command line.

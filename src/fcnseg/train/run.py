@@ -75,6 +75,9 @@ class Run:
 def build_run(config: TrainConfig, runtime: Runtime) -> Run:
     """Seed every RNG, build and check the data, build the model and the optimisation around it."""
     amp = resolved_amp(config.amp, runtime)
+    if config.warmup_iterations >= config.iterations and runtime.is_main:  # (lr_factor: no decay after it either)
+        log.warning(f"warmup_iterations {config.warmup_iterations} is not shorter than the run's {config.iterations} "
+                    "iterations: the learning rate rises for the whole run and never decays")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
