@@ -7,6 +7,7 @@ from PIL import Image
 
 import fcnseg.commands.predict as predict_command
 from fcnseg.cli import build_parser, main
+from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.data.synthetic import render_scene
 from fcnseg.errors import DataError, user_message
 from fcnseg.runtime import worker_init
@@ -60,6 +61,7 @@ def test_quiet_drops_the_progress_lines_not_the_result(tiny_checkpoint, tmp_path
 
 def test_an_error_in_a_dataloader_worker_is_one_line(tiny_checkpoint, tmp_path, capsys):
     root = folder_dataset(tmp_path / "data", broken=["2"])
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in SYNTHETIC_ROADS.class_names))  # the net's
     refused(capsys, ["eval", tiny_checkpoint, "--dataset", "folder", "--root", root, "--split", "all", "--workers",
                      "2", "--threads", "1", "--device", "cpu"], root / "images" / "2.png")
 

@@ -303,3 +303,21 @@ def test_eval_limit_on_a_dataset_of_files(tmp_path, capsys):
               "--split", "all", "--threads", "1"]
     assert main([*common, "--limit", "1"]) == 0
     assert "folder all: 1 images" in capsys.readouterr().out
+
+
+def test_a_net_scored_on_a_dataset_of_other_class_names_is_warned_about(tmp_path, capsys):
+    # Scored by index, a camvid net on a folder dataset of 11 other classes gave numbers without a word.
+    from fcnseg.cli import main
+
+    from .helpers import folder_dataset
+
+    root = folder_dataset(tmp_path / "data", classes=11)
+    argv = ["eval", "camvid-fcn8s", "--dataset", "folder", "--root", str(root), "--split", "all", "--threads", "1",
+            "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "the net's classes are not named as dataset folder's (11 differ: sky / class0, building / class1" in err
+    (root / "classes.txt").write_text("Sky\nbuilding\npole\nroad\npavement\ntree\nsignsymbol\nfence\ncar\n"
+                                      "pedestrian\nbicyclist\n")  # CamVid's, one in another case: the same names
+    assert main(argv) == 0
+    assert "not named" not in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 from pathlib import Path
 
 from torch.utils.data import Dataset, Subset
@@ -28,6 +29,8 @@ from fcnseg.outputs import RECORD, Outputs, folder_lock, refuse_if_held
 from fcnseg.pretrained import resolve
 from fcnseg.ranges import NON_NEGATIVE_COUNT
 from fcnseg.runtime import Runtime, start
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +67,19 @@ def positive_class(info: DatasetInfo) -> int | None:
     return names.index("road") if "road" in names else 1
 
 
+def _say_if_the_names_differ(net: DatasetInfo, data: DatasetInfo, dataset: str) -> None:
+    """Warn when the net's classes and the dataset's have the same counts but other names: classes are scored by
+    index, so a net evaluated on another dataset of as many classes gets numbers without a word otherwise."""
+    pairs = [(ours, theirs) for net_head, data_head in zip(net.heads, data.heads, strict=True)
+             for ours, theirs in zip(net_head.class_names, data_head.class_names, strict=True)
+             if ours.lower() != theirs.lower()]
+    if pairs:
+        shown = ", ".join(f"{ours} / {theirs}" for ours, theirs in pairs[:3]) + (", ..." if len(pairs) > 3 else "")
+        log.warning(f"the net's classes are not named as dataset {dataset}'s ({len(pairs)} differ: {shown}): "
+                    "class k of the net is scored against class k of the dataset, and the report uses the net's "
+                    "names; is this the dataset (and --class-map) the net was trained for?")
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, score the split, print (and with --out write) the report."""
     options = inference_options(args)
@@ -88,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.checkpoint} predicts {count_text(info.head_classes)} classes ({info.name}) but dataset "
                         f"{args.dataset} has {count_text(dataset.info.head_classes)}; evaluate on the dataset it was "
                         "trained for, with the --class-map it was trained with")
+    if runtime.is_main:  # said once, not by every process of a torchrun
+        _say_if_the_names_differ(info, dataset.info, args.dataset)
     data_info = dataset.info  # a Subset (--limit) has no info
     if args.limit is not None and args.limit < len(dataset):
         dataset = Subset(dataset, range(args.limit))
