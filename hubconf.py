@@ -1,5 +1,5 @@
-"""torch.hub entry points of fcnseg: its FCN builders, and the trained CamVid net by name (``camvid_fcn8s``
-needs the net's file in fcnseg.pretrained, which this version does not ship yet: it says so in one line).
+"""torch.hub entry points of fcnseg: its FCN builders, and the trained CamVid net by name (``camvid_fcn8s``: the
+net shipped in fcnseg.pretrained, checked against its SHA-256).
 
     net = torch.hub.load("OWNER/fcnseg", "camvid_fcn8s")                     # trained, in eval mode
     net = torch.hub.load("path/to/fcnseg", "camvid_fcn8s", source="local")   # from a clone
