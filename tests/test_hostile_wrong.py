@@ -149,6 +149,7 @@ def test_a_bare_fcn8s_state_dict_needs_its_name(tmp_path, capsys):
     ("dataset_options={num_images:16}", ("num_images:16", "space after a colon")),  # the YAML slip, named
     ("=1", ("--set", "KEY=VALUE", "'=1'")),  # no key: was "unknown option(s) ;"
     ("itterations=3", ("unknown option", "itterations", "did you mean iterations for itterations?")),  # a typo
+    ("dataset_options={class_mapp: {}}", ("class_mapp", "did you mean class_map for class_mapp?")),
 ])
 def test_bad_config_values_are_one_line(tmp_path, capsys, setting, names):
     refused(capsys, ["train", "--set", setting, "--out", tmp_path / "run", "--quiet"], *names)

@@ -8,9 +8,10 @@ on), so ``except ValueError`` keeps working for library callers.
 
 from __future__ import annotations
 
+import difflib
 import os
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
@@ -67,6 +68,14 @@ def listing(items: Sequence[object], shown: int = 10, sep: str = ", ") -> str:
     if rest <= 0:
         return text
     return f"{text}{sep}... and {rest} more" if "\n" in sep else f"{text} and {rest} more"
+
+
+def did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str:
+    """`` (did you mean iterations for itterations?)`` for the unknown names close to a known one (difflib), or
+    nothing: for the messages that refuse a misspelt option."""
+    known = list(known)
+    guesses = [f"{close[0]} for {name}" for name in unknown if (close := difflib.get_close_matches(name, known, 1))]
+    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
 
 
 def require_model_file(path: str | os.PathLike, what: str = "model file",

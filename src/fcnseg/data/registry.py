@@ -18,7 +18,7 @@ from fcnseg.data.nyud import NYUDv2
 from fcnseg.data.siftflow import SiftFlow
 from fcnseg.data.synthetic import SyntheticRoads
 from fcnseg.data.voc import SBDSegmentation, VOCSegmentation
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, did_you_mean
 
 
 def synthetic(root: PathLike | None = None, split: str = "train", num_images: int = 200, height: int = 128,
@@ -76,9 +76,10 @@ def build_dataset(name: str, root: PathLike | None, split: str, transform: Joint
     class_map = options.pop("class_map", None)
     unknown = sorted(set(options) - set(dataset_options(name)))
     if unknown:
-        known = ", ".join([*dataset_options(name), "class_map"])
+        names = [*dataset_options(name), "class_map"]
         hint = " (YAML needs a space after a colon: {num_images: 16})" if any(":" in key for key in unknown) else ""
-        raise ConfigError(f"dataset {name} has no option(s) {', '.join(unknown)}{hint}; its options: {known}")
+        raise ConfigError(f"dataset {name} has no option(s) {', '.join(unknown)}{hint}"
+                          f"{'' if hint else did_you_mean(unknown, names)}; its options: {', '.join(names)}")
     selects = isinstance(split, str) and ("[" in split or "]" in split)
     if selects and not getattr(DATASETS[name], "selects_drives", False):
         raise ConfigError(f"split {split!r}: selecting frames by drive (SPLIT[DRIVE]) is for camvid; dataset {name} "

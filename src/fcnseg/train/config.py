@@ -8,7 +8,6 @@ and the value.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import re
 import types
@@ -22,7 +21,7 @@ import yaml
 from fcnseg.checkpoint import checkpoint_spec, read_checkpoint
 from fcnseg.data.balance import BALANCING, ENET_C
 from fcnseg.data.registry import DATASETS
-from fcnseg.errors import ConfigError, TrainingError
+from fcnseg.errors import ConfigError, TrainingError, did_you_mean
 from fcnseg.models import BACKBONES, MODELS
 from fcnseg.models.fcn import GEOMETRIES
 from fcnseg.models.weights import default_imagenet_problem
@@ -274,9 +273,7 @@ def check_options(data: dict[str, Any], source: str) -> dict[str, Any]:
     fields = {item.name: item for item in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        guesses = [f"{close[0]} for {key}" for key in unknown if (close := difflib.get_close_matches(key, fields, 1))]
-        guess = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
-        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}{guess}; known: "
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}{did_you_mean(unknown, fields)}; known: "
                           f"{', '.join(sorted(fields))}")
     hints = typing.get_type_hints(TrainConfig)
     values = {}
