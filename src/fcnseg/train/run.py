@@ -75,7 +75,8 @@ class Run:
 def build_run(config: TrainConfig, runtime: Runtime) -> Run:
     """Seed every RNG, build and check the data, build the model and the optimisation around it."""
     amp = resolved_amp(config.amp, runtime)
-    if config.warmup_iterations >= config.iterations and runtime.is_main:  # (lr_factor: no decay after it either)
+    # lr_factor rises over the warm-up, then decays to 0 at the last iteration: a warm-up this long leaves no decay
+    if config.warmup_iterations >= config.iterations and runtime.is_main:
         log.warning(f"warmup_iterations {config.warmup_iterations} is not shorter than the run's {config.iterations} "
                     "iterations: the learning rate rises for the whole run and never decays")
     torch.manual_seed(config.seed)
