@@ -235,3 +235,20 @@ def test_the_page_names_the_model_of_every_export(exports, fmt):
         assert server.info()["model_name"] == "fcn8s (vgg16)"  # read from the spec the export carries
     finally:
         server.server_close()
+
+
+def test_an_export_is_written_in_the_format_its_name_says(tiny_checkpoint, tmp_path, capsys):
+    # `fcnseg export CK --out model.pt` wrote ONNX under a TorchScript name (torch.jit.load then failed on it);
+    # --format against the name wrote the other way round.
+    base = ["export", str(tiny_checkpoint), "--threads", "1"]
+    assert main([*base, "--out", str(tmp_path / "model.pt")]) == 0
+    assert "(torchscript;" in capsys.readouterr().out
+    assert (tmp_path / "model.pt").read_bytes()[:2] == b"PK"  # a TorchScript archive is a zip; ONNX is protobuf
+    assert main([*base, "--out", str(tmp_path / "model")]) == 0  # no suffix: ONNX, the default
+    assert "(onnx;" in capsys.readouterr().out
+    refused(capsys, [*base, "--out", tmp_path / "m.onnx", "--format", "torchscript"], "m.onnx", "m.pt",
+            "--format onnx")
+    refused(capsys, [*base, "--out", tmp_path / "m.pt", "--format", "onnx"], "m.pt", "m.onnx", "--format torchscript")
+    refused(capsys, [*base, "--out", tmp_path / "m.pt", "--int8", "--calibrate", "dataset=synthetic"], "m.pt",
+            "--int8", "m.onnx")
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.pt").exists()

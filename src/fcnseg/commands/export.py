@@ -34,13 +34,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a checkpoint to ONNX or TorchScript, then check parity")
     parser.add_argument("checkpoint", type=Path,
                         help=f"fcnseg checkpoint (.pth), or the name of a net shipped with fcnseg ({SHIPPED_NETS})")
-    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
-                        help="onnx (default): an .onnx file for ONNX Runtime, from Python, C++, C#, Java, "
-                             "JavaScript, ... (writing needs the onnx package, running onnxruntime: the 'export' "
-                             "extra installs both); torchscript: a .pt archive for PyTorch without fcnseg's code "
-                             "(torch.jit.load in Python, LibTorch in C++). fcnseg predict, eval and serve run both. "
-                             "Either maps a normalised image to class scores and keeps the net's classes and "
-                             "normalisation")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), default=None,
+                        help="onnx (the default, unless --out ends in .pt): an .onnx file for ONNX Runtime, from "
+                             "Python, C++, C#, Java, JavaScript, ... (writing needs the onnx package, running "
+                             "onnxruntime: the 'export' extra installs both); torchscript: a .pt archive for PyTorch "
+                             "without fcnseg's code (torch.jit.load in Python, LibTorch in C++). fcnseg predict, eval "
+                             "and serve run both. Either maps a normalised image to class scores and keeps the net's "
+                             "classes and normalisation")
     parser.add_argument("--out", type=Path, required=True, help="output file (.onnx or .pt)")
     parser.add_argument("--opset", type=number(OPSETS), default=18, help="ONNX opset (default 18)")
     parser.add_argument("--check-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",
@@ -55,10 +55,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# What a file name says it holds: an export named for the other format misleads every tool that opens it.
+_NAMED_FOR = {".onnx": "onnx", ".pt": "torchscript"}
+_FORMAT_WORDS = {"onnx": "an ONNX model", "torchscript": "a TorchScript archive"}
+
+
+def export_format(out: Path, asked: str | None, int8: bool = False) -> str:
+    """The format to write: ``asked`` (--format; ONNX for ``int8``), else the one ``out``'s suffix names, else
+    ONNX; a suffix that names the other format is refused (``--format onnx --out model.pt`` wrote ONNX under a
+    TorchScript name)."""
+    named = _NAMED_FOR.get(out.suffix.lower())
+    chosen = "onnx" if int8 else asked or named or "onnx"
+    if named is not None and named != chosen:
+        right = out.with_suffix(next(suffix for suffix, fmt in _NAMED_FOR.items() if fmt == chosen))
+        why = "--int8" if int8 else f"--format {chosen}"
+        fix = "" if int8 else f", or give --format {named}"
+        raise ConfigError(f"--out {out} is named as {_FORMAT_WORDS[named]} but {why} writes {_FORMAT_WORDS[chosen]}: "
+                          f"name it {right}{fix}")
+    return chosen
+
+
 def run(args: argparse.Namespace) -> int:
     """0 when the export matches PyTorch at every --check-sizes size, 1 otherwise."""
+    calibration = _calibration(args)  # --int8's own checks first: it writes ONNX, whatever --out is named
+    args.format = export_format(args.out, args.format, args.int8)
     threads = set_threads(args.threads)
-    calibration = _calibration(args)
     args.checkpoint = resolve(args.checkpoint)  # a shipped net's name: its file (an input --out must not replace)
     outputs = output_file(args.out, "export", args.overwrite, inputs=[args.checkpoint])
     model, info = model_from_checkpoint(args.checkpoint)
@@ -91,7 +112,7 @@ def _calibration(args: argparse.Namespace) -> Calibration | None:
         if args.calibrate:
             raise ConfigError("--calibrate goes with --int8")
         return None
-    if args.format != "onnx":
+    if args.format == "torchscript":
         raise ConfigError("--int8 exports ONNX models (ONNX Runtime runs them): use --format onnx")
     if not args.calibrate:
         raise ConfigError("--int8 needs --calibrate dataset=NAME root=PATH: the images whose value ranges int8 uses")
