@@ -199,6 +199,31 @@ def test_temporaries_of_a_killed_run_are_removed_on_resume(tmp_path):
     assert not any(path.exists() for path in stale) and users.read_text() == "mine"
 
 
+def test_an_export_removes_what_a_killed_export_of_its_out_left_but_not_a_live_ones(tiny_checkpoint, tmp_path):
+    # kill -9 during `fcnseg export` left its hidden .NAME.RANDOM.tmp (8 MB for camvid-fcn8s) in the user's folder
+    # for good: a single-file --out holds no folder lock, so nothing could tell it from a live export's file.
+    import fcntl
+
+    from fcnseg.atomic import atomic_path
+
+    out = tmp_path / "net.onnx"
+    killed, live, young, users = (tmp_path / name for name in
+                                  (".net.onnx.k1ll3d.tmp", ".net.onnx.l1ve.tmp", ".net.onnx.y0ung.tmp", ".notes.tmp"))
+    for path in (killed, live, young, users):
+        path.write_bytes(b"\0" * 1000)
+    for path in (killed, live, users):
+        os.utime(path, (time.time() - 60, time.time() - 60))  # older than a writer takes to lock its file
+    with open(live) as handle:  # another export, still writing: it holds its file's lock
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        assert main(["export", str(tiny_checkpoint), "--out", str(out), "--threads", "1", "--quiet"]) == 0
+        assert not killed.exists() and live.exists() and young.exists() and users.exists()
+    with atomic_path(tmp_path / "other.bin") as tmp, open(tmp) as handle:  # every writer locks its file
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        tmp.write_bytes(b"done")
+    assert (tmp_path / "other.bin").read_bytes() == b"done"
+
+
 # --- 6. --resume -------------------------------------------------------------------------------------------
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,15 +21,27 @@ _LANDING: ContextVar[dict[str, Callable[[Path, Path], None]] | None] = ContextVa
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; if the block succeeds it is synced and renamed over
-    ``path`` (creating parent folders), otherwise it is deleted and ``path`` is left as it was."""
+    ``path`` (creating parent folders), otherwise it is deleted and ``path`` is left as it was.
+
+    The temporary file is locked (``flock``) until then: the kernel lets the lock go when the process ends,
+    however it ends, so :func:`remove_abandoned_temporaries` can tell a killed writer's file from a live one's."""
     path = Path(path)
     try:
         make_folder(path.parent)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as error:
         raise WriteError(f"cannot write {path}: {error.strerror or error}") from None
-    os.close(fd)
-    tmp = Path(name)
+    try:
+        _lock(fd, wait=False)  # just made: nothing else holds it
+        with _landed_or_removed(path, Path(name)) as tmp:
+            yield tmp
+    finally:
+        os.close(fd)  # the lock goes with it, after the rename
+
+
+@contextmanager
+def _landed_or_removed(path: Path, tmp: Path) -> Iterator[Path]:
+    """The body of :func:`atomic_path`: ``tmp`` synced and renamed over ``path`` after the block, or removed."""
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -54,6 +68,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             if interrupt is not None:
                 raise interrupt from None
         raise
+
+
+def _lock(fd: int, wait: bool) -> bool:
+    """Take an exclusive ``flock`` on ``fd``; without ``wait``, False when another process holds it. True where
+    the file system has no such locks (nothing to tell then)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without flock
+        return True
+    return True
 
 
 @contextmanager
@@ -131,17 +157,40 @@ def make_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def _temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """The temporary files of :func:`atomic_path` in ``folder`` for the files ``names``, in one pass over the
+    folder (a prediction may name thousands of files): ``.NAME.RANDOM.tmp``, where mkstemp's RANDOM holds no dot."""
+    names = set(names)
+    return [tmp for tmp in Path(folder).glob(".*.tmp") if tmp.name[1:-len(".tmp")].rpartition(".")[0] in names]
+
+
 def remove_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
     """Delete the temporary files :func:`atomic_path` left in ``folder`` for the files ``names`` when a
     process was killed mid-write; call it only where no other process can be writing them."""
-    names = set(names)
+    removed = _temporaries(folder, names)
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
+    return removed
+
+
+def remove_abandoned_temporaries(folder: str | os.PathLike, names: Iterable[str],
+                                 older_than_s: float = 10.0) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder`` for the files ``names``, where no process
+    holds them: safe while other processes write the same names (two exports of one ``--out``), as each writer
+    locks its file (:func:`atomic_path`). Files younger than ``older_than_s`` are left: a writer locks its file a
+    moment after making it."""
     removed = []
-    # One pass over the folder (a prediction may name thousands of files): ``.NAME.RANDOM.tmp``, where
-    # mkstemp's RANDOM holds no dot.
-    for tmp in Path(folder).glob(".*.tmp"):
-        if tmp.name[1:-len(".tmp")].rpartition(".")[0] in names:
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+    for tmp in _temporaries(folder, names):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:  # gone meanwhile: its writer landed it
+            continue
+        try:
+            if time.time() - os.fstat(fd).st_mtime > older_than_s and _lock(fd, wait=False):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        finally:
+            os.close(fd)
     return removed
 
 

@@ -40,7 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from fcnseg.atomic import atomic_open, before_landing, check_writable, make_folder, remove_temporaries
+from fcnseg.atomic import (
+    atomic_open,
+    before_landing,
+    check_writable,
+    make_folder,
+    remove_abandoned_temporaries,
+    remove_temporaries,
+)
 from fcnseg.errors import ConfigError, WriteError, listing
 from fcnseg.transfer import file_digest
 
@@ -402,6 +409,7 @@ def output_file(path: str | os.PathLike, command: str, overwrite: bool = False,
     into the same file, the second to finish is refused (a file made at ``path`` meanwhile is kept)."""
     path = Path(path)
     refuse_if_held(path.parent)
+    remove_abandoned_temporaries(path.parent, [path.name])  # what a killed run of this command left
     outputs = Outputs(path.parent, command, overwrite)
     outputs.claim([path], inputs)
     return outputs
