@@ -199,11 +199,13 @@ def test_temporaries_of_a_killed_run_are_removed_on_resume(tmp_path):
     assert not any(path.exists() for path in stale) and users.read_text() == "mine"
 
 
-def test_an_export_removes_what_a_killed_export_of_its_out_left_but_not_a_live_ones(tiny_checkpoint, tmp_path):
+def test_an_export_removes_what_a_killed_export_of_its_out_left_but_not_a_live_ones(tiny_checkpoint, tmp_path,
+                                                                                      monkeypatch):
     # kill -9 during `fcnseg export` left its hidden .NAME.RANDOM.tmp (8 MB for camvid-fcn8s) in the user's folder
     # for good: a single-file --out holds no folder lock, so nothing could tell it from a live export's file.
     import fcntl
 
+    import fcnseg.atomic as atomic
     from fcnseg.atomic import atomic_path
 
     out = tmp_path / "net.onnx"
@@ -222,6 +224,9 @@ def test_an_export_removes_what_a_killed_export_of_its_out_left_but_not_a_live_o
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         tmp.write_bytes(b"done")
     assert (tmp_path / "other.bin").read_bytes() == b"done"
+    os.utime(young, (time.time() - 60, time.time() - 60))
+    monkeypatch.setattr(atomic, "fcntl", None)  # no flock (Windows): a live writer cannot be told, nothing removed
+    assert atomic.remove_abandoned_temporaries(tmp_path, ["net.onnx"]) == [] and young.exists()
 
 
 # --- 6. --resume -------------------------------------------------------------------------------------------

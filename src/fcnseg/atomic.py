@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
 import time
@@ -13,6 +12,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from fcnseg.errors import FcnsegError, WriteError
+
+try:
+    import fcntl
+except ImportError:  # Windows: temporary files are not locked, and none is ever taken for abandoned
+    fcntl = None
 
 # Destination -> what to do with a finished temporary file just before it is renamed onto it (see before_landing).
 _LANDING: ContextVar[dict[str, Callable[[Path, Path], None]] | None] = ContextVar("fcnseg_landing", default=None)
@@ -32,7 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as error:
         raise WriteError(f"cannot write {path}: {error.strerror or error}") from None
     try:
-        _lock(fd, wait=False)  # just made: nothing else holds it
+        _try_lock(fd)  # just made: nothing else holds it (where locks cannot be taken, it goes on unlocked)
         with _landed_or_removed(path, Path(name)) as tmp:
             yield tmp
     finally:
@@ -70,15 +74,17 @@ def _landed_or_removed(path: Path, tmp: Path) -> Iterator[Path]:
         raise
 
 
-def _lock(fd: int, wait: bool) -> bool:
-    """Take an exclusive ``flock`` on ``fd``; without ``wait``, False when another process holds it. True where
-    the file system has no such locks (nothing to tell then)."""
+def _try_lock(fd: int) -> bool | None:
+    """Take an exclusive ``flock`` on ``fd`` without waiting: True if taken, False if another process holds it,
+    None where it cannot be told (no ``fcntl`` on Windows, a file system without ``flock``)."""
+    if fcntl is None:
+        return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
-    except OSError:  # a file system without flock
-        return True
+    except OSError:
+        return None
     return True
 
 
@@ -186,7 +192,7 @@ def remove_abandoned_temporaries(folder: str | os.PathLike, names: Iterable[str]
         except OSError:  # gone meanwhile: its writer landed it
             continue
         try:
-            if time.time() - os.fstat(fd).st_mtime > older_than_s and _lock(fd, wait=False):
+            if time.time() - os.fstat(fd).st_mtime > older_than_s and _try_lock(fd) is True:  # None: cannot tell
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
         finally:
