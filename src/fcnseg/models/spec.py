@@ -15,7 +15,6 @@ keys, no input transform) are read by :func:`spec_from_v1`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from fcnseg.errors import ConfigError, WeightsError
 from fcnseg.models.backbones import BACKBONES
 from fcnseg.models.fcn import GEOMETRIES
 from fcnseg.normalization import check_normalization, split_normalization
+from fcnseg.ranges import BELOW_ONE, POSITIVE, Range
 
 SPEC_VERSION = 2
 
@@ -179,9 +179,7 @@ def _per_input(normalization: str | Sequence[str], inputs: int) -> tuple[str, ..
     return kinds
 
 
-def _is_number(value: Any) -> bool:
-    """An int or float, not a bool (True would read as 1) nor a string."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+_WHOLE = Range(whole=True)  # any whole number (num_classes: the count is checked on its own)
 
 
 def _check_architecture(spec: ModelSpec) -> None:
@@ -192,11 +190,12 @@ def _check_architecture(spec: ModelSpec) -> None:
         raise ConfigError(f"unknown backbone {spec.backbone!r}; choose one of {sorted(BACKBONES)}")
     if spec.geometry not in GEOMETRIES:
         raise ConfigError(f"unknown geometry {spec.geometry!r}; choose one of {GEOMETRIES}")
-    if not (_is_number(spec.width) and math.isfinite(spec.width) and spec.width > 0):
+    # Membership of the options' ranges (fcnseg.ranges): a number, not a bool, a string, nan or inf.
+    if spec.width not in POSITIVE:
         raise ConfigError(f"width must be positive, got {spec.width!r}")
-    if not (_is_number(spec.dropout) and 0 <= spec.dropout < 1):
+    if spec.dropout not in BELOW_ONE:
         raise ConfigError(f"dropout must be in [0, 1), got {spec.dropout!r}")
-    if not all(isinstance(count, int) and not isinstance(count, bool) for count in spec.head_classes):
+    if not all(count in _WHOLE for count in spec.head_classes):
         # 21.5 reached the classifier's convolution ("out_channels must be divisible by groups"), "21" a comparison
         raise ConfigError(f"num_classes must be a whole number, got {', '.join(map(repr, spec.head_classes))}")
     if min(spec.head_classes) < 1:
