@@ -171,3 +171,9 @@ def test_build_model_refuses_values_of_the_wrong_type_in_one_line(options, names
         build_model("fcn8s", backbone="vgg16", width=0.0625, **options)
     error_names(refusal, *names)
 
+
+def test_build_model_takes_numpy_numbers():
+    # The whole-number check of num_classes first written here refused np.int64 (not a Python int).
+    net = build_model("fcn8s", backbone="vgg16", width=np.float32(0.0625), num_classes=np.int64(5))
+    assert net.spec.num_classes == 5
+
