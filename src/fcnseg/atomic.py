@@ -51,7 +51,7 @@ def _landed_or_removed(path: Path, tmp: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the mode open() would
-        landing = (_LANDING.get() or {}).get(_destination(path))
+        landing = (_LANDING.get() or {}).get(destinations([path])[0])
         if landing is not None:
             landing(path, tmp)
         os.replace(tmp, path)
@@ -94,17 +94,24 @@ def before_landing(paths: Iterable[str | os.PathLike], callback: Callable[[Path,
     synced temporary file ``tmp`` is about to be renamed onto one of ``paths``, whoever writes it (a checkpoint
     writer, an exporter): the last moment at which its content can be noted down before it is there to be seen.
     An error from ``callback`` leaves ``path`` as it was."""
-    token = _LANDING.set({**(_LANDING.get() or {}), **{_destination(path): callback for path in paths}})
+    paths = [Path(path) for path in paths]
+    token = _LANDING.set({**(_LANDING.get() or {}), **dict.fromkeys(destinations(paths), callback)})
     try:
         yield
     finally:
         _LANDING.reset(token)
 
 
-def _destination(path: str | os.PathLike) -> str:
-    """One spelling per destination: the folder with links resolved (the file itself may not exist yet)."""
-    path = Path(path)
-    return os.path.join(os.path.realpath(path.parent), path.name)
+def destinations(paths: Iterable[Path]) -> list[str]:
+    """One spelling of each destination in ``paths``: its folder with links resolved (the file itself may not exist
+    yet), each folder resolved once (a prediction lands thousands of files in one folder)."""
+    parents: dict[Path, str] = {}
+    spelled = []
+    for path in paths:
+        if path.parent not in parents:
+            parents[path.parent] = os.path.realpath(path.parent)
+        spelled.append(os.path.join(parents[path.parent], path.name))
+    return spelled
 
 
 def _failed_write(error: BaseException) -> OSError | None:

@@ -44,6 +44,7 @@ from fcnseg.atomic import (
     atomic_open,
     before_landing,
     check_writable,
+    destinations,
     make_folder,
     remove_abandoned_temporaries,
     remove_temporaries,
@@ -105,23 +106,13 @@ class Outputs:
         self._flushed = time.monotonic()
         self._claimed = False  # whether this object appended to the journal (and so may remove it)
         # What each path claimed by claim() was then (None: absent), to find at landing one changed meanwhile;
-        # by destination (:meth:`_destinations`).
+        # by destination (:func:`fcnseg.atomic.destinations`).
         self._found_at_claim: dict[str, tuple[int, int, int] | None] = {}
 
     def _name(self, path: str | os.PathLike) -> str:
         # The folder resolved, not the file: a symbolic link in the folder is a file there, wherever it leads.
         path = Path(path)
         return str((_real(path.parent) / path.name).relative_to(_real(self.folder)))
-
-    @staticmethod
-    def _destinations(paths: list[Path]) -> list[str]:
-        """One spelling of each of ``paths``, its folder resolved as :meth:`_name` resolves it, each folder once (a
-        prediction claims thousands of files in one folder): what :meth:`claim` found there is kept under it."""
-        parents: dict[Path, str] = {}
-        for path in paths:
-            if path.parent not in parents:
-                parents[path.parent] = os.path.realpath(path.parent)
-        return [os.path.join(parents[path.parent], path.name) for path in paths]
 
     def _entries(self, known: Iterable[str] = (), own: bool = False) -> dict[str, dict]:
         """The records, with the journals' claims that the files bear out (those in ``known`` are not hashed):
@@ -213,7 +204,7 @@ class Outputs:
         if self.overwrite:
             return
         identities = [_identity(path) for path in paths]  # None: nothing there
-        self._found_at_claim.update(zip(self._destinations(paths), identities, strict=True))
+        self._found_at_claim.update(zip(destinations(paths), identities, strict=True))
         entries = self._entries()
         foreign = [p for p, identity in zip(paths, identities, strict=True)
                    if identity is not None and not self.owned(p, entries)]
@@ -275,7 +266,7 @@ class Outputs:
 
         with before_landing(paths, claim):
             yield
-        for key, path in zip(self._destinations(landed), landed, strict=True):  # this command's own file now:
+        for key, path in zip(destinations(landed), landed, strict=True):  # this command's own file now:
             if key in self._found_at_claim:  # writing it again is no change by another process
                 self._found_at_claim[key] = _identity(path)
         self.record(landed, flush=flush, source=source)
@@ -285,7 +276,7 @@ class Outputs:
         (the user, or another command writing the same --out): the check at the start cannot see what appears
         while a long command runs. What it leaves open is the microseconds between this check and the rename: two
         commands landing the same --out within them both pass, and the later rename wins."""
-        before = self._found_at_claim.get(self._destinations([path])[0], _UNCLAIMED)
+        before = self._found_at_claim.get(destinations([path])[0], _UNCLAIMED)
         if before is _UNCLAIMED or _identity(path) == before:
             return
         raise ConfigError(f"{path} was {'made' if before is None else 'changed'} by another process while fcnseg "
