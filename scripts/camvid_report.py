@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 import math
 import statistics
 import sys
@@ -30,6 +29,7 @@ from fcnseg import viz
 from fcnseg.api import load
 from fcnseg.data.registry import build_dataset
 from fcnseg.errors import DataError, WeightsError
+from fcnseg.evaluate import read_report
 from fcnseg.metrics import SCORE_KEYS, format_table
 
 # The one-stage 11-class runs, each its own recipe on the time axis.
@@ -305,15 +305,14 @@ def markdown_tables(runs: Path, docs: Path, logs: dict[str, tuple[list[dict], li
         if not path.is_file():
             note(f"{name}: no {path} (run scripts/camvid.sh eval); not in the score tables")
             continue
-        metrics = json.loads(path.read_text())
-        # metrics.json stores undefined scores as null; format_table shows NaN as "-".
+        metrics = read_report(path.parent)  # undefined scores are nan, which format_table shows as "-"
         if "binary" in metrics:  # road / not road: its own table
             curve = metrics["binary"]
             cells = (curve["max_f"], curve["precision"], curve["recall"], metrics["per_class"]["road"]["iou"],
                      metrics["pixel_acc"], metrics["mean_iu"])
             road.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in cells) + " |")
             continue
-        scores[name] = {key: math.nan if metrics[key] is None else metrics[key] for key in SCORE_KEYS}
+        scores[name] = {key: metrics[key] for key in SCORE_KEYS}
         scores[name]["per_class"] = {c: v["iou"] for c, v in metrics["per_class"].items()}
     parts = []
     if road:
@@ -326,8 +325,8 @@ def markdown_tables(runs: Path, docs: Path, logs: dict[str, tuple[list[dict], li
         classes = list(next(iter(scores.values()))["per_class"])
         lines = ["| class | " + " | ".join(scores) + " |", "|---|" + "---:|" * len(scores)]
         for c in classes:
-            cells = [s["per_class"].get(c) for s in scores.values()]
-            lines.append(f"| {c} | " + " | ".join("-" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
+            cells = [s["per_class"].get(c, math.nan) for s in scores.values()]
+            lines.append(f"| {c} | " + " | ".join("-" if math.isnan(v) else f"{100 * v:.1f}" for v in cells) + " |")
         parts += ["Per-class IoU (percent):", "", *lines, ""]
     lines = ["| run | iterations | images seen | median images/s | training time |", "|---|---:|---:|---:|---:|"]
     for name, (train, _) in logs.items():

@@ -12,32 +12,22 @@ a report leaves undefined (null in metrics.json: absent from the frames scored) 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.evaluate import read_report
 
 MEAN_IU = "mean IU"
 
 
 def report_scores(folder: Path) -> dict[str, float]:
     """One report's IoU per class and its mean IU, in percent, from ``folder/metrics.json``."""
-    path = Path(folder) / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text())
-        scores = {name: percent(entry["iou"]) for name, entry in metrics["per_class"].items()}
-        scores[MEAN_IU] = percent(metrics["mean_iu"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ConfigError(f"{path} is not an fcnseg eval report ({error}); give folders `fcnseg eval --out` "
-                          "wrote") from None
+    metrics = read_report(folder)
+    scores = {name: 100 * entry["iou"] for name, entry in metrics["per_class"].items()}
+    scores[MEAN_IU] = 100 * metrics["mean_iu"]
     return scores
-
-
-def percent(fraction: float | None) -> float:
-    """A report's fraction in percent; null (undefined: a class absent from the frames scored) is nan."""
-    return math.nan if fraction is None else 100 * fraction
 
 
 def mean_scores(folders: list[Path]) -> dict[str, float]:

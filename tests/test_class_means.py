@@ -26,7 +26,8 @@ def means():
 def write_report(folder, mean_iu, ious):
     folder.mkdir()
     per_class = {name: {"iou": iou, "acc": 0.5} for name, iou in ious.items()}
-    (folder / "metrics.json").write_text(json.dumps({"mean_iu": mean_iu, "per_class": per_class}))
+    scores = {"pixel_acc": 0.9, "mean_acc": 0.6, "mean_iu": mean_iu, "fw_iu": 0.8}  # as fcnseg eval writes them
+    (folder / "metrics.json").write_text(json.dumps({**scores, "per_class": per_class}))
     return folder
 
 
@@ -49,7 +50,7 @@ def test_reports_of_other_classes_or_no_report_are_refused_in_one_line(means, tm
     assert capsys.readouterr().err == message
     assert means.main([str(a), "--against", str(tmp_path)]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"class_means: error: {tmp_path / 'metrics.json'} is not an fcnseg eval report (")
+    assert error.startswith(f"class_means: error: {tmp_path / 'metrics.json'} is not a report of fcnseg eval (")
     assert error.count("\n") == 1
 
 
@@ -68,7 +69,7 @@ def test_a_metrics_file_of_another_shape_is_refused_in_one_line(means, tmp_path,
     (folder / "metrics.json").write_text('{"mean_iu": 0.5, "per_class": [0.5]}')
     assert means.main([str(folder), "--against", str(folder)]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"class_means: error: {folder / 'metrics.json'} is not an fcnseg eval report (")
+    assert error.startswith(f"class_means: error: {folder / 'metrics.json'} is not a report of fcnseg eval (")
     assert error.count("\n") == 1
 
 

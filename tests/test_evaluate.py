@@ -18,7 +18,7 @@ from fcnseg.checkpoint import save_model
 from fcnseg.commands.evaluate import add_parser, run
 from fcnseg.data.info import VOC
 from fcnseg.errors import ConfigError, DataError
-from fcnseg.evaluate import ShardSampler, evaluate, write_report
+from fcnseg.evaluate import ShardSampler, evaluate, read_report, write_report
 from fcnseg.inference import InferenceOptions
 from fcnseg.metrics import ConfusionMatrix, scores_from_confusion
 from fcnseg.models import build_model
@@ -202,6 +202,20 @@ def test_undefined_scores_become_null_in_json(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["per_class"]["c"] == {"iou": None, "acc": None}
     assert metrics["per_class"]["b"] == {"iou": pytest.approx(3 / 4), "acc": 1.0}
+    report = read_report(tmp_path)  # read back: undefined is nan again, the rest as written
+    assert np.isnan(report["per_class"]["c"]["iou"]) and np.isnan(report["per_class"]["c"]["acc"])
+    assert report["per_class"]["b"]["iou"] == pytest.approx(3 / 4) and report["mean_iu"] == pytest.approx(
+        np.nanmean([2 / 3, 3 / 4]))
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"title": "net"}', '{"pixel_acc": 1, "mean_acc": 1, "mean_iu": "x", '
+                                  '"fw_iu": 1, "per_class": {}}', "[1, 2]"])
+def test_read_report_refuses_what_eval_did_not_write_in_one_line(tmp_path, text):
+    (tmp_path / "metrics.json").write_text(text)
+    with pytest.raises(ConfigError, match="metrics.json is not a report of fcnseg eval .*`fcnseg eval --out`"):
+        read_report(tmp_path)
+    with pytest.raises(ConfigError, match="No such file or directory"):
+        read_report(tmp_path / "absent")
 
 
 def _shade_count(path, colour) -> int:

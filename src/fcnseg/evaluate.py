@@ -249,6 +249,32 @@ def write_report(scores: dict, class_names: Sequence[str], out_dir: str | os.Pat
     return text
 
 
+def read_report(folder: str | os.PathLike) -> dict:
+    """The ``metrics.json`` that :func:`write_report` wrote to ``folder``, with its undefined scores (null: a class
+    absent from the frames scored) as nan: the four scores, and each class's ``iou`` and ``acc`` under
+    ``per_class``. Anything else is refused in one line naming the file."""
+    path = Path(folder) / REPORT_FILES[0]
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        for key in SCORE_KEYS:
+            metrics[key] = _number_or_nan(metrics[key])
+        for entry in metrics["per_class"].values():
+            entry["iou"], entry["acc"] = _number_or_nan(entry["iou"]), _number_or_nan(entry["acc"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else f"{type(error).__name__}: {error}"
+        raise ConfigError(f"{printable(path)} is not a report of fcnseg eval ({reason}): give a folder that "
+                          "`fcnseg eval --out` wrote") from None
+    return metrics
+
+
+def _number_or_nan(value: object) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{value!r} is not a number")
+    return float(value)
+
+
 def _png(picture: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format="PNG")
