@@ -1,11 +1,12 @@
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fcnseg import inference
-from fcnseg.inference import class_argmax, predict_labels, predict_probs, tile
+from fcnseg.inference import InferenceOptions, class_argmax, predict_labels, predict_probs, tile
 
 from .helpers import random_fcn
 
@@ -316,3 +317,5 @@ def test_bad_arguments_are_refused_with_clear_messages():
     for switch in ("flip", "bf16"):  # flip="no" is a true value: it flipped
         with pytest.raises(ValueError, match=f"{switch} must be True or False, got 'no'"):
             predict_probs(forward, x, **{switch: "no"})
+        options = InferenceOptions(**{switch: np.bool_(True)})  # numpy's bool is a bool: taken, as Python's
+        assert getattr(options, switch) is True

@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -102,8 +103,10 @@ class InferenceOptions:
         if not scales:
             raise ConfigError("scales must be one or more numbers, got none")
         for name in ("flip", "bf16"):  # flip="no" is a true value: it would flip
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_):  # numpy's bool too (a flag read from an array)
+                raise ConfigError(f"{name} must be True or False, got {value!r}")
+            object.__setattr__(self, name, bool(value))
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "scales", scales)
         check_fields(self)  # the ranges of the fields: no nan, inf, zero or negative scale, ...
