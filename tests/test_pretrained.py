@@ -150,6 +150,27 @@ def test_pack_refuses_to_overwrite_a_file_without_overwrite(tmp_path, packed):
     error_names(caught, str(tmp_path), "folder")
 
 
+def test_pack_keeps_a_file_made_at_out_while_it_packs(tmp_path, packed, monkeypatch):
+    """The check that ``out`` is free ran only at the start: a file made there meanwhile was replaced."""
+    from fcnseg import checkpoint
+
+    _, _, last = packed
+    out = tmp_path / "out.pth"
+    write = checkpoint.write_checkpoint
+
+    def user_writes_first(data, path):
+        out.write_bytes(b"the user's file")
+        return write(data, path)
+
+    monkeypatch.setattr(checkpoint, "write_checkpoint", user_writes_first)
+    with pytest.raises(WriteError) as caught:
+        pretrained.pack(last, out)
+    error_names(caught, str(out), "another process", "--overwrite")
+    assert out.read_bytes() == b"the user's file"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.pth"]  # no temporary file left
+    assert pretrained.pack(last, out, overwrite=True) == pretrained.file_sha256(out)  # asked: replaced
+
+
 def test_the_pack_script_prints_the_sha256_and_refuses_an_existing_output(tmp_path, packed, capsys, monkeypatch):
     _, _, last = packed
     monkeypatch.syspath_prepend(str(REPO / "scripts"))

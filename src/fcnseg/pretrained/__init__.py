@@ -124,11 +124,12 @@ def pack(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dty
     2, and nothing of the training (optimizer, scheduler, RNG, training weights, config). Loading casts the
     weights back to float32, so predictions run in float32.
 
-    ``out`` is written atomically; an existing ``out`` is refused unless ``overwrite``, and ``checkpoint``
-    itself always. Returns the SHA-256 of ``out`` (for :data:`SHIPPED`).
+    ``out`` is written atomically; an existing ``out`` (or one made while packing) is refused unless ``overwrite``,
+    and ``checkpoint`` itself always. Returns the SHA-256 of ``out`` (for :data:`SHIPPED`).
     """
     import torch
 
+    from fcnseg.atomic import before_landing
     from fcnseg.checkpoint import FORMAT, VERSION, checked_checkpoint, read_checkpoint, write_checkpoint
 
     dtype = torch.float16 if dtype is None else dtype
@@ -148,7 +149,14 @@ def pack(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dty
     if overflowed:
         raise WeightsError(f"{source}: {listing(overflowed, 3)} exceed the range of {dtype} (to infinity when "
                            "cast): pack in torch.bfloat16 or torch.float32 instead (--dtype)")
-    write_checkpoint({"format": FORMAT, "version": VERSION, "spec": spec.to_dict(), "model_state_dict": packed}, out)
+    def refuse_if_made_meanwhile(path: Path, tmp: Path) -> None:  # the check above cannot see what appears later
+        if not overwrite and os.path.lexists(path):
+            raise WriteError(f"{path} was made by another process while it was being packed, and was left as it "
+                             "is: give another output file, or overwrite=True (--overwrite) to replace it")
+
+    with before_landing([out], refuse_if_made_meanwhile):
+        write_checkpoint({"format": FORMAT, "version": VERSION, "spec": spec.to_dict(), "model_state_dict": packed},
+                         out)
     return file_sha256(out)
 
 
