@@ -75,10 +75,11 @@ def parse_calibration(pairs: list[str]) -> Calibration:
     except ValueError:
         raise ConfigError("--calibrate images= takes a whole number") from None
     root, split = values.pop("root", None), values.pop("split", "train")
-    unknown = sorted(set(values) - set(dataset_options(dataset)))  # dataset_options refuses an unknown dataset
+    options = dataset_options(dataset)  # refuses an unknown dataset
+    unknown = sorted(set(values) - set(options))
     if unknown:
         raise ConfigError(f"--calibrate: dataset {dataset} has no option(s) {', '.join(unknown)}; its options: "
-                          f"{', '.join(dataset_options(dataset)) or 'none'}")
+                          f"{', '.join(options) or 'none'}")
     if root is None and needs_root(dataset):  # the reader's own refusal points at --root, which export lacks
         raise ConfigError(f"--calibrate dataset={dataset} needs root=PATH: the folder holding its files")
     return Calibration(dataset, root, split, images, values)
