@@ -338,3 +338,28 @@ def test_fcnseg_main_runs_predict_and_turns_user_errors_into_exit_code_2(checkpo
     assert (tmp_path / "out" / "a_mask.png").is_file()
     refused(capsys, ["predict", checkpoint, tmp_path / "missing.png", "--out", tmp_path / "out"],
             tmp_path / "missing.png", "not found")
+
+
+def test_a_folder_s_subfolders_of_images_are_named_not_skipped_silently(tmp_path, caplog):
+    """predict reads a folder's own images only; images one level down were passed over without a word."""
+    from fcnseg.commands.predict import expand_inputs
+
+    top, nested = tmp_path / "drive", tmp_path / "drive" / "day2"
+    nested.mkdir(parents=True)
+    write_png(top / "a.png", scene(0))
+    write_png(nested / "b.png", scene(1))
+    (top / "empty").mkdir()  # a subfolder without images is not worth a word
+    with caplog.at_level("WARNING", logger="fcnseg.commands.predict"):
+        assert expand_inputs([str(top)]) == [top / "a.png"]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"folder {top}: its subfolders are not searched ({nested} holds images): name them, or give a pattern "
+        f"such as '{top / '*' / '*.png'}'"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fcnseg.commands.predict"):  # named as well: nothing left out
+        assert expand_inputs([str(top), str(nested)]) == [top / "a.png", nested / "b.png"]
+    assert not caplog.records
+    (top / "a.png").unlink()
+    with pytest.raises(DataError) as caught:  # nothing at the top: the refusal says where the images are
+        expand_inputs([str(top)])
+    error_names(caught, f"folder {top} holds no images", str(nested), "*.png")
+    assert expand_inputs([str(top / "*" / "*.png")]) == [nested / "b.png"]

@@ -24,6 +24,7 @@ import glob
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -55,6 +56,8 @@ from fcnseg.pretrained import resolve
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
 from fcnseg.runtime import Runtime, gather_objects, start
+
+log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png", "_side_by_side.png", "_legend.png", "_probs.npy")
 
@@ -124,13 +127,15 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     and the failure is reported with the others, never skipped silently.
     """
     files: list[Path] = []
+    folders: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or leads_nowhere(p)))
+            found = _folder_images(path)
             if not found:
-                raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+                                f"{_unsearched(path, set(), '; ')}")
+            folders.append(path)
             files.extend(found)
         elif path.is_file() or leads_nowhere(path):
             files.append(path)
@@ -141,6 +146,10 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
             files.extend(found)
         else:
             raise DataError(f"input not found: {path}")
+    for folder in folders:  # images one level down that no other input names: said, not skipped silently
+        hint = _unsearched(folder, set(files), ": ")
+        if hint:
+            log.warning("folder %s%s", folder, hint)
     # The same file named twice (say, by a folder and a pattern) is segmented once.
     unique = list(dict.fromkeys(files))
     stems: dict[str, Path] = {}
@@ -150,6 +159,26 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
                             "rename one or segment them in separate runs")
         stems[file.stem] = file
     return unique
+
+
+def _unsearched(folder: Path, named: set[Path], lead: str) -> str:
+    """What to say of ``folder``'s subfolders holding images that are not all in ``named`` (nothing if none)."""
+    subfolders = [sub for sub in sorted(folder.iterdir()) if sub.is_dir()]
+    skipped = [sub for sub in subfolders if not named.issuperset(_folder_images(sub))]
+    if not skipped:
+        return ""
+    return (f"{lead}its subfolders are not searched ({listing(skipped, 3)} "
+            f"{'holds' if len(skipped) == 1 else 'hold'} images): name them, or give a pattern such as "
+            f"'{folder / '*' / '*.png'}'")
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The images directly in ``folder``, sorted (a link that leads nowhere counts: reading it fails, reported)."""
+    try:
+        return sorted(p for p in folder.iterdir()
+                      if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or leads_nowhere(p)))
+    except OSError:  # a subfolder that cannot be read is no folder of images
+        return []
 
 
 def write_outputs(outputs: Outputs, stem: str, image: np.ndarray, labels: np.ndarray, info: DatasetInfo,
