@@ -208,6 +208,18 @@ def test_kitti_colours_and_holdout(tmp_path: Path) -> None:
     assert (label[:2] == 255).all() and (label[2:4] == 0).all() and (label[4:] == 1).all()
 
 
+def test_kitti_masks_saved_as_palette_pngs_are_read_by_colour(tmp_path: Path) -> None:
+    """A colour mask re-saved with a palette (optipng, PIL's convert("P")) was read by its palette indices:
+    PIL put magenta (road) at index 0, so road read as not road."""
+    make_kitti(tmp_path, {"um": 1})
+    gt = tmp_path / "training" / "gt_image_2" / "um_road_000000.png"
+    Image.open(gt).convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE).save(gt)
+    with Image.open(gt) as saved:
+        assert saved.mode == "P"
+    _, label = KittiRoad(tmp_path, "trainval").load(0)
+    assert (label[:2] == 255).all() and (label[2:4] == 0).all() and (label[4:] == 1).all()
+
+
 def test_kitti_bad_data(tmp_path: Path) -> None:
     make_kitti(tmp_path, {"um": 2})
     gt = tmp_path / "training" / "gt_image_2" / "um_road_000001.png"

@@ -300,11 +300,15 @@ def read_label(
 
     Palette PNGs (mode ``P``) are read as their palette INDICES, never converted to colours; greyscale
     (``L``) and 16-bit images are read as values. RGB(A) label images are refused with an explanation,
-    unless ``color_map`` (``{(r, g, b): class}``) says how colours map to classes. Values must be
+    unless ``color_map`` (``{(r, g, b): class}``) says how colours map to classes: then the labels are
+    colours, and a palette PNG is read by its colours too (an optimiser such as optipng, or PIL's ``convert("P")``,
+    stores a colour mask that way, with indices in any order). Values must be
     classes in ``[0, num_classes)`` or the ignore index; see ``validate_label``. An EXIF orientation
     tag is applied as in ``read_image``, so a label stays aligned with its image.
     """
     img = open_image(path, "label")
+    if color_map is not None and img.mode in ("P", "PA"):  # colour labels stored with a palette
+        img = img.convert("RGB")
     mode = img.mode
     if mode in _INDEX_MODES:
         return validate_label(np.asarray(img).astype(np.int64), info, path)
