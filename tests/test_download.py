@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -127,11 +129,75 @@ def test_existing_file_is_reused_without_network(server, tmp_path: Path) -> None
     assert ranges(server) == [None]
 
 
-def test_existing_file_with_bad_checksum_is_replaced(server, tmp_path: Path) -> None:
+def test_an_existing_file_with_another_checksum_is_refused_and_kept(server, tmp_path: Path) -> None:
+    """A copy the user placed by hand that fails the checksum was replaced without asking (and offline, the message
+    told them to place the file that was already there)."""
     dest = tmp_path / "w.pth"
-    dest.write_bytes(b"stale")
-    download_file(f"{server.url}/weights.pth", dest, sha256=SHA256, progress=False)
-    assert dest.read_bytes() == PAYLOAD
+    dest.write_bytes(b"my copy")
+    with pytest.raises(DownloadError) as info:
+        download_file(f"{server.url}/weights.pth", dest, sha256=SHA256, progress=False)
+    message = str(info.value)
+    assert f"{dest} exists but is not the file" in message and "Move it away or delete it" in message
+    assert SHA256 in message and hashlib.sha256(b"my copy").hexdigest() in message
+    assert dest.read_bytes() == b"my copy" and ranges(server) == []  # left as it is, nothing fetched
+    assert not dest.with_name("w.pth.part").exists()
+
+
+def test_a_stale_file_in_the_cache_is_replaced(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    stale = cache_dir() / "weights.pth"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"stale")
+    assert cached_download(f"{server.url}/weights.pth", sha256=SHA256) == stale
+    assert stale.read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("where", ["w.pth", "w.pth.part"])
+def test_a_folder_where_the_file_goes_is_one_line_before_any_transfer(server, tmp_path: Path, where) -> None:
+    (tmp_path / where).mkdir()
+    with pytest.raises(DownloadError) as info:
+        download_file(f"{server.url}/weights.pth", tmp_path / "w.pth", progress=False)
+    assert f"{tmp_path / where} is a folder" in str(info.value) and ranges(server) == []
+
+
+def test_a_failed_first_request_leaves_no_empty_part(tmp_path: Path, free_port: int) -> None:
+    with pytest.raises(DownloadError):
+        download_file(f"http://127.0.0.1:{free_port}/w.pth", tmp_path / "w.pth", progress=False, timeout=5)
+    assert not (tmp_path / "w.pth.part").exists() and not (tmp_path / "w.pth").exists()
+
+
+def test_a_second_download_of_the_same_file_waits_for_the_first(server, tmp_path: Path, caplog) -> None:
+    """Two processes (here threads, which flock keeps apart as well) downloading one file appended to one .part:
+    the cache got a corrupt file, and the second failed with a traceback."""
+    from fcnseg import transfer
+
+    dest, url = tmp_path / "w.pth", f"{server.url}/weights.pth"
+    part = dest.with_name("w.pth.part")
+    result: list[Path] = []
+    with transfer._turn(part, url):  # the first download, mid-transfer
+        second = threading.Thread(target=lambda: result.append(download_file(url, dest, progress=False)))
+        second.start()
+        second.join(0.5)
+        assert second.is_alive() and not result  # waiting, not appending
+        part.write_bytes(PAYLOAD)
+        os.replace(part, dest)  # the first finishes
+    second.join(10)
+    assert result == [dest] and dest.read_bytes() == PAYLOAD
+    assert ranges(server) == [] and not part.exists()  # it found the file there: nothing fetched, nothing left
+    assert "another process is downloading" in caplog.text
+
+
+def test_urls_ending_in_the_same_name_are_not_taken_for_each_other(
+    http_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    server = http_server()
+    for version in ("v1", "v2"):
+        (server.folder / version).mkdir()
+        (server.folder / version / "fcn8s.pth").write_bytes(version.encode())
+    first, second = (cached_download(f"{server.url}/{version}/fcn8s.pth") for version in ("v1", "v2"))
+    assert first.read_bytes() == b"v1" and second.read_bytes() == b"v2"
+    assert first.name == second.name == "fcn8s.pth" and first.parent.parent == second.parent.parent == cache_dir()
 
 
 def test_cache_dir_honours_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

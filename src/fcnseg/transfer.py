@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fcnseg.errors import ConfigError, DownloadError
 from fcnseg.progress import bar as progress_bar
+
+try:
+    import fcntl
+except ImportError:  # Windows: downloads of one file in two processes are not kept apart
+    fcntl = None
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _MIN_PREFIX = 8
@@ -72,7 +82,7 @@ def _network_error(url: str, dest: Path, reason: object, part: Path | None = Non
         why = str(reason) or type(reason).__name__
         hint = "This machine may be offline: download the file elsewhere and place it at"
     resume = f"; the partial download {part} is kept and a new run resumes it" if part else ""
-    return DownloadError(f"could not download {url}: {why}. {hint} {dest} (or pass its local path){resume}")
+    return DownloadError(f"could not download {url}: {why}. {hint} {dest}{resume}")
 
 
 def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
@@ -139,6 +149,7 @@ def download_file(
     md5: str | None = None,
     progress: bool = True,
     timeout: float = 30.0,
+    replace_mismatch: bool = False,
 ) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
 
@@ -146,28 +157,101 @@ def download_file(
     request (and restarted if the server ignores it). ``sha256`` / ``md5`` are full hex digests or
     prefixes of at least 8 characters; the file is renamed to ``dest`` only after they match. If
     ``dest`` already exists and matches (or no checksum is given), it is returned without network
-    access. ``progress`` shows a progress bar on stderr when it is a terminal (see :mod:`fcnseg.progress`).
+    access; if it does not match it is the user's (a copy placed by hand), refused and left as it is, unless
+    ``replace_mismatch`` (a cache of fcnseg's own). ``progress`` shows a progress bar on stderr when it is a
+    terminal (see :mod:`fcnseg.progress`). Two processes downloading the same ``dest`` take turns: the second
+    waits for the first, then finds the file there.
 
     Raises ``DownloadError`` on network/HTTP failures and checksum mismatches (the bad ``.part`` is
     deleted), ``ConfigError`` on a malformed checksum.
     """
     dest = Path(dest)
     expected = _expected_digests(sha256, md5)
-    if dest.is_file() and not _mismatches(dest, expected):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    _transfer(url, dest, part, progress, timeout)
-    bad = _mismatches(part, expected)
-    if bad:
-        part.unlink()
-        details = "; ".join(f"expected {algo} {want}, got {got}" for algo, want, got in bad)
-        raise DownloadError(
-            f"checksum mismatch for {url}: {details}. The partial file was deleted; run again to "
-            "retry, and if it keeps failing the file on the server has changed"
-        )
-    os.replace(part, dest)  # atomic on one file system: dest is never half-written
+    if _present(dest, expected, url, replace_mismatch):
+        return dest
+    _refuse_folder(part, url)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DownloadError(f"cannot download {url} into {dest.parent}: {error.strerror or error}") from None
+    with _turn(part, url):
+        if _present(dest, expected, url, replace_mismatch):  # the download this one waited for brought it
+            part.unlink(missing_ok=True)
+            return dest
+        try:
+            _transfer(url, dest, part, progress, timeout)
+        except DownloadError:
+            if part.stat().st_size == 0:  # nothing came: no empty .part left behind
+                part.unlink()
+            raise
+        bad = _mismatches(part, expected)
+        if bad:
+            part.unlink()
+            raise DownloadError(f"checksum mismatch for {url}: {_differences(bad)}. The partial file was deleted; "
+                                "run again to retry, and if it keeps failing the file on the server has changed")
+        os.replace(part, dest)  # atomic on one file system: dest is never half-written
     return dest
+
+
+def _present(dest: Path, expected: dict[str, str], url: str, replace_mismatch: bool) -> bool:
+    """Whether ``dest`` is already the file wanted; a folder in its place, or (unless ``replace_mismatch``) a
+    file with other contents, is refused."""
+    _refuse_folder(dest, url)
+    if not dest.is_file():
+        return False
+    bad = _mismatches(dest, expected)
+    if bad and not replace_mismatch:
+        raise DownloadError(f"{dest} exists but is not the file {url} serves ({_differences(bad)}): an incomplete "
+                            "or other copy; it was left as it is. Move it away or delete it, then run again")
+    return not bad
+
+
+def _refuse_folder(path: Path, url: str) -> None:
+    if path.is_dir():
+        raise DownloadError(f"cannot download {url}: {path} is a folder, where the download's file goes; move it "
+                            "away, then run again")
+
+
+def _differences(bad: list[tuple[str, str, str]]) -> str:
+    return "; ".join(f"expected {algorithm} {want}, got {got}" for algorithm, want, got in bad)
+
+
+@contextmanager
+def _turn(part: Path, url: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``part`` (made if absent) for the block: another process downloading the
+    same file would append to it, so it waits its turn. Where locks cannot be taken it goes on without."""
+    while True:
+        try:
+            descriptor = os.open(part, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise DownloadError(f"cannot download {url} into {part}: {error.strerror or error}") from None
+        if fcntl is None:
+            break
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("another process is downloading %s into %s: waiting for it to finish", url, part)
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock
+            break
+        if _still_at(descriptor, part):
+            break
+        os.close(descriptor)  # renamed into place or deleted by the one waited for: look again
+    try:
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _still_at(descriptor: int, path: Path) -> bool:
+    """Whether the open file ``descriptor`` is still the file at ``path``."""
+    try:
+        found, held = os.stat(path), os.fstat(descriptor)
+    except OSError:
+        return False
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
 
 
 def cache_dir() -> Path:
@@ -180,8 +264,16 @@ def cache_dir() -> Path:
 def cached_download(
     url: str, sha256: str | None = None, md5: str | None = None, file_name: str | None = None
 ) -> Path:
-    """Download ``url`` into ``cache_dir()`` (named after the URL, or ``file_name``) unless already there."""
+    """Download ``url`` into ``cache_dir()`` (named after the URL, or ``file_name``) unless already there.
+
+    A file with a checksum is cached by its name, as torch hub does: another URL's file of that name fails the
+    checksum and is downloaded again over it. A file without one is cached in a folder of its own URL's
+    (``<sha256 of the URL, 12 digits>/<name>``), so that two URLs ending in the same name (``v1/fcn8s.pth``,
+    ``v2/fcn8s.pth``) cannot be taken for each other."""
     name = file_name or Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     if not name:
         raise ConfigError(f"cannot derive a file name from {url!r}: pass file_name")
-    return download_file(url, cache_dir() / name, sha256=sha256, md5=md5)
+    folder = cache_dir()
+    if sha256 is None and md5 is None:
+        folder = folder / hashlib.sha256(url.encode()).hexdigest()[:12]
+    return download_file(url, folder / name, sha256=sha256, md5=md5, replace_mismatch=True)
