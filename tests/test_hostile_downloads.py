@@ -271,6 +271,16 @@ def test_convert_of_an_odd_local_source_is_one_line_naming_it(tmp_path, capsys, 
     assert digests(tmp_path) == before
 
 
+@pytest.mark.parametrize("options", [[], ["--model", "voc-fcn8s"]], ids=["pytorch-fcn", "caffe"])
+def test_convert_of_a_damaged_download_says_to_delete_the_cached_copy(http_server, tmp_path, capsys, monkeypatch,
+                                                                      options):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    server = http_server()
+    name = "net.caffemodel" if options else "net.pth"
+    (server.folder / name).write_bytes(b"these are not weights\n")
+    refused(capsys, ["convert", f"{server.url}/{name}", *options, "--out", tmp_path / "out.pth"],
+            str(tmp_path / "th"), f"downloaded from {server.url}/{name}", "delete it")
+
 
 def test_a_full_disk_at_the_marker_is_one_line_and_the_next_run_finishes(publish, tmp_path, capsys, monkeypatch):
     archive = publish("zip")

@@ -11,6 +11,7 @@ from fcnseg.data.info import VOC
 from fcnseg.errors import ConfigError, WeightsError, printable
 from fcnseg.models import MODELS
 from fcnseg.models.weights import (
+    URL_SCHEMES,
     fcn_from_pytorch_fcn,
     file_kind,
     load_torch_file,
@@ -55,9 +56,16 @@ def run(args: argparse.Namespace) -> int:
         if not args.model:
             raise ConfigError(f"{args.source} is a .caffemodel: say which net it holds with --model (one of "
                               f"{', '.join(CAFFE_NETS)})")
-        model, info = fcn_from_caffemodel(_caffemodel(args.source), args.model)
-    else:
-        model, info = fcn_from_pytorch_fcn(args.source, name=args.name), VOC
+    try:
+        if args.model:
+            model, info = fcn_from_caffemodel(_caffemodel(args.source), args.model)
+        else:
+            model, info = fcn_from_pytorch_fcn(args.source, name=args.name), VOC
+    except WeightsError as error:
+        if not local and str(args.source).lower().startswith(tuple(f"{s}://" for s in URL_SCHEMES)):
+            raise WeightsError(f"{error} (downloaded from {args.source}: if that copy is damaged, delete it, and "
+                               "the next run downloads it again)") from None
+        raise
     with outputs.landing([args.out], flush=True):
         print(printable(save_model(model, info, args.out)))
     return 0
