@@ -55,6 +55,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import socket
 import threading
 import time
@@ -245,7 +246,7 @@ def _split_authority(authority: str) -> tuple[str, int | None]:
     name, colon, port = authority.rpartition(":")
     if not colon or name.startswith("[") and not name.endswith("]"):  # no port (a bare [v6] has its colons inside)
         return authority, None
-    return name, int(port) if port.isdigit() and len(port) <= 5 else -1
+    return name, int(port) if re.fullmatch(r"[0-9]+", port) and len(port) <= 5 else -1
 
 
 def _is_ip(name: str) -> bool:

@@ -119,7 +119,7 @@ def _transfer(url: str, dest: Path, part: Path, progress: bool, timeout: float) 
             # 200 (the server ignored Range) or an unexpected range: start again from byte 0.
             mode, offset = "wb", 0
         length = response.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else None
+        total = offset + int(length) if length and re.fullmatch(r"[0-9]+", length) else None
         received = offset
         bar = progress_bar(total=total, desc=dest.name, unit="B", enabled=progress, initial=offset,
                            unit_scale=True, unit_divisor=1024)

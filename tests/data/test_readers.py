@@ -319,6 +319,14 @@ def test_folder_dataset(tmp_path: Path) -> None:
         FolderDataset(tmp_path, "train")
 
 
+# Superscript two and Arabic-Indic three pass str.isdigit; int() refuses the first.
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "-1", "256"])
+def test_an_ignore_index_that_is_not_0_to_255_in_ascii_digits_is_one_line(tmp_path: Path, value: str) -> None:
+    make_folder(tmp_path, ["x1"], classes=f"background\nroad\nignore_index: {value}\n")
+    with pytest.raises(DataError, match=r"classes.txt: 'ignore_index: .*' should be 'ignore_index: N' with N in 0"):
+        FolderDataset(tmp_path)
+
+
 def test_folder_uses_mask_palette(tmp_path: Path) -> None:
     make_folder(tmp_path, ["a"])
     mask = Image.fromarray(pattern(3).astype(np.uint8), mode="P")

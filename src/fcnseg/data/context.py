@@ -15,6 +15,7 @@ are compared without spaces, as the reference does.
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from pathlib import Path
 from typing import Unpack
@@ -37,7 +38,7 @@ def _numbered(path: Path) -> dict[int, str]:
     entries = {}
     for line in read_list_file(path):
         number, sep, name = line.partition(":")
-        if not sep or not number.strip().isdigit():
+        if not sep or not re.fullmatch(r"[0-9]+", number.strip()):
             raise DataError(f"{path}: expected lines '<index>: <name>', got {line!r}")
         entries[int(number)] = name.strip().replace(" ", "")
     return entries

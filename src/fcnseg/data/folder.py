@@ -17,6 +17,7 @@ masks without an image: nothing is skipped silently.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Unpack
@@ -51,7 +52,7 @@ def read_classes_file(path: Path) -> tuple[list[str], int | None]:
     for line in read_list_file(path):
         if line.lower().startswith(_IGNORE_PREFIX):
             value = line[len(_IGNORE_PREFIX) :].strip()
-            if not value.isdigit() or int(value) > 255:
+            if not re.fullmatch(r"[0-9]+", value) or int(value) > 255:
                 raise DataError(f"{path}: {line!r} should be 'ignore_index: N' with N in 0..255")
             ignore_index = int(value)
         else:
