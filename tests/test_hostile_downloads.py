@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -130,6 +131,28 @@ def test_a_damaged_member_leaves_no_file_in_the_root(publish, tmp_path, capsys):
     refused(capsys, ["download", "toy", "--root", root, "--quiet"], root / archive, "damaged")
     assert not (root / "mydata").exists()
     assert leftovers(root, archive) == set()
+
+
+@pytest.mark.parametrize("flag", ["encrypted", "deflate64"])
+def test_a_zip_python_cannot_unpack_is_one_line(publish, tmp_path, capsys, flag):
+    """An encrypted member (a RuntimeError from zipfile) or Deflate64 (NotImplementedError) was a traceback."""
+    archive = publish("zip")
+    entry = ARCHIVES["toy"][0]
+    path = Path(urllib.parse.urlparse(entry["url"]).path).name
+    served = next(folder for folder in tmp_path.iterdir() if (folder / path).is_file()) / path
+    data = bytearray(served.read_bytes())
+    for header, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # each record of the first member
+        at = data.find(header)
+        if flag == "encrypted":
+            data[at + offset] |= 1  # general purpose flag, bit 0: encrypted
+        else:
+            data[at + offset + 2:at + offset + 4] = (9).to_bytes(2, "little")  # compression method 9
+    served.write_bytes(bytes(data))
+    entry["md5"] = hashlib.md5(bytes(data)).hexdigest()
+    root = tmp_path / "root"
+    refused(capsys, ["download", "toy", "--root", root, "--quiet"], root / archive, "cannot unpack",
+            "another tool")
+    assert not (root / "mydata").exists() and leftovers(root, archive) == set()
 
 
 def dying_copies(die):

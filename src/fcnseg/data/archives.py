@@ -159,6 +159,11 @@ def _unpack(archive: Path, staging: Path, subdir: str | None, folder: str) -> No
             raise DownloadError(f"{archive} is neither a zip nor a tar file: delete it and download it again")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
         raise DownloadError(f"{archive} is damaged ({e}): delete it and download it again") from None
+    except (RuntimeError, NotImplementedError) as e:  # zipfile: encrypted members, compression it lacks (Deflate64)
+        if not zipfile.is_zipfile(archive):
+            raise
+        raise DownloadError(f"{archive} uses a zip feature Python's zipfile cannot unpack ({e}): unpack it with "
+                            f"another tool into {staging.parent}") from None
     except OSError as e:  # a full disk, mostly: the root is left as it was
         raise DownloadError(f"could not extract {archive} into {staging.parent}: {e.strerror or e}; nothing was "
                             "moved into the folder, so free some space (or fix the folder) and run again") from None
