@@ -348,3 +348,21 @@ def test_a_dataset_folder_on_another_file_system_is_filled_by_copies_that_land_w
     assert all((root / name).read_bytes() == data for name, data in ARCHIVE_FILES.items())
     assert (root / "mydata" / "notes.txt").read_bytes() == b"my notes"
     assert leftovers(root, archive) == set()  # the staging folder and every side copy's folder are gone
+
+
+def test_the_copy_folder_a_killed_run_left_beside_a_file_goes_with_the_next_run(publish, tmp_path):
+    """Killed mid-copy onto another file system, a run left its partial copy folder in the dataset's own folder
+    (284 MB inside a linked mydata); the next run cleaned only the root's."""
+    from fcnseg.data.archives import STAGING
+
+    publish("tar")
+    root = users_root(tmp_path / "root")
+    abandoned = root / "mydata" / f"{STAGING}x1y2z3" / "images"
+    abandoned.mkdir(parents=True)
+    (abandoned / "0.png").write_bytes(b"png b")  # a half copy
+    mine = root / "mydata" / ".my-hidden-notes"
+    mine.mkdir()
+    assert main(["download", "toy", "--root", str(root), "--overwrite", "--quiet"]) == 0
+    assert not abandoned.parent.exists()
+    assert mine.is_dir() and (root / "mydata" / "notes.txt").read_bytes() == b"my notes"
+    assert all((root / name).read_bytes() == data for name, data in ARCHIVE_FILES.items())

@@ -220,9 +220,23 @@ def _move(source: Path, target: Path) -> None:
         shutil.rmtree(side.parent, ignore_errors=True)
 
 
+def _remove_abandoned_copies(staging: Path, root: Path) -> None:
+    """Remove what a killed :func:`_move` left in the dataset's folders below ``root`` (``.fcnseg-extract-*``
+    beside a file it copied): the caller holds the root's lock, so no live run owns them (the root's own are
+    removed before ``staging`` is made)."""
+    for folder, _, _ in os.walk(staging):
+        relative = Path(folder).relative_to(staging)
+        if relative == Path():
+            continue
+        for stale in (root / relative).glob(STAGING + "*") if (root / relative).is_dir() else ():
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+
+
 def _move_in(archive: Path, staging: Path, root: Path, overwrite: bool) -> None:
     """Move the unpacked archive into ``root``: refuse, moving nothing, when that would replace a file of the
     user's (a differing one only with ``overwrite``; a folder never)."""
+    _remove_abandoned_copies(staging, root)
     new, differing, blocking = _compare(staging, root)
     if blocking:
         one = len(blocking) == 1
