@@ -13,6 +13,7 @@ from fcnseg.data.io import (
     DataError,
     check_pair,
     palette_color_map,
+    read_depth,
     read_image,
     read_label,
     read_label_indices,
@@ -136,8 +137,8 @@ def test_truncated_files_raise_data_error(tmp_path: Path, suffix: str) -> None:
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=rf"image .*cut\{suffix} is truncated or corrupt"):
         read_image(cut)
-    with pytest.raises(DataError, match=r"truncated or corrupt"):
-        read_label(cut, VOC)
+    with pytest.raises(DataError, match="truncated or corrupt" if suffix == ".png" else "is a JPEG image"):
+        read_label(cut, VOC)  # a label is never a JPEG, whole or not: said before decoding
 
 
 # --- read_label ---------------------------------------------------------------------------------------
@@ -150,6 +151,18 @@ def test_palette_label_is_read_as_indices(tmp_path: Path) -> None:
     label = read_label(tmp_path / "l.png", VOC)
     assert label.dtype == np.uint8 and label.shape == (H, W)
     np.testing.assert_array_equal(label, indices)
+
+
+@pytest.mark.parametrize("name", ["l.png", "l.jpg"])
+def test_a_jpeg_label_is_refused_whatever_its_name(tmp_path: Path, name: str) -> None:
+    """A JPEG saved under a .png name was read: its compression turned the edges between classes into other
+    valid classes (540 / 100 / 640 pixels became 520 / 152 / 608), scored without a word."""
+    values = np.zeros((32, 40), np.uint8)
+    values[:, 20:], values[10:20, 5:15] = 2, 1
+    Image.fromarray(values, mode="L").save(tmp_path / name, format="JPEG", quality=75)
+    for read in (lambda path: read_label(path, CAMVID), read_label_indices, read_depth):
+        with pytest.raises(DataError, match=rf"{name} is a JPEG image \(whatever its name\).*save it as PNG"):
+            read(tmp_path / name)
 
 
 def test_greyscale_label_is_read_as_values(tmp_path: Path) -> None:

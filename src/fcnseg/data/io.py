@@ -42,6 +42,7 @@ DEFAULT_MAX_PIXELS = 200_000_000
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _INDEX_MODES = {"P", "L", "1"} | _SIXTEEN_BIT_MODES
+_LOSSY_FORMATS = {"JPEG", "MPO"}  # MPO: PIL's name for a JPEG with several frames (some cameras)
 _ORIENTATION = 0x0112  # the EXIF tag
 # PIL's limit is a module global; a lock keeps concurrent callers (the server's threads) from restoring
 # each other's value halfway through a decode.
@@ -80,12 +81,14 @@ def _header_pixels(source: Path | bytes) -> int:
 
 
 def open_image(source: PathLike | bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS,
-               formats: Collection[str] | Mapping[str, str] | None = None, name: str | None = None) -> Image.Image:
+               formats: Collection[str] | Mapping[str, str] | None = None, name: str | None = None,
+               lossless: bool = False) -> Image.Image:
     """Decode a file or bytes fully into a PIL image with its EXIF orientation applied.
 
     ``name`` words the error messages (default: ``what`` and the path, e.g. "label data/a.png");
     ``max_pixels`` is checked against the header before decoding (None: no limit); ``formats`` restricts
-    the PIL format names accepted (a mapping gives the names to show, e.g. ``{"MPO": "JPEG"}``).
+    the PIL format names accepted (a mapping gives the names to show, e.g. ``{"MPO": "JPEG"}``); ``lossless``
+    refuses JPEG, whose compression changes pixel values (labels and depths, whose values must be exact).
     """
     if max_pixels is not None and max_pixels < 1:
         raise LimitError(f"max_pixels must be positive, got {max_pixels}")
@@ -104,6 +107,10 @@ def open_image(source: PathLike | bytes, what: str = "image", max_pixels: int | 
         try:
             with Image.open(handle) as img:
                 _check_format(img, formats, name)
+                if lossless and img.format in _LOSSY_FORMATS:
+                    raise DataError(f"{name} is a JPEG image (whatever its name): JPEG compression changes pixel "
+                                    "values, which must be exact here (classes, depths); save it as PNG from the "
+                                    "original")
                 # load() forces the full decode: without it a truncated file opens fine and fails (or
                 # returns grey rows) only later, far from here.
                 img.load()
@@ -283,7 +290,7 @@ def read_label_indices(path: PathLike) -> np.ndarray:
     For readers that remap raw ids themselves (Cityscapes label ids, ADE20K's 0 = other). Palette PNGs
     give their indices, ``L`` its values, 16-bit images their values; colour images raise DataError.
     """
-    img = open_image(path, "label")
+    img = open_image(path, "label", lossless=True)
     if img.mode in _INDEX_MODES:
         return np.asarray(img).astype(np.int64)
     raise DataError(
@@ -306,7 +313,7 @@ def read_label(
     classes in ``[0, num_classes)`` or the ignore index; see ``validate_label``. An EXIF orientation
     tag is applied as in ``read_image``, so a label stays aligned with its image.
     """
-    img = open_image(path, "label")
+    img = open_image(path, "label", lossless=True)
     if color_map is not None and img.mode in ("P", "PA"):  # colour labels stored with a palette
         img = img.convert("RGB")
     mode = img.mode
@@ -347,7 +354,7 @@ def read_depth(source: PathLike | bytes | np.ndarray, scale: float = 0.001,
         depth = np.asarray(source, dtype=np.float32)
         name = name or "the depth array"
     else:
-        img = open_image(source, "depth map", max_pixels, name=name)
+        img = open_image(source, "depth map", max_pixels, name=name, lossless=True)
         name = name or (f"depth map {source}" if not isinstance(source, bytes) else "the depth map bytes")
         if img.mode not in _SIXTEEN_BIT_MODES | {"L", "F"}:
             raise DataError(f"{name} is a {img.mode} image; a depth map is one channel of depth values (a 16-bit "
