@@ -327,6 +327,17 @@ def test_an_ignore_index_that_is_not_0_to_255_in_ascii_digits_is_one_line(tmp_pa
         FolderDataset(tmp_path)
 
 
+def test_a_split_list_naming_an_image_twice_is_refused(tmp_path: Path) -> None:
+    """"0", "0.png" and "0" again in a split list scored image 0 three times (7 images for 4)."""
+    make_folder(tmp_path, ["0", "1", "2"])
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "val.txt").write_text("0\n0.jpg\n1\n0\n2\n")
+    with pytest.raises(DataError, match=r"1 image\(s\) listed more than once: .*0\.jpg \(3 times\); .*remove"):
+        FolderDataset(tmp_path, "val")
+    (tmp_path / "splits" / "val.txt").write_text("0\n1\n2\n")
+    assert len(FolderDataset(tmp_path, "val")) == 3
+
+
 def test_folder_uses_mask_palette(tmp_path: Path) -> None:
     make_folder(tmp_path, ["a"])
     mask = Image.fromarray(pattern(3).astype(np.uint8), mode="P")

@@ -19,7 +19,9 @@ or after a resume (:meth:`SegmentationDataset.set_epoch` moves to the next epoch
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -32,7 +34,7 @@ from torch.utils.data import Dataset
 from fcnseg.data.class_map import mapped_info
 from fcnseg.data.info import IGNORE_INDEX, DatasetInfo
 from fcnseg.data.io import check_pair, read_image, read_label
-from fcnseg.errors import DataError
+from fcnseg.errors import DataError, listing
 from fcnseg.normalization import normalize
 
 JointTransform = Callable[..., tuple[np.ndarray, np.ndarray]]
@@ -252,6 +254,16 @@ def pair_by_key(images: Mapping[str, Path], labels: Mapping[str, Path], folders:
     return [(images[key], labels[key]) for key in sorted(images)]
 
 
+def _refuse_repeats(pairs: Sequence[tuple[Path, Path]]) -> None:
+    """A split list naming an image twice ("0" and "0.png") would score it twice and weigh it double in training:
+    a DataError names the images listed more than once."""
+    counts = Counter(os.path.normpath(image) for image, _ in pairs)
+    repeated = [f"{image} ({count} times)" for image, count in counts.items() if count > 1]
+    if repeated:
+        raise DataError(f"{len(repeated)} image(s) listed more than once: {listing(repeated, 3)}; a split names each "
+                        "image once: remove the repeats from its list")
+
+
 class FilePairDataset(SegmentationDataset):
     """A reader given as a list of (image file, label file) pairs: ``read`` reads the image, decodes the label
     with ``decode_label`` (:func:`fcnseg.data.io.read_label` for class-index PNGs; a module-level function or
@@ -263,6 +275,7 @@ class FilePairDataset(SegmentationDataset):
         super().__init__(info=info, inputs=inputs, generated=False, **pipeline)
         self.pairs = list(pairs)
         self.decode_label = decode_label
+        _refuse_repeats(self.pairs)
 
     def __len__(self) -> int:
         return len(self.pairs)
