@@ -167,6 +167,10 @@ def test_camvid_pairs_folders_without_list(tmp_path: Path) -> None:
         CamVid(tmp_path, "val")
     with pytest.raises(DataError, match=r"CamVid split 'test' not found .*test"):
         CamVid(tmp_path, "test")
+    (tmp_path / "val" / "c.png").unlink()
+    (tmp_path / "val" / "d.png").symlink_to(tmp_path / "gone.png")  # a broken link was left out without a word
+    with pytest.raises(DataError, match=r"1 images without a label in .*valannot.*: d\.png"):
+        CamVid(tmp_path, "val")
 
 
 def test_camvid_rejects_label_12(tmp_path: Path) -> None:
@@ -336,6 +340,22 @@ def test_a_split_list_naming_an_image_twice_is_refused(tmp_path: Path) -> None:
         FolderDataset(tmp_path, "val")
     (tmp_path / "splits" / "val.txt").write_text("0\n1\n2\n")
     assert len(FolderDataset(tmp_path, "val")) == 3
+
+
+def test_a_folder_dataset_passes_over_no_subfolder_or_broken_link(tmp_path: Path) -> None:
+    """images/extra/9.jpg, and links that lead nowhere, were left out without a word ("4 images")."""
+    make_folder(tmp_path, ["x1", "x2"])
+    (tmp_path / "images" / "extra").mkdir()
+    with pytest.raises(DataError, match=r"images holds subfolders \(extra\), which would be passed over"):
+        FolderDataset(tmp_path)
+    (tmp_path / "images" / "extra").rmdir()
+    (tmp_path / "images" / ".ipynb_checkpoints").mkdir()  # hidden: not data
+    (tmp_path / "images" / "x9.png").symlink_to(tmp_path / "gone" / "x9.png")
+    with pytest.raises(DataError, match=r"images without a mask .*: x9\.png"):
+        FolderDataset(tmp_path)
+    (tmp_path / "masks" / "x9.png").symlink_to("x9.png")  # a loop
+    with pytest.raises(DataError, match=r"x9\.png"):
+        FolderDataset(tmp_path).load(2)
 
 
 def test_folder_uses_mask_palette(tmp_path: Path) -> None:

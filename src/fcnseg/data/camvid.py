@@ -25,7 +25,7 @@ from fcnseg.data.base import (
     require_dir,
 )
 from fcnseg.data.info import CAMVID
-from fcnseg.data.io import PathLike
+from fcnseg.data.io import PathLike, leads_nowhere
 from fcnseg.errors import ConfigError, DataError, listing
 
 CAMVID_LAYOUT = (
@@ -149,7 +149,9 @@ class CamVid(FilePairDataset):
                 f"CamVid split {split!r} not found in {root}: need {images_dir} and {labels_dir} "
                 f"(or {root / (split + '.txt')}). Expected layout: {CAMVID_LAYOUT}"
             )
-        images, labels = ({p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+        # A link that leads nowhere is a file the user meant: paired, then its reading fails, reported.
+        images, labels = ({p.name: p for p in folder.iterdir()
+                           if (p.is_file() or leads_nowhere(p)) and not p.name.startswith(".")}
                           for folder in (images_dir, labels_dir))
         if not images:
             raise DataError(f"no images in {images_dir}. Expected layout: {CAMVID_LAYOUT}")

@@ -11,8 +11,8 @@ Layout::
 ``classes.txt``: blank lines and lines starting with ``#`` are skipped; one optional line
 ``ignore_index: N`` sets the label value that marks pixels to ignore (default 255; it must not be a
 class index). Hidden files (``.DS_Store``...) and ``Thumbs.db``/``desktop.ini`` are ignored; any other
-file that is not an image (or not a PNG in ``masks/``) is an error, as are images without a mask and
-masks without an image: nothing is skipped silently.
+file that is not an image (or not a PNG in ``masks/``) is an error, as are subfolders, images without a mask
+and masks without an image: nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from fcnseg.data.base import (
     unmatched_error,
 )
 from fcnseg.data.info import IGNORE_INDEX, DatasetInfo, voc_colormap
-from fcnseg.data.io import IMAGE_SUFFIXES, PathLike
-from fcnseg.errors import DataError
+from fcnseg.data.io import IMAGE_SUFFIXES, PathLike, leads_nowhere
+from fcnseg.errors import DataError, listing
 
 MASK_EXTENSIONS = (".png",)
 FOLDER_LAYOUT = (
@@ -73,8 +73,15 @@ def _refuse_repeated_names(names: Sequence[str], source: str) -> None:
 
 
 def _files_by_stem(folder: Path, extensions: tuple[str, ...], what: str) -> dict[str, Path]:
-    files = [p for p in sorted(folder.iterdir()) if p.is_file()]
-    files = [p for p in files if not p.name.startswith(".") and p.name.lower() not in _JUNK_FILES]
+    """The files of ``folder`` by stem; a link that leads nowhere counts as a file (reading it fails, reported);
+    a subfolder is refused: the layout is flat, and its files would be passed over without a word."""
+    entries = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and p.name.lower() not in _JUNK_FILES]
+    subfolders = [p.name for p in entries if p.is_dir()]
+    if subfolders:
+        raise DataError(f"{folder} holds subfolders ({listing(subfolders, 5)}), which would be passed over: the "
+                        f"layout is flat, with the {what} directly in {folder.name}/; move their files up, or the "
+                        "folders out")
+    files = [p for p in entries if p.is_file() or leads_nowhere(p)]
     wrong = [p.name for p in files if p.suffix.lower() not in extensions]
     if wrong:
         raise unmatched_error(folder, f"files that are not {what} ({', '.join(extensions)})", wrong)
