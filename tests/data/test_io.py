@@ -125,6 +125,10 @@ def test_random_bytes_are_not_an_image(tmp_path: Path) -> None:
     path.write_bytes(np.random.RandomState(0).bytes(300))
     with pytest.raises(DataError, match=r"noise\.png.*not an image format"):
         read_image(path)
+    path.write_bytes(b"")  # an empty file says so, not "not an image format"
+    for read in (read_image, lambda empty: read_label(empty, VOC)):
+        with pytest.raises(DataError, match=r"noise\.png is empty \(0 bytes\): expected an image file"):
+            read(path)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])

@@ -89,10 +89,13 @@ def test_voc_reads_split_lists(tmp_path: Path) -> None:
         VOCSegmentation(tmp_path, "trainval")
 
 
-def test_voc_without_imagesets_uses_all_labelled_images(tmp_path: Path) -> None:
+def test_voc_without_imagesets_uses_all_labelled_images(tmp_path: Path, caplog) -> None:
     base = make_voc(tmp_path, ["a", "b"], splits=None)
     save_image(base / "JPEGImages" / "unlabelled.jpg")  # normal in VOC: not every image is segmented
-    assert [VOCSegmentation(tmp_path, "val").sample_name(i) for i in range(2)] == ["a", "b"]
+    assert [VOCSegmentation(tmp_path, "tarin").sample_name(i) for i in range(2)] == ["a", "b"]
+    # Any split name reads them all: said, so that a misspelt one does not go unnoticed.
+    assert f"{base} has no split lists (ImageSets/Segmentation): split 'tarin' is every labelled image (2)" in \
+        caplog.text
     save_label(base / "SegmentationClass" / "orphan.png", pattern(21))
     with pytest.raises(DataError, match=r"labels without an image .*orphan"):
         VOCSegmentation(tmp_path, "train")
@@ -438,6 +441,9 @@ def test_missing_root_names_the_folder_and_layout(tmp_path: Path, name: str) -> 
     split = "training" if name == "ade20k" else "train"
     with pytest.raises(DataError, match=r"dataset folder not found: .*nowhere.*Expected layout: "):
         build_dataset(name, tmp_path / "nowhere", split)
+    (tmp_path / "list.txt").write_text("a\n")  # a file given as the root: said so, not "not found"
+    with pytest.raises(DataError, match=r"dataset folder .*list\.txt is a file, not a folder\. Expected layout: "):
+        build_dataset(name, tmp_path / "list.txt", split)
     # An existing but empty root fails as clearly.
     with pytest.raises(DataError, match=str(tmp_path)):
         build_dataset(name, tmp_path, split)

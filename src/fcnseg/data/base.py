@@ -196,7 +196,8 @@ def shift_labels(raw: np.ndarray, num_classes: int, path: Path, void: tuple[int,
 def require_dir(path: Path, layout: str) -> Path:
     """Return ``path`` if it is a folder, else raise DataError naming it and the expected ``layout``."""
     if not path.is_dir():
-        raise DataError(f"dataset folder not found: {path}. Expected layout: {layout}")
+        problem = f"{path} is a file, not a folder" if path.exists() else f"not found: {path}"
+        raise DataError(f"dataset folder {problem}. Expected layout: {layout}")
     return path
 
 

@@ -102,6 +102,8 @@ def open_image(source: PathLike | bytes, what: str = "image", max_pixels: int | 
         name = name or f"{what} {source}"
         if not source.is_file():
             raise DataError(not_a_file(source, what))
+        if source.stat().st_size == 0:  # PIL would call it an unknown format
+            raise DataError(f"{name} is empty (0 bytes): expected an image file")
         handle = source
     with _pixel_limit(max_pixels):
         try:

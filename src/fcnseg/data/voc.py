@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Unpack
 
@@ -26,6 +27,8 @@ from fcnseg.data.base import (
 from fcnseg.data.info import VOC, DatasetInfo
 from fcnseg.data.io import PathLike, read_mat_array, validate_label
 from fcnseg.errors import DataError
+
+log = logging.getLogger(__name__)
 
 VOC_LAYOUT = (
     "<root>/VOCdevkit/VOC<year>/ (or a folder directly containing) JPEGImages/*.jpg, "
@@ -118,6 +121,9 @@ class VOCSegmentation(FilePairDataset):
         else:
             ids = self._labelled_ids(images, labels)
             source = str(labels)
+            if split != "all":  # any name reads them all: a misspelt split would go unnoticed
+                log.warning("%s has no split lists (ImageSets/Segmentation): split %r is every labelled image (%d)",
+                            base, split, len(ids))
         pairs = listed_pairs(ids, images / "{}.jpg", labels / "{}.png", source)
         super().__init__(pairs, info=VOC, inputs=RGB, **pipeline)
 
