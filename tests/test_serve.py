@@ -361,14 +361,49 @@ def test_a_post_from_a_foreign_origin_is_refused():
             assert status == 403 and origin in result["error"], origin
             assert response.getheader("Connection") == "close"
         assert fake.calls == 0  # nothing decoded, nothing computed
-        for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):  # the page itself
-            status, _, result = running.request("POST", "/api/segment", png, {"Origin": origin})
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}"):  # the page itself
+            status, _, result = running.request("POST", "/api/segment", png, {"Host": host, "Origin": f"http://{host}"})
             assert status == 200 and result["width"] == 5
+        # Another name of this server is another page: refused as any other site.
+        status, _, _ = running.request("POST", "/api/segment", png, {"Host": f"localhost:{port}",
+                                                                    "Origin": f"http://127.0.0.1:{port}"})
+        assert status == 403
         # Reading is left to the browser: no CORS header, so a foreign page cannot read the answer.
         status, response, _ = running.request("GET", "/api/info", headers={"Origin": "http://evil.example.com"})
         assert status == 200 and response.getheader("Access-Control-Allow-Origin") is None
     finally:
         running.close()
+
+
+def test_on_all_interfaces_a_page_at_another_ip_address_cannot_send_work():
+    """With --host 0.0.0.0 the Origin check took any IP address at the port: a page served from
+    http://203.0.113.7:8000 could make a visitor's server compute (found by a hostile review)."""
+    fake = FakeSegmenter()
+    running = Running(fake, host="0.0.0.0")
+    port, png = running.port, encode(np.zeros((4, 5, 3), np.uint8))
+    try:
+        for origin in (f"http://203.0.113.7:{port}", f"http://8.8.8.8:{port}", f"http://[2001:db8::1]:{port}",
+                       f"http://192.168.1.20:{port}"):
+            status, _, result = running.request("POST", "/api/segment", png, {"Host": f"127.0.0.1:{port}",
+                                                                            "Origin": origin})
+            assert status == 403 and origin in result["error"], origin
+        assert fake.calls == 0
+        # The page opened at this machine's address on the network sends its own origin: its work is done.
+        status, _, result = running.request("POST", "/api/segment", png, {"Host": f"192.168.1.20:{port}",
+                                                                        "Origin": f"http://192.168.1.20:{port}"})
+        assert status == 200 and fake.calls == 1
+    finally:
+        running.close()
+
+
+@pytest.mark.parametrize("header", [b"Host: 127.0.0.1:8\xb2", b"Origin: http://127.0.0.1:1\xb2"])
+def test_a_non_ascii_digit_in_a_port_is_a_refusal_not_a_500(fake, header):
+    """'8²' passed str.isdigit, then int() raised: a 500 with a traceback (found by a hostile review)."""
+    host = f"Host: 127.0.0.1:{fake.port}\r\n".encode()
+    lines = header + b"\r\n" if header.startswith(b"Host") else host + header + b"\r\n"
+    end = b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+    reply = raw(fake.server, b"POST /api/segment HTTP/1.1\r\n" + lines + end)
+    assert reply.startswith(b"HTTP/1.1 421" if header.startswith(b"Host") else b"HTTP/1.1 403"), reply[:80]
 
 
 # --- HTTP framing ------------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ What is checked, in this order, before any work:
   the port (any IP address when bound to all interfaces); else 421. A web page that rebinds its own domain
   name to 127.0.0.1 (DNS rebinding) therefore gets nothing.
 * A ``POST`` whose ``Origin`` is another site (or ``null``) is refused with 403: a page elsewhere cannot make
-  this machine compute. Requests without ``Origin`` (curl, scripts) pass.
+  this machine compute. Only the origin the request was sent to (its ``Host``) is this server's page. Requests
+  without ``Origin`` (curl, scripts) pass.
 * Framing: h11 answers 400 and closes the connection on an invalid or conflicting ``Content-Length``;
   a request with both ``Content-Length`` and ``Transfer-Encoding`` is refused here (400, connection closed).
 * Admission: an upload over ``--max-upload-mb`` (by ``Content-Length``, and counted as it streams) is 413;
@@ -249,6 +250,20 @@ def _split_authority(authority: str) -> tuple[str, int | None]:
     return name, int(port) if re.fullmatch(r"[0-9]+", port) and len(port) <= 5 else -1
 
 
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether ``origin`` is the page of the server the request came to (its ``host``, already allowed): any other
+    page is another site, even one this server would answer to, such as another IP address when it listens on all
+    interfaces (a page at http://203.0.113.7:8000 must not drive it)."""
+    if not origin.lower().startswith("http://"):
+        return False
+    return _normal_authority(origin[len("http://"):]) == _normal_authority(host)
+
+
+def _normal_authority(authority: str) -> tuple[str, int | None]:
+    name, port = _split_authority(authority.strip().lower())
+    return name, 80 if port is None else port
+
+
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name[1:-1] if name.startswith("[") and name.endswith("]") else name)
@@ -284,8 +299,7 @@ class Guard:
         if len(host) != 1 or not self.rule.allows(host[0]):
             refusal = (421, f"this server answers to Host {self.rule.describe()}, not {(host or [''])[0]!r} "
                             "(a protection against DNS rebinding); open it by one of those addresses")
-        elif scope["method"] not in ("GET", "HEAD") and origin and not (
-                origin[0].startswith("http://") and self.rule.allows(origin[0][len("http://"):])):
+        elif scope["method"] not in ("GET", "HEAD") and origin and not _same_origin(origin[0], host[0]):
             refusal = (403, f"requests from the page {origin[0]!r} are refused: only this server's own page may "
                             "send work (use curl or a script without an Origin header for an API client)")
         elif any(name == b"transfer-encoding" for name, _ in headers) and \
