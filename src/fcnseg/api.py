@@ -128,8 +128,10 @@ class Segmenter:
         with several (:meth:`predict_heads` gives them all).
 
         ``image``: a file path, the bytes of an image file, a PIL image or an HxWx3 uint8 RGB array (None for
-        a net that reads only depth). ``depth``: for nets that read it, a depth map (an image file of depth
-        values, ``depth_scale`` metres per unit, or an HxW array of metres) or ``hha``: its HHA image.
+        a net that reads only depth); a file's EXIF orientation is applied, a PIL image is taken as stored, so
+        that the labels line up with it (:func:`~fcnseg.data.io.decode_image`). ``depth``: for nets that read
+        it, a depth map (an image file of depth values, ``depth_scale`` metres per unit, or an HxW array of
+        metres) or ``hha``: its HHA image.
         ``options``: fields of :class:`~fcnseg.inference.InferenceOptions` for this call (mode, window,
         overlap, flip, scales, batch_size, bf16). ``name`` names the image in notes and errors. ``on_forward``
         is called before each forward pass of the net (one per window in slide mode, per flip and scale); what

@@ -12,6 +12,8 @@ from fcnseg.data.info import CAMVID, KITTI_ROAD, VOC, DatasetInfo, voc_colormap
 from fcnseg.data.io import (
     DataError,
     check_pair,
+    decode_image,
+    image_to_rgb,
     palette_color_map,
     read_depth,
     read_image,
@@ -94,12 +96,26 @@ def test_16_bit_is_scaled_by_1_over_257_not_clipped(tmp_path: Path) -> None:
     assert (out[..., 0] == out[..., 2]).all()
 
 
-def test_32_bit_integer_mode_i(tmp_path: Path) -> None:
+def test_32_bit_and_float_pictures_are_refused_not_read_dark(tmp_path: Path) -> None:
+    """A 32-bit TIFF of 0..255 was divided by 257 as if 16-bit, and a float TIFF of 0..1 became 0s and 1s: both
+    read as a black picture and segmented without a word (found by a hostile review)."""
+    values = (np.arange(H * W).reshape(H, W) % 256).astype(np.int32)
+    Image.fromarray(values).save(tmp_path / "a.tif")
+    Image.fromarray(values.astype(np.float32) / 255).save(tmp_path / "f.tif")
+    assert Image.open(tmp_path / "a.tif").mode == "I" and Image.open(tmp_path / "f.tif").mode == "F"
+    with pytest.raises(DataError, match=r"a\.tif: it holds 32-bit integers \(0\.\.47\) .*scale .* not known"):
+        read_image(tmp_path / "a.tif")
+    with pytest.raises(DataError, match=r"f\.tif: it holds floating-point values \(0\.\.0\.18.*\) .*8-bit"):
+        read_image(tmp_path / "f.tif")
+    with pytest.raises(DataError, match="32-bit integers"):  # a PIL image the caller made: the same
+        decode_image(Image.fromarray(values))
+
+
+def test_mode_i_from_a_png_is_16_bit(tmp_path: Path) -> None:
+    # Older Pillow opens a 16-bit grey PNG as mode I: a PNG holds 16 bits at most, so its scale is known.
     values = np.zeros((H, W), dtype=np.int32)
     values[0, 0], values[0, 1] = 65535, 257 * 3
-    Image.fromarray(values).save(tmp_path / "a.tif")
-    assert Image.open(tmp_path / "a.tif").mode == "I"
-    out = read_image(tmp_path / "a.tif")
+    out = image_to_rgb(Image.fromarray(values), "a.png", file_format="PNG")
     assert out[0, :2, 1].tolist() == [255, 3]
 
 
@@ -113,6 +129,9 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert out.shape == (W, H, 3)
     np.testing.assert_array_equal(out, np.rot90(stored, k=-1))
     assert read_image(tmp_path / "a.jpg").shape == (W, H, 3)
+    # A PIL image is taken as stored, as its array would be: the labels line up with the image the caller holds.
+    with Image.open(tmp_path / "a.png") as held:
+        np.testing.assert_array_equal(decode_image(held), stored)
 
 
 def test_missing_image_names_the_file(tmp_path: Path) -> None:

@@ -40,8 +40,11 @@ DEFAULT_MAX_PIXELS = 200_000_000
 
 # Modes holding an alpha channel next to colour/grey values.
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
-_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
-_INDEX_MODES = {"P", "L", "1"} | _SIXTEEN_BIT_MODES
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+# "I": 32-bit integers (a 16-bit PNG in older Pillow, a 32-bit TIFF, Image.fromarray of int32): index values are
+# values whatever their width; a picture's scale is known only for a PNG, which holds 16 bits at most.
+_INDEX_MODES = {"P", "L", "1", "I"} | _SIXTEEN_BIT_MODES
+_FORMAT_KEY = "fcnseg_format"  # open_image notes the file's format in the image's info under this key
 _LOSSY_FORMATS = {"JPEG", "MPO"}  # MPO: PIL's name for a JPEG with several frames (some cameras)
 _ORIENTATION = 0x0112  # the EXIF tag
 # PIL's limit is a module global; a lock keeps concurrent callers (the server's threads) from restoring
@@ -116,8 +119,11 @@ def open_image(source: PathLike | bytes, what: str = "image", max_pixels: int | 
                 # load() forces the full decode: without it a truncated file opens fine and fails (or
                 # returns grey rows) only later, far from here.
                 img.load()
-                # exif_transpose returns a new, independent image, so closing the file is safe.
-                return ImageOps.exif_transpose(img)
+                # exif_transpose returns a new, independent image, so closing the file is safe; it keeps no
+                # format, which image_to_rgb needs for mode I: noted in its info.
+                transposed = ImageOps.exif_transpose(img)
+                transposed.info[_FORMAT_KEY] = img.format
+                return transposed
         except DataError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -161,7 +167,10 @@ def decode_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXEL
 
     ``source``: a file path, the bytes of an image file, a PIL image or an HxWx3 uint8 array. Files,
     bytes and unloaded PIL images over ``max_pixels`` are refused before decoding; arrays are already
-    decoded and are only checked. ``formats`` and ``name``: see :func:`open_image`.
+    decoded and are only checked. ``formats`` and ``name``: see :func:`open_image`. A file's or bytes' EXIF
+    orientation is applied (the picture as it is shown); a PIL image is taken as its pixels are stored, as an
+    array would be: the labels then line up with the image the caller holds (turning it by its EXIF tag made
+    them belong to a turned picture, unnoticed where the size stays the same).
     """
     if isinstance(source, np.ndarray):
         if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
@@ -175,10 +184,11 @@ def decode_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXEL
         pixels = source.size[0] * source.size[1]
         if max_pixels is not None and pixels > max_pixels:  # an Image.open() result is still undecoded
             raise LimitError(_bomb_message(name, pixels, max_pixels))
-        return image_to_rgb(ImageOps.exif_transpose(source), name)
+        return image_to_rgb(source, name, source.format)
     if isinstance(source, str | os.PathLike | bytes):
         name = name or (f"image {source}" if not isinstance(source, bytes) else "the image bytes")
-        return image_to_rgb(open_image(source, "image", max_pixels, formats, name), name)
+        opened = open_image(source, "image", max_pixels, formats, name)
+        return image_to_rgb(opened, name, opened.info.get(_FORMAT_KEY))
     raise TypeError(f"cannot read an image from a {type(source).__name__}: pass a file path (str or Path), "
                     "the bytes of an image file, a PIL image or an HxWx3 uint8 RGB numpy array")
 
@@ -188,20 +198,30 @@ def read_image(path: PathLike) -> np.ndarray:
     return decode_image(Path(path))
 
 
-def image_to_rgb(img: Image.Image, source: str = "the image") -> np.ndarray:
+def image_to_rgb(img: Image.Image, source: str = "the image", file_format: str | None = None) -> np.ndarray:
     """A decoded PIL image as an HxWx3 uint8 RGB array; ``source`` names it in error messages
-    (e.g. "image photos/a.png").
+    (e.g. "image photos/a.png"); ``file_format``: the format it was read from (default: ``img.format``).
 
     Conversions: greyscale (``1``, ``L``) is replicated to three channels;
     palette images go through their palette; CMYK and YCbCr use PIL's conversion; 16-bit images
-    (``I;16``, ``I``) are scaled by 1/257 with rounding, so 65535 -> 255 and the full range is kept
-    rather than clipped. The alpha channel of RGBA/LA/PA images is *dropped*, not composited: the stored
-    colour values are kept exactly (photos saved with a meaningless alpha would otherwise be darkened
-    wherever alpha < 255).
+    (``I;16``, or ``I`` read from a PNG) are scaled by 1/257 with rounding, so 65535 -> 255 and the full range is
+    kept rather than clipped. Other 32-bit integer (``I``) and floating-point (``F``) images are refused: whether
+    their values run to 1, 255 or 65535 is not known, and a guess would read a picture as black. The alpha channel
+    of RGBA/LA/PA images is *dropped*, not composited: the stored colour values are kept exactly (photos saved
+    with a meaningless alpha would otherwise be darkened wherever alpha < 255).
     """
     mode = img.mode
+    if mode == "I" and (file_format or img.format) == "PNG":  # a 16-bit PNG, as older Pillow opens it
+        mode = "I;16"
     if mode == "RGB":
         rgb = np.asarray(img)
+    elif mode in ("I", "F"):
+        values = np.asarray(img)
+        kind = "32-bit integers" if mode == "I" else "floating-point values"
+        span = f" ({values.min():g}..{values.max():g})" if values.size else ""
+        raise DataError(f"cannot read {source}: it holds {kind}{span} (PIL mode {mode}), whose scale (to 1, 255 or "
+                        "65535?) is not known; save it as an 8-bit image, e.g. Image.fromarray(values.astype("
+                        "np.uint8)) for values 0..255")
     elif mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(img).astype(np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
@@ -358,7 +378,7 @@ def read_depth(source: PathLike | bytes | np.ndarray, scale: float = 0.001,
     else:
         img = open_image(source, "depth map", max_pixels, name=name, lossless=True)
         name = name or (f"depth map {source}" if not isinstance(source, bytes) else "the depth map bytes")
-        if img.mode not in _SIXTEEN_BIT_MODES | {"L", "F"}:
+        if img.mode not in _SIXTEEN_BIT_MODES | {"L", "F", "I"}:
             raise DataError(f"{name} is a {img.mode} image; a depth map is one channel of depth values (a 16-bit "
                             "PNG in millimetres, as NYUDv2's)")
         depth = np.asarray(img, dtype=np.float32) * scale
