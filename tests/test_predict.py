@@ -213,6 +213,19 @@ def test_pixel_limit_refuses_before_decoding_and_restores_pil(segmenter, tmp_pat
     error_names(caught, "PIL", f"{W}x{H}", f"{H * W:,}", "100")
 
 
+def test_a_bomb_header_that_does_not_open_twice_is_refused_by_the_limit(tmp_path):
+    """A 30-byte WebP header claiming 8000x6000 and no data: PIL's bomb error came first, then reading the header
+    again for the message failed (OSError: could not create decoder object): a 500 in serve, a traceback in predict."""
+    size = (8000 - 1).to_bytes(3, "little") + (6000 - 1).to_bytes(3, "little")
+    chunk = b"WEBP" + b"VP8X" + (10).to_bytes(4, "little") + bytes(4) + size
+    webp = b"RIFF" + len(chunk).to_bytes(4, "little") + chunk
+    (tmp_path / "bomb.webp").write_bytes(webp)
+    for source in (webp, tmp_path / "bomb.webp"):
+        with pytest.raises(LimitError) as caught:
+            decode_image(source, max_pixels=16_000_000)
+        error_names(caught, "more pixels than that by its header", "16,000,000", "--max-pixels")
+
+
 def test_non_fcnseg_file_gets_the_checkpoint_error(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"a": torch.zeros(1)}, path)

@@ -52,8 +52,9 @@ _ORIENTATION = 0x0112  # the EXIF tag
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
-def _bomb_message(name: str, pixels: int, max_pixels: int) -> str:
-    return (f"refusing to decode {name}: it has {pixels:,} pixels, more than the limit of {max_pixels:,} "
+def _bomb_message(name: str, pixels: int | None, max_pixels: int) -> str:
+    claimed = f"{pixels:,} pixels" if pixels is not None else "more pixels than that by its header"
+    return (f"refusing to decode {name}: it has {claimed}, more than the limit of {max_pixels:,} "
             "(a protection against decompression bombs). If the image is genuine, raise the limit "
             "(--max-pixels / max_pixels=).")
 
@@ -72,13 +73,16 @@ def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = previous
 
 
-def _header_pixels(source: Path | bytes) -> int:
-    """The pixel count an image header claims, read with PIL's limit off (the caller holds the lock)."""
+def _header_pixels(source: Path | bytes) -> int | None:
+    """The pixel count an image header claims, read with PIL's limit off (the caller holds the lock); None where
+    the file does not open a second time (a WebP header without image data fails to make its decoder)."""
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             return img.size[0] * img.size[1]
+    except (OSError, SyntaxError, ValueError, EOFError):
+        return None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
 
