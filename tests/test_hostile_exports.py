@@ -102,7 +102,12 @@ def test_a_browser_style_form_upload_is_accepted(server):
     assert status == 200 and (result["width"], result["height"]) == (64, 48)
     empty = f"--{boundary}\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--{boundary}--\r\n".encode()
     status, _, result = post(server, empty + b"", {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    assert status == 400 and "the uploaded file" in result["error"]  # the only part, and not an image
+    assert status == 400 and "the form holds no file, only text field(s) 'a'" in result["error"]
+    # A real PNG sent as a text field (curl -F "file=<photo.png") was called "not an image": it is text by then.
+    text = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n").encode() + png_bytes() + \
+        f"\r\n--{boundary}--\r\n".encode()
+    status, _, result = post(server, text, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 400 and "only text field(s) 'file'" in result["error"] and "-F file=@photo.jpg" in result["error"]
 
 
 def host(server):

@@ -201,7 +201,9 @@ async def _one_chunk(body: bytes):  # noqa: ANN202 - an async generator for Mult
 
 
 async def form_file(body: bytes, request: Request) -> bytes:
-    """The uploaded file of a ``multipart/form-data`` body: its first part with a file name, or the only part."""
+    """The uploaded file of a ``multipart/form-data`` body: its first part with a file name. A form of text fields
+    only is refused: the parser has decoded them as text, which no longer holds an image's bytes (``curl -F
+    file=<photo.png`` sends the file that way)."""
     try:
         form = await MultiPartParser(request.headers, _one_chunk(body), max_files=8, max_fields=16).parse()
     except MultiPartException as error:
@@ -211,9 +213,9 @@ async def form_file(body: bytes, request: Request) -> bytes:
         files = [part for part in parts if not isinstance(part, str)]
         if files:
             return await files[0].read()
-        if len(parts) == 1:
-            return parts[0].encode("utf-8")
-        raise RequestError(400, "the form holds no file: send the image as a file field (curl -F file=@photo.jpg)")
+        fields = ", ".join(repr(name) for name in form.keys())
+        raise RequestError(400, f"the form holds no file, only text field(s) {fields or 'none'}: send the image as a "
+                                "file field (curl -F file=@photo.jpg; with '<' curl sends it as text)")
     finally:
         await form.close()
 
