@@ -165,6 +165,13 @@ def test_the_spec_round_trips_through_plain_values_and_is_checked_on_creation():
     ({"num_classes": "21"}, ["num_classes", "'21'", "whole number"]),  # was a TypeError on '<'
     ({"num_classes": True}, ["num_classes", "True"]),  # read as 1 class
     ({"num_classes": 21, "dropout": "0.5"}, ["dropout", "'0.5'"]),  # was a TypeError on '<='
+    # Found by a hostile review: each failed deep in torch or Python, or was coerced without a word.
+    ({"learnable_upsampling": "yes"}, ["learnable_upsampling", "True or False", "'yes'"]),  # requires_grad_ TypeError
+    ({"learnable_upsampling": 1}, ["learnable_upsampling", "True or False"]),
+    ({"extra_heads": 3}, ["extra_heads", "list of class counts", "[3]"]),  # 'int' object is not iterable
+    ({"extra_heads": [2.5]}, ["extra_heads", "[2.5]"]),  # int() made it 2
+    ({"classes": "camvid"}, ["classes", "DatasetInfo", "'camvid'"]),  # no attribute 'head_classes'
+    ({"inputs": "rgb"}, ["inputs", "['rgb']"]),  # read as ('r', 'g', 'b')
 ])
 def test_build_model_refuses_values_of_the_wrong_type_in_one_line(options, names):
     with pytest.raises(ConfigError) as refusal:
@@ -176,4 +183,7 @@ def test_build_model_takes_numpy_numbers():
     # The whole-number check of num_classes first written here refused np.int64 (not a Python int).
     net = build_model("fcn8s", backbone="vgg16", width=np.float32(0.0625), num_classes=np.int64(5))
     assert net.spec.num_classes == 5
+    net = build_model("fcn8s", backbone="vgg16", width=0.0625, extra_heads=np.array([3]),
+                      learnable_upsampling=np.bool_(True))
+    assert net.spec.extra_heads == (3,) and net.spec.learnable_upsampling is True
 

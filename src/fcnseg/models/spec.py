@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.errors import ConfigError, WeightsError
 from fcnseg.models.backbones import BACKBONES
@@ -72,7 +74,10 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         set_field = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731 - frozen
-        set_field("extra_heads", tuple(int(c) for c in self.extra_heads))
+        _check_types(self)
+        set_field("extra_heads", tuple(int(c) for c in self.extra_heads))  # checked whole: numpy's ints as int
+        set_field("learnable_upsampling", bool(self.learnable_upsampling))
+        set_field("transform_input", bool(self.transform_input))
         set_field("inputs", tuple(self.inputs))
         set_field("normalization", _per_input(self.normalization, len(self.inputs)))
         _check_architecture(self)
@@ -180,6 +185,23 @@ def _per_input(normalization: str | Sequence[str], inputs: int) -> tuple[str, ..
 
 
 _WHOLE = Range(whole=True)  # any whole number (num_classes: the count is checked on its own)
+
+
+def _check_types(spec: ModelSpec) -> None:
+    """ConfigError for a field of the wrong kind, before it is converted: ``extra_heads=3`` is not a list of
+    class counts, ``2.5`` in it is no count (int() made it 2), "yes" is not a bool (it failed deep in torch)."""
+    for field in ("learnable_upsampling", "transform_input"):
+        if not isinstance(getattr(spec, field), bool | np.bool_):
+            raise ConfigError(f"{field} must be True or False, got {getattr(spec, field)!r}")
+    heads = spec.extra_heads
+    if isinstance(heads, str | bytes | Mapping) or not isinstance(heads, Sequence | np.ndarray) or \
+            not all(count in _WHOLE for count in heads):
+        raise ConfigError(f"extra_heads must be a list of class counts (whole numbers), e.g. [3], got {heads!r}")
+    if isinstance(spec.inputs, str):
+        raise ConfigError(f"inputs must be a list of names from {INPUTS}, e.g. [{spec.inputs!r}], got {spec.inputs!r}")
+    if spec.classes is not None and not isinstance(spec.classes, DatasetInfo):
+        raise ConfigError(f"classes must be a DatasetInfo (fcnseg.data.info: names and palette) or None, got "
+                          f"{spec.classes!r}")
 
 
 def _check_architecture(spec: ModelSpec) -> None:
