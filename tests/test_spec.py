@@ -15,7 +15,7 @@ from PIL import Image
 
 from fcnseg.checkpoint import read_checkpoint, save_model
 from fcnseg.data.info import NYUD, SYNTHETIC_ROADS
-from fcnseg.errors import ConfigError, WeightsError
+from fcnseg.errors import ConfigError, LimitError, WeightsError
 from fcnseg.models import build_model
 from fcnseg.models.spec import ModelSpec
 
@@ -177,6 +177,21 @@ def test_build_model_refuses_values_of_the_wrong_type_in_one_line(options, names
     with pytest.raises(ConfigError) as refusal:
         build_model("fcn8s", backbone="vgg16", width=0.0625, **options)
     error_names(refusal, *names)
+
+
+def test_a_net_too_wide_for_the_memory_is_refused_before_any_weight_is_made(monkeypatch):
+    """width=100 (570 billion weights for AlexNet) failed in torch's allocator with a traceback."""
+    import fcnseg.models
+
+    with pytest.raises(LimitError) as refusal:
+        build_model("fcn8s", backbone="alexnet", width=100)
+    error_names(refusal, "fcn8s on alexnet at width 100", "TB of weights", "memory free", "width 1")
+    free = 4 * sum(p.numel() for p in build_model("fcn32s", backbone="alexnet", width=1.5).parameters())
+    monkeypatch.setattr(fcnseg.models, "available_bytes", lambda: free)  # the estimate is the weights' bytes
+    build_model("fcn32s", backbone="alexnet", width=1.5)
+    monkeypatch.setattr(fcnseg.models, "available_bytes", lambda: free - 1)
+    with pytest.raises(LimitError):
+        build_model("fcn32s", backbone="alexnet", width=1.5)
 
 
 def test_build_model_takes_numpy_numbers():

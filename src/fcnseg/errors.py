@@ -70,6 +70,21 @@ def listing(items: Sequence[object], shown: int = 10, sep: str = ", ") -> str:
     return f"{text}{sep}... and {rest} more" if "\n" in sep else f"{text} and {rest} more"
 
 
+def format_bytes(count: float, decimals: int = 1) -> str:
+    """A size for people, in the largest unit it reaches (``1 byte``, ``488 KB``, ``68 MB``, ``10.8 GB``): never
+    ``0 MB`` for a size that is not 0. Every size fcnseg prints goes through this. ``decimals``: below 100 of the
+    unit (one fewer from 100 on)."""
+    if count < 1024:
+        return "1 byte" if count == 1 else f"{count:.0f} bytes"
+    for unit in ("KB", "MB", "GB", "TB"):
+        count /= 1024
+        if count < 1024 or unit == "TB":
+            break
+    shown = decimals if count < 100 else decimals - 1
+    number = f"{count:.{shown}f}".rstrip("0").removesuffix(".") if shown > 0 else f"{count:.0f}"
+    return f"{number} {unit}"
+
+
 def did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str:
     """`` (did you mean iterations for itterations?)`` for the unknown names close to a known one (difflib), or
     nothing: for the messages that refuse a misspelt option."""

@@ -17,14 +17,14 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from fcnseg.errors import ConfigError, LimitError
+from fcnseg.errors import ConfigError, LimitError, format_bytes  # format_bytes: memory's messages' too
 from fcnseg.inference import InferenceOptions, scaled_size, tile, tile_step
 from fcnseg.models import ModelSpec, build_model
+from fcnseg.runtime import available_bytes  # here too: what a memory estimate is held against
 
 BUDGET_FRACTION = 0.8
 # Measured peaks (benchmarks/memory_estimate.py, docs/RELIABILITY.md) run up to 1.25x the layer-by-layer sum on
@@ -43,54 +43,8 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
-def available_bytes(device: torch.device | str = "cpu") -> int:
-    """Memory free for this process now: MemAvailable (and the cgroup's room, if lower); a GPU's free memory."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    free = _meminfo_available()
-    room = _cgroup_room()
-    return min(free, room) if room is not None else free
-
-
-def _meminfo_available() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def _cgroup_room() -> int | None:
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-    except (OSError, ValueError):
-        return None
-    return None if limit == "max" else max(0, int(limit) - used)
-
-
 def default_budget(device: torch.device | str = "cpu") -> int:
     return int(BUDGET_FRACTION * available_bytes(device))
-
-
-def format_bytes(count: float, decimals: int = 1) -> str:
-    """A size for people, in the largest unit it reaches (``1 byte``, ``488 KB``, ``68 MB``, ``10.8 GB``): never
-    ``0 MB`` for a size that is not 0. Every size fcnseg prints goes through this. ``decimals``: below 100 of the
-    unit (one fewer from 100 on)."""
-    if count < 1024:
-        return "1 byte" if count == 1 else f"{count:.0f} bytes"
-    for unit in ("KB", "MB", "GB", "TB"):
-        count /= 1024
-        if count < 1024 or unit == "TB":
-            break
-    shown = decimals if count < 100 else decimals - 1
-    number = f"{count:.{shown}f}".rstrip("0").removesuffix(".") if shown > 0 else f"{count:.0f}"
-    return f"{number} {unit}"
 
 
 def format_apart(need: float, budget: float) -> tuple[str, str]:

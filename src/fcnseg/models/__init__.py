@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
+from fcnseg.errors import LimitError, format_bytes
 from fcnseg.models.backbones import BACKBONES, LateFusion
 from fcnseg.models.fcn import FCN, HEADS
 from fcnseg.models.spec import INPUTS, MODELS, ModelSpec
+from fcnseg.runtime import available_bytes
 
 
 def build_model(name: str | ModelSpec = "fcn8s", **fields: Any) -> FCN:
@@ -36,6 +39,14 @@ def build_model(name: str | ModelSpec = "fcn8s", **fields: Any) -> FCN:
         classes: the :class:`~fcnseg.data.info.DatasetInfo` the net scores (names, palette), if known.
     """
     spec = name.replace(**fields) if isinstance(name, ModelSpec) else ModelSpec(name, **fields)
+    if spec.width > 1:  # at width 1 the largest net holds 134M weights (540 MB); a wider one is weighed first
+        _refuse_beyond_memory(spec)
+    model = _assemble(spec)
+    model.spec = spec
+    return model
+
+
+def _assemble(spec: ModelSpec) -> FCN:
     options = {"transform_input": True} if spec.transform_input else {}
     make = lambda: BACKBONES[spec.backbone](spec.width, reference=spec.geometry == "reference", **options)  # noqa: E731
     net = make() if len(spec.inputs) == 1 else LateFusion({name: make() for name in spec.inputs})
@@ -44,8 +55,20 @@ def build_model(name: str | ModelSpec = "fcn8s", **fields: Any) -> FCN:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = spec.dropout
-    model.spec = spec
     return model
+
+
+def _refuse_beyond_memory(spec: ModelSpec) -> None:
+    """A LimitError, before any weight is made, for a net whose weights alone exceed the memory free now (width=100
+    asked for 570 billion weights, and failed in torch's allocator with a traceback)."""
+    with torch.device("meta"):  # shapes only: nothing allocated
+        shapes = _assemble(spec)
+    need = 4 * sum(tensor.numel() for tensor in (*shapes.parameters(), *shapes.buffers()))
+    free = available_bytes()
+    if need > free:
+        raise LimitError(f"a {spec.name} on {spec.backbone} at width {spec.width:g} holds {format_bytes(need)} of "
+                         f"weights, more than the {format_bytes(free)} of memory free: width 1 is the paper's net "
+                         "(0.25 trains on a CPU)")
 
 
 __all__ = ["BACKBONES", "FCN", "HEADS", "INPUTS", "MODELS", "ModelSpec", "build_model"]
