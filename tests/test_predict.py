@@ -113,6 +113,18 @@ def test_default_options_come_from_load_and_calls_override_them(checkpoint, segm
     with pytest.raises(ConfigError) as caught:  # -5 bytes was taken, then every image refused as too large
         load(checkpoint, device="cpu", max_memory=-5)
     error_names(caught, "max_memory", "-5")
+    # Found by a hostile review: each was a TypeError or AttributeError from deep inside, or taken (nan).
+    for arguments, names in (({"max_memory": "4G"}, ["max_memory", "'4G'"]), ({"max_memory": float("nan")}, ["nan"]),
+                             ({"max_pixels": 2.5}, ["max_pixels", "2.5"]),
+                             ({"options": [("flip", True)]}, ["options", "mapping", "list"])):
+        with pytest.raises(ConfigError) as caught:
+            load(checkpoint, device="cpu", **arguments)
+        error_names(caught, *names)
+    assert load(checkpoint, device="cpu", max_pixels=None).predict(image).shape == image.shape[:2]  # no limit
+    with pytest.raises(TypeError, match="unknown option.*flp .*did you mean flip"):
+        segmenter.predict(image, flp=True)
+    with pytest.raises(DataError, match="the image path is empty"):  # was "image . is not a file but a folder"
+        segmenter.predict("")
 
 
 def test_api_calls_with_mismatched_arguments_say_what_to_give(segmenter):
@@ -121,6 +133,8 @@ def test_api_calls_with_mismatched_arguments_say_what_to_give(segmenter):
     error_names(caught, "1 images", "2 names")
     probs = segmenter.predict_probs(scene(1))
     assert [labels.shape for labels in segmenter.labels_from_probs(probs)] == [probs.shape[1:]]
+    np.testing.assert_array_equal(segmenter.labels_from_probs(torch.from_numpy(probs))[0],  # a tensor too
+                                  segmenter.labels_from_probs(probs)[0])
     with pytest.raises(ConfigError) as caught:  # 2 channels for an 8-class net: argmax over the wrong scores
         segmenter.labels_from_probs(probs[:2])
     error_names(caught, "C = 8", "(2, 64, 80)")

@@ -17,6 +17,7 @@ depth (the authors' NYUDv2 HHA and colour-HHA nets) take a depth map (:func:`fcn
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -29,13 +30,14 @@ from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.hha import hha_from_depth, intrinsics_for
 from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image, read_depth
-from fcnseg.errors import ConfigError, DataError, WeightsError, require_model_file
+from fcnseg.errors import ConfigError, DataError, WeightsError, did_you_mean, require_model_file
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
 from fcnseg.memory import default_budget, fit
 from fcnseg.models.spec import ModelSpec
 from fcnseg.models.weights import file_kind
 from fcnseg.normalization import normalize
 from fcnseg.pretrained import resolve
+from fcnseg.ranges import COUNT
 from fcnseg.runtime import native_bf16, resolve_device
 
 log = logging.getLogger(__name__)
@@ -63,13 +65,18 @@ class Segmenter:
 
     def __init__(self, model: torch.nn.Module | None, spec: ModelSpec, device: str | torch.device = "auto",
                  forward: Forward | None = None, options: InferenceOptions | Mapping[str, Any] | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_memory: int | None = None) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, max_memory: int | None = None) -> None:
         if model is None and forward is None:
             raise ConfigError("Segmenter needs a model or a forward callable")
-        if max_pixels < 1:
-            raise ConfigError(f"max_pixels must be positive, got {max_pixels}")
-        if max_memory is not None and max_memory < 1:  # -5 was taken, then every image was refused as too large
-            raise ConfigError(f"max_memory must be a positive number of bytes (or None), got {max_memory}")
+        for field, value in (("max_pixels", max_pixels), ("max_memory", max_memory)):
+            # -5 was taken, then every image was refused as too large; "4G", nan and a list failed later, or not
+            if value is not None and value not in COUNT:
+                meaning = "pixels, or None (no limit)" if field == "max_pixels" else \
+                    "bytes, or None (80% of the memory free)"
+                raise ConfigError(f"{field} must be a positive whole number of {meaning}, got {value!r}")
+        if options is not None and not isinstance(options, InferenceOptions | Mapping):
+            raise ConfigError(f"options must be an InferenceOptions or a mapping of its fields ({{'flip': True}}), "
+                              f"got a {type(options).__name__}")
         self.spec = spec.with_classes(None)
         self.device = resolve_device(device)
         self.model = model
@@ -82,8 +89,8 @@ class Segmenter:
             model.to(memory_format=torch.channels_last)
         # A plain mapping is read as the options' fields: {"flip": True} as InferenceOptions(flip=True).
         self.options = InferenceOptions(**options) if isinstance(options, Mapping) else options or InferenceOptions()
-        self.max_pixels = max_pixels
-        self.max_memory = max_memory
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
+        self.max_memory = None if max_memory is None else int(max_memory)
         self._told: set[str] = set()  # notes already logged: each once per Segmenter
         self.intrinsics: Sequence[float] | None = None
         self.depth_scale = 0.001
@@ -150,7 +157,10 @@ class Segmenter:
         return {head.task: head_map for head, head_map in zip(self.info.heads, maps, strict=True)}
 
     def labels_from_probs(self, probs: np.ndarray) -> list[np.ndarray]:
-        """Each head's HxW label map from :meth:`predict_probs`' C x H x W output (the argmax of its channels)."""
+        """Each head's HxW label map from :meth:`predict_probs`' C x H x W output (the argmax of its channels; a
+        torch tensor is taken too)."""
+        if isinstance(probs, torch.Tensor):
+            probs = probs.detach().cpu().numpy()
         if np.ndim(probs) != 3 or len(probs) != sum(self.info.head_classes):
             raise ConfigError(f"expected C x H x W probabilities with C = {sum(self.info.head_classes)} (this net's "
                               f"classes), got shape {np.shape(probs)}")
@@ -223,6 +233,11 @@ class Segmenter:
         return results
 
     def _options(self, changes: dict[str, Any]) -> InferenceOptions:
+        known = [field.name for field in dataclasses.fields(InferenceOptions)]
+        unknown = sorted(set(changes) - set(known))
+        if unknown:  # TypeError: a wrong keyword argument, as Python says it, with the fields to choose from
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}{did_you_mean(unknown, known)}; the options are "
+                            f"{', '.join(known)}")
         options = self.options.replace(**changes)
         if options.bf16 and self.model is None:
             raise ConfigError("bf16 applies to checkpoints only; an export runs in the precision it was exported in")
@@ -291,7 +306,7 @@ def _name(image: ImageSource | None) -> str:
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: str = "auto",
-         options: InferenceOptions | Mapping[str, Any] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+         options: InferenceOptions | Mapping[str, Any] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
          max_memory: int | None = None) -> Segmenter:
     """Load an fcnseg checkpoint, or a TorchScript or ONNX export of one, as a :class:`Segmenter`; ``path`` may
     also name a net shipped with fcnseg (see :mod:`fcnseg.pretrained`; a file of that name wins).

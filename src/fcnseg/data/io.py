@@ -189,6 +189,8 @@ def decode_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXEL
         if max_pixels is not None and pixels > max_pixels:  # an Image.open() result is still undecoded
             raise LimitError(_bomb_message(name, pixels, max_pixels))
         return image_to_rgb(source, name, source.format)
+    if isinstance(source, str) and not source.strip():  # Path("") is ".", a folder: a misleading refusal
+        raise DataError(f"the image path is empty ({source!r}): give an image file")
     if isinstance(source, str | os.PathLike | bytes):
         name = name or (f"image {source}" if not isinstance(source, bytes) else "the image bytes")
         opened = open_image(source, "image", max_pixels, formats, name)
