@@ -269,3 +269,17 @@ def test_the_training_estimate_is_within_a_sane_factor_of_the_measured_peak():
         assert 0.7 < result["estimate"] / result["measured"] < 1.6, result
     growth = (large["estimate"] - small["estimate"]) / (large["measured"] - small["measured"])
     assert 0.5 < growth < 2.5, (small, large)
+
+
+def test_a_refused_overwrite_leaves_the_earlier_run_as_it_was(tmp_path, capsys):
+    """--overwrite deleted last.pth, best.pth, config.yaml and metrics.csv before the new run's checks: a refusal
+    (here 3 class weights for 8 classes) left a folder without the earlier run (found by a hostile review)."""
+    out = tmp_path / "run"
+    argv = ["train", *TINY_TRAIN, "--crop-size", "32", "32", "--iterations", "1", "--out", str(out)]
+    assert main(argv) == 0
+    before = digests(out)
+    refused(capsys, [*argv, "--overwrite", "--class-weights", "1", "2", "3"], "class_weights")
+    assert {name: digest for name, digest in digests(out).items() if name in before} == before
+    # Starting from its own last checkpoint, which the deletion had made "not found":
+    assert main([*argv, "--overwrite", "--init-from", str(out / "last.pth"), "--iterations", "2"]) == 0
+    assert read_checkpoint(out / "last.pth")["iteration"] == 2

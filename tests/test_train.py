@@ -33,6 +33,33 @@ def _weights(path):
     return read_checkpoint(path)["model_state_dict"]
 
 
+def test_a_resume_does_not_read_the_starting_net_again(tmp_path, monkeypatch):
+    """A resume read init_from again: gone, the run could not resume ("checkpoint not found"); replaced by another
+    net, it resumed with that net's normalisation and weights in play (found by a hostile review)."""
+    start = tmp_path / "start.pth"
+    save_model(build_model("fcn8s", backbone="vgg16", width=0.0625, geometry="fast", num_classes=8,
+                           normalization="caffe"), SYNTHETIC_ROADS, start)
+    options = {"init_from": str(start), "iterations": 4}
+    straight = train(_config(tmp_path, "straight", **options))
+    calls, original = {"n": 0}, SegmentationDataset.__getitem__
+
+    def dying(self, index):
+        calls["n"] += 1
+        if calls["n"] > 2 * 4 + 2:  # killed during iteration 3, after the iteration-2 checkpoint
+            raise KeyboardInterrupt("killed")
+        return original(self, index)
+
+    monkeypatch.setattr(SegmentationDataset, "__getitem__", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, "killed", **options))
+    monkeypatch.setattr(SegmentationDataset, "__getitem__", original)
+    start.unlink()  # the staged run's starting checkpoint, deleted or replaced since
+    resumed = train(_config(tmp_path, "killed", resume=True, **options))
+    assert resumed["iterations"] == 4 and resumed["scores"]["mean_iu"] == straight["scores"]["mean_iu"]
+    for key, value in _weights(tmp_path / "straight" / "last.pth").items():
+        assert torch.equal(value, _weights(tmp_path / "killed" / "last.pth")[key]), key
+
+
 def test_training_writes_config_checkpoints_and_log(tmp_path):
     result = train(_config(tmp_path, model="fcn8s"))
     run = tmp_path / "run"

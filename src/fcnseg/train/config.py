@@ -208,7 +208,10 @@ class TrainConfig:
         # Read the starting net only when the run leaves part of its shape unsaid (learnable_upsampling alone
         # does not count: staged configs name the other four and stay readable before the starting run exists).
         if values.get("init_from") and not all(key in values for key in ARCHITECTURE[:4]):
-            values = {**starting_architecture(values["init_from"]), **values}
+            # A resume takes it from its own last.pth: the starting net may be gone or replaced since.
+            last = Path(values.get("out", cls.out)) / "last.pth"
+            values = {**starting_architecture(str(last) if values.get("resume") and last.is_file() else
+                                              values["init_from"]), **values}
         config = cls(**values)
         config.validate(source)
         return config

@@ -7,10 +7,10 @@ exactly the run that was started.
   (a machine without the shared filesystem), since every rank reads ``last.pth`` to resume.
 * :func:`check_new_run`, before the folder is held, refuses for a new run a folder holding a run
   (``--resume`` or ``--overwrite``) or files fcnseg train did not write.
-* :func:`open_run`, before any data or model is built, clears what a new run replaces; with ``--resume``
-  it reads ``last.pth`` and refuses options that would make the resumed run differ from the run that was
-  started (the net, the data, the recipe, or the length of a poly schedule), with the command that does
-  what was meant.
+* :func:`open_run`, before any data or model is built, reads ``last.pth`` for ``--resume`` and refuses
+  options that would make the resumed run differ from the run that was started (the net, the data, the
+  recipe, or the length of a poly schedule), with the command that does what was meant.
+* :func:`clear_replaced`, once a new run has passed every check, removes the files it replaces.
 """
 
 from __future__ import annotations
@@ -110,16 +110,10 @@ def check_new_run(config: TrainConfig) -> list[Path]:
     return files
 
 
-def open_run(config: TrainConfig, runtime: Runtime, replaced: Sequence[Path] = ()) -> dict[str, Any] | None:
-    """Clear the folder for a new run (returns None) or read the checkpoint to resume (returns it).
-
-    ``replaced``: the files :func:`check_new_run` (called before :func:`hold`) said a new run replaces.
-    """
+def open_run(config: TrainConfig) -> dict[str, Any] | None:
+    """Read the checkpoint to resume (returns it); None for a new run."""
     out, last = Path(config.out), Path(config.out) / "last.pth"
     if not config.resume:
-        if runtime.is_main:  # leftovers of an earlier start: fcnseg train's own, or replaced with --overwrite
-            for path in replaced:
-                path.unlink(missing_ok=True)
         return None
     if not last.is_file():
         raise TrainingError(f"--resume: there is no checkpoint at {last}; start without --resume")
@@ -127,6 +121,16 @@ def open_run(config: TrainConfig, runtime: Runtime, replaced: Sequence[Path] = (
     check_resumable(state.get("config", {}), config)
     log.info("resuming %s from %s at iteration %d of %d", out, last, state["iteration"], config.iterations)
     return state
+
+
+def clear_replaced(runtime: Runtime, replaced: Sequence[Path]) -> None:
+    """Remove what a new run replaces (``replaced``: what :func:`check_new_run` found, fcnseg train's own files
+    or, with --overwrite, any), once the run has passed its checks and just before its first step: a refused run
+    (class weights, memory, data, Ctrl+C) leaves them as they were, and a run killed before its first checkpoint
+    leaves no older last.pth for --resume to take for its own."""
+    if runtime.is_main:
+        for path in replaced:
+            path.unlink(missing_ok=True)
 
 
 def check_resumable(started: dict[str, Any], config: TrainConfig) -> None:

@@ -19,7 +19,7 @@ from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import keep_decoded, micro_batches
 from fcnseg.train.elastic import after_restart, killed_for_a_test
 from fcnseg.train.ema import update_ema
-from fcnseg.train.folder import check_new_run, check_shared, finished, hold, open_run
+from fcnseg.train.folder import check_new_run, check_shared, clear_replaced, finished, hold, open_run
 from fcnseg.train.log import RunLog
 from fcnseg.train.run import Run, balanced_loss_weights, build_run, segmentation_loss
 from fcnseg.train.state import restore, save_best, save_last, write_config
@@ -45,14 +45,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
         replaced = check_new_run(config)  # every rank: each stops here rather than wait for a main that stopped
     with hold(config, runtime), flush_denormals():  # tiny gradients: slow arithmetic unless flushed to 0
         check_shared(config, runtime)
-        resumed = open_run(config, runtime, replaced)
+        resumed = open_run(config)
         if resumed is not None and finished(resumed, config):
             return {"scores": {}, "best_mean_iu": resumed["best_mean_iu"], "last": str(Path(config.out) / "last.pth"),
                     "best": str(Path(config.out) / "best.pth"), "iterations": resumed["iteration"]}
-        run = build_run(config, runtime)
+        run = build_run(config, runtime, resumed)
         check_data(run)
         if resumed is not None:
             restore(run, resumed)
+        clear_replaced(runtime, replaced)
         write_config(run)
         log = RunLog(run)
         try:

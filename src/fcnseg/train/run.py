@@ -72,8 +72,10 @@ class Run:
         return self.out / "best.pth"
 
 
-def build_run(config: TrainConfig, runtime: Runtime) -> Run:
-    """Seed every RNG, build and check the data, build the model and the optimisation around it."""
+def build_run(config: TrainConfig, runtime: Runtime, resumed: dict[str, Any] | None = None) -> Run:
+    """Seed every RNG, build and check the data, build the model and the optimisation around it. A resumed run
+    (``resumed``: its last.pth) starts from its own checkpoint, not from init_from or ImageNet's weights again:
+    those files may be gone or replaced since, and its weights are restored from last.pth anyway."""
     amp = resolved_amp(config.amp, runtime)
     # lr_factor rises over the warm-up, then decays to 0 at the last iteration: a warm-up this long leaves no decay
     if config.warmup_iterations >= config.iterations and runtime.is_main:
@@ -82,9 +84,9 @@ def build_run(config: TrainConfig, runtime: Runtime) -> Run:
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
-    init_path = resolve_init_checkpoint(config.init_from) if config.init_from else None
-    init = read_checkpoint(init_path) if init_path else None
-    init_spec = checked_checkpoint(init, init_path)[0] if init else None  # refused here if damaged
+    init_path = resolve_init_checkpoint(config.init_from) if config.init_from and resumed is None else None
+    init = read_checkpoint(init_path) if init_path else resumed
+    init_spec = checked_checkpoint(init, init_path or Path(config.out) / "last.pth")[0] if init else None
     # The data must be normalised as the starting weights expect (Caffe BGR for the authors' weights).
     train_set, val_set = build_datasets(config, init_spec.normalization_text if init_spec else "imagenet")
     if init_spec and init_spec.inputs != train_set.inputs:
