@@ -175,9 +175,13 @@ def validate(run: Run) -> dict[str, Any]:
     dataset = run.val_set
     if run.config.val_limit:
         dataset = Subset(dataset, range(min(run.config.val_limit, len(dataset))))
-    scores = evaluate(run.saved_model, dataset, run.info.num_classes, run.info.ignore_index, device=run.runtime.device,
-                      progress=False, distributed=run.runtime.distributed,
-                      strict_labels=not run.config.accept_only_class_zero, exclude_absent=run.info.exclude_absent,
-                      extra_heads=run.info.extra_heads)
+    # Its own random numbers: the loader's seed drawn from torch's generator shifted the dropout of every later step,
+    # so how often validation ran (val_interval, a resume's option) changed the weights.
+    devices = [run.runtime.device] if run.runtime.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        scores = evaluate(run.saved_model, dataset, run.info.num_classes, run.info.ignore_index,
+                          device=run.runtime.device, progress=False, distributed=run.runtime.distributed,
+                          strict_labels=not run.config.accept_only_class_zero,
+                          exclude_absent=run.info.exclude_absent, extra_heads=run.info.extra_heads)
     run.train_model.train()
     return scores
