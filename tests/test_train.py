@@ -288,8 +288,23 @@ def test_amp_auto_is_bf16_where_native_else_float32_and_a_resume_across_says_so(
     caplog.clear()
     train(_config(tmp_path, "auto", amp="auto", **{**short, "iterations": 4}, resume=True))
     assert "amp auto: bf16 on this CPU (native bfloat16)" in caplog.text
-    assert "computed in float32 up to iteration 2 and goes on in bf16 here (amp auto)" in caplog.text
+    assert "computed up to iteration 2 otherwise than it goes on here (precision float32 -> bf16; amp auto)" in \
+        caplog.text
     assert read_checkpoint(tmp_path / "auto" / "last.pth")["amp"] == "bf16"
+
+
+def test_a_resume_with_another_thread_count_says_its_weights_will_differ(tmp_path, caplog):
+    """--threads is an option a resume may change, and it gave other weights without a word (found by a hostile
+    review): parallel sums round differently. Said as a change of precision is."""
+    short = {"iterations": 2, "val_interval": 2, "schedule": "constant"}
+    train(_config(tmp_path, **short))
+    assert read_checkpoint(tmp_path / "run" / "last.pth")["threads"] == 1
+    caplog.set_level("WARNING", logger="fcnseg")
+    train(_config(tmp_path, **{**short, "iterations": 3, "threads": 2}, resume=True))
+    assert "otherwise than it goes on here (threads 1 -> 2; amp none)" in caplog.text
+    caplog.clear()
+    train(_config(tmp_path, **{**short, "iterations": 4, "threads": 2}, resume=True))  # as it went on: no word
+    assert "otherwise" not in caplog.text
 
 
 def test_amp_auto_refuses_machines_that_resolve_it_differently(tmp_path, monkeypatch):

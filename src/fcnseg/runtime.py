@@ -99,15 +99,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset((fields.get("flags") or fields.get("Features", "")).split())
 
 
-def cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+def cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo", cores: bool = True) -> str:
     """The CPU's model name as Linux reports it, with its family and model numbers (a virtual machine may name
-    only the vendor, e.g. ``AMD EPYC``), and the cores this process may use; what Python knows elsewhere. For the
-    machine line of every measured figure."""
+    only the vendor, e.g. ``AMD EPYC``), and (with ``cores``) the cores this process may use; what Python knows
+    elsewhere. For the machine line of every measured figure."""
     fields = _first_cpu(cpuinfo)
     name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']}, model {fields['model']})"
-    return f"{name}, {usable_cores()} cores"
+    return f"{name}, {usable_cores()} cores" if cores else name
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:

@@ -20,7 +20,7 @@ import yaml
 
 from fcnseg.checkpoint import model_checkpoint, write_checkpoint
 from fcnseg.errors import WriteError
-from fcnseg.runtime import gather_objects, launcher_id
+from fcnseg.runtime import cpu_model, gather_objects, launcher_id
 from fcnseg.train.folder import left_after_a_failed_write
 from fcnseg.train.run import Run
 
@@ -66,13 +66,23 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     run.iteration, run.best_mean_iu = state["iteration"], state["best_mean_iu"]
-    trained_in = state.get("amp", run.amp)  # files before amp auto: as configured
-    if trained_in != run.amp and run.runtime.is_main:
-        log.warning(f"the run computed in {_precision(trained_in)} up to iteration {run.iteration} and goes on in "
-                    f"{_precision(run.amp)} here (amp {run.config.amp}): it will not end with the weights an "
-                    "uninterrupted run would have")
+    if run.runtime.is_main:
+        _warn_if_computed_otherwise(run, state)
     rngs = state["rng"]
     restore_rng_state(rngs[run.runtime.rank] if run.runtime.rank < len(rngs) else rngs[0])
+
+
+def _warn_if_computed_otherwise(run: Run, state: dict[str, Any]) -> None:
+    """A warning where the resumed run computes otherwise than it did (another precision, thread count or CPU):
+    it goes on, but will not end with the weights an uninterrupted run would have."""
+    was = {"precision": _precision(state.get("amp", run.amp)),  # files before amp auto: as configured
+           "threads": state.get("threads"), "CPU": state.get("cpu")}  # files before these: not known, not said
+    now = {"precision": _precision(run.amp), "threads": torch.get_num_threads(), "CPU": cpu_model(cores=False)}
+    changed = [f"{what} {was[what]} -> {now[what]}" for what in was if was[what] is not None and was[what] != now[what]]
+    if changed:
+        log.warning(f"the run computed up to iteration {run.iteration} otherwise than it goes on here "
+                    f"({', '.join(changed)}; amp {run.config.amp}): it will not end with the weights an uninterrupted "
+                    "run would have (parallel sums and other precisions round differently)")
 
 
 def _precision(amp: str) -> str:
@@ -88,6 +98,7 @@ def save_last(run: Run) -> None:
         state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "scaler": run.scaler.state_dict(), "iteration": run.iteration, "best_mean_iu": run.best_mean_iu,
                  "rng": [rng for rng, _ in gathered], "config": run.config.run_options(), "amp": run.amp,
+                 "threads": torch.get_num_threads(), "cpu": cpu_model(cores=False),
                  "launchers": sorted({agent for _, agent in gathered if agent is not None})}
         if run.ema is not None:
             state["train_state_dict"] = run.model.state_dict()
