@@ -283,3 +283,17 @@ def test_a_refused_overwrite_leaves_the_earlier_run_as_it_was(tmp_path, capsys):
     # Starting from its own last checkpoint, which the deletion had made "not found":
     assert main([*argv, "--overwrite", "--init-from", str(out / "last.pth"), "--iterations", "2"]) == 0
     assert read_checkpoint(out / "last.pth")["iteration"] == 2
+
+
+@pytest.mark.parametrize("config_too", [True, False], ids=["run-folder", "bare-folder"])
+def test_resume_from_a_checkpoint_that_is_not_a_run_s_is_one_line(tmp_path, capsys, config_too):
+    """best.pth (or a converted net) copied to last.pth: --resume failed with KeyError: 'optimizer' / 'iteration'."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    argv = ["train", *TINY_TRAIN, "--crop-size", "32", "32", "--iterations", "1"]
+    assert main([*argv, "--out", str(run)]) == 0
+    other.mkdir()
+    (other / "last.pth").write_bytes((run / "best.pth").read_bytes())
+    if config_too:
+        (other / "config.yaml").write_text((run / "config.yaml").read_text().replace(str(run), str(other)))
+    refused(capsys, ["train", "--out", str(other), "--resume", "--threads", "1"], other / "last.pth",
+            "not a checkpoint fcnseg train saves", "--init-from")

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pth", "best.pth")
 SHARED_CHECK = ".fcnseg-shared-check"  # rank 0 writes it, every rank reads it back, rank 0 removes it
 NET_KEYS = ("model", "backbone", "width", "geometry", "learnable_upsampling")
+RESUME_KEYS = ("iteration", "optimizer", "scheduler", "scaler", "rng", "best_mean_iu")  # what restore() reads
 # Options a resumed run may change: they do not change what is computed.
 FREE_KEYS = {"iterations", "val_interval", "checkpoint_interval", "log_interval", "val_limit", "workers",
              "keep_decoded", "device", "threads", "max_memory", "out", "resume", "root", "init_from",
@@ -118,6 +119,11 @@ def open_run(config: TrainConfig) -> dict[str, Any] | None:
     if not last.is_file():
         raise TrainingError(f"--resume: there is no checkpoint at {last}; start without --resume")
     state = read_checkpoint(last)
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:  # a best.pth, a converted or packed net copied there: restoring it was a KeyError
+        raise TrainingError(f"--resume: {last} is not a checkpoint fcnseg train saves to go on from (it has no "
+                            f"{', '.join(missing)}): to train from its weights, start a new run with --init-from "
+                            f"{last} --out NEW_FOLDER")
     check_resumable(state.get("config", {}), config)
     log.info("resuming %s from %s at iteration %d of %d", out, last, state["iteration"], config.iterations)
     return state
