@@ -16,7 +16,9 @@ from fcnseg.quantize import Calibration, export_int8, parse_calibration
 from fcnseg.ranges import Range
 from fcnseg.runtime import set_threads
 
-OPSETS = Range(7, whole=True)  # the oldest opset torch.onnx writes; newer ones than it knows fail in one line
+# The oldest opset an FCN exports to (its padding needs opset 11: older ones failed after ~220 lines of torch's graph
+# dump); newer ones than torch knows fail in one line.
+OPSETS = Range(11, whole=True)
 
 
 def parse_size(text: str) -> tuple[int, int]:
