@@ -27,7 +27,7 @@ from fcnseg.memory import parse_size
 from fcnseg.pretrained import names as shipped_names
 from fcnseg.ranges import COUNT, FRACTION, POSITIVE, Range
 from fcnseg.runtime import DEVICE_CHOICES
-from fcnseg.train.config import load_yaml, yaml_problem
+from fcnseg.yamlio import load_yaml, yaml_problem
 
 # For the help of commands that take a net: the names fcnseg.pretrained resolves.
 SHIPPED_NETS = ", ".join(shipped_names()) or "none"

@@ -14,8 +14,9 @@ from fcnseg.errors import ConfigError, printable
 from fcnseg.metrics import format_table
 from fcnseg.runtime import is_main_process
 from fcnseg.train import TrainConfig, train
-from fcnseg.train.config import check_options, load_yaml, yaml_problem
+from fcnseg.train.config import check_options
 from fcnseg.train.folder import saved_config
+from fcnseg.yamlio import load_yaml, yaml_problem
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from fcnseg.checkpoint import checkpoint_spec, read_checkpoint
 from fcnseg.data.balance import BALANCING, ENET_C
@@ -39,6 +36,7 @@ from fcnseg.ranges import (
     check_field,
     check_fields,
 )
+from fcnseg.yamlio import read_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -60,45 +58,6 @@ def option(default: Any, help: str, **metadata: Any) -> Any:  # noqa: A002 - arg
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
     return field(default=default, metadata={"help": help, **metadata})
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading ``1e-4`` as a number: YAML 1.1 wants a dot (``1.0e-4``) and PyYAML reads
-    ``lr: 1e-4`` as the string "1e-4" otherwise, which YAML 1.2 and every user mean as a number."""
-
-
-_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                  re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                                  list("-+0123456789"))
-
-
-def load_yaml(text: str) -> Any:
-    """YAML ``text`` as Python values (safe: no objects), numbers in exponent form included."""
-    return yaml.load(text, Loader=_YamlLoader)
-
-
-def yaml_problem(error: yaml.YAMLError, line: bool = False) -> str:
-    """A YAML parse error on one line: what is wrong and where (PyYAML spreads it over several); ``line``: say
-    the line too (a file's text, not a flag's)."""
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    mark = getattr(error, "problem_mark", None)
-    if mark is None:
-        return problem
-    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if line else \
-        f"{problem} (column {mark.column + 1})"
-
-
-def read_yaml_file(path: Path, what: str) -> Any:
-    """The YAML file ``path`` as Python values; one line naming ``what`` and the file when it cannot be read or
-    parsed."""
-    try:
-        return load_yaml(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"cannot read {what} {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"cannot read {what} {path}: it is not text (a YAML file is)") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(error, line=True)}") from None
 
 
 @dataclass

@@ -29,7 +29,8 @@ from fcnseg.checkpoint import read_checkpoint
 from fcnseg.errors import TrainingError
 from fcnseg.outputs import Outputs, folder_lock
 from fcnseg.runtime import Runtime, broadcast_object, gather_objects, process_label
-from fcnseg.train.config import TrainConfig, read_yaml_file
+from fcnseg.train.config import TrainConfig
+from fcnseg.yamlio import read_yaml_file
 
 log = logging.getLogger(__name__)
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pth", "best.pth")
