@@ -33,8 +33,9 @@ def trained(tmp_path_factory):
 def test_int8_export_agrees_with_fp32_and_records_how_it_was_made(trained, tmp_path, capsys, one_thread):
     root, checkpoint = trained
     out = tmp_path / "net-int8.onnx"
+    # images=500 of a split of 4: the 4 it was calibrated on are said and recorded (it claimed 500)
     assert main(["export", str(checkpoint), "--out", str(out), "--int8", "--calibrate", "dataset=folder",
-                 f"root={root}", "split=all", "images=4", "--threads", "1"]) == 0
+                 f"root={root}", "split=all", "images=500", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "onnx int8" in printed and "calibrated on 4 images of folder all" in printed
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
@@ -75,6 +76,9 @@ def test_calibration_options_are_checked_before_any_work(trained, tmp_path, caps
         assert "--root" not in refused(capsys, ["export", checkpoint, "--out", out, *extra], *names)
     assert not (tmp_path / "x.onnx").exists()
     assert parse_calibration(["dataset=camvid", "root=/d", "images=8"]) == Calibration("camvid", "/d", "train", 8)
+    # A reader's options are read as a config gives them: num_images=2 is a number (it reached the reader as "2")
+    assert parse_calibration(["dataset=synthetic", "num_images=2", "height=40.5"]).options == \
+        {"num_images": 2, "height": 40.5}
     with pytest.raises(ConfigError) as caught:
         Calibration("folder", images=0)
     error_names(caught, "images", "0")

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from fcnseg.atomic import atomic_path
@@ -37,6 +38,7 @@ from fcnseg.data.info import DatasetInfo
 from fcnseg.data.registry import build_dataset, dataset_options, needs_root
 from fcnseg.errors import ConfigError, ExportError
 from fcnseg.export import INPUT_NAME, export_onnx, load_onnx, require_module
+from fcnseg.yamlio import load_yaml, yaml_problem
 
 METHOD = ("ONNX Runtime static quantisation, QDQ: per-channel int8 weights (7-bit range), uint8 activations, "
           "min/max calibration")
@@ -61,7 +63,7 @@ class Calibration:
 def parse_calibration(pairs: list[str]) -> Calibration:
     """``["dataset=camvid", "root=data/camvid", "split=train", "images=32", "OPTION=VALUE", ...]`` as a
     :class:`Calibration`; keys other than those four are the dataset reader's options."""
-    values: dict[str, str] = {}
+    values: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
@@ -76,6 +78,11 @@ def parse_calibration(pairs: list[str]) -> Calibration:
         raise ConfigError("--calibrate images= takes a whole number") from None
     root, split = values.pop("root", None), values.pop("split", "train")
     options = dataset_options(dataset)  # refuses an unknown dataset
+    for key, text in values.items():  # the reader's options as a config gives them: num_images=2 a number
+        try:
+            values[key] = load_yaml(text) if text.strip() else text
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--calibrate {key}={text}: the value is not valid YAML: {yaml_problem(error)}") from None
     unknown = sorted(set(values) - set(options))
     if unknown:
         raise ConfigError(f"--calibrate: dataset {dataset} has no option(s) {', '.join(unknown)}; its options: "
@@ -136,7 +143,8 @@ def export_int8(source: str | Path | nn.Module, path: str | Path, calibration: C
                 str(prepared), str(int8), _Reader(batches), quant_format=quantization.QuantFormat.QDQ,
                 per_channel=True, reduce_range=True, activation_type=quantization.QuantType.QUInt8,
                 weight_type=quantization.QuantType.QInt8, calibrate_method=quantization.CalibrationMethod.MinMax)
-        report = {"precision": "int8", "method": METHOD, "calibration": asdict(calibration)}
+        # The images it was calibrated on: images= is a most (a split of 200 gives 200 for images=500).
+        report = {"precision": "int8", "method": METHOD, "calibration": {**asdict(calibration), "images": len(batches)}}
         report["agreement_with_fp32"] = _agreement(fp32, int8, batches, spec.classes)
         proto = onnx.load(str(int8))
         entry = proto.metadata_props.add()
