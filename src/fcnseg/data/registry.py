@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
+import types
+import typing
 from collections.abc import Callable
 from typing import Any, Unpack
 
@@ -63,6 +66,36 @@ def dataset_options(name: str) -> list[str]:
     return [p.name for p in parameters if p.name not in _COMMON and p.kind != p.VAR_KEYWORD]
 
 
+# The plain types a reader's options are checked against (others are the reader's to check), as messages name them.
+_PLAIN = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def _check_option_types(name: str, options: dict[str, Any]) -> None:
+    """A ConfigError for a reader option of the wrong plain type (``num_images: abc`` was a TypeError in the
+    reader, ``num_images: true`` one image, ``height: 40.5`` a message about 40.5x160 scenes)."""
+    hints = typing.get_type_hints(DATASETS[name])  # a class: its constructor's annotations
+    for key, value in options.items():
+        hint = hints.get(key)
+        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if value is None and type(None) in members:
+            continue
+        plain = [member for member in members if member in _PLAIN or member is os.PathLike]
+        if len(plain) != len([m for m in members if m is not type(None)]):
+            continue  # a sequence, a mapping: the reader checks it
+        if any(_is(value, member) for member in plain):
+            continue
+        wanted = " or ".join(_PLAIN.get(member, "a path") for member in dict.fromkeys(plain))
+        raise ConfigError(f"dataset {name}: option {key} expects {wanted}, got {value!r} ({type(value).__name__})")
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind is os.PathLike:
+        return isinstance(value, str | os.PathLike)
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+
+
 def build_dataset(name: str, root: PathLike | None, split: str, transform: JointTransform | None = None,
                   normalization: str = "imagenet", seed: int | None = None, **options: Any) -> SegmentationDataset:
     """Construct the dataset reader registered as ``name``; ``options`` go to its constructor.
@@ -80,6 +113,7 @@ def build_dataset(name: str, root: PathLike | None, split: str, transform: Joint
         hint = " (YAML needs a space after a colon: {num_images: 16})" if any(":" in key for key in unknown) else ""
         raise ConfigError(f"dataset {name} has no option(s) {', '.join(unknown)}{hint}"
                           f"{'' if hint else did_you_mean(unknown, names)}; its options: {', '.join(names)}")
+    _check_option_types(name, options)
     selects = isinstance(split, str) and ("[" in split or "]" in split)
     if selects and not getattr(DATASETS[name], "selects_drives", False):
         raise ConfigError(f"split {split!r}: selecting frames by drive (SPLIT[DRIVE]) is for camvid; dataset {name} "
