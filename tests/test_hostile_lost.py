@@ -282,6 +282,10 @@ def test_a_longer_poly_schedule_is_refused_with_the_command_that_does_it(finishe
     assert main([*suggested[1:], "--quiet", "--threads", "1"]) == 0  # the suggested command works as printed
     state = yaml.safe_load((tmp_path / "more" / "config.yaml").read_text())
     assert state["iterations"] == 2 and state["init_from"] == str(finished_run / "last.pth")
+    # Fewer iterations than started with: it said "to train N more iteration(s)", the difference
+    line = refused(capsys, ["train", "--out", finished_run, "--resume", "--iterations", "1", "--threads", "1"],
+                   "--iterations 1", "last.pth", "resume without --iterations")
+    assert "more iteration" not in line
 
 
 def test_a_new_run_over_an_existing_one_is_refused(finished_run, capsys):

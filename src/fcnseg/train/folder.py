@@ -162,11 +162,14 @@ def check_resumable(started: dict[str, Any], config: TrainConfig) -> None:
                             f"{out}/config.yaml --init-from {out}/last.pth --out NEW_FOLDER (with your changes)")
     if "iterations" in changed and started.get("schedule", config.schedule) == "poly":
         old, new = changed["iterations"]
+        start = (f"{out} was started as a {old}-iteration poly schedule, whose learning rate falls to 0 at iteration "
+                 f"{old}; --iterations {new} would change the rate of every remaining step.")
+        if new < old:  # it said "to train 370 more iteration(s)" for --iterations 30 of 400
+            raise TrainingError(f"{start} Its weights so far are in {out}/last.pth (use them as they are), or resume "
+                                f"without --iterations to finish the {old}")
         raise TrainingError(
-            f"{out} was started as a {old}-iteration poly schedule, whose learning rate falls to 0 at iteration "
-            f"{old}; --iterations {new} would change the rate of every remaining step. To train {abs(new - old)} "
-            f"more iteration(s) from its latest weights with a fresh schedule: fcnseg train --config "
-            f"{out}/config.yaml --init-from {out}/last.pth --out NEW_FOLDER --iterations {abs(new - old)}")
+            f"{start} To train {new - old} more iteration(s) from its latest weights with a fresh schedule: fcnseg "
+            f"train --config {out}/config.yaml --init-from {out}/last.pth --out NEW_FOLDER --iterations {new - old}")
 
 
 def finished(state: dict[str, Any], config: TrainConfig) -> bool:
