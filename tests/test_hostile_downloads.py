@@ -305,6 +305,23 @@ def test_convert_of_a_damaged_download_says_to_delete_the_cached_copy(http_serve
             str(tmp_path / "th"), f"downloaded from {server.url}/{name}", "delete it")
 
 
+@pytest.mark.parametrize("damage, names", [
+    ("nan", ("holds NaN or infinite values", "nothing was written")),  # written without a word, refused by export
+    ("classes", ("scores 5 classes, not voc's 21", "fcn_from_pytorch_fcn", "DatasetInfo")),  # named neither
+])
+def test_convert_of_a_pytorch_fcn_net_no_command_could_use_is_one_line(tmp_path, capsys, damage, names):
+    from .models.torchfcn_oracle import TorchFCN
+
+    net = TorchFCN("8s", n_class=5 if damage == "classes" else 21, width=1 / 16)
+    state = net.state_dict()
+    if damage == "nan":
+        state["conv1_1.weight"][0, 0, 0, 0] = float("nan")
+    source = tmp_path / "fcn8s_net.pth"
+    torch.save(state, source)
+    refused(capsys, ["convert", source, "--out", tmp_path / "out.pth"], source, *names)
+    assert not (tmp_path / "out.pth").exists()
+
+
 def test_a_full_disk_at_the_marker_is_one_line_and_the_next_run_finishes(publish, tmp_path, capsys, monkeypatch):
     archive = publish("zip")
     root = tmp_path / "root"

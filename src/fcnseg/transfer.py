@@ -272,7 +272,8 @@ def cached_download(
     ``v2/fcn8s.pth``) cannot be taken for each other."""
     name = file_name or Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     if not name:
-        raise ConfigError(f"cannot derive a file name from {url!r}: pass file_name")
+        raise ConfigError(f"cannot derive a file name from {url!r}: give the URL of the file itself, ending in its "
+                          "name (.../fcn8s.pth), or in Python pass file_name=")
     folder = cache_dir()
     if sha256 is None and md5 is None:
         folder = folder / hashlib.sha256(url.encode()).hexdigest()[:12]

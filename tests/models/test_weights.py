@@ -130,6 +130,23 @@ def test_full_width_pytorch_fcn8s_loads_exactly():
         torch.testing.assert_close(model(x), expected, atol=1e-4 * expected.abs().max().item(), rtol=1e-4)
 
 
+def test_a_pytorch_fcn_net_with_learned_upsampling_converts_with_it():
+    """Kernels that mix classes were refused with "build the model with learnable_upsampling=True", which fcnseg
+    convert has no flag for (found by a hostile review): such a net is built with its upsampling learnable."""
+    reference = _random_torchfcn("8s", width=1 / 16)
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if name.startswith("upscore"):
+                p.add_(torch.rand_like(p) * 0.01)  # every class draws a little on every other
+    model = fcn_from_pytorch_fcn(reference.state_dict(), name="fcn8s").eval()
+    assert model.spec.learnable_upsampling
+    x = torch.randn(1, 3, 64, 64) * 50
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(model(x), expected, atol=1e-4 * expected.abs().max().item(), rtol=1e-4)
+    assert not fcn_from_pytorch_fcn(_random_torchfcn("8s", 1 / 16).state_dict(), name="fcn8s").spec.learnable_upsampling
+
+
 def test_pytorch_fcn_head_mismatch_is_refused():
     state = _random_torchfcn("16s", width=1 / 16).state_dict()
     with pytest.raises(WeightsError, match="fcn16s but fcn8s"):

@@ -66,6 +66,23 @@ def run(args: argparse.Namespace) -> int:
             raise WeightsError(f"{error} (downloaded from {args.source}: if that copy is damaged, delete it, and "
                                "the next run downloads it again)") from None
         raise
+    _refuse_unusable(model, info, args.source)
     with outputs.landing([args.out], flush=True):
         print(printable(save_model(model, info, args.out)))
     return 0
+
+
+def _refuse_unusable(model, info, source: str) -> None:
+    """One line for a net no command could use: weights that are not finite (written without a word, then
+    refused by export), or a pytorch-fcn net of other classes than VOC's (it said "voc has 21 classes but the net
+    scores 5", naming neither the file nor a way out)."""
+    bad = next((key for key, value in model.state_dict().items()
+                if value.is_floating_point() and not value.isfinite().all()), None)
+    if bad is not None:
+        raise WeightsError(f"{source}: weight {bad} holds NaN or infinite values (a diverged training or a damaged "
+                           "file): nothing was written")
+    if model.spec.num_classes != info.num_classes:
+        raise WeightsError(f"{source} scores {model.spec.num_classes} classes, not {info.name}'s {info.num_classes}: "
+                           "convert knows the authors' VOC nets only; for other classes load it in Python "
+                           "(fcnseg.models.weights.fcn_from_pytorch_fcn) and save it with their names "
+                           "(fcnseg.checkpoint.save_model(model, DatasetInfo(...), path))")

@@ -377,9 +377,22 @@ def fcn_from_pytorch_fcn(source: str | Path | Mapping[str, torch.Tensor], name: 
     num_classes = state_dict["score_fr.weight"].shape[0]
     width = state_dict["conv1_1.weight"].shape[0] / 64  # 1.0 for the authors' nets
     classes = VOC if num_classes == VOC.num_classes else None  # pytorch-fcn's nets are the authors' VOC nets
-    model = build_on_meta(ModelSpec(name, "vgg16", num_classes, width, normalization="caffe", classes=classes))
+    # A net trained with its upsampling learned (kernels that mix classes) is built so: a frozen, depthwise layer
+    # cannot hold them (it said to pass learnable_upsampling=True, which fcnseg convert has no flag for).
+    learned = any(_mixes_classes(value) for key, value in state_dict.items() if key.startswith("upscore"))
+    model = build_on_meta(ModelSpec(name, "vgg16", num_classes, width, learnable_upsampling=learned,
+                                    normalization="caffe", classes=classes))
     load_authors_state(model, state_dict)
     return model
+
+
+def _mixes_classes(kernel: torch.Tensor) -> bool:
+    """Whether a C x C x k x k upsampling kernel has weights off its diagonal (a class drawing on another's)."""
+    if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1]:
+        return False
+    off_diagonal = kernel.detach().clone()
+    off_diagonal[torch.arange(kernel.shape[0]), torch.arange(kernel.shape[0])] = 0
+    return bool(off_diagonal.abs().max() > 0)
 
 
 def _check_pytorch_fcn_layers(state_dict: Mapping[str, torch.Tensor], source: object) -> None:
