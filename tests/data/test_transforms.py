@@ -23,6 +23,7 @@ from fcnseg.data.transforms import (
     pad_to_size,
     train_transforms,
 )
+from fcnseg.errors import LimitError
 
 
 def arange_pair(h: int = 4, w: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +132,13 @@ def test_random_scale_labels_nearest_only() -> None:
         assert out_image.dtype == np.uint8 and out_label.dtype == np.uint8
         assert out_image.shape[:2] == out_label.shape
         assert set(np.unique(out_label)) <= set(values.tolist())
+
+
+def test_a_rescale_past_the_pixel_limit_is_refused_before_it_is_made() -> None:
+    """scale_range 300 took a run to a MemoryError from the resize (9 GB against a 500 MB budget)."""
+    image, label = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8)
+    with pytest.raises(LimitError, match=r"a 64x64 image rescaled by 300 would be 19200x19200 .* scale_range \(300\)"):
+        RandomScale(300, 300)(image, label)
 
 
 def test_random_scale_size_range() -> None:

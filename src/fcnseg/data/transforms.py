@@ -30,7 +30,8 @@ from scipy import ndimage
 
 from fcnseg.data.base import JointTransform
 from fcnseg.data.info import IGNORE_INDEX
-from fcnseg.errors import ConfigError
+from fcnseg.data.io import DEFAULT_MAX_PIXELS
+from fcnseg.errors import ConfigError, LimitError
 from fcnseg.normalization import mean_color
 
 
@@ -160,7 +161,13 @@ class RandomScale(RandomTransform):
     ) -> tuple[np.ndarray, np.ndarray]:
         factor = float(rng.uniform(self.min_scale, self.max_scale))
         h, w = label.shape[:2]
-        return resize_pair(image, label, max(1, round(h * factor)), max(1, round(w * factor)))
+        height, width = max(1, round(h * factor)), max(1, round(w * factor))
+        # Before any memory is spent: scale_range 300 took a 64x64 crop's run to a MemoryError (9 GB) here.
+        if height * width > DEFAULT_MAX_PIXELS:
+            raise LimitError(f"a {w}x{h} image rescaled by {factor:.3g} would be {width}x{height} ({height * width:,} "
+                             f"pixels), more than the limit of {DEFAULT_MAX_PIXELS:,}: lower the largest scale of "
+                             f"scale_range ({self.max_scale:g})")
+        return resize_pair(image, label, height, width)
 
     def __repr__(self) -> str:
         return f"RandomScale({self.min_scale}, {self.max_scale})"
