@@ -116,3 +116,16 @@ def test_serve_uses_the_same_guard(tiny_checkpoint):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_export_check_sizes_beyond_the_memory_are_refused_before_the_export(tiny_checkpoint, tmp_path, capsys,
+                                                                             monkeypatch):
+    """--check-sizes 30000x30000 ran into torch's allocator (a traceback, 10.8 GB) after the file was written."""
+    import fcnseg.commands.export as export_command
+
+    spec = load(tiny_checkpoint, device="cpu").spec
+    monkeypatch.setattr(export_command, "default_budget", lambda: 2 * forward_bytes(spec, 1, 64, 64))
+    out = tmp_path / "m.onnx"
+    refused(capsys, ["export", tiny_checkpoint, "--out", out, "--check-sizes", "64x64", "65x64"],
+            "--check-sizes 65x64", "more than the budget")
+    assert not out.exists()

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from fcnseg.checkpoint import describe, model_from_checkpoint
 from fcnseg.commands.options import SHIPPED_NETS, add_runtime, number
-from fcnseg.errors import ConfigError, printable
+from fcnseg.errors import ConfigError, LimitError, printable
 from fcnseg.export import export_onnx, export_torchscript, input_shape, load_onnx, load_torchscript, parity
+from fcnseg.memory import default_budget, format_apart, forward_bytes
 from fcnseg.models.fcn import FCN
 from fcnseg.outputs import output_file
 from fcnseg.pretrained import resolve
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     args.checkpoint = resolve(args.checkpoint)  # a shipped net's name: its file (an input --out must not replace)
     outputs = output_file(args.out, "export", args.overwrite, inputs=[args.checkpoint])
     model, info = model_from_checkpoint(args.checkpoint)
+    _refuse_sizes_beyond_memory(args.check_sizes, model)
     if calibration is not None:
         return _int8(args, model, info, calibration, outputs)
     with outputs.landing([args.out], flush=True):
@@ -94,6 +96,18 @@ def run(args: argparse.Namespace) -> int:
     print(printable(f"wrote {out} ({args.format}; {describe(model.spec)} of {info.name}; "
                     f"{model.spec.normalization_text} normalisation)"))
     return 0 if _check_sizes(args.check_sizes, forward, model) else 1
+
+
+def _refuse_sizes_beyond_memory(sizes: list[tuple[int, int]], model: FCN) -> None:
+    """A LimitError, before anything is exported, for a --check-sizes size whose two forward passes (PyTorch's and
+    the export's) would not fit the memory free (30000x30000 was a traceback from torch's allocator at 10.8 GB)."""
+    budget = default_budget()
+    for height, width in sizes:
+        need = 2 * forward_bytes(model.spec, 1, height, width)
+        if need > budget:
+            need_text, budget_text = format_apart(need, budget)
+            raise LimitError(f"--check-sizes {height}x{width} would need about {need_text} (a forward pass in PyTorch "
+                             f"and one in the export), more than the budget of {budget_text}: give smaller sizes")
 
 
 def _check_sizes(sizes: list[tuple[int, int]], forward, model: FCN) -> bool:
