@@ -60,4 +60,5 @@ def test_a_new_run_checks_its_folder_once(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="stop before"):
         loop.train(TrainConfig(out=str(out), device="cpu", threads=1, overwrite=True))
     assert calls == [str(out)]
-    assert not (out / "metrics.csv").exists()  # what a new run replaces is still cleared
+    # What a new run replaces is cleared only once its checks have passed: a run stopped before is no reason to lose it.
+    assert (out / "metrics.csv").read_text() == "left by a killed start\n"
