@@ -441,3 +441,16 @@ def test_a_reader_option_of_the_wrong_type_is_one_line(tmp_path, capsys, options
     refused(capsys, ["train", *TINY_TRAIN, "--set", f"dataset_options={options}", "--out", tmp_path / "run"],
             "dataset synthetic: option", *names)
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "CHECKPOINT", "IMAGE"], ["eval", "CHECKPOINT", "--dataset", "synthetic"], ["export", "CHECKPOINT"],
+    ["convert", "CHECKPOINT"], ["demo"], ["train", *TINY_TRAIN]])
+def test_an_empty_out_is_refused_not_the_current_folder(tiny_checkpoint, tmp_path, capsys, monkeypatch, command):
+    """--out "$OUT" with the variable unset wrote outputs (and fcnseg's record and lock) into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    image = write_png(tmp_path / "in" / "a.png")
+    given = {"CHECKPOINT": str(tiny_checkpoint), "IMAGE": str(image)}
+    argv = [given.get(part, part) for part in command]
+    usage_or_one_line(capsys, [*argv, "--out", ""], "empty")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in"]

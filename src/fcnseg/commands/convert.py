@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from fcnseg.checkpoint import save_model
+from fcnseg.commands.options import output_path
 from fcnseg.data.info import VOC
 from fcnseg.errors import ConfigError, WeightsError, printable
 from fcnseg.models import MODELS
@@ -32,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="which of the authors' nets a .caffemodel holds: " + ", ".join(CAFFE_NETS))
     parser.add_argument("--name", choices=tuple(MODELS),
                         help="pytorch-fcn files: the net (default: read from the file)")
-    parser.add_argument("--out", required=True, type=Path, help="the fcnseg checkpoint to write (.pth)")
+    parser.add_argument("--out", required=True, type=output_path, help="the fcnseg checkpoint to write (.pth)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out even if fcnseg convert did not write it")
     parser.set_defaults(func=run)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fcnseg.api import load
-from fcnseg.commands.options import add_quiet, positive_int
+from fcnseg.commands.options import add_quiet, output_path, positive_int
 from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.data.io import decode_image
 from fcnseg.data.synthetic import SyntheticRoads
@@ -47,7 +47,8 @@ SHIPPED_FOLDER = "shipped"  # out/shipped: the shipped net's picture
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="the shipped CamVid net on a street scene, then FCN-32s/16s/8s "
                                    "trained on built-in synthetic road scenes")
-    parser.add_argument("--out", default="demo_out", help="folder for the three runs and the overlays")
+    parser.add_argument("--out", default="demo_out", type=output_path,
+                        help="folder for the three runs and the overlays")
     parser.add_argument("--iterations", type=positive_int, default=None,
                         help="per stage (default: the demo's setting, 500)")
     parser.add_argument("--threads", type=positive_int, default=None,

@@ -17,6 +17,7 @@ from fcnseg.commands.options import (
     add_runtime,
     inference_options,
     number,
+    output_path,
     positive_int,
     yaml_flag,
 )
@@ -45,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="val", help="split to score (default: val)")
     parser.add_argument("--workers", type=number(NON_NEGATIVE_COUNT), default=2,
                         help="data loading processes (default: 2)")
-    parser.add_argument("--out", type=Path, help="folder for metrics.json and confusion.png")
+    parser.add_argument("--out", type=output_path, help="folder for metrics.json and confusion.png")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files in --out that an earlier fcnseg eval did not write")
     parser.add_argument("--limit", type=positive_int, help="score only the first N images")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from fcnseg.checkpoint import describe, model_from_checkpoint
-from fcnseg.commands.options import SHIPPED_NETS, add_runtime, number
+from fcnseg.commands.options import SHIPPED_NETS, add_runtime, number, output_path
 from fcnseg.errors import ConfigError, LimitError, printable
 from fcnseg.export import export_onnx, export_torchscript, input_shape, load_onnx, load_torchscript, parity
 from fcnseg.memory import default_budget, format_apart, forward_bytes
@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "without fcnseg's code (torch.jit.load in Python, LibTorch in C++). fcnseg predict, eval "
                              "and serve run both. Either maps a normalised image to class scores and keeps the net's "
                              "classes and normalisation")
-    parser.add_argument("--out", type=Path, required=True, help="output file (.onnx or .pt)")
+    parser.add_argument("--out", type=output_path, required=True, help="output file (.onnx or .pt)")
     parser.add_argument("--opset", type=number(OPSETS), default=18, help="ONNX opset (default 18)")
     parser.add_argument("--check-sizes", type=parse_size, nargs="*", default=[], metavar="HxW",
                         help="after exporting, compare the exported model with PyTorch at these input sizes")

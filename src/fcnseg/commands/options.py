@@ -16,6 +16,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -53,6 +54,15 @@ def number(allowed: Range) -> Callable[[str], float]:
 positive_int = number(COUNT)
 positive_float = number(POSITIVE)
 fraction = number(FRACTION)
+
+
+def output_path(text: str) -> Path:
+    """argparse type of ``--out``: a path, never an empty one (``--out "$OUT"`` with the variable unset wrote into the
+    current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty (an unset shell variable?): give the folder or file to "
+                                         "write")
+    return Path(text)
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:

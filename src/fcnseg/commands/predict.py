@@ -45,6 +45,7 @@ from fcnseg.commands.options import (
     add_runtime,
     fraction,
     inference_options,
+    output_path,
     positive_float,
 )
 from fcnseg.data.hha import check_intrinsics
@@ -75,7 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                         f"or the name of a net shipped with fcnseg ({SHIPPED_NETS})")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (their images, sorted, not recursive) or glob patterns")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--out", required=True, type=output_path, help="output folder")
     parser.add_argument("--opacity", type=fraction, default=0.5, help="overlay opacity of the class colours (0-1)")
     parser.add_argument("--probs", action="store_true", help="also write STEM_probs.npy (C x H x W float16)")
     parser.add_argument("--overwrite", action="store_true",

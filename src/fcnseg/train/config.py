@@ -184,6 +184,8 @@ class TrainConfig:
             if length and value is not None and len(value) != length:
                 raise ConfigError(f"{source}: {item.name} takes {length} values, got {value!r}")
         check_fields(self, f"{source}: ")  # each number in its range: no nan, inf, negative rate, ...
+        if not str(self.out).strip():  # --out "$OUT" with the variable unset: the current folder
+            raise ConfigError(f"{source}: out is empty (an unset shell variable?): give the run's folder")
         if self.scale_range is not None and self.scale_range[0] > self.scale_range[1]:
             raise ConfigError(f"{source}: scale_range is MIN MAX, got {self.scale_range[0]:g} above "
                               f"{self.scale_range[1]:g}")
