@@ -390,3 +390,8 @@ def test_a_folder_s_subfolders_of_images_are_named_not_skipped_silently(tmp_path
         expand_inputs([str(top)])
     error_names(caught, f"folder {top} holds no images", str(nested), "*.png")
     assert expand_inputs([str(top / "*" / "*.png")]) == [nested / "b.png"]
+    # "**" is every depth, as in a shell with globstar (it matched one level only, dropping the others silently)
+    write_png(top / "a.png", scene(0))
+    (nested / "deeper").mkdir()
+    write_png(nested / "deeper" / "c.png", scene(2))
+    assert expand_inputs([str(top / "**" / "*.png")]) == [top / "a.png", nested / "b.png", nested / "deeper" / "c.png"]

@@ -141,7 +141,8 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
         elif path.is_file() or leads_nowhere(path):
             files.append(path)
         elif any(char in item for char in "*?["):
-            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file() or leads_nowhere(Path(p)))
+            matched = map(Path, glob.glob(item, recursive=True))  # "**": every depth, as a shell's globstar
+            found = sorted(p for p in matched if p.is_file() or leads_nowhere(p))
             if not found:
                 raise DataError(f"no files match the pattern {item!r}")
             files.extend(found)
