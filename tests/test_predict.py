@@ -395,3 +395,40 @@ def test_a_folder_s_subfolders_of_images_are_named_not_skipped_silently(tmp_path
     (nested / "deeper").mkdir()
     write_png(nested / "deeper" / "c.png", scene(2))
     assert expand_inputs([str(top / "**" / "*.png")]) == [top / "a.png", nested / "b.png", nested / "deeper" / "c.png"]
+
+
+def test_predict_into_the_folder_of_its_images_can_be_run_again(checkpoint, tmp_path, caplog):
+    """With --out the images' folder, the rerun took its own masks for images and refused to write over "its own
+    input": a stopped run there could never finish. A folder of its outputs one level down is not worth a warning."""
+    folder = tmp_path / "same"
+    folder.mkdir()
+    for seed in (0, 1):
+        write_png(folder / f"im{seed}.png", scene(seed))
+    assert cli([checkpoint, folder, "--out", folder, "--threads", "1"]) == 0
+    shown = lambda: {path.name: path.read_bytes() for path in folder.iterdir() if not path.name.startswith(".")}  # noqa: E731
+    before = shown()
+    (folder / "im1_mask.png").unlink()  # as if stopped before the second image's mask
+    assert cli([checkpoint, folder, "--out", folder, "--threads", "1"]) == 0
+    assert shown() == before
+    assert cli([checkpoint, tmp_path / "same" / "*.png", "--out", folder, "--threads", "1"]) == 0  # a pattern too
+    caplog.clear()
+    assert cli([checkpoint, folder, "--out", folder / "preds", "--threads", "1"]) == 0
+    assert cli([checkpoint, folder, "--out", folder / "preds", "--threads", "1"]) == 0
+    assert "not searched" not in caplog.text  # preds/ holds fcnseg's outputs, not images to segment
+
+
+@pytest.mark.parametrize("damage", ["record", "journal"])
+def test_a_damaged_record_is_no_record_not_a_traceback(checkpoint, tmp_path, damage):
+    """{"files": {"a_mask.png": "x"}} in the record (AttributeError) or a journal line naming 5 (TypeError) crashed
+    every later run into the folder, --overwrite included."""
+    image = write_png(tmp_path / "a.png", scene(0))
+    out = tmp_path / "out"
+    assert cli([checkpoint, image, "--out", out, "--threads", "1"]) == 0
+    if damage == "record":
+        (out / ".fcnseg-outputs.json").write_text('{"files": {"a_mask.png": "x"}}')
+        with pytest.raises(ConfigError, match="not written by an earlier fcnseg predict"):  # no record: not its own
+            cli([checkpoint, image, "--out", out, "--threads", "1"])
+    else:
+        (out / ".fcnseg-outputs.pending").write_text('{"name": 5, "command": "predict", "size": 1, "sha256": "x"}\n')
+        assert cli([checkpoint, image, "--out", out, "--threads", "1"]) == 0
+    assert cli([checkpoint, image, "--out", out, "--threads", "1", "--overwrite"]) == 0

@@ -123,9 +123,11 @@ class Outputs:
         for record in records:
             try:
                 data = json.loads(record.read_text())
-                entries.update(data["files"] if isinstance(data.get("files"), dict) else {})
-            except (OSError, ValueError, AttributeError):
+                files = data["files"] if isinstance(data.get("files"), dict) else {}
+            except (OSError, ValueError, AttributeError, KeyError):
                 continue
+            # A damaged record's odd entries ({"a.png": "x"}) are no record: they crashed every use, --overwrite too.
+            entries.update({name: entry for name, entry in files.items() if isinstance(entry, dict)})
         journals = [self.journal] if own else _journals(self.folder)
         return {**entries, **self._confirmed_claims(set(known), journals)}
 
@@ -141,7 +143,8 @@ class Outputs:
                 claim = json.loads(line)
             except ValueError:  # a line torn by a full disk: its file was never renamed into place
                 continue
-            if isinstance(claim, dict) and {"name", "command", "size", "sha256"} <= claim.keys():
+            if isinstance(claim, dict) and {"name", "command", "size", "sha256"} <= claim.keys() and \
+                    isinstance(claim["name"], str) and isinstance(claim["size"], int):  # a damaged line: none
                 claims.append(claim)
         return claims
 

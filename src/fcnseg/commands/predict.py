@@ -142,7 +142,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
             files.append(path)
         elif any(char in item for char in "*?["):
             matched = map(Path, glob.glob(item, recursive=True))  # "**": every depth, as a shell's globstar
-            found = sorted(p for p in matched if p.is_file() or leads_nowhere(p))
+            found = _without_own_outputs(sorted(p for p in matched if p.is_file() or leads_nowhere(p)))
             if not found:
                 raise DataError(f"no files match the pattern {item!r}")
             files.extend(found)
@@ -175,12 +175,26 @@ def _unsearched(folder: Path, named: set[Path], lead: str) -> str:
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    """The images directly in ``folder``, sorted (a link that leads nowhere counts: reading it fails, reported)."""
+    """The images directly in ``folder``, sorted (a link that leads nowhere counts: reading it fails, reported),
+    but for the outputs fcnseg predict wrote there (:func:`_without_own_outputs`)."""
     try:
-        return sorted(p for p in folder.iterdir()
-                      if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or leads_nowhere(p)))
+        return _without_own_outputs(sorted(p for p in folder.iterdir()
+                                           if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or leads_nowhere(p))))
     except OSError:  # a subfolder that cannot be read is no folder of images
         return []
+
+
+def _without_own_outputs(paths: list[Path]) -> list[Path]:
+    """``paths`` but for the files an earlier fcnseg predict recorded as its outputs in their folder: with --out the
+    folder of the images, a rerun took its own masks for images and refused to write over them, so a stopped run
+    there could never finish."""
+    own: dict[Path, set[str]] = {}
+    for folder in {path.parent for path in paths}:
+        if (folder / RECORD).exists() or any(folder.glob(".fcnseg-outputs*")):
+            entries = Outputs(folder, "predict").entries()
+            own[folder] = {name for name, entry in entries.items()
+                           if entry.get("command") == "predict" and name.endswith(OUTPUT_SUFFIXES)}
+    return [path for path in paths if path.name not in own.get(path.parent, ())]
 
 
 def write_outputs(outputs: Outputs, stem: str, image: np.ndarray, labels: np.ndarray, info: DatasetInfo,
