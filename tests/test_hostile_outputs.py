@@ -317,3 +317,36 @@ def test_a_file_made_at_the_out_path_while_an_export_runs_is_kept(tiny_checkpoin
     refused(capsys, command, str(out), "made by another process", "--overwrite")
     assert out.read_text() == "the user's file, made while the export ran\n"
     assert sorted(os.listdir(tmp_path)) == ["tiny.pt"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_child_forked_while_a_folder_is_held_does_not_hold_it(tmp_path):
+    """A training's data-loader workers (forked children) shared its folder lock: after a kill -9 of the training
+    they held the folder for the seconds they took to notice, and an immediate --resume was refused."""
+    import fcntl
+
+    from fcnseg.outputs import LOCK, folder_lock
+
+    with folder_lock(tmp_path, "fcnseg train"):
+        descriptor = next(int(name) for name in os.listdir("/proc/self/fd")
+                          if _link(f"/proc/self/fd/{name}") == str(tmp_path / LOCK))
+        child = os.fork()
+        if child == 0:  # the worker: sits until it is killed, as a loader worker waits for work
+            signal.pause()
+            os._exit(0)
+        time.sleep(0.2)  # the child has run its at-fork handler by now
+        held_by_child = _link(f"/proc/{child}/fd/{descriptor}")
+    try:
+        assert held_by_child == os.devnull
+        with open(tmp_path / LOCK, "a+") as probe:  # the holder let go: the folder is free though the child lives
+            fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
+def _link(path):
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None

@@ -437,6 +437,31 @@ def refuse_if_held(folder: str | os.PathLike) -> None:
                               "to finish, or choose another --out") from None
 
 
+# The descriptors of the folder locks (flock) this process holds. A child forked meanwhile (a data-loader worker)
+# shares each lock with it until it closes its copy: after a kill -9 of a training its workers, which take seconds
+# to notice, held the folder on (an immediate --resume was refused, naming the dead process).
+_HELD_LOCKS: set[int] = set()
+
+
+def _forget_held_locks() -> None:
+    """In a forked child: its copies of the held locks' descriptors point at /dev/null, so that each lock goes
+    with its holder alone (the child's file objects stay valid; it never writes them)."""
+    if not _HELD_LOCKS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for descriptor in _HELD_LOCKS:
+            with suppress(OSError):
+                os.dup2(null, descriptor)
+    finally:
+        os.close(null)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_held_locks)
+
+
 @contextmanager
 def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
                 option: str = "--out") -> Iterator[None]:
@@ -450,6 +475,7 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
     folder = Path(folder)
     made = [path for path in (folder, *folder.parents) if not os.path.lexists(path)]  # innermost first
     handle = _take_lock(folder, option)
+    _HELD_LOCKS.add(descriptor := handle.fileno())
     try:
         handle.seek(0)
         handle.truncate()
@@ -463,6 +489,7 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
     finally:
         if made:
             _remove_if_only_the_lock(made)
+        _HELD_LOCKS.discard(descriptor)
         with suppress(OSError):  # the unwritten pid of a full disk: the file is closed all the same
             handle.close()  # closing releases the lock
 
@@ -547,6 +574,7 @@ def shard_lock(outputs: Outputs, what: str, run: str, stale: Iterable[str] = (),
                 handles.append(open(folder / name, "a+"))  # noqa: SIM115 - held open for the lifetime of the lock
             except OSError as error:
                 raise WriteError(f"cannot write {folder / name}: {error.strerror or error}") from None
+            _HELD_LOCKS.add(handles[-1].fileno())
         shards, held = handles
         with _byte_lock(shards, 0):
             first = _join(held, shards, folder, what, shard, run)
@@ -565,9 +593,12 @@ def shard_lock(outputs: Outputs, what: str, run: str, stale: Iterable[str] = (),
         with _byte_lock(shards, 0):
             if _alone(held):  # the last shard out: the shards' records, into the folder's
                 outputs.settle()
+            _HELD_LOCKS.discard(held.fileno())
             held.close()  # let go behind the gate: the next shard out then knows whether it is the last
     finally:
         for handle in handles:
+            with suppress(OSError, ValueError):  # ValueError: closed already (held, behind the gate)
+                _HELD_LOCKS.discard(handle.fileno())
             with suppress(OSError):
                 handle.close()  # closing lets go of the locks; the files stay (unlinking could let two hold one)
 
