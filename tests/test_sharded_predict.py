@@ -335,3 +335,27 @@ def test_eval_under_torchrun_prints_its_report_once(tiny_checkpoint, tmp_path):
     assert run.stdout.count("synthetic val: 3 images") == 1, run.stdout
     assert run.stdout.count(f"wrote {out / 'metrics.json'}") == 1, run.stdout
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 3
+
+
+def test_shards_run_one_after_another_split_one_list_or_are_refused(tiny_checkpoint, photos, reference, tmp_path,
+                                                                    capsys):
+    """Shards that did not run at the same time split the lists they found: given the inputs in another order, or
+    with an image added between two tasks of an array, images were never segmented and every shard exited 0."""
+    out = tmp_path / "out"
+    files = sorted(photos.glob("*.png"))
+    assert main(["predict", str(tiny_checkpoint), *map(str, files), "--out", str(out), "--threads", "1",
+                 "--shard", "0/2", "--quiet"]) == 0
+    assert main(["predict", str(tiny_checkpoint), *map(str, files[::-1]), "--out", str(out), "--threads", "1",
+                 "--shard", "1/2", "--quiet"]) == 0  # the inputs in another order: the same list, split alike
+    assert _outputs(out) == reference
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    for file in files[:4]:
+        (grown / file.name).write_bytes(file.read_bytes())
+    out = tmp_path / "out2"
+    assert main(_argv(tiny_checkpoint, grown, out, "--shard", "0/2", "--quiet")) == 0
+    write_png(grown / "99.png", seed=99, size=(32, 48))  # an image arrives between the two tasks
+    before = digests(out)
+    refused(capsys, _argv(tiny_checkpoint, grown, out, "--shard", "1/2", "--quiet"), "unfinished sharded run",
+            "shards 0 of 2 done", "--overwrite")
+    assert digests(out) == before

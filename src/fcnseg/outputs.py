@@ -577,7 +577,7 @@ def shard_lock(outputs: Outputs, what: str, run: str, stale: Iterable[str] = (),
             _HELD_LOCKS.add(handles[-1].fileno())
         shards, held = handles
         with _byte_lock(shards, 0):
-            first = _join(held, shards, folder, what, shard, run)
+            first = _join(held, shards, folder, what, shard, run, outputs.overwrite)
             try:
                 fcntl.lockf(shards.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1 + shard.index)
             except OSError as error:
@@ -591,6 +591,7 @@ def shard_lock(outputs: Outputs, what: str, run: str, stale: Iterable[str] = (),
             remove_temporaries(folder, [*stale, outputs.record_file.name])
         yield first
         with _byte_lock(shards, 0):
+            _mark_done(shards, shard)
             if _alone(held):  # the last shard out: the shards' records, into the folder's
                 outputs.settle()
             _HELD_LOCKS.discard(held.fileno())
@@ -603,7 +604,39 @@ def shard_lock(outputs: Outputs, what: str, run: str, stale: Iterable[str] = (),
                 handle.close()  # closing lets go of the locks; the files stay (unlinking could let two hold one)
 
 
-def _join(held, shards, folder: Path, what: str, shard: Shard, run: str) -> bool:
+def _shards_done(shards, folder: Path, run: str, overwrite: bool) -> list[int]:
+    """The shards of ``run`` that have finished in ``folder`` (the shards file keeps them between processes), or
+    none for a new run. A new run over another's that has not finished is refused unless ``overwrite``: shards
+    that ran at different times on other inputs or options split other lists, and images were never segmented
+    while every shard reported success."""
+    shards.seek(0)
+    try:
+        found = json.loads(shards.read())
+        earlier, count, done = found["run"], int(found["shards"]), [int(index) for index in found.get("done", [])]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []  # none, or damaged: nothing known to go on from
+    if earlier == run:
+        return sorted(set(done))
+    if done and len(set(done)) < count and not overwrite:
+        raise ConfigError(f"{folder} holds an unfinished sharded run of other inputs, options or number of shards "
+                          f"(shards {', '.join(map(str, sorted(set(done))))} of {count} done): run its other shards "
+                          "with the same inputs and options (given in any order), or pass --overwrite to start "
+                          "another run there")
+    return []
+
+
+def _mark_done(shards, shard: Shard) -> None:
+    """Note in the shards file, behind the gate, that ``shard`` has finished."""
+    shards.seek(0)
+    try:
+        found = json.loads(shards.read())
+        found["done"] = sorted({*found.get("done", []), shard.index})
+    except (ValueError, TypeError, AttributeError):
+        return
+    _rewrite(shards, json.dumps(found) + "\n")
+
+
+def _join(held, shards, folder: Path, what: str, shard: Shard, run: str, overwrite: bool = False) -> bool:
     """Behind the gate: hold ``.fcnseg.lock`` shared with the other processes of ``run``, or refuse; True when
     this process came first (then it names the run in the lock files)."""
     import fcntl
@@ -612,9 +645,10 @@ def _join(held, shards, folder: Path, what: str, shard: Shard, run: str) -> bool
         fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         first = False
-    else:  # nobody in the folder: the run starts here
+    else:  # nobody in the folder: the run starts here, or goes on (shards run one after another)
+        done = _shards_done(shards, folder, run, overwrite)
         _rewrite(held, f"{what} --shard {shard} and the other shards of its run (pid {os.getpid()})\n")
-        _rewrite(shards, json.dumps({"run": run, "shards": shard.count}) + "\n")
+        _rewrite(shards, json.dumps({"run": run, "shards": shard.count, "done": done}) + "\n")
         first = True
     try:
         fcntl.flock(held.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # from alone to shared, when first

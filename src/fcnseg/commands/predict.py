@@ -232,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
     options = inference_options(args)
     runtime = start(args.device, args.threads)
     shard = _shard_of(args.shard, runtime)
+    if shard is not None:  # every shard splits one list, whatever order its inputs were given in
+        files = sorted(files, key=lambda file: str(file.absolute()))
     mine = files if shard is None else shard.take(files)
     args.checkpoint = resolve(args.checkpoint)  # a shipped net's name: its file, fingerprinted in _job
     segmenter = load(args.checkpoint, device=runtime.device, backend=args.backend, options=options,
