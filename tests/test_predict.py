@@ -432,3 +432,16 @@ def test_a_damaged_record_is_no_record_not_a_traceback(checkpoint, tmp_path, dam
         (out / ".fcnseg-outputs.pending").write_text('{"name": 5, "command": "predict", "size": 1, "sha256": "x"}\n')
         assert cli([checkpoint, image, "--out", out, "--threads", "1"]) == 0
     assert cli([checkpoint, image, "--out", out, "--threads", "1", "--overwrite"]) == 0
+
+
+def test_a_rerun_without_probs_removes_the_earlier_runs_probabilities(checkpoint, tmp_path):
+    """An earlier run's _probs.npy stayed beside the masks of a rerun with another net or options, without --probs:
+    an output that belongs to another run. A user's file of that name is not fcnseg's and stays."""
+    image = write_png(tmp_path / "a.png", scene(0))
+    other = write_png(tmp_path / "b.png", scene(1))
+    out = tmp_path / "out"
+    assert cli([checkpoint, image, other, "--out", out, "--threads", "1", "--probs"]) == 0
+    (out / "b_probs.npy").write_bytes(b"the user's own")  # no longer fcnseg's
+    assert cli([checkpoint, image, other, "--out", out, "--threads", "1", "--flip"]) == 0
+    assert not (out / "a_probs.npy").exists() and (out / "a_mask.png").is_file()
+    assert (out / "b_probs.npy").read_bytes() == b"the user's own"
