@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import unwrap
-from fcnseg.data.collate import PadCollate
+from fcnseg.data.collate import SizeGroups
 from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, DataError, printable
 from fcnseg.inference import Forward, InferenceOptions, class_argmax, predict_labels, predict_probs
@@ -74,9 +74,9 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
         dataset: yields ``(3 x H x W normalised image, H x W label)``; sizes may differ between images.
         num_classes, ignore_index: the label space; pixels equal to ``ignore_index`` are not scored.
         options: how to run the net (:class:`fcnseg.inference.InferenceOptions`). ``batch_size`` images are
-            scored per batch (and windows per forward call in slide mode); batches of differently sized
-            images are padded with ignored pixels (the padding is the mean colour, which nets with large
-            receptive fields can see near the border; batch_size 1 scores each image as it is).
+            read per batch and run together where they have one size (and windows per forward call in slide
+            mode); images of other sizes run apart, never padded, so every batch size gives batch size 1's
+            scores.
         distributed: torch.distributed is initialised; each rank scores its shard and the counts are summed.
         strict_labels: refuse labels whose only class is 0 besides ignored pixels (0/255 masks, see
             :meth:`fcnseg.metrics.ConfusionMatrix.compute`).
@@ -104,15 +104,14 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
         forward = module.to(device).eval()
     sampler = ShardSampler(len(dataset), rank, world_size)
     loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=num_workers,
-                        collate_fn=PadCollate(ignore_index), pin_memory=device.type == "cuda",
-                        worker_init_fn=worker_init)
+                        collate_fn=SizeGroups(), pin_memory=device.type == "cuda", worker_init_fn=worker_init)
     heads = (num_classes, *(head.num_classes for head in extra_heads))
     confusions = [ConfusionMatrix(classes, ignore_index, device=device) for classes in heads]
     curve = None if positive_class is None else BinaryCurve(positive_class, ignore_index, device=device)
     done = 0
     try:
         with progress_bar(total=len(sampler), desc="eval", unit="img", enabled=progress and rank == 0) as bar:
-            for images, labels in loader:
+            for images, labels in (group for groups in loader for group in groups):
                 images = images.to(device, non_blocking=True)
                 planned = planner(images.shape[0], *images.shape[2:], options) if planner else options
                 _predict_and_count(forward, images, labels.to(device, non_blocking=True), planned, heads,
