@@ -350,3 +350,19 @@ def _link(path):
         return os.readlink(path)
     except OSError:
         return None
+
+
+def test_a_legal_long_name_is_written_and_its_temporary_found(tmp_path, capsys):
+    """predict of an image named with 236 characters: its mask's name (245) is legal, but the temporary file's
+    (".NAME.RANDOM.tmp", 259) was not: "File name too long" for the mask, and the run stopped."""
+    from fcnseg.atomic import atomic_path, remove_temporaries
+
+    name = "a" * 236 + "_mask.png"
+    with atomic_path(tmp_path / name) as tmp:
+        tmp.write_bytes(b"mask")
+        assert len(tmp.name.encode()) <= 255
+        (tmp_path / "kept.tmp.copy").write_bytes(tmp.name.encode())
+    assert (tmp_path / name).read_bytes() == b"mask"
+    left = tmp_path / (open(tmp_path / "kept.tmp.copy").read())
+    left.write_bytes(b"half")  # as a killed writer leaves it
+    assert remove_temporaries(tmp_path, [name]) == [left] and not left.exists()

@@ -32,7 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         make_folder(path.parent)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{_kept_part(path.name)}.", suffix=".tmp", dir=path.parent)
     except OSError as error:
         raise WriteError(f"cannot write {path}: {error.strerror or error}") from None
     try:
@@ -170,10 +170,24 @@ def make_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
+# A temporary file's name is ".NAME.RANDOM.tmp": 14 characters more than NAME. File systems allow 255 bytes, so a
+# legal name of 242 or more ("File name too long" for a 245-character mask name) keeps only its first part there.
+_NAME_ROOM = 255 - len("..12345678.tmp")
+
+
+def _kept_part(name: str) -> str:
+    """The part of ``name`` a temporary file's name holds: all of it, or as many first bytes as fit (whole
+    characters)."""
+    encoded = name.encode(errors="surrogateescape")
+    if len(encoded) <= _NAME_ROOM:
+        return name
+    return encoded[:_NAME_ROOM].decode(errors="ignore")
+
+
 def _temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
     """The temporary files of :func:`atomic_path` in ``folder`` for the files ``names``, in one pass over the
     folder (a prediction may name thousands of files): ``.NAME.RANDOM.tmp``, where mkstemp's RANDOM holds no dot."""
-    names = set(names)
+    names = {_kept_part(name) for name in names}
     return [tmp for tmp in Path(folder).glob(".*.tmp") if tmp.name[1:-len(".tmp")].rpartition(".")[0] in names]
 
 
