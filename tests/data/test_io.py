@@ -279,3 +279,22 @@ def test_mat_labels_are_read_one_way(tmp_path: Path) -> None:
         read_mat_array(tmp_path / "half.mat", "S")
     with pytest.raises(DataError, match=r"label file not found: .*absent\.mat"):
         read_mat_array(tmp_path / "absent.mat", "S")
+
+
+def test_a_picture_of_several_frames_says_its_first_is_read(tmp_path: Path, caplog) -> None:
+    """An animated GIF or a multi-page TIFF was segmented as its first frame without a word."""
+    frames = [Image.fromarray(rgb_array(seed)) for seed in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "pages.tiff", save_all=True, append_images=frames[1:])
+    for name in ("anim.gif", "pages.tiff"):
+        caplog.clear()
+        assert read_image(tmp_path / name).shape == (H, W, 3)
+        assert f"{name} holds 3 frames (an animation or several pages): the first is read" in caplog.text
+    caplog.clear()
+    read_image(_png(tmp_path / "one.png"))
+    assert "frames" not in caplog.text
+
+
+def _png(path: Path) -> Path:
+    Image.fromarray(rgb_array(0)).save(path)
+    return path

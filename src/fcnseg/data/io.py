@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
 import threading
 import warnings
@@ -31,11 +32,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import DataError, LimitError
 
+log = logging.getLogger(__name__)
+
 PathLike = str | os.PathLike
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 # Files the commands treat as images (folders given to ``fcnseg predict``, ``images/`` of a folder dataset).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+
 DEFAULT_MAX_PIXELS = 200_000_000
 
 # Modes holding an alpha channel next to colour/grey values.
@@ -116,6 +120,9 @@ def open_image(source: PathLike | bytes, what: str = "image", max_pixels: int | 
         try:
             with Image.open(handle) as img:
                 _check_format(img, formats, name)
+                if getattr(img, "n_frames", 1) > 1:  # an animated GIF or WebP, a multi-page TIFF: said, not hidden
+                    log.warning("%s holds %d frames (an animation or several pages): the first is read", name,
+                                img.n_frames)
                 if lossless and img.format in _LOSSY_FORMATS:
                     raise DataError(f"{name} is a JPEG image (whatever its name): JPEG compression changes pixel "
                                     "values, which must be exact here (classes, depths); save it as PNG from the "
