@@ -361,3 +361,14 @@ def test_any_batch_size_scores_as_one_image_at_a_time():
     one, four = (evaluate(model, _MixedSizes(), 8, IGNORE, InferenceOptions(batch_size=size), progress=False)
                  for size in (1, 4))
     assert one["confusion"] == four["confusion"] and one["num_images"] == four["num_images"] == 6
+
+
+def test_scores_that_are_not_finite_are_refused_not_scored_as_class_0():
+    """A net whose scores overflowed (finite weights, NaN logits) was scored and drawn as class 0 everywhere."""
+    from fcnseg.errors import WeightsError
+
+    def overflowed(x):
+        return torch.full((x.shape[0], 8, *x.shape[2:]), float("nan"))
+
+    with pytest.raises(WeightsError, match="NaN or infinite"):
+        evaluate(overflowed, _MixedSizes(), 8, IGNORE, progress=False)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg import inference
+from fcnseg.errors import WeightsError
 from fcnseg.inference import InferenceOptions, class_argmax, predict_labels, predict_probs, tile
 
 from .helpers import random_fcn
@@ -94,16 +95,19 @@ def test_tiles_cover_the_axis_evenly_with_the_overlap_asked_for():
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_class_argmax_is_torchs_argmax_with_its_ties_and_nans(layout):
-    # Scores of few distinct values tie often; the first of equal maxima wins, and a NaN counts as the largest.
+def test_class_argmax_is_torchs_argmax_with_its_ties_and_refuses_nans(layout):
+    # Scores of few distinct values tie often; the first of equal maxima wins.
     scores = torch.randint(0, 3, (2, 11, 6, 7), generator=torch.Generator().manual_seed(0)).float()
-    scores[0, 4, 0, 0] = float("nan")
-    scores[1, 2, 3, 3] = scores[1, 9, 3, 3] = float("nan")  # the first NaN's class
     if layout == "channels_last":
         scores = scores.contiguous(memory_format=torch.channels_last)
     labels = class_argmax(scores)
     assert labels.dtype == torch.int64 and torch.equal(labels, scores.argmax(1))
-    assert labels[0, 0, 0] == 4 and labels[1, 3, 3] == 2
+    # A NaN is torch's maximum: a net whose scores overflowed was labelled class 0 everywhere, and scored so.
+    for bad in (float("nan"), float("inf")):
+        broken = scores.clone()
+        broken[1, 2, 3, 3] = bad
+        with pytest.raises(WeightsError, match="NaN or infinite"):
+            class_argmax(broken)
     tied = (scores == scores.amax(1, keepdim=True)).sum(1) > 1
     assert tied.sum() > 20  # the ties are there to be broken: by the lowest class
     assert torch.equal(labels[tied], (scores == scores.amax(1, keepdim=True)).float().argmax(1)[tied])

@@ -7,6 +7,7 @@ import torch.distributed as dist
 
 from fcnseg.errors import DataError
 from fcnseg.metrics import (
+    BinaryCurve,
     ConfusionMatrix,
     confusion_matrix,
     format_per_class,
@@ -277,3 +278,20 @@ def test_binary_curve_matches_brute_force():
             p, r = tp / (tp + fp), tp / (truth == 1).sum()
             best = max(best, 2 * p * r / (p + r))
     assert curve.compute()["max_f"] == pytest.approx(best, rel=1e-12)
+
+
+def test_inputs_no_count_could_come_from_are_refused():
+    """Found by a hostile review: a float target was truncated (1.9 counted as class 1), a negative count gave a
+    pixel accuracy of 1.14, logits given as probabilities were clamped into a max-F, bins=0 failed in bincount."""
+    with pytest.raises(ValueError, match="target must hold integer class indices"):
+        confusion_matrix(torch.tensor([[1, 1, 2]]), torch.tensor([[1.9, 1.2, 2.7]]), 3)
+    with pytest.raises(ValueError, match="pixel counts"):
+        scores_from_confusion(torch.tensor([[5, -1], [0, 3]]))
+    with pytest.raises(ValueError, match="bins"):
+        BinaryCurve(1, 255, bins=0)
+    curve = BinaryCurve(1, 255)
+    for values in ([3.0, -2.0, 5.0], [0.5, float("nan"), 0.2]):
+        with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+            curve.update(torch.tensor([values]), torch.tensor([[1, 0, 1]]))
+    curve.update(torch.tensor([[0.9, 0.1, 1.0]]), torch.tensor([[1, 0, 255]]))  # probabilities: counted
+    assert int(curve.counts.sum()) == 2

@@ -72,6 +72,9 @@ def confusion_matrix(
         raise ValueError(
             f"pred must hold integer class indices, got dtype {pred.dtype}; take logits.argmax(dim=1) first"
         )
+    if target.is_floating_point() or target.is_complex():  # a resized mask's 1.9 was counted as class 1
+        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}; resize masks with "
+                         "nearest-neighbour interpolation and keep them integers")
     pred = pred.long()
     target = target.long()  # uint8 masks would overflow in target * C
 
@@ -108,6 +111,8 @@ def scores_from_confusion(matrix: Tensor, exclude_absent: bool = False) -> dict:
     """
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"confusion matrix must be square [C, C], got shape {tuple(matrix.shape)}")
+    if (matrix < 0).any():  # counts: a negative one gave a pixel accuracy of 1.14
+        raise ValueError("confusion matrix must hold pixel counts (none negative)")
     hist = matrix.double()  # float64: exact for counts up to 2**53 pixels
     correct = hist.diagonal()
     gt_total = hist.sum(dim=1)
@@ -250,13 +255,18 @@ class BinaryCurve:
 
     def __init__(self, positive: int, ignore_index: int, bins: int = 1000,
                  device: str | torch.device = "cpu") -> None:
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"bins must be a whole number of at least 1, got {bins!r}")
         self.positive, self.ignore_index, self.bins = positive, ignore_index, bins
         self.counts = torch.zeros(2, bins, dtype=torch.int64, device=device)  # row 0: truth other, 1: truth class
 
     def update(self, probability: Tensor, target: Tensor) -> None:
         """``probability``: N x H x W of the class; ``target``: N x H x W labels."""
         keep = target != self.ignore_index
-        index = (probability[keep].float() * self.bins).long().clamp_(0, self.bins - 1)
+        values = probability[keep].float()
+        if values.numel() and not ((values >= 0) & (values <= 1)).all():  # logits were clamped, NaN filed under 0
+            raise ValueError("probability must hold probabilities in [0, 1] (a softmax), not logits or NaN")
+        index = (values * self.bins).long().clamp_(0, self.bins - 1)
         truth = (target[keep] == self.positive).long()
         self.counts += torch.bincount(truth * self.bins + index, minlength=2 * self.bins).reshape(2, self.bins)
 

@@ -184,6 +184,13 @@ class FCN(nn.Module):
         return self.spec.architecture()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = self.spec.channels if hasattr(self, "spec") else x.shape[1]
+        if x.dim() != 4 or x.shape[1] != channels or not x.is_floating_point():
+            # an unbatched 3 x H x W ran the whole backbone, then failed at the crop with an IndexError; 1 channel
+            # was "expected input[1, 1, 238, 238]": the padded size, not the one given
+            reads = ", ".join(self.spec.inputs) if hasattr(self, "spec") else "images"
+            raise ValueError(f"expected a float N x {channels} x H x W batch ({reads}, normalised), got shape "
+                             f"{tuple(x.shape)} of {x.dtype}")
         height, width = x.shape[-2], x.shape[-1]
         top = self.pad_top_left
         bottom, right = self._pad_bottom_right(height), self._pad_bottom_right(width)
