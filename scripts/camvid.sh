@@ -36,7 +36,8 @@
 #               chosen on val); the one-stage 11-class runs also with test-time flips and scales (<run>_tta),
 #               and the EMA runs' training weights (kept in last.pth beside the average) into <run>_train_weights
 # Flags after PART go to every fcnseg train, e.g. --threads 1 (as docs/camvid.md's runs were made);
-# the heldout parts also pass --threads to their fcnseg eval.
+# the heldout parts also pass --threads to their fcnseg eval, and choose their run folder (no --out). eval takes
+# --threads only.
 set -euo pipefail
 FCNSEG=${FCNSEG:-.venv/bin/fcnseg}
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -70,6 +71,11 @@ flag_value() {  # flag_value --NAME ARGS...: print the last value given to --NAM
 }
 heldout() {  # heldout CONFIG NAME [flags]: train configs/camvid/heldout/CONFIG.yaml into runs/heldout/NAME, then
              # score its last.pth on the held-out drive (docs/camvid/heldout/NAME) and on val (NAME_val)
+  if flag_value --out "${@:3}" > /dev/null; then  # training went there, and the old runs/heldout/NAME was scored
+    echo "camvid.sh: the held-out parts train into runs/heldout/$2 and score that run into docs/camvid/heldout/$2:" \
+      "leave out --out" >&2
+    exit 2
+  fi
   train "heldout/$1" --out "runs/heldout/$2" "${@:3}"
   local threads=() value  # fcnseg eval takes --threads, not the other training flags
   if value=$(flag_value --threads "${@:3}"); then threads=(--threads "$value"); fi
@@ -118,8 +124,15 @@ case $part in
     config_and_seed seed "$@"
     heldout "$1" "$1_s$2" --seed "$2" "${@:3}" ;;
   eval)
+    local threads=() value  # its one flag (it was accepted and dropped, and the scoring took every core)
+    if value=$(flag_value --threads "$@"); then threads=(--threads "$value"); fi
+    if [[ $# -gt 0 && ! ( $# -eq 2 && $1 == --threads ) && ! ( $# -eq 1 && $1 == --threads=* ) ]]; then
+      echo "usage: scripts/camvid.sh eval [--threads N]" >&2
+      exit 2
+    fi
     # --overwrite: these reports are the tracked docs, regenerated on purpose
-    score() { $FCNSEG eval "$1" --dataset camvid --root "$ROOT" --split val "${@:3}" --out "docs/camvid/$2" --overwrite; }
+    score() { $FCNSEG eval "$1" --dataset camvid --root "$ROOT" --split val "${threads[@]}" "${@:3}" \
+      --out "docs/camvid/$2" --overwrite; }
     local runs=(fcn32s fcn16s fcn8s fcn8s_atonce fcn32s_continued  # staged and its controls
       fcn8s_mf_w8 fcn8s_mf_w4 fcn8s_plain_w8 fcn8s_il_w8  # one stage, 11 classes
       fcn8s_plain_ema_w8_16k fcn8s_il_ema_w8_16k fcn8s_il11_ema_w8_16k fcn8s_il12_ema_w8_16k  # EMA, 16000 it.

@@ -4,6 +4,7 @@ drive-held-out configs and script part, and the photometric augmentation for ano
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import subprocess
 import sys
@@ -592,3 +593,17 @@ def test_probe_refuses_a_thread_count_of_zero_as_a_usage_error(probe, monkeypatc
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "heldout_probe.py: error: argument --threads: expected a whole number of at least 1, got '0'")
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["heldout", "--threads", "1", "--out", "mine"], "leave out --out"),  # trained there, scored runs/heldout/NAME
+    (["seed", "fcn8s_il12_ema_w8_16k", "1", "--out=mine"], "leave out --out"),
+    (["eval", "--threads", "1", "--flip"], "usage: scripts/camvid.sh eval [--threads N]"),  # flags were dropped
+])
+def test_camvid_sh_refuses_flags_it_would_not_honour(argv, said):
+    """Found by a hostile review: a held-out part given --out trained into it, then scored the older run in
+    runs/heldout and wrote that over the tracked reports; eval accepted and dropped its flags."""
+    # FCNSEG=false: a part that went on would fail at its first fcnseg command, with another exit code
+    result = subprocess.run(["bash", "scripts/camvid.sh", *argv], cwd=REPO, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "FCNSEG": "false", "PYTHON": "false"})
+    assert result.returncode == 2 and said in result.stderr, result.stderr
