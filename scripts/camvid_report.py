@@ -285,7 +285,12 @@ def write_overlays(runs: Path, root: Path, out: Path, count: int, nets: list[str
         if not weights.is_file():
             note(f"{name}: no last.pth in {runs / name}; not in the overlays")
         else:
-            segmenters[name] = load(weights)
+            segmenter = load(weights)
+            if segmenter.info.num_classes != (2 if class_map else 11):  # another dataset's net under CamVid's key
+                note(f"{name}: its net scores {segmenter.info.num_classes} classes ({segmenter.info.name}), not "
+                     "CamVid's; not in the overlays")
+                continue
+            segmenters[name] = segmenter
     dataset = build_dataset("camvid", root, "val", **({"class_map": class_map} if class_map else {}))
     for k, index in enumerate(np.linspace(0, len(dataset) - 1, count).round().astype(int)):
         image, label = dataset.load(int(index))
@@ -354,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--overlays", type=int, default=3, help="number of val images to show (0: none)")
     parser.add_argument("--nets", nargs="+", default=list(STAGES), help="runs under --runs to report")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the figures already in --docs (the committed ones, when --docs is the default)")
     parser.add_argument("--overlay-nets", nargs="+", default=["fcn8s", "fcn8s_il_ema_w8_16k", "fcn8s_il12_ema_w8_16k"],
                         help="11-class runs shown in the val overlays")
     args = parser.parse_args(argv)
@@ -370,10 +377,25 @@ def report(args: argparse.Namespace) -> int:
         if not (args.runs / name / "metrics.csv").is_file() or not (args.runs / name / "config.yaml").is_file():
             note(f"{name}: no metrics.csv and config.yaml in {args.runs / name}; run not started")
         else:
-            logs[name] = read_log(args.runs / name / "metrics.csv")
-            configs[name] = yaml.safe_load((args.runs / name / "config.yaml").read_text()) or {}
+            config = yaml.safe_load((args.runs / name / "config.yaml").read_text()) or {}
+            if config.get("dataset", "camvid") != "camvid":  # drawn as a CamVid run, under CamVid's legend
+                note(f"{name}: a run on {config.get('dataset')}, not camvid; not reported")
+                continue
+            logs[name], configs[name] = read_log(args.runs / name / "metrics.csv"), config
             if not logs[name][1]:
                 note(f"{name}: no validation rows in metrics.csv yet")
+    figures = [args.docs / "curves.png", args.docs / "curves_time.png"]
+    if args.overlays > 0:
+        figures += [args.docs / "overlays" / f"{prefix}_{k}.png" for prefix in ("val", "road")
+                    for k in range(args.overlays)]
+    if not logs:  # a clone without runs: empty charts replaced the committed figures
+        note(f"no run under {args.runs} to report: no figure written")
+        return 0
+    existing = [path for path in figures if path.exists()]
+    if existing and not args.overwrite:
+        more = f" and {len(existing) - 1} more figure(s)" if len(existing) > 1 else ""
+        raise ValueError(f"{existing[0]}{more} already exist: pass --overwrite to replace them, or give another "
+                         "--docs")
     write_curves(logs, configs, args.docs / "curves.png")
     write_time_curves(logs, configs, args.docs / "curves_time.png")
     print(f"wrote {args.docs / 'curves.png'} and {args.docs / 'curves_time.png'}", file=sys.stderr)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from fcnseg import viz
@@ -225,3 +226,32 @@ def test_the_demo_starts_with_the_shipped_net_on_the_sample_scene(tmp_path, caps
     assert "camvid-fcn8s" in said and str(path) in said
     shares = [int(share) for share in re.findall(r" (\d+)%", said)]
     assert 90 <= sum(shares) <= 102 and shares == sorted(shares, reverse=True)
+
+
+def _run_folder(runs, name, config, rows=3):
+    folder = runs / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    lines = ["iteration,epoch,loss,lr,images_per_s,pixel_acc,mean_acc,mean_iu,fw_iu"]
+    lines += [f"{i},0,1.0,0.001,16.0,,,," for i in range(1, rows + 1)] + [f"{rows},0,,,,0.9,0.6,0.5,0.8"]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_the_report_keeps_figures_it_was_not_asked_to_replace(report, tmp_path, capsys):
+    """Found by a hostile review: on a clone without runs it replaced the committed curves with empty charts; it
+    replaced a figure in --docs without asking; a run on another dataset was drawn as a CamVid run."""
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    docs.mkdir()
+    (docs / "curves.png").write_bytes(b"my figure")
+    assert report.main(["--runs", str(runs), "--docs", str(docs), "--overlays", "0", "--nets", "fcn8s"]) == 0
+    assert (docs / "curves.png").read_bytes() == b"my figure" and "no figure written" in capsys.readouterr().err
+    _run_folder(runs, "fcn8s", {"dataset": "camvid", "model": "fcn8s", "iterations": 3})
+    _run_folder(runs, "synthetic_net", {"dataset": "synthetic", "model": "fcn8s", "iterations": 3})
+    argv = ["--runs", str(runs), "--docs", str(docs), "--overlays", "0", "--nets", "fcn8s", "synthetic_net"]
+    assert report.main(argv) == 2
+    assert "curves.png already exist: pass --overwrite" in capsys.readouterr().err
+    assert (docs / "curves.png").read_bytes() == b"my figure"
+    assert report.main([*argv, "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "synthetic_net: a run on synthetic, not camvid; not reported" in err
+    assert (docs / "curves.png").read_bytes().startswith(b"\x89PNG")
