@@ -9,6 +9,7 @@ Usage: .venv/bin/python benchmarks/argmax.py
 
 from __future__ import annotations
 
+import argparse
 import statistics
 
 import torch
@@ -19,6 +20,8 @@ from fcnseg.runtime import cpu_model
 
 
 def main() -> None:
+    # No options: the parser refuses a mistyped one (it was ignored, and the whole benchmark ran) and gives --help.
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     torch.set_num_threads(1)
     print(f"{cpu_model()}, torch {torch.__version__}, 1 thread; scores 1 x C x 360 x 480, float32")
     print("| classes | layout | argmax(1) ms | class_argmax ms | speed-up |\n|---:|---|---:|---:|---:|")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -36,9 +37,9 @@ def main() -> None:
     try:
         checkpoint = read_checkpoint(args.checkpoint)
     except FcnsegError as error:
-        raise SystemExit(f"denormals.py: {error}") from None
+        _refuse(f"denormals.py: error: {error}")
     if "optimizer" not in checkpoint:
-        raise SystemExit(f"denormals.py: {args.checkpoint} holds no optimizer state: give a training run's last.pth")
+        _refuse(f"denormals.py: error: {args.checkpoint} holds no optimizer state: give a training run's last.pth")
     state = checkpoint["optimizer"]["state"].values()
     averages = [entry["exp_avg"].clone() for entry in state]
     squares = [entry["exp_avg_sq"].clone() for entry in state]
@@ -64,6 +65,11 @@ def main() -> None:
         median = statistics.median(update() for _ in range(5))
         print(f"| denormals {'flushed to 0' if flushed else 'as they are'} | {1000 * median:.1f} ms per update |")
     torch.set_flush_denormal(False)
+
+
+def _refuse(message: str) -> None:
+    print(message, file=sys.stderr)
+    raise SystemExit(2)  # a usage error, as fcnseg's commands exit
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Usage: .venv/bin/python benchmarks/slide_quality.py CHECKPOINT [--scale 3] [--im
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from fcnseg.api import load
 from fcnseg.commands.options import positive_int
 from fcnseg.data.registry import build_dataset
 from fcnseg.data.transforms import resize_pair
+from fcnseg.errors import FcnsegError
 from fcnseg.metrics import ConfusionMatrix
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -65,4 +67,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FcnsegError as error:  # a missing file, another dataset's net: one line, as fcnseg's commands say it
+        print(f"slide_quality.py: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -6,11 +6,13 @@
 # last.pth is replaced by a rename, so a copy always reads one whole checkpoint; each watcher copies through a
 # temporary name of its own, so two watching one run only make duplicates, which the averaging counts once.
 set -euo pipefail
-run_dir=${1:?usage: keep_snapshots.sh RUN_DIR SNAP_DIR}
-snap_dir=${2:?usage: keep_snapshots.sh RUN_DIR SNAP_DIR}
+(( $# == 2 )) || { echo "usage: scripts/keep_snapshots.sh RUN_DIR SNAP_DIR" >&2; exit 2; }
+run_dir=$1 snap_dir=$2
 stop_after_s=${STOP_AFTER_S:-1800}
 [[ -d $run_dir ]] || { echo "keep_snapshots.sh: $run_dir is not a folder: start keep_snapshots.sh once the run has created it" >&2; exit 2; }
+[[ -e $snap_dir && ! -d $snap_dir ]] && { echo "keep_snapshots.sh: $snap_dir is a file, not a folder: give the folder to copy into" >&2; exit 2; }
 mkdir -p "$snap_dir"
+trap 'rm -f "$snap_dir/.copy.$$"' EXIT  # a copy stopped halfway (Ctrl+C) leaves no half file
 seen="" idle=0
 while (( idle < stop_after_s )); do
   stamp=$(stat -c %Y.%s "$run_dir/last.pth" 2>/dev/null || true)
