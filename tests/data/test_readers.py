@@ -174,6 +174,10 @@ def test_camvid_pairs_folders_without_list(tmp_path: Path) -> None:
     (tmp_path / "val" / "d.png").symlink_to(tmp_path / "gone.png")  # a broken link was left out without a word
     with pytest.raises(DataError, match=r"1 images without a label in .*valannot.*: d\.png"):
         CamVid(tmp_path, "val")
+    (tmp_path / "val" / "d.png").unlink()
+    (tmp_path / "valannot" / "more").mkdir()  # a subfolder of frames was passed over without a word
+    with pytest.raises(DataError, match=r"valannot holds subfolders \(more\), which would be passed over"):
+        CamVid(tmp_path, "val")
 
 
 def test_camvid_rejects_label_12(tmp_path: Path) -> None:

@@ -149,6 +149,11 @@ class CamVid(FilePairDataset):
                 f"CamVid split {split!r} not found in {root}: need {images_dir} and {labels_dir} "
                 f"(or {root / (split + '.txt')}). Expected layout: {CAMVID_LAYOUT}"
             )
+        for folder in (images_dir, labels_dir):  # the layout is flat: a subfolder's frames were passed over
+            subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if subfolders:
+                raise DataError(f"{folder} holds subfolders ({', '.join(subfolders[:5])}), which would be passed over: "
+                                f"CamVid's frames lie directly in it; move their files up, or the folders out")
         # A link that leads nowhere is a file the user meant: paired, then its reading fails, reported.
         images, labels = ({p.name: p for p in folder.iterdir()
                            if (p.is_file() or leads_nowhere(p)) and not p.name.startswith(".")}
