@@ -74,6 +74,15 @@ def _landed_or_removed(path: Path, tmp: Path) -> Iterator[Path]:
         raise
 
 
+def same_file(descriptor: int, path: str | os.PathLike) -> bool:
+    """Whether the open file ``descriptor`` is the file at ``path`` now (not renamed away, removed or replaced)."""
+    try:
+        found, held = os.stat(path), os.fstat(descriptor)
+    except OSError:
+        return False
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
+
+
 def _try_lock(fd: int) -> bool | None:
     """Take an exclusive ``flock`` on ``fd`` without waiting: True if taken, False if another process holds it,
     None where it cannot be told (no ``fcntl`` on Windows, a file system without ``flock``)."""

@@ -48,6 +48,7 @@ from fcnseg.atomic import (
     make_folder,
     remove_abandoned_temporaries,
     remove_temporaries,
+    same_file,
 )
 from fcnseg.errors import ConfigError, WriteError, listing
 from fcnseg.transfer import file_digest
@@ -514,20 +515,10 @@ def _take_lock(folder: Path, option: str):
             handle.close()
             raise ConfigError(f"{folder} is in use by {holder}: wait for it to finish, or choose another "
                               f"{option}") from None
-        if _same_file(handle, folder / LOCK):
+        if same_file(handle.fileno(), folder / LOCK):
             return handle
         handle.close()
     raise WriteError(f"cannot lock {folder}: its lock file keeps being removed (is another program deleting it?)")
-
-
-def _same_file(handle, path: Path) -> bool:
-    """Whether the open ``handle`` is the file at ``path`` now."""
-    try:
-        found = path.stat()
-    except OSError:
-        return False
-    held = os.fstat(handle.fileno())
-    return (held.st_dev, held.st_ino) == (found.st_dev, found.st_ino)
 
 
 def _remove_if_only_the_lock(made: list[Path]) -> None:
@@ -655,7 +646,7 @@ def _join(held, shards, folder: Path, what: str, shard: Shard, run: str, overwri
     except BlockingIOError:  # a command that holds the folder alone
         raise ConfigError(f"{folder} is in use by {_holder(held)}: wait for it to finish, or choose another "
                           "--out") from None
-    if not _same_file(held, folder / LOCK):  # removed by a command that made the folder and let it go
+    if not same_file(held.fileno(), folder / LOCK):  # removed by a command that made the folder and let it go
         raise ConfigError(f"{folder} was let go by another command while this shard joined: start it again")
     if first:
         return True

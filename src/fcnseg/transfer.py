@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fcnseg.atomic import same_file
 from fcnseg.errors import ConfigError, DownloadError
 from fcnseg.progress import bar as progress_bar
 
@@ -236,22 +237,13 @@ def _turn(part: Path, url: str) -> Iterator[None]:
                 fcntl.flock(descriptor, fcntl.LOCK_EX)
         except OSError:  # a file system without flock
             break
-        if _still_at(descriptor, part):
+        if same_file(descriptor, part):
             break
         os.close(descriptor)  # renamed into place or deleted by the one waited for: look again
     try:
         yield
     finally:
         os.close(descriptor)
-
-
-def _still_at(descriptor: int, path: Path) -> bool:
-    """Whether the open file ``descriptor`` is still the file at ``path``."""
-    try:
-        found, held = os.stat(path), os.fstat(descriptor)
-    except OSError:
-        return False
-    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
 
 
 def cache_dir() -> Path:
