@@ -115,7 +115,9 @@ def test_mode_i_from_a_png_is_16_bit(tmp_path: Path) -> None:
     # Older Pillow opens a 16-bit grey PNG as mode I: a PNG holds 16 bits at most, so its scale is known.
     values = np.zeros((H, W), dtype=np.int32)
     values[0, 0], values[0, 1] = 65535, 257 * 3
-    out = image_to_rgb(Image.fromarray(values), "a.png", file_format="PNG")
+    opened = Image.fromarray(values)
+    opened.format = "PNG"  # as Image.open of a 16-bit PNG in older Pillow gives it
+    out = image_to_rgb(opened, "a.png")
     assert out[0, :2, 1].tolist() == [255, 3]
 
 

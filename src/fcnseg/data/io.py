@@ -48,7 +48,6 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 # "I": 32-bit integers (a 16-bit PNG in older Pillow, a 32-bit TIFF, Image.fromarray of int32): index values are
 # values whatever their width; a picture's scale is known only for a PNG, which holds 16 bits at most.
 _INDEX_MODES = {"P", "L", "1", "I"} | _SIXTEEN_BIT_MODES
-_FORMAT_KEY = "fcnseg_format"  # open_image notes the file's format in the image's info under this key
 _LOSSY_FORMATS = {"JPEG", "MPO"}  # MPO: PIL's name for a JPEG with several frames (some cameras)
 _ORIENTATION = 0x0112  # the EXIF tag
 # PIL's limit is a module global; a lock keeps concurrent callers (the server's threads) from restoring
@@ -130,11 +129,10 @@ def open_image(source: PathLike | bytes, what: str = "image", max_pixels: int | 
                 # load() forces the full decode: without it a truncated file opens fine and fails (or
                 # returns grey rows) only later, far from here.
                 img.load()
-                # exif_transpose returns a new, independent image, so closing the file is safe; it keeps no
-                # format, which image_to_rgb needs for mode I: noted in its info.
+                # exif_transpose returns a new, independent image, so closing the file is safe. It keeps no
+                # format, which tells a 16-bit PNG in mode I (as older Pillow opens it) from 32-bit integers.
                 transposed = ImageOps.exif_transpose(img)
-                transposed.info[_FORMAT_KEY] = img.format
-                return transposed
+                return transposed.convert("I;16") if img.format == "PNG" and transposed.mode == "I" else transposed
         except DataError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -195,13 +193,12 @@ def decode_image(source: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXEL
         pixels = source.size[0] * source.size[1]
         if max_pixels is not None and pixels > max_pixels:  # an Image.open() result is still undecoded
             raise LimitError(_bomb_message(name, pixels, max_pixels))
-        return image_to_rgb(source, name, source.format)
+        return image_to_rgb(source, name)
     if isinstance(source, str) and not source.strip():  # Path("") is ".", a folder: a misleading refusal
         raise DataError(f"the image path is empty ({source!r}): give an image file")
     if isinstance(source, str | os.PathLike | bytes):
         name = name or (f"image {source}" if not isinstance(source, bytes) else "the image bytes")
-        opened = open_image(source, "image", max_pixels, formats, name)
-        return image_to_rgb(opened, name, opened.info.get(_FORMAT_KEY))
+        return image_to_rgb(open_image(source, "image", max_pixels, formats, name), name)
     raise TypeError(f"cannot read an image from a {type(source).__name__}: pass a file path (str or Path), "
                     "the bytes of an image file, a PIL image or an HxWx3 uint8 RGB numpy array")
 
@@ -211,9 +208,9 @@ def read_image(path: PathLike) -> np.ndarray:
     return decode_image(Path(path))
 
 
-def image_to_rgb(img: Image.Image, source: str = "the image", file_format: str | None = None) -> np.ndarray:
+def image_to_rgb(img: Image.Image, source: str = "the image") -> np.ndarray:
     """A decoded PIL image as an HxWx3 uint8 RGB array; ``source`` names it in error messages
-    (e.g. "image photos/a.png"); ``file_format``: the format it was read from (default: ``img.format``).
+    (e.g. "image photos/a.png").
 
     Conversions: greyscale (``1``, ``L``) is replicated to three channels;
     palette images go through their palette; CMYK and YCbCr use PIL's conversion; 16-bit images
@@ -224,7 +221,7 @@ def image_to_rgb(img: Image.Image, source: str = "the image", file_format: str |
     with a meaningless alpha would otherwise be darkened wherever alpha < 255).
     """
     mode = img.mode
-    if mode == "I" and (file_format or img.format) == "PNG":  # a 16-bit PNG, as older Pillow opens it
+    if mode == "I" and img.format == "PNG":  # a 16-bit PNG, as older Pillow opens it (open_image converts it)
         mode = "I;16"
     if mode == "RGB":
         rgb = np.asarray(img)
