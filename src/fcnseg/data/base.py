@@ -221,6 +221,16 @@ def raise_if_missing(paths: Iterable[Path], what: str, source: str) -> None:
         raise DataError(f"{len(missing)} {what} listed by {source} do not exist:\n  {shown}{more}")
 
 
+def refuse_subfolders(folder: Path, what: str) -> None:
+    """A DataError when ``folder``, a flat folder of ``what``, holds subfolders (hidden ones are not data): their
+    files would be passed over without a word."""
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subfolders:
+        raise DataError(f"{folder} holds subfolders ({listing(subfolders, 5)}), which would be passed over: the "
+                        f"layout is flat, with the {what} directly in {folder.name}/; move their files up, or the "
+                        "folders out")
+
+
 def unmatched_error(where: Path, what: str, names: Sequence[str]) -> DataError:
     """A DataError listing the file names in ``where`` that have no partner."""
     shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")

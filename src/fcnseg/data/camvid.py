@@ -22,6 +22,7 @@ from fcnseg.data.base import (
     pair_by_key,
     raise_if_missing,
     read_list_file,
+    refuse_subfolders,
     require_dir,
 )
 from fcnseg.data.info import CAMVID
@@ -149,11 +150,8 @@ class CamVid(FilePairDataset):
                 f"CamVid split {split!r} not found in {root}: need {images_dir} and {labels_dir} "
                 f"(or {root / (split + '.txt')}). Expected layout: {CAMVID_LAYOUT}"
             )
-        for folder in (images_dir, labels_dir):  # the layout is flat: a subfolder's frames were passed over
-            subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-            if subfolders:
-                raise DataError(f"{folder} holds subfolders ({', '.join(subfolders[:5])}), which would be passed over: "
-                                f"CamVid's frames lie directly in it; move their files up, or the folders out")
+        for folder, what in ((images_dir, "frames"), (labels_dir, "labels")):
+            refuse_subfolders(folder, what)
         # A link that leads nowhere is a file the user meant: paired, then its reading fails, reported.
         images, labels = ({p.name: p for p in folder.iterdir()
                            if (p.is_file() or leads_nowhere(p)) and not p.name.startswith(".")}

@@ -30,12 +30,13 @@ from fcnseg.data.base import (
     PipelineOptions,
     pair_by_key,
     read_list_file,
+    refuse_subfolders,
     require_dir,
     unmatched_error,
 )
 from fcnseg.data.info import IGNORE_INDEX, DatasetInfo, voc_colormap
 from fcnseg.data.io import IMAGE_SUFFIXES, PathLike, leads_nowhere
-from fcnseg.errors import DataError, listing
+from fcnseg.errors import DataError
 
 MASK_EXTENSIONS = (".png",)
 FOLDER_LAYOUT = (
@@ -75,12 +76,8 @@ def _refuse_repeated_names(names: Sequence[str], source: str) -> None:
 def _files_by_stem(folder: Path, extensions: tuple[str, ...], what: str) -> dict[str, Path]:
     """The files of ``folder`` by stem; a link that leads nowhere counts as a file (reading it fails, reported);
     a subfolder is refused: the layout is flat, and its files would be passed over without a word."""
+    refuse_subfolders(folder, what)
     entries = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and p.name.lower() not in _JUNK_FILES]
-    subfolders = [p.name for p in entries if p.is_dir()]
-    if subfolders:
-        raise DataError(f"{folder} holds subfolders ({listing(subfolders, 5)}), which would be passed over: the "
-                        f"layout is flat, with the {what} directly in {folder.name}/; move their files up, or the "
-                        "folders out")
     files = [p for p in entries if p.is_file() or leads_nowhere(p)]
     wrong = [p.name for p in files if p.suffix.lower() not in extensions]
     if wrong:
