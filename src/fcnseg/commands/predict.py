@@ -190,7 +190,7 @@ def _without_own_outputs(paths: list[Path]) -> list[Path]:
     there could never finish."""
     own: dict[Path, set[str]] = {}
     for folder in {path.parent for path in paths}:
-        if (folder / RECORD).exists() or any(folder.glob(".fcnseg-outputs*")):
+        if any(folder.glob(".fcnseg-outputs*")):  # a record or a journal: else no earlier run wrote here
             entries = Outputs(folder, "predict").entries()
             own[folder] = {name for name, entry in entries.items()
                            if entry.get("command") == "predict" and name.endswith(OUTPUT_SUFFIXES)}
