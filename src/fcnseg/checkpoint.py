@@ -18,6 +18,7 @@ leaves a half-written checkpoint in place of a good one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +111,17 @@ def checked_checkpoint(data: dict, source: object = "the checkpoint") -> tuple[M
         shapes = build_model(spec).state_dict()
     check_fit(shapes, state, f"{source}: the weights", f"its own spec ({describe(spec)})",
               hint="Was the file edited, or written by another tool?")
-    bad = next((key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()), None)
+    bad = first_not_finite(state)
     if bad is not None:
         raise WeightsError(f"{source}: weight {bad} holds NaN or infinite values (a diverged training or a damaged "
                            "file); use an earlier checkpoint")
     return spec, state
+
+
+def first_not_finite(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor of ``state`` holding NaN or infinity, or None."""
+    return next((key for key, value in state.items() if value.is_floating_point() and not value.isfinite().all()),
+                None)
 
 
 def model_from_checkpoint(source: str | Path | dict) -> tuple[FCN, DatasetInfo]:

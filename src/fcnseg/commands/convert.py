@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fcnseg.checkpoint import save_model
+from fcnseg.checkpoint import first_not_finite, save_model
 from fcnseg.commands.options import output_path
 from fcnseg.data.info import VOC
 from fcnseg.errors import ConfigError, WeightsError, printable
@@ -77,8 +77,7 @@ def _refuse_unusable(model, info, source: str) -> None:
     """One line for a net no command could use: weights that are not finite (written without a word, then
     refused by export), or a pytorch-fcn net of other classes than VOC's (it said "voc has 21 classes but the net
     scores 5", naming neither the file nor a way out)."""
-    bad = next((key for key, value in model.state_dict().items()
-                if value.is_floating_point() and not value.isfinite().all()), None)
+    bad = first_not_finite(model.state_dict())
     if bad is not None:
         raise WeightsError(f"{source}: weight {bad} holds NaN or infinite values (a diverged training or a damaged "
                            "file): nothing was written")
