@@ -235,8 +235,8 @@ class HostRule:
 
     def allows(self, authority: str) -> bool:
         """Whether ``authority`` (``name:port``, as in ``Host``) names this server."""
-        name, port = _split_authority(authority.strip().lower())
-        if port != self.port and not (port is None and self.port == 80):
+        name, port = _normal_authority(authority)
+        if port != self.port:
             return False
         return name in self.names or (self.any_address and _is_ip(name))
 
@@ -261,7 +261,8 @@ def _same_origin(origin: str, host: str) -> bool:
     return _normal_authority(origin[len("http://"):]) == _normal_authority(host)
 
 
-def _normal_authority(authority: str) -> tuple[str, int | None]:
+def _normal_authority(authority: str) -> tuple[str, int]:
+    """``authority`` (``name:port``) as (lowercase name, port), HTTP's 80 where none is given (-1: not a port)."""
     name, port = _split_authority(authority.strip().lower())
     return name, 80 if port is None else port
 
