@@ -12,7 +12,7 @@ from .helpers import REPO
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _run(argv, tmp_path):
+def _run(argv):
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120, env=ENV)
 
 
@@ -25,7 +25,7 @@ def test_keep_snapshots_refuses_in_one_line(tmp_path, arguments, said):
     (tmp_path / "run").mkdir()
     (tmp_path / "file").write_text("mine")
     given = [{"RUN": str(tmp_path / "run"), "FILE": str(tmp_path / "file")}[a] for a in arguments]
-    result = _run(["bash", "scripts/keep_snapshots.sh", *given], tmp_path)
+    result = _run(["bash", "scripts/keep_snapshots.sh", *given])
     assert result.returncode == 2 and said in result.stderr and result.stderr.count("\n") == 1
     assert (tmp_path / "file").read_text() == "mine"
 
@@ -36,7 +36,7 @@ def test_keep_snapshots_refuses_in_one_line(tmp_path, arguments, said):
 ])
 def test_locked_refuses_in_one_line(tmp_path, arguments, said):
     given = [str(tmp_path / "l.lock") if a == "LOCK" else a for a in arguments]
-    result = _run([sys.executable, "scripts/locked.py", *given], tmp_path)
+    result = _run([sys.executable, "scripts/locked.py", *given])
     assert result.returncode == 2 and result.stderr.strip().endswith(said.split()[-1] + ": No such file or directory")
     assert said in result.stderr and "Traceback" not in result.stderr
 
@@ -47,5 +47,5 @@ def test_locked_refuses_in_one_line(tmp_path, arguments, said):
     (["benchmarks/denormals.py", "/nonexistent.pth"], "denormals.py: error: checkpoint not found"),
 ])
 def test_benchmarks_refuse_in_one_line(tmp_path, argv, said):
-    result = _run([sys.executable, *argv], tmp_path)
+    result = _run([sys.executable, *argv])
     assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr

@@ -1,6 +1,7 @@
 """fcnseg.yamlio: configs read as their authors mean them (YAML 1.2's numbers, no key given twice)."""
 
 import pytest
+import yaml
 
 from fcnseg.yamlio import load_yaml
 
@@ -16,7 +17,7 @@ def test_numbers_are_read_as_yaml_1_2_reads_them():
 
 
 def test_a_key_given_twice_is_refused_a_merge_may_be_overridden():
-    with pytest.raises(Exception, match=r"found the key 'iterations' twice \(first on line 1\)"):
+    with pytest.raises(yaml.YAMLError, match=r"found the key 'iterations' twice \(first on line 1\)"):
         load_yaml("iterations: 100\nseed: 3\niterations: 2\n")
     assert load_yaml("base: &b {lr: 1}\nrun:\n  <<: *b\n  lr: 2\n")["run"] == {"lr": 2}
 
