@@ -15,7 +15,9 @@ commands and their libraries are imported inside :func:`main`. During those impo
 until they end (:func:`_held_interrupt`): a KeyboardInterrupt raised inside them can abort the process
 (torch's C++ import code terminates on it) or be swallowed (a bare ``except`` around an optional import).
 SIGTERM (``kill PID``, a scheduler or a container stopping) stops a command the same way once it runs
-(:func:`_terminate_as_interrupt`): ``fcnseg: terminated``, exit code 143.
+(:func:`_terminate_as_interrupt`): ``fcnseg: terminated``, exit code 143. Data-loader workers leave Ctrl+C to the
+main process (:func:`fcnseg.runtime.interrupts_in_this_process_only`), and a training in one process takes a first
+Ctrl+C at the end of its step, to save ``last.pth`` there (:func:`fcnseg.runtime.deferred_interrupt`).
 
 Under torchrun every process runs :func:`main`: what a run prints once (tables, notes) comes from rank 0 only;
 the other ranks print only warnings and errors, and a process of several names itself in them (``fcnseg train:
@@ -227,7 +229,11 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
         return
 
+    owner = os.getpid()
+
     def terminated(signum: int, frame: object) -> None:
+        if os.getpid() != owner:  # a loader worker forked before its own handler is set (runtime.worker_init)
+            return
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _TERMINATED.set()
         raise KeyboardInterrupt
@@ -249,7 +255,7 @@ def _handling(signum: int, handler: object, then: object) -> Iterator[None]:
 def _run(argv: list[str] | None) -> int:
     with _held_interrupt():  # the imports: torch, the commands
         from fcnseg.progress import is_quiet, set_quiet
-        from fcnseg.runtime import finish
+        from fcnseg.runtime import finish, interrupts_in_this_process_only
 
         parser = build_parser()
     args = parser.parse_args(argv)
@@ -257,7 +263,7 @@ def _run(argv: list[str] | None) -> int:
     quiet = getattr(args, "quiet", False)
     set_quiet(quiet)
     try:
-        with messages(args.command, quiet), _terminate_as_interrupt():
+        with messages(args.command, quiet), _terminate_as_interrupt(), interrupts_in_this_process_only():
             code = int(args.func(args) or 0)
             in_a_group = finish()
         if in_a_group:

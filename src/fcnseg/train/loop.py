@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch.utils.data import Subset
@@ -13,7 +14,7 @@ from fcnseg.data.check import check_dataset
 from fcnseg.errors import TrainingError
 from fcnseg.evaluate import evaluate
 from fcnseg.outputs import refuse_if_held
-from fcnseg.runtime import flush_denormals, keep_freed_memory, start
+from fcnseg.runtime import deferred_interrupt, flush_denormals, keep_freed_memory, start, under_torchrun
 from fcnseg.train.budget import check_step_memory, configured_budget
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import keep_decoded, micro_batches
@@ -25,6 +26,7 @@ from fcnseg.train.run import Run, balanced_loss_weights, build_run, segmentation
 from fcnseg.train.state import restore, save_best, save_last, write_config
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger(__name__)
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -85,25 +87,42 @@ def run_iterations(run: Run, log: RunLog) -> dict[str, Any]:
     config, scores = run.config, {}
     first = run.iteration * config.grad_accum
     run.train_model.train()
-    for count, (epoch, images, labels) in enumerate(micro_batches(run.train_set, run.sampler, config,
-                                                                  run.runtime, first), start=first + 1):
-        check_batch_memory(run, images)
-        loss = forward_backward(run, images, labels)
-        log.images(images.shape[0] * run.runtime.world_size)
-        if count % config.grad_accum:
-            continue
-        optimizer_step(run)
-        log.step(epoch, loss)
-        if _due(run, config.val_interval):
-            scores = validate(run)
-            log.validation(epoch, scores)
-            save_best(run, scores["mean_iu"])
-        if _due(run, config.checkpoint_interval):
-            save_last(run)
-        killed_for_a_test(run.runtime.rank, run.iteration)
-        if run.iteration >= config.iterations:
-            return scores
+    with deferred_interrupt(STOPPING, defer=run.runtime.world_size == 1 and not under_torchrun()) as interrupted:
+        for count, (epoch, images, labels) in enumerate(micro_batches(run.train_set, run.sampler, config,
+                                                                      run.runtime, first), start=first + 1):
+            check_batch_memory(run, images)
+            loss = forward_backward(run, images, labels)
+            log.images(images.shape[0] * run.runtime.world_size)
+            if count % config.grad_accum:
+                continue
+            optimizer_step(run)
+            log.step(epoch, loss)
+            if _due(run, config.val_interval):
+                scores = validate(run)
+                log.validation(epoch, scores)
+                save_best(run, scores["mean_iu"])
+            if _due(run, config.checkpoint_interval):
+                save_last(run)
+            killed_for_a_test(run.runtime.rank, run.iteration)
+            if run.iteration >= config.iterations:
+                return scores
+            if interrupted.is_set():
+                stop_saved(run)
     raise AssertionError("micro_batches is endless")
+
+
+# Ctrl+C during training (one process, not under torchrun: there every process would have to stop at one step).
+STOPPING = ("Ctrl+C: stopping when this iteration ends, to save last.pth (the run goes on from it with --resume); "
+            "Ctrl+C again stops at once, losing the iterations since the last checkpoint")
+
+
+def stop_saved(run: Run) -> NoReturn:
+    """Save ``last.pth`` (unless this iteration's checkpoint is written already) and stop as Ctrl+C does."""
+    if not _due(run, run.config.checkpoint_interval):
+        save_last(run)
+    log.warning(f"stopped after iteration {run.iteration} of {run.config.iterations}, saved in {run.last_path}: "
+                f"continue the run with fcnseg train --out {run.out} --resume")
+    raise KeyboardInterrupt
 
 
 def _due(run: Run, interval: int) -> bool:

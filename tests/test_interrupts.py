@@ -1,0 +1,129 @@
+"""Ctrl+C: a training saves where it stops, loader workers leave the signal to the main process."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import fcnseg.train.loop
+from fcnseg.checkpoint import read_checkpoint
+from fcnseg.cli import main
+from fcnseg.runtime import deferred_interrupt, interrupts_in_this_process_only
+
+from .helpers import TINY_TRAIN
+
+SIX = [*TINY_TRAIN, "--iterations", "6", "--val-interval", "6", "--set", "dropout=0.3"]
+
+
+def _ctrl_c_after(monkeypatch, iteration: int, presses: int = 1) -> None:
+    """Press Ctrl+C (SIGINT to this process) ``presses`` times right after ``iteration``."""
+    def pressed(rank: int, done: int) -> None:
+        if done == iteration:
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(fcnseg.train.loop, "killed_for_a_test", pressed)
+
+
+def test_ctrl_c_in_training_saves_that_iteration_and_resumes_to_the_uninterrupted_weights(tmp_path, capsys,
+                                                                                            monkeypatch):
+    # Ctrl+C saved nothing: the iterations since the last --checkpoint-interval (here: all) were lost.
+    assert main(["train", *SIX, "--out", str(tmp_path / "straight")]) == 0
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        _ctrl_c_after(patch, 3)
+        assert main(["train", *SIX, "--checkpoint-interval", "100", "--out", str(stopped)]) == 130
+    err = capsys.readouterr().err
+    assert "stopping when this iteration ends" in err and "stopped after iteration 3 of 6" in err, err
+    assert err.splitlines()[-1] == "fcnseg: interrupted"
+    assert read_checkpoint(stopped / "last.pth")["iteration"] == 3
+    assert main(["train", "--out", str(stopped), "--resume", "--threads", "1", "--quiet"]) == 0
+    expected = read_checkpoint(tmp_path / "straight" / "last.pth")["model_state_dict"]
+    actual = read_checkpoint(stopped / "last.pth")["model_state_dict"]
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def test_ctrl_c_twice_stops_at_once_without_saving(tmp_path, capsys, monkeypatch):
+    _ctrl_c_after(monkeypatch, 3, presses=2)
+    out = tmp_path / "run"
+    assert main(["train", *SIX, "--checkpoint-interval", "100", "--out", str(out)]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "fcnseg: interrupted"
+    assert not (out / "last.pth").exists()
+
+
+def test_ctrl_c_on_the_last_iteration_finishes_the_run(tmp_path, capsys, monkeypatch):
+    _ctrl_c_after(monkeypatch, 6)
+    assert main(["train", *SIX, "--out", str(tmp_path / "run")]) == 0
+    assert read_checkpoint(tmp_path / "run" / "last.pth")["iteration"] == 6
+
+
+def _metrics_rows(path: Path) -> int:
+    return max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
+
+
+def test_ctrl_c_to_the_terminals_process_group_stops_a_training_with_workers_after_saving(tmp_path):
+    # The terminal sends Ctrl+C to every process of its group, loader workers included: they stopped, and a
+    # training that went on to finish its step would have failed with "DataLoader worker exited unexpectedly".
+    out = tmp_path / "run"
+    argv = ["train", *TINY_TRAIN, "--workers", "1", "--iterations", "400", "--val-interval", "400",
+            "--checkpoint-interval", "400", "--log-interval", "1", "--set", "grad_accum=4", "--out", str(out)]
+    run = subprocess.Popen([sys.executable, "-m", "fcnseg.cli", *argv], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _metrics_rows(out / "metrics.csv") < 2 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        workers = {int(pid) for task in Path(f"/proc/{run.pid}/task").iterdir()
+                   for pid in (task / "children").read_text().split()}
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert workers, "no loader worker was running when Ctrl+C was sent"
+    lines = err.splitlines()
+    assert run.returncode == 130 and len(lines) == 3 and lines[-1] == "fcnseg: interrupted", (run.returncode, err)
+    assert "stopping when this iteration ends" in lines[0] and "stopped after iteration" in lines[1], err
+    stopped_at = read_checkpoint(out / "last.pth")["iteration"]
+    assert 2 <= stopped_at < 400, "the run ended before it could be stopped mid-way"
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "loader workers outlived the training"
+
+
+def _report_after_a_while(done) -> None:
+    time.sleep(0.5)
+    done.put("still here")
+
+
+@pytest.mark.parametrize("handlers", [interrupts_in_this_process_only, lambda: deferred_interrupt("note")])
+def test_a_process_forked_before_its_worker_init_ignores_ctrl_c(handlers):
+    # Between its fork and worker_init a loader worker had Python's handler: a Ctrl+C then raised KeyboardInterrupt
+    # outside torch's worker loop (a traceback, or a worker lost and "DataLoader worker exited unexpectedly").
+    context = multiprocessing.get_context("fork")
+    done = context.Queue()
+    with handlers():
+        child = context.Process(target=_report_after_a_while, args=(done,))
+        child.start()
+        os.kill(child.pid, signal.SIGINT)
+        child.join(30)
+    assert child.exitcode == 0 and done.get(timeout=5) == "still here"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_in_this_process_ctrl_c_still_stops_at_once():
+    with pytest.raises(KeyboardInterrupt), interrupts_in_this_process_only():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+
+
+def test_a_loader_worker_leaves_ctrl_c_to_the_main_process():
+    code = ("import os, signal, time\nfrom fcnseg.runtime import worker_init\nworker_init(0)\n"
+            "os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.2)\nprint('still here')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and done.stdout == "still here\n", done.stderr
