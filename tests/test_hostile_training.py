@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import fcnseg.atomic
+import fcnseg.data.synthetic
 import fcnseg.outputs
 import fcnseg.train.log
 from fcnseg.checkpoint import read_checkpoint, save_model, write_checkpoint
@@ -243,6 +244,20 @@ def test_the_memory_budget_is_max_memory_and_a_small_run_fits_the_default(tmp_pa
     assert not (tmp_path / "c").exists()  # refused before the run folder is made
     assert main([*argv, "--crop-size", "32", "32", "--out", str(tmp_path / "d")]) == 0  # the default budget
     assert main([*argv, "--max-memory", "2G", "--out", str(tmp_path / "e")]) == 0
+
+
+def test_generated_scenes_no_memory_holds_are_refused_before_they_are_made(tmp_path, capsys, monkeypatch):
+    # The check came with the first batch: two 6000x6000 scenes were rendered first (a 5 GB peak with
+    # --max-memory 200M). Scenes of a known size are checked before the loader starts, at the rescaling's low end.
+    def rendered(*args, **kwargs):
+        raise AssertionError("a scene was rendered before the refusal")
+
+    monkeypatch.setattr(fcnseg.data.synthetic, "render_scene", rendered)
+    argv = ["train", *TINY_TRAIN, "--iterations", "1", "--max-memory", "200M",
+            "--set", "dataset_options={num_images: 2, height: 6000, width: 6000}"]
+    line = refused(capsys, [*argv, "--out", tmp_path / "a"], "6000x6000", "200 MB", "whole image(s)")
+    assert "--crop-size" in line
+    refused(capsys, [*argv, "--scale-range", "0.5", "1", "--out", tmp_path / "b"], "3000x3000")
 
 
 def test_the_training_estimate_grows_with_the_crop_as_the_net_does():

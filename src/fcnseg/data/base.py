@@ -122,6 +122,11 @@ class SegmentationDataset(Dataset, ABC):
     def sample_name(self, index: int) -> str:
         """A short name for sample ``index`` (file stem), used for output files."""
 
+    def known_size(self) -> tuple[int, int] | None:
+        """Every sample's (height, width) as read, where it is known without reading one (generated data); else
+        None."""
+        return None
+
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose augmentations ``__getitem__`` draws (with a ``seed``)."""
         self.epoch = epoch

@@ -372,5 +372,8 @@ class SyntheticRoads(SegmentationDataset):
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return render_scene(self.scene_seed(index), self.height, self.width)
 
+    def known_size(self) -> tuple[int, int]:
+        return self.height, self.width
+
     def sample_name(self, index: int) -> str:
         return f"{self.split}_{index:06d}"

@@ -72,6 +72,16 @@ class Run:
         return self.out / "best.pth"
 
 
+def _smallest_whole_images(config: TrainConfig, size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The smallest (height, width) a training step on whole images of ``size`` can see (the rescaling range's
+    low end), where ``size`` is known before any sample is read; a step it would not fit is refused then, before
+    the samples are made (each batch is checked again as it comes)."""
+    if size is None:
+        return None
+    low = config.scale_range[0] if config.scale_range else 1.0
+    return max(1, int(size[0] * low)), max(1, int(size[1] * low))
+
+
 def build_run(config: TrainConfig, runtime: Runtime, resumed: dict[str, Any] | None = None) -> Run:
     """Seed every RNG, build and check the data, build the model and the optimisation around it. A resumed run
     (``resumed``: its last.pth) starts from its own checkpoint, not from init_from or ImageNet's weights again:
@@ -97,9 +107,10 @@ def build_run(config: TrainConfig, runtime: Runtime, resumed: dict[str, Any] | N
     class_weights = listed_loss_weights(config, info, runtime)  # refused before the model is built
     per_process = -(-len(train_set) // runtime.world_size)
     batch = min(config.batch_size, per_process)
-    if config.crop_size:  # before any loader starts: crops are padded in numpy there
+    smallest_step = config.crop_size or _smallest_whole_images(config, train_set.known_size())
+    if smallest_step:  # before any loader starts: crops are padded in numpy there, generated scenes made
         check_step_memory(config, training_spec(config, info, train_set.inputs, init_spec), runtime, batch,
-                          *config.crop_size)
+                          *smallest_step)
     if config.batch_size > per_process and runtime.is_main:
         log.info(f"note: batch_size {config.batch_size} is larger than the {per_process} training images "
                  "each process has: every step sees them all (a smaller batch would take more steps per epoch)")
