@@ -127,3 +127,11 @@ def test_a_loader_worker_leaves_ctrl_c_to_the_main_process():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0 and done.stdout == "still here\n", done.stderr
+
+
+def test_ctrl_c_in_the_demos_training_stops_at_once(tmp_path, capsys, monkeypatch):
+    # The demo starts anew when run again: a saved stage and a resume command for it would only mislead.
+    _ctrl_c_after(monkeypatch, 1)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--iterations", "3", "--threads", "1", "--quiet"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["fcnseg: interrupted"]
+    assert not (tmp_path / "demo" / "fcn32s" / "last.pth").exists()

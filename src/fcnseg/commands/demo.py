@@ -118,7 +118,7 @@ def run_demo(out: Path, iterations: int | None = None, threads: int | None = Non
         started = time.perf_counter()
         print(printable(f"== {stage}" + (f" (initialised from {previous})" if previous else " (from scratch)")),
               flush=True)
-        result = train(TrainConfig.from_dict(options))
+        result = train(TrainConfig.from_dict(options), save_on_interrupt=False)  # a rerun starts the demo anew
         print(f"   {stage}: mean IU {100 * result['scores']['mean_iu']:.1f} in {time.perf_counter() - started:.0f} s")
         results[stage] = result["scores"]
         previous = str(run_dir / "last.pth")

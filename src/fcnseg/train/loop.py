@@ -29,8 +29,11 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger(__name__)
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: TrainConfig, save_on_interrupt: bool = True) -> dict[str, Any]:
     """Run (or resume) training; returns the final validation scores and the paths written.
+
+    With ``save_on_interrupt``, a first Ctrl+C (in one process, outside torchrun) ends the run when its step
+    ends, after saving ``last.pth`` there, as KeyboardInterrupt; without, or on a second one, it stops at once.
 
     Before iteration 1: the run folder is locked and checked (:mod:`fcnseg.train.folder`), and both
     splits are read once (:func:`fcnseg.data.check.check_dataset`), so bad data costs no training time.
@@ -59,7 +62,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         write_config(run)
         log = RunLog(run)
         try:
-            scores = run_iterations(run, log)
+            scores = run_iterations(run, log, save_on_interrupt)
         finally:
             log.close()
     return {"scores": scores, "best_mean_iu": run.best_mean_iu, "last": str(run.last_path),
@@ -81,13 +84,14 @@ def check_data(run: Run) -> None:
         run.class_weights = balanced_loss_weights(run, counted)
 
 
-def run_iterations(run: Run, log: RunLog) -> dict[str, Any]:
+def run_iterations(run: Run, log: RunLog, save_on_interrupt: bool = True) -> dict[str, Any]:
     """Train from ``run.iteration`` to the configured number of iterations, validating and saving on
     schedule; returns the last validation scores."""
     config, scores = run.config, {}
     first = run.iteration * config.grad_accum
     run.train_model.train()
-    with deferred_interrupt(STOPPING, defer=run.runtime.world_size == 1 and not under_torchrun()) as interrupted:
+    defer = save_on_interrupt and run.runtime.world_size == 1 and not under_torchrun()
+    with deferred_interrupt(STOPPING, defer) as interrupted:
         for count, (epoch, images, labels) in enumerate(micro_batches(run.train_set, run.sampler, config,
                                                                       run.runtime, first), start=first + 1):
             check_batch_memory(run, images)
