@@ -212,6 +212,22 @@ def test_fine_tuning_to_another_class_set_carries_over_matching_classes():
     assert torch.equal(fine.backbone.fc6.weight, coarse.backbone.fc6.weight)
 
 
+def test_as_many_classes_in_another_order_are_carried_over_by_name():
+    # The same count was copied by shape: row for row, so the starting net's c0 scores drove c3 (a class_map
+    # or classes.txt written in another order), while the message named the classes "both share".
+    coarse = _trained("fcn16s")  # 5 classes
+    old = ("c0", "c1", "c2", "c3", "c4")
+    fine = build_model("fcn8s", backbone="vgg16", num_classes=5, width=1 / 16, geometry="fast")
+    init_from_coarser(fine, coarse, classes=(old, old[::-1]))
+    for layer in ("score_fr", "score_pool4"):
+        for old_index in range(5):
+            assert torch.equal(getattr(fine, layer).weight[4 - old_index], getattr(coarse, layer).weight[old_index])
+    init_from_coarser(fine, coarse, classes=(old, ("a", "b", "c", "d", "e")))  # none shared: all start at zero
+    assert not any(layer.weight.any() or layer.bias.any() for layer in fine.score_layers())
+    init_from_coarser(fine, coarse, classes=(old, ("C0", "c_1", "c2", "c3", "c4")))  # the same, spelled otherwise
+    assert torch.equal(fine.score_fr.weight, coarse.score_fr.weight)
+
+
 def test_imagenet_weights_from_a_url_are_cached_in_torch_hub(tmp_path, monkeypatch, http_server):
     import hashlib
 

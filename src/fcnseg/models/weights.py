@@ -436,9 +436,10 @@ def init_from_coarser(fine: FCN, coarse: FCN | Mapping[str, torch.Tensor],
 
     Copies every parameter the two nets share by name and shape (backbone, ``score_fr``, ``score_pool4``
     and, for a learnable coarse net, ``upscore2``); the new score layers stay at zero, so the finer net
-    starts from the coarser net's scores. When the class counts differ, ``classes`` = (the coarse net's
-    class names, this net's) lets the score layers carry over the rows of classes whose names match
-    (the reference's ``surgery.expand_score``); the other rows stay at zero. Returns the names copied.
+    starts from the coarser net's scores. With ``classes`` = (the coarse net's class names, this net's) naming
+    other classes (another count, or another order), the score layers carry over the rows of classes whose
+    names match (the reference's ``surgery.expand_score``); the other rows stay at zero and the upsampling
+    starts afresh. Without ``classes``, the class counts must match. Returns the names copied.
     """
     source = coarse.state_dict() if isinstance(coarse, nn.Module) else coarse
     target = fine.state_dict()
@@ -446,7 +447,12 @@ def init_from_coarser(fine: FCN, coarse: FCN | Mapping[str, torch.Tensor],
     backbone_keys = [k for k in target if k.startswith("backbone.")]
     if not all(k in shared for k in backbone_keys):
         raise WeightsError(_backbone_mismatch(fine, coarse, source, target))
-    if "score_fr.weight" not in shared:
+    if classes is not None and not _same_classes(*classes):
+        # Rows by name, also for as many classes in another order (copied by shape, c0's scores drove c3); the
+        # upsampling starts afresh, as it does for another class count.
+        shared = {k: v for k, v in shared.items() if not k.startswith(("score_", "upscore"))}
+        shared.update(_matching_score_rows(source, target, *classes))
+    elif "score_fr.weight" not in shared:
         if classes is None:
             counts = [len(d["score_fr.weight"]) if "score_fr.weight" in d else "?" for d in (source, target)]
             raise WeightsError(f"the starting net scores {counts[0]} classes, this one {counts[1]}; give both class "
@@ -471,6 +477,11 @@ def _backbone_mismatch(fine: FCN, coarse: FCN | Mapping[str, torch.Tensor], sour
         start = f"differs in {len(differ)} backbone entries (its shape vs this one's: {', '.join(differ[:3])}{more})"
     return (f"the starting net {start}; this one is an {this}: build this net with the starting net's backbone and "
             "width (only the head may differ: fcn32s -> fcn16s -> fcn8s), or start from another net")
+
+
+def _same_classes(old: Sequence[str], new: Sequence[str]) -> bool:
+    """Whether two class lists name the same classes in the same order (as :func:`matching_classes` compares)."""
+    return len(old) == len(new) and matching_classes(old, new) == [(i, i) for i in range(len(new))]
 
 
 def matching_classes(old: Sequence[str], new: Sequence[str]) -> list[tuple[int, int]]:
