@@ -144,6 +144,10 @@ class FolderDataset(FilePairDataset):
             _refuse_repeated_names(class_names, f"the class_names given for {root}")
         if ignore_index is None:
             ignore_index = file_ignore if file_ignore is not None else IGNORE_INDEX
+        if not 0 <= ignore_index <= 255:  # labels are 8-bit in the pipeline: 257 became class 1
+            raise DataError(f"ignore_index {ignore_index} of {root}: labels are 8-bit in fcnseg (0..255), so the "
+                            f"ignore value must be in {len(class_names)}..255, e.g. 255; keep the masks' values "
+                            "within 0..255 too")
         if ignore_index < len(class_names):
             raise DataError(
                 f"ignore_index {ignore_index} of {root} is also a class index (there are {len(class_names)} "
