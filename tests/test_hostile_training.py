@@ -27,6 +27,7 @@ from fcnseg.cli import main
 from fcnseg.data.info import SYNTHETIC_ROADS
 from fcnseg.memory import saved_activations, training_bytes
 from fcnseg.models import ModelSpec
+from fcnseg.train.run import segmentation_loss
 
 from .helpers import TINY_TRAIN, digests, folder_dataset, one_line_error, random_fcn, refused
 
@@ -312,3 +313,35 @@ def test_resume_from_a_checkpoint_that_is_not_a_run_s_is_one_line(tmp_path, caps
         (other / "config.yaml").write_text((run / "config.yaml").read_text().replace(str(run), str(other)))
     refused(capsys, ["train", "--out", str(other), "--resume", "--threads", "1"], other / "last.pth",
             "not a checkpoint fcnseg train saves", "--init-from")
+
+
+# --- labels with nothing to learn --------------------------------------------------------------------------
+
+
+def test_a_batch_without_a_labelled_pixel_adds_nothing_instead_of_stopping_the_run(tmp_path, capsys):
+    # An image whose mask is all ignore, alone in a batch: the mean loss over no pixel was NaN, and the run
+    # stopped as diverged ("the loss became nan ... try a lower learning rate").
+    root = folder_dataset(tmp_path / "data", classes=3)
+    Image.fromarray(np.full((40, 48), 255, np.uint8)).save(root / "masks" / "2.png")
+    argv = ["train", "--dataset", "folder", "--root", str(root), "--train-split", "all", "--val-split", "all",
+            *TINY_TRAIN[:-3], "--batch-size", "1", "--iterations", "8", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0, capsys.readouterr().err
+    logits = torch.randn(2, 3, 4, 5, requires_grad=True)
+    loss = segmentation_loss(logits, torch.full((2, 4, 5), 255), 255, "mean", None)
+    loss.backward()
+    assert loss.item() == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_splits_without_a_labelled_pixel_are_refused_both_in_one_message(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "data", classes=3)
+    for index in range(4):
+        Image.fromarray(np.full((40, 48), 255, np.uint8)).save(root / "masks" / f"{index}.png")
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("0\n1\n")
+    (root / "splits" / "val.txt").write_text("2\n3\n")
+    argv = ["train", "--dataset", "folder", "--root", str(root), *TINY_TRAIN[:-3], "--quiet", "--iterations", "2",
+            "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no pixel of the training split is labelled" in err and "no pixel of the validation split" in err, err
+    assert "Traceback" not in err

@@ -2,9 +2,9 @@
 
 Unreadable or truncated images, label values that are not classes, image/label size mismatches (with
 their EXIF orientation) are found before iteration 1, in the loader's worker processes, and listed
-together. A split whose labelled pixels are all class 0 while others hold the ignore value is refused
-as well: that is what masks saved as 0/255 look like (255 = ignore swallows every foreground pixel), and
-training or scoring them gives meaningless numbers (mean IU 100).
+together. A split without a labelled pixel is refused, and one whose labelled pixels are all class 0 while
+others hold the ignore value as well: that is what masks saved as 0/255 look like (255 = ignore swallows
+every foreground pixel), and training or scoring them gives meaningless numbers (mean IU 100).
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ def check_dataset(dataset: DatasetContract, what: str, workers: int = 0, limit: 
                                                    if len(problems) > _SHOWN else "")
         raise DataError(f"{len(problems)} of {count} samples of {what} cannot be used:\n  {listed}")
     classes = [v for v in np.flatnonzero(present) if v != info.ignore_index]
+    if not classes:  # a loss or a score over no pixel is 0/0
+        raise DataError(f"no pixel of {what} is labelled: every label pixel holds the ignore value "
+                        f"{info.ignore_index}; check the masks (class-index PNGs: pixel value = class index)")
     if not accept_only_class_zero and classes == [0] and present[info.ignore_index]:
         raise DataError(only_class_zero_message(info, what) + "; if the ignore value really is meant, set "
                         "accept_only_class_zero: true")

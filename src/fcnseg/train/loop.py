@@ -10,8 +10,9 @@ from typing import Any, NoReturn
 import torch
 from torch.utils.data import Subset
 
+from fcnseg.data.balance import ClassPixels
 from fcnseg.data.check import check_dataset
-from fcnseg.errors import TrainingError
+from fcnseg.errors import DataError, TrainingError, user_message
 from fcnseg.evaluate import evaluate
 from fcnseg.outputs import refuse_if_held
 from fcnseg.runtime import deferred_interrupt, flush_denormals, keep_freed_memory, start, under_torchrun
@@ -76,12 +77,27 @@ def check_data(run: Run) -> None:
     if config.keep_decoded:  # first: the check then reads the samples from memory, each file decoded once
         keep_decoded(run.train_set, config.workers)
     if run.runtime.is_main:  # one process reads; a DataError stops the others at the process group's end
-        counted = check_dataset(run.train_set, "the training split", config.workers,
-                                accept_only_class_zero=config.accept_only_class_zero)
-        check_dataset(run.val_set, "the validation split", config.workers, limit=config.val_limit,
-                      accept_only_class_zero=config.accept_only_class_zero)
+        counted = _check_splits(run)
     if isinstance(config.class_weights, str):
         run.class_weights = balanced_loss_weights(run, counted)
+
+
+def _check_splits(run: Run) -> ClassPixels | None:
+    """Both splits checked, their problems reported in one DataError (the validation split's were found only by
+    the next run after the training split's were mended); the training split's class pixels."""
+    config, problems, counted = run.config, [], None
+    for dataset, what, limit in ((run.train_set, "the training split", None),
+                                 (run.val_set, "the validation split", config.val_limit)):
+        try:
+            scanned = check_dataset(dataset, what, config.workers, limit=limit,
+                                    accept_only_class_zero=config.accept_only_class_zero)
+        except DataError as error:
+            problems.append(user_message(error))
+            continue
+        counted = scanned if dataset is run.train_set else counted
+    if problems:
+        raise DataError("\n".join(problems))
+    return counted
 
 
 def run_iterations(run: Run, log: RunLog, save_on_interrupt: bool = True) -> dict[str, Any]:

@@ -287,8 +287,17 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: 
     loss, as the authors' SIFT Flow nets are; ``class_weights`` then weigh the first head's classes.
     """
     if heads is None or len(heads) == 1:
-        return F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index,
-                               reduction=reduction)
+        return _cross_entropy(logits.float(), target, class_weights, ignore_index, reduction)
     parts = logits.float().split(heads, 1)
-    return sum(F.cross_entropy(part, target[:, k], weight=class_weights if k == 0 else None,
-                               ignore_index=ignore_index, reduction=reduction) for k, part in enumerate(parts))
+    return sum(_cross_entropy(part, target[:, k], class_weights if k == 0 else None, ignore_index, reduction)
+               for k, part in enumerate(parts))
+
+
+def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None,
+                   ignore_index: int, reduction: str) -> torch.Tensor:
+    """Cross-entropy, 0 for a batch without a labelled pixel: a mean over none is NaN, which stopped the run as a
+    diverged loss (a crop or an image that is all ignore). Still a function of the logits, so every process of
+    a distributed run takes part in the gradients' sum."""
+    if reduction == "mean" and not bool((target != ignore_index).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, weight=class_weights, ignore_index=ignore_index, reduction=reduction)
