@@ -39,8 +39,9 @@ def random_fcn(name: str = "fcn8s", backbone: str = "vgg16", num_classes: int = 
     return model.eval()
 
 
-def folder_dataset(root, broken=(), classes=8):
-    """A folder dataset of four 40x48 images; the images named in ``broken`` are not images."""
+def folder_dataset(root, broken=(), classes=8, splits=None):
+    """A folder dataset of four 40x48 images; the images named in ``broken`` are not images; ``splits``: split name
+    -> the image names it lists."""
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -50,6 +51,9 @@ def folder_dataset(root, broken=(), classes=8):
     for name in broken:
         (root / "images" / f"{name}.png").write_bytes(b"not a picture" * 20)
     (root / "classes.txt").write_text("".join(f"class{i}\n" for i in range(classes)))
+    for split, names in (splits or {}).items():
+        (root / "splits").mkdir(exist_ok=True)
+        (root / "splits" / f"{split}.txt").write_text("".join(f"{name}\n" for name in names))
     return root
 
 

@@ -165,13 +165,10 @@ def test_a_run_killed_just_after_writing_a_file_still_owns_it(tmp_path, monkeypa
 
 
 def test_bad_validation_data_is_reported_whole_before_training(tmp_path, capsys):
-    root = folder_dataset(tmp_path / "data", classes=3)
+    root = folder_dataset(tmp_path / "data", classes=3, splits={"train": "0", "val": "123"})
     (root / "images" / "1.png").write_bytes(b"corrupt" * 10)
     Image.fromarray(np.full((40, 48), 7, np.uint8)).save(root / "masks" / "2.png")  # 7 is not a class
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "masks" / "3.png")  # size mismatch
-    (root / "splits").mkdir()
-    (root / "splits" / "train.txt").write_text("0\n")
-    (root / "splits" / "val.txt").write_text("1\n2\n3\n")
     argv = ["train", "--dataset", "folder", "--root", str(root), *TINY_TRAIN[:-3], "--quiet", "--iterations", "50",
             "--out", str(tmp_path / "run")]
     assert main(argv) == 2

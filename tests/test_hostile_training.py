@@ -333,12 +333,9 @@ def test_a_batch_without_a_labelled_pixel_adds_nothing_instead_of_stopping_the_r
 
 
 def test_splits_without_a_labelled_pixel_are_refused_both_in_one_message(tmp_path, capsys):
-    root = folder_dataset(tmp_path / "data", classes=3)
+    root = folder_dataset(tmp_path / "data", classes=3, splits={"train": "01", "val": "23"})
     for index in range(4):
         Image.fromarray(np.full((40, 48), 255, np.uint8)).save(root / "masks" / f"{index}.png")
-    (root / "splits").mkdir()
-    (root / "splits" / "train.txt").write_text("0\n1\n")
-    (root / "splits" / "val.txt").write_text("2\n3\n")
     argv = ["train", "--dataset", "folder", "--root", str(root), *TINY_TRAIN[:-3], "--quiet", "--iterations", "2",
             "--out", str(tmp_path / "run")]
     assert main(argv) == 2

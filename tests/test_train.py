@@ -438,6 +438,6 @@ def test_training_flushes_denormal_numbers_to_zero_and_stops_after(tmp_path, mon
         assert (denormal * 1.0).item() == 0.0
     assert (denormal * 1.0).item() == pytest.approx(1e-39, rel=1e-3)
     seen = []
-    monkeypatch.setattr(loop, "run_iterations", lambda run, log, save_on_interrupt: seen.append((denormal * 1.0).item()) or {})
+    monkeypatch.setattr(loop, "run_iterations", lambda run, *rest: seen.append((denormal * 1.0).item()) or {})
     train(_config(tmp_path, "flushed", iterations=1))
     assert seen == [0.0] and (denormal * 1.0).item() > 0

@@ -179,7 +179,7 @@ def test_training_reads_the_split_once_for_its_weights(tmp_path, monkeypatch, ca
     loads = []  # the files read: training keeps the decoded training images and checks them from memory
     original = FolderDataset.read
     monkeypatch.setattr(FolderDataset, "read", lambda self, index: loads.append(index) or original(self, index))
-    monkeypatch.setattr(loop, "run_iterations", lambda run, log, save_on_interrupt: {})  # stop before the first iteration
+    monkeypatch.setattr(loop, "run_iterations", lambda run, *rest: {})  # stop before the first iteration
     train(TrainConfig.from_dict({
         "backbone": "vgg16", "width": 1 / 16, "geometry": "fast", "dataset": "folder",
         "root": str(tmp_path / "data"), "crop_size": None, "batch_size": 2, "workers": 0, "iterations": 1,
