@@ -29,7 +29,7 @@ from fcnseg.memory import saved_activations, training_bytes
 from fcnseg.models import ModelSpec
 from fcnseg.train.run import segmentation_loss
 
-from .helpers import TINY_TRAIN, digests, folder_dataset, one_line_error, random_fcn, refused
+from .helpers import TINY_TRAIN, digests, folder_dataset, mentions, one_line_error, random_fcn, refused
 
 # --- a full disk while a checkpoint is written --------------------------------------------------------------
 
@@ -332,13 +332,17 @@ def test_a_batch_without_a_labelled_pixel_adds_nothing_instead_of_stopping_the_r
     assert loss.item() == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
-def test_splits_without_a_labelled_pixel_are_refused_both_in_one_message(tmp_path, capsys):
-    root = folder_dataset(tmp_path / "data", classes=3, splits={"train": "01", "val": "23"})
+def test_splits_without_a_labelled_pixel_are_refused_with_the_other_splits_problems(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "data", classes=3, broken=["0"], splits={"train": "01", "val": "23"})
     for index in range(4):
         Image.fromarray(np.full((40, 48), 255, np.uint8)).save(root / "masks" / f"{index}.png")
     argv = ["train", "--dataset", "folder", "--root", str(root), *TINY_TRAIN[:-3], "--quiet", "--iterations", "2",
             "--out", str(tmp_path / "run")]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "no pixel of the training split is labelled" in err and "no pixel of the validation split" in err, err
-    assert "Traceback" not in err
+    assert main(argv) == 2  # the training split's broken image and the validation split's masks, in one message
+    lines = capsys.readouterr().err.splitlines()
+    assert "1 of 2 samples of the training split" in lines[0] and mentions(lines[1], "images/0.png"), lines
+    assert lines[2:] == ["no pixel of the validation split is labelled: every label pixel holds the ignore value 255; "
+                         "check the masks (class-index PNGs: pixel value = class index)"]
+    (root / "images" / "0.png").unlink()
+    (root / "images" / "0.png").write_bytes((root / "images" / "1.png").read_bytes())
+    refused(capsys, argv, "no pixel of the training split is labelled")  # the same problem in both: said once
