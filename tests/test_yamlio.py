@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from fcnseg.yamlio import load_yaml
+from fcnseg.yamlio import dump_yaml, load_yaml
 
 from .helpers import TINY_TRAIN, refused
 
@@ -31,3 +31,18 @@ def test_a_config_with_a_repeated_key_is_one_line_naming_it(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     refused(capsys, ["train", *TINY_TRAIN, "--set", "dataset_options={a: 1, a: 2}", "--out", tmp_path / "run"],
             "'a' twice")
+
+
+def test_yes_no_on_off_are_text_true_and_false_are_booleans():
+    # A class named "no" or "off" in a class_map was read as False ("class_map names True, not classes of ...").
+    values = load_yaml("class_map: {'*': no, yes: on, off: y, n: Off}\na: true\nb: False\nc: TRUE")
+    assert values == {"class_map": {"*": "no", "yes": "on", "off": "y", "n": "Off"}, "a": True, "b": False, "c": True}
+
+
+@pytest.mark.parametrize("value", ["1e5", "12e03", "010", "0x1f", "1:30", "yes", "off", "true", "null", "~", "",
+                                   "plain", "a: b", 1e-4, 1e20, 5, -3, None, True, False, [1, "1E-3"], {"no": "1e5"}])
+def test_what_dump_yaml_writes_load_yaml_reads_back_as_it_was(value):
+    # A run's config.yaml (PyYAML's YAML 1.1 dumper) wrote the split name 1e5 unquoted; --config then read it as
+    # the number 100000.0 ("train_split expects a string").
+    read = load_yaml(dump_yaml({"key": value}))["key"]
+    assert read == value and type(read) is type(value)

@@ -3,7 +3,8 @@
 
 PyYAML follows YAML 1.1, whose readings surprise a config's author; this loader reads as YAML 1.2 and every user
 mean it: ``1e-4`` is a number (1.1 wants ``1.0e-4`` and reads a string), ``010`` is 10 (1.1: octal 8), ``1:30``
-is text (1.1: sexagesimal 90), and a key given twice in one mapping is an error (PyYAML keeps the last without a
+is text (1.1: sexagesimal 90), so are ``yes``, ``no``, ``on`` and ``off`` (1.1: booleans; 1.2's are
+``true`` and ``false``), and a key given twice in one mapping is an error (PyYAML keeps the last without a
 word). It stays safe: plain values only, no objects.
 """
 
@@ -20,6 +21,7 @@ from fcnseg.errors import ConfigError
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _MERGE = "tag:yaml.org,2002:merge"
+_BOOL = "tag:yaml.org,2002:bool"
 
 
 class _Loader(yaml.SafeLoader):
@@ -54,6 +56,33 @@ _Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9][0-9_]*$|^[-+]?0x[0-
 _Loader.add_constructor(_INT, _whole_number)
 _Loader.add_implicit_resolver(_FLOAT, re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
                               list("-+0123456789"))
+# YAML 1.1's booleans (yes, no, on, off, y, n) out: a class named "no" or "off" is text; 1.2's true / false in.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting every string the loader here would read as something else (``1e5``, which
+    YAML 1.1 and so PyYAML's dumper take for text)."""
+
+
+def _string(dumper: _Dumper, value: str) -> yaml.ScalarNode:
+    try:
+        read_back = load_yaml(value)
+    except yaml.YAMLError:
+        read_back = None  # not plain YAML: the dumper quotes it by itself
+    quoted = not isinstance(read_back, str) or read_back != value
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="'" if quoted else None)
+
+
+_Dumper.add_representer(str, _string)
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` (plain values) as YAML text that :func:`load_yaml` reads back as the same values, keys in order."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def load_yaml(text: str) -> Any:

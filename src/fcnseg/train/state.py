@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from fcnseg.checkpoint import model_checkpoint, write_checkpoint
 from fcnseg.errors import WriteError
 from fcnseg.runtime import cpu_model, gather_objects, launcher_id
 from fcnseg.train.folder import left_after_a_failed_write
 from fcnseg.train.run import Run
+from fcnseg.yamlio import dump_yaml
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def write_config(run: Run) -> None:
     """The resolved options, next to the run's outputs (main process)."""
     if run.runtime.is_main:  # claimed before it lands: a run killed right after still owns it (Outputs.write)
-        text = yaml.safe_dump(run.config.run_options(), sort_keys=False)
+        text = dump_yaml(run.config.run_options())  # read back by --config as the same values
         run.outputs.write(run.out / "config.yaml", text.encode())
         run.outputs.flush()
 
