@@ -194,6 +194,20 @@ def test_a_net_too_wide_for_the_memory_is_refused_before_any_weight_is_made(monk
         build_model("fcn32s", backbone="alexnet", width=1.5)
 
 
+def test_a_net_of_too_many_classes_is_refused_before_any_weight_is_made(monkeypatch):
+    # Only nets wider than 1 were weighed: num_classes=10**7 at width 1/16 spent 10 GB and 45 s, then failed in
+    # torch's allocator; with a learnable upsampling (C x C kernels) 30000 classes asked for 14.7 TB.
+    import fcnseg.models
+
+    with pytest.raises(LimitError) as refusal:
+        build_model("fcn32s", width=1 / 16, num_classes=30000, learnable_upsampling=True)
+    error_names(refusal, "for 30000 classes", "TB of weights", "square of the classes")
+    net = build_model("fcn32s", width=1 / 16, num_classes=300)
+    monkeypatch.setattr(fcnseg.models, "available_bytes", lambda: 4 * sum(p.numel() for p in net.parameters()) - 1)
+    with pytest.raises(LimitError, match="for 300 classes"):
+        build_model("fcn32s", width=1 / 16, num_classes=300)
+
+
 def test_build_model_takes_numpy_numbers():
     # The whole-number check of num_classes first written here refused np.int64 (not a Python int).
     net = build_model("fcn8s", backbone="vgg16", width=np.float32(0.0625), num_classes=np.int64(5))

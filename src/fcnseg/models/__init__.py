@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fcnseg.data.info import count_text
 from fcnseg.errors import LimitError, format_bytes
 from fcnseg.models.backbones import BACKBONES, LateFusion
 from fcnseg.models.fcn import FCN, HEADS
@@ -39,11 +40,16 @@ def build_model(name: str | ModelSpec = "fcn8s", **fields: Any) -> FCN:
         classes: the :class:`~fcnseg.data.info.DatasetInfo` the net scores (names, palette), if known.
     """
     spec = name.replace(**fields) if isinstance(name, ModelSpec) else ModelSpec(name, **fields)
-    if spec.width > 1:  # at width 1 the largest net holds 134M weights (540 MB); a wider one is weighed first
+    # At width 1 and up to 256 classes the largest net holds 134M weights (540 MB; 268M more with a learnable x32
+    # upsampling of 256 classes); a wider one, or one of more classes, is weighed first.
+    if spec.width > 1 or sum(spec.head_classes) > MANY_CLASSES:
         _refuse_beyond_memory(spec)
     model = _assemble(spec)
     model.spec = spec
     return model
+
+
+MANY_CLASSES = 256
 
 
 def _assemble(spec: ModelSpec) -> FCN:
@@ -66,9 +72,11 @@ def _refuse_beyond_memory(spec: ModelSpec) -> None:
     need = 4 * sum(tensor.numel() for tensor in (*shapes.parameters(), *shapes.buffers()))
     free = available_bytes()
     if need > free:
-        raise LimitError(f"a {spec.name} on {spec.backbone} at width {spec.width:g} holds {format_bytes(need)} of "
-                         f"weights, more than the {format_bytes(free)} of memory free: width 1 is the paper's net "
-                         "(0.25 trains on a CPU)")
+        classes = count_text(spec.head_classes)
+        squared = " (a learnable upsampling grows with the square of the classes)" if spec.learnable_upsampling else ""
+        raise LimitError(f"a {spec.name} on {spec.backbone} at width {spec.width:g} for {classes} classes holds "
+                         f"{format_bytes(need)} of weights, more than the {format_bytes(free)} of memory free: width 1 "
+                         f"is the paper's net (0.25 trains on a CPU), VOC has 21 classes{squared}")
 
 
 __all__ = ["BACKBONES", "FCN", "HEADS", "INPUTS", "MODELS", "ModelSpec", "build_model"]
