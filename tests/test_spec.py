@@ -208,6 +208,18 @@ def test_a_net_of_too_many_classes_is_refused_before_any_weight_is_made(monkeypa
         build_model("fcn32s", width=1 / 16, num_classes=300)
 
 
+@pytest.mark.parametrize("width", [0.05, 0.2, 0.33])
+def test_every_backbone_builds_at_widths_that_round_to_odd_channel_counts(width):
+    # CaffeNet's conv3 got 77 channels at width 0.2, which its grouped conv4 cannot split in two: torch's
+    # "in_channels must be divisible by groups" traceback at 0.05, 0.2, 0.3, 0.33, 0.45, 0.55 and 0.7.
+    from fcnseg.models import BACKBONES
+
+    for backbone in BACKBONES:
+        net = build_model("fcn8s", backbone=backbone, width=width, num_classes=3)
+        if backbone == "caffenet":
+            assert net(torch.zeros(1, 3, 40, 48)).shape == (1, 3, 40, 48)
+
+
 def test_build_model_takes_numpy_numbers():
     # The whole-number check of num_classes first written here refused np.int64 (not a Python int).
     net = build_model("fcn8s", backbone="vgg16", width=np.float32(0.0625), num_classes=np.int64(5))

@@ -171,7 +171,8 @@ class CaffeNet(Backbone):
     def __init__(self, width: float = 1.0, reference: bool = True) -> None:
         super().__init__()
         c1, c2, c3, c4, c5 = (_scaled(c, width) for c in (96, 256, 384, 384, 256))
-        c1, c2, c4, c5 = (c + c % 2 for c in (c1, c2, c4, c5))  # the grouped layers need even widths
+        # The grouped layers need even widths in and out (conv3's too: it feeds conv4; width 0.2 gave 77 there)
+        c1, c2, c3, c4, c5 = (c + c % 2 for c in (c1, c2, c3, c4, c5))
 
         def lrn() -> nn.Module:
             return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)  # Caffe's across-channel LRN
