@@ -25,7 +25,7 @@ from fcnseg.api import Segmenter
 from fcnseg.checkpoint import checked_checkpoint, model_from_checkpoint, read_checkpoint, save_model
 from fcnseg.cli import main
 from fcnseg.data.info import CAMVID, SYNTHETIC_ROADS, DatasetInfo
-from fcnseg.errors import WeightsError, WriteError
+from fcnseg.errors import ConfigError, DataError, WeightsError, WriteError
 from fcnseg.train import TrainConfig, train
 
 from .helpers import digests, error_names, load_script, one_line_error, random_fcn, randomize_scores, refused, write_png
@@ -194,6 +194,22 @@ def test_weights_beyond_float16_are_refused_when_packing(tmp_path, original):
         pretrained.pack(checkpoint, tmp_path / "out.pth")
     error_names(caught, "score_fr.bias", "torch.float16", "bfloat16")
     assert not (tmp_path / "out.pth").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float16", torch.int8])
+def test_pack_takes_a_floating_point_torch_dtype_only(tmp_path, packed, dtype):
+    # dtype="float16" (a string) was an AttributeError traceback.
+    with pytest.raises(ConfigError, match="floating-point torch.dtype"):
+        pretrained.pack(packed, tmp_path / "out.pth", dtype=dtype)
+
+
+def test_a_name_too_long_to_look_up_is_one_line_for_load_and_predict(tmp_path):
+    # Path.exists() / is_file() raised OSError "File name too long" from fcnseg.load and Segmenter.predict.
+    with pytest.raises(WeightsError, match="cannot be looked up"):
+        fcnseg.load("a" * 5000 + ".pth")
+    segmenter = fcnseg.load("camvid-fcn8s")
+    with pytest.raises(DataError, match="its name is too long for the file system"):
+        segmenter.predict("a" * 5000 + ".png")
 
 
 # Names

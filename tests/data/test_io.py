@@ -166,6 +166,28 @@ def test_truncated_files_raise_data_error(tmp_path: Path, suffix: str) -> None:
         read_label(cut, VOC)  # a label is never a JPEG, whole or not: said before decoding
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_pil_image_of_a_truncated_or_closed_file_is_one_data_error(tmp_path: Path, suffix: str) -> None:
+    # An image opened lazily decodes in image_to_rgb: PIL's "image file is truncated" OSError, and a bare
+    # AssertionError for an image closed before use, came out of Segmenter.predict as tracebacks.
+    full = tmp_path / f"full{suffix}"
+    Image.fromarray(np.random.RandomState(3).randint(0, 256, (64, 64, 3), dtype=np.uint8)).save(full)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with Image.open(cut) as truncated, pytest.raises(DataError, match="cannot be decoded .*truncated or corrupt"):
+        decode_image(truncated)
+    with Image.open(full) as closed:
+        pass
+    with pytest.raises(DataError, match="closed before use"):
+        decode_image(closed)
+
+
+def test_a_mode_pil_cannot_convert_is_one_data_error() -> None:
+    # Premultiplied "La": PIL's "conversion from La to L not supported" ValueError was a traceback.
+    with pytest.raises(DataError, match="PIL mode 'La' cannot be converted to RGB"):
+        image_to_rgb(Image.new("LA", (8, 8)).convert("La"))
+
+
 # --- read_label ---------------------------------------------------------------------------------------
 
 

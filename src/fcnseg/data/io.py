@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fcnseg.data.info import DatasetInfo
-from fcnseg.errors import DataError, LimitError
+from fcnseg.errors import DataError, FcnsegError, LimitError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def open_image(source: PathLike | bytes, what: str = "image", max_pixels: int | 
     else:
         source = Path(source)
         name = name or f"{what} {source}"
-        if not source.is_file():
+        if not is_a_file(source):
             raise DataError(not_a_file(source, what))
         if source.stat().st_size == 0:  # PIL would call it an unknown format
             raise DataError(f"{name} is empty (0 bytes): expected an image file")
@@ -150,6 +150,14 @@ def leads_nowhere(path: Path) -> bool:
     return path.is_symlink() and not path.exists()
 
 
+def is_a_file(path: Path) -> bool:
+    """``path.is_file()``, False for a path the system cannot look up (a name too long: is_file raised)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def not_a_file(path: Path, what: str = "image") -> str:
     """Why ``path`` cannot be read as a file, in one sentence naming it."""
     try:
@@ -157,6 +165,8 @@ def not_a_file(path: Path, what: str = "image") -> str:
     except OSError as error:
         if error.errno == errno.ELOOP:
             return f"{what} {path} is a symbolic link loop (following it leads back to where it started)"
+        if error.errno == errno.ENAMETOOLONG:
+            return f"{what} {path} cannot be looked up: its name is too long for the file system"
         if path.is_symlink():
             return f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist"
         return f"{what} file not found: {path}"
@@ -220,6 +230,24 @@ def image_to_rgb(img: Image.Image, source: str = "the image") -> np.ndarray:
     of RGBA/LA/PA images is *dropped*, not composited: the stored colour values are kept exactly (photos saved
     with a meaningless alpha would otherwise be darkened wherever alpha < 255).
     """
+    try:
+        img.load()  # an image opened lazily decodes here: a truncated file, or one closed since, is the user's
+    except (OSError, ValueError, AssertionError) as exc:  # PIL asserts an open file where it was closed
+        raise DataError(f"cannot read {source}: its pixels cannot be decoded ({exc or 'the image was closed'}); "
+                        "the file is truncated or corrupt, or the image was closed before use") from None
+    try:
+        rgb = _rgb_values(img, source)
+    except FcnsegError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot read {source}: PIL mode {img.mode!r} cannot be converted to RGB ({exc}); "
+                        "save it as an 8-bit RGB PNG or JPEG") from None
+    # A fresh, writable, contiguous copy: PIL-backed arrays are read-only, which torch warns about.
+    return np.array(rgb, dtype=np.uint8, order="C")
+
+
+def _rgb_values(img: Image.Image, source: str) -> np.ndarray:
+    """:func:`image_to_rgb`'s conversions, by mode; PIL's own errors are left to it."""
     mode = img.mode
     if mode == "I" and img.format == "PNG":  # a 16-bit PNG, as older Pillow opens it (open_image converts it)
         mode = "I;16"
@@ -245,15 +273,8 @@ def image_to_rgb(img: Image.Image, source: str = "the image") -> np.ndarray:
         # Palettes go through RGBA so those with transparency convert without PIL's warning; alpha is dropped.
         rgb = np.asarray(img.convert("RGBA"))[:, :, :3]
     else:
-        try:
-            rgb = np.asarray(img.convert("RGB"))
-        except (ValueError, OSError) as exc:
-            raise DataError(
-                f"cannot read {source}: PIL mode {mode!r} cannot be converted to RGB ({exc}); "
-                "save it as an 8-bit RGB PNG or JPEG"
-            ) from None
-    # A fresh, writable, contiguous copy: PIL-backed arrays are read-only, which torch warns about.
-    return np.array(rgb, dtype=np.uint8, order="C")
+        rgb = np.asarray(img.convert("RGB"))
+    return rgb
 
 
 def _format_values(values: Iterable[int], limit: int = 12) -> str:

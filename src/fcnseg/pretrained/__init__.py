@@ -105,8 +105,11 @@ def resolve(source: str | os.PathLike) -> Path:
     """
     text = os.fspath(source)
     path = Path(text)
-    if path.exists():
-        return path
+    try:
+        if path.exists():
+            return path
+    except OSError as error:  # a name too long to look up: no file, nor a shipped net's name
+        raise WeightsError(f"checkpoint {text} cannot be looked up: {error.strerror or error}") from None
     if text in SHIPPED:
         return path_of(text)
     if _looks_like_a_name(text):
@@ -133,8 +136,9 @@ def pack(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dty
     from fcnseg.checkpoint import FORMAT, VERSION, checked_checkpoint, read_checkpoint, write_checkpoint
 
     dtype = torch.float16 if dtype is None else dtype
-    if not dtype.is_floating_point:
-        raise ConfigError(f"pack casts weights to a floating-point type (float16, bfloat16, float32), not {dtype}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:  # "float16" too: a torch.dtype is meant
+        raise ConfigError(f"pack casts weights to a floating-point torch.dtype (torch.float16, torch.bfloat16, "
+                          f"torch.float32), not {dtype!r}")
     source = resolve(checkpoint)
     out = Path(out)
     if out.is_dir():
