@@ -346,3 +346,20 @@ def test_splits_without_a_labelled_pixel_are_refused_with_the_other_splits_probl
     (root / "images" / "0.png").unlink()
     (root / "images" / "0.png").write_bytes((root / "images" / "1.png").read_bytes())
     refused(capsys, argv, "no pixel of the training split is labelled")  # the same problem in both: said once
+
+
+def test_resume_from_data_of_other_classes_is_refused_data_moved_is_not(tmp_path, capsys):
+    # --root may change on resume (the data moved), but data of other classes went on training with other labels
+    # (or, for another count, ended in a load_state_dict traceback).
+    first = folder_dataset(tmp_path / "a", classes=3)
+    argv = ["train", "--dataset", "folder", "--root", str(first), "--train-split", "all", "--val-split", "all",
+            *TINY_TRAIN[:-3], "--schedule", "constant", "--iterations", "2", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    resume = ["train", "--out", str(tmp_path / "run"), "--resume", "--iterations", "3", "--quiet", "--root"]
+    for classes in (4, 3):
+        other = folder_dataset(tmp_path / f"other{classes}", classes=classes)
+        (other / "classes.txt").write_text("".join(f"kind{i}\n" for i in range(classes)))
+        refused(capsys, [*resume, other], "--resume", "trained on 3 classes", f"holds {classes}", str(first))
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    assert main([*resume, str(moved)]) == 0

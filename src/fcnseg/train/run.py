@@ -19,7 +19,7 @@ from fcnseg.checkpoint import checked_checkpoint, checkpoint_spec, read_checkpoi
 from fcnseg.data.balance import ClassPixels, balancing_weights, class_pixel_counts
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.info import DatasetInfo
-from fcnseg.errors import ConfigError, TrainingError
+from fcnseg.errors import ConfigError, TrainingError, listing
 from fcnseg.models import build_model
 from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
@@ -82,6 +82,19 @@ def _smallest_whole_images(config: TrainConfig, size: tuple[int, int] | None) ->
     return max(1, int(size[0] * low)), max(1, int(size[1] * low))
 
 
+def _refuse_other_classes(config: TrainConfig, spec: ModelSpec, info: DatasetInfo, resumed: dict[str, Any]) -> None:
+    """A resume reads its data where ``--root`` now says (the data may move); refused where that data holds other
+    classes than the run trained on (it went on with other labels, or failed in a traceback)."""
+    trained = spec.classes.class_names if spec.classes is not None else None
+    if trained is None or tuple(trained) == tuple(info.class_names):
+        return
+    was = (resumed.get("config") or {}).get("root")
+    raise TrainingError(f"--resume: {config.out} trained on {len(trained)} classes ({listing(trained, 6)}), but the "
+                        f"data at {config.root} holds {len(info.class_names)} ({listing(info.class_names, 6)}): give "
+                        f"the run's data with --root{f' (it was {was})' if was else ''}, or start a new run from its "
+                        f"weights with --init-from {config.out}/last.pth")
+
+
 def build_run(config: TrainConfig, runtime: Runtime, resumed: dict[str, Any] | None = None) -> Run:
     """Seed every RNG, build and check the data, build the model and the optimisation around it. A resumed run
     (``resumed``: its last.pth) starts from its own checkpoint, not from init_from or ImageNet's weights again:
@@ -104,6 +117,8 @@ def build_run(config: TrainConfig, runtime: Runtime, resumed: dict[str, Any] | N
                           f"{'+'.join(train_set.inputs)}: give the dataset the net's inputs (dataset_options: "
                           f"{{inputs: {'+'.join(init_spec.inputs)}}})")
     info = train_set.info
+    if resumed is not None:
+        _refuse_other_classes(config, init_spec, info, resumed)
     class_weights = listed_loss_weights(config, info, runtime)  # refused before the model is built
     per_process = -(-len(train_set) // runtime.world_size)
     batch = min(config.batch_size, per_process)
