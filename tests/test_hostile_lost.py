@@ -256,6 +256,16 @@ def test_resume_without_config_yaml_uses_the_checkpoints_own(finished_run, capsy
     assert "has finished" in capsys.readouterr().err  # the checkpoint's config: 2 iterations
 
 
+@pytest.mark.parametrize("text", ["", "- 1\n"], ids=["emptied", "a-list"])
+def test_resume_with_a_damaged_config_yaml_uses_the_checkpoints_own(finished_run, capsys, text):
+    # An emptied config.yaml gave a false refusal: "--resume keeps its net, but width 1.0 was asked for".
+    (finished_run / "config.yaml").write_text(text)
+    capsys.readouterr()
+    assert main(["train", "--out", str(finished_run), "--resume", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "holds no options" in err and "has finished" in err, err
+
+
 def test_resume_counts_an_option_newer_than_the_run_as_its_default(finished_run, capsys):
     # A run started before fcnseg had an option (its checkpoint's config lacks the key) was trained with the
     # option's default; asking for another value on --resume would change the run silently.

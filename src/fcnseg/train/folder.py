@@ -88,11 +88,15 @@ def check_shared(config: TrainConfig, runtime: Runtime) -> None:
 
 
 def saved_config(out: str | Path) -> dict[str, Any] | None:
-    """The options a run in ``out`` was started with: its config.yaml, else the copy in its last.pth."""
+    """The options a run in ``out`` was started with: its config.yaml, else (missing, or emptied or overwritten
+    with something that is no mapping of options) the copy in its last.pth."""
     out = Path(out)
     if (out / "config.yaml").is_file():
         data = read_yaml_file(out / "config.yaml", "the run's config")
-        return data if isinstance(data, dict) else None
+        if isinstance(data, dict):
+            return data
+        log.warning(f"{out / 'config.yaml'} holds no options (it was emptied or overwritten): the run's options "
+                    "come from the copy in its last.pth")
     if (out / "last.pth").is_file():
         return dict(read_checkpoint(out / "last.pth").get("config", {}))
     return None
