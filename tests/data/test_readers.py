@@ -347,6 +347,14 @@ def test_an_ignore_index_option_outside_8_bits_is_refused(tmp_path: Path, value:
         FolderDataset(tmp_path, ignore_index=value)
 
 
+@pytest.mark.parametrize("names", ["abc", ["a", 1, "c"]])
+def test_class_names_that_are_not_a_list_of_names_are_refused(tmp_path: Path, names) -> None:
+    # dataset_options={class_names: abcd} trained four classes named a, b, c and d.
+    make_folder(tmp_path, ["x1"])
+    with pytest.raises(ConfigError, match="class_names takes a list of names"):
+        FolderDataset(tmp_path, class_names=names)
+
+
 def test_a_split_list_naming_an_image_twice_is_refused(tmp_path: Path) -> None:
     """"0", "0.png" and "0" again in a split list scored image 0 three times (7 images for 4)."""
     make_folder(tmp_path, ["0", "1", "2"])

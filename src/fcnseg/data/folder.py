@@ -36,7 +36,7 @@ from fcnseg.data.base import (
 )
 from fcnseg.data.info import IGNORE_INDEX, DatasetInfo, voc_colormap
 from fcnseg.data.io import IMAGE_SUFFIXES, PathLike, leads_nowhere
-from fcnseg.errors import DataError
+from fcnseg.errors import ConfigError, DataError
 
 MASK_EXTENSIONS = (".png",)
 FOLDER_LAYOUT = (
@@ -141,6 +141,9 @@ class FolderDataset(FilePairDataset):
                 raise DataError(f"{classes_file} lists no class names")
             _refuse_repeated_names(class_names, str(classes_file))
         else:
+            if isinstance(class_names, str) or not all(isinstance(name, str) for name in class_names):
+                raise ConfigError(f"class_names takes a list of names in label order, e.g. [background, road], "
+                                  f"not {class_names!r} (a string was read as one class per character)")
             _refuse_repeated_names(class_names, f"the class_names given for {root}")
         if ignore_index is None:
             ignore_index = file_ignore if file_ignore is not None else IGNORE_INDEX
