@@ -11,7 +11,7 @@ import fcnseg.train.loop as loop
 from fcnseg.checkpoint import checkpoint_spec, read_checkpoint, save_model
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.info import SYNTHETIC_ROADS
-from fcnseg.errors import TrainingError
+from fcnseg.errors import ConfigError, TrainingError
 from fcnseg.models import build_model
 from fcnseg.train import TrainConfig, train
 from fcnseg.train.data import EpochSampler
@@ -175,6 +175,20 @@ def test_paper_recipe_groups_and_lr():
     # Frozen bilinear upsampling is not trained.
     trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert all(id(u.weight) not in trained for u in model.upsamplers())
+
+
+def test_the_paper_recipe_keeps_its_rate_fixed_and_refuses_what_it_would_ignore():
+    # Documented as the authors' fixed rate, it decayed by poly; --momentum 0.5 was recorded in config.yaml while
+    # SGD ran at 0.99, and --optimizer adamw ran AdamW at 1e-14: each without a word.
+    paper = TrainConfig.from_dict({"recipe": "paper", "iterations": 100})
+    assert paper.resolved_schedule() == "constant" and lr_factor(paper, 99) == 1.0
+    assert TrainConfig.from_dict({"recipe": "paper", "schedule": "poly"}).resolved_schedule() == "poly"
+    assert TrainConfig.from_dict({}).resolved_schedule() == "poly"  # the modern recipe
+    with pytest.raises(ConfigError, match="momentum 0.5 would be ignored"):
+        TrainConfig.from_dict({"recipe": "paper", "momentum": 0.5})
+    with pytest.raises(ConfigError, match="optimizer adamw would not be it"):
+        TrainConfig.from_dict({"recipe": "paper", "optimizer": "adamw"})
+    assert TrainConfig.from_dict({"recipe": "paper", "momentum": 0.99}).resolved_momentum() == 0.99
 
 
 def test_schedule_values():

@@ -46,6 +46,8 @@ ARCHITECTURE = ("model", "backbone", "width", "geometry", "learnable_upsampling"
 
 # The authors' fixed learning rates for the summed loss at batch size 1 (reference VOC recipe).
 PAPER_LR = {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14, "fcn8s_atonce": 1e-10}
+DEFAULT_MOMENTUM, PAPER_MOMENTUM = 0.9, 0.99
+RECIPE_DEFAULTS = {"schedule"}  # choices whose default, None, is the recipe's
 CHOICES = {
     "model": tuple(MODELS), "backbone": tuple(BACKBONES), "geometry": GEOMETRIES,
     "recipe": ("modern", "paper"), "optimizer": ("sgd", "adamw"), "schedule": ("poly", "constant"),
@@ -115,9 +117,10 @@ class TrainConfig:
                                    "fixed tiny lr, biases at 2x lr")
     optimizer: str = option("sgd", "sgd or adamw")
     lr: float | None = option(None, "learning rate (default: the recipe's)", range=POSITIVE)
-    momentum: float = option(0.9, "SGD momentum (the paper recipe uses 0.99)", range=BELOW_ONE)
+    momentum: float = option(DEFAULT_MOMENTUM, "SGD momentum (the paper recipe uses 0.99)", range=BELOW_ONE)
     weight_decay: float = option(5e-4, "weight decay (not applied to biases)", range=NON_NEGATIVE)
-    schedule: str = option("poly", "poly: (1 - t/T)^power decay; constant")
+    schedule: str | None = option(None, "poly: (1 - t/T)^power decay; constant (default: the recipe's: poly for "
+                                        "modern, constant for paper, the authors' fixed rate)")
     poly_power: float = option(0.9, "power of the poly schedule", range=NON_NEGATIVE)
     warmup_iterations: int = option(0, "linear learning-rate warm-up iterations", range=NON_NEGATIVE_COUNT)
     class_weights: list[float] | str | None = option(
@@ -179,6 +182,8 @@ class TrainConfig:
         """Range and choice checks (types are checked by :meth:`from_dict`)."""
         for name in CHOICES:
             check_choice(name, getattr(self, name), source)
+        if self.recipe == "paper":
+            self._check_paper_recipe(source)
         for item in dataclasses.fields(self):
             length, value = item.metadata.get("length"), getattr(self, item.name)
             if length and value is not None and len(value) != length:
@@ -205,6 +210,22 @@ class TrainConfig:
             weights = repr(self.class_weights) if self.class_weights else "not set"
             raise ConfigError(f"{source}: inverse_log_c applies to class_weights: inverse_log only; "
                               f"class_weights is {weights}")
+
+    def _check_paper_recipe(self, source: str) -> None:
+        """The paper recipe fixes its optimizer: options that it would ignore are refused, not dropped."""
+        if self.optimizer != "sgd":
+            raise ConfigError(f"{source}: recipe paper is the authors' SGD with momentum 0.99 (at a learning rate of "
+                              f"1e-10 to 1e-14); optimizer {self.optimizer} would not be it: use recipe modern")
+        if self.momentum != PAPER_MOMENTUM and self.momentum != DEFAULT_MOMENTUM:
+            raise ConfigError(f"{source}: recipe paper uses the authors' momentum {PAPER_MOMENTUM}, so momentum "
+                              f"{self.momentum:g} would be ignored: drop it, or use recipe modern")
+
+    def resolved_schedule(self) -> str:
+        """``schedule``, or the recipe's: the authors kept their rate fixed."""
+        return self.schedule or ("constant" if self.recipe == "paper" else "poly")
+
+    def resolved_momentum(self) -> float:
+        return PAPER_MOMENTUM if self.recipe == "paper" else self.momentum
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -250,7 +271,10 @@ def check_options(data: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def check_choice(name: str, value: Any, source: str) -> None:
-    """An option with a fixed set of values (``CHOICES``) holds one of them."""
+    """An option with a fixed set of values (``CHOICES``) holds one of them (or None where that is its default:
+    the recipe's)."""
+    if value is None and name in RECIPE_DEFAULTS:
+        return
     if value not in CHOICES[name]:
         raise ConfigError(f"{source}: {name} must be one of {', '.join(CHOICES[name])}; got {value!r}")
 

@@ -164,7 +164,7 @@ def check_resumable(started: dict[str, Any], config: TrainConfig) -> None:
         raise TrainingError(f"--resume continues {out} exactly as it was started, and {listed} would change it. "
                             f"To train with other options from its weights, start a new run: fcnseg train --config "
                             f"{out}/config.yaml --init-from {out}/last.pth --out NEW_FOLDER (with your changes)")
-    if "iterations" in changed and started.get("schedule", config.schedule) == "poly":
+    if "iterations" in changed and config.resolved_schedule() == "poly":
         old, new = changed["iterations"]
         start = (f"{out} was started as a {old}-iteration poly schedule, whose learning rate falls to 0 at iteration "
                  f"{old}; --iterations {new} would change the rate of every remaining step.")

@@ -277,8 +277,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     groups = parameter_groups(model, config, lr)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
-    momentum = 0.99 if config.recipe == "paper" else config.momentum
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.SGD(groups, lr=lr, momentum=config.resolved_momentum())
 
 
 def lr_factor(config: TrainConfig, iteration: int) -> float:
@@ -289,7 +288,7 @@ def lr_factor(config: TrainConfig, iteration: int) -> float:
     bits, which would change every run's numbers (and needs SequentialLR for the warm-up)."""
     if iteration < config.warmup_iterations:
         return (iteration + 1) / config.warmup_iterations
-    if config.schedule == "constant":
+    if config.resolved_schedule() == "constant":
         return 1.0
     return max(0.0, 1 - iteration / config.iterations) ** config.poly_power
 
