@@ -23,6 +23,20 @@ from .helpers import error_names, mentions, refused, write_png
 FULL_VGG = ModelSpec("fcn8s", "vgg16", num_classes=21, width=1.0, geometry="fast")
 
 
+def test_slide_mode_over_scales_counts_each_scales_rows_resampled_to_the_images_width():
+    # They were not counted: 0.91-0.95x of measured peaks with scales (benchmarks/memory_estimate.py cases
+    # 3000x4000:slide:0.75,1.25 and :0.5,0.75,1,1.25,1.5, camvid-fcn8s), so a budget between the two was exceeded.
+    from fcnseg.inference import tile_step
+    from fcnseg.memory import SAFETY, tile
+
+    one, two = (inference_bytes(FULL_VGG, 1, 3000, 4000, InferenceOptions(mode="slide", scales=scales))
+                for scales in ((1.0,), (1.0, 1.0)))
+    window, step = tile(3000, 1536, InferenceOptions().overlap)[0], tile_step(3000, 1536, InferenceOptions().overlap)
+    assert (window, step) == (1064, 968)  # two windows of 1064 rows over 3000, 968 apart
+    each_scale = 21 * 4000 * 4 * (window + 2 * step) + window * 4000 * 4  # the strip buffers a scale already had
+    assert two - one == pytest.approx(SAFETY * (each_scale + 2 * 21 * (window + step) * 4000 * 4), abs=2)
+
+
 def test_the_estimate_follows_the_net_and_the_size():
     # conv1_2 of a full-width VGG16 at 3000x4000 (fast geometry pads to 3008x4000) is the peak: 64 x 12.03M
     # floats in, twice that out (oneDNN's blocked copy) and its 147 KB of weights; with the padded input held

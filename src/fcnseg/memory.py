@@ -128,6 +128,10 @@ def inference_bytes(spec: ModelSpec, batch: int, height: int, width: int, option
                           + (1 + flips) * options.batch_size * classes * win_h * win_w * 4)
         step = tile_step(h, options.window[0], options.overlap)
         buffers += classes * (win_h + 2 * step) * w * 4 + win_h * w * 4
+    if len(sizes) > 1:  # each scale's rows resampled to the image's width, about a window and a step of them
+        window_rows = tile(height, options.window[0], options.overlap)[0]
+        rows = window_rows + tile_step(height, options.window[0], options.overlap)
+        buffers += len(sizes) * batch * classes * rows * width * 4
     return int(OVERHEAD + SAFETY * (base + resized + buffers + window_work))
 
 
