@@ -40,8 +40,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import NoReturn
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 from fcnseg import __version__
 from fcnseg.commands import COMMANDS
@@ -146,14 +146,46 @@ def main(argv: list[str] | None = None) -> int:
     moment, the imports included) ``fcnseg: interrupted`` and exit code 130, SIGTERM (once the command runs)
     ``fcnseg: terminated`` and exit code 143."""
     _TERMINATED.clear()
+    with _stops_ignored_when_stopping() as stopping:
+        try:
+            return _run(argv)
+        except KeyboardInterrupt:
+            stopping()
+            if _TERMINATED.is_set():
+                _error_line("fcnseg: terminated")
+                return 128 + signal.SIGTERM
+            _error_line("fcnseg: interrupted")  # one write: torchrun's processes share the terminal
+            return 130
+
+
+def entry() -> NoReturn:
+    """The ``fcnseg`` console command: :func:`main`, then the interpreter's exit with Ctrl+C and SIGTERM ignored.
+    Its work is done and said by then; torch's clean-up takes about a second, and a Ctrl+C in it printed an
+    "Exception ignored in atexit callback" traceback, or ended a finished run with SIGINT's exit status."""
     try:
-        return _run(argv)
-    except KeyboardInterrupt:
-        if _TERMINATED.is_set():
-            _error_line("fcnseg: terminated")
-            return 128 + signal.SIGTERM
-        _error_line("fcnseg: interrupted")  # one write: torchrun's processes share the terminal
-        return 130
+        code = main()
+    finally:  # --help and --version leave through SystemExit
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _stops_ignored_when_stopping() -> Iterator[Callable[[], None]]:
+    """Yields a function that ignores Ctrl+C and SIGTERM until the block ends: called once a command stops, so
+    that a second Ctrl+C, while the stopped command's loader workers are joined (when its exception is let go),
+    cannot print "Exception ignored ... KeyboardInterrupt" tracebacks from their clean-up. Main thread only."""
+    before: dict[int, Any] = {}
+
+    def stopping() -> None:
+        if threading.current_thread() is threading.main_thread():
+            before.update({signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)})
+
+    try:
+        yield stopping
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _exit_at_once(code: int) -> NoReturn:
@@ -291,4 +323,4 @@ def _run(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

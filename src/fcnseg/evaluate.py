@@ -33,7 +33,7 @@ from fcnseg.inference import Forward, InferenceOptions, class_argmax, predict_la
 from fcnseg.metrics import SCORE_KEYS, BinaryCurve, ConfusionMatrix, format_per_class, format_table
 from fcnseg.outputs import Outputs
 from fcnseg.progress import bar as progress_bar
-from fcnseg.runtime import all_reduce_sum, resolve_device, worker_init
+from fcnseg.runtime import all_reduce_sum, loader_batches, resolve_device, worker_init
 from fcnseg.viz import confusion_picture
 
 REPORT_FILES = ("metrics.json", "confusion.png")  # what write_report writes
@@ -111,7 +111,7 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
     done = 0
     try:
         with progress_bar(total=len(sampler), desc="eval", unit="img", enabled=progress and rank == 0) as bar:
-            for images, labels in (group for groups in loader for group in groups):
+            for images, labels in (group for groups in loader_batches(loader) for group in groups):
                 images = images.to(device, non_blocking=True)
                 planned = planner(images.shape[0], *images.shape[2:], options) if planner else options
                 _predict_and_count(forward, images, labels.to(device, non_blocking=True), planned, heads,

@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -243,13 +243,23 @@ def interrupts_in_this_process_only() -> Iterator[None]:
         signal.signal(signal.SIGINT, before)
 
 
+class Pressed(threading.Event):
+    """Set by a first Ctrl+C (:func:`deferred_interrupt`); :meth:`wait_said` waits until its note is printed."""
+
+    said: threading.Thread | None = None
+
+    def wait_said(self) -> None:
+        if self.said is not None:
+            self.said.join()
+
+
 @contextlib.contextmanager
-def deferred_interrupt(note: str, defer: bool = True) -> Iterator[threading.Event]:
+def deferred_interrupt(note: str, defer: bool = True) -> Iterator[Pressed]:
     """Inside, a first Ctrl+C sets the event returned (and logs ``note``) for the caller to stop where it can
     save its work; a second one raises KeyboardInterrupt at once. A process forked meanwhile ignores Ctrl+C.
     Without ``defer``, or where :func:`_python_interrupt_in_main_thread` is false, Ctrl+C acts as before and the
     event stays clear."""
-    pressed = threading.Event()
+    pressed = Pressed()
     if not defer or not _python_interrupt_in_main_thread():
         yield pressed
         return
@@ -260,13 +270,51 @@ def deferred_interrupt(note: str, defer: bool = True) -> Iterator[threading.Even
             stop(signum, frame)  # nothing in a forked worker; in this process someone insists: KeyboardInterrupt
             return
         pressed.set()
-        log.warning(note)
+        # From a thread: logging's lock then waits for a line the main thread is writing (a progress line, say)
+        # to end, where here, in the main thread, the note could land between that line and its newline.
+        pressed.said = threading.Thread(target=log.warning, args=(note,), daemon=True)
+        pressed.said.start()
 
     before = signal.signal(signal.SIGINT, note_it)
     try:
         yield pressed
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+@contextlib.contextmanager
+def signals_held(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Inside, Ctrl+C and SIGTERM are noted, and sent again to the handlers in place before once the block ends.
+
+    For a data loader starting its workers: a handler raising in the fork's own hooks (logging's lock release)
+    was reported as "Exception ignored" and dropped, the command then ran to its end and exited 0; raised in the
+    loader's constructor, it left an object that could not stop its workers. Only in the main thread; a process
+    forked inside ignores the signals until its own handlers are set (:func:`worker_init`).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner, noted = os.getpid(), []
+
+    def note(signum: int, frame: Any) -> None:
+        if os.getpid() == owner and signum not in noted:
+            noted.append(signum)
+
+    before = {signum: signal.signal(signum, note) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        for signum in noted:
+            signal.raise_signal(signum)
+
+
+def loader_batches(loader: Iterable[Any]) -> Iterator[Any]:
+    """The batches of ``loader``, its workers started with the stop signals held (:func:`signals_held`)."""
+    with signals_held():
+        batches = iter(loader)
+    yield from batches
 
 
 def _quiet_on_hang_up(report: Callable[..., object]) -> Callable[..., None]:

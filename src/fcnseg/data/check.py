@@ -17,7 +17,7 @@ from fcnseg.data.base import DatasetContract
 from fcnseg.data.info import DatasetInfo, masks_saved_as_zero_ignore
 from fcnseg.errors import DataError, user_message
 from fcnseg.progress import bar as progress_bar
-from fcnseg.runtime import worker_init
+from fcnseg.runtime import loader_batches, worker_init
 
 _SHOWN = 20
 
@@ -67,7 +67,7 @@ def check_dataset(dataset: DatasetContract, what: str, workers: int = 0, limit: 
                         num_workers=workers, worker_init_fn=worker_init)
     problems, present, counted = [], np.zeros(256, dtype=bool), ClassPixels.zeros(info.num_classes)
     with progress_bar(total=count, desc=f"check {what}", unit="img") as bar:
-        for _, problem, values, value_counts in loader:
+        for _, problem, values, value_counts in loader_batches(loader):
             if problem is not None:
                 problems.append(problem)
             else:

@@ -25,7 +25,7 @@ from fcnseg.data.transforms import PHOTOMETRIC, Compose, train_transforms
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.memory import available_bytes, format_bytes
 from fcnseg.progress import track
-from fcnseg.runtime import Runtime, local_processes, worker_init
+from fcnseg.runtime import Runtime, loader_batches, local_processes, worker_init
 from fcnseg.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def micro_batches(dataset: SegmentationDataset, sampler: EpochSampler, config: T
     loader = DataLoader(EpochSamples(dataset), batch_sampler=batches, num_workers=config.workers,
                         collate_fn=PadCollate(dataset.info.ignore_index), pin_memory=runtime.device.type == "cuda",
                         worker_init_fn=worker_init, generator=epoch_generator(config.seed, 0))
-    for count, (images, labels) in enumerate(loader, start=first):
+    for count, (images, labels) in enumerate(loader_batches(loader), start=first):
         epoch, batch = divmod(count, batches.per_epoch)
         if config.cutmix:  # boxes from (seed, epoch, batch, rank): a resumed run draws the same ones
             rng = np.random.default_rng((config.seed, epoch, batch, runtime.rank))

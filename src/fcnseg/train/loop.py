@@ -128,6 +128,7 @@ def run_iterations(run: Run, log: RunLog, save_on_interrupt: bool = True) -> dic
             if run.iteration >= config.iterations:
                 return scores
             if interrupted.is_set():
+                interrupted.wait_said()  # its note first, then what was saved
                 stop_saved(run)
     raise AssertionError("micro_batches is endless")
 
