@@ -34,6 +34,8 @@ def camvid_fcn8s(pretrained: bool = True):
     from fcnseg.data.info import CAMVID
     from fcnseg.pretrained import path_of
 
+    if not isinstance(pretrained, bool):  # "no" is a true string: it gave the trained net
+        raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
     if pretrained:
         return model_from_checkpoint(path_of("camvid-fcn8s"))[0]
     return _fcnseg.build_model("fcn8s", backbone="vgg16_bn", width=0.125, geometry="fast", num_classes=11,

@@ -69,6 +69,14 @@ def test_confusion_matrix_accepts_uint8_labels():
     assert torch.equal(matrix, MATRIX)
 
 
+def test_numpy_label_maps_are_counted_as_tensors_are():
+    # What Segmenter.predict returns (numpy) gave an AttributeError ('numpy.ndarray' has no attribute 'is_complex').
+    assert torch.equal(confusion_matrix(PRED.numpy(), TARGET.numpy().astype(np.uint8), num_classes=4), MATRIX)
+    running = ConfusionMatrix(4)
+    running.update(PRED.numpy(), TARGET.numpy())
+    assert torch.equal(running.matrix, MATRIX)
+
+
 def test_ignore_index_inside_class_range_is_skipped():
     # CamVid-style: 11 classes 0..10 plus void 11; here 2 classes plus void 2, and void 1 inside the range.
     target = torch.tensor([0, 1, 2, 1])

@@ -381,6 +381,8 @@ def test_hub_builders_and_the_shipped_net(shipped, original):
     torch.testing.assert_close(trained.state_dict(), _rounded(original).state_dict())
     fresh = torch.hub.load(str(REPO), "camvid_fcn8s", source="local", pretrained=False)
     assert fresh.spec.classes == CAMVID and fresh.spec.width == 0.125 and fresh.spec.geometry == "fast"
+    with pytest.raises(TypeError, match="pretrained must be True or False, got 'no'"):  # "no" gave the trained net
+        torch.hub.load(str(REPO), "camvid_fcn8s", source="local", pretrained="no")
 
 
 def test_hubconf_finds_the_source_when_fcnseg_is_not_installed(tmp_path):

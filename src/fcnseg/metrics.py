@@ -48,7 +48,7 @@ def confusion_matrix(
     """Count pixels per (ground truth, prediction) pair.
 
     Args:
-        pred: integer label map of predicted classes, same shape as ``target``.
+        pred: integer label map of predicted classes, same shape as ``target`` (a tensor or a numpy array).
         target: integer label map of ground-truth classes; pixels equal to ``ignore_index`` are skipped.
         num_classes: number of classes C.
         ignore_index: the void label.
@@ -63,6 +63,7 @@ def confusion_matrix(
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    pred, target = torch.as_tensor(pred), torch.as_tensor(target)  # numpy label maps (what predict returns) too
     if pred.shape != target.shape:
         raise ValueError(
             f"pred has shape {tuple(pred.shape)} but target has shape {tuple(target.shape)}; "
@@ -164,7 +165,9 @@ class ConfusionMatrix:
         self._seen_batch = False
 
     def update(self, pred_or_logits: Tensor, target: Tensor) -> None:
-        """Add one batch: class indices shaped like ``target``, or logits with a class dimension at dim 1."""
+        """Add one batch: class indices shaped like ``target``, or logits with a class dimension at dim 1 (tensors,
+        or numpy arrays such as :meth:`fcnseg.api.Segmenter.predict` returns)."""
+        pred_or_logits, target = torch.as_tensor(pred_or_logits), torch.as_tensor(target)
         if pred_or_logits.dim() == target.dim() + 1:
             if pred_or_logits.shape[1] != self.num_classes:
                 raise ValueError(
