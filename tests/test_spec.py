@@ -220,6 +220,15 @@ def test_every_backbone_builds_at_widths_that_round_to_odd_channel_counts(width)
             assert net(torch.zeros(1, 3, 40, 48)).shape == (1, 3, 40, 48)
 
 
+def test_a_nets_spec_cannot_be_replaced():
+    # net.spec = net.spec.replace(geometry="reference") on a fast net was taken: save_model wrote it, and
+    # fcnseg.load rebuilt another function (logits off by 0.18) without a word.
+    net = build_model("fcn8s", width=1 / 16, num_classes=3, geometry="fast")
+    with pytest.raises(AttributeError, match="cannot change: build the net"):
+        net.spec = net.spec.replace(geometry="reference")
+    assert net.spec.geometry == "fast"
+
+
 def test_build_model_takes_numpy_numbers():
     # The whole-number check of num_classes first written here refused np.int64 (not a Python int).
     net = build_model("fcn8s", backbone="vgg16", width=np.float32(0.0625), num_classes=np.int64(5))

@@ -49,7 +49,21 @@ class FCN(nn.Module):
     :func:`fcnseg.models.build_model`, the one way nets are made.
     """
 
-    spec: Any  # a ModelSpec (fcnseg.models.spec, which imports this module), given by build_model
+    @property
+    def spec(self) -> Any:
+        """A ModelSpec (fcnseg.models.spec, which imports this module), set once by build_model: a net whose spec
+        said another net was saved as that one, and reloaded as another function without a word."""
+        try:
+            return self.__dict__["_spec"]
+        except KeyError:
+            raise AttributeError("spec") from None  # hasattr(net, "spec") is False before build_model sets it
+
+    @spec.setter
+    def spec(self, spec: Any) -> None:
+        if "_spec" in self.__dict__:
+            raise AttributeError("a net's spec is what it was built as, and cannot change: build the net another spec "
+                                 "describes with fcnseg.build_model(net.spec.replace(...))")
+        self.__dict__["_spec"] = spec
 
     def __init__(self, backbone: Backbone, num_classes: int, head: str = "8s", geometry: str = "reference",
                  learnable_upsampling: bool = False, extra_heads: Sequence[int] = ()) -> None:
