@@ -48,6 +48,16 @@ def test_threads_are_set_before_the_work(tiny_checkpoint, tmp_path):
         torch.set_num_threads(before)
 
 
+def test_more_threads_than_four_per_usable_core_are_refused(tmp_path, capsys):
+    # --threads 100000 ended in "RuntimeError: can't start new thread" (TensorBoard's writer), exit 139.
+    from fcnseg.runtime import THREADS_PER_CORE, usable_cores
+
+    most = THREADS_PER_CORE * usable_cores()
+    refused(capsys, ["train", "--threads", str(most + 1), "--out", tmp_path / "run"], f"threads {most + 1}",
+            f"at most {most}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_quiet_drops_the_progress_lines_not_the_result(tiny_checkpoint, tmp_path, capsys):
     Image.fromarray(render_scene(1, 48, 64)[0]).save(tmp_path / "a.png")
     argv = ["predict", str(tiny_checkpoint), str(tmp_path / "a.png"), "--threads", "1"]

@@ -138,8 +138,15 @@ def set_threads(threads: int | None = None) -> int:
         threads = default_threads()
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ConfigError(f"threads must be a whole number >= 1, got {threads!r}")
+    most = THREADS_PER_CORE * usable_cores()
+    if threads > most:  # 100000 ended in "can't start new thread" from the next thread anyone started
+        raise ConfigError(f"threads {threads} is more than {THREADS_PER_CORE} per core this process may use "
+                          f"({usable_cores()}), which only slows torch down: give at most {most}")
     torch.set_num_threads(threads)
     return threads
+
+
+THREADS_PER_CORE = 4
 
 
 # glibc mallopt parameters (malloc.h)
