@@ -91,7 +91,7 @@ def test_absent_classes_leave_the_means_when_asked():
     assert counted["mean_iu"] == pytest.approx((5 / 8 + 4 / 5 + 0) / 3)
 
 
-def test_training_on_siftflow_sums_both_heads_losses(tmp_path, capsys):
+def test_training_on_siftflow_sums_both_heads_losses(tmp_path, capsys, caplog):
     root = siftflow_folder(tmp_path / "siftflow")
     config = TrainConfig.from_dict({
         "model": "fcn16s", "width": 1 / 16, "geometry": "fast", "dataset": "siftflow", "root": str(root),
@@ -101,6 +101,9 @@ def test_training_on_siftflow_sums_both_heads_losses(tmp_path, capsys):
     result = train(config)
     assert "geometric" in result["scores"]["extra_heads"]
     assert "; geometric mean IU" in capsys.readouterr().err
+    # One split_file for both splits: validation measures the training images, which was not said.
+    assert "the validation split 'val' hold the same 4 images (a split_file option gives its list to both)" in \
+        caplog.text
     checkpoint = read_checkpoint(tmp_path / "run" / "best.pth")
     spec = checkpoint_spec(checkpoint)
     assert spec.extra_heads == (3,) and spec.classes.extra_heads[0].task == "geometric"

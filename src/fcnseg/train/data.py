@@ -78,7 +78,15 @@ def build_datasets(config: TrainConfig, normalization: str) -> tuple[Segmentatio
     transform = training_transform(config, val.info.ignore_index, normalization)
     train = build_dataset(config.dataset, config.root, config.train_split, transform=transform,
                           normalization=normalization, seed=config.seed, **options)
+    if config.train_split != config.val_split and _names(train) == _names(val):
+        log.warning(f"the training split {config.train_split!r} and the validation split {config.val_split!r} hold "
+                    f"the same {len(train)} images (a split_file option gives its list to both): validation scores, "
+                    "and best.pth chosen on them, measure the images the net trains on")
     return train, val
+
+
+def _names(dataset: SegmentationDataset) -> set[str]:
+    return {dataset.sample_name(index) for index in range(len(dataset))}
 
 
 def colour_changes(config: TrainConfig) -> list[str]:
