@@ -107,6 +107,17 @@ def test_nothing_is_kept_where_it_would_take_over_a_quarter_of_the_free_memory(t
     assert keep_decoded(dataset, workers=0) and len(dataset.kept) == 4
 
 
+def test_nothing_is_kept_beyond_a_quarter_of_max_memory(tmp_path, monkeypatch, caplog):
+    # --max-memory 200M kept the 242 MB of CamVid's decoded training images (a 676 MB peak): only the training
+    # step was held to it.
+    dataset, _ = build_datasets(folder_config(folder_dataset(tmp_path / "data")), "imagenet")
+    monkeypatch.setattr(train_data, "available_bytes", lambda: 2**40)
+    caplog.set_level("INFO", logger="fcnseg")
+    assert not keep_decoded(dataset, workers=0, max_memory=4 * 38400 - 4) and dataset.kept is None
+    assert "more than a quarter of max_memory" in caplog.text
+    assert keep_decoded(dataset, workers=0, max_memory=4 * 38400) and len(dataset.kept) == 4
+
+
 def test_nothing_is_kept_where_loader_workers_are_not_forked(tmp_path, monkeypatch, caplog):
     dataset, _ = build_datasets(folder_config(folder_dataset(tmp_path / "data")), "imagenet")
     monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")

@@ -106,10 +106,10 @@ def training_transform(config: TrainConfig, ignore_index: int, normalization: st
                             ignore_index=ignore_index, normalization=normalization, **photometric)
 
 
-def keep_decoded(dataset: SegmentationDataset, workers: int) -> bool:
+def keep_decoded(dataset: SegmentationDataset, workers: int, max_memory: int | None = None) -> bool:
     """Decode the training set once and keep it in memory (:meth:`SegmentationDataset.keep_loaded`) where it
-    takes at most :data:`KEEP_SHARE` of the free memory (divided between the run's processes on this machine);
-    whether it was kept.
+    takes at most :data:`KEEP_SHARE` of the free memory (divided between the run's processes on this machine),
+    or of ``max_memory`` where that is less; whether it was kept.
 
     Workers forked from this process share the kept samples; workers started otherwise (spawn, forkserver)
     would each get a pickled copy, so then nothing is kept. The estimate is the first sample's
@@ -126,10 +126,14 @@ def keep_decoded(dataset: SegmentationDataset, workers: int) -> bool:
         samples = [dataset.load(0)]
         estimate = 1.25 * len(dataset) * sum(array.nbytes for array in samples[0])
         free, processes = available_bytes(), local_processes()
+        if max_memory is not None and max_memory * processes < free:  # a budget per process
+            free, room = max_memory * processes, "max_memory"
+        else:
+            room = "the free memory"
         if estimate > KEEP_SHARE * free / processes:
             each = f", shared by the {processes} processes of this run on this machine" if processes > 1 else ""
             log.info("reading the training images every epoch: decoded, they would take about %s, more than a "
-                     "quarter of the free memory (%s%s)", format_bytes(estimate), format_bytes(free), each)
+                     "quarter of %s (%s%s)", format_bytes(estimate), room, format_bytes(free), each)
             return False
         rest = (dataset.load(index) for index in range(1, len(dataset)))
         samples += track(rest, total=len(dataset) - 1, desc="decoding the training images", unit="image")

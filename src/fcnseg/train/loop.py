@@ -75,7 +75,7 @@ def check_data(run: Run) -> None:
     class weights to balance come from the training split's pixels counted on the way."""
     config, counted = run.config, None
     if config.keep_decoded:  # first: the check then reads the samples from memory, each file decoded once
-        keep_decoded(run.train_set, config.workers)
+        keep_decoded(run.train_set, config.workers, configured_budget(config))
     if run.runtime.is_main:  # one process reads; a DataError stops the others at the process group's end
         counted = _check_splits(run)
     if isinstance(config.class_weights, str):
