@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from fcnseg.atomic import atomic_open
 from fcnseg.checkpoint import unwrap
@@ -31,6 +31,7 @@ from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, DataError, printable
 from fcnseg.inference import Forward, InferenceOptions, class_argmax, predict_labels, predict_probs
 from fcnseg.metrics import SCORE_KEYS, BinaryCurve, ConfusionMatrix, format_per_class, format_table
+from fcnseg.normalization import same_normalization
 from fcnseg.outputs import Outputs
 from fcnseg.progress import bar as progress_bar
 from fcnseg.runtime import all_reduce_sum, loader_batches, resolve_device, worker_init
@@ -58,6 +59,19 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def _refuse_other_normalization(module: nn.Module | None, dataset: Dataset) -> None:
+    """A ConfigError where ``dataset`` normalises its images otherwise than the net ``module`` expects (its spec):
+    the net then scores other inputs than it learnt (36.8 mean IU fell to 9.4 without a word)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    spec, used = getattr(module, "spec", None), getattr(dataset, "normalization", None)
+    if spec is None or used is None or same_normalization(used, spec.normalization_text, len(spec.inputs)):
+        return
+    expected = spec.normalization_text
+    raise ConfigError(f"the dataset normalises its images as {used!r}, but the net expects {expected!r}: build the "
+                      f"dataset with normalization={expected!r}")
 
 
 def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index: int,
@@ -98,6 +112,7 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
     rank, world_size = _shard(distributed)
     device = resolve_device(device)
     module = unwrap(forward) if isinstance(forward, nn.Module) else None
+    _refuse_other_normalization(module, dataset)
     was_training = module is not None and module.training
     if module is not None:
         # DDP's own forward may synchronise buffers; ranks run different numbers of images here.

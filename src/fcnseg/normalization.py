@@ -48,6 +48,15 @@ def check_normalization(kind: str, inputs: int | None = None) -> str:
     return kind
 
 
+def same_normalization(first: str, second: str, inputs: int) -> bool:
+    """Whether two normalisation strings normalise the ``inputs`` inputs of a net alike (``"imagenet"`` is
+    ``"imagenet+imagenet"`` for two)."""
+    def parsed(kind: str) -> list[tuple[str, tuple[float, ...], tuple[float, ...] | None]]:
+        return [_parse(single) for single in _groups(kind, 3 * inputs)]
+
+    return parsed(first) == parsed(second)
+
+
 def _parse(kind: str) -> tuple[str, tuple[float, ...], tuple[float, ...] | None]:
     """(convention, mean, std or None) of one input's normalisation string."""
     if kind == "imagenet":

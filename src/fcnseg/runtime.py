@@ -132,6 +132,9 @@ def default_threads() -> int:
     return max(1, usable_cores() // local_processes())
 
 
+THREADS_PER_CORE = 4  # the most threads set_threads takes per usable core
+
+
 def set_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads (``None``: :func:`default_threads`); returns the number set."""
     if threads is None:
@@ -144,9 +147,6 @@ def set_threads(threads: int | None = None) -> int:
                           f"({usable_cores()}), which only slows torch down: give at most {most}")
     torch.set_num_threads(threads)
     return threads
-
-
-THREADS_PER_CORE = 4
 
 
 # glibc mallopt parameters (malloc.h)
