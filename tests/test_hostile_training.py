@@ -247,6 +247,13 @@ def test_the_memory_budget_is_max_memory_and_a_small_run_fits_the_default(tmp_pa
     assert main([*argv, "--max-memory", "2G", "--out", str(tmp_path / "e")]) == 0
 
 
+def test_a_step_whose_data_pipeline_weighs_most_names_fewer_workers_first(tmp_path, capsys):
+    # With 16 workers the loaders' buffers outweighed the net, and the fix named was only crop and batch size.
+    argv = ["train", *TINY_TRAIN, "--workers", "16", "--crop-size", "240", "320", "--max-memory", "60M",
+            "--iterations", "1", "--out", tmp_path / "run"]
+    refused(capsys, argv, "data pipeline", "fewer --workers (now 16)", "--crop-size")
+
+
 def test_generated_scenes_no_memory_holds_are_refused_before_they_are_made(tmp_path, capsys, monkeypatch):
     # The check came with the first batch: two 6000x6000 scenes were rendered first (a 5 GB peak with
     # --max-memory 200M). Scenes of a known size are checked before the loader starts, at the rescaling's low end.

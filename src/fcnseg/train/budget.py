@@ -67,5 +67,7 @@ def check_step_memory(config: TrainConfig, spec: ModelSpec, runtime: Runtime, ba
         need = (f"about {over} of host memory for the data pipeline ({config.workers} worker(s)), "
                 f"more than the budget of {limit}")
     smaller = "a smaller --crop-size or --batch-size" if config.crop_size else "--crop-size or a smaller --batch-size"
+    if config.workers and data > device:  # the loader's buffers weigh most: each worker holds batches of its own
+        smaller = f"fewer --workers (now {config.workers}), {smaller}"
     raise LimitError(f"{step} would need {need}: use {smaller}, or raise --max-memory if this machine has the "
                      "memory")
