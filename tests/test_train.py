@@ -191,6 +191,12 @@ def test_the_paper_recipe_keeps_its_rate_fixed_and_refuses_what_it_would_ignore(
     assert TrainConfig.from_dict({"recipe": "paper", "momentum": 0.99}).resolved_momentum() == 0.99
 
 
+def test_an_empty_list_of_class_weights_is_refused():
+    # --set class_weights=[] meant "no weights" without a word, where [1, 1] for 8 classes is refused.
+    with pytest.raises(ConfigError, match="class_weights is an empty list: give one weight per class"):
+        TrainConfig.from_dict({"class_weights": []})
+
+
 def test_schedule_values():
     config = TrainConfig(iterations=100, warmup_iterations=10, poly_power=0.9)
     assert lr_factor(config, 0) == pytest.approx(0.1)

@@ -196,6 +196,9 @@ class TrainConfig:
         if self.scale_range is not None and self.scale_range[0] > self.scale_range[1]:
             raise ConfigError(f"{source}: scale_range is MIN MAX, got {self.scale_range[0]:g} above "
                               f"{self.scale_range[1]:g}")
+        if self.class_weights == []:  # it meant "no weights" where [1, 1] for 8 classes is refused
+            raise ConfigError(f"{source}: class_weights is an empty list: give one weight per class, or leave it "
+                              "unset (null) for none")
         if isinstance(self.class_weights, list) and self.class_weights and not any(self.class_weights):
             raise ConfigError(f"{source}: class_weights are all 0, so no pixel would count in the loss; give the "
                               "classes to learn a weight above 0")
