@@ -16,7 +16,7 @@ import torch
 import fcnseg.train.loop
 from fcnseg.checkpoint import read_checkpoint
 from fcnseg.cli import main
-from fcnseg.runtime import deferred_interrupt, interrupts_in_this_process_only, signals_held
+from fcnseg.signals import deferred_interrupt, interrupts_in_this_process_only, signals_held
 
 from .helpers import TINY_TRAIN
 
@@ -146,10 +146,25 @@ def test_a_stop_signal_while_a_loader_starts_is_held_until_it_has_started():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_second_ctrl_c_while_held_stops_at_once():
+    # The imports' hold: torch's import takes seconds, and someone pressing again means it.
+    reached = []
+    with pytest.raises(KeyboardInterrupt), interrupts_in_this_process_only():
+        with signals_held((signal.SIGINT,)):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached.append("first held")
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached.append("second held too")
+    assert reached == ["first held"]
+
+
 _FORK_HOOK = """
 import os, signal, sys, torch
 from torch.utils.data import DataLoader
-from fcnseg.runtime import interrupts_in_this_process_only, loader_batches, worker_init
+from fcnseg.runtime import worker_init
+from fcnseg.signals import interrupts_in_this_process_only, loader_batches
 os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl+C as a worker forks
 loader = DataLoader(list(range(8)), batch_size=2, num_workers=1, worker_init_fn=worker_init)
 try:

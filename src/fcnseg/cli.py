@@ -12,12 +12,12 @@ printed goes through :func:`~fcnseg.errors.printable`: names in it cannot drive 
 Ctrl+C: :func:`main` answers it from its first line on with ``fcnseg: interrupted`` and exit code 130, also
 while torch and the commands are imported (seconds); so this module imports nothing heavy at its top, the
 commands and their libraries are imported inside :func:`main`. During those imports a first Ctrl+C is held
-until they end (:func:`_held_interrupt`): a KeyboardInterrupt raised inside them can abort the process
+until they end (:func:`fcnseg.signals.signals_held`): a KeyboardInterrupt raised inside them can abort the process
 (torch's C++ import code terminates on it) or be swallowed (a bare ``except`` around an optional import).
 SIGTERM (``kill PID``, a scheduler or a container stopping) stops a command the same way once it runs
 (:func:`_terminate_as_interrupt`): ``fcnseg: terminated``, exit code 143. Data-loader workers leave Ctrl+C to the
-main process (:func:`fcnseg.runtime.interrupts_in_this_process_only`), and a training in one process takes a first
-Ctrl+C at the end of its step, to save ``last.pth`` there (:func:`fcnseg.runtime.deferred_interrupt`).
+main process (:func:`fcnseg.signals.interrupts_in_this_process_only`), and a training in one process takes a first
+Ctrl+C at the end of its step, to save ``last.pth`` there (:func:`fcnseg.signals.deferred_interrupt`).
 
 Under torchrun every process runs :func:`main`: what a run prints once (tables, notes) comes from rank 0 only;
 the other ranks print only warnings and errors, and a process of several names itself in them (``fcnseg train:
@@ -46,6 +46,7 @@ from typing import Any, NoReturn
 from fcnseg import __version__
 from fcnseg.commands import COMMANDS
 from fcnseg.errors import FcnsegError, printable, user_message
+from fcnseg.signals import interrupts_in_this_process_only, signals_held
 
 
 def _unavailable(command: str, error: ImportError):
@@ -220,27 +221,6 @@ def _leave_after_torchrun_looks() -> NoReturn:
     _exit_at_once(1)
 
 
-@contextlib.contextmanager
-def _held_interrupt() -> Iterator[None]:
-    """A first Ctrl+C inside is raised as KeyboardInterrupt when the block ends, a second one at once (someone
-    insists). Only where Python's own handler is in place, in the main thread: a program's handler is left alone."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    pressed = []
-
-    def hold(signum: int, frame: object) -> None:
-        pressed.append(signum)
-        if len(pressed) > 1:
-            raise KeyboardInterrupt
-
-    with _handling(signal.SIGINT, hold, signal.default_int_handler):
-        yield
-    if pressed:
-        raise KeyboardInterrupt
-
-
 # Set by SIGTERM's handler (:func:`_terminate_as_interrupt`): the KeyboardInterrupt that main() catches was SIGTERM.
 # A flag rather than an exception class of its own: an interrupt is not one of fcnseg's errors.
 _TERMINATED = threading.Event()
@@ -285,9 +265,9 @@ def _handling(signum: int, handler: object, then: object) -> Iterator[None]:
 
 
 def _run(argv: list[str] | None) -> int:
-    with _held_interrupt():  # the imports: torch, the commands
+    with signals_held((signal.SIGINT,)):  # the imports: torch, the commands
         from fcnseg.progress import is_quiet, set_quiet
-        from fcnseg.runtime import finish, interrupts_in_this_process_only
+        from fcnseg.runtime import finish
 
         parser = build_parser()
     args = parser.parse_args(argv)

@@ -34,7 +34,8 @@ from fcnseg.metrics import SCORE_KEYS, BinaryCurve, ConfusionMatrix, format_per_
 from fcnseg.normalization import same_normalization
 from fcnseg.outputs import Outputs
 from fcnseg.progress import bar as progress_bar
-from fcnseg.runtime import all_reduce_sum, loader_batches, resolve_device, worker_init
+from fcnseg.runtime import all_reduce_sum, resolve_device, worker_init
+from fcnseg.signals import loader_batches
 from fcnseg.viz import confusion_picture
 
 REPORT_FILES = ("metrics.json", "confusion.png")  # what write_report writes

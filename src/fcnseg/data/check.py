@@ -17,7 +17,8 @@ from fcnseg.data.base import DatasetContract
 from fcnseg.data.info import DatasetInfo, masks_saved_as_zero_ignore
 from fcnseg.errors import DataError, user_message
 from fcnseg.progress import bar as progress_bar
-from fcnseg.runtime import loader_batches, worker_init
+from fcnseg.runtime import worker_init
+from fcnseg.signals import loader_batches
 
 _SHOWN = 20
 

@@ -25,7 +25,8 @@ from fcnseg.data.transforms import PHOTOMETRIC, Compose, train_transforms
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.memory import available_bytes, format_bytes
 from fcnseg.progress import track
-from fcnseg.runtime import Runtime, loader_batches, local_processes, worker_init
+from fcnseg.runtime import Runtime, local_processes, worker_init
+from fcnseg.signals import loader_batches
 from fcnseg.train.config import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from fcnseg.data.check import check_dataset
 from fcnseg.errors import DataError, TrainingError, user_message
 from fcnseg.evaluate import evaluate
 from fcnseg.outputs import refuse_if_held
-from fcnseg.runtime import deferred_interrupt, flush_denormals, keep_freed_memory, start, under_torchrun
+from fcnseg.runtime import flush_denormals, keep_freed_memory, start, under_torchrun
+from fcnseg.signals import deferred_interrupt
 from fcnseg.train.budget import check_step_memory, configured_budget
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import keep_decoded, micro_batches
