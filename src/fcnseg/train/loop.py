@@ -85,21 +85,19 @@ def check_data(run: Run) -> None:
 
 def _check_splits(run: Run) -> ClassPixels | None:
     """Both splits checked, their problems reported in one DataError (the validation split's were found only by
-    the next run after the training split's were mended); the training split's class pixels."""
-    config, problems, counted = run.config, [], None  # problems: (split, message)
+    the next run after the training split's were mended; one both share is said once); the training split's
+    class pixels."""
+    config, problems, counted = run.config, {}, {}
     for dataset, what, limit in ((run.train_set, "the training split", None),
                                  (run.val_set, "the validation split", config.val_limit)):
         try:
-            scanned = check_dataset(dataset, what, config.workers, limit=limit,
-                                    accept_only_class_zero=config.accept_only_class_zero)
-        except DataError as error:  # said once where both splits share a problem (the same masks, say)
-            if user_message(error).replace(what, "") not in {problem.replace(w, "") for w, problem in problems}:
-                problems.append((what, user_message(error)))
-            continue
-        counted = scanned if dataset is run.train_set else counted
+            counted[what] = check_dataset(dataset, what, config.workers, limit=limit,
+                                          accept_only_class_zero=config.accept_only_class_zero)
+        except DataError as error:  # keyed by the problem without the split's name: the same masks, say
+            problems.setdefault(user_message(error).replace(what, ""), user_message(error))
     if problems:
-        raise DataError("\n".join(problem for _, problem in problems))
-    return counted
+        raise DataError("\n".join(problems.values()))
+    return counted["the training split"]
 
 
 def run_iterations(run: Run, log: RunLog, save_on_interrupt: bool = True) -> dict[str, Any]:
