@@ -463,6 +463,21 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_forget_held_locks)
 
 
+def _held(handle):
+    """``handle``, a lock file opened to hold, noted for forked children to forget (:func:`_forget_held_locks`)."""
+    _HELD_LOCKS.add(handle.fileno())
+    return handle
+
+
+def _let_go(handle) -> None:
+    """Close a held lock file (closing lets go of its locks; the file stays), once."""
+    if handle.closed:
+        return
+    _HELD_LOCKS.discard(handle.fileno())
+    with suppress(OSError):  # the unwritten pid of a full disk: the file is closed all the same
+        handle.close()
+
+
 @contextmanager
 def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
                 option: str = "--out") -> Iterator[None]:
@@ -475,8 +490,7 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
     """
     folder = Path(folder)
     made = [path for path in (folder, *folder.parents) if not os.path.lexists(path)]  # innermost first
-    handle = _take_lock(folder, option)
-    _HELD_LOCKS.add(descriptor := handle.fileno())
+    handle = _held(_take_lock(folder, option))
     try:
         handle.seek(0)
         handle.truncate()
@@ -490,9 +504,7 @@ def folder_lock(folder: str | os.PathLike, what: str, stale: Iterable[str] = (),
     finally:
         if made:
             _remove_if_only_the_lock(made)
-        _HELD_LOCKS.discard(descriptor)
-        with suppress(OSError):  # the unwritten pid of a full disk: the file is closed all the same
-            handle.close()  # closing releases the lock
+        _let_go(handle)
 
 
 def _take_lock(folder: Path, option: str):
@@ -562,10 +574,9 @@ def shard_lock(outputs: Outputs, what: str, run: str, stale: Iterable[str] = (),
     try:
         for name in (SHARDS_LOCK, LOCK):
             try:
-                handles.append(open(folder / name, "a+"))  # noqa: SIM115 - held open for the lifetime of the lock
+                handles.append(_held(open(folder / name, "a+")))  # noqa: SIM115 - open for the lock's lifetime
             except OSError as error:
                 raise WriteError(f"cannot write {folder / name}: {error.strerror or error}") from None
-            _HELD_LOCKS.add(handles[-1].fileno())
         shards, held = handles
         with _byte_lock(shards, 0):
             first = _join(held, shards, folder, what, shard, run, outputs.overwrite)
@@ -585,14 +596,10 @@ def shard_lock(outputs: Outputs, what: str, run: str, stale: Iterable[str] = (),
             _mark_done(shards, shard)
             if _alone(held):  # the last shard out: the shards' records, into the folder's
                 outputs.settle()
-            _HELD_LOCKS.discard(held.fileno())
-            held.close()  # let go behind the gate: the next shard out then knows whether it is the last
+            _let_go(held)  # behind the gate: the next shard out then knows whether it is the last
     finally:
         for handle in handles:
-            with suppress(OSError, ValueError):  # ValueError: closed already (held, behind the gate)
-                _HELD_LOCKS.discard(handle.fileno())
-            with suppress(OSError):
-                handle.close()  # closing lets go of the locks; the files stay (unlinking could let two hold one)
+            _let_go(handle)  # the files stay: unlinking could let two hold one
 
 
 def _shards_done(shards, folder: Path, run: str, overwrite: bool) -> list[int]:
