@@ -25,7 +25,7 @@ _BOOL = "tag:yaml.org,2002:bool"
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's numbers and no repeated keys (see the module's doc)."""
+    """PyYAML's safe loader with YAML 1.2's numbers and booleans, and no repeated keys (see the module's doc)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first_line: dict[Any, int] = {}
@@ -48,18 +48,15 @@ def _whole_number(loader: _Loader, node: yaml.ScalarNode) -> int:
     return int(text, 16) if text.lower().lstrip("+-").startswith("0x") else int(text, 10)
 
 
-# YAML 1.1's int forms (octal, binary, sexagesimal) out; 1.2's decimal and hexadecimal ones in.
+# YAML 1.1's int forms (octal, binary, sexagesimal) and booleans (yes, no, on, off: a class named "no" is text)
+# out; 1.2's decimal and hexadecimal ints, exponent floats without a dot, and true / false in.
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _INT]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _BOOL)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9][0-9_]*$|^[-+]?0x[0-9a-fA-F_]+$"), list("-+0123456789"))
 _Loader.add_constructor(_INT, _whole_number)
 _Loader.add_implicit_resolver(_FLOAT, re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
                               list("-+0123456789"))
-# YAML 1.1's booleans (yes, no, on, off, y, n) out: a class named "no" or "off" is text; 1.2's true / false in.
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
-    for first, resolvers in _Loader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
