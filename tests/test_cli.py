@@ -52,6 +52,7 @@ def test_more_threads_than_four_per_usable_core_are_refused(tmp_path, capsys):
     # --threads 100000 ended in "RuntimeError: can't start new thread" (TensorBoard's writer), exit 139.
     from fcnseg.runtime import THREADS_PER_CORE, usable_cores
 
+    assert THREADS_PER_CORE == 4  # what the docs and the message say
     most = THREADS_PER_CORE * usable_cores()
     refused(capsys, ["train", "--threads", str(most + 1), "--out", tmp_path / "run"], f"threads {most + 1}",
             f"at most {most}")

@@ -35,6 +35,13 @@ def test_slide_mode_over_scales_counts_each_scales_rows_resampled_to_the_images_
     assert (window, step) == (1064, 968)  # two windows of 1064 rows over 3000, 968 apart
     each_scale = 21 * 4000 * 4 * (window + 2 * step) + window * 4000 * 4  # the strip buffers a scale already had
     assert two - one == pytest.approx(SAFETY * (each_scale + 2 * 21 * (window + step) * 4000 * 4), abs=2)
+    # And above the peaks measured (the largest of the runs before and after the fix, MB of 2**20; the command
+    # is in docs/RELIABILITY.md's row): the estimate was 2750 and 5419 MB.
+    shipped = load("camvid-fcn8s")
+    for scales, measured in (((0.75, 1.25), 3007), ((0.5, 0.75, 1, 1.25, 1.5), 5676)):
+        options = InferenceOptions(mode="slide", scales=scales)
+        assert inference_bytes(shipped.spec, 1, 3000, 4000, options, channels_last=shipped.channels_last) > \
+            measured * 2**20
 
 
 def test_the_estimate_follows_the_net_and_the_size():

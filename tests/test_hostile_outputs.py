@@ -330,11 +330,15 @@ def test_a_child_forked_while_a_folder_is_held_does_not_hold_it(tmp_path):
     with folder_lock(tmp_path, "fcnseg train"):
         descriptor = next(int(name) for name in os.listdir("/proc/self/fd")
                           if _link(f"/proc/self/fd/{name}") == str(tmp_path / LOCK))
+        ready, told = os.pipe()
         child = os.fork()
         if child == 0:  # the worker: sits until it is killed, as a loader worker waits for work
+            os.write(told, b"x")  # fork() has returned here: the at-fork handlers have run
             signal.pause()
             os._exit(0)
-        time.sleep(0.2)  # the child has run its at-fork handler by now
+        os.read(ready, 1)  # a sleep was a guess on a loaded machine
+        os.close(ready)
+        os.close(told)
         held_by_child = _link(f"/proc/{child}/fd/{descriptor}")
     try:
         assert held_by_child == os.devnull

@@ -251,7 +251,8 @@ def test_a_step_whose_data_pipeline_weighs_most_names_fewer_workers_first(tmp_pa
     # With 16 workers the loaders' buffers outweighed the net, and the fix named was only crop and batch size.
     argv = ["train", *TINY_TRAIN, "--workers", "16", "--crop-size", "240", "320", "--max-memory", "60M",
             "--iterations", "1", "--out", tmp_path / "run"]
-    refused(capsys, argv, "data pipeline", "fewer --workers (now 16)", "--crop-size")
+    line = refused(capsys, argv, "data pipeline", "fewer --workers (now 16)", "--crop-size")
+    assert line.split(": use ", 1)[1].startswith("fewer --workers (now 16), a smaller --crop-size"), line
 
 
 def test_generated_scenes_no_memory_holds_are_refused_before_they_are_made(tmp_path, capsys, monkeypatch):

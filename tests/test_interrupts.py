@@ -95,9 +95,9 @@ def test_ctrl_c_to_the_terminals_process_group_stops_a_training_with_workers_aft
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "loader workers outlived the training"
 
 
-def _report_after_a_while(done) -> None:
+def _report_after_a_while(done, pressed) -> None:
     time.sleep(0.5)
-    done.put("still here")
+    done.put(("still here", pressed is not None and pressed.is_set()))
 
 
 @pytest.mark.parametrize("handlers", [interrupts_in_this_process_only, lambda: deferred_interrupt("note")])
@@ -106,12 +106,13 @@ def test_a_process_forked_before_its_worker_init_ignores_ctrl_c(handlers):
     # outside torch's worker loop (a traceback, or a worker lost and "DataLoader worker exited unexpectedly").
     context = multiprocessing.get_context("fork")
     done = context.Queue()
-    with handlers():
-        child = context.Process(target=_report_after_a_while, args=(done,))
+    with handlers() as pressed:
+        child = context.Process(target=_report_after_a_while, args=(done, pressed))
         child.start()
         os.kill(child.pid, signal.SIGINT)
         child.join(30)
-    assert child.exitcode == 0 and done.get(timeout=5) == "still here"
+    # Alive, and not stopping either: a deferred Ctrl+C noted in the child would stop nothing and say so wrongly.
+    assert child.exitcode == 0 and done.get(timeout=5) == ("still here", False)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -138,12 +139,29 @@ def test_ctrl_c_in_the_demos_training_stops_at_once(tmp_path, capsys, monkeypatc
 
 
 def test_a_stop_signal_while_a_loader_starts_is_held_until_it_has_started():
+    reached = []
     with pytest.raises(KeyboardInterrupt), interrupts_in_this_process_only():
         with signals_held():
             os.kill(os.getpid(), signal.SIGINT)  # a handler raising here could land in the fork's own hooks
             time.sleep(0.05)
+            reached.append("the end of the held block")
         time.sleep(5)  # raised once the block ends
+    assert reached == ["the end of the held block"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_sigterm_while_held_goes_to_its_handler_once_the_block_ends():
+    seen = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append("handled"))
+    try:
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            seen.append("held")
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert seen == ["held", "handled"]
 
 
 def test_a_second_ctrl_c_while_held_stops_at_once():
