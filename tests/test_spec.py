@@ -229,6 +229,16 @@ def test_a_nets_spec_cannot_be_replaced():
     assert net.spec.geometry == "fast"
 
 
+@pytest.mark.parametrize("shape, dtype", [((3, 40, 48), torch.float32), ((1, 1, 40, 48), torch.float32),
+                                          ((1, 3, 40, 48), torch.uint8)], ids=["unbatched", "one-channel", "bytes"])
+def test_an_fcn_given_no_normalised_batch_says_what_it_expects(shape, dtype):
+    # An unbatched 3 x H x W ran the whole backbone, then failed at the crop with an IndexError; one channel was
+    # "expected input[1, 1, 238, 238]", naming the padded size rather than the one given.
+    net = build_model("fcn8s", width=1 / 16, num_classes=3)
+    with pytest.raises(ValueError, match=r"expected a float N x 3 x H x W batch \(rgb, normalised\), got shape"):
+        net(torch.zeros(shape, dtype=dtype))
+
+
 def test_build_model_takes_numpy_numbers():
     # The whole-number check of num_classes first written here refused np.int64 (not a Python int).
     net = build_model("fcn8s", backbone="vgg16", width=np.float32(0.0625), num_classes=np.int64(5))

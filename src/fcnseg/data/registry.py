@@ -72,7 +72,7 @@ _PLAIN = {bool: "true or false", int: "a whole number", float: "a number", str: 
 
 def _check_option_types(name: str, options: dict[str, Any]) -> None:
     """A ConfigError for a reader option of the wrong plain type (``num_images: abc`` was a TypeError in the
-    reader, ``num_images: true`` one image, ``height: 40.5`` a message about 40.5x160 scenes)."""
+    reader, ``num_images: true`` one image, ``height: 40.5`` a TypeError traceback too)."""
     hints = typing.get_type_hints(DATASETS[name])  # a class: its constructor's annotations
     for key, value in options.items():
         hint = hints.get(key)
