@@ -162,6 +162,19 @@ def test_camvid_resolves_foreign_absolute_paths(tmp_path: Path) -> None:
         CamVid(tmp_path, "train")
 
 
+def test_camvid_list_refuses_a_frame_paired_with_another_frames_labels(tmp_path: Path) -> None:
+    # A swapped list line trained every frame on its neighbour's labels without a word.
+    names = ["0001TP_006690.png", "0001TP_006720.png"]
+    make_camvid(tmp_path, names)
+    (tmp_path / "train.txt").write_text(
+        f"/SegNet/CamVid/train/{names[0]} /SegNet/CamVid/trainannot/{names[0]}\n"
+        f"/SegNet/CamVid/train/{names[0]} /SegNet/CamVid/trainannot/{names[1]}\n"
+    )
+    with pytest.raises(DataError, match=r"train\.txt line 2: frame 0001TP_006690\.png is paired with labels "
+                                        r"0001TP_006720\.png; .*trainannot/0001TP_006690\.png"):
+        CamVid(tmp_path, "train")
+
+
 def test_camvid_pairs_folders_without_list(tmp_path: Path) -> None:
     make_camvid(tmp_path, ["a.png", "b.png"], split="val")
     assert len(CamVid(tmp_path, "val")) == 2

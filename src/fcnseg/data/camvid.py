@@ -135,6 +135,11 @@ class CamVid(FilePairDataset):
                 )
             # Foreign absolute paths: keep only "<folder>/<file>" and look for it under root.
             image, label = (root / Path(p).parent.name / Path(p).name for p in parts)
+            if image.stem != label.stem:  # a frame would train on (or be scored against) another frame's labels
+                raise DataError(
+                    f"{list_file} line {number}: frame {image.name} is paired with labels {label.name}; a frame's "
+                    f"labels carry its file name ({image.parent.name}annot/{image.name}): correct the line"
+                )
             pairs.append((image, label))
         if not pairs:
             raise DataError(f"list file {list_file} is empty; expected lines '<image path> <label path>'")
