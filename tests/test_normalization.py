@@ -56,6 +56,19 @@ def test_unknown_kind_and_bad_shape():
         normalize(np.zeros((2, 2), np.uint8))
 
 
+
+def test_a_mean_no_8_bit_pixel_could_have_is_refused():
+    # "caffe:nan,1,2" was accepted by build_model: every input NaN, a net that says one class without a word.
+    import fcnseg
+
+    for kind in ("caffe:nan,1,2", "hha:inf,1,2", "caffe:-1,0,0", "caffe:1,2,256", "imagenet+caffe:1,nan,3"):
+        with pytest.raises(ValueError) as caught:
+            normalize(np.zeros((2, 2, 3 * len(kind.split("+"))), np.uint8), kind)
+        error_names(caught, repr(kind.split("+")[-1]), "0 to 255")
+        with pytest.raises(ValueError, match="0 to 255"):
+            fcnseg.build_model("fcn32s", backbone="vgg16", num_classes=2, width=1 / 16, normalization=kind)
+    assert normalize(np.zeros((1, 1, 3), np.uint8), "caffe:0,255,0")[:, 0, 0].tolist() == [0.0, -255.0, 0.0]
+
 def test_a_caffe_normalization_with_its_own_mean():
     # SIFT Flow's mean, as the authors' data layer subtracts it (BGR).
     kind = caffe_normalization((114.578, 115.294, 108.353))

@@ -69,10 +69,12 @@ def _parse(kind: str) -> tuple[str, tuple[float, ...], tuple[float, ...] | None]
             mean = tuple(float(v) for v in values.split(","))
         except ValueError:
             mean = ()
-        if len(mean) == 3:
+        # float() reads "nan" and "inf" too: such a mean (or one no 8-bit pixel reaches) makes every input NaN
+        # or saturated, a net that outputs one class without a word.
+        if len(mean) == 3 and all(0 <= v <= 255 for v in mean):
             return convention, mean, None
     raise ConfigError(f"unknown normalization {kind!r}; use imagenet, caffe, caffe:B,G,R (a BGR mean), hha:A,B,C "
-                      "(an HHA mean), or one of these per input joined by +")
+                      "(an HHA mean; means from 0 to 255), or one of these per input joined by +")
 
 
 def _groups(kind: str, channels: int) -> list[str]:
