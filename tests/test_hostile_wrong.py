@@ -52,6 +52,24 @@ def test_eval_refuses_to_score_0_255_masks(tmp_path, capsys):
                      "--threads", "1", "--quiet"], "0/255")
 
 
+def test_a_training_split_of_one_class_is_warned_about(tmp_path, capsys):
+    # Masks of class 2 only (no ignore value): the run trained a net that says class 2 everywhere and its
+    # validation read mean IU 100, without a word.
+    root = folder_dataset(tmp_path / "data", classes=3)
+    for mask in (root / "masks").iterdir():
+        Image.fromarray(np.full((40, 48), 2, np.uint8)).save(mask)
+    argv = ["train", "--dataset", "folder", "--root", str(root), "--set", "train_split=all", "--set", "val_split=all",
+            *TINY_TRAIN[:-3], "--iterations", "2", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "every labelled" in line]
+    assert warned == ["fcnseg train: every labelled pixel of the training split is class 2 (class2) of 3: a net "
+                      "trained on it says class2 everywhere (mean IU 100 on such labels); check the masks "
+                      "(class-index PNGs: pixel value = class index)"], warned
+    # Two classes present: no warning.
+    Image.fromarray(np.eye(40, 48, dtype=np.uint8)).save(root / "masks" / "0.png")
+    assert main([*argv, "--out", str(tmp_path / "run2")]) == 0
+    assert "every labelled" not in capsys.readouterr().err
+
 
 def test_a_class_named_twice_is_refused_not_dropped_from_the_report(tmp_path, capsys):
     # classes.txt "road, road, sky": eval's metrics.json keyed its per-class scores by name, so one road's IoU

@@ -9,6 +9,8 @@ every foreground pixel), and training or scoring them gives meaningless numbers 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -21,6 +23,7 @@ from fcnseg.runtime import worker_init
 from fcnseg.signals import loader_batches
 
 _SHOWN = 20
+log = logging.getLogger(__name__)
 
 
 def only_class_zero_message(info: DatasetInfo, what: str, ignored_pixels: int | None = None) -> str:
@@ -88,3 +91,14 @@ def check_dataset(dataset: DatasetContract, what: str, workers: int = 0, limit: 
                         "accept_only_class_zero: true")
     return counted
 
+
+
+def warn_if_one_class(counted: ClassPixels | None, info: DatasetInfo, what: str) -> None:
+    """A warning when every labelled pixel that ``counted`` holds is one class of several: a net trained on such
+    a split learns to say that class everywhere, and mean IU over the classes present then reads 100."""
+    present = np.flatnonzero(counted.pixels) if counted is not None else []
+    if info.num_classes > 1 and len(present) == 1:
+        only = int(present[0])
+        log.warning(f"every labelled pixel of {what} is class {only} ({info.class_names[only]}) of "
+                    f"{info.num_classes}: a net trained on it says {info.class_names[only]} everywhere (mean IU "
+                    "100 on such labels); check the masks (class-index PNGs: pixel value = class index)")

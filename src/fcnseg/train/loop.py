@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Subset
 
 from fcnseg.data.balance import ClassPixels
-from fcnseg.data.check import check_dataset
+from fcnseg.data.check import check_dataset, warn_if_one_class
 from fcnseg.errors import DataError, TrainingError, user_message
 from fcnseg.evaluate import evaluate
 from fcnseg.outputs import refuse_if_held
@@ -97,6 +97,7 @@ def _check_splits(run: Run) -> ClassPixels | None:
             problems.setdefault(user_message(error).replace(what, ""), user_message(error))
     if problems:
         raise DataError("\n".join(problems.values()))
+    warn_if_one_class(counted["the training split"], run.train_set.info, "the training split")
     return counted["the training split"]
 
 
