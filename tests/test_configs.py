@@ -52,6 +52,26 @@ def test_numbers_in_exponent_form_are_numbers_in_files_flags_and_set(tmp_path):
         TrainConfig.from_yaml(tmp_path / "quoted.yaml")
 
 
+
+def test_dataset_options_on_the_command_line_are_merged_into_the_configs(tmp_path):
+    """``--dataset-options '{num_images: 8}'`` over a config with ``{class_map: ..., height: 48}`` replaced the
+    whole mapping: the run trained on the reader's own classes and sizes without a word."""
+    (tmp_path / "run.yaml").write_text("dataset: synthetic\ndataset_options: {num_images: 100, height: 48}\n")
+    for given in (["--dataset-options", "{num_images: 8}"], ["--set", "dataset_options={num_images: 8}"]):
+        config = config_from_args(build_parser().parse_args(["train", "--config", str(tmp_path / "run.yaml"), *given]))
+        assert config.dataset_options == {"num_images": 8, "height": 48}, given
+    # The same over a run's own config.yaml when resuming.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("dataset: synthetic\ndataset_options: {num_images: 100, width: 64}\n")
+    config = config_from_args(build_parser().parse_args(["train", "--out", str(tmp_path / "run"), "--resume",
+                                                         "--dataset-options", "{num_images: 8}"]))
+    assert config.dataset_options == {"num_images": 8, "width": 64}
+    # A list is replaced as before.
+    (tmp_path / "run.yaml").write_text("dataset: synthetic\ncrop_size: [16, 16]\n")
+    config = config_from_args(build_parser().parse_args(["train", "--config", str(tmp_path / "run.yaml"),
+                                                         "--set", "crop_size=[8, 12]"]))
+    assert config.crop_size == [8, 12]
+
 @pytest.mark.parametrize("given", [["--threads", "0"], ["--set", "threads=0"], ["--set", "bogus=1"],
                                    ["--amp", "bogus"], ["--set", "optimizer=adam"]])
 def test_a_bad_flag_is_reported_as_the_command_lines_not_the_config_files(tmp_path, given):

@@ -14,7 +14,7 @@ from fcnseg.errors import ConfigError, printable
 from fcnseg.metrics import format_table
 from fcnseg.runtime import is_main_process
 from fcnseg.train import TrainConfig, train
-from fcnseg.train.config import check_options
+from fcnseg.train.config import check_options, with_overrides
 from fcnseg.train.folder import saved_config
 from fcnseg.yamlio import load_yaml, yaml_problem
 
@@ -52,7 +52,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     started = saved_config(out) if overrides.get("resume") else None
     if started is not None:  # the run's own settings (config.yaml, else its last.pth), then the flags given
         known = {f.name for f in dataclasses.fields(TrainConfig)}
-        return TrainConfig.from_dict({**{k: v for k, v in started.items() if k in known}, **overrides},
+        return TrainConfig.from_dict(with_overrides({k: v for k, v in started.items() if k in known}, overrides),
                                      source=str(out / "config.yaml"))
     return TrainConfig.from_dict(overrides, source="options")
 

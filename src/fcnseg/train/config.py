@@ -83,7 +83,8 @@ class TrainConfig:
     root: str | None = option(None, "the dataset's folder (not needed for synthetic)")
     train_split: str = option("train", "split to train on")
     val_split: str = option("val", "split to validate on")
-    dataset_options: dict[str, Any] = option({}, "reader options as a YAML mapping, e.g. '{num_images: 200}'")
+    dataset_options: dict[str, Any] = option({}, "reader options as a YAML mapping, e.g. '{num_images: 200}' "
+                                             "(merged key by key into the config file's)")
     crop_size: list[int] | None = option(None, "random crop height and width (unset: whole images)",
                                          metavar=("H", "W"), length=2, range=COUNT)
     scale_range: list[float] | None = option(None, "random rescaling range, e.g. 0.5 2.0", metavar=("MIN", "MAX"),
@@ -162,8 +163,7 @@ class TrainConfig:
         data = read_yaml_file(path, "config") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a mapping of option: value, got {type(data).__name__}")
-        data.update(overrides)
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(with_overrides(data, overrides), source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -254,6 +254,17 @@ PER_INVOCATION = ("resume", "overwrite")
 
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
                dict: "a mapping", list: "a list"}
+
+
+def with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a config file's options) with ``overrides`` (the command line's) applied: each value replaces
+    the option's, but a mapping given for an option that ``data`` holds as a mapping (``dataset_options``) is
+    merged into it key by key: ``--dataset-options '{num_images: 8}'`` keeps the config's ``class_map``."""
+    merged = {**data, **overrides}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            merged[key] = {**data[key], **value}
+    return merged
 
 
 def check_options(data: dict[str, Any], source: str) -> dict[str, Any]:
