@@ -157,6 +157,22 @@ def test_predict_batch_groups_equal_sizes_and_matches_single_predictions(checkpo
         np.testing.assert_array_equal(labels, seg.predict(image))
 
 
+def test_a_net_handed_in_by_the_code_that_trains_it_keeps_its_mode(checkpoint, segmenter):
+    # Segmenter(net) switched the caller's net to eval mode for good: its training went on with BatchNorm frozen
+    # and dropout off, without a word.
+    from fcnseg.checkpoint import model_from_checkpoint
+
+    net, _ = model_from_checkpoint(checkpoint)
+    net.train()
+    dropouts = [m for m in net.modules() if isinstance(m, torch.nn.Dropout2d | torch.nn.Dropout)]
+    assert len(dropouts) == 2  # the net of fc6 and fc7: in training mode each pass would drop other scores
+    dropouts[0].eval()  # a submodule the caller keeps in eval mode stays there
+    wrapped = Segmenter(net, net.spec, device="cpu")
+    for _ in range(2):
+        np.testing.assert_array_equal(wrapped.predict_probs(scene(1)), segmenter.predict_probs(scene(1)))
+    assert [m.training for m in net.modules()] == [m is not dropouts[0] for m in net.modules()]
+
+
 def test_class_count_mismatch_is_a_clear_error(segmenter):
     five = Segmenter(None, segmenter.spec, device="cpu", forward=lambda x: segmenter.model(x)[:, :5])
     with pytest.raises(WeightsError) as caught:

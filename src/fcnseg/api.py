@@ -20,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -61,6 +63,10 @@ class Segmenter:
     says (:meth:`note`), or is refused with a :class:`~fcnseg.errors.LimitError` when nothing fits.
     For depth: ``intrinsics`` (fx, fy, cx, cy; None: NYUDv2's camera, by frame size) and ``depth_scale``
     (metres per unit of a depth image file: 0.001 for millimetres).
+
+    A ``model`` handed in is moved to ``device`` and its weights to channels-last memory format (same values);
+    its training mode is left as it is (each pass runs in eval mode, one pass at a time), so the code that
+    trains it can go on training.
     """
 
     def __init__(self, model: torch.nn.Module | None, spec: ModelSpec, device: str | torch.device = "auto",
@@ -82,7 +88,8 @@ class Segmenter:
         self.model = model
         self.forward: Forward = forward if forward is not None else model
         if isinstance(self.forward, torch.nn.Module):  # a checkpoint's net or a TorchScript export
-            self.forward.to(self.device).eval()
+            self.forward.to(self.device)  # its mode is left as it is: each pass runs it in eval mode (scores)
+        self._passes = threading.Lock()  # one pass at a time: a module's mode is switched for the pass
         # Channels-last convolutions: 1.15-1.4x faster on the CPU, equal to float rounding (docs/performance.md).
         self.channels_last = model is not None and forward is None
         if self.channels_last:
@@ -275,7 +282,8 @@ class Segmenter:
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of a normalised N x 3 x H x W batch, checked against the classes and the input size."""
-        logits = self.forward(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
+        with self._passes, _in_eval_mode(self.forward):
+            logits = self.forward(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
         classes = sum(self.info.head_classes)
         if logits.dim() != 4 or logits.shape[1] != classes or logits.shape[2:] != x.shape[2:]:
             raise WeightsError(
@@ -290,6 +298,21 @@ def check_same_frame(colour: Sequence[int], depth: Sequence[int], name: str) -> 
     if tuple(colour[:2]) != tuple(depth[:2]):
         raise DataError(f"{name} is {colour[1]}x{colour[0]} but its depth {depth[1]}x{depth[0]}: they must be of the "
                         "same frame")
+
+
+@contextmanager
+def _in_eval_mode(forward: Forward) -> Iterator[None]:
+    """``forward``, if a module, in eval mode inside; its submodules in training mode are switched back after.
+    A net handed to a Segmenter by the code that trains it went on training in eval mode (BatchNorm frozen,
+    dropout off) without a word."""
+    training = [m for m in forward.modules() if m.training] if isinstance(forward, torch.nn.Module) else []
+    for module in training:
+        module.training = False  # what .eval() sets, kept to the modules it changed
+    try:
+        yield
+    finally:
+        for module in training:
+            module.training = True
 
 
 def _after(first: Callable[[], None], forward: Forward) -> Forward:
