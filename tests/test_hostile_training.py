@@ -251,6 +251,19 @@ def test_the_memory_budget_is_max_memory_and_a_small_run_fits_the_default(tmp_pa
     assert main([*argv, "--max-memory", "2G", "--out", str(tmp_path / "e")]) == 0
 
 
+def test_validation_keeps_to_max_memory_in_sliding_windows_and_says_so_once(tmp_path, capsys):
+    # Crops of 32x32 fitted --max-memory, but each validation ran whole 512x640 images beside the training state
+    # without an estimate (141 MB by fcnseg.memory against a budget of 128 MB here).
+    argv = ["train", *TINY_TRAIN[:-3], "--set", "dataset_options={num_images: 4, height: 512, width: 640}",
+            "--crop-size", "32", "32", "--iterations", "2", "--set", "val_interval=1", "--set", "val_limit=1"]
+    assert main([*argv, "--max-memory", "128M", "--out", str(tmp_path / "held")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "validation image" in line]
+    assert len(notes) == 1, notes  # two validations, said once
+    assert all(name in notes[0] for name in ("640x512", "sliding windows", "--max-memory")), notes
+    assert main([*argv, "--out", str(tmp_path / "free")]) == 0  # the default budget: whole images, no note
+    assert "validation image" not in capsys.readouterr().err
+
+
 def test_a_step_whose_data_pipeline_weighs_most_names_fewer_workers_first(tmp_path, capsys):
     # With 16 workers the loaders' buffers outweighed the net, and the fix named was only crop and batch size.
     argv = ["train", *TINY_TRAIN, "--workers", "16", "--crop-size", "240", "320", "--max-memory", "60M",

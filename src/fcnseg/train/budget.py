@@ -9,16 +9,23 @@ each larger batch arrives, before the net runs on it.
 
 The budget is ``max_memory``, or 80% of the memory available when training starts (shared among the
 processes of a CPU run under torchrun); on a GPU the device part is checked against the GPU's memory and
-the data pipeline against the host's.
+the data pipeline against the host's. Validation runs each batch of whole images in sliding windows where
+its estimate (:func:`fcnseg.memory.fit`) would not fit what the budget leaves beside the training state.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from fcnseg.errors import ConfigError, LimitError
-from fcnseg.memory import default_budget, format_apart, format_bytes, parse_size, training_bytes
+from fcnseg.inference import InferenceOptions
+from fcnseg.memory import default_budget, fit, format_apart, format_bytes, parameter_bytes, parse_size, training_bytes
 from fcnseg.models.spec import ModelSpec
 from fcnseg.runtime import Runtime
 from fcnseg.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def configured_budget(config: TrainConfig) -> int | None:
@@ -71,3 +78,28 @@ def check_step_memory(config: TrainConfig, spec: ModelSpec, runtime: Runtime, ba
         smaller = f"fewer --workers (now {config.workers}), {smaller}"
     raise LimitError(f"{step} would need {need}: use {smaller}, or raise --max-memory if this machine has the "
                      "memory")
+
+
+def validation_planner(config: TrainConfig, spec: ModelSpec,
+                       runtime: Runtime) -> Callable[[int, int, int, InferenceOptions], InferenceOptions]:
+    """``evaluate``'s planner for validation during training: a batch whose inference would not fit the memory
+    left is run in sliding windows (said once). Left: with ``max_memory``, the budget less what training holds
+    meanwhile (weights, gradients, optimizer state, the decoded images kept); without, what is available when
+    the batch comes (what training holds is in use already)."""
+    asked = configured_budget(config)
+    held = parameter_bytes(spec, 2 if config.optimizer == "adamw" else 1, ema=config.ema_decay is not None)
+    if asked is not None and config.keep_decoded:
+        held += asked // 4  # the most training keeps decoded (fcnseg.train.data.keep_decoded)
+    told: list[str] = []
+
+    def plan(batch: int, height: int, width: int, options: InferenceOptions) -> InferenceOptions:
+        left = default_budget(runtime.device) if asked is None else max(asked - held, 0)
+        fitted, note = fit(spec, batch, height, width, options, left, name="a validation image",
+                           channels_last=config.channels_last)
+        if note and not told:
+            told.append(note)
+            log.info(f"{note} (the budget: what --max-memory {format_bytes(asked)} leaves beside the training "
+                     "state; said once)" if asked is not None else f"{note} (said once)")
+        return fitted
+
+    return plan

@@ -148,8 +148,9 @@ class TrainConfig:
     threads: int | None = option(None, "torch threads of each process (default: the usable cores)", range=COUNT)
     max_memory: str | int | None = option(None, "memory a training process may use, e.g. 12G (default: 80 percent "
                                                 "of what is available): a training step estimated larger is "
-                                                "refused, and decoded images are kept only within a quarter of "
-                                                "it; validation is not estimated",
+                                                "refused, decoded images are kept only within a quarter of it, "
+                                                "and validation runs in sliding windows where whole images would "
+                                                "not fit what is left",
                                           metavar="SIZE")
     seed: int = option(0, "seed of the initialisation, sample order and augmentation", range=SEED)
     out: str = option("runs/exp", "the run's folder: checkpoints, metrics.csv, config.yaml")

@@ -17,7 +17,7 @@ from fcnseg.evaluate import evaluate
 from fcnseg.outputs import refuse_if_held
 from fcnseg.runtime import flush_denormals, keep_freed_memory, start, under_torchrun
 from fcnseg.signals import deferred_interrupt
-from fcnseg.train.budget import check_step_memory, configured_budget
+from fcnseg.train.budget import check_step_memory, configured_budget, validation_planner
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.data import keep_decoded, micro_batches
 from fcnseg.train.elastic import after_restart, killed_for_a_test
@@ -212,8 +212,11 @@ def optimizer_step(run: Run) -> None:
 
 
 def validate(run: Run) -> dict[str, Any]:
-    """Whole-image validation over the validation split (sharded across ranks without repeats)."""
+    """Whole-image validation over the validation split (sharded across ranks without repeats), in sliding
+    windows where a batch would not fit the memory left (:func:`fcnseg.train.budget.validation_planner`)."""
     dataset = run.val_set
+    if run.plan_validation is None:  # made once: its note is said once a run
+        run.plan_validation = validation_planner(run.config, run.model.spec, run.runtime)
     if run.config.val_limit:
         dataset = Subset(dataset, range(min(run.config.val_limit, len(dataset))))
     # Its own random numbers: the loader's seed drawn from torch's generator shifted the dropout of every later step,
@@ -222,6 +225,7 @@ def validate(run: Run) -> dict[str, Any]:
     with torch.random.fork_rng(devices=devices):
         scores = evaluate(run.saved_model, dataset, run.info.num_classes, run.info.ignore_index,
                           device=run.runtime.device, progress=False, distributed=run.runtime.distributed,
+                          planner=run.plan_validation,
                           strict_labels=not run.config.accept_only_class_zero,
                           exclude_absent=run.info.exclude_absent, extra_heads=run.info.extra_heads)
     run.train_model.train()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from fcnseg.data.balance import ClassPixels, balancing_weights, class_pixel_coun
 from fcnseg.data.base import SegmentationDataset
 from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, TrainingError, listing
+from fcnseg.inference import InferenceOptions
 from fcnseg.models import build_model
 from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import TRANSFORM_INPUT_BACKBONES, ModelSpec
@@ -57,6 +58,7 @@ class Run:
     iteration: int = 0
     best_mean_iu: float = -1.0
     checked_pixels: int = 0  # the largest batch (samples x height x width) whose memory estimate fits the budget
+    plan_validation: Callable[[int, int, int, InferenceOptions], InferenceOptions] | None = None  # made when first used
 
     @property
     def saved_model(self) -> FCN:
