@@ -157,6 +157,24 @@ def test_predict_batch_groups_equal_sizes_and_matches_single_predictions(checkpo
         np.testing.assert_array_equal(labels, seg.predict(image))
 
 
+def test_predict_batch_decodes_batch_size_images_at_a_time(segmenter, monkeypatch):
+    # Every image of the list was decoded before the first forward pass: a list of a thousand photos was in
+    # memory at once.
+    events = []
+    decode = Segmenter._decode
+
+    def counted_decode(self, *args, **kwargs):
+        events.append("decode")
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "_decode", counted_decode)
+    images = [scene(seed) for seed in range(5)]
+    results = segmenter.predict_batch(images, batch_size=2, on_forward=lambda: events.append("forward"))
+    assert events == ["decode", "decode", "forward", "decode", "decode", "forward", "decode", "forward"]
+    for image, labels in zip(images, results, strict=True):
+        np.testing.assert_array_equal(labels, segmenter.predict(image))
+
+
 def test_a_net_handed_in_by_the_code_that_trains_it_keeps_its_mode(checkpoint, segmenter):
     # Segmenter(net) switched the caller's net to eval mode for good: its training went on with BatchNorm frozen
     # and dropout off, without a word.

@@ -205,8 +205,9 @@ class Segmenter:
         """The label maps of several images, in order (of the first head, for a net with several).
         ``depths`` / ``hhas``: one per image, for nets that read depth; ``on_forward``: see :meth:`predict`.
 
-        Images of equal size go through the network together, ``batch_size`` at a time; images of
-        different sizes are never padded together (padding would change the predictions near borders).
+        Images are decoded ``batch_size`` at a time, in order (a list of a thousand photos is never in memory
+        at once); of those, images of equal size go through the network together, and images of different sizes
+        are never padded together (padding would change the predictions near borders).
         """
         if isinstance(images, str | bytes | os.PathLike | np.ndarray) or not isinstance(images, Sequence):
             raise TypeError(f"predict_batch takes a list of images, got a {type(images).__name__}")
@@ -216,8 +217,11 @@ class Segmenter:
         if not len(images) == len(depths) == len(hhas) == len(names):
             raise ConfigError(f"{len(images)} images but {len(names)} names, {len(depths)} depth maps and "
                               f"{len(hhas)} HHA images: give one of each per image")
-        arrays = [self._decode(*sources) for sources in zip(images, depths, hhas, names, strict=True)]
-        maps = self._label_maps(arrays, names, chosen, on_forward)
+        sources, maps = list(zip(images, depths, hhas, names, strict=True)), []
+        for start in range(0, len(sources), chosen.batch_size):
+            chunk = sources[start:start + chosen.batch_size]
+            maps += self._label_maps([self._decode(*each) for each in chunk], [each[3] for each in chunk], chosen,
+                                     on_forward)
         return [labels if labels.ndim == 2 else labels[0] for labels in maps]
 
     def _label_maps(self, arrays: list[np.ndarray], names: list[str], chosen: InferenceOptions,
