@@ -553,6 +553,38 @@ def test_a_client_that_goes_away_stops_its_work(checkpoint):
         running.close()
 
 
+def test_ctrl_c_twice_during_a_request_answers_503_not_a_traceback(capsys):
+    # The second Ctrl+C makes uvicorn exit at once and the event loop cancel the request's task: the client got
+    # "500 Internal Server Error" and the terminal 60 lines of traceback ending in CancelledError.
+    gate = threading.Event()
+    fake = FakeSegmenter(gate=gate)
+    server = make_server(fake)  # not quiet: its log is what the terminal shows
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    answers = []
+
+    def post():
+        connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+        connection.request("POST", "/api/segment", encode(render_scene(1, 32, 40)[0]))
+        response = connection.getresponse()
+        answers.append((response.status, response.read()))
+
+    client = threading.Thread(target=post)
+    client.start()
+    try:
+        assert fake.entered.wait(30)  # the request is in the worker
+        for _ in range(2):  # what uvicorn's signal handler does on each Ctrl+C (it is not installed in a thread)
+            server._uvicorn.handle_exit(signal.SIGINT, None)
+        client.join(30)
+        thread.join(30)
+    finally:
+        gate.set()
+        server.server_close()
+    assert answers == [(503, b'{"error": "the server is stopping"}')], answers
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception in ASGI application" not in err, err
+
+
 def test_on_forward_runs_before_every_pass_and_can_stop_the_work(segmenter):
     image = render_scene(6, 64, 96)[0]
     calls = []

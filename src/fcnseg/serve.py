@@ -500,6 +500,12 @@ class SegmentServer:
             return Response(status_code=499)  # nobody reads it: uvicorn drops answers to closed connections
         except RequestError as error:
             return self._refusal(error)
+        except anyio.get_cancelled_exc_class():
+            if not self.stopping.is_set():
+                raise
+            # A second Ctrl+C: uvicorn exits at once and the event loop cancels this task. The client got a 500
+            # and the terminal a traceback; it gets the answer of a server that is stopping.
+            return self._refusal(RequestError(503, "the server is stopping"))
         except Exception as error:  # noqa: BLE001 - the page gets one line, the terminal the traceback
             log.error("segmentation failed", exc_info=True)
             return _error(500, f"the model failed on this image: {type(error).__name__}: {error}")
