@@ -130,6 +130,35 @@ def test_a_loader_worker_leaves_ctrl_c_to_the_main_process():
     assert done.returncode == 0 and done.stdout == "still here\n", done.stderr
 
 
+SIGNAL_INSIDE_THE_DYNAMO_IMPORT = """
+import os, signal, sys
+import fcnseg, fcnseg.memory
+from fcnseg.inference import InferenceOptions
+
+class SignalInsideTheImport:  # Ctrl+C while torch imports torch._dynamo for the first meta-device pass
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch._dynamo.convert_frame":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+
+net = fcnseg.build_model("fcn8s", backbone="vgg16", num_classes=8, width=1 / 16)
+assert "torch._dynamo" not in sys.modules
+sys.meta_path.insert(0, SignalInsideTheImport())
+try:
+    fcnseg.memory.inference_bytes(net.spec, 1, 64, 64, InferenceOptions())
+except KeyboardInterrupt:
+    print("interrupted, torch._dynamo imported:", "torch._dynamo" in sys.modules)
+"""
+
+
+def test_ctrl_c_during_the_first_memory_estimates_torch_import_waits_for_its_end():
+    # torch imports torch._dynamo on the first meta-device pass (a training's first memory estimate, about 1 s):
+    # Ctrl+C inside that import broke it off, at times as a RuntimeError traceback (inside a __set_name__).
+    done = subprocess.run([sys.executable, "-c", SIGNAL_INSIDE_THE_DYNAMO_IMPORT], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.stdout == "interrupted, torch._dynamo imported: True\n", (done.stdout, done.stderr)
+
+
 def test_ctrl_c_in_the_demos_training_stops_at_once(tmp_path, capsys, monkeypatch):
     # The demo starts anew when run again: a saved stage and a resume command for it would only mislead.
     _ctrl_c_after(monkeypatch, 1)

@@ -15,7 +15,9 @@ The budget defaults to 80% of the memory available when it is computed (``--max-
 from __future__ import annotations
 
 import functools
+import importlib
 import re
+import sys
 import threading
 
 import torch
@@ -25,6 +27,7 @@ from fcnseg.errors import ConfigError, LimitError, format_bytes  # format_bytes:
 from fcnseg.inference import InferenceOptions, scaled_size, tile, tile_step
 from fcnseg.models import ModelSpec, build_model
 from fcnseg.runtime import available_bytes  # here too: what a memory estimate is held against
+from fcnseg.signals import signals_held
 
 BUDGET_FRACTION = 0.8
 # Measured peaks (benchmarks/memory_estimate.py, docs/RELIABILITY.md) run up to 1.25x the layer-by-layer sum on
@@ -65,6 +68,11 @@ _META_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=8)
 def _meta_model(architecture: ModelSpec) -> nn.Module:
+    if "torch._dynamo" not in sys.modules:
+        # torch imports torch._dynamo (about 1 s) on the first pass on the meta device; a Ctrl+C inside that
+        # import could end in a RuntimeError traceback (raised inside a class's __set_name__): held until it ends.
+        with signals_held():
+            importlib.import_module("torch._dynamo")  # not "import torch._dynamo": that makes torch a local
     with torch.device("meta"):
         return build_model(architecture).eval()
 
