@@ -62,12 +62,14 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _refuse_other_normalization(module: nn.Module | None, dataset: Dataset) -> None:
-    """A ConfigError where ``dataset`` normalises its images otherwise than the net ``module`` expects (its spec):
-    the net then scores other inputs than it learnt (36.8 mean IU fell to 9.4 without a word)."""
+def _refuse_other_normalization(forward: Forward, module: nn.Module | None, dataset: Dataset) -> None:
+    """A ConfigError where ``dataset`` normalises its images otherwise than the net expects (the spec of
+    ``module``, or of the Segmenter whose method ``forward`` is: ``seg.scores``, an export's too): the net then
+    scores other inputs than it learnt (36.8 mean IU fell to 9.4 without a word)."""
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
-    spec, used = getattr(module, "spec", None), getattr(dataset, "normalization", None)
+    owner = module if module is not None else getattr(forward, "__self__", None)
+    spec, used = getattr(owner, "spec", None), getattr(dataset, "normalization", None)
     if spec is None or used is None or same_normalization(used, spec.normalization_text, len(spec.inputs)):
         return
     expected = spec.normalization_text
@@ -113,7 +115,7 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
     rank, world_size = _shard(distributed)
     device = resolve_device(device)
     module = unwrap(forward) if isinstance(forward, nn.Module) else None
-    _refuse_other_normalization(module, dataset)
+    _refuse_other_normalization(forward, module, dataset)
     was_training = module is not None and module.training
     if module is not None:
         # DDP's own forward may synchronise buffers; ranks run different numbers of images here.
@@ -122,6 +124,7 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
     loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=num_workers,
                         collate_fn=SizeGroups(), pin_memory=device.type == "cuda", worker_init_fn=worker_init)
     heads = (num_classes, *(head.num_classes for head in extra_heads))
+    forward = _with_classes(forward, sum(heads))
     confusions = [ConfusionMatrix(classes, ignore_index, device=device) for classes in heads]
     curve = None if positive_class is None else BinaryCurve(positive_class, ignore_index, device=device)
     done = 0
@@ -151,6 +154,21 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
         scores["binary"] = {"class": positive_class, **curve.compute()}
     scores["num_images"] = int(count.item())
     return scores
+
+
+def _with_classes(forward: Forward, classes: int) -> Forward:
+    """``forward``, refusing scores of another number of channels than ``classes``: 4 for a ``num_classes`` of 3
+    was blamed on the predictions ("predicted values {3} are not classes 0..2"), and 4 for 5 scored without a
+    word (class 4 never predicted)."""
+    def checked(x: torch.Tensor) -> torch.Tensor:
+        logits = forward(x)
+        if logits.dim() != 4 or logits.shape[1] != classes:
+            raise ConfigError(f"the net gives scores of shape {tuple(logits.shape)} for input {tuple(x.shape)}, "
+                              f"but {classes} classes (num_classes, with extra_heads' classes) are to be scored: "
+                              "give evaluate the classes of the net's dataset")
+        return logits
+
+    return checked
 
 
 def _predict_and_count(forward: Forward, images: torch.Tensor, labels: torch.Tensor, options: InferenceOptions,
