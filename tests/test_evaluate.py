@@ -293,6 +293,14 @@ def test_cli_scores_a_checkpoint_on_synthetic_roads(tiny_checkpoint, tmp_path, c
     assert metrics["num_images"] == 3
     assert sum(map(sum, metrics["confusion"])) == 3 * 128 * 160  # synthetic labels have no ignored pixels
     assert (out / "confusion.png").is_file()
+    # What was scored and how: a report left by an earlier run (one since interrupted) looked like this one's.
+    evaluated = metrics["evaluated"]
+    assert evaluated["checkpoint"] == str(checkpoint.resolve()) and evaluated["limit"] == 3
+    assert (evaluated["dataset"], evaluated["split"], evaluated["root"]) == ("synthetic", "val", None)
+    assert evaluated["inference"]["mode"] == "whole" and evaluated["inference"]["scales"] == [1.0]
+    written = datetime.datetime.fromisoformat(evaluated["at"])
+    assert abs((datetime.datetime.now(datetime.UTC) - written).total_seconds()) < 600
+    assert read_report(out)["num_images"] == 3
 
 
 def test_cli_refuses_a_dataset_with_other_classes(tmp_path):

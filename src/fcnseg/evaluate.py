@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -248,10 +249,13 @@ def _metrics(scores: dict, class_names: Sequence[str]) -> dict:
 
 
 def write_report(scores: dict, class_names: Sequence[str], out_dir: str | os.PathLike, title: str,
-                 extra_heads: Sequence[DatasetInfo] = (), outputs: Outputs | None = None) -> str:
+                 extra_heads: Sequence[DatasetInfo] = (), outputs: Outputs | None = None,
+                 evaluated: dict[str, Any] | None = None) -> str:
     """Write ``metrics.json`` and ``confusion.png`` to ``out_dir``; returns the text of :func:`report_text`.
 
-    ``metrics.json`` holds the title, the four scores (fractions; null where undefined), per-class IoU and
+    ``metrics.json`` holds the title, ``evaluated`` when given (what was scored and how: ``fcnseg eval`` writes
+    the checkpoint, dataset, split, limit, inference options and the time, so a report is never taken for
+    another run's), the four scores (fractions; null where undefined), per-class IoU and
     accuracy by class name, and the confusion matrix (rows = ground truth, columns = prediction); the
     scores of ``extra_heads`` in the same form under ``extra_heads``, by task. ``confusion.png`` shows
     the first head's matrix. With ``outputs`` (the :class:`fcnseg.outputs.Outputs` of ``out_dir``) each file
@@ -262,7 +266,7 @@ def write_report(scores: dict, class_names: Sequence[str], out_dir: str | os.Pat
         raise ConfigError("scores lack 'confusion'; pass the dict returned by evaluate()")
     out_dir = Path(out_dir)
     text = report_text(scores, class_names, title, extra_heads)  # checks the class names before any write
-    metrics = {"title": title, **_metrics(scores, class_names)}
+    metrics = {"title": title, **({"evaluated": evaluated} if evaluated else {}), **_metrics(scores, class_names)}
     if "num_images" in scores:
         metrics["num_images"] = scores["num_images"]
     if "binary" in scores:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import datetime
 import logging
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
+from fcnseg import __version__
 from fcnseg.api import Segmenter, load
 from fcnseg.commands.options import (
     SHIPPED_NETS,
@@ -130,7 +134,8 @@ def _score(args: argparse.Namespace, segmenter: Segmenter, dataset: Dataset, dat
     config = segmenter.config or {}
     title = f"{config.get('name', args.checkpoint.stem)} ({config.get('backbone', 'export')})"
     if outputs is not None:
-        text = write_report(scores, info.class_names, args.out, title, info.extra_heads, outputs)
+        text = write_report(scores, info.class_names, args.out, title, info.extra_heads, outputs,
+                            evaluated=_what_was_scored(args, options))
         outputs.flush()
         text += f"\n\nwrote {args.out / 'metrics.json'} and {args.out / 'confusion.png'}"
     else:
@@ -138,3 +143,12 @@ def _score(args: argparse.Namespace, segmenter: Segmenter, dataset: Dataset, dat
     print(printable(f"{args.dataset} {args.split}: {scores['num_images']} images"))
     print(printable(text, newlines=True))  # the tables escaped each name already; the title and paths too
     return 0
+
+
+def _what_was_scored(args: argparse.Namespace, options: InferenceOptions) -> dict[str, Any]:
+    """metrics.json's record of the run: a report left by an earlier run (one since interrupted, or refused)
+    looked like this one's."""
+    return {"checkpoint": str(Path(args.checkpoint).resolve()), "dataset": args.dataset,
+            "root": None if args.root is None else str(Path(args.root).resolve()), "split": args.split,
+            "limit": args.limit, "class_map": args.class_map, "inference": dataclasses.asdict(options),
+            "fcnseg": __version__, "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
