@@ -224,6 +224,19 @@ def test_eval_holds_its_out_folder_while_it_scores(tiny_checkpoint, tmp_path, ca
     assert (out / "metrics.json").is_file()
 
 
+def test_an_earlier_reports_file_changed_since_is_said_so_not_called_someone_elses(tiny_checkpoint, tmp_path, capsys):
+    # After `touch OUT/metrics.json` the refusal said it "was not written by an earlier fcnseg eval"; it was.
+    out = tmp_path / "report"
+    argv = ["eval", str(tiny_checkpoint), "--dataset", "synthetic", "--limit", "1", "--workers", "0", "--threads", "1",
+            "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    os.utime(out / "metrics.json", ns=(0, 0))
+    (out / "mine.txt").write_text("the user's")
+    line = refused(capsys, argv, out / "metrics.json", "changed since", "--overwrite")
+    assert "not written" not in line and "confusion.png" not in line, line
+    assert main([*argv, "--overwrite"]) == 0 and (out / "mine.txt").read_text() == "the user's"
+
+
 # --- inputs that are symbolic links leading nowhere ------------------------------------------------------
 
 

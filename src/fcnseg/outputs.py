@@ -213,10 +213,23 @@ class Outputs:
         foreign = [p for p, identity in zip(paths, identities, strict=True)
                    if identity is not None and not self.owned(p, entries)]
         if foreign:
-            raise ConfigError(f"{listing(foreign, _SHOWN)} already exist{'s' if len(foreign) == 1 else ''} and "
-                              f"{'was' if len(foreign) == 1 else 'were'} not written by an earlier fcnseg "
-                              f"{self.command}: choose another --out, or pass --overwrite to replace "
-                              f"{'it' if len(foreign) == 1 else 'them'}")
+            raise ConfigError(self._foreign_message(foreign, entries))
+
+    def _foreign_message(self, foreign: list[Path], entries: dict[str, dict]) -> str:
+        """Why ``foreign`` files are not replaced: not this command's, or its own changed since (a touched
+        metrics.json was said to be "not written by an earlier fcnseg eval", which it was)."""
+        changed = [p for p in foreign if entries.get(self._name(p), {}).get("command") == self.command]
+        others = [p for p in foreign if p not in changed]
+        reasons = []
+        for paths, why in ((others, f"not written by an earlier fcnseg {self.command}"),
+                           (changed, f"written by an earlier fcnseg {self.command} and changed since (edited or "
+                                     "touched: maybe yours now)")):
+            if paths:
+                one = len(paths) == 1
+                reasons.append(f"{listing(paths, _SHOWN)} already exist{'s' if one else ''} and "
+                               f"{'was' if one else 'were'} {why}")
+        return (f"{'; '.join(reasons)}: choose another --out, or pass --overwrite to replace "
+                f"{'it' if len(foreign) == 1 else 'them'}")
 
     def record(self, paths: Iterable[str | os.PathLike], growing: bool = False, flush: bool = False,
                source: str | None = None) -> None:
