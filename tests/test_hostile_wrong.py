@@ -15,7 +15,7 @@ from fcnseg.data.folder import FolderDataset
 from fcnseg.errors import DataError, WeightsError
 from fcnseg.models.weights import fcn_from_pytorch_fcn
 
-from .helpers import TINY_TRAIN, error_names, folder_dataset, random_fcn, refused
+from .helpers import TINY_TRAIN, digests, error_names, folder_dataset, random_fcn, refused
 from .models.torchfcn_oracle import TorchFCN
 
 
@@ -69,6 +69,22 @@ def test_a_training_split_of_one_class_is_warned_about(tmp_path, capsys):
     Image.fromarray(np.eye(40, 48, dtype=np.uint8)).save(root / "masks" / "0.png")
     assert main([*argv, "--out", str(tmp_path / "run2")]) == 0
     assert "every labelled" not in capsys.readouterr().err
+
+
+def test_eval_refuses_to_write_its_report_among_the_datasets_files(tmp_path, capsys):
+    # --out DATA/masks wrote metrics.json and confusion.png among the masks: every later run on the dataset
+    # then failed on "files that are not PNG masks".
+    from fcnseg.checkpoint import save_model
+
+    root = folder_dataset(tmp_path / "data", classes=3)
+    checkpoint = save_model(random_fcn(num_classes=3), FolderDataset(root).info, tmp_path / "three.pth")
+    argv = ["eval", checkpoint, "--dataset", "folder", "--root", root, "--split", "all", "--workers", "0",
+            "--threads", "1", "--quiet", "--out"]
+    before = digests(root)
+    for folder in (root / "masks", root / "images", root / "masks" / ".." / "masks"):
+        refused(capsys, [*argv, folder], "--out", folder, "dataset's own files")
+    assert digests(root) == before
+    assert main([str(a) for a in [*argv, root / "report"]]) == 0  # beside them: fine
 
 
 def test_a_class_named_twice_is_refused_not_dropped_from_the_report(tmp_path, capsys):

@@ -27,7 +27,7 @@ from fcnseg.commands.options import (
 )
 from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.registry import DATASETS, build_dataset, dataset_options
-from fcnseg.errors import DataError, printable
+from fcnseg.errors import ConfigError, DataError, printable
 from fcnseg.evaluate import REPORT_FILES, evaluate, report_text, write_report
 from fcnseg.inference import InferenceOptions
 from fcnseg.outputs import RECORD, Outputs, folder_lock, refuse_if_held
@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.checkpoint} predicts {count_text(info.head_classes)} classes ({info.name}) but dataset "
                         f"{args.dataset} has {count_text(dataset.info.head_classes)}; evaluate on the dataset it was "
                         "trained for, with the --class-map it was trained with")
+    if args.out is not None and Path(args.out).resolve() in getattr(dataset, "folders", set)():
+        raise ConfigError(f"--out {args.out} is a folder of the dataset's own files: a report written there would be "
+                          "read as data by every later run (a metrics.json among the masks); choose another --out")
     if runtime.is_main:  # said once, not by every process of a torchrun
         _say_if_the_names_differ(info, dataset.info, args.dataset)
     data_info = dataset.info  # a Subset (--limit) has no info

@@ -296,6 +296,10 @@ class FilePairDataset(SegmentationDataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def folders(self) -> set[Path]:
+        """The folders its files lie in (resolved): a command's outputs written there would become data."""
+        return {folder.resolve() for folder in {path.parent for pair in self.pairs for path in pair}}
+
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
