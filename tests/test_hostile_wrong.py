@@ -48,8 +48,13 @@ def test_eval_refuses_to_score_0_255_masks(tmp_path, capsys):
 
     root = zero_255_dataset(tmp_path / "data", classes=3)
     checkpoint = save_model(random_fcn(num_classes=3), FolderDataset(root).info, tmp_path / "three.pth")
-    refused(capsys, ["eval", checkpoint, "--dataset", "folder", "--root", root, "--split", "all", "--workers", "0",
-                     "--threads", "1", "--quiet"], "0/255")
+    argv = ["eval", checkpoint, "--dataset", "folder", "--root", root, "--split", "all", "--workers", "0",
+            "--threads", "1", "--quiet"]
+    refused(capsys, argv, "0/255", "--accept-only-class-zero")
+    # A split that really is background and ignored pixels only: eval had no way to score it (training has
+    # accept_only_class_zero).
+    assert main([str(arg) for arg in [*argv, "--accept-only-class-zero"]]) == 0
+    assert "4 images" in capsys.readouterr().out
 
 
 def test_a_training_split_of_one_class_is_warned_about(tmp_path, capsys):

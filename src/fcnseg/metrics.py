@@ -205,7 +205,8 @@ class ConfusionMatrix:
             raise DataError(
                 f"no ground-truth pixel of a class other than 0 was seen, but {int(self.ignored):,} pixels equal "
                 f"to the ignore index {self.ignore_index} were: "
-                f"{masks_saved_as_zero_ignore(self.ignore_index, self.num_classes)}")
+                f"{masks_saved_as_zero_ignore(self.ignore_index, self.num_classes)}; if the ignore value really "
+                "is meant, score with fcnseg eval --accept-only-class-zero (strict_labels=False in Python)")
         return scores_from_confusion(self.matrix, exclude_absent)
 
 

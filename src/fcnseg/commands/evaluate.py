@@ -57,6 +57,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--class-map", type=yaml_flag, metavar="YAML",
                         help="merge or rename the dataset's classes as the net was trained, e.g. "
                              "'{road: road, \"*\": not road}'")
+    parser.add_argument("--accept-only-class-zero", action="store_true",
+                        help="score labels whose only class is 0 beside ignored pixels (refused by default: that is "
+                             "how masks saved as 0/255 look)")
     add_inference(parser)
     add_max_memory(parser)
     add_runtime(parser)
@@ -131,6 +134,7 @@ def _score(args: argparse.Namespace, segmenter: Segmenter, dataset: Dataset, dat
     scores = evaluate(segmenter.scores, dataset, info.num_classes, data_info.ignore_index, options,
                       device=runtime.device, num_workers=args.workers, distributed=runtime.distributed,
                       planner=segmenter.plan, exclude_absent=data_info.exclude_absent,
+                      strict_labels=not args.accept_only_class_zero,
                       extra_heads=data_info.extra_heads, positive_class=positive_class(data_info))
     if not runtime.is_main:
         return 0
