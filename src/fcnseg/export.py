@@ -8,6 +8,10 @@ under ``fcnseg.*`` keys), TorchScript archives as the extra file ``fcnseg.json``
 ``load_torchscript`` give ``(forward, spec)``, which ``fcnseg.api.Segmenter`` takes
 (``fcnseg.load(path, backend="onnxruntime")``). Version-1 exports (no spec) are still read.
 
+Damage is found on loading: a TorchScript archive by its zip checksums, an ONNX file (version 3 on) by the
+sha256 of its own bytes that it carries under ``fcnseg.sha256`` (flipped bytes in the weights loaded without a
+word and predicted wrong labels).
+
 Which ONNX exporter, and why: the TorchScript-based one (``torch.onnx.export(..., dynamo=False)``).
 Both exporters give outputs equal to PyTorch's (< 1e-6) at untraced sizes for every backbone, head and
 geometry (the FCN's input-padding branch depends on constants only, so tracing keeps it), but the dynamo
@@ -22,6 +26,7 @@ checked against the PyTorch model at an untraced size before it replaces the des
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import json
@@ -40,10 +45,12 @@ from fcnseg.data.info import DatasetInfo
 from fcnseg.errors import ConfigError, ExportError, WeightsError, require_model_file
 from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import ModelSpec, spec_from_v1
-from fcnseg.models.weights import file_kind
+from fcnseg.models.weights import file_kind, refuse_damaged_archive
 
 FORMAT = "fcnseg-export"
-VERSION = 2
+VERSION = 3  # 3: ONNX files carry the sha256 of their bytes (CHECKSUM_KEY)
+CHECKSUM_KEY = "fcnseg.sha256"
+_BLANK_CHECKSUM = '"' + "0" * 64 + '"'  # the value the digest is computed over, then replaced by it
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 TORCHSCRIPT_EXTRA_FILE = "fcnseg.json"
 # Traced at one size and batch, verified at another: a size or batch baked into the graph shows up as a
@@ -195,10 +202,43 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, opset: int = 1
                         f"{OUTPUT_NAME} N x {sum(spec.head_classes)} x H x W")
 
     with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
-        forward, _ = load_onnx(tmp)
+        tmp.write_bytes(onnx_bytes(proto))
+        forward, _ = load_onnx(tmp, threads=torch.get_num_threads())  # ONNX Runtime's default: every core
         _verify(forward, model, "ONNX", path)
     return path
+
+
+def _checksum_entry() -> bytes:
+    """The bytes before the checksum's value in a serialised model: a metadata entry is a protobuf message of
+    field 1 (the key) and field 2 (the value), each a tag byte and a length byte before its bytes."""
+    return b"\x0a" + bytes([len(CHECKSUM_KEY)]) + CHECKSUM_KEY.encode() + b"\x12" + bytes([len(_BLANK_CHECKSUM)])
+
+
+def onnx_bytes(proto: Any) -> bytes:
+    """The ONNX model ``proto`` serialised with the sha256 of its own bytes under ``fcnseg.sha256`` (computed
+    with the value blank, then written in its place: the same length, so the file stays a valid model)."""
+    kept = [entry for entry in proto.metadata_props if entry.key != CHECKSUM_KEY]  # a model made from an export
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = CHECKSUM_KEY, _BLANK_CHECKSUM
+    data = proto.SerializeToString()
+    at = data.rindex(_checksum_entry()) + len(_checksum_entry())
+    digest = f'"{hashlib.sha256(data).hexdigest()}"'.encode()
+    return data[:at] + digest + data[at + len(digest):]
+
+
+def refuse_damaged_onnx(path: Path) -> None:
+    """A WeightsError naming ``path`` where its bytes do not give the sha256 it carries, or it carries none."""
+    data = path.read_bytes()
+    at = data.rfind(_checksum_entry())
+    if at >= 0:
+        at += len(_checksum_entry())
+        stored, blank = data[at:at + len(_BLANK_CHECKSUM)], _BLANK_CHECKSUM.encode()
+        if f'"{hashlib.sha256(data[:at] + blank + data[at + len(blank):]).hexdigest()}"'.encode() == stored:
+            return
+    raise WeightsError(f"{path} is damaged: its bytes do not match the sha256 written into it when it was "
+                       "exported, so the file changed since (a failing disk or copy?); copy or export it again")
 
 
 class OnnxForward:
@@ -245,6 +285,8 @@ def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxForward
     except json.JSONDecodeError:
         raise WeightsError(f"{path} has damaged fcnseg metadata; export it again with `fcnseg export`") from None
     spec = _from_metadata(meta, path)
+    if meta.get("version", 0) >= 3:  # earlier exports carry no checksum
+        refuse_damaged_onnx(path)
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if names != ([INPUT_NAME], [OUTPUT_NAME]):
         raise WeightsError(f"{path} has inputs/outputs {names}, expected ['{INPUT_NAME}'] -> ['{OUTPUT_NAME}']")
@@ -290,6 +332,7 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelSpe
     A TorchScript archive holds code as well as weights: load only files from sources you trust.
     """
     path = require_model_file(path, "TorchScript model", (".pt",))
+    refuse_damaged_archive(path)
     extra = {TORCHSCRIPT_EXTRA_FILE: ""}
     try:
         with _quiet_jit():  # torch.jit's deprecation notice

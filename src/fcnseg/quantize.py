@@ -37,7 +37,7 @@ from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.registry import build_dataset, dataset_options, needs_root
 from fcnseg.errors import ConfigError, ExportError
-from fcnseg.export import INPUT_NAME, export_onnx, load_onnx, require_module
+from fcnseg.export import INPUT_NAME, export_onnx, load_onnx, onnx_bytes, require_module
 from fcnseg.yamlio import load_yaml, yaml_problem
 
 METHOD = ("ONNX Runtime static quantisation, QDQ: per-channel int8 weights (7-bit range), uint8 activations, "
@@ -143,15 +143,16 @@ def export_int8(source: str | Path | nn.Module, path: str | Path, calibration: C
                 str(prepared), str(int8), _Reader(batches), quant_format=quantization.QuantFormat.QDQ,
                 per_channel=True, reduce_range=True, activation_type=quantization.QuantType.QUInt8,
                 weight_type=quantization.QuantType.QInt8, calibrate_method=quantization.CalibrationMethod.MinMax)
+        proto = onnx.load(str(int8))  # the fp32 file's metadata, with a checksum of the fp32 bytes: made anew
+        int8.write_bytes(onnx_bytes(proto))
         # The images it was calibrated on: images= is a most (a split of 200 gives 200 for images=500).
         report = {"precision": "int8", "method": METHOD, "calibration": {**asdict(calibration), "images": len(batches)}}
         report["agreement_with_fp32"] = _agreement(fp32, int8, batches, spec.classes)
-        proto = onnx.load(str(int8))
         entry = proto.metadata_props.add()
         entry.key, entry.value = "fcnseg.int8", json.dumps(report)
         with atomic_path(path) as tmp:
-            onnx.save(proto, str(tmp))
-            load_onnx(tmp)  # it opens and has its metadata, or nothing replaces ``path``
+            tmp.write_bytes(onnx_bytes(proto))
+            load_onnx(tmp)  # it opens, has its metadata and its checksum, or nothing replaces ``path``
     return path, report
 
 
@@ -206,8 +207,8 @@ def _agreement(fp32: Path, int8: Path, batches: list[np.ndarray], info: DatasetI
     """Share of pixels (first head) where the int8 model's label equals the fp32 model's."""
     heads = info.head_classes
     same = total = 0
-    exact, _ = load_onnx(fp32)
-    quantised, _ = load_onnx(int8)
+    exact, _ = load_onnx(fp32, threads=torch.get_num_threads())  # ONNX Runtime's default: every core
+    quantised, _ = load_onnx(int8, threads=torch.get_num_threads())
     for batch in batches:
         x = torch.from_numpy(batch)
         a = exact(x)[:, :heads[0]].argmax(1)

@@ -90,6 +90,8 @@ def load_torch_file(path: str | Path, mmap: bool = False) -> Any:
     path = require_model_file(path, "weights file", (".pth", ".pt"))
     if path.stat().st_size == 0:
         raise WeightsError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch it again")
+    if not mmap:  # a look at the metadata reads too little to be worth the whole file's checksums
+        refuse_damaged_archive(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4 in the checkpoint"
@@ -113,6 +115,22 @@ def load_torch_file(path: str | Path, mmap: bool = False) -> Any:
                                "give the checkpoint it was exported from)"}.get(kind, "; is it truncated or of "
                                                                                    "another format?")
         raise WeightsError(f"{path} is not a readable PyTorch weights file{hint}") from None
+
+
+def refuse_damaged_archive(path: Path) -> None:
+    """A WeightsError naming ``path`` and its first damaged entry where a zip archive (torch's format of
+    checkpoints and TorchScript exports) fails its CRC-32 checksums: torch reads the bytes without checking
+    them, so flipped bytes in the weights loaded without a word and predicted wrong labels. Other files pass."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except zipfile.BadZipFile:
+        return  # not an archive (a legacy torch file, another format): its reader says what it is
+    except (OSError, EOFError, zipfile.LargeZipFile, NotImplementedError) as error:
+        damaged = f"({type(error).__name__}: {error})"
+    if damaged is not None:
+        raise WeightsError(f"{path} is damaged: {damaged} fails its checksum, so the file changed after it was "
+                           "written (a failing disk or copy?); fetch, copy or export it again")
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
