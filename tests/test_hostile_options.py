@@ -195,6 +195,9 @@ def test_eval_options_out_of_range(tiny_checkpoint, capsys, argv, names):
 @pytest.mark.parametrize("argv, names", ids=_flags, argvalues=[
     (["--opset", "0"], ("--opset", "0")),
     (["--opset", "10"], ("--opset", "10", "11")),  # taken, then ~220 lines of torch's graph dump (padding needs 11)
+    (["--opset", "99"], ("--opset", "99", "20")),  # taken, then ~225 lines of it: newer than torch writes
+    (["--int8", "--opset", "12", "--calibrate", "dataset=synthetic"], ("--int8", "--opset", "13", "12")),
+    (["--int8", "--calibrate", "dataset=synthetic", "images=2", "images=3"], ("images=", "twice", "'2'", "'3'")),
     (["--check-sizes", "0x10"], ("--check-sizes", "0x10")),
     (["--int8", "--calibrate", "dataset=synthetic", "images=0"], ("images", "0")),
     (["--int8", "--calibrate", "dataset=synthetic", "images=-3"], ("images", "-3")),
@@ -203,6 +206,28 @@ def test_export_options_out_of_range(tiny_checkpoint, tmp_path, capsys, argv, na
     usage_or_one_line(capsys, ["export", tiny_checkpoint, "--out", tmp_path / "m.onnx", *argv], *names)
     assert not (tmp_path / "m.onnx").exists()
 
+
+def test_the_newest_opset_is_the_one_torch_writes():
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+
+    from fcnseg.commands.export import NEWEST_OPSET
+
+    assert NEWEST_OPSET == ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+
+
+def test_an_export_out_that_is_a_folder_a_checkpoints_name_or_an_unexpanded_tilde_is_refused(tiny_checkpoint,
+                                                                                                tmp_path, capsys,
+                                                                                                monkeypatch):
+    # A folder: refused as another's file (--overwrite then ran the whole export before "Is a directory");
+    # model.pth: ONNX written under a checkpoint's name; --out=~/m.onnx: a folder named ~ made here.
+    (tmp_path / "dir.onnx").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for out, names in ((tmp_path / "dir.onnx", ("is a folder", "model.onnx")),
+                       (tmp_path / "model.pth", ("fcnseg checkpoint", "model.onnx")),
+                       ("~/m.onnx", ("~", "$HOME"))):
+        for extra in ([], ["--overwrite"]):
+            usage_or_one_line(capsys, ["export", tiny_checkpoint, f"--out={out}", *extra], *names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.onnx"]
 
 TRAIN_CASES = [
     (["--lr", "-1"], ("lr", "-1")),

@@ -68,6 +68,8 @@ def parse_calibration(pairs: list[str]) -> Calibration:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--calibrate takes KEY=VALUE pairs (dataset=camvid root=PATH ...), got {pair!r}")
+        if key in values:  # the last one won without a word
+            raise ConfigError(f"--calibrate gives {key}= twice ({values[key]!r} and {value!r}): give it once")
         values[key] = value
     if "dataset" not in values:
         raise ConfigError("--calibrate needs dataset=NAME (and root=PATH): the images int8 ranges are measured on")

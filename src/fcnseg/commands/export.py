@@ -17,9 +17,12 @@ from fcnseg.quantize import Calibration, export_int8, parse_calibration
 from fcnseg.ranges import Range
 from fcnseg.runtime import set_threads
 
-# The oldest opset an FCN exports to (its padding needs opset 11: older ones failed after ~220 lines of torch's graph
-# dump); newer ones than torch knows fail in one line.
-OPSETS = Range(11, whole=True)
+# The opsets an FCN exports to: from 11 (its padding needs it: older ones failed after ~220 lines of torch's graph
+# dump) to the newest torch's TorchScript-based exporter writes (--opset 99 failed after ~225 lines as well).
+# torch.onnx is not imported for the parser: the newest is written out (tests/test_export.py checks it).
+NEWEST_OPSET = 20
+OPSETS = Range(11, NEWEST_OPSET, whole=True)
+INT8_OPSET = 13  # ONNX Runtime's QDQ format needs per-axis DequantizeLinear (opset 13)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -59,8 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 # What a file name says it holds: an export named for the other format misleads every tool that opens it.
-_NAMED_FOR = {".onnx": "onnx", ".pt": "torchscript"}
-_FORMAT_WORDS = {"onnx": "an ONNX model", "torchscript": "a TorchScript archive"}
+_NAMED_FOR = {".onnx": "onnx", ".pt": "torchscript", ".pth": "checkpoint"}
+_FORMAT_WORDS = {"onnx": "an ONNX model", "torchscript": "a TorchScript archive", "checkpoint": "an fcnseg checkpoint"}
 
 
 def export_format(out: Path, asked: str | None, int8: bool = False) -> str:
@@ -68,11 +71,11 @@ def export_format(out: Path, asked: str | None, int8: bool = False) -> str:
     ONNX; a suffix that names the other format is refused (``--format onnx --out model.pt`` wrote ONNX under a
     TorchScript name)."""
     named = _NAMED_FOR.get(out.suffix.lower())
-    chosen = "onnx" if int8 else asked or named or "onnx"
+    chosen = "onnx" if int8 else asked or (named if named != "checkpoint" else None) or "onnx"
     if named is not None and named != chosen:
         right = out.with_suffix(next(suffix for suffix, fmt in _NAMED_FOR.items() if fmt == chosen))
         why = "--int8" if int8 else f"--format {chosen}"
-        fix = "" if int8 else f", or give --format {named}"
+        fix = "" if int8 or named == "checkpoint" else f", or give --format {named}"
         raise ConfigError(f"--out {out} is named as {_FORMAT_WORDS[named]} but {why} writes {_FORMAT_WORDS[chosen]}: "
                           f"name it {right}{fix}")
     return chosen
@@ -82,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     """0 when the export matches PyTorch at every --check-sizes size, 1 otherwise."""
     calibration = _calibration(args)  # --int8's own checks first: it writes ONNX, whatever --out is named
     args.format = export_format(args.out, args.format, args.int8)
+    if args.out.is_dir():  # --overwrite would not help: it failed at the end, after the whole export
+        raise ConfigError(f"--out {args.out} is a folder: give the file to write in it, e.g. "
+                          f"{args.out / ('model.pt' if args.format == 'torchscript' else 'model.onnx')}")
     threads = set_threads(args.threads)
     args.checkpoint = resolve(args.checkpoint)  # a shipped net's name: its file (an input --out must not replace)
     outputs = output_file(args.out, "export", args.overwrite, inputs=[args.checkpoint])
@@ -128,6 +134,8 @@ def _calibration(args: argparse.Namespace) -> Calibration | None:
         if args.calibrate:
             raise ConfigError("--calibrate goes with --int8")
         return None
+    if args.opset < INT8_OPSET:
+        raise ConfigError(f"--int8 needs --opset {INT8_OPSET} or newer (per-channel int8 weights), got {args.opset}")
     if args.format == "torchscript":
         raise ConfigError("--int8 exports ONNX models (ONNX Runtime runs them): use --format onnx")
     if not args.calibrate:

@@ -62,6 +62,9 @@ def output_path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is empty (an unset shell variable?): give the folder or file to "
                                          "write")
+    if text == "~" or text.startswith("~/"):  # the shell left it: --out=~/x is not expanded, nor is "~/x"
+        raise argparse.ArgumentTypeError(f"{text!r} starts with a ~ that the shell did not expand (it would be a "
+                                         "folder named ~ here): write $HOME instead, or --out ~/... with a space")
     return Path(text)
 
 
