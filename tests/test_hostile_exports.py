@@ -276,3 +276,40 @@ def test_an_export_is_written_in_the_format_its_name_says(tiny_checkpoint, tmp_p
     refused(capsys, [*base, "--out", tmp_path / "m.pt", "--int8", "--calibrate", "dataset=synthetic"], "m.pt",
             "--int8", "m.onnx")
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("fmt", ["checkpoint", "onnx", "torchscript"])
+def test_a_model_or_image_file_this_user_cannot_read_is_one_line(tiny_checkpoint, exports, tmp_path, capsys,
+                                                                  monkeypatch, fmt):
+    # Run as another user than the files' owner (chmod 600): a PermissionError traceback from predict, eval, serve
+    # and export; an unreadable image was "truncated or corrupt ... Re-download". Tests run as root, who reads
+    # everything, so the kernel's refusal is played by open().
+    import builtins
+    import pathlib
+
+    model = tiny_checkpoint if fmt == "checkpoint" else exports[fmt]
+    image, readable = write_png(tmp_path / "secret.png"), write_png(tmp_path / "a.png")
+    locked = {str(model), str(image)}
+    real_open, real_path_open = builtins.open, pathlib.Path.open
+
+    def refuse(file, *args, **kwargs):
+        if str(file) in locked:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    def refuse_path(self, *args, **kwargs):
+        if str(self) in locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_path_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refuse)
+    monkeypatch.setattr(pathlib.Path, "open", refuse_path)
+    with pytest.raises(WeightsError) as caught:
+        load(model, device="cpu")
+    error_names(caught, model, "cannot be read", "Permission denied", "read access")
+    refused(capsys, ["predict", model, readable, "--out", tmp_path / "out", "--threads", "1"], model, "cannot be read")
+    locked.discard(str(model))
+    with pytest.raises(Exception) as caught:
+        load(model, device="cpu").predict(image)
+    error_names(caught, image, "permission denied")
+    assert "corrupt" not in str(caught.value)

@@ -99,6 +99,11 @@ def require_model_file(path: str | os.PathLike, what: str = "model file",
     folder, say) and which files of ``suffixes`` in it could be meant."""
     path = Path(path)
     if path.is_file():
+        try:
+            path.open("rb").close()
+        except OSError as error:  # a PermissionError traceback from every command that read it
+            raise WeightsError(f"{path} cannot be read ({error.strerror or error}): give this user read access to "
+                               "it") from None
         return path
     if path.is_dir():
         inside = sorted(str(p) for p in path.iterdir() if p.suffix in suffixes and p.is_file())

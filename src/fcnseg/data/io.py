@@ -140,6 +140,8 @@ def open_image(source: PathLike | bytes, what: str = "image", max_pixels: int | 
         except UnidentifiedImageError:
             raise DataError(f"cannot read {name}: not an image format PIL recognises "
                             "(is it really an image file?)") from None
+        except PermissionError:  # was "truncated or corrupt ... Re-download": the file is fine, its access is not
+            raise DataError(f"cannot read {name}: permission denied (give this user read access to it)") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise DataError(f"{name} is truncated or corrupt ({exc}). Re-download or re-export the file.") from None
 
