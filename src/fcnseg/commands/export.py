@@ -148,8 +148,8 @@ def _int8(args: argparse.Namespace, model, info, calibration: Calibration, outpu
         out, report = export_int8(model, args.out, calibration, info=info, opset=args.opset)
     used = report["calibration"]["images"]  # images= is a most: a smaller split gives what it has
     print(printable(f"wrote {out} (onnx int8; {describe(model.spec)} of {info.name}; calibrated on {used} images "
-                    f"of {calibration.dataset} {calibration.split}); labels agree with fp32 on "
-                    f"{100 * report['agreement_with_fp32']:.2f}% of their pixels"))
+                    f"of {calibration.dataset} {calibration.split}); on those images, labels agree with fp32 on "
+                    f"{100 * report['agreement_with_fp32']:.2f}% of the pixels"))
     if args.check_sizes:
         print("(--check-sizes compares logits to 1e-4: not applicable to int8, skipped)")
     return 0
