@@ -4,6 +4,7 @@ trained net, and run by predict / eval like any ONNX export."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,38 @@ def test_calibrating_on_images_of_other_classes_is_warned_about(trained, tmp_pat
                  "dataset=synthetic", "images=2", "num_images=2", "height=32", "width=32", "--threads", "1"]) == 0
     err = capsys.readouterr().err
     assert "on images of synthetic_roads (other classes)" in err and "calibrate on the net's own" in err, err
+
+
+def test_what_a_killed_int8_export_left_beside_its_out_is_removed_by_the_next(trained, tmp_path, capsys, one_thread):
+    # kill -9 during an int8 export left .fcnseg-int8-*/ (fp32.onnx, prepared.onnx: 17-19 MB a time) in the
+    # user's folder, and ONNX Runtime's ort.quant.* in /tmp; no later run removed them.
+    import fcntl
+    import os
+    import time
+
+    root, checkpoint = trained
+    left, live = tmp_path / ".fcnseg-int8-killed", tmp_path / ".fcnseg-int8-live"
+    for folder in (left, live):
+        folder.mkdir()
+        (folder / "fp32.onnx").write_bytes(b"x" * 1000)
+        os.utime(folder, (time.time() - 60, time.time() - 60))
+    held = os.open(live, os.O_RDONLY)  # a running export holds its folder
+    fcntl.flock(held, fcntl.LOCK_EX)
+    made = []
+    real_quantize = __import__("onnxruntime.quantization", fromlist=["quantize_static"]).quantize_static
+
+    def noting_where_temporaries_go(*args, **kwargs):
+        import tempfile
+        made.append(tempfile.gettempdir())
+        return real_quantize(*args, **kwargs)
+
+    import onnxruntime.quantization
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(onnxruntime.quantization, "quantize_static", noting_where_temporaries_go)
+            assert main(["export", str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--int8", "--calibrate",
+                         "dataset=folder", f"root={root}", "split=all", "images=2", "--threads", "1"]) == 0
+    finally:
+        os.close(held)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".fcnseg-int8-live", ".fcnseg-outputs.json", "m.onnx"]
+    assert len(made) == 1 and Path(made[0]).parent == tmp_path  # ONNX Runtime's temporaries in its work folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -225,6 +226,43 @@ def remove_abandoned_temporaries(folder: str | os.PathLike, names: Iterable[str]
             if time.time() - os.fstat(fd).st_mtime > older_than_s and _try_lock(fd) is True:  # None: cannot tell
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextmanager
+def work_folder(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A temporary folder ``PREFIX*`` in ``parent`` for a command's intermediate files, locked (``flock``) while
+    it lives and removed after; Python's own temporary files of the block go there too (``tempfile.tempdir``:
+    ONNX Runtime's quantiser writes its own). What a killed command left is removed by the next one
+    (:func:`remove_abandoned_work_folders`): a kill -9 left 17-19 MB a time in the user's folder, for good."""
+    parent = Path(parent)
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    fd = os.open(folder, os.O_RDONLY)
+    _try_lock(fd)
+    before, tempfile.tempdir = tempfile.tempdir, str(folder)
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = before
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
+
+
+def remove_abandoned_work_folders(parent: str | os.PathLike, prefix: str, older_than_s: float = 10.0) -> list[Path]:
+    """Remove the :func:`work_folder` s ``PREFIX*`` in ``parent`` that no process holds, as
+    :func:`remove_abandoned_temporaries` does for temporary files."""
+    removed = []
+    for folder in Path(parent).glob(f"{prefix}*"):
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:  # gone meanwhile, or not a folder
+            continue
+        try:
+            if time.time() - os.fstat(fd).st_mtime > older_than_s and _try_lock(fd) is True:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
         finally:
             os.close(fd)
     return removed

@@ -32,7 +32,7 @@ import torch
 import yaml
 from torch import nn
 
-from fcnseg.atomic import atomic_path
+from fcnseg.atomic import atomic_path, remove_abandoned_work_folders, work_folder
 from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.registry import build_dataset, dataset_options, needs_root
@@ -41,6 +41,7 @@ from fcnseg.export import INPUT_NAME, export_onnx, load_onnx, onnx_bytes, requir
 from fcnseg.yamlio import load_yaml, yaml_problem
 
 log = logging.getLogger(__name__)
+WORK_PREFIX = ".fcnseg-int8-"  # the intermediate models' folder, beside --out (the same file system)
 METHOD = ("ONNX Runtime static quantisation, QDQ: per-channel int8 weights (7-bit range), uint8 activations, "
           "min/max calibration")
 
@@ -142,7 +143,9 @@ def export_int8(source: str | Path | nn.Module, path: str | Path, calibration: C
     spec = model.spec.with_classes(info)
     batches = calibration_batches(calibration, spec.normalization_text, spec.inputs, spec.classes)
     path = Path(path)
-    with tempfile.TemporaryDirectory(prefix=".fcnseg-int8-", dir=path.parent if path.parent.is_dir() else None) as work:
+    parent = path.parent if path.parent.is_dir() else Path(tempfile.gettempdir())
+    remove_abandoned_work_folders(parent, WORK_PREFIX)  # what a killed export left there
+    with work_folder(parent, WORK_PREFIX) as work:
         fp32 = export_onnx(model, Path(work) / "fp32.onnx", opset=opset, info=spec.classes)
         prepared, int8 = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
         with _quiet_quantizer(Path(quantization.__file__).parent):
