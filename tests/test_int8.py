@@ -54,9 +54,19 @@ def test_int8_export_agrees_with_fp32_and_records_how_it_was_made(trained, tmp_p
     same = [np.mean(fp32.predict(path) == int8.predict(path)) for path in images]
     assert min(same) >= 0.95, same
     assert report["agreement_with_fp32"] >= 0.95
-    # eval and predict run it like any ONNX export
+    # eval and predict run it like any ONNX export; eval's title and serve's page say it is int8 (they said the
+    # same of the int8 export and of its checkpoint)
     assert main(["eval", str(out), "--dataset", "folder", "--root", str(root), "--split", "all", "--workers", "0",
-                 "--threads", "1"]) == 0
+                 "--threads", "1", "--out", str(tmp_path / "report")]) == 0
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["title"].endswith(", int8)")
+    from fcnseg.serve import make_server
+
+    server = make_server(int8, quiet=True)
+    try:
+        assert server.info()["model_name"].endswith(", int8)") and server.info()["precision"] == "int8"
+    finally:
+        server.server_close()
+    assert fp32.precision == "float32"
     assert main(["predict", str(out), str(images[0]), "--out", str(tmp_path / "pred"), "--backend", "onnxruntime"]) == 0
 
 

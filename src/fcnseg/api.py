@@ -123,6 +123,11 @@ class Segmenter:
         """The net's architecture (build_model's arguments)."""
         return self.spec.architecture()
 
+    @property
+    def precision(self) -> str:
+        """What the weights compute in: "float32", or "int8" for a quantised ONNX export."""
+        return getattr(self.forward, "precision", "float32")
+
     def note(self, text: str) -> None:
         """Log ``text`` once (INFO on the ``fcnseg.api`` logger; ``fcnseg`` commands print it, ``--quiet`` hides
         it; a program routes or silences it with :mod:`logging`)."""

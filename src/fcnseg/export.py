@@ -245,10 +245,11 @@ class OnnxForward:
     """``forward(x)``: run an ONNX Runtime session on a float32 N x 3 x H x W tensor, return a tensor on x's
     device. Thread-safe (ONNX Runtime sessions are), so one instance can serve concurrent requests."""
 
-    def __init__(self, session: Any, path: Path, spec: ModelSpec) -> None:
+    def __init__(self, session: Any, path: Path, spec: ModelSpec, precision: str = "float32") -> None:
         self.session = session
         self.path = path
         self.spec = spec
+        self.precision = precision  # "int8" for a quantised export: what serve's page and eval's title say
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] % 3 or not x.shape[1]:
@@ -290,7 +291,9 @@ def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxForward
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if names != ([INPUT_NAME], [OUTPUT_NAME]):
         raise WeightsError(f"{path} has inputs/outputs {names}, expected ['{INPUT_NAME}'] -> ['{OUTPUT_NAME}']")
-    return OnnxForward(session, path, spec), spec
+    int8 = meta.get("int8")
+    precision = int8.get("precision", "int8") if isinstance(int8, dict) else "float32"
+    return OnnxForward(session, path, spec, precision), spec
 
 
 # ---------------------------------------------------------------------------------------------- TorchScript

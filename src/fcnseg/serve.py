@@ -7,9 +7,10 @@ Endpoints:
 
 * ``GET /`` the page, ``GET /app.js`` its script, ``GET /sample.png`` the sample image it offers.
 * ``GET /api/info`` -> ``{dataset, num_classes, ignore_index, classes: [{id, name, color}], model, model_name,
-  normalization, device, max_upload_bytes, max_pixels}`` (``color`` is ``"#rrggbb"``; ``model`` is the net's
-  architecture dict from its spec, for checkpoints and exports alike, or null; ``model_name`` e.g.
-  ``"fcn8s (vgg16)"``, as ``fcnseg eval`` titles its report).
+  precision, normalization, device, max_upload_bytes, max_pixels}`` (``color`` is ``"#rrggbb"``; ``model`` is the
+  net's architecture dict from its spec, for checkpoints and exports alike, or null; ``model_name`` e.g.
+  ``"fcn8s (vgg16)"`` or ``"fcn8s (vgg16, int8)"``, as ``fcnseg eval`` titles its report; ``precision``
+  ``"float32"`` or ``"int8"``).
 * ``POST /api/segment`` with the image file as the request body (``curl --data-binary @photo.jpg
   http://127.0.0.1:8000/api/segment``) or as the file of a ``multipart/form-data`` form, as browsers and
   ``curl -F file=@photo.jpg`` send it ->
@@ -465,7 +466,8 @@ class SegmentServer:
             "classes": [{"id": i, "name": name, "color": _hex(info.palette[i])}
                         for i, name in enumerate(info.class_names)],
             "model": model,
-            "model_name": f"{model['name']} ({model['backbone']})" if model and "name" in model else None,
+            "model_name": _model_name(model, getattr(seg, "precision", "float32")),
+            "precision": getattr(seg, "precision", "float32"),
             "normalization": getattr(seg, "normalization", None),
             "device": str(getattr(seg, "device", "cpu")),
             "max_upload_bytes": self.max_upload_bytes,
@@ -664,6 +666,13 @@ async def _no_route(request: Request, error: Exception) -> Response:
         return _error(405, f"{method} {path} is not supported: use {allowed}", close=method not in ("GET", "HEAD"))
     what = f"no such page: {path}" if method in ("GET", "HEAD") else f"no such endpoint: {method} {path}"
     return _error(404, what, close=method not in ("GET", "HEAD"))
+
+
+def _model_name(model: dict | None, precision: str) -> str | None:
+    """"fcn8s (vgg16_bn)", with ", int8" for a quantised export: the page said the same of both."""
+    if not model or "name" not in model:
+        return None
+    return f"{model['name']} ({model['backbone']}{'' if precision == 'float32' else ', ' + precision})"
 
 
 class _Uvicorn(uvicorn.Server):

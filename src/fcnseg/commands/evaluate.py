@@ -139,7 +139,8 @@ def _score(args: argparse.Namespace, segmenter: Segmenter, dataset: Dataset, dat
     if not runtime.is_main:
         return 0
     config = segmenter.config or {}
-    title = f"{config.get('name', args.checkpoint.stem)} ({config.get('backbone', 'export')})"
+    int8 = "" if segmenter.precision == "float32" else f", {segmenter.precision}"
+    title = f"{config.get('name', args.checkpoint.stem)} ({config.get('backbone', 'export')}{int8})"
     if outputs is not None:
         text = write_report(scores, info.class_names, args.out, title, info.extra_heads, outputs,
                             evaluated=_what_was_scored(args, options))
