@@ -1,12 +1,16 @@
-"""The values a numeric option may take, defined once next to the option and checked the same way whatever
-sets it (a command-line flag, a YAML config file, ``--set``, the Python API): a finite number (a whole one
-where counts are meant) within bounds. NaN and infinity are never in a range."""
+"""The values an option may take, defined once next to the option and checked the same way whatever sets it (a
+command-line flag, a YAML config file, ``--set``, the Python API): its type (:func:`check_type`, for training's
+options and the dataset readers' alike), and for numbers a finite one (a whole one where counts are meant)
+within bounds. NaN and infinity are never in a range."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import numbers
+import os
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +81,56 @@ def _number(value: float) -> str:
 def _shown(value: object) -> str:
     return _number(value) if isinstance(value, float) else repr(value)
 
+
+
+# How a type reads in a message (train's options and the dataset readers' alike).
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+               dict: "a mapping", list: "a list", os.PathLike: "a path"}
+
+
+def type_name(hint: Any) -> str:
+    """How a type hint reads in an error message ("a whole number or null", "a list of numbers")."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {type_name(args[0])[2:]}s"
+    return _TYPE_NAMES.get(origin or hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_type(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as type ``hint`` (ints are accepted as floats, tuples as lists), or a ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            return check_type(value, members[0], where)
+        for member in members:  # e.g. a list of numbers or a method's name
+            try:
+                return check_type(value, member, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where} expects {' or '.join(map(type_name, members))}, got {value!r} "
+                          f"({type(value).__name__})")
+    ok = False
+    if origin is list and isinstance(value, list | tuple):
+        return [check_type(item, args[0], where) for item in value]
+    if origin is dict or hint is dict:
+        ok = isinstance(value, dict)
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint in (bool, str):
+        ok = isinstance(value, hint)
+    elif hint is os.PathLike:  # a reader's folder or file option
+        ok = isinstance(value, str | os.PathLike)
+    if not ok:
+        raise ConfigError(f"{where} expects {type_name(hint)}, got {value!r} ({type(value).__name__})")
+    return value
 
 # The ranges options share.
 COUNT = Range(1, whole=True)  # iterations, images, threads, sizes in pixels

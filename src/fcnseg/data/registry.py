@@ -22,6 +22,7 @@ from fcnseg.data.siftflow import SiftFlow
 from fcnseg.data.synthetic import SyntheticRoads
 from fcnseg.data.voc import SBDSegmentation, VOCSegmentation
 from fcnseg.errors import ConfigError, did_you_mean
+from fcnseg.ranges import check_type
 
 
 def synthetic(root: PathLike | None = None, split: str = "train", num_images: int = 200, height: int = 128,
@@ -66,34 +67,20 @@ def dataset_options(name: str) -> list[str]:
     return [p.name for p in parameters if p.name not in _COMMON and p.kind != p.VAR_KEYWORD]
 
 
-# The plain types a reader's options are checked against (others are the reader's to check), as messages name them.
-_PLAIN = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+# The plain types a reader's options are checked against here (others, sequences and mappings, the reader checks).
+_PLAIN = (bool, int, float, str, os.PathLike, type(None))
 
 
 def _check_option_types(name: str, options: dict[str, Any]) -> None:
     """A ConfigError for a reader option of the wrong plain type (``num_images: abc`` was a TypeError in the
-    reader, ``num_images: true`` one image, ``height: 40.5`` a TypeError traceback too)."""
+    reader, ``num_images: true`` one image, ``height: 40.5`` a TypeError traceback too), by the same rule as
+    training's options (:func:`fcnseg.ranges.check_type`)."""
     hints = typing.get_type_hints(DATASETS[name])  # a class: its constructor's annotations
     for key, value in options.items():
         hint = hints.get(key)
         members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        if value is None and type(None) in members:
-            continue
-        plain = [member for member in members if member in _PLAIN or member is os.PathLike]
-        if len(plain) != len([m for m in members if m is not type(None)]):
-            continue  # a sequence, a mapping: the reader checks it
-        if any(_is(value, member) for member in plain):
-            continue
-        wanted = " or ".join(_PLAIN.get(member, "a path") for member in dict.fromkeys(plain))
-        raise ConfigError(f"dataset {name}: option {key} expects {wanted}, got {value!r} ({type(value).__name__})")
-
-
-def _is(value: Any, kind: type) -> bool:
-    if kind is os.PathLike:
-        return isinstance(value, str | os.PathLike)
-    if kind in (int, float) and isinstance(value, bool):
-        return False
-    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+        if all(member in _PLAIN for member in members):
+            check_type(value, hint, f"dataset {name}: option {key}")
 
 
 def build_dataset(name: str, root: PathLike | None, split: str, transform: JointTransform | None = None,

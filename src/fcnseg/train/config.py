@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from fcnseg.ranges import (
     Range,
     check_field,
     check_fields,
+    check_type,
 )
 from fcnseg.yamlio import read_yaml_file
 
@@ -253,10 +253,6 @@ class TrainConfig:
 # Flags that say how to treat the run folder this time, not what the run is.
 PER_INVOCATION = ("resume", "overwrite")
 
-_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
-               dict: "a mapping", list: "a list"}
-
-
 def with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a config file's options) with ``overrides`` (the command line's) applied: each value replaces
     the option's, but a mapping given for an option that ``data`` holds as a mapping (``dataset_options``) is
@@ -316,46 +312,3 @@ def starting_architecture(init_from: str) -> dict[str, Any]:
              "learnable_upsampling": spec.learnable_upsampling}
     log.debug(f"from the starting net {init_from}: {found}")
     return found
-
-
-def type_name(hint: Any) -> str:
-    """How a type hint reads in an error message ("a whole number or null", "a list of numbers")."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else type_name(a) for a in args)
-    if origin is list:
-        return f"a list of {type_name(args[0])[2:]}s"
-    return _TYPE_NAMES.get(origin or hint, getattr(hint, "__name__", str(hint)))
-
-
-def check_type(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as type ``hint`` (ints are accepted as floats, tuples as lists), or a ConfigError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        members = [a for a in args if a is not type(None)]
-        if len(members) == 1:
-            return check_type(value, members[0], where)
-        for member in members:  # e.g. a list of numbers or a method's name
-            try:
-                return check_type(value, member, where)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{where} expects {' or '.join(map(type_name, members))}, got {value!r} "
-                          f"({type(value).__name__})")
-    ok = False
-    if origin is list and isinstance(value, list | tuple):
-        return [check_type(item, args[0], where) for item in value]
-    if origin is dict or hint is dict:
-        ok = isinstance(value, dict)
-    elif hint is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint in (bool, str):
-        ok = isinstance(value, hint)
-    if not ok:
-        raise ConfigError(f"{where} expects {type_name(hint)}, got {value!r} ({type(value).__name__})")
-    return value
