@@ -256,7 +256,9 @@ def test_rgb_label_with_color_map(tmp_path: Path) -> None:
     indices = np.arange(H * W).reshape(H, W) % 21
     colors = np.asarray(VOC.palette, dtype=np.uint8)[indices]
     Image.fromarray(colors).save(tmp_path / "c.png")
-    with pytest.raises(DataError, match=r"voc palette colours: pass color_map"):
+    # The fix a command's user can make first (the hint named only read_label's color_map, which no command takes).
+    with pytest.raises(DataError, match=r"voc palette colours: convert the files to class-index or palette PNGs "
+                                        r"\(in Python, .*color_map=palette_color_map\(info\)"):
         read_label(tmp_path / "c.png", VOC)
     np.testing.assert_array_equal(read_label(tmp_path / "c.png", VOC, color_map=palette_color_map(VOC)), indices)
     colors[0, 0] = (1, 2, 3)

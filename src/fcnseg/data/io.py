@@ -389,8 +389,9 @@ def read_label(
             colors = {tuple(int(v) for v in c) for c in np.unique(rgb.reshape(-1, 3), axis=0)}
             if colors <= set(known) | {(255, 255, 255), (0, 0, 0)}:
                 hint = (
-                    f" Its colours are {info.name} palette colours: pass "
-                    "color_map=palette_color_map(info) to map them, or convert the files to palette PNGs."
+                    f" Its colours are {info.name} palette colours: convert the files to class-index or palette "
+                    "PNGs (in Python, fcnseg.data.io.read_label(path, info, color_map=palette_color_map(info)) "
+                    "gives each file's class indices)."
                 )
         raise DataError(
             f"label {path} is an {mode} colour image, but class-index PNGs (mode L, pixel value = class) or "
