@@ -119,7 +119,8 @@ def test_predict_refuses_what_fits_nowhere_in_one_line(tiny_checkpoint, tmp_path
 
 def test_eval_uses_the_same_guard(tiny_checkpoint, capsys):
     refused(capsys, ["eval", tiny_checkpoint, "--dataset", "synthetic", "--limit", "1", "--workers", "0",
-                     "--max-memory", "1M", "--threads", "1", "--quiet"], "64x64", "1 MB", "--max-memory")
+                     "--max-memory", "1M", "--threads", "1", "--quiet"], "64x64", "1 MB", "--max-memory",
+            "an image of synthetic val")  # which images: it said "the image"
 
 
 def test_serve_uses_the_same_guard(tiny_checkpoint):

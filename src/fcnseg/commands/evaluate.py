@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,8 @@ def _score(args: argparse.Namespace, segmenter: Segmenter, dataset: Dataset, dat
     info = segmenter.info
     scores = evaluate(segmenter.scores, dataset, info.num_classes, data_info.ignore_index, options,
                       device=runtime.device, num_workers=args.workers, distributed=runtime.distributed,
-                      planner=segmenter.plan, exclude_absent=data_info.exclude_absent,
+                      planner=functools.partial(segmenter.plan, name=f"an image of {args.dataset} {args.split}"),
+                      exclude_absent=data_info.exclude_absent,
                       strict_labels=not args.accept_only_class_zero,
                       extra_heads=data_info.extra_heads, positive_class=positive_class(data_info))
     if not runtime.is_main:
