@@ -387,6 +387,13 @@ def _identity(path: str | os.PathLike) -> tuple[int, int, int] | None:
     return found.st_ino, found.st_size, found.st_mtime_ns
 
 
+def keeps_a_record(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a record or a journal of outputs (a single process's or a shard's): whether an
+    earlier fcnseg command wrote there at all (cheaper than reading :meth:`Outputs.entries`)."""
+    folder = Path(folder)
+    return any(path.exists() for path in (folder / RECORD, *_journals(folder))) or bool(_shard_files(folder, ".json"))
+
+
 def _shard_files(folder: Path, suffix: str) -> list[Path]:
     """The shards' records (``suffix`` ``.json``) or journals (``.pending``) in ``folder``."""
     return sorted(path for path in folder.glob(f".fcnseg-outputs.*-of-*{suffix}") if _SHARD_FILE.fullmatch(path.name))

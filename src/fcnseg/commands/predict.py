@@ -52,7 +52,7 @@ from fcnseg.data.hha import check_intrinsics
 from fcnseg.data.info import DatasetInfo
 from fcnseg.data.io import IMAGE_SUFFIXES, decode_image, leads_nowhere
 from fcnseg.errors import ConfigError, DataError, WriteError, listing, printable
-from fcnseg.outputs import RECORD, Outputs, Shard, folder_lock, refuse_if_held, shard_lock
+from fcnseg.outputs import RECORD, Outputs, Shard, folder_lock, keeps_a_record, refuse_if_held, shard_lock
 from fcnseg.pretrained import resolve
 from fcnseg.progress import bar as progress_bar
 from fcnseg.progress import is_quiet
@@ -190,7 +190,7 @@ def _without_own_outputs(paths: list[Path]) -> list[Path]:
     there could never finish."""
     own: dict[Path, set[str]] = {}
     for folder in {path.parent for path in paths}:
-        if any(folder.glob(".fcnseg-outputs*")):  # a record or a journal: else no earlier run wrote here
+        if keeps_a_record(folder):  # else no earlier run wrote here
             entries = Outputs(folder, "predict").entries()
             own[folder] = {name for name, entry in entries.items()
                            if entry.get("command") == "predict" and name.endswith(OUTPUT_SUFFIXES)}
