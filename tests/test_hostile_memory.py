@@ -151,3 +151,41 @@ def test_export_check_sizes_beyond_the_memory_are_refused_before_the_export(tiny
     refused(capsys, ["export", tiny_checkpoint, "--out", out, "--check-sizes", "64x64", "65x64"],
             "--check-sizes 65x64", "more than the budget")
     assert not out.exists()
+
+
+def test_a_gpus_free_memory_counts_what_pytorchs_cache_holds_unused(monkeypatch):
+    # mem_get_info counts the blocks PyTorch's caching allocator keeps after a training step as taken: validation
+    # then saw almost nothing free. (The GPU path, run here with torch.cuda's answers played; untested on a GPU.)
+    import torch
+
+    from fcnseg.runtime import available_bytes
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 30 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 12 * 2**30)
+    assert available_bytes("cuda:0") == (2 + 30 - 12) * 2**30
+
+
+def test_validation_under_torchrun_plans_for_its_share_of_the_machine(monkeypatch):
+    # Without --max-memory each of four CPU processes planned its validation for 80% of the machine (18 GiB
+    # each here), while their training steps were held to a quarter.
+    from types import SimpleNamespace
+
+    import torch
+
+    import fcnseg.train.budget as budget
+    from fcnseg.train.config import TrainConfig
+
+    spec = ModelSpec("fcn8s", "vgg16", num_classes=8, width=1 / 16, geometry="fast")
+    monkeypatch.setattr(budget, "default_budget", lambda device="cpu": 16 * 2**30)
+    seen = []
+
+    def fit(spec, batch, height, width, options, left, **named):
+        seen.append(left)
+        return options, None
+
+    monkeypatch.setattr(budget, "fit", fit)
+    for world_size in (1, 4):
+        runtime = SimpleNamespace(device=torch.device("cpu"), world_size=world_size)
+        budget.validation_planner(TrainConfig(), spec, runtime)(1, 64, 64, InferenceOptions())
+    assert seen == [16 * 2**30, 4 * 2**30]

@@ -378,10 +378,13 @@ def finish() -> bool:
 
 
 def available_bytes(device: torch.device | str = "cpu") -> int:
-    """Memory free for this process now: MemAvailable (and the cgroup's room, if lower); a GPU's free memory."""
+    """Memory free for this process now: MemAvailable (and the cgroup's room, if lower); a GPU's free memory with
+    the blocks PyTorch's caching allocator holds unused (the driver counts them as taken: validation after a large
+    training step would have seen almost nothing free)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(int(cached), 0)
     free = _meminfo_available()
     room = _cgroup_room()
     return min(free, room) if room is not None else free

@@ -84,8 +84,9 @@ def validation_planner(config: TrainConfig, spec: ModelSpec,
                        runtime: Runtime) -> Callable[[int, int, int, InferenceOptions], InferenceOptions]:
     """``evaluate``'s planner for validation during training: a batch whose inference would not fit the memory
     left is run in sliding windows (said once). Left: with ``max_memory``, the budget less what training holds
-    meanwhile (weights, gradients, optimizer state, the decoded images kept); without, what is available when
-    the batch comes (what training holds is in use already)."""
+    meanwhile (weights, gradients, optimizer state, the decoded images kept); without, the device's share of
+    what is available when the batch comes (:func:`budgets`: a CPU run's processes share the machine; what
+    training holds is in use already)."""
     asked = configured_budget(config)
     held = parameter_bytes(spec, 2 if config.optimizer == "adamw" else 1, ema=config.ema_decay is not None)
     if asked is not None and config.keep_decoded:
@@ -93,7 +94,7 @@ def validation_planner(config: TrainConfig, spec: ModelSpec,
     told: list[str] = []
 
     def plan(batch: int, height: int, width: int, options: InferenceOptions) -> InferenceOptions:
-        left = default_budget(runtime.device) if asked is None else max(asked - held, 0)
+        left = budgets(config, runtime)[0] if asked is None else max(asked - held, 0)
         fitted, note = fit(spec, batch, height, width, options, left, name="a validation image",
                            channels_last=config.channels_last)
         if note and not told:
