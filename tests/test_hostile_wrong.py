@@ -85,11 +85,17 @@ def test_eval_refuses_to_write_its_report_among_the_datasets_files(tmp_path, cap
     checkpoint = save_model(random_fcn(num_classes=3), FolderDataset(root).info, tmp_path / "three.pth")
     argv = ["eval", checkpoint, "--dataset", "folder", "--root", root, "--split", "all", "--workers", "0",
             "--threads", "1", "--quiet", "--out"]
+    (root / "labels_v2").mkdir()
+    (root / "labels_v2" / "0.png").write_bytes(b"another split's labels, say")
     before = digests(root)
-    for folder in (root / "masks", root / "images", root / "masks" / ".." / "masks"):
-        refused(capsys, [*argv, folder], "--out", folder, "dataset's own files")
+    # The split's folders, one inside them (masks/report: "holds subfolders" failed every later run), and a
+    # folder of the root holding files of its own (CamVid's trainannot when scoring val).
+    for folder in (root / "masks", root / "images", root / "masks" / ".." / "masks", root / "masks" / "report"):
+        refused(capsys, [*argv, folder], "--out", folder.resolve(), "dataset's own files")
+    refused(capsys, [*argv, root / "labels_v2"], root / "labels_v2", "holding files of its own", "0.png")
     assert digests(root) == before
-    assert main([str(a) for a in [*argv, root / "report"]]) == 0  # beside them: fine
+    for _ in range(2):  # a new folder beside them, and its own report again
+        assert main([str(a) for a in [*argv, root / "report"]]) == 0
 
 
 def test_a_class_named_twice_is_refused_not_dropped_from_the_report(tmp_path, capsys):

@@ -113,9 +113,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{args.checkpoint} predicts {count_text(info.head_classes)} classes ({info.name}) but dataset "
                         f"{args.dataset} has {count_text(dataset.info.head_classes)}; evaluate on the dataset it was "
                         "trained for, with the --class-map it was trained with")
-    if args.out is not None and Path(args.out).resolve() in getattr(dataset, "folders", set)():
-        raise ConfigError(f"--out {args.out} is a folder of the dataset's own files: a report written there would be "
-                          "read as data by every later run (a metrics.json among the masks); choose another --out")
+    if args.out is not None:
+        _refuse_out_among_the_data(Path(args.out), dataset, args.root)
     if runtime.is_main:  # said once, not by every process of a torchrun
         _say_if_the_names_differ(info, dataset.info, args.dataset)
     data_info = dataset.info  # a Subset (--limit) has no info
@@ -126,6 +125,23 @@ def run(args: argparse.Namespace) -> int:
             held.enter_context(folder_lock(args.out, "fcnseg eval", stale=(RECORD, *REPORT_FILES)))
             outputs.claim([args.out / name for name in REPORT_FILES], inputs=[args.checkpoint])  # ours alone now
         return _score(args, segmenter, dataset, data_info, options, runtime, outputs)
+
+
+def _refuse_out_among_the_data(out: Path, dataset: Dataset, root: Path | None) -> None:
+    """A ConfigError for an ``--out`` where the report would be read as data by later runs (a metrics.json among
+    the masks failed every one): one of the split's folders or a folder inside one, or a folder under the
+    dataset's root that already holds files of its own (another split's labels, say)."""
+    out = out.resolve()
+    for folder in getattr(dataset, "folders", set)():
+        if out == folder or folder in out.parents:
+            raise ConfigError(f"--out {out} is inside {folder}, a folder of the dataset's own files: a report there "
+                              "would be read as data by every later run; choose a folder outside it")
+    if root is not None and Path(root).resolve() in out.parents and out.is_dir():
+        theirs = [p.name for p in out.iterdir() if not p.name.startswith(".fcnseg") and p.name not in REPORT_FILES]
+        if theirs:
+            raise ConfigError(f"--out {out} is a folder of the dataset's root ({root}) holding files of its own "
+                              f"({', '.join(sorted(theirs)[:3])}{', ...' if len(theirs) > 3 else ''}): a report there "
+                              "could be read as data; choose a new folder")
 
 
 def _score(args: argparse.Namespace, segmenter: Segmenter, dataset: Dataset, data_info: DatasetInfo,
