@@ -489,3 +489,40 @@ def test_a_shard_that_locked_a_lock_file_removed_meanwhile_is_refused(tmp_path, 
     with pytest.raises(ConfigError, match="let go by another command while this shard joined: start it again"):
         with shard_lock(Outputs(out, "predict", shard=Shard(0, 2)), "fcnseg predict", run="r"):
             pass
+
+
+def test_work_folders_in_two_threads_leave_pythons_temporary_folder_as_it_was(tmp_path):
+    # work_folder points tempfile.tempdir (the process's) at itself: two overlapping in two threads left it at a
+    # removed folder, and every later NamedTemporaryFile() of the process failed.
+    import tempfile
+    import threading
+
+    from fcnseg.atomic import work_folder
+
+    before = tempfile.gettempdir()
+    inside, go = threading.Event(), threading.Event()
+
+    def first():
+        with work_folder(tmp_path, ".w-"):
+            inside.set()
+            go.wait(10)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(10)
+    entered = []
+
+    def second():
+        with work_folder(tmp_path, ".w-") as folder:
+            entered.append(folder)
+
+    other = threading.Thread(target=second)
+    other.start()
+    other.join(0.3)
+    assert not entered  # it waits for the first block to end
+    go.set()
+    thread.join(10)
+    other.join(10)
+    assert len(entered) == 1 and tempfile.gettempdir() == before and not list(tmp_path.iterdir())
+    with tempfile.NamedTemporaryFile():
+        pass

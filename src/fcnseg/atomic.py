@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -217,54 +218,58 @@ def remove_abandoned_temporaries(folder: str | os.PathLike, names: Iterable[str]
     locks its file (:func:`atomic_path`). Files younger than ``older_than_s`` are left: a writer locks its file a
     moment after making it."""
     removed = []
-    for tmp in _temporaries(folder, names):
+    for tmp in _abandoned(_temporaries(folder, names), older_than_s):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _abandoned(paths: Iterable[Path], older_than_s: float, flags: int = os.O_RDONLY) -> Iterator[Path]:
+    """Those of ``paths`` older than ``older_than_s`` that no process holds (``flock``), each yielded while this
+    process holds it, so that it can be removed before a writer could take it."""
+    for path in paths:
         try:
-            fd = os.open(tmp, os.O_RDONLY)
-        except OSError:  # gone meanwhile: its writer landed it
+            fd = os.open(path, flags)
+        except OSError:  # gone meanwhile (its writer landed it), or not of the kind asked for
             continue
         try:
             if time.time() - os.fstat(fd).st_mtime > older_than_s and _try_lock(fd) is True:  # None: cannot tell
-                tmp.unlink(missing_ok=True)
-                removed.append(tmp)
+                yield path
         finally:
             os.close(fd)
-    return removed
+
+
+_TEMPDIR_SWAP = threading.Lock()
 
 
 @contextmanager
 def work_folder(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
     """A temporary folder ``PREFIX*`` in ``parent`` for a command's intermediate files, locked (``flock``) while
     it lives and removed after; Python's own temporary files of the block go there too (``tempfile.tempdir``:
-    ONNX Runtime's quantiser writes its own). What a killed command left is removed by the next one
+    ONNX Runtime's quantiser writes its own), so blocks run one at a time in a process, and another thread's
+    temporary files made meanwhile land there as well. What a killed command left is removed by the next one
     (:func:`remove_abandoned_work_folders`): a kill -9 left 17-19 MB a time in the user's folder, for good."""
     parent = Path(parent)
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    fd = os.open(folder, os.O_RDONLY)
-    _try_lock(fd)
-    before, tempfile.tempdir = tempfile.tempdir, str(folder)
-    try:
-        yield folder
-    finally:
-        tempfile.tempdir = before
-        shutil.rmtree(folder, ignore_errors=True)
-        os.close(fd)
+    with _TEMPDIR_SWAP:  # tempfile.tempdir is the process's: one block at a time, each putting back what it found
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        fd = os.open(folder, os.O_RDONLY)
+        _try_lock(fd)
+        before, tempfile.tempdir = tempfile.tempdir, str(folder)
+        try:
+            yield folder
+        finally:
+            tempfile.tempdir = before
+            shutil.rmtree(folder, ignore_errors=True)
+            os.close(fd)
 
 
 def remove_abandoned_work_folders(parent: str | os.PathLike, prefix: str, older_than_s: float = 10.0) -> list[Path]:
     """Remove the :func:`work_folder` s ``PREFIX*`` in ``parent`` that no process holds, as
     :func:`remove_abandoned_temporaries` does for temporary files."""
     removed = []
-    for folder in Path(parent).glob(f"{prefix}*"):
-        try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:  # gone meanwhile, or not a folder
-            continue
-        try:
-            if time.time() - os.fstat(fd).st_mtime > older_than_s and _try_lock(fd) is True:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder)
-        finally:
-            os.close(fd)
+    for folder in _abandoned(Path(parent).glob(f"{prefix}*"), older_than_s, os.O_RDONLY | os.O_DIRECTORY):
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
     return removed
 
 
