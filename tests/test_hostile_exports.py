@@ -67,7 +67,7 @@ def test_a_file_whose_weights_changed_since_it_was_written_is_refused(tiny_check
     damaged.write_bytes(bytes(data))
     with pytest.raises(WeightsError) as caught:
         load(damaged, device="cpu")
-    error_names(caught, damaged, "is damaged", "again")
+    error_names(caught, damaged, "damaged", "again")
     refused(capsys, ["predict", damaged, write_png(tmp_path / "a.png"), "--out", tmp_path / "out", "--threads", "1"],
             damaged, "damaged")
     load(source, device="cpu")  # the intact file: no complaint
@@ -277,6 +277,23 @@ def test_an_export_is_written_in_the_format_its_name_says(tiny_checkpoint, tmp_p
             "--int8", "m.onnx")
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.pt").exists()
 
+
+def test_an_onnx_export_changed_on_purpose_says_how_to_keep_the_change(exports, tmp_path):
+    # An added metadata entry (or a conversion to external data) was "damaged ... a failing disk or copy?".
+    import onnx
+
+    model = onnx.load(str(exports["onnx"]))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "mine", "a note"
+    onnx.save(model, str(tmp_path / "noted.onnx"))
+    with pytest.raises(WeightsError) as caught:
+        load(tmp_path / "noted.onnx", device="cpu")
+    error_names(caught, "changed since it was exported", "edited", "fcnseg.sha256")
+    kept = [e for e in model.metadata_props if e.key != "fcnseg.sha256"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / "noted.onnx"))
+    assert load(tmp_path / "noted.onnx", device="cpu").spec == load(exports["onnx"], device="cpu").spec
 
 @pytest.mark.parametrize("fmt", ["checkpoint", "onnx", "torchscript"])
 def test_a_model_or_image_file_this_user_cannot_read_is_one_line(tiny_checkpoint, exports, tmp_path, capsys,

@@ -10,7 +10,7 @@ under ``fcnseg.*`` keys), TorchScript archives as the extra file ``fcnseg.json``
 
 Damage is found on loading: a TorchScript archive by its zip checksums, an ONNX file (version 3 on) by the
 sha256 of its own bytes that it carries under ``fcnseg.sha256`` (flipped bytes in the weights loaded without a
-word and predicted wrong labels).
+word and predicted wrong labels; a file without the entry is read unchecked).
 
 Which ONNX exporter, and why: the TorchScript-based one (``torch.onnx.export(..., dynamo=False)``).
 Both exporters give outputs equal to PyTorch's (< 1e-6) at untraced sizes for every backbone, head and
@@ -229,16 +229,22 @@ def onnx_bytes(proto: Any) -> bytes:
 
 
 def refuse_damaged_onnx(path: Path) -> None:
-    """A WeightsError naming ``path`` where its bytes do not give the sha256 it carries, or it carries none."""
-    data = path.read_bytes()
-    at = data.rfind(_checksum_entry())
-    if at >= 0:
-        at += len(_checksum_entry())
-        stored, blank = data[at:at + len(_BLANK_CHECKSUM)], _BLANK_CHECKSUM.encode()
-        if f'"{hashlib.sha256(data[:at] + blank + data[at + len(blank):]).hexdigest()}"'.encode() == stored:
-            return
-    raise WeightsError(f"{path} is damaged: its bytes do not match the sha256 written into it when it was "
-                       "exported, so the file changed since (a failing disk or copy?); copy or export it again")
+    """A WeightsError naming ``path`` where its bytes do not give the sha256 it carries. A file without one passes
+    (an earlier export, or one whose owner removed the entry after changing the model on purpose)."""
+    raw = path.read_bytes()
+    data = memoryview(raw)  # its slices are views: the file is held in memory once
+    at = raw.rfind(_checksum_entry())
+    if at < 0:
+        return
+    at += len(_checksum_entry())
+    end = at + len(_BLANK_CHECKSUM)
+    digest = hashlib.sha256(data[:at])
+    digest.update(_BLANK_CHECKSUM.encode())
+    digest.update(data[end:])
+    if f'"{digest.hexdigest()}"'.encode() != bytes(data[at:end]):
+        raise WeightsError(f"{path} changed since it was exported (edited, converted, or damaged by a failing disk "
+                           "or copy): its bytes do not match the sha256 written into it then; export it again (or, "
+                           f"if you changed it on purpose, remove its metadata entry {CHECKSUM_KEY})")
 
 
 class OnnxForward:
@@ -286,8 +292,7 @@ def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxForward
     except json.JSONDecodeError:
         raise WeightsError(f"{path} has damaged fcnseg metadata; export it again with `fcnseg export`") from None
     spec = _from_metadata(meta, path)
-    if meta.get("version", 0) >= 3:  # earlier exports carry no checksum
-        refuse_damaged_onnx(path)
+    refuse_damaged_onnx(path)
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if names != ([INPUT_NAME], [OUTPUT_NAME]):
         raise WeightsError(f"{path} has inputs/outputs {names}, expected ['{INPUT_NAME}'] -> ['{OUTPUT_NAME}']")
