@@ -215,7 +215,7 @@ def test_the_newest_opset_is_the_one_torch_writes():
     assert NEWEST_OPSET == ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
 
 
-def test_an_export_out_that_is_a_folder_a_checkpoints_name_or_an_unexpanded_tilde_is_refused(tiny_checkpoint,
+def test_an_out_that_is_a_folder_a_checkpoints_name_or_an_unexpanded_tilde_is_refused(tiny_checkpoint,
                                                                                                 tmp_path, capsys,
                                                                                                 monkeypatch):
     # A folder: refused as another's file (--overwrite then ran the whole export before "Is a directory");
@@ -227,6 +227,10 @@ def test_an_export_out_that_is_a_folder_a_checkpoints_name_or_an_unexpanded_tild
                        ("~/m.onnx", ("~", "$HOME"))):
         for extra in ([], ["--overwrite"]):
             usage_or_one_line(capsys, ["export", tiny_checkpoint, f"--out={out}", *extra], *names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.onnx"]
+    # fcnseg train's --out is a config field, not that flag type: it made ./~/run ("checkpoints: ~/run/last.pth").
+    for argv in (["--out=~/run"], ["--set", "out=~/run"]):
+        usage_or_one_line(capsys, ["train", "--iterations", "1", *argv], "~", "$HOME")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.onnx"]
 
 TRAIN_CASES = [

@@ -93,6 +93,16 @@ def did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str:
     return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
 
 
+def unexpanded_home(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be meant as written, when it starts with a ``~`` the shell left as it is (after ``=`` in
+    ``--out=~/x``, or quoted): it would make a folder named ``~`` here. None for other paths."""
+    text = os.fspath(path)
+    if text == "~" or text.startswith("~/"):
+        return (f"{text!r} starts with a ~ that the shell did not expand (it would be a folder named ~ here): "
+                "write $HOME instead, or --out ~/... with a space")
+    return None
+
+
 def require_model_file(path: str | os.PathLike, what: str = "model file",
                        suffixes: Sequence[str] = (".pth", ".onnx", ".pt")) -> Path:
     """``path`` if it is a file; else a WeightsError saying it does not exist, or that it is a folder (a run's

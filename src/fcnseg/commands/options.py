@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from fcnseg.data.io import DEFAULT_MAX_PIXELS
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, unexpanded_home
 from fcnseg.inference import InferenceOptions
 from fcnseg.memory import parse_size
 from fcnseg.pretrained import names as shipped_names
@@ -62,9 +62,8 @@ def output_path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is empty (an unset shell variable?): give the folder or file to "
                                          "write")
-    if text == "~" or text.startswith("~/"):  # the shell left it: --out=~/x is not expanded, nor is "~/x"
-        raise argparse.ArgumentTypeError(f"{text!r} starts with a ~ that the shell did not expand (it would be a "
-                                         "folder named ~ here): write $HOME instead, or --out ~/... with a space")
+    if problem := unexpanded_home(text):
+        raise argparse.ArgumentTypeError(problem)
     return Path(text)
 
 

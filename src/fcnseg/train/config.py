@@ -17,7 +17,7 @@ from typing import Any
 from fcnseg.checkpoint import checkpoint_spec, read_checkpoint
 from fcnseg.data.balance import BALANCING, ENET_C
 from fcnseg.data.registry import DATASETS
-from fcnseg.errors import ConfigError, TrainingError, did_you_mean
+from fcnseg.errors import ConfigError, TrainingError, did_you_mean, unexpanded_home
 from fcnseg.models import BACKBONES, MODELS
 from fcnseg.models.fcn import GEOMETRIES
 from fcnseg.models.weights import default_imagenet_problem
@@ -194,6 +194,8 @@ class TrainConfig:
         check_fields(self, f"{source}: ")  # each number in its range: no nan, inf, negative rate, ...
         if not str(self.out).strip():  # --out "$OUT" with the variable unset: the current folder
             raise ConfigError(f"{source}: out is empty (an unset shell variable?): give the run's folder")
+        if problem := unexpanded_home(self.out):  # train's --out is this field, not options.output_path
+            raise ConfigError(f"{source}: out {problem}")
         if self.scale_range is not None and self.scale_range[0] > self.scale_range[1]:
             raise ConfigError(f"{source}: scale_range is MIN MAX, got {self.scale_range[0]:g} above "
                               f"{self.scale_range[1]:g}")
