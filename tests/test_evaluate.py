@@ -298,6 +298,7 @@ def test_cli_scores_a_checkpoint_on_synthetic_roads(tiny_checkpoint, tmp_path, c
     assert evaluated["checkpoint"] == str(checkpoint.resolve()) and evaluated["limit"] == 3
     assert (evaluated["dataset"], evaluated["split"], evaluated["root"]) == ("synthetic", "val", None)
     assert evaluated["inference"]["mode"] == "whole" and evaluated["inference"]["scales"] == [1.0]
+    assert evaluated["max_memory"] is None and evaluated["accept_only_class_zero"] is False
     written = datetime.datetime.fromisoformat(evaluated["at"])
     assert abs((datetime.datetime.now(datetime.UTC) - written).total_seconds()) < 600
     assert read_report(out)["num_images"] == 3

@@ -176,5 +176,7 @@ def _what_was_scored(args: argparse.Namespace, options: InferenceOptions) -> dic
     looked like this one's."""
     return {"checkpoint": str(Path(args.checkpoint).resolve()), "dataset": args.dataset,
             "root": None if args.root is None else str(Path(args.root).resolve()), "split": args.split,
-            "limit": args.limit, "class_map": args.class_map, "inference": dataclasses.asdict(options),
-            "fcnseg": __version__, "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+            "limit": args.limit, "class_map": args.class_map, "accept_only_class_zero": args.accept_only_class_zero,
+            # the options asked for; an image that did not fit max_memory ran in sliding windows (said in a note)
+            "inference": dataclasses.asdict(options), "max_memory": args.max_memory, "fcnseg": __version__,
+            "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
