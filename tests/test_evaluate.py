@@ -418,3 +418,24 @@ def test_scores_that_are_not_finite_are_refused_not_scored_as_class_0():
 
     with pytest.raises(WeightsError, match="NaN or infinite"):
         evaluate(overflowed, _MixedSizes(), 8, IGNORE, progress=False)
+
+
+def test_evaluate_and_export_leave_a_nets_modes_as_they_were(tmp_path):
+    # evaluate(net) and export_torchscript(net) put a net back with .train(was_training): a submodule its caller
+    # kept in eval mode (a frozen BatchNorm, say) came back in training mode.
+    from fcnseg.data.synthetic import SyntheticRoads
+    from fcnseg.export import export_torchscript
+
+    from .helpers import random_fcn
+
+    net = random_fcn(num_classes=8)
+    net.train()
+    kept = next(m for m in net.modules() if isinstance(m, nn.Dropout | nn.Dropout2d))
+    kept.eval()
+    modes = [m.training for m in net.modules()]
+    evaluate(net, SyntheticRoads(1, "val", 40, 48), 8, 255, progress=False)
+    assert [m.training for m in net.modules()] == modes
+    from fcnseg.data.info import SYNTHETIC_ROADS
+
+    export_torchscript(net, tmp_path / "net.pt", info=SYNTHETIC_ROADS)
+    assert [m.training for m in net.modules()] == modes and not kept.training

@@ -17,12 +17,12 @@ depth (the authors' NYUDv2 HHA and colour-HHA nets) take a depth map (:func:`fcn
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ from fcnseg.models.weights import file_kind
 from fcnseg.normalization import normalize
 from fcnseg.pretrained import resolve
 from fcnseg.ranges import COUNT
-from fcnseg.runtime import native_bf16, resolve_device
+from fcnseg.runtime import in_eval_mode, native_bf16, resolve_device
 
 log = logging.getLogger(__name__)
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -89,7 +89,7 @@ class Segmenter:
         self.forward: Forward = forward if forward is not None else model
         if isinstance(self.forward, torch.nn.Module):  # a checkpoint's net or a TorchScript export
             self.forward.to(self.device)  # its mode is left as it is: each pass runs it in eval mode (scores)
-        self._passes = threading.Lock()  # one pass at a time: a module's mode is switched for the pass
+        self._passes = threading.Lock()  # see scores
         # Channels-last convolutions: 1.15-1.4x faster on the CPU, equal to float rounding (docs/performance.md).
         self.channels_last = model is not None and forward is None
         if self.channels_last:
@@ -291,7 +291,9 @@ class Segmenter:
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of a normalised N x 3 x H x W batch, checked against the classes and the input size."""
-        with self._passes, _in_eval_mode(self.forward):
+        module = self.forward if isinstance(self.forward, torch.nn.Module) else None
+        # A module's mode is switched for the pass: one pass at a time. An export's session runs passes at once.
+        with self._passes if module is not None else contextlib.nullcontext(), in_eval_mode(module):
             logits = self.forward(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
         classes = sum(self.info.head_classes)
         if logits.dim() != 4 or logits.shape[1] != classes or logits.shape[2:] != x.shape[2:]:
@@ -307,21 +309,6 @@ def check_same_frame(colour: Sequence[int], depth: Sequence[int], name: str) -> 
     if tuple(colour[:2]) != tuple(depth[:2]):
         raise DataError(f"{name} is {colour[1]}x{colour[0]} but its depth {depth[1]}x{depth[0]}: they must be of the "
                         "same frame")
-
-
-@contextmanager
-def _in_eval_mode(forward: Forward) -> Iterator[None]:
-    """``forward``, if a module, in eval mode inside; its submodules in training mode are switched back after.
-    A net handed to a Segmenter by the code that trains it went on training in eval mode (BatchNorm frozen,
-    dropout off) without a word."""
-    training = [m for m in forward.modules() if m.training] if isinstance(forward, torch.nn.Module) else []
-    for module in training:
-        module.training = False  # what .eval() sets, kept to the modules it changed
-    try:
-        yield
-    finally:
-        for module in training:
-            module.training = True
 
 
 def _after(first: Callable[[], None], forward: Forward) -> Forward:

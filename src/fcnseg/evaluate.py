@@ -35,7 +35,7 @@ from fcnseg.metrics import SCORE_KEYS, BinaryCurve, ConfusionMatrix, format_per_
 from fcnseg.normalization import same_normalization
 from fcnseg.outputs import Outputs
 from fcnseg.progress import bar as progress_bar
-from fcnseg.runtime import all_reduce_sum, resolve_device, worker_init
+from fcnseg.runtime import all_reduce_sum, in_eval_mode, resolve_device, worker_init
 from fcnseg.signals import loader_batches
 from fcnseg.viz import confusion_picture
 
@@ -117,10 +117,9 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
     device = resolve_device(device)
     module = unwrap(forward) if isinstance(forward, nn.Module) else None
     _refuse_other_normalization(forward, module, dataset)
-    was_training = module is not None and module.training
     if module is not None:
         # DDP's own forward may synchronise buffers; ranks run different numbers of images here.
-        forward = module.to(device).eval()
+        forward = module.to(device)
     sampler = ShardSampler(len(dataset), rank, world_size)
     loader = DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=num_workers,
                         collate_fn=SizeGroups(), pin_memory=device.type == "cuda", worker_init_fn=worker_init)
@@ -129,18 +128,15 @@ def evaluate(forward: Forward, dataset: Dataset, num_classes: int, ignore_index:
     confusions = [ConfusionMatrix(classes, ignore_index, device=device) for classes in heads]
     curve = None if positive_class is None else BinaryCurve(positive_class, ignore_index, device=device)
     done = 0
-    try:
-        with progress_bar(total=len(sampler), desc="eval", unit="img", enabled=progress and rank == 0) as bar:
-            for images, labels in (group for groups in loader_batches(loader) for group in groups):
-                images = images.to(device, non_blocking=True)
-                planned = planner(images.shape[0], *images.shape[2:], options) if planner else options
-                _predict_and_count(forward, images, labels.to(device, non_blocking=True), planned, heads,
-                                   confusions, curve)
-                done += images.shape[0]
-                bar.update(images.shape[0])
-    finally:
-        if was_training:
-            module.train()
+    bar = progress_bar(total=len(sampler), desc="eval", unit="img", enabled=progress and rank == 0)
+    with in_eval_mode(module), bar:
+        for images, labels in (group for groups in loader_batches(loader) for group in groups):
+            images = images.to(device, non_blocking=True)
+            planned = planner(images.shape[0], *images.shape[2:], options) if planner else options
+            _predict_and_count(forward, images, labels.to(device, non_blocking=True), planned, heads,
+                               confusions, curve)
+            done += images.shape[0]
+            bar.update(images.shape[0])
     count = torch.tensor([done], dtype=torch.int64, device=device)
     if distributed:
         all_reduce_sum(count)

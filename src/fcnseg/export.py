@@ -46,6 +46,7 @@ from fcnseg.errors import ConfigError, ExportError, WeightsError, require_model_
 from fcnseg.models.fcn import FCN
 from fcnseg.models.spec import ModelSpec, spec_from_v1
 from fcnseg.models.weights import file_kind, refuse_damaged_archive
+from fcnseg.runtime import in_eval_mode
 
 FORMAT = "fcnseg-export"
 VERSION = 3  # 3: ONNX files carry the sha256 of their bytes (CHECKSUM_KEY)
@@ -69,17 +70,6 @@ def require_module(module: str, purpose: str):
 
 
 # ------------------------------------------------------------------------------------------ the model side
-@contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode for the export, the caller's mode restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def _resolve(source: str | Path | nn.Module, info: DatasetInfo | None) -> tuple[FCN, ModelSpec]:
     """The FCN of a checkpoint path or module, and its spec with the classes ``info`` (when given)."""
     if isinstance(source, nn.Module):
@@ -130,7 +120,7 @@ def parity(forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, sh
     tolerance is 1e-4 of their largest magnitude (and at least 1e-4).
     """
     x = _inputs(shape, seed)
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), in_eval_mode(model):
         expected = model(x)
         got = forward(x)
     tolerance = 1e-4 * max(1.0, float(expected.abs().max()))
@@ -184,7 +174,7 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, opset: int = 1
     meta = _metadata(spec)
     buffer = io.BytesIO()
     dynamic = {0: "batch", 2: "height", 3: "width"}
-    with _eval_mode(model), torch.no_grad(), _quiet_jit():
+    with in_eval_mode(model), torch.no_grad(), _quiet_jit():
         try:
             torch.onnx.export(model, (_inputs(_shape(model, TRACE_SHAPE)),), buffer, dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -313,7 +303,7 @@ def export_torchscript(source: str | Path | nn.Module, path: str | Path, info: D
     """
     path = Path(path)
     model, spec = _resolve(source, info)
-    with _eval_mode(model), torch.no_grad(), _quiet_jit():
+    with in_eval_mode(model), torch.no_grad(), _quiet_jit():
         try:
             compiled = torch.jit.script(model)
         except Exception:  # noqa: BLE001 - scripting rejects much ordinary Python: fall back to tracing

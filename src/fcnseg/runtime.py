@@ -377,6 +377,21 @@ def finish() -> bool:
     return False
 
 
+@contextlib.contextmanager
+def in_eval_mode(module: torch.nn.Module | None) -> Iterator[None]:
+    """``module`` (None: nothing) in eval mode inside; the submodules it was training are switched back after,
+    and only those: a submodule the caller keeps in eval mode stays there (``.train(was_training)`` put every one
+    in training mode). For the caller's nets: a Segmenter's, evaluate's, an export's."""
+    training = [m for m in module.modules() if m.training] if module is not None else []
+    for submodule in training:
+        submodule.training = False  # what .eval() sets, kept to the modules it changes
+    try:
+        yield
+    finally:
+        for submodule in training:
+            submodule.training = True
+
+
 def available_bytes(device: torch.device | str = "cpu") -> int:
     """Memory free for this process now: MemAvailable (and the cgroup's room, if lower); a GPU's free memory with
     the blocks PyTorch's caching allocator holds unused (the driver counts them as taken: validation after a large
