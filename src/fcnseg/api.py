@@ -124,6 +124,12 @@ class Segmenter:
         return self.spec.architecture()
 
     @property
+    def title(self) -> str:
+        """How reports and the web page name the net: "fcn8s (vgg16_bn)", "fcn8s (vgg16_bn, int8)"."""
+        quantised = "" if self.precision == "float32" else f", {self.precision}"
+        return f"{self.spec.name} ({self.spec.backbone}{quantised})"
+
+    @property
     def precision(self) -> str:
         """What the weights compute in: "float32", or "int8" for a quantised ONNX export."""
         return getattr(self.forward, "precision", "float32")

@@ -466,7 +466,7 @@ class SegmentServer:
             "classes": [{"id": i, "name": name, "color": _hex(info.palette[i])}
                         for i, name in enumerate(info.class_names)],
             "model": model,
-            "model_name": _model_name(model, getattr(seg, "precision", "float32")),
+            "model_name": getattr(seg, "title", None),
             "precision": getattr(seg, "precision", "float32"),
             "normalization": getattr(seg, "normalization", None),
             "device": str(getattr(seg, "device", "cpu")),
@@ -666,13 +666,6 @@ async def _no_route(request: Request, error: Exception) -> Response:
         return _error(405, f"{method} {path} is not supported: use {allowed}", close=method not in ("GET", "HEAD"))
     what = f"no such page: {path}" if method in ("GET", "HEAD") else f"no such endpoint: {method} {path}"
     return _error(404, what, close=method not in ("GET", "HEAD"))
-
-
-def _model_name(model: dict | None, precision: str) -> str | None:
-    """"fcn8s (vgg16_bn)", with ", int8" for a quantised export: the page said the same of both."""
-    if not model or "name" not in model:
-        return None
-    return f"{model['name']} ({model['backbone']}{'' if precision == 'float32' else ', ' + precision})"
 
 
 class _Uvicorn(uvicorn.Server):

@@ -156,9 +156,7 @@ def _score(args: argparse.Namespace, segmenter: Segmenter, dataset: Dataset, dat
                       extra_heads=data_info.extra_heads, positive_class=positive_class(data_info))
     if not runtime.is_main:
         return 0
-    config = segmenter.config or {}
-    int8 = "" if segmenter.precision == "float32" else f", {segmenter.precision}"
-    title = f"{config.get('name', args.checkpoint.stem)} ({config.get('backbone', 'export')}{int8})"
+    title = segmenter.title
     if outputs is not None:
         text = write_report(scores, info.class_names, args.out, title, info.extra_heads, outputs,
                             evaluated=_what_was_scored(args, options))
