@@ -52,7 +52,6 @@ def test_numbers_in_exponent_form_are_numbers_in_files_flags_and_set(tmp_path):
         TrainConfig.from_yaml(tmp_path / "quoted.yaml")
 
 
-
 def test_dataset_options_on_the_command_line_are_merged_into_the_configs(tmp_path):
     """``--dataset-options '{num_images: 8}'`` over a config with ``{class_map: ..., height: 48}`` replaced the
     whole mapping: the run trained on the reader's own classes and sizes without a word."""
@@ -71,6 +70,7 @@ def test_dataset_options_on_the_command_line_are_merged_into_the_configs(tmp_pat
     config = config_from_args(build_parser().parse_args(["train", "--config", str(tmp_path / "run.yaml"),
                                                          "--set", "crop_size=[8, 12]"]))
     assert config.crop_size == [8, 12]
+
 
 @pytest.mark.parametrize("given", [["--threads", "0"], ["--set", "threads=0"], ["--set", "bogus=1"],
                                    ["--amp", "bogus"], ["--set", "optimizer=adam"]])

@@ -30,6 +30,8 @@ C = 3
 @pytest.fixture(autouse=True)
 def _single_thread(one_thread):
     pass
+
+
 IGNORE = 255
 
 # Two images of different sizes. The image's channel 0 holds the class the forward below predicts, so

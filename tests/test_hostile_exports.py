@@ -295,6 +295,7 @@ def test_an_onnx_export_changed_on_purpose_says_how_to_keep_the_change(exports, 
     onnx.save(model, str(tmp_path / "noted.onnx"))
     assert load(tmp_path / "noted.onnx", device="cpu").spec == load(exports["onnx"], device="cpu").spec
 
+
 @pytest.mark.parametrize("fmt", ["checkpoint", "onnx", "torchscript"])
 def test_a_model_or_image_file_this_user_cannot_read_is_one_line(tiny_checkpoint, exports, tmp_path, capsys,
                                                                   monkeypatch, fmt):

@@ -233,6 +233,7 @@ def test_an_out_that_is_a_folder_a_checkpoints_name_or_an_unexpanded_tilde_is_re
         usage_or_one_line(capsys, ["train", "--iterations", "1", *argv], "~", "$HOME")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.onnx"]
 
+
 TRAIN_CASES = [
     (["--lr", "-1"], ("lr", "-1")),
     (["--lr", "nan"], ("lr", "nan")),
@@ -271,7 +272,6 @@ def test_a_config_file_is_held_to_the_same_ranges(tmp_path, capsys, key, value, 
     config.write_text(yaml.safe_dump({"iterations": 1, key: value}))
     usage_or_one_line(capsys, ["train", "--config", config, "--out", tmp_path / "run"], config, key, shown)
     assert not (tmp_path / "run").exists()
-
 
 
 @pytest.mark.parametrize("content, names", [
@@ -408,7 +408,6 @@ def test_a_budget_of_one_byte_is_not_called_0_mb(tiny_checkpoint, tmp_path, caps
                  "--threads", "1", "--quiet"]) == 1  # the image fails: nothing fits in one byte
     err = capsys.readouterr().err
     assert "budget of 1 byte" in err and "0 MB" not in err and "Traceback" not in err, err
-
 
 
 def test_a_need_just_over_the_budget_does_not_read_as_the_budget():

@@ -56,7 +56,6 @@ def test_unknown_kind_and_bad_shape():
         normalize(np.zeros((2, 2), np.uint8))
 
 
-
 def test_a_mean_no_8_bit_pixel_could_have_is_refused():
     # "caffe:nan,1,2" was accepted by build_model: every input NaN, a net that says one class without a word.
     import fcnseg
@@ -68,6 +67,7 @@ def test_a_mean_no_8_bit_pixel_could_have_is_refused():
         with pytest.raises(ValueError, match="0 to 255"):
             fcnseg.build_model("fcn32s", backbone="vgg16", num_classes=2, width=1 / 16, normalization=kind)
     assert normalize(np.zeros((1, 1, 3), np.uint8), "caffe:0,255,0")[:, 0, 0].tolist() == [0.0, -255.0, 0.0]
+
 
 def test_a_caffe_normalization_with_its_own_mean():
     # SIFT Flow's mean, as the authors' data layer subtracts it (BGR).

@@ -35,6 +35,7 @@ H, W = 60, 84
 def checkpoint(tiny_checkpoint):
     return tiny_checkpoint
 
+
 @pytest.fixture(scope="module")
 def segmenter(checkpoint):
     return load(checkpoint, device="cpu")

@@ -360,8 +360,6 @@ def test_cli_resume_uses_the_runs_own_config(tmp_path):
     assert state["iteration"] == 3 and spec.name == "fcn16s" and spec.width == 0.0625
 
 
-
-
 def test_a_tiny_fcn8s_overfits_four_images(tmp_path):
     """The whole training loop learns: on its own four training images the loss falls 10x, mean IU > 0.9."""
     root = shapes_dataset(tmp_path / "shapes")

@@ -193,7 +193,7 @@ def export_onnx(source: str | Path | nn.Module, path: str | Path, opset: int = 1
 
     with atomic_path(path) as tmp:
         tmp.write_bytes(onnx_bytes(proto))
-        forward, _ = load_onnx(tmp, threads=torch.get_num_threads())  # ONNX Runtime's default: every core
+        forward, _ = load_onnx(tmp, threads=torch.get_num_threads())  # --threads (ONNX Runtime's default: all cores)
         _verify(forward, model, "ONNX", path)
     return path
 

@@ -564,7 +564,6 @@ def _remove_if_only_the_lock(made: list[Path]) -> None:
                 os.rmdir(folder)  # stops at the first folder something else was put into
 
 
-
 @contextmanager
 def shard_lock(outputs: Outputs, what: str, run: str, stale: Iterable[str] = (),
                stale_alone: Iterable[str] = ()) -> Iterator[bool]:

@@ -220,7 +220,7 @@ def _agreement(fp32: Path, int8: Path, batches: list[np.ndarray], info: DatasetI
     """Share of pixels (first head) where the int8 model's label equals the fp32 model's."""
     heads = info.head_classes
     same = total = 0
-    exact, _ = load_onnx(fp32, threads=torch.get_num_threads())  # ONNX Runtime's default: every core
+    exact, _ = load_onnx(fp32, threads=torch.get_num_threads())  # --threads (ONNX Runtime's default: all cores)
     quantised, _ = load_onnx(int8, threads=torch.get_num_threads())
     for batch in batches:
         x = torch.from_numpy(batch)

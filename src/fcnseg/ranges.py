@@ -82,7 +82,6 @@ def _shown(value: object) -> str:
     return _number(value) if isinstance(value, float) else repr(value)
 
 
-
 # How a type reads in a message (train's options and the dataset readers' alike).
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
                dict: "a mapping", list: "a list", os.PathLike: "a path"}
@@ -131,6 +130,7 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
     if not ok:
         raise ConfigError(f"{where} expects {type_name(hint)}, got {value!r} ({type(value).__name__})")
     return value
+
 
 # The ranges options share.
 COUNT = Range(1, whole=True)  # iterations, images, threads, sizes in pixels

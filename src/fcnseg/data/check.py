@@ -92,7 +92,6 @@ def check_dataset(dataset: DatasetContract, what: str, workers: int = 0, limit: 
     return counted
 
 
-
 def warn_if_one_class(counted: ClassPixels | None, info: DatasetInfo, what: str) -> None:
     """A warning when every labelled pixel that ``counted`` holds is one class of several: a net trained on such
     a split learns to say that class everywhere, and mean IU over the classes present then reads 100."""

@@ -153,6 +153,7 @@ def pack(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: torch.dty
     if overflowed:
         raise WeightsError(f"{source}: {listing(overflowed, 3)} exceed the range of {dtype} (to infinity when "
                            "cast): pack in torch.bfloat16 or torch.float32 instead (--dtype)")
+
     def refuse_if_made_meanwhile(path: Path, tmp: Path) -> None:  # the check above cannot see what appears later
         if not overwrite and os.path.lexists(path):
             raise WriteError(f"{path} was made by another process while it was being packed, and was left as it "

@@ -159,7 +159,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a flat YAML file, then apply ``overrides`` (a null value sets the option to null)."""
+        """Read a flat YAML file, then apply ``overrides`` (:func:`with_overrides`: each replaces the file's value, a
+        ``dataset_options`` mapping is merged into the file's; a null value sets the option to null)."""
         path = Path(path)
         data = read_yaml_file(path, "config") or {}
         if not isinstance(data, dict):
@@ -254,6 +255,7 @@ class TrainConfig:
 
 # Flags that say how to treat the run folder this time, not what the run is.
 PER_INVOCATION = ("resume", "overwrite")
+
 
 def with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a config file's options) with ``overrides`` (the command line's) applied: each value replaces
