@@ -148,8 +148,14 @@ def test_fcnseg_predict_depth_and_refusals(tmp_path, capsys, one_thread):
     refused(capsys, base + camera, "rgb+hha", "--depth", "--hha")  # what the net reads, the options to give it
     (depths / "img_5002.png").rename(tmp_path / "elsewhere.png")
     refused(capsys, base + camera + ["--depth", depths], depths, "img_5002")  # the folder, the input it lacks
-    assert not (tmp_path / "out").exists()  # refused before anything was written
+    # Another file sharing the start of the name is not its depth map: "img_5002.*" took img_5002.backup.png.
+    (depths / "img_5002.backup.png").write_bytes((depths / "img_5001.png").read_bytes())
+    refused(capsys, base + camera + ["--depth", depths], depths, "img_5002")
     (tmp_path / "elsewhere.png").rename(depths / "img_5002.png")
+    (depths / "img_5002.jpg").write_bytes(b"a second depth map of that name")  # two: which one is meant?
+    refused(capsys, base + camera + ["--depth", depths], "2 depth images named img_5002.*", "keep one")
+    (depths / "img_5002.jpg").unlink()
+    assert not (tmp_path / "out").exists()  # refused before anything was written
     assert main(base + camera + ["--depth", str(depths)]) == 0
     assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.png")) == ["img_5001_mask.png", "img_5002_mask.png"]
     segmenter = load(checkpoint, device="cpu")

@@ -381,12 +381,20 @@ def depth_files(args: argparse.Namespace, files: list[Path], inputs: tuple[str, 
         return {file: {kind: where} for file in files}  # one input, or none in this shard
     if not where.is_dir():
         raise DataError(f"--{kind} {where} does not exist")
-    found = {path: sorted(p for p in where.glob(f"{glob.escape(path.stem)}.*") if p.suffix.lower() in IMAGE_SUFFIXES)
-             for path in files}
+    # By exact stem: "img.*" also matched img.backup.png, which sorted first and was used without a word.
+    by_stem: dict[str, list[Path]] = {}
+    for candidate in sorted(where.iterdir()):
+        if candidate.suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(candidate.stem, []).append(candidate)
+    found = {path: by_stem.get(path.stem, []) for path in files}
     missing = [path.stem for path, matches in found.items() if not matches]
     if missing:
         raise DataError(f"{where} holds no {kind} image for {len(missing)} of the inputs: "
                         f"{listing(missing)} (expected STEM.png)")
+    several = [matches for matches in found.values() if len(matches) > 1]
+    if several:
+        raise DataError(f"{where} holds {len(several[0])} {kind} images named {several[0][0].stem}.* "
+                        f"({listing(several[0])}): keep one per input")
     return {path: {kind: matches[0]} for path, matches in found.items()}
 
 
