@@ -147,6 +147,14 @@ def test_eval_and_predict_write_every_head(tmp_path, capsys, one_thread):
     np.testing.assert_allclose(probs[:33].sum(0), 1, atol=2e-3)
     np.testing.assert_allclose(probs[33:].sum(0), 1, atol=2e-3)
     np.testing.assert_array_equal(segmenter.predict(image), maps["semantic"])
+    # Inputs scene.png and scene_geometric.png both wrote scene_geometric_mask.png (the last one won), without a word.
+    Image.fromarray(image[:40]).save(tmp_path / "scene_geometric.png")
+    capsys.readouterr()
+    assert main(["predict", str(checkpoint), str(tmp_path / "scene.png"), str(tmp_path / "scene_geometric.png"),
+                 "--out", str(tmp_path / "both"), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "scene_geometric_mask.png" in err and "separate --out folders" in err, err
+    assert not (tmp_path / "both").exists()
 
 
 def test_an_onnx_export_keeps_both_heads(tmp_path, one_thread):

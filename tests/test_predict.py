@@ -468,7 +468,7 @@ def test_a_damaged_record_is_no_record_not_a_traceback(checkpoint, tmp_path, dam
     assert cli([checkpoint, image, "--out", out, "--threads", "1", "--overwrite"]) == 0
 
 
-def test_a_rerun_without_probs_removes_the_earlier_runs_probabilities(checkpoint, tmp_path):
+def test_a_rerun_without_probs_removes_the_earlier_runs_probabilities(checkpoint, tmp_path, caplog):
     """An earlier run's _probs.npy stayed beside the masks of a rerun with another net or options, without --probs:
     an output that belongs to another run. A user's file of that name is not fcnseg's and stays."""
     image = write_png(tmp_path / "a.png", scene(0))
@@ -478,4 +478,6 @@ def test_a_rerun_without_probs_removes_the_earlier_runs_probabilities(checkpoint
     (out / "b_probs.npy").write_bytes(b"the user's own")  # no longer fcnseg's
     assert cli([checkpoint, image, other, "--out", out, "--threads", "1", "--flip"]) == 0
     assert not (out / "a_probs.npy").exists() and (out / "a_mask.png").is_file()
+    # said as a warning, which --quiet keeps (it was removed without a word)
+    assert [r.getMessage()[:23] for r in caplog.records if r.levelname == "WARNING"] == ["removed a_probs.npy, wr"]
     assert (out / "b_probs.npy").read_bytes() == b"the user's own"

@@ -158,7 +158,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     for file in unique:
         if file.stem in stems:
             raise DataError(f"inputs {stems[file.stem]} and {file} would both write {file.stem}_*.png: "
-                            "rename one or segment them in separate runs")
+                            "rename one, or segment them into separate --out folders")
         stems[file.stem] = file
     return unique
 
@@ -243,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
     if max(segmenter.info.head_classes) > 256:
         raise ConfigError(f"{segmenter.info.name} has {segmenter.info.num_classes} classes; mask PNGs and "
                           "overlays hold at most 256. Use the Python API (fcnseg.load) instead.")
+    _refuse_shared_outputs({file: output_paths(args.out, file.stem, segmenter.info, args.probs) for file in files})
     planned = {file: output_paths(args.out, file.stem, segmenter.info, args.probs) for file in mine}
     every = [path for paths in planned.values() for path in paths]
     outputs = Outputs(args.out, "predict", args.overwrite, shard)
@@ -262,14 +263,31 @@ def run(args: argparse.Namespace) -> int:
     return _report(failures, len(mine), len(mine) - len(todo), len(files), args.out, shard, runtime)
 
 
+def _refuse_shared_outputs(planned: dict[Path, list[Path]]) -> None:
+    """A DataError when two inputs would write one output: ``a.png`` and ``a_geometric.png`` for a net of a second
+    head named geometric both wrote ``a_geometric_mask.png``, the last one winning (the stems differ)."""
+    writer: dict[Path, Path] = {}
+    for file, paths in planned.items():
+        for path in paths:
+            if path in writer:
+                raise DataError(f"inputs {writer[path]} and {file} would both write {path.name}: rename one, or "
+                                "segment them into separate --out folders")
+            writer[path] = file
+
+
 def _remove_earlier_probs(out: Path, todo: list[Path], outputs: Outputs, entries: dict[str, dict]) -> None:
     """Remove the ``_probs.npy`` an earlier fcnseg predict wrote (the record says so, and it is unchanged) for each
     input segmented again without --probs: it was left beside the new masks, from another net (2.9% of its argmax
-    agreed with them). A file of the user's of that name is not fcnseg's, and stays."""
+    agreed with them). A file of the user's of that name is not fcnseg's, and stays. Said, even with --quiet."""
+    removed = []
     for file in todo:
         earlier = out / f"{file.stem}{OUTPUT_SUFFIXES[-1]}"
         if earlier.is_file() and outputs.owned(earlier, entries):
             earlier.unlink()
+            removed.append(earlier.name)
+    if removed:
+        log.warning(f"removed {listing(removed, 3)}, written by an earlier fcnseg predict for images segmented again "
+                    "now: they would no longer go with the new masks (--probs writes them anew)")
 
 
 def _shard_of(given: Shard | None, runtime: Runtime) -> Shard | None:
