@@ -481,3 +481,22 @@ def test_a_rerun_without_probs_removes_the_earlier_runs_probabilities(checkpoint
     # said as a warning, which --quiet keeps (it was removed without a word)
     assert [r.getMessage()[:23] for r in caplog.records if r.levelname == "WARNING"] == ["removed a_probs.npy, wr"]
     assert (out / "b_probs.npy").read_bytes() == b"the user's own"
+
+
+def test_inputs_that_are_only_earlier_outputs_or_not_files_are_said_to_be_so(checkpoint, tmp_path):
+    # "no files match the pattern" when six did (all earlier outputs, left out), "folder holds no images" when it
+    # held 30 PNGs of them, and "input not found" for /dev/zero or a FIFO, which exist.
+    import os
+
+    out = tmp_path / "out"
+    assert cli([checkpoint, write_png(tmp_path / "a.png", scene(0)), "--out", out, "--threads", "1"]) == 0
+    for given, names in ((str(out / "*_overlay.png"), ("*_overlay.png", "a_overlay.png", "earlier fcnseg predict")),
+                         (out, (str(out), "a_mask.png", "copy them"))):
+        with pytest.raises(DataError) as caught:
+            cli([checkpoint, given, "--out", tmp_path / "again", "--threads", "1"])
+        error_names(caught, *names)
+    os.mkfifo(tmp_path / "fifo.png")
+    for special in (tmp_path / "fifo.png", "/dev/zero"):
+        with pytest.raises(DataError) as caught:
+            cli([checkpoint, special, "--out", tmp_path / "again", "--threads", "1"])
+        error_names(caught, special, "not a regular file")

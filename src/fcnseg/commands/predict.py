@@ -134,7 +134,8 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
         if path.is_dir():
             found = _folder_images(path)
             if not found:
-                raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+                raise DataError(_only_own_outputs(f"folder {path}", _folder_images(path, own=True)) or
+                                f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})"
                                 f"{_unsearched(path, set(), '; ')}")
             folders.append(path)
             files.extend(found)
@@ -142,10 +143,14 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
             files.append(path)
         elif any(char in item for char in "*?["):
             matched = map(Path, glob.glob(item, recursive=True))  # "**": every depth, as a shell's globstar
-            found = _without_own_outputs(sorted(p for p in matched if p.is_file() or leads_nowhere(p)))
+            every = sorted(p for p in matched if p.is_file() or leads_nowhere(p))
+            found = _without_own_outputs(every)
             if not found:
-                raise DataError(f"no files match the pattern {item!r}")
+                raise DataError(_only_own_outputs(f"the pattern {item!r}", every) or
+                                f"no files match the pattern {item!r}")
             files.extend(found)
+        elif path.exists():  # /dev/zero, a FIFO, a socket: "input not found" was untrue
+            raise DataError(f"input {path} is not a regular file (a device, a pipe or a socket): give image files")
         else:
             raise DataError(f"input not found: {path}")
     for folder in folders:  # images one level down that no other input names: said, not skipped silently
@@ -174,14 +179,24 @@ def _unsearched(folder: Path, named: set[Path], lead: str) -> str:
             f"'{folder / '*' / '*.png'}'")
 
 
-def _folder_images(folder: Path) -> list[Path]:
+def _folder_images(folder: Path, own: bool = False) -> list[Path]:
     """The images directly in ``folder``, sorted (a link that leads nowhere counts: reading it fails, reported),
-    but for the outputs fcnseg predict wrote there (:func:`_without_own_outputs`)."""
+    but for the outputs fcnseg predict wrote there (:func:`_without_own_outputs`; with ``own``, those too)."""
     try:
-        return _without_own_outputs(sorted(p for p in folder.iterdir()
-                                           if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or leads_nowhere(p))))
+        images = sorted(p for p in folder.iterdir()
+                        if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or leads_nowhere(p)))
     except OSError:  # a subfolder that cannot be read is no folder of images
         return []
+    return images if own else _without_own_outputs(images)
+
+
+def _only_own_outputs(where: str, images: list[Path]) -> str | None:
+    """Why ``where`` gives nothing to segment when its ``images`` are all an earlier fcnseg predict's outputs
+    ("no files match" and "holds no images" were untrue); None when it holds none."""
+    if not images:
+        return None
+    return (f"{where} gives only outputs of an earlier fcnseg predict ({listing([p.name for p in images], 3)}), "
+            "which are never taken as inputs: copy them to another folder to segment them")
 
 
 def _without_own_outputs(paths: list[Path]) -> list[Path]:
