@@ -31,7 +31,7 @@ import torch
 from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.hha import hha_from_depth, intrinsics_for
 from fcnseg.data.info import DatasetInfo, count_text
-from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image, read_depth
+from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image, image_to_rgb, open_image, read_depth
 from fcnseg.errors import ConfigError, DataError, WeightsError, did_you_mean, require_model_file
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
 from fcnseg.memory import default_budget, fit
@@ -288,6 +288,13 @@ class Segmenter:
         if (depth is None) == (hha is None):
             raise ConfigError(f"this net reads depth: give a depth map or an HHA image for {name} (one of them)")
         if hha is not None:
+            if isinstance(hha, str | os.PathLike | bytes):  # a 16-bit depth map was taken as an HHA image
+                opened = open_image(hha, "HHA image", self.max_pixels)
+                if opened.mode not in ("RGB", "RGBA"):
+                    raise DataError(f"{_name(hha)} is a "
+                                    f"{opened.mode} image, but HHA images have three 8-bit channels (disparity, "
+                                    "height, angle): for a depth map give depth= (fcnseg predict --depth)")
+                return image_to_rgb(opened)
             return decode_image(hha, self.max_pixels)
         metres = read_depth(depth, self.depth_scale, self.max_pixels)
         return hha_from_depth(metres, intrinsics_for(*metres.shape, self.intrinsics))
