@@ -84,6 +84,19 @@ def test_prediction_picture_leaves_large_inputs_their_size():
     assert picture.shape[1] == 3 * 400 + 2 * 4
 
 
+def test_prediction_picture_of_a_huge_or_strip_input_stays_within_8k_wide_and_readable():
+    # An 8000x6000 photo gave a 24008-pixel-wide picture (40 s, most of 4 GB); a 1x40000 strip a 120008x5501 one
+    # (660 megapixels, 1500-pixel letters). Shown by every n-th pixel now, the text kept to the panels' height.
+    labels = np.tile(np.arange(8, dtype=np.uint8).repeat(1000), (6000 // 1000, 1))[:, :8000]
+    labels = np.repeat(labels, 1000, axis=0)[:6000]
+    photo = viz.prediction_picture(np.zeros((6000, 8000, 3), dtype=np.uint8), labels, INFO)
+    assert photo.shape[1] == 3 * (8000 // 4) + 2 * 4 and photo.shape[0] < 3000  # every 4th pixel
+    strip = viz.prediction_picture(np.zeros((1, 40000, 3), dtype=np.uint8), np.zeros((1, 40000), np.uint8), INFO)
+    assert strip.shape[1] <= viz.MAX_PICTURE_WIDTH and strip.shape[0] < 400, strip.shape
+    # every n-th pixel: the classes' colours are all there, nothing blended
+    assert palette_colours(range(8)) <= colours_in(photo)
+
+
 def test_upscale_refuses_a_factor_below_one():
     with pytest.raises(ValueError, match="factor"):
         viz.upscale(np.zeros((2, 2), dtype=np.uint8), 0)

@@ -21,6 +21,9 @@ from fcnseg.data.info import DatasetInfo
 WHITE = 255
 TEXT_SIZE = 15  # pixels: titles and legends readable at 100% zoom
 MIN_PICTURE_WIDTH = 960  # prediction pictures of small inputs are enlarged to at least this width
+# ... and those of large ones shown shrunk to at most this (8K): an 8000x6000 photo's took 40 s and most of 4 GB,
+# a 1x40000 strip's a 660-megapixel PNG. The mask and overlay files keep the input's size.
+MAX_PICTURE_WIDTH = 7680
 
 
 def readable_font(size: int = TEXT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -58,6 +61,9 @@ def colorize(label: np.ndarray, info: DatasetInfo) -> np.ndarray:
     return info.palette_array()[label]
 
 
+_BLEND_PIXELS = 2**20
+
+
 def overlay(image: np.ndarray, label: np.ndarray, info: DatasetInfo, opacity: float = 0.5) -> np.ndarray:
     """Blend the colourised ``label`` over ``image``: ``round((1 - opacity) * image + opacity * colour)``.
 
@@ -70,11 +76,18 @@ def overlay(image: np.ndarray, label: np.ndarray, info: DatasetInfo, opacity: fl
         raise ValueError(f"image is {image.shape[:2]} but label is {label.shape}")
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be between 0 and 1, got {opacity}")
-    colours = colorize(label, info).astype(np.float64)
-    blended = np.floor((1.0 - opacity) * image.astype(np.float64) + opacity * colours + 0.5)
-    out = np.clip(blended, 0, 255).astype(np.uint8)
-    ignored = label == info.ignore_index
-    out[ignored] = image[ignored]
+    out = np.empty_like(image)
+    # In blocks of rows: float64 copies of a whole 8000x6000 photo took 1.9 GB beyond the image (twice the
+    # prediction's own peak); a block of about a million pixels takes some 100 MB, with the same arithmetic.
+    rows = max(1, _BLEND_PIXELS // max(1, image.shape[1]))
+    for top in range(0, image.shape[0], rows):
+        part, labels = image[top:top + rows], label[top:top + rows]
+        colours = colorize(labels, info).astype(np.float64)
+        blended = np.floor((1.0 - opacity) * part.astype(np.float64) + opacity * colours + 0.5)
+        block = np.clip(blended, 0, 255).astype(np.uint8)
+        ignored = labels == info.ignore_index
+        block[ignored] = part[ignored]
+        out[top:top + rows] = block
     return out
 
 
@@ -228,16 +241,20 @@ def prediction_picture(image: np.ndarray, labels: np.ndarray, info: DatasetInfo,
     """image | overlay | predicted classes, titled, with the legend of the classes present below.
 
     Inputs too small for the picture to be ``min_width`` pixels wide are enlarged an integer number of times
-    by repeating pixels (no new colours, the label edges stay sharp); text grows with wide pictures.
+    by repeating pixels (no new colours, the label edges stay sharp); inputs too large for it to be at most
+    :data:`MAX_PICTURE_WIDTH` wide are shown by every n-th pixel. Text grows with wide pictures, not past a
+    quarter of the panels' height (a 1-pixel strip got 1500-pixel letters).
     """
     image, labels = _check_image(image), _check_label(labels)
+    shrink = max(1, math.ceil(3 * image.shape[1] / MAX_PICTURE_WIDTH))
+    image, labels = image[::shrink, ::shrink], labels[::shrink, ::shrink]
     gap = 4
     height, width = max(1, image.shape[0]), max(1, image.shape[1])
     factor = max(1, math.ceil((min_width - 2 * gap) / (3 * width)))
     factor = min(factor, max(1, 1024 // height))  # a tall narrow input is not blown up past 1024 pixels
     panels = [upscale(panel, factor) for panel in (image, overlay(image, labels, info, opacity),
                                                    colorize(labels, info))]
-    font_size = max(TEXT_SIZE, (3 * width * factor) // 80)
+    font_size = max(TEXT_SIZE, min((3 * width * factor) // 80, (height * factor) // 4))
     body = titled(panels, ["image", "overlay", "predicted classes"], gap, font_size)
     # The legend may be wider than the panels of a narrow input, so that its names are not cut.
     key = legend_strip(present_classes(labels, info), info, max(body.shape[1], MIN_PICTURE_WIDTH // 2), font_size,
