@@ -148,13 +148,13 @@ def test_predict_escapes_the_names_of_images_that_fail(tiny_checkpoint, tmp_path
 
 
 @pytest.mark.parametrize("argv, names", ids=_flags, argvalues=[
-    (["--scales", "nan"], ("scales", "nan")),
-    (["--scales", "inf"], ("scales", "inf")),
-    (["--scales", "1", "1e400"], ("scales", "inf")),
-    (["--scales", "-0.5"], ("scales", "-0.5")),
-    (["--overlap", "inf"], ("overlap", "inf")),
-    (["--window", "0", "64"], ("window", "0")),
-    (["--batch-size", "0"], ("batch_size", "0")),
+    (["--scales", "nan"], ("--scales", "nan")),  # the flag, not the field ("window must be ..." named neither)
+    (["--scales", "inf"], ("--scales", "inf")),
+    (["--scales", "1", "1e400"], ("--scales", "inf")),
+    (["--scales", "-0.5"], ("--scales", "-0.5")),
+    (["--overlap", "inf"], ("--overlap", "inf")),
+    (["--window", "0", "64"], ("--window", "0")),
+    (["--batch-size", "0"], ("--batch-size", "0")),
     (["--opacity", "nan"], ("--opacity", "nan")),
     (["--depth-scale", "inf"], ("--depth-scale", "inf")),
     (["--intrinsics", "nan", "500", "300", "200"], ("--intrinsics", "nan")),

@@ -114,7 +114,9 @@ def test_default_options_come_from_load_and_calls_override_them(checkpoint, segm
         load(checkpoint, device="cpu", max_memory=-5)
     error_names(caught, "max_memory", "-5")
     # Found by a hostile review: each was a TypeError or AttributeError from deep inside, or taken (nan).
-    for arguments, names in (({"max_memory": "4G"}, ["max_memory", "'4G'"]), ({"max_memory": float("nan")}, ["nan"]),
+    assert load(checkpoint, device="cpu", max_memory="4G").max_memory == 4 * 2**30  # as --max-memory takes it
+    for arguments, names in (({"max_memory": "lots"}, ["max_memory", "'lots'"]),
+                             ({"max_memory": float("nan")}, ["nan"]),
                              ({"max_pixels": 2.5}, ["max_pixels", "2.5"]),
                              ({"options": [("flip", True)]}, ["options", "mapping", "list"])):
         with pytest.raises(ConfigError) as caught:

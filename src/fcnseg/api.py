@@ -34,7 +34,7 @@ from fcnseg.data.info import DatasetInfo, count_text
 from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image, image_to_rgb, open_image, read_depth
 from fcnseg.errors import ConfigError, DataError, WeightsError, did_you_mean, require_model_file
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
-from fcnseg.memory import default_budget, fit
+from fcnseg.memory import default_budget, fit, parse_size
 from fcnseg.models.spec import ModelSpec
 from fcnseg.models.weights import file_kind
 from fcnseg.normalization import normalize
@@ -58,9 +58,9 @@ class Segmenter:
     or ``("rgb", "hha")``) and ``config`` (the architecture); ``device``, ``options`` (the default
     :class:`~fcnseg.inference.InferenceOptions`, or a mapping of its fields; every call may override fields by
     keyword), ``max_pixels`` (image files larger than this are refused before decoding) and ``max_memory`` (bytes a
-    prediction may use; None: 80% of the memory available when it runs). A prediction whose estimate
-    (:mod:`fcnseg.memory`) exceeds it runs in sliding windows instead, which a note logged on ``fcnseg.api``
-    says (:meth:`note`), or is refused with a :class:`~fcnseg.errors.LimitError` when nothing fits.
+    prediction may use, or a size such as "6G"; None: 80% of the memory available when it runs). A prediction
+    whose estimate (:mod:`fcnseg.memory`) exceeds it runs in sliding windows instead, which a note logged on
+    ``fcnseg.api`` says (:meth:`note`), or is refused with a :class:`~fcnseg.errors.LimitError` when nothing fits.
     For depth: ``intrinsics`` (fx, fy, cx, cy; None: NYUDv2's camera, by frame size) and ``depth_scale``
     (metres per unit of a depth image file: 0.001 for millimetres).
 
@@ -71,9 +71,14 @@ class Segmenter:
 
     def __init__(self, model: torch.nn.Module | None, spec: ModelSpec, device: str | torch.device = "auto",
                  forward: Forward | None = None, options: InferenceOptions | Mapping[str, Any] | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, max_memory: int | None = None) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, max_memory: int | str | None = None) -> None:
         if model is None and forward is None:
             raise ConfigError("Segmenter needs a model or a forward callable")
+        if isinstance(max_memory, str):  # "6G", as the commands' --max-memory takes it
+            try:
+                max_memory = parse_size(max_memory)
+            except ConfigError as error:
+                raise ConfigError(f"max_memory: {error}") from None
         for field, value in (("max_pixels", max_pixels), ("max_memory", max_memory)):
             # -5 was taken, then every image was refused as too large; "4G", nan and a list failed later, or not
             if value is not None and value not in COUNT:
@@ -339,7 +344,7 @@ def _name(image: ImageSource | None) -> str:
 
 def load(path: str | os.PathLike, device: str | torch.device = "auto", backend: str = "auto",
          options: InferenceOptions | Mapping[str, Any] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-         max_memory: int | None = None) -> Segmenter:
+         max_memory: int | str | None = None) -> Segmenter:
     """Load an fcnseg checkpoint, or a TorchScript or ONNX export of one, as a :class:`Segmenter`; ``path`` may
     also name a net shipped with fcnseg (see :mod:`fcnseg.pretrained`; a file of that name wins).
 

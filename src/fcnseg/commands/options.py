@@ -112,8 +112,16 @@ def add_inference(parser: argparse.ArgumentParser, **defaults: Any) -> None:
 
 
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
-    """The InferenceOptions the flags of :func:`add_inference` describe."""
-    return InferenceOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(InferenceOptions)})
+    """The InferenceOptions the flags of :func:`add_inference` describe; a refusal names the flag ("window must
+    be ..." did not say which option)."""
+    try:
+        return InferenceOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(InferenceOptions)})
+    except ConfigError as error:
+        message = str(error)
+        for item in dataclasses.fields(InferenceOptions):
+            if message.startswith(f"{item.name} "):
+                message = "--" + item.name.replace("_", "-") + message[len(item.name):]
+        raise ConfigError(message) from None
 
 
 def add_dataclass_flags(parser: Any, cls: type, defaults: dict[str, Any] | None = None, suppress: bool = True,

@@ -275,7 +275,11 @@ def run(args: argparse.Namespace) -> int:
         todo = [file for file in mine if not outputs.written(planned[file], sources[file], entries)]
         if not args.probs:  # an earlier run's probabilities would stay beside masks of another net or options
             _remove_earlier_probs(args.out, todo, outputs, entries)
-        failures = _predict_all(args, todo, segmenter, companions, outputs, sources, runtime.is_main)
+        try:
+            failures = _predict_all(args, todo, segmenter, companions, outputs, sources, runtime.is_main)
+        except KeyboardInterrupt:  # "fcnseg: interrupted" alone did not say that a rerun continues
+            log.warning("stopped: the images finished so far are kept; run the same command again to continue")
+            raise
     return _report(failures, len(mine), len(mine) - len(todo), len(files), args.out, shard, runtime)
 
 

@@ -325,5 +325,6 @@ def intrinsics_for(height: int, width: int, intrinsics: Sequence[float] | None =
     known = {(480, 640): NYUD_INTRINSICS, (425, 560): NYUD_CROPPED_INTRINSICS}
     if (height, width) not in known:
         raise DataError(f"a {width}x{height} depth map is not a NYUDv2 frame (640x480, or 560x425 cropped): give its "
-                        "camera's intrinsics (fx fy cx cy in pixels) to compute its HHA encoding")
+                        "camera's intrinsics (fx fy cx cy in pixels: fcnseg predict --intrinsics FX FY CX CY, or "
+                        "the Segmenter's intrinsics in Python) to compute its HHA encoding")
     return known[(height, width)]
