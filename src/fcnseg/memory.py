@@ -77,6 +77,7 @@ def _meta_model(architecture: ModelSpec) -> nn.Module:
         return build_model(architecture).eval()
 
 
+@functools.lru_cache(maxsize=256)  # a validation plans every batch (30 ms a pass of a net on the meta device)
 def forward_bytes(spec: ModelSpec, batch: int, height: int, width: int, channels_last: bool = False) -> int:
     """Peak bytes of one forward pass of the net ``spec`` on a ``batch x channels x height x width`` float32
     input, without autograd (``channels_last``: in that memory format)."""
