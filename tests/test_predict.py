@@ -362,7 +362,12 @@ def test_cli_command_line_mistakes_stop_before_writing(checkpoint, tmp_path):
     error_names(caught, tmp_path / "*.jpeg")
     with pytest.raises(DataError) as caught:  # two inputs, one stem: both named, and the clashing output
         cli([checkpoint, tmp_path / "a.png", tmp_path / "sub" / "a.jpg", "--out", out])
-    error_names(caught, tmp_path / "a.png", tmp_path / "sub" / "a.jpg", "a_")
+    error_names(caught, tmp_path / "a.png", tmp_path / "sub" / "a.jpg", "a_", "separate --out folders")
+    write_png(tmp_path / "b.png", scene(3))
+    write_png(tmp_path / "sub" / "b.jpg", scene(4))
+    with pytest.raises(DataError) as caught:  # every clash in one refusal (it named the first, one run at a time)
+        cli([checkpoint, tmp_path / "a.png", tmp_path / "b.png", tmp_path / "sub", "--out", out])
+    error_names(caught, "a_*.png", "b_*.png", tmp_path / "sub" / "b.jpg")
     with pytest.raises(ConfigError) as caught:
         cli([checkpoint, tmp_path / "a.png", "--out", out, "--overlap", "2"])
     error_names(caught, "overlap", "[0, 1)")  # the option, and the values it takes

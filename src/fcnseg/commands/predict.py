@@ -160,12 +160,14 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
             log.warning("folder %s%s", folder, hint)
     # The same file named twice (say, by a folder and a pattern) is segmented once.
     unique = list(dict.fromkeys(files))
-    stems: dict[str, Path] = {}
+    stems: dict[str, list[Path]] = {}
     for file in unique:
-        if file.stem in stems:
-            raise DataError(f"inputs {stems[file.stem]} and {file} would both write {file.stem}_*.png: "
-                            "rename one, or segment them into separate --out folders")
-        stems[file.stem] = file
+        stems.setdefault(file.stem, []).append(file)
+    shared = [paths for paths in stems.values() if len(paths) > 1]  # every clash at once, not one per run
+    if shared:
+        pairs = "; ".join(f"{' and '.join(map(str, paths))} would all write {paths[0].stem}_*.png"
+                          for paths in shared[:5]) + (f"; and {len(shared) - 5} more" if len(shared) > 5 else "")
+        raise DataError(f"inputs {pairs}: rename them, or segment them into separate --out folders")
     return unique
 
 
