@@ -93,6 +93,15 @@ def test_prediction_picture_of_a_huge_or_strip_input_stays_within_8k_wide_and_re
     assert photo.shape[1] == 3 * (8000 // 4) + 2 * 4 and photo.shape[0] < 3000  # every 4th pixel
     strip = viz.prediction_picture(np.zeros((1, 40000, 3), dtype=np.uint8), np.zeros((1, 40000), np.uint8), INFO)
     assert strip.shape[1] <= viz.MAX_PICTURE_WIDTH and strip.shape[0] < 400, strip.shape
+    tall = viz.prediction_picture(np.zeros((20000, 2560, 3), dtype=np.uint8), np.zeros((20000, 2560), np.uint8), INFO)
+    assert tall.shape[0] < viz.MAX_PICTURE_HEIGHT + 400 and tall.shape[1] <= viz.MAX_PICTURE_WIDTH, tall.shape
+    edge = viz.prediction_picture(np.zeros((10, 2560, 3), dtype=np.uint8), np.zeros((10, 2560), np.uint8), INFO)
+    assert edge.shape[1] <= viz.MAX_PICTURE_WIDTH, edge.shape  # the gaps counted (7688 wide)
+    # A class on every other column of a 2561-wide input falls between the pixels shown: the legend still lists it.
+    thin = np.zeros((100, 2561), np.uint8)
+    thin[:, 1::2] = 2
+    legend_only = viz.prediction_picture(np.zeros((100, 2561, 3), dtype=np.uint8), thin, INFO)
+    assert palette_colours([2]) <= colours_in(legend_only[-60:])
     # every n-th pixel: the classes' colours are all there, nothing blended (packed: a set of 10M tuples is slow)
     packed = set(np.unique(photo[..., 0].astype(np.int64) << 16 | photo[..., 1].astype(np.int64) << 8 | photo[..., 2]))
     assert {r << 16 | g << 8 | b for r, g, b in palette_colours(range(8))} <= packed

@@ -21,9 +21,9 @@ from fcnseg.data.info import DatasetInfo
 WHITE = 255
 TEXT_SIZE = 15  # pixels: titles and legends readable at 100% zoom
 MIN_PICTURE_WIDTH = 960  # prediction pictures of small inputs are enlarged to at least this width
-# ... and those of large ones shown shrunk to at most this (8K): an 8000x6000 photo's took 40 s and most of 4 GB,
-# a 1x40000 strip's a 660-megapixel PNG. The mask and overlay files keep the input's size.
-MAX_PICTURE_WIDTH = 7680
+# ... and those of large ones shown shrunk to at most this (8K UHD): an 8000x6000 photo's took 40 s and most of
+# 4 GB, a 1x40000 strip's a 660-megapixel PNG. The mask and overlay files keep the input's size.
+MAX_PICTURE_WIDTH, MAX_PICTURE_HEIGHT = 7680, 4320
 
 
 def readable_font(size: int = TEXT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -241,14 +241,17 @@ def prediction_picture(image: np.ndarray, labels: np.ndarray, info: DatasetInfo,
     """image | overlay | predicted classes, titled, with the legend of the classes present below.
 
     Inputs too small for the picture to be ``min_width`` pixels wide are enlarged an integer number of times
-    by repeating pixels (no new colours, the label edges stay sharp); inputs too large for it to be at most
-    :data:`MAX_PICTURE_WIDTH` wide are shown by every n-th pixel. Text grows with wide pictures, not past a
+    by repeating pixels (no new colours, the label edges stay sharp); inputs too large for its panels to fit
+    :data:`MAX_PICTURE_WIDTH` x :data:`MAX_PICTURE_HEIGHT` are shown by every n-th pixel (structures thinner than n
+    pixels may not show; the legend lists every class of the full map). Text grows with wide pictures, not past a
     quarter of the panels' height (a 1-pixel strip got 1500-pixel letters).
     """
     image, labels = _check_image(image), _check_label(labels)
-    shrink = max(1, math.ceil(3 * image.shape[1] / MAX_PICTURE_WIDTH))
-    image, labels = image[::shrink, ::shrink], labels[::shrink, ::shrink]
     gap = 4
+    present = present_classes(labels, info)  # of the full map: a thin class can fall between the pixels shown
+    shrink = max(1, math.ceil((3 * image.shape[1] + 2 * gap) / MAX_PICTURE_WIDTH),
+                 math.ceil(image.shape[0] / MAX_PICTURE_HEIGHT))
+    image, labels = image[::shrink, ::shrink], labels[::shrink, ::shrink]
     height, width = max(1, image.shape[0]), max(1, image.shape[1])
     factor = max(1, math.ceil((min_width - 2 * gap) / (3 * width)))
     factor = min(factor, max(1, 1024 // height))  # a tall narrow input is not blown up past 1024 pixels
@@ -257,7 +260,7 @@ def prediction_picture(image: np.ndarray, labels: np.ndarray, info: DatasetInfo,
     font_size = max(TEXT_SIZE, min((3 * width * factor) // 80, (height * factor) // 4))
     body = titled(panels, ["image", "overlay", "predicted classes"], gap, font_size)
     # The legend may be wider than the panels of a narrow input, so that its names are not cut.
-    key = legend_strip(present_classes(labels, info), info, max(body.shape[1], MIN_PICTURE_WIDTH // 2), font_size,
+    key = legend_strip(present, info, max(body.shape[1], MIN_PICTURE_WIDTH // 2), font_size,
                        "classes in the prediction:")
     return stacked([body, key])
 

@@ -68,7 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict", help="segment images with a trained model",
         description="Segment images and write, per input STEM: STEM_mask.png (palette PNG of class indices), "
                     "STEM_overlay.png, STEM_side_by_side.png (image | overlay | mask, titled, with the legend of "
-                    "the classes present; small inputs enlarged, large ones shown at most 7680 wide), "
+                    "the classes present; small inputs enlarged, large ones shown within 7680x4320), "
                     "STEM_legend.png and with --probs STEM_probs.npy "
                     "(C x H x W float16). Nets with several heads (SIFT Flow's) write the others' maps as "
                     "STEM_TASK_mask.png and so on (STEM_geometric_mask.png). "
