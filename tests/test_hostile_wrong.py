@@ -96,6 +96,8 @@ def test_eval_refuses_to_write_its_report_among_the_datasets_files(tmp_path, cap
     assert digests(root) == before
     for _ in range(2):  # a new folder beside them, and its own report again
         assert main([str(a) for a in [*argv, root / "report"]]) == 0
+    (root / "report" / ".gitkeep").write_text("")  # a hidden file is no data
+    assert main([str(a) for a in [*argv, root / "report"]]) == 0
 
 
 def test_a_class_named_twice_is_refused_not_dropped_from_the_report(tmp_path, capsys):

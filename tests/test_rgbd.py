@@ -128,9 +128,10 @@ def test_predict_with_a_depth_map(tmp_path, one_thread):
     Image.fromarray(hha).save(tmp_path / "hha.png")
     np.testing.assert_array_equal(segmenter.predict(rgb, hha=tmp_path / "hha.png"), expected)
     # A depth map given as the HHA image (--hha DEPTHS) was read as one, grey, without a word.
-    with pytest.raises(DataError) as caught:
-        segmenter.predict(rgb, hha=depth_file)
-    error_names(caught, depth_file, "three 8-bit channels", "depth")
+    for given in (depth_file, Image.open(depth_file)):  # a file, or a PIL image of it
+        with pytest.raises(DataError) as caught:
+            segmenter.predict(rgb, hha=given)
+        error_names(caught, "three 8-bit channels", "depth")
     metres = np.asarray(Image.open(depth_file), dtype=np.float32) / 1000
     np.testing.assert_array_equal(segmenter.predict(rgb, depth=metres), expected)
     with pytest.raises(ConfigError) as caught:

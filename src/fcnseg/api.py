@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.hha import hha_from_depth, intrinsics_for
@@ -293,14 +294,13 @@ class Segmenter:
         if (depth is None) == (hha is None):
             raise ConfigError(f"this net reads depth: give a depth map or an HHA image for {name} (one of them)")
         if hha is not None:
-            if isinstance(hha, str | os.PathLike | bytes):  # a 16-bit depth map was taken as an HHA image
-                opened = open_image(hha, "HHA image", self.max_pixels)
-                if opened.mode not in ("RGB", "RGBA"):
-                    raise DataError(f"{_name(hha)} is a "
-                                    f"{opened.mode} image, but HHA images have three 8-bit channels (disparity, "
-                                    "height, angle): for a depth map give depth= (fcnseg predict --depth)")
-                return image_to_rgb(opened)
-            return decode_image(hha, self.max_pixels)
+            # A 16-bit depth map was taken as an HHA image (grey, scaled to 8 bits), from a file or a PIL image.
+            opened = open_image(hha, "HHA image", self.max_pixels) if isinstance(hha, str | os.PathLike | bytes) \
+                else hha
+            if isinstance(opened, Image.Image) and opened.mode not in ("RGB", "RGBA"):
+                raise DataError(f"{_name(hha)} is a {opened.mode} image, but HHA images have three 8-bit channels "
+                                "(disparity, height, angle): for a depth map give depth= (fcnseg predict --depth)")
+            return image_to_rgb(opened) if isinstance(opened, Image.Image) else decode_image(opened, self.max_pixels)
         metres = read_depth(depth, self.depth_scale, self.max_pixels)
         return hha_from_depth(metres, intrinsics_for(*metres.shape, self.intrinsics))
 

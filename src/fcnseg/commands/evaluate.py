@@ -137,7 +137,8 @@ def _refuse_out_among_the_data(out: Path, dataset: Dataset, root: Path | None) -
             raise ConfigError(f"--out {out} is inside {folder}, a folder of the dataset's own files: a report there "
                               "would be read as data by every later run; choose a folder outside it")
     if root is not None and Path(root).resolve() in out.parents and out.is_dir():
-        theirs = [p.name for p in out.iterdir() if not p.name.startswith(".fcnseg") and p.name not in REPORT_FILES]
+        # Hidden files (fcnseg's records, .gitkeep, .DS_Store) are no data a reader takes.
+        theirs = [p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in REPORT_FILES]
         if theirs:
             raise ConfigError(f"--out {out} is a folder of the dataset's root ({root}) holding files of its own "
                               f"({', '.join(sorted(theirs)[:3])}{', ...' if len(theirs) > 3 else ''}): a report there "
