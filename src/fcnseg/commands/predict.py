@@ -160,14 +160,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[Path]:
             log.warning("folder %s%s", folder, hint)
     # The same file named twice (say, by a folder and a pattern) is segmented once.
     unique = list(dict.fromkeys(files))
-    stems: dict[str, list[Path]] = {}
-    for file in unique:
-        stems.setdefault(file.stem, []).append(file)
-    shared = [paths for paths in stems.values() if len(paths) > 1]  # every clash at once, not one per run
-    if shared:
-        pairs = "; ".join(f"{' and '.join(map(str, paths))} would all write {paths[0].stem}_*.png"
-                          for paths in shared[:5]) + (f"; and {len(shared) - 5} more" if len(shared) > 5 else "")
-        raise DataError(f"inputs {pairs}: rename them, or segment them into separate --out folders")
+    _refuse_shared_outputs({file: [Path(f"{file.stem}_*.png")] for file in unique})  # before the net loads
     return unique
 
 
@@ -286,15 +279,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _refuse_shared_outputs(planned: dict[Path, list[Path]]) -> None:
-    """A DataError when two inputs would write one output: ``a.png`` and ``a_geometric.png`` for a net of a second
-    head named geometric both wrote ``a_geometric_mask.png``, the last one winning (the stems differ)."""
-    writer: dict[Path, Path] = {}
+    """One DataError naming every output that several inputs would write (``a.png`` and ``a.jpg``; ``a.png`` and
+    ``a_geometric.png`` for a net of a second head named geometric: the last one won, without a word)."""
+    writers: dict[Path, list[Path]] = {}
     for file, paths in planned.items():
         for path in paths:
-            if path in writer:
-                raise DataError(f"inputs {writer[path]} and {file} would both write {path.name}: rename one, or "
-                                "segment them into separate --out folders")
-            writer[path] = file
+            writers.setdefault(path, []).append(file)
+    shared = {}  # by the inputs that clash: each pair once, with the first output they share
+    for path, files in writers.items():
+        if len(files) > 1:
+            shared.setdefault(tuple(files), path)
+    if shared:
+        clashes = [f"{' and '.join(map(str, files))} would all write {path.name}" for files, path in shared.items()]
+        more = f"; and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+        raise DataError(f"inputs {'; '.join(clashes[:5])}{more}: rename them, or segment them into separate --out "
+                        "folders")
 
 
 def _remove_earlier_probs(out: Path, todo: list[Path], outputs: Outputs, entries: dict[str, dict]) -> None:
