@@ -189,3 +189,16 @@ def test_validation_under_torchrun_plans_for_its_share_of_the_machine(monkeypatc
         runtime = SimpleNamespace(device=torch.device("cpu"), world_size=world_size)
         budget.validation_planner(TrainConfig(), spec, runtime)(1, 64, 64, InferenceOptions())
     assert seen == [16 * 2**30, 4 * 2**30]
+
+
+def test_an_estimate_is_made_once_per_net_and_size():
+    # Validation fitted every batch anew: a pass of the net on the meta device each time, 9 s of a 24 s demo.
+    from fcnseg.memory import forward_bytes
+
+    spec = ModelSpec("fcn8s", "vgg16", num_classes=8, width=1 / 16, geometry="fast")
+    forward_bytes.cache_clear()
+    first = forward_bytes(spec, 1, 64, 80)
+    assert forward_bytes(spec, 1, 64, 80) == first and forward_bytes.cache_info().hits == 1
+    # channels-last and another size are other estimates, not the cached one
+    assert forward_bytes(spec, 1, 64, 80, channels_last=True) != first
+    assert forward_bytes(spec, 1, 128, 80) > first and forward_bytes.cache_info().misses == 3
