@@ -405,4 +405,3 @@ def test_the_package_carries_py_typed_and_the_shipped_files():
     assert {"py.typed", "pretrained/*.pth", "pretrained/*.md", "web/*.html"} <= set(data)
     for entry in pretrained.SHIPPED.values():  # the files a shipped entry names fall under those patterns
         assert Path(entry["file"]).suffix == ".pth" and Path(entry["card"]).suffix == ".md"
-

@@ -246,4 +246,3 @@ def test_build_model_takes_numpy_numbers():
     net = build_model("fcn8s", backbone="vgg16", width=0.0625, extra_heads=np.array([3]),
                       learnable_upsampling=np.bool_(True))
     assert net.spec.extra_heads == (3,) and net.spec.learnable_upsampling is True
-

@@ -413,4 +413,3 @@ def _confusion_key(width: int, numbers: bool, absent: bool) -> np.ndarray:
     for row, line in enumerate(lines):
         draw.text((pad, pad + row * line_h), line, fill=_INK, font=font)
     return np.asarray(canvas)
-

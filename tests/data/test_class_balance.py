@@ -197,4 +197,3 @@ def test_listed_weights_must_match_the_classes(tmp_path):
     with pytest.raises(ConfigError, match="class_weights has 3 entries for 8 classes"):
         train(config)
     assert not (tmp_path / "run" / "last.pth").exists()
-

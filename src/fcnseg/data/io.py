@@ -480,5 +480,3 @@ def check_pair(image: np.ndarray, label: np.ndarray, image_path: PathLike, label
                         "pixels. Save the image upright without the orientation tag (or turn the label the same "
                         "way).")
     raise DataError(f"{message} Is it the right label file?")
-
-
