@@ -254,8 +254,9 @@ def run(args: argparse.Namespace) -> int:
     if max(segmenter.info.head_classes) > 256:
         raise ConfigError(f"{segmenter.info.name} has {segmenter.info.num_classes} classes; mask PNGs and "
                           "overlays hold at most 256. Use the Python API (fcnseg.load) instead.")
-    _refuse_shared_outputs({file: output_paths(args.out, file.stem, segmenter.info, args.probs) for file in files})
-    planned = {file: output_paths(args.out, file.stem, segmenter.info, args.probs) for file in mine}
+    every_input = {file: output_paths(args.out, file.stem, segmenter.info, args.probs) for file in files}
+    _refuse_shared_outputs(every_input)  # over every shard's inputs: this shard's alone could miss a clash
+    planned = {file: every_input[file] for file in mine}
     every = [path for paths in planned.values() for path in paths]
     outputs = Outputs(args.out, "predict", args.overwrite, shard)
     if shard is None and args.out.is_dir():  # refused before anything is made in a folder another run is writing
