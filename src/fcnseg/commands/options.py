@@ -26,7 +26,7 @@ from fcnseg.errors import ConfigError, unexpanded_home
 from fcnseg.inference import InferenceOptions
 from fcnseg.memory import parse_size
 from fcnseg.pretrained import names as shipped_names
-from fcnseg.ranges import COUNT, FRACTION, POSITIVE, Range
+from fcnseg.ranges import COUNT, FRACTION, POSITIVE, Range, check_field
 from fcnseg.runtime import DEVICE_CHOICES
 from fcnseg.yamlio import load_yaml, yaml_problem
 
@@ -112,16 +112,12 @@ def add_inference(parser: argparse.ArgumentParser, **defaults: Any) -> None:
 
 
 def inference_options(args: argparse.Namespace) -> InferenceOptions:
-    """The InferenceOptions the flags of :func:`add_inference` describe; a refusal names the flag ("window must
-    be ..." did not say which option)."""
-    try:
-        return InferenceOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(InferenceOptions)})
-    except ConfigError as error:
-        message = str(error)
-        for item in dataclasses.fields(InferenceOptions):
-            if message.startswith(f"{item.name} "):
-                message = "--" + item.name.replace("_", "-") + message[len(item.name):]
-        raise ConfigError(message) from None
+    """The InferenceOptions the flags of :func:`add_inference` describe, each value checked against its field's
+    range under the flag's name ("window must be ..." did not say which option)."""
+    fields = dataclasses.fields(InferenceOptions)
+    for item in fields:
+        check_field(item, getattr(args, item.name), "--" + item.name.replace("_", "-"))
+    return InferenceOptions(**{item.name: getattr(args, item.name) for item in fields})
 
 
 def add_dataclass_flags(parser: Any, cls: type, defaults: dict[str, Any] | None = None, suppress: bool = True,
