@@ -32,7 +32,7 @@ from PIL import Image
 from fcnseg.checkpoint import model_from_checkpoint
 from fcnseg.data.hha import hha_from_depth, intrinsics_for
 from fcnseg.data.info import DatasetInfo, count_text
-from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image, image_to_rgb, open_image, read_depth
+from fcnseg.data.io import DEFAULT_MAX_PIXELS, ImageSource, decode_image, open_image, read_depth
 from fcnseg.errors import ConfigError, DataError, WeightsError, did_you_mean, require_model_file
 from fcnseg.inference import InferenceOptions, predict_labels, predict_probs
 from fcnseg.memory import default_budget, fit, parse_size
@@ -300,7 +300,7 @@ class Segmenter:
             if isinstance(opened, Image.Image) and opened.mode not in ("RGB", "RGBA"):
                 raise DataError(f"{_name(hha)} is a {opened.mode} image, but HHA images have three 8-bit channels "
                                 "(disparity, height, angle): for a depth map give depth= (fcnseg predict --depth)")
-            return image_to_rgb(opened) if isinstance(opened, Image.Image) else decode_image(opened, self.max_pixels)
+            return decode_image(opened, self.max_pixels)
         metres = read_depth(depth, self.depth_scale, self.max_pixels)
         return hha_from_depth(metres, intrinsics_for(*metres.shape, self.intrinsics))
 
