@@ -88,9 +88,9 @@ def validation_planner(config: TrainConfig, spec: ModelSpec,
     what is available when the batch comes (:func:`budgets`: a CPU run's processes share the machine; what
     training holds is in use already)."""
     asked = configured_budget(config)
-    held = parameter_bytes(spec, 2 if config.optimizer == "adamw" else 1, ema=config.ema_decay is not None)
-    if asked is not None and config.keep_decoded:
-        held += asked // 4  # the most training keeps decoded (fcnseg.train.data.keep_decoded)
+    if asked is not None:  # without it, what training holds is in use already when the free memory is read
+        held = parameter_bytes(spec, 2 if config.optimizer == "adamw" else 1, ema=config.ema_decay is not None)
+        held += asked // 4 if config.keep_decoded else 0  # the most training keeps decoded (train.data.keep_decoded)
     told: list[str] = []
 
     def plan(batch: int, height: int, width: int, options: InferenceOptions) -> InferenceOptions:
